@@ -1,0 +1,3 @@
+from emsan.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""What the upper layers need to know about an instruction set, independent of the OS."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import capstone
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str                 # emsan's name: x86_64 / arm64
+    elf_machine: int          # e_machine
+    platform: str             # AT_PLATFORM / uname machine
+    pc: str
+    sp: str
+    fp: str                   # frame pointer register
+    ret: str                  # integer return value register
+    args: tuple[str, ...]     # integer argument registers, in order
+    syscall_nr: str
+    syscall_args: tuple[str, ...]
+    syscall_ret: str
+    capstone_arch: int
+    capstone_mode: int
+
+    @cached_property
+    def disassembler(self) -> capstone.Cs:
+        md = capstone.Cs(self.capstone_arch, self.capstone_mode)
+        md.detail = True
+        return md
+
+    # Calling convention, used by interceptors that stand in for a whole function.
+    def return_address(self, m) -> int:
+        raise NotImplementedError
+
+    def return_from_call(self, m, value: int | None) -> None:
+        """Make the intercepted function return `value` to its caller, as its `ret` would."""
+        raise NotImplementedError
+
+    def frame_walk(self, m, max_frames: int) -> list[int]:
+        """Return addresses from the frame-pointer chain, innermost first (caller of the current function first)."""
+        out: list[int] = []
+        fp = m.reg(self.fp)
+        seen = set()
+        while fp and len(out) < max_frames and fp not in seen and not fp & 7:
+            seen.add(fp)
+            rec = m.try_read(fp, 16)
+            if rec is None:
+                break
+            nxt = int.from_bytes(rec[:8], "little")
+            ret = int.from_bytes(rec[8:], "little")
+            if ret == 0:
+                break
+            out.append(ret)
+            if nxt <= fp:        # frames live at increasing addresses: anything else is not a chain
+                break
+            fp = nxt
+        return out

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import capstone
+
+from emsan.arch.base import Arch
+
+
+class X86_64(Arch):
+    def __init__(self) -> None:
+        super().__init__(
+            name="x86_64", elf_machine=62, platform="x86_64",
+            pc="rip", sp="rsp", fp="rbp", ret="rax",
+            args=("rdi", "rsi", "rdx", "rcx", "r8", "r9"),
+            syscall_nr="rax", syscall_args=("rdi", "rsi", "rdx", "r10", "r8", "r9"), syscall_ret="rax",
+            capstone_arch=capstone.CS_ARCH_X86, capstone_mode=capstone.CS_MODE_64,
+        )
+
+    def return_address(self, m) -> int:
+        return m.read_u64(m.sp)
+
+    def return_from_call(self, m, value: int | None) -> None:
+        sp = m.sp
+        ret = m.read_u64(sp)
+        if value is not None:
+            m.set_reg("rax", value)
+        m.sp = sp + 8
+        m.pc = ret     # last: writing the PC makes Unicorn leave the current block

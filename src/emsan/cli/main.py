@@ -1,0 +1,86 @@
+"""`emsan` command line. Errors are one line on stderr with a documented exit status."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
+from emsan.session.options import RunOptions
+
+MODES = ("none", "generic")
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected K=V, got {text!r}")
+    k, v = text.split("=", 1)
+    return k, v
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=MODES, default="generic", help="sanitizer mode (default: generic)")
+    p.add_argument("--sysroot", metavar="DIR", help="root for the guest's libraries (arm64 default: "
+                                                     "Debian's cross root /usr/aarch64-linux-gnu)")
+    p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V", help="set a guest variable")
+    p.add_argument("--unset-env", action="append", default=[], metavar="K", help="remove a guest variable")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this wall time")
+    p.add_argument("--max-instructions", type=int, metavar="N", help="stop the guest after N instructions")
+    p.add_argument("--seed", type=int, help="seed for guest randomness (AT_RANDOM, getrandom) and sampling")
+    p.add_argument("--trace-syscalls", action="store_true", help="print each system call on stderr")
+    p.add_argument("--json", dest="json_path", metavar="FILE", help="also write reports as JSON to FILE")
+    p.add_argument("--error-exitcode", type=int, default=EXIT_REPORT,
+                   help=f"exit status when a report stops the run (default {EXIT_REPORT})")
+    p.add_argument("--continue", dest="keep_going", action="store_true",
+                   help="keep running after a report (each distinct bug is reported once)")
+    p.add_argument("--quarantine-size", type=_size, default=256 << 20, metavar="BYTES",
+                   help="bytes of freed objects kept poisoned before reuse (default 256M)")
+    p.add_argument("--stats", action="store_true", help="print sanitizer statistics at exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emsan", description="Memory error detection for programs run under emulation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run a Linux x86-64 or arm64 program under emsan")
+    add_run_options(run_p)
+    run_p.add_argument("program", help="the ELF executable (searched in PATH if it has no slash)")
+    run_p.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
+    return parser
+
+
+def run_options(ns: argparse.Namespace) -> RunOptions:
+    return RunOptions(program=ns.program, args=ns.args, env_set=dict(ns.env), env_unset=ns.unset_env,
+                      sysroot=ns.sysroot, mode=ns.mode, timeout=ns.timeout, max_instructions=ns.max_instructions,
+                      seed=ns.seed, trace_syscalls=ns.trace_syscalls, json_path=ns.json_path,
+                      error_exitcode=ns.error_exitcode, keep_going=ns.keep_going,
+                      quarantine_size=ns.quarantine_size, stats=ns.stats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        if ns.command == "run":
+            from emsan.session.run import run
+            return run(run_options(ns))
+    except EmsanError as e:
+        print(f"emsan: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug in emsan: one line, the traceback only on request
+        if os.environ.get("EMSAN_DEBUG"):
+            raise
+        print(f"emsan: internal error: {type(e).__name__}: {e} (set EMSAN_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_BAD_INPUT

@@ -1,0 +1,268 @@
+"""One Unicorn engine per guest: mapping, registers, hooks and the run loop.
+
+Register and memory access on the paths Python takes per syscall or per allocation goes
+straight through libunicorn's C API (the binding's wrappers rebuild ctypes objects on every
+call and cost 3-5x more, reference/emulator-arm64.md §5).
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import unicorn
+from unicorn import arm64_const, unicorn_const as uconst, x86_const
+from unicorn.unicorn_py3.unicorn import uclib
+
+from emsan.machine import native
+
+UC_PROT = {"r": uconst.UC_PROT_READ, "w": uconst.UC_PROT_WRITE, "x": uconst.UC_PROT_EXEC}
+PAGE = 0x1000
+UNTIL = 0xFFFF_FFFF_FFFF_FFF0  # an address no guest executes: emu_start never stops there
+
+_ACCESS = {
+    uconst.UC_MEM_READ_UNMAPPED: "read", uconst.UC_MEM_WRITE_UNMAPPED: "write",
+    uconst.UC_MEM_FETCH_UNMAPPED: "fetch", uconst.UC_MEM_READ_PROT: "read",
+    uconst.UC_MEM_WRITE_PROT: "write", uconst.UC_MEM_FETCH_PROT: "fetch",
+}
+
+
+@dataclass
+class MachineFault:
+    """Why emulation stopped when the guest did something a real CPU would trap on."""
+
+    kind: str            # "segv", "ill", "trap", "fpe", "bus"
+    pc: int
+    addr: int = 0        # faulting data address (segv)
+    access: str = ""     # read / write / fetch
+    mapped: bool = False  # the page exists but its protection forbids the access
+
+
+def _reg_table(module, prefix: str) -> dict[str, int]:
+    return {k[len(prefix):].lower(): v for k, v in vars(module).items()
+            if k.startswith(prefix) and isinstance(v, int)}
+
+
+ARCHES = {
+    "x86_64": (uconst.UC_ARCH_X86, uconst.UC_MODE_64, _reg_table(x86_const, "UC_X86_REG_")),
+    "arm64": (uconst.UC_ARCH_ARM64, uconst.UC_MODE_ARM, _reg_table(arm64_const, "UC_ARM64_REG_")),
+}
+
+
+class Machine:
+    """A Unicorn engine for one architecture, with fast register access and the hooks emsan uses."""
+
+    def __init__(self, arch: str):
+        uc_arch, uc_mode, regs = ARCHES[arch]
+        self.arch = arch
+        self.uc = unicorn.Uc(uc_arch, uc_mode)
+        self.handle = self.uc._uch
+        self.handle_int: int = self.uc._uch.value
+        self.reg_ids = regs
+        self._val = ctypes.c_uint64()
+        self._pval = ctypes.byref(self._val)
+        self._keep: list = []            # callbacks and buffers Unicorn points at
+        self.fault: MachineFault | None = None
+        self.stop_reason: str | None = None   # set by whoever calls stop()
+        # arm64 exception number -> handler(pc) returning True when it dealt with it (e.g. MTE emulation)
+        self.arm64_exception_handlers: dict[int, Callable[[int], bool]] = {}
+        if arch == "arm64":
+            self._setup_arm64()
+        self.pc_id = regs["rip"] if arch == "x86_64" else regs["pc"]
+        self.sp_id = regs["rsp"] if arch == "x86_64" else regs["sp"]
+
+    def _setup_arm64(self) -> None:
+        uc = self.uc
+        uc.ctl_set_cpu_model(arm64_const.UC_CPU_ARM64_MAX)
+        # QEMU believes EL1 is AArch32 until SCR_EL3.RW and HCR_EL2.RW say otherwise, and then
+        # silently ignores TCR_EL1.TBI0 (reference/emulator-arm64.md §2). Top-Byte-Ignore is on
+        # for every arm64 guest, as on Linux.
+        uc.cpr_write(3, 6, 1, 1, 0, 0x401)      # SCR_EL3 = NS | RW
+        uc.cpr_write(3, 4, 1, 1, 0, 1 << 31)    # HCR_EL2.RW
+        uc.cpr_write(3, 0, 2, 0, 2, 1 << 37)    # TCR_EL1.TBI0
+        uc.reg_write(arm64_const.UC_ARM64_REG_CPACR_EL1, 3 << 20)
+
+    # --- registers (C API, no binding wrappers) -------------------------------------------
+    def reg(self, name: str) -> int:
+        uclib.uc_reg_read(self.handle, self.reg_ids[name], self._pval)
+        return self._val.value
+
+    def set_reg(self, name: str, value: int) -> None:
+        self._val.value = value & 0xFFFF_FFFF_FFFF_FFFF
+        uclib.uc_reg_write(self.handle, self.reg_ids[name], self._pval)
+
+    def reg_id(self, rid: int) -> int:
+        uclib.uc_reg_read(self.handle, rid, self._pval)
+        return self._val.value
+
+    def set_reg_id(self, rid: int, value: int) -> None:
+        self._val.value = value & 0xFFFF_FFFF_FFFF_FFFF
+        uclib.uc_reg_write(self.handle, rid, self._pval)
+
+    @property
+    def pc(self) -> int:
+        return self.reg_id(self.pc_id)
+
+    @pc.setter
+    def pc(self, value: int) -> None:
+        # A single reg_write (never the batch API) so Unicorn abandons the current block.
+        self.set_reg_id(self.pc_id, value)
+
+    @property
+    def sp(self) -> int:
+        return self.reg_id(self.sp_id)
+
+    @sp.setter
+    def sp(self, value: int) -> None:
+        self.set_reg_id(self.sp_id, value)
+
+    def cp_reg(self, op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+        return self.uc.cpr_read(op0, op1, crn, crm, op2)
+
+    def set_cp_reg(self, op0: int, op1: int, crn: int, crm: int, op2: int, value: int) -> None:
+        self.uc.cpr_write(op0, op1, crn, crm, op2, value)
+
+    # --- memory -----------------------------------------------------------------------------
+    def read(self, addr: int, size: int) -> bytes:
+        buf = ctypes.create_string_buffer(size)
+        if uclib.uc_mem_read(self.handle, addr, buf, size):
+            raise MemoryError(f"guest read of {size} bytes at {addr:#x} failed")
+        return buf.raw
+
+    def try_read(self, addr: int, size: int) -> bytes | None:
+        buf = ctypes.create_string_buffer(size)
+        return None if uclib.uc_mem_read(self.handle, addr, buf, size) else buf.raw
+
+    def write(self, addr: int, data: bytes) -> None:
+        if uclib.uc_mem_write(self.handle, addr, bytes(data), len(data)):
+            raise MemoryError(f"guest write of {len(data)} bytes at {addr:#x} failed")
+
+    def read_u64(self, addr: int) -> int:
+        if uclib.uc_mem_read(self.handle, addr, self._pval, 8):
+            raise MemoryError(f"guest read at {addr:#x} failed")
+        return self._val.value
+
+    def read_cstr(self, addr: int, limit: int = 4096) -> bytes:
+        out = bytearray()
+        while len(out) < limit:
+            chunk = self.try_read(addr, min(256, PAGE - (addr & (PAGE - 1))))
+            if chunk is None:
+                raise MemoryError(f"guest string at {addr:#x} is not readable")
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                return bytes(out + chunk[:nul])
+            out += chunk
+            addr += len(chunk)
+        return bytes(out)
+
+    def map(self, addr: int, size: int, prot: int) -> None:
+        self.uc.mem_map(addr, size, prot)
+
+    def map_ptr(self, addr: int, size: int, prot: int, ptr: int) -> None:
+        self.uc.mem_map_ptr(addr, size, prot, ptr)
+
+    def unmap(self, addr: int, size: int) -> None:
+        self.uc.mem_unmap(addr, size)
+
+    def protect(self, addr: int, size: int, prot: int) -> None:
+        self.uc.mem_protect(addr, size, prot)
+
+    def regions(self) -> list[tuple[int, int, int]]:
+        return list(self.uc.mem_regions())
+
+    # --- hooks --------------------------------------------------------------------------------
+    def hook(self, htype: int, cb: Callable, begin: int = 1, end: int = 0, arg1: int = 0) -> int:
+        h = self.uc.hook_add(htype, cb, None, begin, end, arg1)
+        self._keep.append(cb)
+        return h
+
+    def hook_native(self, htype: int, cfunc, user_data, begin: int = 1, end: int = 0) -> int:
+        """Register a C callback (a cffi function pointer) with Unicorn; no Python per event."""
+        ffi, lib = native.load()
+        hh = ffi.new("size_t *")
+        err = lib.emsan_hook_add(ffi.cast("void *", self.handle_int), hh, htype,
+                                 ffi.cast("void *", cfunc), user_data, begin, end)
+        if err:
+            raise unicorn.UcError(err)
+        self._keep.append((cfunc, user_data))
+        return hh[0]
+
+    def unhook(self, h: int) -> None:
+        self.uc.hook_del(h)
+
+    def on_syscall(self, cb: Callable[[], None]) -> None:
+        """cb() runs for each guest system call, with the PC already past the instruction."""
+        if self.arch == "x86_64":
+            self.hook(uconst.UC_HOOK_INSN, lambda uc, ud: cb(), arg1=x86_const.UC_X86_INS_SYSCALL)
+            self.hook(uconst.UC_HOOK_INTR, self._x86_intr)
+        else:
+            self.hook(uconst.UC_HOOK_INTR, lambda uc, intno, ud: self._arm64_intr(intno, cb))
+        self.hook(uconst.UC_HOOK_MEM_INVALID, self._mem_invalid)
+        self.hook(uconst.UC_HOOK_INSN_INVALID, self._insn_invalid)
+
+    # Exceptions become machine faults; the os layer turns them into signals.
+    _X86_INTR = {0: "fpe", 1: "trap", 3: "trap", 4: "segv", 5: "segv", 6: "ill", 13: "segv", 14: "segv", 17: "bus"}
+    _ARM64_INTR = {1: "ill", 4: "segv", 7: "trap", 8: "bus"}
+
+    def _x86_intr(self, uc, intno: int, ud) -> None:
+        self.fault = MachineFault(self._X86_INTR.get(intno, "ill"), self.pc)
+        self.stop("fault")
+
+    def _arm64_intr(self, intno: int, syscall_cb: Callable[[], None]) -> None:
+        if intno == 2:
+            syscall_cb()
+            return
+        handler = self.arm64_exception_handlers.get(intno)
+        if handler is not None and handler(self.pc):
+            return
+        self.fault = MachineFault(self._ARM64_INTR.get(intno, "ill"), self.pc)
+        self.stop("fault")
+
+    def _mem_invalid(self, uc, access: int, addr: int, size: int, value: int, ud) -> bool:
+        if self.fault is None:
+            mapped = access in (uconst.UC_MEM_READ_PROT, uconst.UC_MEM_WRITE_PROT, uconst.UC_MEM_FETCH_PROT)
+            kind = _ACCESS.get(access, "read")
+            pc = addr if kind == "fetch" else self.pc
+            self.fault = MachineFault("segv", pc, addr, kind, mapped)
+        return False
+
+    def _insn_invalid(self, uc, ud) -> bool:
+        self.fault = MachineFault("ill", self.pc)
+        return False
+
+    # --- running ------------------------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.uc.emu_stop()
+
+    def run(self, begin: int, timeout: float | None = None, max_insns: int | None = None) -> str:
+        """Run from `begin` until a stop() (reason returned), a fault, or a limit."""
+        self.stop_reason = None
+        start = time.monotonic()
+        try:
+            self.uc.emu_start(begin, UNTIL, int(timeout * 1e6) if timeout else 0, max_insns or 0)
+        except unicorn.UcError as e:
+            if self.stop_reason is not None:
+                return self.stop_reason
+            if self.fault is None:
+                self.fault = self._fault_from_error(e)
+            return "fault"
+        if self.stop_reason is not None:
+            return self.stop_reason
+        if self.fault is not None:
+            return "fault"
+        if timeout and time.monotonic() - start >= timeout * 0.99:
+            return "timeout"
+        if max_insns:
+            return "max-instructions"
+        return "returned"
+
+    def _fault_from_error(self, e: unicorn.UcError) -> MachineFault:
+        errno = e.errno
+        if errno == uconst.UC_ERR_INSN_INVALID:
+            return MachineFault("ill", self.pc)
+        if errno == uconst.UC_ERR_EXCEPTION:
+            return MachineFault("ill", self.pc)
+        return MachineFault("segv", self.pc, 0, "read")

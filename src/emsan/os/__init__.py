@@ -1,0 +1,1 @@
+"""Operating-system personalities (for now: Linux user mode)."""

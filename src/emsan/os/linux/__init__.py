@@ -1,0 +1,1 @@
+"""Linux user-mode personality: ELF loading, initial stack, syscalls, memory map, signals."""

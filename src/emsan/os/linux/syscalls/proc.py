@@ -1,0 +1,289 @@
+"""Process, identity, time, limits, randomness and the calls a single-threaded libc needs."""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import struct
+import time
+
+from emsan.os.linux import structs
+from emsan.os.linux.syscalls import NO_RETURN, syscall
+
+CLONE_VM, CLONE_THREAD, CLONE_VFORK = 0x100, 0x10000, 0x4000
+ARCH_SET_GS, ARCH_SET_FS, ARCH_GET_FS, ARCH_GET_GS = 0x1001, 0x1002, 0x1003, 0x1004
+
+
+@syscall("exit", "exit_group")
+def sys_exit(p, status, *_):
+    p.exit(status & 0xFF)
+    return NO_RETURN
+
+
+@syscall("getpid", "gettid", "getpgrp")
+def sys_getpid(p, *_):
+    return p.pid
+
+
+@syscall("getppid")
+def sys_getppid(p, *_):
+    return os.getppid()
+
+
+@syscall("getpgid", "getsid")
+def sys_getpgid(p, pid, *_):
+    return p.pid
+
+
+@syscall("setpgid", "setsid")
+def sys_setpgid(p, *_):
+    return 0
+
+
+@syscall("getuid")
+def sys_getuid(p, *_):
+    return os.getuid()
+
+
+@syscall("geteuid")
+def sys_geteuid(p, *_):
+    return os.geteuid()
+
+
+@syscall("getgid")
+def sys_getgid(p, *_):
+    return os.getgid()
+
+
+@syscall("getegid")
+def sys_getegid(p, *_):
+    return os.getegid()
+
+
+@syscall("getresuid", "getresgid")
+def sys_getresuid(p, a, b, c, *_):
+    v = os.getuid() if p.current_syscall == "getresuid" else os.getgid()
+    for ptr in (a, b, c):
+        p.machine.write(ptr, struct.pack("<I", v))
+    return 0
+
+
+@syscall("getgroups")
+def sys_getgroups(p, size, lst, *_):
+    groups = os.getgroups()
+    if size:
+        if size < len(groups):
+            return -errno.EINVAL
+        p.machine.write(lst, struct.pack(f"<{len(groups)}I", *groups))
+    return len(groups)
+
+
+@syscall("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups")
+def sys_setid(p, *_):
+    return -errno.EPERM if os.geteuid() else 0
+
+
+@syscall("uname")
+def sys_uname(p, buf, *_):
+    p.machine.write(buf, structs.pack_utsname(p.arch.platform))
+    return 0
+
+
+@syscall("sysinfo")
+def sys_sysinfo(p, buf, *_):
+    p.machine.write(buf, structs.pack_sysinfo())
+    return 0
+
+
+@syscall("arch_prctl")
+def sys_arch_prctl(p, code, addr, *_):
+    if code == ARCH_SET_FS:
+        p.machine.set_reg("fs_base", addr)
+    elif code == ARCH_SET_GS:
+        p.machine.set_reg("gs_base", addr)
+    elif code in (ARCH_GET_FS, ARCH_GET_GS):
+        p.machine.write(addr, struct.pack("<Q", p.machine.reg("fs_base" if code == ARCH_GET_FS else "gs_base")))
+    else:
+        return -errno.EINVAL
+    return 0
+
+
+@syscall("set_tid_address")
+def sys_set_tid_address(p, ptr, *_):
+    p.clear_child_tid = ptr
+    return p.pid
+
+
+@syscall("set_robust_list", "get_robust_list")
+def sys_robust_list(p, *_):
+    return 0
+
+
+@syscall("rseq")
+def sys_rseq(p, *_):
+    return -errno.ENOSYS     # glibc copes; restartable sequences only matter with preemption
+
+
+@syscall("prctl")
+def sys_prctl(p, option, arg2, *_):
+    PR_SET_NAME, PR_GET_NAME = 15, 16
+    if option == PR_SET_NAME:
+        p.comm = p.machine.read_cstr(arg2, 16).decode(errors="replace")
+        return 0
+    if option == PR_GET_NAME:
+        p.machine.write(arg2, p.comm.encode()[:15].ljust(16, b"\0"))
+        return 0
+    return -errno.EINVAL
+
+
+@syscall("getrandom")
+def sys_getrandom(p, buf, count, flags, *_):
+    count = min(count, 1 << 20)
+    p.machine.write(buf, p.random_bytes(count))
+    return count
+
+
+# --- limits and usage ------------------------------------------------------------------------
+RLIM_INF = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _rlimit(resource_id: int) -> tuple[int, int]:
+    try:
+        soft, hard = resource.getrlimit(resource_id)
+    except (ValueError, OSError):
+        return RLIM_INF, RLIM_INF
+    if resource_id == resource.RLIMIT_STACK:
+        soft = 8 << 20          # the stack emsan gives the guest
+    return tuple(RLIM_INF if v == resource.RLIM_INFINITY else v for v in (soft, hard))  # type: ignore
+
+
+@syscall("prlimit64")
+def sys_prlimit64(p, pid, res, new, old, *_):
+    if old:
+        p.machine.write(old, struct.pack("<QQ", *_rlimit(res)))
+    return 0
+
+
+@syscall("getrlimit")
+def sys_getrlimit(p, res, old, *_):
+    p.machine.write(old, struct.pack("<QQ", *_rlimit(res)))
+    return 0
+
+
+@syscall("setrlimit")
+def sys_setrlimit(p, *_):
+    return 0
+
+
+@syscall("getrusage")
+def sys_getrusage(p, who, buf, *_):
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    tv = lambda s: struct.pack("<qq", int(s), int((s % 1) * 1e6))   # noqa: E731
+    body = tv(ru.ru_utime) + tv(ru.ru_stime) + struct.pack("<14q", ru.ru_maxrss, 0, 0, 0, ru.ru_minflt, ru.ru_majflt,
+                                                          0, 0, 0, 0, 0, 0, ru.ru_nvcsw, ru.ru_nivcsw)
+    p.machine.write(buf, body)
+    return 0
+
+
+@syscall("times")
+def sys_times(p, buf, *_):
+    t = os.times()
+    if buf:
+        p.machine.write(buf, struct.pack("<qqqq", int(t.user * 100), int(t.system * 100), 0, 0))
+    return int(time.monotonic() * 100)
+
+
+@syscall("sched_getaffinity")
+def sys_sched_getaffinity(p, pid, size, mask, *_):
+    if size < 8:
+        return -errno.EINVAL
+    p.machine.write(mask, struct.pack("<Q", 1))     # one CPU: the guest is single-threaded
+    return 8
+
+
+@syscall("sched_yield", "sched_setaffinity")
+def sys_sched_yield(p, *_):
+    return 0
+
+
+@syscall("getcpu")
+def sys_getcpu(p, cpu, node, *_):
+    for ptr in (cpu, node):
+        if ptr:
+            p.machine.write(ptr, b"\0\0\0\0")
+    return 0
+
+
+# --- time -------------------------------------------------------------------------------------
+@syscall("clock_gettime")
+def sys_clock_gettime(p, clk, tp, *_):
+    try:
+        ns = time.clock_gettime_ns(clk)
+    except OSError:
+        return -errno.EINVAL
+    p.machine.write(tp, structs.pack_timespec(ns))
+    return 0
+
+
+@syscall("clock_getres")
+def sys_clock_getres(p, clk, tp, *_):
+    if tp:
+        p.machine.write(tp, structs.pack_timespec(1))
+    return 0
+
+
+@syscall("gettimeofday")
+def sys_gettimeofday(p, tv, tz, *_):
+    if tv:
+        p.machine.write(tv, structs.pack_timeval(time.time_ns()))
+    if tz:
+        p.machine.write(tz, bytes(8))
+    return 0
+
+
+@syscall("time")
+def sys_time(p, tloc, *_):
+    t = int(time.time())
+    if tloc:
+        p.machine.write(tloc, struct.pack("<q", t))
+    return t
+
+
+@syscall("nanosleep", "clock_nanosleep")
+def sys_nanosleep(p, *a):
+    req = a[0] if p.current_syscall == "nanosleep" else a[2]
+    if p.current_syscall == "clock_nanosleep" and a[1] & 1:     # TIMER_ABSTIME
+        sec, nsec = struct.unpack("<qq", p.machine.read(req, 16))
+        delay = (sec * 10**9 + nsec - time.clock_gettime_ns(a[0])) / 1e9
+    else:
+        sec, nsec = struct.unpack("<qq", p.machine.read(req, 16))
+        delay = sec + nsec / 1e9
+    if delay > 0:
+        time.sleep(delay)
+    return 0
+
+
+# --- things a single-threaded process cannot do -----------------------------------------------
+@syscall("clone", "clone3", "fork", "vfork")
+def sys_clone(p, flags=0, *_):
+    if p.current_syscall == "clone3":
+        flags = struct.unpack("<Q", p.machine.read(flags, 8))[0]
+    if p.current_syscall in ("clone", "clone3") and flags & CLONE_THREAD:
+        p.warn_once("threads", "threads are not supported (clone with CLONE_THREAD): returning -EAGAIN")
+        return -errno.EAGAIN
+    p.warn_once("fork", f"creating processes is not supported ({p.current_syscall}): returning -ENOSYS")
+    return -errno.ENOSYS
+
+
+@syscall("futex")
+def sys_futex(p, uaddr, op, val, *_):
+    FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET = 0, 1, 9
+    cmd = op & 0x7F
+    if cmd in (FUTEX_WAIT, FUTEX_WAIT_BITSET):
+        cur = struct.unpack("<I", p.machine.read(uaddr, 4))[0]
+        if cur != val & 0xFFFFFFFF:
+            return -errno.EAGAIN
+        # Nobody else could ever wake a single-threaded waiter.
+        p.warn_once("futex", "futex wait with no other thread to wake it (deadlock in a single thread)")
+        return -errno.EDEADLK
+    return 0

@@ -1,0 +1,1 @@
+"""Report rendering: symbolization, kernel-style text, JSON."""

@@ -1,0 +1,1 @@
+"""One run of one guest: wires machine, OS personality, sanitizer mode and report sink."""

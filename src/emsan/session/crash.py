@@ -1,0 +1,45 @@
+"""The kernel-oops-like message printed when a guest signal would kill the real process."""
+from __future__ import annotations
+
+from emsan.os.linux.signals import SIGNAMES
+from emsan.report.symbolize import Frame, Symbolizer
+
+
+def describe_fault(fault) -> list[str]:
+    if fault is None or fault.kind != "segv":
+        return []
+    what = "not present" if not fault.mapped else "protection violation"
+    return [f"BUG: unable to handle page fault for address: {fault.addr:016x}",
+            f"#PF: user {fault.access} access, page {what}"]
+
+
+def call_trace(proc, sym: Symbolizer, max_frames: int = 64) -> list[Frame]:
+    """Innermost first: the PC, then the frame-pointer chain while it stays in code."""
+    m, arch, mem = proc.machine, proc.arch, proc.mem
+    pcs = [m.pc]
+    if arch.name == "arm64":
+        lr = m.reg("lr") & 0x0000_FFFF_FFFF_FFFF
+        if mem.module_at(lr) is not None:
+            pcs.append(lr)
+    for ret in arch.frame_walk(m, max_frames):
+        mapping = mem.find(ret)
+        if mapping is None or not mapping.prot & 4:
+            break
+        if ret not in pcs[-1:]:
+            pcs.append(ret)
+    return sym.stack(pcs[:max_frames])
+
+
+def oops(proc, info, sym: Symbolizer) -> str:
+    sig = info.signal
+    name = SIGNAMES.get(sig, f"signal {sig}")
+    lines = ["==================================================================",
+             f"emsan: {proc.comm}/{proc.pid} killed by {name} (signal {sig})"]
+    lines += describe_fault(info.fault)
+    frames = call_trace(proc, sym)
+    if frames:
+        lines.append(f"PC is at {frames[0]}")
+    lines.append("Call Trace:")
+    lines += [f" {f}" for f in frames]
+    lines.append("==================================================================")
+    return "\n".join(lines)

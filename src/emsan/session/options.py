@@ -1,0 +1,25 @@
+"""Everything a run can be told, independent of how the CLI spells it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from emsan.errors import EXIT_REPORT
+
+
+@dataclass
+class RunOptions:
+    program: str
+    args: list[str] = field(default_factory=list)
+    env_set: dict[str, str] = field(default_factory=dict)
+    env_unset: list[str] = field(default_factory=list)
+    sysroot: str | None = None
+    mode: str = "generic"
+    timeout: float | None = None
+    max_instructions: int | None = None
+    seed: int | None = None
+    trace_syscalls: bool = False
+    json_path: str | None = None
+    error_exitcode: int = EXIT_REPORT
+    keep_going: bool = False          # --continue: the kernel's multi-shot
+    quarantine_size: int = 256 << 20
+    stats: bool = False

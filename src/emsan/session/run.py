@@ -1,0 +1,78 @@
+"""`emsan run`: load a program, attach the chosen sanitizer mode, run it, report, exit."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from emsan.errors import EmsanError
+from emsan.machine import Machine
+from emsan.os.linux.elf import open_elf
+from emsan.os.linux.loader import load_program
+from emsan.os.linux.memory import MemoryMap
+from emsan.os.linux.process import ExitInfo, Process
+from emsan.report.symbolize import Symbolizer
+from emsan.session.crash import oops
+from emsan.session.options import RunOptions
+
+DEBIAN_ARM64_SYSROOT = "/usr/aarch64-linux-gnu"
+
+
+def find_program(name: str) -> str:
+    if "/" in name:
+        return name
+    found = shutil.which(name)
+    if found is None:
+        raise EmsanError(f"{name}: command not found in PATH")
+    return found
+
+
+def guest_env(opts: RunOptions) -> list[str]:
+    env = dict(os.environ)
+    for k in opts.env_unset:
+        env.pop(k, None)
+    env.update(opts.env_set)
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+class Session:
+    """Everything one run of one guest needs, built in the order the layers depend on each other."""
+
+    def __init__(self, opts: RunOptions):
+        from emsan.arch import BY_ELF_MACHINE
+
+        self.opts = opts
+        path = find_program(opts.program)
+        image = open_elf(path)
+        self.arch = BY_ELF_MACHINE[image.machine]
+        sysroot = opts.sysroot
+        if sysroot is None and self.arch.name == "arm64" and os.path.isdir(DEBIAN_ARM64_SYSROOT):
+            sysroot = DEBIAN_ARM64_SYSROOT
+        if sysroot is not None and not os.path.isdir(sysroot):
+            raise EmsanError(f"--sysroot {sysroot}: not a directory")
+        self.machine = Machine(self.arch.name)
+        self.mem = MemoryMap(self.machine)
+        seed_bytes = (opts.seed or 0).to_bytes(16, "little") if opts.seed is not None else os.urandom(16)
+        self.loaded = load_program(self.mem, self.arch.name, path, [opts.program, *opts.args],
+                                   guest_env(opts), sysroot, seed_bytes)
+        self.machine.sp = self.loaded.sp
+        self.process = Process(self.machine, self.arch, self.mem, os.path.abspath(path), sysroot,
+                               opts.seed, opts.trace_syscalls)
+        self.symbolizer = Symbolizer(self.mem)
+        self.sanitizer = None
+
+    def run(self) -> ExitInfo:
+        return self.process.run(self.loaded.entry, self.opts.timeout, self.opts.max_instructions)
+
+
+def run(opts: RunOptions) -> int:
+    s = Session(opts)
+    info = s.run()
+    sys.stdout.flush()
+    if info.kind == "signal":
+        print(oops(s.process, info, s.symbolizer), file=sys.stderr)
+    elif info.kind == "timeout":
+        print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped", file=sys.stderr)
+    elif info.kind == "max-instructions":
+        print(f"emsan: instruction limit of {opts.max_instructions} reached; guest stopped", file=sys.stderr)
+    return info.status
