@@ -160,6 +160,8 @@ class Process:
             print(f"emsan: syscall {name}({', '.join(hex(a) for a in args[:4])}){shown}", file=sys.stderr)
         if ret is not NO_RETURN:
             m.set_reg_id(self._ret_id, ret)
+            if ret == -errno.EPIPE and name in ("write", "writev", "pwrite64", "pwritev", "sendfile"):
+                self.signals.raise_signal(13)       # SIGPIPE, as the kernel sends with EPIPE
         self.signals.check_alarm()
         if self.signals.pending and self.exit_info is None:
             self.signals.deliver_pending()
