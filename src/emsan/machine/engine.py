@@ -67,6 +67,7 @@ class Machine:
         self.stop_reason: str | None = None   # set by whoever calls stop()
         # arm64 exception number -> handler(pc) returning True when it dealt with it (e.g. MTE emulation)
         self.arm64_exception_handlers: dict[int, Callable[[int], bool]] = {}
+        self._syscall_pc_bias = 0
         if arch == "arm64":
             self._setup_arm64()
         self.pc_id = regs["rip"] if arch == "x86_64" else regs["pc"]
@@ -107,7 +108,9 @@ class Machine:
     @pc.setter
     def pc(self, value: int) -> None:
         # A single reg_write (never the batch API) so Unicorn abandons the current block.
-        self.set_reg_id(self.pc_id, value)
+        # Inside an x86 syscall hook Unicorn adds the instruction's length after the hook
+        # returns, so a redirect made there must pre-compensate.
+        self.set_reg_id(self.pc_id, value - self._syscall_pc_bias)
 
     @property
     def sp(self) -> int:
@@ -194,7 +197,7 @@ class Machine:
     def on_syscall(self, cb: Callable[[], None]) -> None:
         """cb() runs for each guest system call, with the PC already past the instruction."""
         if self.arch == "x86_64":
-            self.hook(uconst.UC_HOOK_INSN, lambda uc, ud: cb(), arg1=x86_const.UC_X86_INS_SYSCALL)
+            self.hook(uconst.UC_HOOK_INSN, lambda uc, ud: self._x86_syscall(cb), arg1=x86_const.UC_X86_INS_SYSCALL)
             self.hook(uconst.UC_HOOK_INTR, self._x86_intr)
         else:
             self.hook(uconst.UC_HOOK_INTR, lambda uc, intno, ud: self._arm64_intr(intno, cb))
@@ -204,6 +207,18 @@ class Machine:
     # Exceptions become machine faults; the os layer turns them into signals.
     _X86_INTR = {0: "fpe", 1: "trap", 3: "trap", 4: "segv", 5: "segv", 6: "ill", 13: "segv", 14: "segv", 17: "bus"}
     _ARM64_INTR = {1: "ill", 4: "segv", 7: "trap", 8: "bus"}
+
+    @property
+    def syscall_pc_bias(self) -> int:
+        """How far the engine will move the PC when the current syscall hook returns."""
+        return self._syscall_pc_bias
+
+    def _x86_syscall(self, cb: Callable[[], None]) -> None:
+        self._syscall_pc_bias = 2        # length of `syscall`
+        try:
+            cb()
+        finally:
+            self._syscall_pc_bias = 0
 
     def _x86_intr(self, uc, intno: int, ud) -> None:
         self.fault = MachineFault(self._X86_INTR.get(intno, "ill"), self.pc)

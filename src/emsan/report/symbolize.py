@@ -133,9 +133,13 @@ class Symbolizer:
             return Frame(addr)
         syms = module_symbols(mod.path)
         rel = addr - mod.base
-        hit = syms.lookup(rel)
-        # A return address points after the call: look up the call instruction's line.
-        line = syms.line(rel - 1 if is_return_address else rel)
+        # A return address points after the call (past the end of the caller when the callee
+        # never returns): look up the call instruction instead.
+        probe = rel - 1 if is_return_address else rel
+        hit = syms.lookup(probe)
+        if hit is not None:
+            hit = (hit[0], hit[1] + (rel - probe), hit[2])
+        line = syms.line(probe)
         file, lineno = (os.path.basename(line[0]), line[1]) if line else (None, None)
         if hit is None:
             return Frame(addr, None, 0, 0, mod.path, file, lineno)

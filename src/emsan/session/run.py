@@ -15,6 +15,9 @@ from emsan.report.symbolize import Symbolizer
 from emsan.session.crash import oops
 from emsan.session.options import RunOptions
 
+# Signals whose default action dumps core: a crash worth a report. Others (SIGPIPE, SIGTERM...)
+# end the run as quietly as a shell would show them.
+CORE_SIGNALS = {3, 4, 5, 6, 7, 8, 11, 24, 25, 31}
 DEBIAN_ARM64_SYSROOT = "/usr/aarch64-linux-gnu"
 
 
@@ -69,10 +72,12 @@ def run(opts: RunOptions) -> int:
     s = Session(opts)
     info = s.run()
     sys.stdout.flush()
-    if info.kind == "signal":
+    if info.kind == "signal" and info.signal in CORE_SIGNALS:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
     elif info.kind == "timeout":
-        print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped", file=sys.stderr)
+        print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped at {s.symbolizer.frame(s.machine.pc)}",
+              file=sys.stderr)
     elif info.kind == "max-instructions":
-        print(f"emsan: instruction limit of {opts.max_instructions} reached; guest stopped", file=sys.stderr)
+        print(f"emsan: instruction limit of {opts.max_instructions} reached; guest stopped at "
+              f"{s.symbolizer.frame(s.machine.pc)}", file=sys.stderr)
     return info.status

@@ -86,6 +86,14 @@ class MemoryMap:
             return hi - size
         raise MemoryError("guest address space exhausted")
 
+    def add_module(self, path: str, start: int, end: int) -> None:
+        """A shared object mapped by the guest's ld.so (its first PT_LOAD is at vaddr 0)."""
+        self.drop_modules(start, end)
+        self.modules.append(Module(path, start, start, end))
+
+    def drop_modules(self, start: int, end: int) -> None:
+        self.modules = [mod for mod in self.modules if mod.end <= start or end <= mod.start]
+
     # --- changes (mirrored into the engine) -------------------------------------------------
     def map(self, start: int, end: int, prot: int, name: str = "") -> None:
         assert start % PAGE == 0 and end % PAGE == 0 and start < end

@@ -29,7 +29,7 @@ class Signals:
     actions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # handler, flags, restorer, mask
     mask: int = 0
     pending: list[int] = field(default_factory=list)
-    saved: list = field(default_factory=list)          # (engine context, mask) per running handler
+    saved: list = field(default_factory=list)          # (engine context, mask, pc bias) per running handler
     altstack: tuple[int, int, int, int] = (0, 2, 0, 0)  # sp, flags (SS_DISABLE), pad, size
     alarm_at: float = 0.0
     trampoline: int = 0                                 # arm64 return path when no SA_RESTORER
@@ -94,7 +94,8 @@ class Signals:
             for reg, val in (("x0", sig), ("x1", info), ("x2", uctx)):
                 m.set_reg(reg, val)
             m.set_reg("lr", restorer if flags & SA_RESTORER and restorer else self.arm64_trampoline())
-        self.saved.append((ctx, self.mask))
+        # Saved inside an x86 syscall hook, the context's PC is still at the `syscall`.
+        self.saved.append((ctx, self.mask, m.syscall_pc_bias))
         if not flags & SA_NODEFER:
             self.mask |= 1 << (sig - 1)
         self.mask |= act_mask
@@ -117,9 +118,10 @@ class Signals:
         if not self.saved:
             p.kill(11, None)
             return
-        ctx, self.mask = self.saved.pop()
-        p.machine.uc.context_restore(ctx)
-        p.machine.pc = p.machine.pc     # a PC write makes the engine leave the current block
+        ctx, self.mask, bias = self.saved.pop()
+        m = p.machine
+        m.uc.context_restore(ctx)
+        m.pc = m.reg_id(m.pc_id) + bias     # a PC write also makes the engine leave the current block
 
     # --- alarm(2): checked at system calls, the only points Python runs -----------------------
     def set_alarm(self, seconds: int) -> int:

@@ -128,8 +128,8 @@ def _openat(p, dirfd, path_ptr, flags, mode):
     dfd, hpath = p.path_at(dirfd, gpath)
     hflags = structs.open_flags_to_host(p.arch.name, flags) | os.O_CLOEXEC
     host = os.open(hpath, hflags, mode & 0o7777, dir_fd=dfd)
-    return p.alloc_fd(host, os.path.join(p.cwd, gpath) if not gpath.startswith("/") else gpath,
-                      bool(flags & O_CLOEXEC))
+    # Remember a host path that names the same file (for module symbols and /proc/self/maps).
+    return p.alloc_fd(host, hpath if hpath.startswith("/") else os.path.join(p.cwd, hpath), bool(flags & O_CLOEXEC))
 
 
 @syscall("close")
@@ -558,6 +558,18 @@ def sys_poll(p, fds, nfds, timeout, *_):
         ms = None if not timeout else (lambda t: t[0] * 1000 + t[1] // 10**6)(struct.unpack("<qq", p.machine.read(timeout, 16)))
     else:
         ms = None if s32(timeout) < 0 else s32(timeout)
+    if p.signals.alarm_at:
+        # A pending alarm(2) is the only thing that can interrupt a wait in a single process.
+        import time
+        until_alarm = max(0, int((p.signals.alarm_at - time.monotonic()) * 1000) + 1)
+        if ms is None or until_alarm < ms:
+            ready = dict(poller.poll(until_alarm))
+            if not ready:
+                p.signals.check_alarm()
+                return -errno.EINTR
+    elif ms is None and not any(fd in p.fds for fd, _e, _r in entries):
+        p.warn_once("pause", f"{p.current_syscall} waits forever: nothing could ever wake it")
+        return -errno.EINTR
     ready = dict(poller.poll(ms))
     host_to_guest = {p.fds[fd].host: fd for fd, _e, _r in entries if fd in p.fds}
     out, n = bytearray(), 0

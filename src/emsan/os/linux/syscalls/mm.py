@@ -60,6 +60,8 @@ def sys_mmap(p, addr, length, prot, flags, fd, offset, *_):
     p.mem.map(start, start + size, prot, name)
     if data:
         p.machine.write(start, data)
+        if offset == 0 and data[:4] == b"\x7fELF":
+            p.mem.add_module(name, start, start + size)   # ld.so maps a library's whole span first
     p.notify_mmap(start, size, prot, name)
     return start
 
@@ -69,6 +71,7 @@ def sys_munmap(p, addr, length, *_):
     if addr % PAGE or length == 0:
         return -errno.EINVAL
     p.mem.unmap(addr, addr + page_up(length))
+    p.mem.drop_modules(addr, addr + page_up(length))
     p.notify_munmap(addr, page_up(length))
     return 0
 

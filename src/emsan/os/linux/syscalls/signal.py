@@ -83,6 +83,20 @@ def sys_alarm(p, seconds, *_):
     return p.signals.set_alarm(seconds)
 
 
+@syscall("setitimer")
+def sys_setitimer(p, which, new, old, *_):
+    ITIMER_REAL = 0
+    if which != ITIMER_REAL:
+        return -errno.EINVAL
+    left = p.signals.set_alarm(0)
+    if old:
+        p.machine.write(old, struct.pack("<qqqq", 0, 0, left, 0))
+    if new:
+        _isec, _iusec, sec, usec = struct.unpack("<qqqq", p.machine.read(new, 32))
+        p.signals.set_alarm(sec + usec / 1e6)
+    return 0
+
+
 @syscall("pause", "rt_sigsuspend")
 def sys_pause(p, *_):
     if p.signals.wait_for_alarm():
