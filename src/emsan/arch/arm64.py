@@ -22,3 +22,9 @@ class ARM64(Arch):
         if value is not None:
             m.set_reg("x0", value)
         m.pc = m.reg("lr")
+
+    def setup_call(self, m, args: list[int], return_to: int) -> None:
+        for reg, v in zip(self.args, args):
+            m.set_reg(reg, v)
+        m.set_reg("lr", return_to)
+        m.sp = (m.sp - 4096) & ~15

@@ -37,6 +37,10 @@ class Arch:
         """Make the intercepted function return `value` to its caller, as its `ret` would."""
         raise NotImplementedError
 
+    def setup_call(self, m, args: list[int], return_to: int) -> None:
+        """Registers and stack for calling a guest function that returns to `return_to`."""
+        raise NotImplementedError
+
     def frame_walk(self, m, max_frames: int) -> list[int]:
         """Return addresses from the frame-pointer chain, innermost first (caller of the current function first)."""
         out: list[int] = []

@@ -25,3 +25,10 @@ class X86_64(Arch):
             m.set_reg("rax", value)
         m.sp = sp + 8
         m.pc = ret     # last: writing the PC makes Unicorn leave the current block
+
+    def setup_call(self, m, args: list[int], return_to: int) -> None:
+        for reg, v in zip(self.args, args):
+            m.set_reg(reg, v)
+        sp = ((m.sp - 4096) & ~15) - 8           # below the red zone; rsp+8 aligned at entry
+        m.write(sp, return_to.to_bytes(8, "little"))
+        m.sp = sp

@@ -191,6 +191,23 @@ class Machine:
         self._keep.append((cfunc, user_data))
         return hh[0]
 
+    def hook_mem_access_native(self, cfunc, user_data, begin: int, end: int) -> int:
+        """A C check on every guest load and store in [begin, end]."""
+        return self.hook_native(uconst.UC_HOOK_MEM_READ | uconst.UC_HOOK_MEM_WRITE, cfunc, user_data, begin, end)
+
+    def hook_code_native(self, cfunc, user_data, addr: int) -> int:
+        """A C callback before the instruction at `addr` (a function entry emsan stands in for)."""
+        return self.hook_native(uconst.UC_HOOK_CODE, cfunc, user_data, addr, addr)
+
+    def hook_code_once(self, addr: int, cb: Callable[[], None]) -> None:
+        """A Python callback the first time the instruction at `addr` runs."""
+        box: list[int] = []
+
+        def fire(uc, address, size, ud):
+            self.uc.hook_del(box[0])
+            cb()
+        box.append(self.hook(uconst.UC_HOOK_CODE, fire, addr, addr))
+
     def unhook(self, h: int) -> None:
         self.uc.hook_del(h)
 
@@ -273,6 +290,21 @@ class Machine:
         if max_insns:
             return "max-instructions"
         return "returned"
+
+    def call(self, arch, addr: int, args: list[int], max_insns: int = 1_000_000) -> int | None:
+        """Run the guest function at `addr` to its return, between two runs, and give back its
+        return value; every register is restored afterwards. None if it did not return."""
+        sentinel = 0x1000                          # never mapped: the call ends when it returns here
+        ctx = self.uc.context_save()
+        try:
+            arch.setup_call(self, args, sentinel)
+            self.uc.emu_start(addr, sentinel, 0, max_insns)
+            return self.reg(arch.ret) if self.pc == sentinel else None
+        except unicorn.UcError:
+            return None
+        finally:
+            self.fault = None
+            self.uc.context_restore(ctx)
 
     def _fault_from_error(self, e: unicorn.UcError) -> MachineFault:
         errno = e.errno

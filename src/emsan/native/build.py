@@ -13,11 +13,14 @@ CDEF = (HERE / "emsan_native.h").read_text()
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
+SOURCES = ["emsan_native.c", "shadow.c", "heap.c", "quarantine.c", "depot.c", "intercept.c"]
 ffibuilder.set_source(
     "emsan.native._emsan_native",
-    '#include "emsan_native.h"\n' + (HERE / "emsan_native.c").read_text(),
+    '#include <stdint.h>\n#include "emsan_native.h"\n',
+    sources=[str((HERE / s).relative_to(Path.cwd())) if HERE.is_relative_to(Path.cwd()) else str(HERE / s)
+             for s in SOURCES],
     include_dirs=[str(HERE)],
-    extra_compile_args=["-O2", "-std=gnu11", "-fvisibility=hidden"],
+    extra_compile_args=["-O2", "-std=gnu11", "-fvisibility=hidden", "-Wall"],
 )
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-/* Declarations shared by the cffi cdef and the C sources (plain C, no preprocessor). */
+/* emsan's native API: the cffi cdef reads this file, and the C sources include it.
+ * Plain declarations only (cffi's parser takes no preprocessor logic beyond integer #defines). */
+
 typedef struct emsan_api {
     void *uc_reg_read;      /* uc_err uc_reg_read(uc_engine *, int, void *) */
     void *uc_reg_write;     /* uc_err uc_reg_write(uc_engine *, int, const void *) */
@@ -14,3 +16,135 @@ int emsan_hook_add(void *uc, size_t *hh, int type, void *cb, void *ud, uint64_t 
 
 /* Counting hook used by the benchmarks: one increment per executed instruction. */
 void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+
+/* ---- the generic-mode heap: allocator, shadow, quarantine, depot (heap.c, shadow.c, ...) ---- */
+
+/* Functions emsan stands in for (one hook per entry point, user data = emsan_heap_entry()). */
+#define EMSAN_FN_MALLOC 1
+#define EMSAN_FN_FREE 2
+#define EMSAN_FN_CALLOC 3
+#define EMSAN_FN_REALLOC 4
+#define EMSAN_FN_REALLOCARRAY 5
+#define EMSAN_FN_MEMALIGN 6
+#define EMSAN_FN_POSIX_MEMALIGN 7
+#define EMSAN_FN_ALIGNED_ALLOC 8
+#define EMSAN_FN_VALLOC 9
+#define EMSAN_FN_PVALLOC 10
+#define EMSAN_FN_USABLE_SIZE 11
+#define EMSAN_FN_NEW 12
+#define EMSAN_FN_NEW_ARRAY 13
+#define EMSAN_FN_NEW_ALIGNED 14
+#define EMSAN_FN_NEW_ARRAY_ALIGNED 15
+#define EMSAN_FN_NEW_NOTHROW 16
+#define EMSAN_FN_NEW_ARRAY_NOTHROW 17
+#define EMSAN_FN_NEW_ALIGNED_NOTHROW 18
+#define EMSAN_FN_NEW_ARRAY_ALIGNED_NOTHROW 19
+#define EMSAN_FN_DELETE 20
+#define EMSAN_FN_DELETE_ARRAY 21
+#define EMSAN_FN_STRLEN 40
+#define EMSAN_FN_STRNLEN 41
+#define EMSAN_FN_STRCHR 42
+#define EMSAN_FN_STRRCHR 43
+#define EMSAN_FN_MEMCHR 44
+#define EMSAN_FN_STRCMP 45
+#define EMSAN_FN_STRNCMP 46
+#define EMSAN_FN_MEMCMP 47
+#define EMSAN_FN_STRCPY 48
+#define EMSAN_FN_STRNCPY 49
+#define EMSAN_FN_STPCPY 50
+#define EMSAN_FN_STRCAT 51
+#define EMSAN_FN_STRNCAT 52
+#define EMSAN_FN_MEMCPY 53
+#define EMSAN_FN_MEMMOVE 54
+#define EMSAN_FN_MEMSET 55
+#define EMSAN_FN_MEMPCPY 56
+#define EMSAN_FN_RAWMEMCHR 57
+#define EMSAN_FN_STRCHRNUL 58
+#define EMSAN_FN_MEMRCHR 59
+#define EMSAN_FN_STPNCPY 60
+
+/* Allocation families, for alloc-dealloc-mismatch. */
+#define EMSAN_KIND_MALLOC 0
+#define EMSAN_KIND_NEW 1
+#define EMSAN_KIND_NEW_ARRAY 2
+
+/* Object states. */
+#define EMSAN_OBJ_FREE 0
+#define EMSAN_OBJ_LIVE 1
+#define EMSAN_OBJ_QUARANTINED 2
+
+/* Errors handed to Python. */
+#define EMSAN_ERR_ACCESS 1
+#define EMSAN_ERR_DOUBLE_FREE 2
+#define EMSAN_ERR_INVALID_FREE 3
+#define EMSAN_ERR_MISMATCH 4
+
+/* Register ids the C side needs, in this order, from the Python arch layer. */
+#define EMSAN_REG_ARG0 0
+#define EMSAN_REG_RET 6
+#define EMSAN_REG_SP 7
+#define EMSAN_REG_PC 8
+#define EMSAN_REG_LR 9
+#define EMSAN_REG_FP 10
+#define EMSAN_NREGS 11
+
+#define EMSAN_STACK_DEPTH 64
+
+typedef struct emsan_error {
+    int type;
+    int is_write;
+    uint64_t addr;
+    uint64_t size;
+    uint64_t pc;
+    uint32_t stack;        /* depot handle of the access (or free) stack */
+    int fn;                /* the function that was called (frees, interceptors), 0 for plain accesses */
+    int kind;              /* family of the deallocation used (mismatch) */
+} emsan_error;
+
+typedef struct emsan_obj_info {
+    int found;
+    int state;
+    int kind;
+    int large;
+    uint64_t start;
+    uint64_t size;         /* requested size */
+    uint64_t cache_size;   /* size class ("kmalloc-N") */
+    uint32_t alloc_stack;
+    uint32_t free_stack;
+} emsan_obj_info;
+
+typedef struct emsan_stats {
+    uint64_t allocs;
+    uint64_t frees;
+    uint64_t live_bytes;
+    uint64_t quarantine_bytes;
+    uint64_t quarantine_objects;
+    uint64_t shadow_pages;     /* private shadow pages (512 bytes each) */
+    uint64_t heap_pages;       /* guest heap pages ever used */
+    uint64_t depot_traces;
+    uint64_t depot_bytes;
+    uint64_t intercepted;
+    uint64_t errors;
+} emsan_stats;
+
+typedef struct emsan_heap emsan_heap;
+
+emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_t size, uint64_t quarantine_bytes,
+                           const int *regs);
+void emsan_heap_destroy(emsan_heap *h);
+void emsan_heap_set_stack(emsan_heap *h, uint64_t lo, uint64_t hi);
+void *emsan_heap_entry(emsan_heap *h, int fn);
+void emsan_set_string_checks(emsan_heap *h, int on);
+int emsan_pop_error(emsan_heap *h, emsan_error *out);
+int emsan_describe(emsan_heap *h, uint64_t addr, emsan_obj_info *out);
+int emsan_shadow_byte(emsan_heap *h, uint64_t addr);
+int emsan_depot_get(emsan_heap *h, uint32_t handle, uint64_t *out, int max);
+void emsan_get_stats(emsan_heap *h, emsan_stats *out);
+int emsan_addr_in_heap(emsan_heap *h, uint64_t addr);
+/* Code in [lo, hi) may make aligned vector reads that straddle an object's end (optimized
+ * libc string routines); such a read is not a bug when one of its bytes is accessible. */
+void emsan_add_tolerant_range(emsan_heap *h, uint64_t lo, uint64_t hi);
+
+/* Hooks registered with Unicorn (user data: the heap, or an emsan_heap_entry()). */
+void emsan_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud);
+void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);

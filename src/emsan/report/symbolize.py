@@ -56,7 +56,7 @@ class ModuleSymbols:
             if sec is None:
                 continue
             for sym in sec.iter_symbols():
-                if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC", "STT_OBJECT") or not sym["st_value"]:
+                if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC", "STT_LOOS", "STT_OBJECT") or not sym["st_value"]:
                     continue
                 addr, size, name = sym["st_value"], sym["st_size"], sym.name
                 prev = seen.get(addr)

@@ -63,6 +63,9 @@ class Session:
                                opts.seed, opts.trace_syscalls)
         self.symbolizer = Symbolizer(self.mem)
         self.sanitizer = None
+        if opts.mode == "generic":
+            from emsan.session.sanitize import LinuxSanitizer
+            self.sanitizer = LinuxSanitizer(self)
 
     def run(self) -> ExitInfo:
         return self.process.run(self.loaded.entry, self.opts.timeout, self.opts.max_instructions)
@@ -72,6 +75,8 @@ def run(opts: RunOptions) -> int:
     s = Session(opts)
     info = s.run()
     sys.stdout.flush()
+    if s.sanitizer is not None:
+        s.sanitizer.finish()
     if info.kind == "signal" and info.signal in CORE_SIGNALS:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
     elif info.kind == "timeout":

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from emsan.errors import EmsanError
 from emsan.os.linux.elf import ElfImage, open_elf
+from emsan.os.linux.libsearch import check_libraries
 from emsan.os.linux.memory import (PAGE, PIE_BASE, STACK_SIZE, STACK_TOP, MemoryMap, Module,
                                    page_down, page_up)
 
@@ -59,7 +60,7 @@ def map_image(mem: MemoryMap, image: ElfImage, bias: int) -> None:
         if s.filesz:
             mem.machine.write(bias + s.vaddr, image.data[s.offset:s.offset + s.filesz])
     lo, hi = image.span
-    mem.modules.append(Module(image.path, bias, lo + bias, hi + bias))
+    mem.register_module(Module(image.path, bias, lo + bias, hi + bias))
 
 
 def load_program(mem: MemoryMap, arch_name: str, path: str, argv: list[str], env: list[str],
@@ -84,6 +85,8 @@ def load_program(mem: MemoryMap, arch_name: str, path: str, argv: list[str], env
         interp = open_elf(ipath, what="interpreter", need_exec=False)
         if interp.machine != image.machine:
             raise EmsanError(f"{ipath}: interpreter is for another architecture")
+        check_libraries(image, path, arch_name, sysroot, env, interp,
+                        lambda gpath: resolve_guest_path(gpath, sysroot))
         ilo, ihi = interp.span
         interp_bias = mem.find_free(ihi - ilo) - ilo
         map_image(mem, interp, interp_bias)

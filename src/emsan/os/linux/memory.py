@@ -15,7 +15,7 @@ PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4     # Linux and Unicorn use the same 
 # has a 44-bit physical address range and, with the MMU off, faults on anything above it.
 PIE_BASE = 0x0555_5555_0000
 SANITIZER_HEAP_BASE = 0x0600_0000_0000      # emsan's allocator hands out objects from here
-SANITIZER_HEAP_SIZE = 0x10_0000_0000        # 64 GiB reserved; pages are mapped as objects arrive
+SANITIZER_HEAP_SIZE = 0x2_0000_0000         # 8 GiB, one lazily backed engine region
 MMAP_BOTTOM = 0x0700_0000_0000
 MMAP_TOP = 0x0FFF_0000_0000                 # mmap() grows down from here
 STACK_TOP = 0x0FFF_FFFF_F000
@@ -56,6 +56,7 @@ class MemoryMap:
     brk_start: int = 0
     brk_end: int = 0
     stack: tuple[int, int] = (0, 0)
+    module_listeners: list = field(default_factory=list)    # called with each Module as it loads
 
     # --- queries -------------------------------------------------------------------------
     def find(self, addr: int) -> Mapping | None:
@@ -89,7 +90,12 @@ class MemoryMap:
     def add_module(self, path: str, start: int, end: int) -> None:
         """A shared object mapped by the guest's ld.so (its first PT_LOAD is at vaddr 0)."""
         self.drop_modules(start, end)
-        self.modules.append(Module(path, start, start, end))
+        self.register_module(Module(path, start, start, end))
+
+    def register_module(self, mod: Module) -> None:
+        self.modules.append(mod)
+        for cb in self.module_listeners:
+            cb(mod)
 
     def drop_modules(self, start: int, end: int) -> None:
         self.modules = [mod for mod in self.modules if mod.end <= start or end <= mod.start]

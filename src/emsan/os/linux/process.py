@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import select
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,7 +52,11 @@ class Process:
     clear_child_tid: int = 0
     current_syscall: str = ""
     exit_info: ExitInfo | None = None
+    deadline: float | None = None          # --timeout as a time.monotonic() value
     mmap_listeners: list[Callable[[str, int, int, int, str], None]] = field(default_factory=list)
+    # Consulted whenever the engine stops on its own (a sanitizer stops it to report): each
+    # returns None (not mine), "continue", or an ExitInfo that ends the run.
+    on_stop: list[Callable[[], "ExitInfo | str | None"]] = field(default_factory=list)
     _warned: set = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -129,6 +134,27 @@ class Process:
             self._warned.add(key)
             print(f"emsan: {message}", file=sys.stderr, flush=True)
 
+    # --- waiting: a blocking call must not outlive --timeout -----------------------------------
+    def sleep(self, seconds: float) -> bool:
+        """Sleep as a blocking call would; False when --timeout cut it short (the run then stops)."""
+        if self.deadline is not None and time.monotonic() + seconds >= self.deadline:
+            time.sleep(max(0.0, self.deadline - time.monotonic()))
+            self.machine.stop("timeout")
+            return False
+        time.sleep(max(0.0, seconds))
+        return True
+
+    def wait_readable(self, host_fd: int) -> bool:
+        """Before a read that could block: False (and the run stops) if nothing arrives in time."""
+        if self.deadline is None:
+            return True
+        poller = select.poll()
+        poller.register(host_fd, select.POLLIN)
+        if poller.poll(max(0, int((self.deadline - time.monotonic()) * 1000))):
+            return True
+        self.machine.stop("timeout")
+        return False
+
     def notify_mmap(self, start: int, size: int, prot: int, name: str) -> None:
         for cb in self.mmap_listeners:
             cb("map", start, size, prot, name)
@@ -178,12 +204,20 @@ class Process:
     def run(self, entry: int, timeout: float | None, max_insns: int | None) -> ExitInfo:
         m = self.machine
         deadline = time.monotonic() + timeout if timeout else None
+        self.deadline = deadline
         pc = entry
         while self.exit_info is None:
             left = max(deadline - time.monotonic(), 0.001) if deadline else None
             reason = m.run(pc, left, max_insns)
+            verdicts = [v for v in (cb() for cb in self.on_stop) if v is not None]
+            ended = next((v for v in verdicts if isinstance(v, ExitInfo)), None)
+            if ended is not None and self.exit_info is None:
+                self.exit_info = ended
             if self.exit_info is not None:
                 break
+            if "continue" in verdicts and reason != "fault":
+                pc = m.pc
+                continue
             if reason == "fault" and m.fault is not None:
                 fault, m.fault = m.fault, None
                 self.signals.deliver(FAULT_SIGNAL[fault.kind], fault)

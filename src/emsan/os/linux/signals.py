@@ -138,6 +138,6 @@ class Signals:
     def wait_for_alarm(self) -> bool:
         if not self.alarm_at:
             return False
-        time.sleep(max(0.0, self.alarm_at - time.monotonic()))
-        self.check_alarm()
+        if self.process.sleep(self.alarm_at - time.monotonic()):
+            self.check_alarm()
         return True

@@ -4,7 +4,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import struct
+import time
 
 from emsan.os.linux import structs
 from emsan.os.linux.syscalls import syscall
@@ -25,7 +27,10 @@ def s32(x: int) -> int:
 # --- read / write ------------------------------------------------------------------------------
 @syscall("read")
 def sys_read(p, fd, buf, count, *_):
-    data = os.read(p.fd(fd).host, min(count, 1 << 24))
+    host = p.fd(fd).host
+    if not p.wait_readable(host):
+        return -errno.EINTR     # --timeout ended the run while the read waited
+    data = os.read(host, min(count, 1 << 24))
     p.machine.write(buf, data)
     return len(data)
 
@@ -55,6 +60,8 @@ def _iovecs(p, iov, cnt):
 @syscall("readv", "preadv")
 def sys_readv(p, fd, iov, cnt, off=None, *_):
     host = p.fd(fd).host
+    if not p.wait_readable(host):
+        return -errno.EINTR
     total = 0
     for base, length in _iovecs(p, iov, cnt):
         if not length:
@@ -459,8 +466,7 @@ def sys_utimensat(p, dirfd, path, times, flags, *_):
         vals = []
         for sec, nsec in ((t[0], t[1]), (t[2], t[3])):
             if nsec == UTIME_NOW:
-                import time as _t
-                vals.append(_t.time_ns())
+                vals.append(time.time_ns())
             elif nsec == UTIME_OMIT:
                 vals.append(now)
             else:
@@ -547,37 +553,44 @@ def sys_listxattr(p, target, buf, size, *_):
 # --- waiting for descriptors ----------------------------------------------------------------------
 @syscall("poll", "ppoll")
 def sys_poll(p, fds, nfds, timeout, *_):
-    import select
     raw = p.machine.read(fds, 8 * nfds) if nfds else b""
     entries = [struct.unpack_from("<ihh", raw, 8 * i) for i in range(nfds)]
     poller = select.poll()
     for fd, events, _r in entries:
         if fd >= 0 and fd in p.fds:
-            poller.register(p.fds[fd].host, events)
+            poller.register(p.fds[fd].host, events & 0xFFFF)
     if p.current_syscall == "ppoll":
-        ms = None if not timeout else (lambda t: t[0] * 1000 + t[1] // 10**6)(struct.unpack("<qq", p.machine.read(timeout, 16)))
+        ms = None
+        if timeout:
+            sec, nsec = struct.unpack("<qq", p.machine.read(timeout, 16))
+            ms = sec * 1000 + (nsec + 999_999) // 10**6
     else:
         ms = None if s32(timeout) < 0 else s32(timeout)
+    # In a single process only alarm(2) can interrupt the wait; --timeout ends it too.
+    limit, cut_by = ms, ""
     if p.signals.alarm_at:
-        # A pending alarm(2) is the only thing that can interrupt a wait in a single process.
-        import time
         until_alarm = max(0, int((p.signals.alarm_at - time.monotonic()) * 1000) + 1)
-        if ms is None or until_alarm < ms:
-            ready = dict(poller.poll(until_alarm))
-            if not ready:
-                p.signals.check_alarm()
-                return -errno.EINTR
+        if limit is None or until_alarm < limit:
+            limit, cut_by = until_alarm, "alarm"
     elif ms is None and not any(fd in p.fds for fd, _e, _r in entries):
         p.warn_once("pause", f"{p.current_syscall} waits forever: nothing could ever wake it")
         return -errno.EINTR
-    ready = dict(poller.poll(ms))
-    host_to_guest = {p.fds[fd].host: fd for fd, _e, _r in entries if fd in p.fds}
+    if p.deadline is not None:
+        until_deadline = max(0, int((p.deadline - time.monotonic()) * 1000))
+        if limit is None or until_deadline < limit:
+            limit, cut_by = until_deadline, "timeout"
+    ready = dict(poller.poll(limit))
+    if not ready and cut_by == "alarm":
+        p.signals.check_alarm()
+        return -errno.EINTR
+    if not ready and cut_by == "timeout":
+        p.machine.stop("timeout")
+        return -errno.EINTR
     out, n = bytearray(), 0
     for fd, events, _r in entries:
         rev = ready.get(p.fds[fd].host, 0) if fd in p.fds else (0x20 if fd >= 0 else 0)   # POLLNVAL
         n += bool(rev)
         out += struct.pack("<ihh", fd, events, rev)
-    del host_to_guest
     if out:
         p.machine.write(fds, bytes(out))
     return n

@@ -258,8 +258,8 @@ def sys_nanosleep(p, *a):
     else:
         sec, nsec = struct.unpack("<qq", p.machine.read(req, 16))
         delay = sec + nsec / 1e9
-    if delay > 0:
-        time.sleep(delay)
+    if delay > 0 and not p.sleep(delay):
+        return -errno.EINTR     # --timeout ended the run during the sleep
     return 0
 
 

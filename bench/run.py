@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""Foundation benchmark: emsan `--mode none` against bare Unicorn, on x86-64 and arm64.
+
+    python3 bench/run.py [--quick] [--arch x86_64|arm64|all] [--json FILE]
+                         [--reps N] [--workloads compute,alloc,strings] [--scale F] [--no-startup]
+
+Measures (see bench/README.md for the method and the meaning of every column):
+  * guest instructions per second of plain emulation, on a compute-bound, an allocation-heavy
+    and a string-heavy workload (bench/workloads/*.c, built static here);
+  * start-up time from launching the process to the first guest instruction (static hello);
+  * the same figures for "bare Unicorn" (bench/bare_unicorn.py), side by side, as paired
+    ratios emsan/bare with medians and spreads over N interleaved repetitions.
+
+Figures go to stdout (a rich table) and to JSON (default bench/results/foundation.json).
+Nothing here asserts on speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORKLOAD_DIR = BENCH / "workloads"
+BUILD_DIR = BENCH / "build"
+DEFAULT_JSON = BENCH / "results" / "foundation.json"
+PY = sys.executable
+
+ARCHES = ("x86_64", "arm64")
+COMPILERS = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
+CFLAGS = ["-static", "-O2", "-g", "-fno-omit-frame-pointer"]
+
+# Iteration counts sized for about 0.5-0.9 s of emulation each (see bench/README.md).
+WORKLOADS = {
+    "compute": {"x86_64": 10_000, "arm64": 20_000},    # ~18k / ~8.5k guest insns per iteration
+    "alloc": {"x86_64": 80_000, "arm64": 80_000},      # ~800 / ~690 per iteration, malloc/free churn
+    "strings": {"x86_64": 50_000, "arm64": 50_000},    # ~640 / ~670 per iteration, libc string routines
+}
+STARTUP_PROGRAM = "hello"
+
+STARTUP_TARGET_S = 0.3
+OVERHEAD_TARGET = 1.10
+
+# Configurations. Each timed measurement is one fresh process.
+WL_CONFIGS = ("bare_emu", "emsan_emu", "bare_wall", "emsan_wall")
+SU_CONFIGS = ("python_floor", "bare_first", "emsan_first", "bare_wall", "emsan_wall")
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def now() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+# --- building ---------------------------------------------------------------------------------------
+def build(name: str, arch: str) -> Path:
+    src = WORKLOAD_DIR / f"{name}.c"
+    out = BUILD_DIR / arch / name
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    cc = COMPILERS[arch]
+    if shutil.which(cc) is None:
+        raise BenchError(f"{cc} is not installed (needed for {arch})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    proc = subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(src)], capture_output=True, text=True)
+    if proc.returncode:
+        raise BenchError(f"building {src} for {arch} failed:\n{proc.stderr}")
+    os.replace(tmp, out)
+    return out
+
+
+# --- running -----------------------------------------------------------------------------------------
+class Runner:
+    def __init__(self, tmpdir: str):
+        self.tmpdir = tmpdir
+        self.stats_path = os.path.join(tmpdir, "stats.json")
+        self.env = dict(os.environ)
+        self.env.pop("EMSAN_DEBUG", None)
+
+    def _run(self, cmd: list[str], what: str) -> tuple[float, float, bytes]:
+        """Run cmd; return (launch time, wall seconds, stdout). Fails loudly on a bad exit."""
+        t0 = now()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=self.tmpdir)
+        wall = now() - t0
+        if proc.returncode != 0:
+            raise BenchError(f"{what}: exit status {proc.returncode}\n$ {' '.join(cmd)}\n"
+                             f"{proc.stderr.decode(errors='replace')[-2000:]}")
+        return t0, wall, proc.stdout
+
+    def probe(self, mode: str, target: str, exe: Path, args: list[str]) -> tuple[float, float, dict, bytes]:
+        if os.path.exists(self.stats_path):
+            os.unlink(self.stats_path)
+        cmd = [PY, str(BENCH / "probe.py"), self.stats_path, mode, target, str(exe), *args]
+        t0, wall, out = self._run(cmd, f"probe {mode} {target} {exe.name}")
+        with open(self.stats_path) as f:
+            return t0, wall, json.load(f), out
+
+    def plain(self, target: str, exe: Path, args: list[str]) -> tuple[float, bytes]:
+        if target == "emsan":
+            cmd = [PY, "-m", "emsan", "run", "--mode", "none", str(exe), *args]
+        else:
+            cmd = [PY, str(BENCH / "bare_unicorn.py"), str(exe), *args]
+        _, wall, out = self._run(cmd, f"{target} {exe.name}")
+        return wall, out
+
+    def python_floor(self) -> float:
+        _, wall, _ = self._run([PY, "-c", "pass"], "python -c pass")
+        return wall
+
+    def count(self, exe: Path, args: list[str]) -> tuple[int, bytes]:
+        _, _, st, out = self.probe("count", "emsan", exe, args)
+        n = int(st.get("instructions") or 0)
+        if n <= 0:
+            raise BenchError(f"instruction count of {exe} came back as {n}")
+        return n, out
+
+
+# --- statistics --------------------------------------------------------------------------------------
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def paired_ratio(num: list[float], den: list[float]) -> dict:
+    return summary([a / b for a, b in zip(num, den)])
+
+
+def rotate(seq, k: int) -> list:
+    k %= len(seq)
+    return list(seq[k:]) + list(seq[:k])
+
+
+# --- the benchmark -----------------------------------------------------------------------------------
+def run_bench(args: argparse.Namespace, log) -> dict:
+    arches = ARCHES if args.arch == "all" else (args.arch,)
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(WORKLOADS)
+    for n in names:
+        if n not in WORKLOADS:
+            raise BenchError(f"unknown workload {n!r} (have: {', '.join(WORKLOADS)})")
+    reps = args.reps or (3 if args.quick else 5)
+    started = datetime.now(timezone.utc)
+    load_before = os.getloadavg()
+
+    with tempfile.TemporaryDirectory(prefix="emsan-bench-") as tmp:
+        r = Runner(tmp)
+        wl: dict[tuple[str, str], dict] = {}
+        su: dict[str, dict] = {}
+        # Build everything, then count instructions once per workload (separate, untimed run,
+        # which also warms the page cache and Python's bytecode caches).
+        for arch in arches:
+            if args.startup:
+                exe = build(STARTUP_PROGRAM, arch)
+                n, out = r.count(exe, [])
+                su[arch] = {"arch": arch, "program": STARTUP_PROGRAM, "binary": str(exe.relative_to(ROOT)),
+                            "instructions": n, "reference_output": out, "outputs_match": True,
+                            "runs": {k: [] for k in ("python_s", "bare_first_insn_s", "emsan_first_insn_s",
+                                                      "bare_wall_s", "emsan_wall_s")},
+                            "breakdown_runs": {"bare": [], "emsan": []}}
+                log(f"[dim]{arch} {STARTUP_PROGRAM}: {n:,} guest instructions[/dim]")
+            for name in names:
+                exe = build(name, arch)
+                iters = max(1, round(WORKLOADS[name][arch] * args.scale))
+                n, out = r.count(exe, [str(iters)])
+                wl[(arch, name)] = {"arch": arch, "name": name, "iterations": iters,
+                                    "binary": str(exe.relative_to(ROOT)), "instructions": n,
+                                    "reference_output": out, "outputs_match": True,
+                                    "runs": {k: [] for k in ("bare_emu_s", "emsan_emu_s", "bare_wall_s",
+                                                              "emsan_wall_s")}}
+                log(f"[dim]{arch} {name} {iters}: {n:,} guest instructions[/dim]")
+
+        # Timed repetitions: reps outermost, configurations interleaved (rotated each rep).
+        for rep in range(reps):
+            log(f"[dim]repetition {rep + 1}/{reps}[/dim]")
+            for arch in arches:
+                if args.startup:
+                    d = su[arch]
+                    exe = BUILD_DIR / arch / STARTUP_PROGRAM
+                    for cfg in rotate(SU_CONFIGS, rep):
+                        if cfg == "python_floor":
+                            d["runs"]["python_s"].append(r.python_floor())
+                            continue
+                        target, kind = cfg.split("_")
+                        if kind == "first":
+                            t0, _, st, out = r.probe("first", target, exe, [])
+                            if st.get("t_first_insn") is None:
+                                raise BenchError(f"{target}: the entry hook never fired")
+                            d["runs"][f"{target}_first_insn_s"].append(st["t_first_insn"] - t0)
+                            d["breakdown_runs"][target].append({
+                                "interpreter_s": st["t_probe_start"] - t0,
+                                "load_s": st["t_emu_first_call"] - st["t_probe_start"],
+                                "first_block_s": st["t_first_insn"] - st["t_emu_first_call"]})
+                        else:
+                            wall, out = r.plain(target, exe, [])
+                            d["runs"][f"{target}_wall_s"].append(wall)
+                        d["outputs_match"] &= out == d["reference_output"]
+                for name in names:
+                    d = wl[(arch, name)]
+                    exe = BUILD_DIR / arch / name
+                    argv = [str(d["iterations"])]
+                    for cfg in rotate(WL_CONFIGS, rep):
+                        target, kind = cfg.split("_")
+                        if kind == "emu":
+                            _, _, st, out = r.probe("time", target, exe, argv)
+                            d["runs"][f"{target}_emu_s"].append(st["emu_s"])
+                        else:
+                            wall, out = r.plain(target, exe, argv)
+                            d["runs"][f"{target}_wall_s"].append(wall)
+                        d["outputs_match"] &= out == d["reference_output"]
+
+    workloads = []
+    for d in wl.values():
+        runs = d["runs"]
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        d["median"] = med
+        d["minsn_per_s"] = {t: d["instructions"] / med[f"{t}_emu_s"] / 1e6 for t in ("bare", "emsan")}
+        d["ratio_emu"] = paired_ratio(runs["emsan_emu_s"], runs["bare_emu_s"])
+        d["ratio_wall"] = paired_ratio(runs["emsan_wall_s"], runs["bare_wall_s"])
+        d["reference_output"] = d["reference_output"].decode(errors="replace").strip()
+        workloads.append(d)
+    startup = []
+    for d in su.values():
+        runs = d["runs"]
+        d["median"] = {k: statistics.median(v) for k, v in runs.items()}
+        d["ratio_first_insn"] = paired_ratio(runs["emsan_first_insn_s"], runs["bare_first_insn_s"])
+        d["ratio_wall"] = paired_ratio(runs["emsan_wall_s"], runs["bare_wall_s"])
+        d["breakdown_median_s"] = {t: {k: statistics.median(b[k] for b in rows) for k in rows[0]}
+                                   for t, rows in d.pop("breakdown_runs").items()}
+        d["reference_output"] = d["reference_output"].decode(errors="replace").strip()
+        startup.append(d)
+
+    targets = {
+        "startup_max_s": STARTUP_TARGET_S,
+        "startup": {d["arch"]: {"emsan_first_insn_s": d["median"]["emsan_first_insn_s"],
+                                "met": d["median"]["emsan_first_insn_s"] <= STARTUP_TARGET_S} for d in startup},
+        "overhead_max_ratio": OVERHEAD_TARGET,
+        "overhead": {f"{d['arch']}/{d['name']}": {
+            "ratio_emu": d["ratio_emu"]["median"], "met_emu": d["ratio_emu"]["median"] <= OVERHEAD_TARGET,
+            "ratio_wall": d["ratio_wall"]["median"], "met_wall": d["ratio_wall"]["median"] <= OVERHEAD_TARGET}
+            for d in workloads},
+    }
+    return {
+        "schema": 1,
+        "meta": {
+            "started": started.isoformat(timespec="seconds"),
+            "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
+            "reps": reps, "quick": bool(args.quick), "scale": args.scale, "arches": list(arches),
+            "python": platform.python_version(), "unicorn": _version("unicorn"),
+            "host": platform.node(), "cpus": os.cpu_count(), "machine": platform.machine(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "git_rev": _git_rev(),
+            "cflags": CFLAGS,
+        },
+        "workloads": workloads,
+        "startup": startup,
+        "targets": targets,
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:
+        return None
+
+
+def _git_rev() -> str | None:
+    try:
+        p = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                           text=True, timeout=10)
+        return p.stdout.strip() or None
+    except Exception:
+        return None
+
+
+# --- output ------------------------------------------------------------------------------------------
+def fmt_ratio(r: dict) -> str:
+    return f"{r['median']:.3f} ({r['min']:.2f}–{r['max']:.2f})"
+
+
+def render(res: dict, console) -> None:
+    from rich.table import Table
+
+    meta = res["meta"]
+    n = meta["reps"]
+    if res["workloads"]:
+        t = Table(title=f"Plain emulation: emsan --mode none vs bare Unicorn  (medians of {n} interleaved runs; "
+                        f"ratio = emsan/bare, median (min–max) of per-repetition ratios)", title_justify="left")
+        for col, just in (("arch", "left"), ("workload", "left"), ("iters", "right"), ("guest insns", "right"),
+                          ("bare\nM insn/s", "right"), ("emsan\nM insn/s", "right"),
+                          ("bare emu s\n(in-process)", "right"), ("emsan emu s\n(in-process)", "right"),
+                          ("emu ratio\nemsan/bare", "right"),
+                          ("bare wall s\n(whole process)", "right"), ("emsan wall s\n(whole process)", "right"),
+                          ("wall ratio\nemsan/bare", "right")):
+            t.add_column(col, justify=just)
+        for d in res["workloads"]:
+            m = d["median"]
+            t.add_row(d["arch"], d["name"] + ("" if d["outputs_match"] else " [red](output differs!)[/red]"),
+                      f"{d['iterations']:,}", f"{d['instructions'] / 1e6:.1f} M",
+                      f"{d['minsn_per_s']['bare']:.0f}", f"{d['minsn_per_s']['emsan']:.0f}",
+                      f"{m['bare_emu_s']:.3f}", f"{m['emsan_emu_s']:.3f}", _color(d["ratio_emu"]),
+                      f"{m['bare_wall_s']:.3f}", f"{m['emsan_wall_s']:.3f}", _color(d["ratio_wall"]))
+        console.print(t)
+    if res["startup"]:
+        t = Table(title=f"Start-up, static hello: launch → first guest instruction  (medians of {n} interleaved "
+                        f"runs, seconds)", title_justify="left")
+        for col in ("arch", "python -c pass\n(wall)", "bare\nfirst insn", "emsan\nfirst insn",
+                    "first insn ratio\nemsan/bare", "emsan: interpreter\n+ load + 1st block",
+                    "bare wall\n(to exit)", "emsan wall\n(to exit)", f"target\n≤ {STARTUP_TARGET_S} s"):
+            t.add_column(col, justify="left" if col == "arch" else "right")
+        for d in res["startup"]:
+            m, b = d["median"], d["breakdown_median_s"]["emsan"]
+            met = res["targets"]["startup"][d["arch"]]["met"]
+            t.add_row(d["arch"] + ("" if d["outputs_match"] else " [red](output differs!)[/red]"),
+                      f"{m['python_s']:.3f}", f"{m['bare_first_insn_s']:.3f}", f"{m['emsan_first_insn_s']:.3f}",
+                      fmt_ratio(d["ratio_first_insn"]),
+                      f"{b['interpreter_s']:.3f} + {b['load_s']:.3f} + {b['first_block_s']:.3f}",
+                      f"{m['bare_wall_s']:.3f}", f"{m['emsan_wall_s']:.3f}",
+                      "[green]met[/green]" if met else "[red]not met[/red]")
+        console.print(t)
+    over = res["targets"]["overhead"]
+    if over:
+        bad = [k for k, v in over.items() if not v["met_emu"]]
+        console.print(f"emsan within {OVERHEAD_TARGET - 1:.0%} of bare Unicorn (median in-process emulation ratio): "
+                      + ("[green]all met[/green]" if not bad else f"[red]not met for {', '.join(bad)}[/red]"))
+    console.print(f"[dim]{meta['started']}  {meta['seconds']} s  unicorn {meta['unicorn']}  python {meta['python']}  "
+                  f"load average {meta['loadavg_before'][0]} → {meta['loadavg_after'][0]}  git {meta['git_rev']}[/dim]")
+
+
+def _color(r: dict) -> str:
+    s = fmt_ratio(r)
+    return s if r["median"] <= OVERHEAD_TARGET else f"[yellow]{s}[/yellow]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="emsan foundation benchmark (emsan --mode none vs bare Unicorn)")
+    p.add_argument("--quick", action="store_true", help="3 repetitions instead of 5")
+    p.add_argument("--arch", choices=("x86_64", "arm64", "all"), default="all")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output file (default {DEFAULT_JSON.relative_to(ROOT)})")
+    p.add_argument("--reps", type=int, help="repetitions (overrides --quick)")
+    p.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count (e.g. 0.02 for a smoke run)")
+    p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up measurement")
+    args = p.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        p.error("--reps must be at least 1")
+    if args.scale <= 0:
+        p.error("--scale must be positive")
+
+    from rich.console import Console
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    try:
+        res = run_bench(args, console.print)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(res, indent=2) + "\n")
+    render(res, console)
+    console.print(f"JSON written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

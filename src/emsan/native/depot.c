@@ -1,0 +1,100 @@
+/* Stack collection (frame-pointer walk) and a deduplicating stack depot like the kernel's
+ * lib/stackdepot.c: each trace is hashed, stored once in a pool and named by a 32-bit handle. */
+#include "internal.h"
+
+static uint32_t hash_frames(const uint64_t *f, int n)
+{
+    uint64_t x = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    for (int i = 0; i < n; i++) {
+        x ^= f[i] + 0x9E3779B97F4A7C15ULL + (x << 6) + (x >> 2);
+        x *= 0xBF58476D1CE4E5B9ULL;
+    }
+    return (uint32_t)(x ^ (x >> 31)) | 1;
+}
+
+static void depot_grow_table(struct depot *d)
+{
+    size_t nsize = d->tsize ? d->tsize * 2 : 4096;
+    uint32_t *nt = calloc(nsize, sizeof *nt);
+    for (size_t i = 0; i < d->tsize; i++) {
+        uint32_t hd = d->table[i];
+        if (!hd) continue;
+        uint32_t hv = (uint32_t)(d->pool[hd - 1] >> 32);
+        size_t j = hv & (nsize - 1);
+        while (nt[j]) j = (j + 1) & (nsize - 1);
+        nt[j] = hd;
+    }
+    free(d->table);
+    d->table = nt;
+    d->tsize = nsize;
+}
+
+uint32_t depot_save(heap_t *h, const uint64_t *frames, int n)
+{
+    struct depot *d = &h->depot;
+    if (n <= 0) return 0;
+    if ((d->count + 1) * 10 >= d->tsize * 7)
+        depot_grow_table(d);
+    uint32_t hv = hash_frames(frames, n);
+    size_t j = hv & (d->tsize - 1);
+    for (;; j = (j + 1) & (d->tsize - 1)) {
+        uint32_t hd = d->table[j];
+        if (!hd) break;
+        uint64_t head = d->pool[hd - 1];
+        if ((uint32_t)(head >> 32) == hv && (int)(uint32_t)head == n &&
+            memcmp(&d->pool[hd], frames, (size_t)n * 8) == 0)
+            return hd;
+    }
+    if (d->used + (size_t)n + 1 > d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 1 << 16;
+        while (d->cap < d->used + (size_t)n + 1) d->cap *= 2;
+        d->pool = realloc(d->pool, d->cap * 8);
+    }
+    uint32_t hd = (uint32_t)d->used + 1;
+    d->pool[d->used] = ((uint64_t)hv << 32) | (uint32_t)n;
+    memcpy(&d->pool[d->used + 1], frames, (size_t)n * 8);
+    d->used += (size_t)n + 1;
+    d->table[j] = hd;
+    d->count++;
+    h->stats.depot_traces = d->count;
+    h->stats.depot_bytes = d->used * 8;
+    return hd;
+}
+
+EXPORT int emsan_depot_get(emsan_heap *h, uint32_t handle, uint64_t *out, int max)
+{
+    struct depot *d = &h->depot;
+    if (!handle || handle > d->used) return 0;
+    int n = (int)(uint32_t)d->pool[handle - 1];
+    if (n > max) n = max;
+    memcpy(out, &d->pool[handle], (size_t)n * 8);
+    return n;
+}
+
+/* The current call stack: `pc` first (if non-zero); at a function's entry the return address
+ * comes from [sp] (x86-64) or LR (arm64); then the frame-pointer chain while it is sane. */
+uint32_t stack_here(heap_t *h, uint64_t pc, int at_entry)
+{
+    uint64_t frames[EMSAN_STACK_DEPTH];
+    int n = 0;
+    void *uc = h->uc;
+    if (pc) frames[n++] = pc;
+    if (at_entry) {
+        uint64_t ret = 0;
+        if (h->arm64) ret = reg_get(uc, h->regs[EMSAN_REG_LR]) & 0x0000FFFFFFFFFFFFULL;
+        else mem_get(uc, reg_get(uc, h->regs[EMSAN_REG_SP]), &ret, 8);
+        if (ret) frames[n++] = ret;
+    }
+    uint64_t fp = reg_get(uc, h->regs[EMSAN_REG_FP]);
+    while (n < EMSAN_STACK_DEPTH) {
+        uint64_t rec[2];
+        if (fp < h->stack_lo || fp + 16 > h->stack_hi || (fp & 7) || mem_get(uc, fp, rec, 16))
+            break;
+        uint64_t ret = rec[1] & 0x0000FFFFFFFFFFFFULL;
+        if (!ret) break;
+        frames[n++] = ret;
+        if (rec[0] <= fp) break;
+        fp = rec[0];
+    }
+    return depot_save(h, frames, n);
+}

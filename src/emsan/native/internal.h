@@ -1,0 +1,127 @@
+/* Internal structures of emsan's native generic-mode heap. All of it lives in host memory,
+ * outside the guest, so a guest that scribbles over its heap cannot corrupt it. */
+#ifndef EMSAN_INTERNAL_H
+#define EMSAN_INTERNAL_H
+#include <stdint.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include "emsan_native.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#define PAGE_SHIFT 12
+#define PAGE_SIZE (1ULL << PAGE_SHIFT)
+#define GRANULE 8
+#define SHADOW_PER_PAGE (PAGE_SIZE / GRANULE)
+
+/* Kernel generic KASAN shadow codes (mm/kasan/kasan.h). */
+#define KASAN_PAGE_FREE 0xFF
+#define KASAN_PAGE_REDZONE 0xFE
+#define KASAN_SLAB_REDZONE 0xFC
+#define KASAN_SLAB_FREE 0xFB
+
+typedef int (*reg_read_fn)(void *, int, void *);
+typedef int (*reg_write_fn)(void *, int, const void *);
+typedef int (*mem_read_fn)(void *, uint64_t, void *, size_t);
+typedef int (*mem_write_fn)(void *, uint64_t, const void *, size_t);
+typedef int (*emu_stop_fn)(void *);
+extern emsan_api emsan_uc;
+
+static inline uint64_t reg_get(void *uc, int id) { uint64_t v = 0; ((reg_read_fn)emsan_uc.uc_reg_read)(uc, id, &v); return v; }
+static inline void reg_set(void *uc, int id, uint64_t v) { ((reg_write_fn)emsan_uc.uc_reg_write)(uc, id, &v); }
+static inline int mem_get(void *uc, uint64_t a, void *buf, size_t n) { return ((mem_read_fn)emsan_uc.uc_mem_read)(uc, a, buf, n); }
+static inline int mem_put(void *uc, uint64_t a, const void *buf, size_t n) { return ((mem_write_fn)emsan_uc.uc_mem_write)(uc, a, buf, n); }
+static inline void emu_stop(void *uc) { ((emu_stop_fn)emsan_uc.uc_emu_stop)(uc); }
+
+/* One object slot. */
+struct obj {
+    uint64_t size;          /* requested size */
+    uint32_t alloc_stack, free_stack;
+    uint8_t state, kind;
+};
+
+/* A slab: pages holding objects of one size class, or one large object. */
+struct slab {
+    uint64_t start;         /* first byte of the slab (its leading redzone) */
+    uint64_t first;         /* first object */
+    uint32_t npages;
+    uint32_t slot;          /* distance between objects */
+    uint32_t nobj;
+    int cls;                /* index in size_classes, or -1 for a large object */
+    struct obj *objs;
+};
+
+struct vec64 { uint64_t *v; size_t n, cap; };
+static inline void vec_push(struct vec64 *a, uint64_t x) {
+    if (a->n == a->cap) { a->cap = a->cap ? a->cap * 2 : 64; a->v = realloc(a->v, a->cap * sizeof *a->v); }
+    a->v[a->n++] = x;
+}
+
+#define NCLASSES 14
+#define LARGE_CLASS (-1)
+#define ERR_RING 64
+
+struct depot {
+    uint64_t *pool; size_t used, cap;      /* records: [hash<<32 | len, frames...] */
+    uint32_t *table; size_t tsize, count;  /* open addressing: handle = record offset + 1 */
+};
+
+struct entry { struct emsan_heap *h; int fn; };
+
+struct emsan_heap {
+    void *uc;
+    int arm64;
+    int regs[EMSAN_NREGS];
+    uint64_t base, size, npages;
+    uint64_t bump;                     /* next never-used page index */
+    uint8_t **shadow;                  /* per heap page; NULL = the shared "no object here" page */
+    uint32_t *page_slab;               /* per heap page: slab id + 1, 0 = none */
+    struct slab *slabs; size_t nslabs, slabs_cap;
+    struct vec64 freelist[NCLASSES];   /* handles (slab << 24 | index) ready for reuse */
+    struct vec64 free_runs;            /* large-object page runs ready for reuse: (page << 24 | npages) */
+    /* quarantine: FIFO of handles, bounded in bytes */
+    uint64_t *q; size_t q_head, q_len, q_cap; uint64_t q_bytes, q_limit;
+    struct depot depot;
+    uint64_t stack_lo, stack_hi;
+    int string_checks;
+    emsan_error errs[ERR_RING]; unsigned err_head, err_count;
+    emsan_stats stats;
+    struct entry *entries[128];
+    struct vec64 tolerant;             /* pairs lo, hi */
+};
+
+typedef struct emsan_heap heap_t;
+
+/* shadow.c */
+extern uint8_t emsan_shadow_none[SHADOW_PER_PAGE];
+extern uint8_t emsan_shadow_zero[SHADOW_PER_PAGE];
+extern uint8_t emsan_shadow_freed[SHADOW_PER_PAGE];
+void shadow_fill(heap_t *h, uint64_t addr, uint64_t len, uint8_t value);
+void shadow_unpoison(heap_t *h, uint64_t addr, uint64_t size, uint64_t poison_to, uint8_t rz);
+void shadow_share(heap_t *h, uint64_t page, const uint8_t *shared);
+int shadow_bad(heap_t *h, uint64_t addr, uint64_t size);
+static inline int8_t shadow_at(heap_t *h, uint64_t off) {
+    const uint8_t *p = h->shadow[off >> PAGE_SHIFT];
+    return (int8_t)(p ? p[(off & (PAGE_SIZE - 1)) >> 3] : KASAN_SLAB_REDZONE);
+}
+
+/* depot.c */
+uint32_t depot_save(heap_t *h, const uint64_t *frames, int n);
+uint32_t stack_here(heap_t *h, uint64_t pc, int at_entry);
+
+/* heap.c */
+void report_error(heap_t *h, int type, uint64_t addr, uint64_t size, int is_write, uint64_t pc, uint32_t stack, int fn, int kind);
+void return_to_caller(heap_t *h, uint64_t value);
+int check_range(heap_t *h, uint64_t addr, uint64_t size, int is_write, int fn);
+
+/* intercept.c */
+void intercept_string_fn(heap_t *h, int fn);
+
+/* quarantine.c */
+void quarantine_put(heap_t *h, uint64_t handle, uint64_t bytes);
+void release_object(heap_t *h, uint64_t handle);
+
+#endif

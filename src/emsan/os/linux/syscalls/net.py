@@ -1,0 +1,183 @@
+"""Socket system calls, served by host sockets.
+
+Socket addresses and option values have the same layout on x86-64 and arm64, so they pass
+through to the host's libc as raw bytes; only AF_UNIX paths go through the sysroot, like
+every other guest path. Ancillary data (sendmsg/recvmsg control messages, which could carry
+descriptors) is not passed: the guest sees none.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+from emsan.os.linux.syscalls import syscall
+from emsan.os.linux.syscalls.fs import s32
+
+AF_UNIX = 1
+SOCK_NONBLOCK, SOCK_CLOEXEC = 0o4000, 0o2000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int) -> int:
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return ret
+
+
+def _guest_sockaddr(p, addr: int, length: int) -> bytes:
+    raw = p.machine.read(addr, length) if addr and length else b""
+    if len(raw) > 2 and struct.unpack_from("<H", raw)[0] == AF_UNIX and raw[2:3] == b"/":
+        path = raw[2:].split(b"\0", 1)[0].decode(errors="surrogateescape")
+        _dfd, host = p.path_at(-100, path)
+        raw = raw[:2] + os.fsencode(host) + b"\0"
+    return raw
+
+
+def _put_sockaddr(p, addr: int, len_ptr: int, raw: bytes) -> None:
+    """Copy a returned address out, truncated to the guest's buffer, and store its full length."""
+    if not addr or not len_ptr:
+        return
+    room = struct.unpack("<I", p.machine.read(len_ptr, 4))[0]
+    p.machine.write(addr, raw[:room])
+    p.machine.write(len_ptr, struct.pack("<I", len(raw)))
+
+
+def _new_fd(p, host: int, type_: int) -> int:
+    return p.alloc_fd(host, "socket:", bool(type_ & SOCK_CLOEXEC))
+
+
+@syscall("socket")
+def sys_socket(p, family, type_, proto, *_):
+    family, type_, proto = s32(family), s32(type_), s32(proto)
+    host = _check(_libc.socket(family, (type_ & ~SOCK_CLOEXEC) | SOCK_CLOEXEC, proto))
+    return _new_fd(p, host, type_)
+
+
+@syscall("socketpair")
+def sys_socketpair(p, family, type_, proto, sv, *_):
+    family, type_, proto = s32(family), s32(type_), s32(proto)
+    pair = (ctypes.c_int * 2)()
+    _check(_libc.socketpair(family, (type_ & ~SOCK_CLOEXEC) | SOCK_CLOEXEC, proto, pair))
+    fds = [_new_fd(p, pair[0], type_), _new_fd(p, pair[1], type_)]
+    p.machine.write(sv, struct.pack("<ii", *fds))
+    return 0
+
+
+@syscall("connect", "bind")
+def sys_connect(p, fd, addr, length, *_):
+    length &= 0xFFFFFFFF
+    raw = _guest_sockaddr(p, addr, length)
+    fn = _libc.connect if p.current_syscall == "connect" else _libc.bind
+    return _check(fn(p.fd(fd).host, raw, len(raw)))
+
+
+@syscall("listen")
+def sys_listen(p, fd, backlog, *_):
+    backlog = s32(backlog)
+    return _check(_libc.listen(p.fd(fd).host, backlog))
+
+
+@syscall("accept", "accept4")
+def sys_accept(p, fd, addr, len_ptr, flags=0, *_):
+    flags = s32(flags) if p.current_syscall == "accept4" else 0
+    buf = ctypes.create_string_buffer(128)
+    size = ctypes.c_uint(128)
+    host = _check(_libc.accept4(p.fd(fd).host, buf, ctypes.byref(size), (flags & SOCK_NONBLOCK) | SOCK_CLOEXEC))
+    _put_sockaddr(p, addr, len_ptr, buf.raw[:size.value])
+    return _new_fd(p, host, flags)
+
+
+@syscall("getsockname", "getpeername")
+def sys_getsockname(p, fd, addr, len_ptr, *_):
+    buf = ctypes.create_string_buffer(128)
+    size = ctypes.c_uint(128)
+    fn = _libc.getsockname if p.current_syscall == "getsockname" else _libc.getpeername
+    _check(fn(p.fd(fd).host, buf, ctypes.byref(size)))
+    _put_sockaddr(p, addr, len_ptr, buf.raw[:size.value])
+    return 0
+
+
+@syscall("shutdown")
+def sys_shutdown(p, fd, how, *_):
+    how = s32(how)
+    return _check(_libc.shutdown(p.fd(fd).host, how))
+
+
+@syscall("setsockopt")
+def sys_setsockopt(p, fd, level, name, val, length, *_):
+    level, name, length = s32(level), s32(name), length & 0xFFFFFFFF
+    raw = p.machine.read(val, length) if val and length else b""
+    return _check(_libc.setsockopt(p.fd(fd).host, level, name, raw or None, len(raw)))
+
+
+@syscall("getsockopt")
+def sys_getsockopt(p, fd, level, name, val, len_ptr, *_):
+    level, name = s32(level), s32(name)
+    room = struct.unpack("<I", p.machine.read(len_ptr, 4))[0]
+    buf = ctypes.create_string_buffer(max(room, 1))
+    size = ctypes.c_uint(room)
+    _check(_libc.getsockopt(p.fd(fd).host, level, name, buf, ctypes.byref(size)))
+    p.machine.write(val, buf.raw[:min(size.value, room)])
+    p.machine.write(len_ptr, struct.pack("<I", size.value))
+    return 0
+
+
+@syscall("sendto")
+def sys_sendto(p, fd, buf, length, flags, addr, addrlen, *_):
+    flags, addrlen = s32(flags), addrlen & 0xFFFFFFFF
+    data = p.machine.read(buf, length) if length else b""
+    raw = _guest_sockaddr(p, addr, addrlen)
+    return _check(_libc.sendto(p.fd(fd).host, data, len(data), flags, raw or None, len(raw)))
+
+
+@syscall("recvfrom")
+def sys_recvfrom(p, fd, buf, length, flags, addr, len_ptr, *_):
+    flags = s32(flags)
+    out = ctypes.create_string_buffer(max(min(length, 1 << 24), 1))
+    abuf = ctypes.create_string_buffer(128)
+    asize = ctypes.c_uint(128)
+    n = _check(_libc.recvfrom(p.fd(fd).host, out, min(length, 1 << 24), flags, abuf, ctypes.byref(asize)))
+    p.machine.write(buf, out.raw[:n])
+    _put_sockaddr(p, addr, len_ptr, abuf.raw[:asize.value])
+    return n
+
+
+def _msghdr(p, msg: int) -> tuple[int, int, list[tuple[int, int]]]:
+    name, namelen, iov, iovlen = struct.unpack("<QI4xQQ", p.machine.read(msg, 32))
+    raw = p.machine.read(iov, 16 * iovlen) if iovlen else b""
+    return name, namelen, [struct.unpack_from("<QQ", raw, 16 * i) for i in range(iovlen)]
+
+
+@syscall("sendmsg")
+def sys_sendmsg(p, fd, msg, flags, *_):
+    flags = s32(flags)
+    name, namelen, iovs = _msghdr(p, msg)
+    data = b"".join(p.machine.read(b, n) for b, n in iovs if n)
+    raw = _guest_sockaddr(p, name, namelen)
+    return _check(_libc.sendto(p.fd(fd).host, data, len(data), flags, raw or None, len(raw)))
+
+
+@syscall("recvmsg")
+def sys_recvmsg(p, fd, msg, flags, *_):
+    flags = s32(flags)
+    name, namelen, iovs = _msghdr(p, msg)
+    total = sum(n for _b, n in iovs)
+    out = ctypes.create_string_buffer(max(min(total, 1 << 24), 1))
+    abuf = ctypes.create_string_buffer(128)
+    asize = ctypes.c_uint(128)
+    n = _check(_libc.recvfrom(p.fd(fd).host, out, min(total, 1 << 24), flags, abuf, ctypes.byref(asize)))
+    pos = 0
+    for base, length in iovs:
+        chunk = out.raw[pos:min(n, pos + length)]
+        if chunk:
+            p.machine.write(base, chunk)
+        pos += len(chunk)
+    if name:
+        p.machine.write(name, abuf.raw[:min(asize.value, namelen)])
+    # msg_namelen, then msg_controllen = 0 and msg_flags = 0: no ancillary data
+    p.machine.write(msg + 8, struct.pack("<I", asize.value if name else 0))
+    p.machine.write(msg + 40, struct.pack("<Q", 0))
+    p.machine.write(msg + 48, struct.pack("<i", 0))
+    return n

@@ -1,0 +1,89 @@
+"""Generic KASAN mode for unmodified binaries: a native shadow check on every heap access,
+emsan's own allocator at the guest's allocator entry points, a quarantine, and interceptors."""
+from __future__ import annotations
+
+from emsan.sanitizer.native_heap import KINDS, STATES, Error, NativeHeap
+from emsan.sanitizer.report import ObjectInfo, Report, first_bad_addr, shadow_bug_type, shadow_window
+
+FN_NAMES = {"FREE": "free", "DELETE": "operator delete", "DELETE_ARRAY": "operator delete[]",
+            "REALLOC": "realloc", "REALLOCARRAY": "reallocarray"}
+
+
+class GenericMode:
+    name = "generic"
+
+    def __init__(self, machine, arch, heap_base: int, heap_size: int, quarantine_bytes: int):
+        self.machine = machine
+        self.arch = arch
+        self.heap = NativeHeap(machine, arch, heap_base, heap_size, quarantine_bytes)
+        lib = self.heap.lib
+        self._entry_cb = self.heap.ffi.addressof(lib, "emsan_entry_cb")
+        machine.hook_mem_access_native(self.heap.ffi.addressof(lib, "emsan_mem_cb"), self.heap.h,
+                                       heap_base, heap_base + heap_size - 1)
+        self.hooked: dict[int, str] = {}
+        self._fn_by_id = {getattr(lib, n): n[len("EMSAN_FN_"):] for n in dir(lib) if n.startswith("EMSAN_FN_")}
+
+    # --- wiring ---------------------------------------------------------------------------------
+    def intercept(self, addr: int, fn: str) -> None:
+        """Stand in for the function at `addr` (an allocator entry point or a string function)."""
+        if addr in self.hooked:
+            return
+        self.hooked[addr] = fn
+        self.machine.hook_code_native(self._entry_cb, self.heap.entry(fn), addr)
+
+    def set_stack(self, lo: int, hi: int) -> None:
+        self.heap.set_stack(lo, hi)
+
+    def tolerate_overreads(self, lo: int, hi: int) -> None:
+        self.heap.add_tolerant_range(lo, hi)
+
+    # --- reports ----------------------------------------------------------------------------------
+    def pending(self) -> list[Error]:
+        out = []
+        while (e := self.heap.pop_error()) is not None:
+            out.append(e)
+        return out
+
+    def build(self, e: Error, comm: str, pid: int) -> Report:
+        heap = self.heap
+        lib = heap.lib
+        stack = heap.stack(e.stack) or [e.pc]
+        fn = self._fn_by_id.get(e.fn, "")
+        if e.type == lib.EMSAN_ERR_ACCESS:
+            size = e.size
+            wraps = e.addr + size > 1 << 64
+            first_bad = first_bad_addr(heap.shadow_byte, e.addr, size)
+            bug = "out-of-bounds" if wraps else shadow_bug_type(heap.shadow_byte, first_bad)
+            access = "write" if e.is_write else "read"
+            title = 1 if fn and len(stack) > 1 else 0      # interceptors: the caller is to blame
+        else:
+            bug = {lib.EMSAN_ERR_DOUBLE_FREE: "double-free", lib.EMSAN_ERR_INVALID_FREE: "invalid-free",
+                   lib.EMSAN_ERR_MISMATCH: "alloc-dealloc-mismatch"}[e.type]
+            access, size, first_bad = "free", 0, e.addr
+            title = 1 if len(stack) > 1 else 0
+        obj = self._object(first_bad if e.type == lib.EMSAN_ERR_ACCESS else e.addr)
+        rep = Report(self.name, bug, access, e.addr, size, e.pc, comm, pid, stack, title, obj, first_bad)
+        if heap.shadow_byte(first_bad) is not None:
+            rep.shadow_rows = shadow_window(heap.shadow_byte, first_bad)
+        if fn and e.type == lib.EMSAN_ERR_ACCESS:
+            rep.notes.append(f"The access was made by {fn.lower()}() on behalf of its caller.")
+        if e.type == lib.EMSAN_ERR_MISMATCH and obj is not None:
+            rep.notes.append(f"The object was allocated with {_alloc_name(obj.kind)} and freed with "
+                             f"{FN_NAMES.get(fn, fn.lower())}.")
+        if e.type == lib.EMSAN_ERR_INVALID_FREE and obj is None:
+            rep.notes.append("The address is not in emsan's heap: it was never returned by an allocator.")
+        return rep
+
+    def _object(self, addr: int) -> ObjectInfo | None:
+        info = self.heap.describe(addr)
+        if info is None:
+            return None
+        return ObjectInfo(info.start, info.size, info.cache_size, STATES[info.state], bool(info.large),
+                          self.heap.stack(info.alloc_stack), self.heap.stack(info.free_stack), KINDS[info.kind])
+
+    def stats(self) -> dict[str, int]:
+        return self.heap.stats()
+
+
+def _alloc_name(kind: str) -> str:
+    return {"malloc": "malloc()", "new": "operator new", "new[]": "operator new[]"}[kind]

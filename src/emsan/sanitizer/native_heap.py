@@ -1,0 +1,73 @@
+"""Python face of the native generic-mode heap (src/emsan/native/heap.c and friends)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emsan.machine import native
+
+STATES = {0: "free", 1: "allocated", 2: "freed"}
+KINDS = {0: "malloc", 1: "new", 2: "new[]"}
+
+
+@dataclass
+class Error:
+    type: int
+    is_write: bool
+    addr: int
+    size: int
+    pc: int
+    stack: int
+    fn: int
+    kind: int
+
+
+class NativeHeap:
+    def __init__(self, machine, arch, base: int, size: int, quarantine_bytes: int):
+        self.ffi, self.lib = native.load()
+        ids = machine.reg_ids
+        regs = [ids[r] for r in arch.args[:6]] + [ids[arch.ret], ids[arch.sp], ids[arch.pc],
+                                                  ids["lr"] if arch.name == "arm64" else 0, ids[arch.fp]]
+        self._regs = self.ffi.new("int[]", regs)
+        self.h = self.ffi.gc(self.lib.emsan_heap_new(self.ffi.cast("void *", machine.handle_int),
+                                                     int(arch.name == "arm64"), base, size, quarantine_bytes,
+                                                     self._regs), self.lib.emsan_heap_destroy)
+        self.base, self.size = base, size
+        self._err = self.ffi.new("emsan_error *")
+        self._obj = self.ffi.new("emsan_obj_info *")
+        self._frames = self.ffi.new("uint64_t[]", 64)
+
+    def fn_id(self, name: str) -> int:
+        return getattr(self.lib, "EMSAN_FN_" + name)
+
+    def entry(self, fn_name: str):
+        return self.lib.emsan_heap_entry(self.h, self.fn_id(fn_name))
+
+    def set_stack(self, lo: int, hi: int) -> None:
+        self.lib.emsan_heap_set_stack(self.h, lo, hi)
+
+    def add_tolerant_range(self, lo: int, hi: int) -> None:
+        self.lib.emsan_add_tolerant_range(self.h, lo, hi)
+
+    def pop_error(self) -> Error | None:
+        if not self.lib.emsan_pop_error(self.h, self._err):
+            return None
+        e = self._err
+        return Error(e.type, bool(e.is_write), e.addr, e.size, e.pc, e.stack, e.fn, e.kind)
+
+    def describe(self, addr: int):
+        if not self.lib.emsan_describe(self.h, addr, self._obj):
+            return None
+        return self._obj
+
+    def shadow_byte(self, addr: int) -> int | None:
+        v = self.lib.emsan_shadow_byte(self.h, addr)
+        return None if v < 0 else v
+
+    def stack(self, handle: int) -> list[int]:
+        n = self.lib.emsan_depot_get(self.h, handle, self._frames, 64)
+        return list(self._frames[0:n])
+
+    def stats(self) -> dict[str, int]:
+        st = self.ffi.new("emsan_stats *")
+        self.lib.emsan_get_stats(self.h, st)
+        return {f: getattr(st, f) for f in dir(st)}
