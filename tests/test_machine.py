@@ -54,3 +54,19 @@ def test_register_access_round_trips():
     assert m.reg("r12") == 0xDEADBEEF_CAFEF00D
     m.pc = 0x1234
     assert m.pc == 0x1234
+
+
+def test_arm64_pc_is_exact_only_with_an_unbounded_hook():
+    """Why generic mode registers its memory hook over all memory: on unicorn 2.1.3 a
+    range-bounded hook on arm64 sees the PC of the block's first access instead."""
+    code = struct.pack("<4I", 0xB9000020, 0xB9000420, 0xD503201F, 0xB9000820)
+    bounded = Machine("arm64")
+    bounded.map(CODE, 0x1000, 7)
+    bounded.map(DATA, 0x1000, 3)
+    bounded.write(CODE, code)
+    bounded.set_reg("x1", DATA)
+    seen: list[int] = []
+    bounded.hook(uc.UC_HOOK_MEM_WRITE, lambda _uc, acc, addr, size, val, ud: seen.append(bounded.pc),
+                 DATA, DATA + 0xFFF)
+    bounded.uc.emu_start(CODE, CODE + len(code))
+    assert seen == [CODE, CODE, CODE], "unicorn changed: bounded hooks may now be exact (revisit generic.py)"

@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -179,6 +181,78 @@ static void directories(void)
     printf("directories removed\n");
 }
 
+static void more_files(void)
+{
+    /* timestamps: utimes, then utimensat leaving one of the two alone */
+    int fd = open("times", O_CREAT | O_WRONLY, 0644);
+    CHECK(fd >= 0);
+    struct timeval tv[2] = {{1000000000, 250000}, {1200000000, 500000}};
+    CHECK(utimes("times", tv) == 0);
+    struct timespec ts[2] = {{0, UTIME_OMIT}, {1300000000, 123456789}};
+    CHECK(futimens(fd, ts) == 0);
+    struct stat st;
+    CHECK(stat("times", &st) == 0);
+    printf("times: atime %lld.%09ld mtime %lld.%09ld\n", (long long)st.st_atim.tv_sec, st.st_atim.tv_nsec,
+           (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    ts[0].tv_sec = 1100000000;
+    ts[0].tv_nsec = 0;
+    ts[1].tv_nsec = UTIME_OMIT;
+    CHECK(utimensat(AT_FDCWD, "times", ts, 0) == 0);
+    CHECK(stat("times", &st) == 0 && st.st_atim.tv_sec == 1100000000 && st.st_mtim.tv_sec == 1300000000);
+    close(fd);
+    CHECK(unlink("times") == 0);
+
+    /* a FIFO: created with mknod's sibling, opened non-blocking for reading */
+    CHECK(mkfifo("fifo", 0600) == 0);
+    CHECK(stat("fifo", &st) == 0 && S_ISFIFO(st.st_mode));
+    int r = open("fifo", O_RDONLY | O_NONBLOCK);
+    int w = open("fifo", O_WRONLY);
+    CHECK(r >= 0 && w >= 0 && write(w, "fifo!", 5) == 5);
+    char buf[8] = {0};
+    CHECK(read(r, buf, sizeof buf) == 5);
+    printf("fifo: %s\n", buf);
+    close(r);
+    close(w);
+    CHECK(unlink("fifo") == 0);
+
+    /* memfd: a file with no name, mapped after writing */
+    int m = memfd_create("emsan-test", MFD_CLOEXEC);
+    CHECK(m >= 0 && write(m, "in memory", 9) == 9);
+    char *p = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, m, 0);
+    CHECK(p != MAP_FAILED && memcmp(p, "in memory", 9) == 0);
+    CHECK(fstat(m, &st) == 0 && st.st_size == 9);
+    printf("memfd: size %lld\n", (long long)st.st_size);
+    munmap(p, 4096);
+    close(m);
+
+    /* telldir/seekdir come back to the same entry */
+    CHECK(mkdir("walk", 0755) == 0);
+    const char *names[] = {"one", "two", "three"};
+    for (int i = 0; i < 3; i++) {
+        char path[32];
+        snprintf(path, sizeof path, "walk/%s", names[i]);
+        close(open(path, O_CREAT | O_WRONLY, 0644));
+    }
+    DIR *d = opendir("walk");
+    readdir(d);
+    long pos = telldir(d);
+    struct dirent *e = readdir(d);
+    char first[256];
+    snprintf(first, sizeof first, "%s", e->d_name);
+    readdir(d);
+    seekdir(d, pos);
+    e = readdir(d);
+    CHECK(e != NULL && strcmp(e->d_name, first) == 0);
+    closedir(d);
+    for (int i = 0; i < 3; i++) {
+        char path[32];
+        snprintf(path, sizeof path, "walk/%s", names[i]);
+        CHECK(unlink(path) == 0);
+    }
+    CHECK(rmdir("walk") == 0);
+    printf("seekdir ok\n");
+}
+
 static void pipes(void)
 {
     int p[2];
@@ -229,6 +303,7 @@ int main(int argc, char **argv)
     standard_input();
     files();
     directories();
+    more_files();
     pipes();
     printf("failures=%d\n", failures);
     return 40 + failures;

@@ -6,20 +6,35 @@
  *   abort     abort() after flushing a line: killed by SIGABRT (status 134)
  *   null-main a NULL-pointer write in main: killed by SIGSEGV (status 139)
  *   null-func the same write inside write_through_null(), a named function
+ *   segv-blocked  the same with a SIGSEGV handler installed but SIGSEGV blocked: still killed
+ *   sigpipe   a write to a pipe nobody reads: killed by SIGPIPE (status 141), quietly
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ucontext.h>
 #include <unistd.h>
+
+#if defined(__x86_64__)
+#define INVALID_INSN() __asm__ volatile("ud2")
+#define INVALID_INSN_LEN 2
+#define UC_PC(uc) ((uc)->uc_mcontext.gregs[REG_RIP])
+#else
+#define INVALID_INSN() __asm__ volatile(".inst 0x00000000")     /* udf #0 */
+#define INVALID_INSN_LEN 4
+#define UC_PC(uc) ((uc)->uc_mcontext.pc)
+#endif
 
 static int failures;
 
 #define CHECK(cond) do { if (!(cond)) { failures++; printf("FAILED line %d: %s\n", __LINE__, #cond); } } while (0)
 
 static volatile sig_atomic_t usr1_count, last_signo, last_code, last_pid_ok, alarm_seen;
+static volatile sig_atomic_t raise_usr1_inside, usr1_seen_inside;
 static sigjmp_buf jump_back;
 static volatile int segv_code;
 static volatile int *volatile fault_addr_ok;
@@ -35,6 +50,10 @@ static void on_usr2_info(int sig, siginfo_t *info, void *uctx)
     last_signo = info->si_signo;
     last_code = info->si_code;
     last_pid_ok = info->si_pid == getpid();
+    if (raise_usr1_inside) {
+        raise(SIGUSR1);                 /* in sa_mask: must wait until this handler returns */
+        usr1_seen_inside = usr1_count;
+    }
     (void)sig;
     (void)uctx;
 }
@@ -45,6 +64,47 @@ static void on_segv(int sig, siginfo_t *info, void *uctx)
     segv_code = info->si_code;
     fault_addr_ok = (int *)info->si_addr;
     siglongjmp(jump_back, sig);
+}
+
+static volatile int ill_count, ill_addr_is_pc, ill_code;
+
+static void on_ill(int sig, siginfo_t *info, void *uctx)
+{
+    ucontext_t *uc = uctx;
+    (void)sig;
+    ill_addr_is_pc = (uintptr_t)info->si_addr == (uintptr_t)UC_PC(uc);
+    ill_code = info->si_code;
+    UC_PC(uc) += INVALID_INSN_LEN;          /* resume after the instruction */
+    ill_count++;
+}
+
+static void on_usr1_block_more(int sig, siginfo_t *info, void *uctx)
+{
+    ucontext_t *uc = uctx;
+    (void)sig;
+    (void)info;
+    sigaddset(&uc->uc_sigmask, SIGUSR2);    /* the mask the program returns to */
+}
+
+static char altstack[64 * 1024];
+static volatile int overflow_on_altstack;
+
+static void on_overflow(int sig, siginfo_t *info, void *uctx)
+{
+    char here;
+    (void)info;
+    (void)uctx;
+    overflow_on_altstack = &here >= altstack && &here < altstack + sizeof altstack;
+    siglongjmp(jump_back, sig);
+}
+
+__attribute__((noinline)) int recurse(volatile int depth)
+{
+    volatile char pad[256];
+    pad[0] = (char)depth;
+    if (depth == 1 << 30)       /* never: the stack runs out long before */
+        return 0;
+    return recurse(depth + 1) + pad[0];
 }
 
 static void on_alarm(int sig)
@@ -72,6 +132,18 @@ static int handlers(void)
     printf("SIGUSR2 via kill: signo %d, si_code %d (SI_USER=%d), si_pid ok %d\n",
            (int)last_signo, (int)last_code, SI_USER, (int)last_pid_ok);
     CHECK(sigaction(SIGUSR2, NULL, &old) == 0 && old.sa_sigaction == on_usr2_info && (old.sa_flags & SA_SIGINFO));
+    CHECK(raise(SIGUSR2) == 0);
+    printf("SIGUSR2 via raise: si_code %d (SI_TKILL=%d)\n", (int)last_code, SI_TKILL);
+
+    /* sa_mask holds a signal raised inside the handler until the handler returns */
+    sigaddset(&sa.sa_mask, SIGUSR1);
+    CHECK(sigaction(SIGUSR2, &sa, NULL) == 0);
+    usr1_count = 0;
+    raise_usr1_inside = 1;
+    CHECK(raise(SIGUSR2) == 0);
+    raise_usr1_inside = 0;
+    printf("SIGUSR1 inside the SIGUSR2 handler: seen there %d, after return %d\n", (int)usr1_seen_inside,
+           (int)usr1_count);
 
     /* blocked signals stay pending and arrive at unblock */
     sigset_t block, prev, pend;
@@ -108,6 +180,46 @@ static int handlers(void)
     }
     signal(SIGSEGV, SIG_DFL);
 
+    /* stack overflow: the handler can only run on an alternate stack */
+    stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0};
+    CHECK(sigaltstack(&ss, NULL) == 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_overflow;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    CHECK(sigaction(SIGSEGV, &sa, NULL) == 0);
+    if (sigsetjmp(jump_back, 1) == 0)
+        recurse(0);
+    printf("stack overflow caught on the alternate stack: %d\n", overflow_on_altstack);
+    ss.ss_flags = SS_DISABLE;
+    CHECK(sigaltstack(&ss, NULL) == 0);
+    signal(SIGSEGV, SIG_DFL);
+
+    /* a handler that edits its ucontext: skip an invalid instruction, extend the mask */
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_ill;
+    sa.sa_flags = SA_SIGINFO;
+    CHECK(sigaction(SIGILL, &sa, NULL) == 0);
+    volatile int after = 0;
+    INVALID_INSN();
+    after = 1;
+    INVALID_INSN();
+    after += 1;
+    printf("SIGILL skipped by the handler %d times, si_addr is the pc: %d, after=%d\n", ill_count,
+           ill_addr_is_pc, after);
+#if defined(__x86_64__)
+    /* not on arm64: the kernel says ILL_ILLOPC there, the reference (qemu-user) ILL_ILLOPN */
+    printf("SIGILL si_code %d (ILL_ILLOPN=%d)\n", ill_code, ILL_ILLOPN);
+#endif
+    sa.sa_sigaction = on_usr1_block_more;
+    CHECK(sigaction(SIGUSR1, &sa, NULL) == 0);
+    CHECK(raise(SIGUSR1) == 0);
+    sigset_t now;
+    CHECK(sigprocmask(SIG_BLOCK, NULL, &now) == 0);
+    printf("mask after the handler edited uc_sigmask: SIGUSR2 blocked %d, SIGUSR1 blocked %d\n",
+           sigismember(&now, SIGUSR2), sigismember(&now, SIGUSR1));
+    sigemptyset(&now);
+    CHECK(sigprocmask(SIG_SETMASK, &now, NULL) == 0);
+
     /* alarm() + pause(): pause returns -1/EINTR after the handler ran */
     CHECK(signal(SIGALRM, on_alarm) == SIG_DFL);
     CHECK(alarm(1) == 0);
@@ -136,7 +248,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(what, "null-main") == 0) {
         printf("about to write through NULL in main\n");
-        *(volatile int *)(argc - 2) = 42;
+        *(volatile int *)(intptr_t)(argc - 2) = 42;
         return 0;
     }
     if (strcmp(what, "null-func") == 0) {
@@ -144,6 +256,30 @@ int main(int argc, char **argv)
         write_through_null((volatile int *)0, 42);
         return 0;
     }
-    fprintf(stderr, "usage: os_signals handlers|abort|null-main|null-func\n");
+    if (strcmp(what, "segv-blocked") == 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_segv;
+        sa.sa_flags = SA_SIGINFO;
+        sigaction(SIGSEGV, &sa, NULL);
+        sigset_t block;
+        sigemptyset(&block);
+        sigaddset(&block, SIGSEGV);
+        sigprocmask(SIG_BLOCK, &block, NULL);
+        printf("about to fault with SIGSEGV blocked\n");
+        write_through_null((volatile int *)0, 42);
+        return 0;
+    }
+    if (strcmp(what, "sigpipe") == 0) {
+        int p[2];
+        if (pipe(p) != 0)
+            return 3;
+        close(p[0]);
+        printf("about to write to a pipe without readers\n");
+        write(p[1], "x", 1);
+        printf("not reached\n");
+        return 0;
+    }
+    fprintf(stderr, "usage: os_signals handlers|abort|null-main|null-func|segv-blocked|sigpipe\n");
     return 2;
 }

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import capstone
-
 from emsan.arch.base import Arch
 
 
@@ -12,7 +10,7 @@ class ARM64(Arch):
             pc="pc", sp="sp", fp="x29", ret="x0",
             args=("x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7"),
             syscall_nr="x8", syscall_args=("x0", "x1", "x2", "x3", "x4", "x5"), syscall_ret="x0",
-            capstone_arch=capstone.CS_ARCH_ARM64, capstone_mode=capstone.CS_MODE_ARM,
+            capstone_arch="CS_ARCH_ARM64", capstone_mode="CS_MODE_ARM",
         )
 
     def return_address(self, m) -> int:

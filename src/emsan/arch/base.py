@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-import capstone
-
 
 @dataclass(frozen=True)
 class Arch:
@@ -20,12 +18,13 @@ class Arch:
     syscall_nr: str
     syscall_args: tuple[str, ...]
     syscall_ret: str
-    capstone_arch: int
-    capstone_mode: int
+    capstone_arch: str        # capstone constant names, so capstone (55 ms) loads only when used
+    capstone_mode: str
 
     @cached_property
-    def disassembler(self) -> capstone.Cs:
-        md = capstone.Cs(self.capstone_arch, self.capstone_mode)
+    def disassembler(self):
+        import capstone
+        md = capstone.Cs(getattr(capstone, self.capstone_arch), getattr(capstone, self.capstone_mode))
         md.detail = True
         return md
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import capstone
-
 from emsan.arch.base import Arch
 
 
@@ -12,7 +10,7 @@ class X86_64(Arch):
             pc="rip", sp="rsp", fp="rbp", ret="rax",
             args=("rdi", "rsi", "rdx", "rcx", "r8", "r9"),
             syscall_nr="rax", syscall_args=("rdi", "rsi", "rdx", "r10", "r8", "r9"), syscall_ret="rax",
-            capstone_arch=capstone.CS_ARCH_X86, capstone_mode=capstone.CS_MODE_64,
+            capstone_arch="CS_ARCH_X86", capstone_mode="CS_MODE_64",
         )
 
     def return_address(self, m) -> int:

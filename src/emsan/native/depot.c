@@ -79,12 +79,13 @@ uint32_t stack_here(heap_t *h, uint64_t pc, int at_entry)
     int n = 0;
     void *uc = h->uc;
     if (pc) frames[n++] = pc;
-    if (at_entry) {
-        uint64_t ret = 0;
-        if (h->arm64) ret = reg_get(uc, h->regs[EMSAN_REG_LR]) & 0x0000FFFFFFFFFFFFULL;
-        else mem_get(uc, reg_get(uc, h->regs[EMSAN_REG_SP]), &ret, 8);
-        if (ret) frames[n++] = ret;
-    }
+    /* At a function's entry the return address is certain; anywhere else it is only a
+     * candidate (a leaf function may not have saved it yet), marked for Python to check. */
+    uint64_t ret = 0;
+    if (h->arm64) ret = reg_get(uc, h->regs[EMSAN_REG_LR]) & 0x0000FFFFFFFFFFFFULL;
+    else mem_get(uc, reg_get(uc, h->regs[EMSAN_REG_SP]), &ret, 8);
+    if (ret && at_entry) frames[n++] = ret;
+    else if (ret && pc) frames[n++] = ret | EMSAN_CANDIDATE_FRAME;
     uint64_t fp = reg_get(uc, h->regs[EMSAN_REG_FP]);
     while (n < EMSAN_STACK_DEPTH) {
         uint64_t rec[2];

@@ -89,6 +89,8 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_NREGS 11
 
 #define EMSAN_STACK_DEPTH 64
+/* Set on a stack entry that may be the caller's return address (see depot.c). */
+#define EMSAN_CANDIDATE_FRAME 0x8000000000000000
 
 typedef struct emsan_error {
     int type;
@@ -136,11 +138,15 @@ void emsan_heap_set_stack(emsan_heap *h, uint64_t lo, uint64_t hi);
 void *emsan_heap_entry(emsan_heap *h, int fn);
 void emsan_set_string_checks(emsan_heap *h, int on);
 int emsan_pop_error(emsan_heap *h, emsan_error *out);
+/* Called (from inside the engine's hook) after each error is queued; without it, the engine
+ * is stopped instead and the owner drains the queue after emu_start returns. */
+void emsan_set_error_callback(emsan_heap *h, void (*cb)(void));
 int emsan_describe(emsan_heap *h, uint64_t addr, emsan_obj_info *out);
 int emsan_shadow_byte(emsan_heap *h, uint64_t addr);
 int emsan_depot_get(emsan_heap *h, uint32_t handle, uint64_t *out, int max);
 void emsan_get_stats(emsan_heap *h, emsan_stats *out);
 int emsan_addr_in_heap(emsan_heap *h, uint64_t addr);
+int emsan_check_range_at(emsan_heap *h, uint64_t addr, uint64_t size, int is_write, uint64_t pc);
 /* Code in [lo, hi) may make aligned vector reads that straddle an object's end (optimized
  * libc string routines); such a read is not a bug when one of its bytes is accessible. */
 void emsan_add_tolerant_range(emsan_heap *h, uint64_t lo, uint64_t hi);

@@ -69,8 +69,11 @@ void report_error(heap_t *h, int type, uint64_t addr, uint64_t size, int is_writ
         e->stack = stack; e->fn = fn; e->kind = kind;
         h->err_count++;
     }
-    emu_stop(h->uc);                     /* Python builds the report once the engine stops */
+    if (h->on_error) h->on_error();      /* Python reports now (multi-shot) */
+    else emu_stop(h->uc);                /* Python builds the report once the engine stops */
 }
+
+EXPORT void emsan_set_error_callback(emsan_heap *h, void (*cb)(void)) { h->on_error = cb; }
 
 EXPORT int emsan_pop_error(emsan_heap *h, emsan_error *out)
 {
@@ -318,8 +321,13 @@ static uint64_t do_realloc(heap_t *h, uint64_t ptr, uint64_t size, uint64_t pc, 
 {
     if (!ptr) return do_alloc(h, size, 16, EMSAN_KIND_MALLOC);
     int64_t handle = find_object(h, ptr);
-    if (handle < 0 || obj_addr(h, (uint64_t)handle) != ptr || obj_of(h, (uint64_t)handle)->state != EMSAN_OBJ_LIVE) {
-        do_free(h, ptr, EMSAN_KIND_MALLOC, fn, pc);          /* reports invalid- or double-free */
+    if (handle >= 0 && obj_addr(h, (uint64_t)handle) == ptr && obj_of(h, (uint64_t)handle)->state != EMSAN_OBJ_LIVE) {
+        /* like krealloc()'s kasan_check_byte(): a use of freed memory, and no reallocation */
+        report_error(h, EMSAN_ERR_ACCESS, ptr, 1, 0, pc, stack_here(h, pc, 1), fn, 0);
+        return 0;
+    }
+    if (handle < 0 || obj_addr(h, (uint64_t)handle) != ptr) {
+        do_free(h, ptr, EMSAN_KIND_MALLOC, fn, pc);          /* reports invalid-free */
         return 0;
     }
     if (!size) {
@@ -379,6 +387,10 @@ static void allocator_fn(heap_t *h, int fn)
     case EMSAN_FN_USABLE_SIZE: {
         int64_t handle = find_object(h, a0);
         r = (a0 && handle >= 0 && obj_addr(h, (uint64_t)handle) == a0) ? obj_of(h, (uint64_t)handle)->size : 0;
+        if (a0 && handle >= 0 && obj_of(h, (uint64_t)handle)->state != EMSAN_OBJ_LIVE) {
+            r = 0;          /* like ksize(): asking about a freed object is a use after free */
+            report_error(h, EMSAN_ERR_ACCESS, a0, 1, 0, pc, stack_here(h, pc, 1), fn, 0);
+        }
         break;
     }
     case EMSAN_FN_FREE: do_free(h, a0, EMSAN_KIND_MALLOC, fn, pc); break;
@@ -398,13 +410,30 @@ EXPORT void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
     else if (e->h->string_checks) intercept_string_fn(e->h, e->fn);
 }
 
+/* A range some other agent touches on the guest's behalf (a system call's buffer). */
+EXPORT int emsan_check_range_at(emsan_heap *h, uint64_t addr, uint64_t size, int is_write, uint64_t pc)
+{
+    if (!size || addr + size < addr) return 0;
+    uint64_t lo = addr, hi = addr + size, hb = h->base, he = h->base + h->size;
+    if (hi <= hb || lo >= he) return 0;
+    if (lo < hb) lo = hb;
+    if (hi > he) hi = he;
+    if (!shadow_bad(h, lo, hi - lo)) return 0;
+    report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 0), 0, 0);
+    return 1;
+}
+
 /* Check [addr, addr+size) for a function entitled to touch exactly that range (the kernel's
  * check_range): one report for the whole range. Returns nonzero if it was bad. */
 int check_range(heap_t *h, uint64_t addr, uint64_t size, int is_write, int fn)
 {
     if (!size) return 0;
     uint64_t lo = addr, hi = addr + size;
-    if (hi < lo) hi = ~0ULL;
+    if (hi < lo) {                                       /* a negative size: always a bug */
+        uint64_t pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
+        report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 1), fn, 0);
+        return 1;
+    }
     uint64_t hb = h->base, he = h->base + h->size;
     if (hi <= hb || lo >= he) return 0;                  /* no shadow outside the heap */
     if (lo < hb) lo = hb;

@@ -164,14 +164,15 @@ void intercept_string_fn(heap_t *h, int fn)
         r = a;
         break;
     case EMSAN_FN_MEMCPY: case EMSAN_FN_MEMMOVE: case EMSAN_FN_MEMPCPY:
+        /* As the kernel's checked memmove(): a bad range is reported and nothing is copied. */
+        if (check_range(h, b, n, 0, fn) || check_range(h, a, n, 1, fn)) { r = 0; break; }
         if (read_block(h, b, n, &buf)) return;
-        if (!check_range(h, b, n, 0, fn)) check_range(h, a, n, 1, fn);
         if (n) mem_put(uc, a, buf, n);
         free(buf);
         r = fn == EMSAN_FN_MEMPCPY ? a + n : a;
         break;
     case EMSAN_FN_MEMSET:
-        check_range(h, a, n, 1, fn);
+        if (check_range(h, a, n, 1, fn)) { r = 0; break; }
         buf = malloc(n ? n : 1);
         memset(buf, (int)(b & 0xFF), n);
         if (n) mem_put(uc, a, buf, n);

@@ -91,6 +91,7 @@ struct emsan_heap {
     emsan_stats stats;
     struct entry *entries[128];
     struct vec64 tolerant;             /* pairs lo, hi */
+    void (*on_error)(void);
 };
 
 typedef struct emsan_heap heap_t;

@@ -119,16 +119,16 @@ EXPORT void emsan_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t va
     (void)value;
     heap_t *h = ud;
     uint64_t off = addr - h->base;
+    if (off >= h->size)
+        return;                           /* no shadow outside the heap (unsigned: below it too) */
     /* Fast path: the whole access inside one granule whose shadow allows it. */
-    if (LIKELY(off < h->size)) {
-        uint64_t last = off + (uint64_t)size - 1;
-        if (LIKELY((off >> 3) == (last >> 3))) {
-            int8_t s = shadow_at(h, off);
-            if (LIKELY(s == 0 || (s > 0 && (int8_t)(last & 7) < s)))
-                return;
-        } else if (!shadow_bad(h, addr, (uint64_t)size)) {
+    uint64_t last = off + (uint64_t)size - 1;
+    if (LIKELY((off >> 3) == (last >> 3))) {
+        int8_t s = shadow_at(h, off);
+        if (LIKELY(s == 0 || (s > 0 && (int8_t)(last & 7) < s)))
             return;
-        }
+    } else if (!shadow_bad(h, addr, (uint64_t)size)) {
+        return;
     }
     int is_write = type == 17 /* UC_MEM_WRITE */;
     uint64_t pc = reg_get(uc, h->regs[EMSAN_REG_PC]);

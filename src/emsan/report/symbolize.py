@@ -116,6 +116,36 @@ class ModuleSymbols:
             return [], []
 
 
+@lru_cache(maxsize=1)
+def _cxa_demangle():
+    import ctypes
+    import ctypes.util
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("stdc++") or "libstdc++.so.6")
+    except OSError:
+        return None
+    fn = lib.__cxa_demangle
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+    return fn
+
+
+@lru_cache(maxsize=4096)
+def demangle(name: str) -> str:
+    """C++ names as people read them (libstdc++'s own demangler, when the host has it)."""
+    fn = _cxa_demangle()
+    if fn is None or not name.startswith("_Z"):
+        return name
+    import ctypes
+    status = ctypes.c_int()
+    ptr = fn(name.encode(), None, None, ctypes.byref(status))
+    if status.value != 0 or not ptr:
+        return name
+    out = ctypes.string_at(ptr).decode(errors="replace")
+    ctypes.CDLL(None).free(ctypes.c_void_p(ptr))
+    return out
+
+
 @lru_cache(maxsize=64)
 def module_symbols(path: str) -> ModuleSymbols:
     return ModuleSymbols(path)
@@ -144,7 +174,7 @@ class Symbolizer:
         if hit is None:
             return Frame(addr, None, 0, 0, mod.path, file, lineno)
         name, off, size = hit
-        return Frame(addr, name, off, size, mod.path, file, lineno)
+        return Frame(addr, demangle(name), off, size, mod.path, file, lineno)
 
     def stack(self, addrs: list[int], first_is_pc: bool = True) -> list[Frame]:
         return [self.frame(a, is_return_address=not (first_is_pc and i == 0)) for i, a in enumerate(addrs)]

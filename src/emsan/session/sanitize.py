@@ -21,10 +21,12 @@ class LinuxSanitizer:
         opts = session.opts
         mem, m = session.mem, session.machine
         mem.map(SANITIZER_HEAP_BASE, SANITIZER_HEAP_BASE + SANITIZER_HEAP_SIZE, 3, "[emsan-heap]")
-        self.mode = GenericMode(m, session.arch, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, opts.quarantine_size)
+        self.mode = GenericMode(m, session.arch, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, opts.quarantine_size,
+                                self.is_call_return)
         self.mode.set_stack(*mem.stack)
         self.reports: list[dict] = []
         self.seen: set[tuple[str, int]] = set()
+        self.last_addr: int | None = None
         for mod in list(mem.modules):
             self.module_loaded(mod)
         mem.module_listeners.append(self.module_loaded)
@@ -34,6 +36,34 @@ class LinuxSanitizer:
         # Once relocation is done (the program's entry), resolve libc's string IFUNCs.
         m.hook_code_once(loaded.image.entry + loaded.bias, self.stop_for_ifuncs)
         session.process.on_stop.append(self.on_stop)
+        if opts.keep_going:
+            # Multi-shot: report from inside the engine and let the guest run on, so the
+            # faulting instruction completes exactly once.
+            self.mode.on_error(self.report_pending)
+        session.process.buffer_check = lambda addr, size, w: self.mode.check_range(addr, size, w, m.pc)
+
+    def is_call_return(self, pc: int, ret: int) -> bool:
+        """Is `ret` a return address into another function than the one at `pc`?"""
+        mapping = self.s.mem.find(ret)
+        if mapping is None or not mapping.prot & 4:
+            return False
+        sym = self.s.symbolizer
+        here, there = sym.frame(pc), sym.frame(ret, is_return_address=True)
+        if here.function is not None and here.function == there.function:
+            return False
+        m = self.s.machine
+        if self.s.arch.name == "arm64":
+            word = m.try_read(ret - 4, 4)
+            insn = int.from_bytes(word, "little") if word else 0
+            return insn & 0xFC000000 == 0x94000000 or insn & 0xFFFFFC1F == 0xD63F0000   # bl / blr
+        code = m.try_read(ret - 6, 6) or b""
+        return code[1:2] == b"\xe8" or code[4:5] == b"\xff" or code[0:1] == b"\xff" or code[3:4] == b"\xff"
+
+    def is_store_exclusive(self, pc: int) -> bool:
+        if self.s.arch.name != "arm64":
+            return False
+        word = self.s.machine.try_read(pc, 4)
+        return bool(word) and int.from_bytes(word, "little") & 0x3FC00000 == 0x08000000   # STXR/STLXR/STXP
 
     def module_loaded(self, mod: Module) -> None:
         for ep in module_entry_points(mod.path, mod.base):
@@ -69,30 +99,41 @@ class LinuxSanitizer:
                     self.mode.intercept(impl, fn)
 
     def on_stop(self) -> ExitInfo | str | None:
+        if getattr(self.mode, "callback_error", None) is not None:
+            raise self.mode.callback_error
         if self.want_ifuncs:
             self.want_ifuncs = False
             self.resolve_ifuncs()
             if not self.mode.pending():
                 return "continue"
-        errors = self.mode.pending()
-        if not errors:
+        if self.s.opts.keep_going:
+            self.report_pending()
             return None
-        opts, proc = self.s.opts, self.s.process
+        if not self.report_pending():
+            return None
+        return ExitInfo("report", self.s.opts.error_exitcode)
+
+    def report_pending(self) -> bool:
+        """Print the queued errors' reports (each distinct bug once); True if any."""
+        errors = self.mode.pending()
+        proc = self.s.process
         for e in errors:
             rep = self.mode.build(e, proc.comm, proc.pid)
+            # One bug per place (a loop reports once); an arm64 store-exclusive completing the
+            # load-exclusive just reported (one atomic operation) is the same bug.
             key = (rep.bug_type, rep.pc)
-            if key in self.seen:
+            pair = self.is_store_exclusive(rep.pc) and self.last_addr == rep.addr
+            self.last_addr = rep.addr
+            if key in self.seen or pair:
                 continue
             self.seen.add(key)
             sys.stdout.flush()
             print(render(rep, self.s.symbolizer, self.s.arch.name), file=sys.stderr, flush=True)
             self.reports.append(to_json(rep, self.s.symbolizer))
             self.write_json()
-            if not opts.keep_going:
+            if not self.s.opts.keep_going:
                 break
-        if opts.keep_going:
-            return "continue"
-        return ExitInfo("report", opts.error_exitcode)
+        return bool(errors)
 
     def write_json(self) -> None:
         path = self.s.opts.json_path

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import struct
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from emsan.errors import EmsanError
 from emsan.os.linux.elf import EHDR, PHDR, PT_DYNAMIC, PT_LOAD, ElfImage
@@ -25,6 +27,9 @@ DEFAULT_DIRS = {
     "x86_64": ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"],
     "arm64": ["/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"],
 }
+
+
+DST = re.compile(r"\$(?:\{(\w+)\}|(\w+))")    # a dynamic string token: $NAME or ${NAME}
 
 
 class _Unsure(Exception):
@@ -118,32 +123,46 @@ def library_info(path: str, machine: int) -> DynInfo | None:
 class LibrarySearch:
     """glibc's search, over the guest's file system view (sysroot first, then the host)."""
 
-    def __init__(self, arch: str, sysroot: str | None, env: list[str], resolve):
-        self.arch, self.sysroot, self.resolve = arch, sysroot, resolve
+    def __init__(self, arch: str, program: str, env: list[str], resolve: Callable[[str], str]):
+        self.arch, self.resolve = arch, resolve
         self.machine = MACHINE[arch]
         envd = dict(e.split("=", 1) for e in env if "=" in e)
-        self.ld_library_path = envd.get("LD_LIBRARY_PATH")
+        ld_path = envd.get("LD_LIBRARY_PATH")
+        # $ORIGIN in LD_LIBRARY_PATH is the program's directory
+        self.env_dirs = self.expand(ld_path, os.path.dirname(os.path.abspath(program))) if ld_path else []
         self._cache: dict[str, list[str]] | None = None
+        self._conf: list[str] | None = None
 
     # --- path lists ---------------------------------------------------------------------------
     def expand(self, paths: str, origin: str) -> list[str]:
         """Split a colon list and expand $ORIGIN, $LIB and $PLATFORM as ld.so does."""
-        out: list[str] = []
         subst = {"ORIGIN": [origin], "LIB": ["lib", "lib64", f"lib/{TRIPLET[self.arch]}"],
                  "PLATFORM": [{"x86_64": "x86_64", "arm64": "aarch64"}[self.arch], "haswell", "xeon_phi"]}
+        out: list[str] = []
         for entry in paths.replace(";", ":").split(":"):
-            variants = [entry or "."]
-            for token, values in subst.items():
-                for spelling in (f"${{{token}}}", f"${token}"):
-                    if any(spelling in v for v in variants):
-                        variants = [v.replace(spelling, val) for v in variants for val in values]
-            if any("$" in v for v in variants):
-                raise _Unsure(f"search path {entry}")
+            variants = [entry or "."]            # an empty entry is the working directory
+            while any(DST.search(v) for v in variants):
+                expanded = []
+                for v in variants:
+                    m = DST.search(v)
+                    if m is None:
+                        expanded.append(v)
+                        continue
+                    token = m.group(1) or m.group(2)
+                    if token not in subst:
+                        raise _Unsure(f"search path {entry}")
+                    expanded += [v[:m.start()] + value + v[m.end():] for value in subst[token]]
+                variants = expanded
             out += variants
         return out
 
     def conf_dirs(self) -> list[str]:
         """Directories named by /etc/ld.so.conf (and what it includes): what ldconfig put in the cache."""
+        if self._conf is None:
+            self._conf = self._read_conf()
+        return self._conf
+
+    def _read_conf(self) -> list[str]:
         dirs: list[str] = []
         seen: set[str] = set()
 
@@ -209,8 +228,7 @@ class LibrarySearch:
                 if obj.dyn.rpath is not None and obj.dyn.runpath is None:
                     dirs += self.origin_expand(obj.dyn.rpath, obj.path)
                 obj = obj.loader
-        if self.ld_library_path:
-            dirs += self.expand(self.ld_library_path, os.path.dirname(needer.path))
+        dirs += self.env_dirs
         if needer.dyn.runpath is not None:
             dirs += self.origin_expand(needer.dyn.runpath, needer.path)
         cands = [c for d in dirs for c in self.candidates_in(d, name)]
@@ -232,13 +250,13 @@ class LibrarySearch:
         return out + [d for d in self.expand(paths, real) if d not in out] if real != plain else out
 
 
-def check_libraries(image: ElfImage, program: str, arch: str, sysroot: str | None, env: list[str],
-                    interp: ElfImage, resolve) -> None:
+def check_libraries(image: ElfImage, program: str, arch: str, env: list[str], interp: ElfImage,
+                    resolve: Callable[[str], str]) -> None:
     """Raise EmsanError when a DT_NEEDED library (direct or indirect) cannot be found."""
     if not os.path.basename(image.interp or "").startswith("ld-linux"):
         return          # another C library's loader (musl...) searches differently
-    search = LibrarySearch(arch, sysroot, env, resolve)
     try:
+        search = LibrarySearch(arch, program, env, resolve)
         root = _Obj(program, image_dynamic_info(image), None)
         loaded: set[str] = {os.path.basename(image.interp or "")}
         isoname = image_dynamic_info(interp).soname

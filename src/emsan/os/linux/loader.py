@@ -85,8 +85,7 @@ def load_program(mem: MemoryMap, arch_name: str, path: str, argv: list[str], env
         interp = open_elf(ipath, what="interpreter", need_exec=False)
         if interp.machine != image.machine:
             raise EmsanError(f"{ipath}: interpreter is for another architecture")
-        check_libraries(image, path, arch_name, sysroot, env, interp,
-                        lambda gpath: resolve_guest_path(gpath, sysroot))
+        check_libraries(image, path, arch_name, env, interp, lambda gpath: resolve_guest_path(gpath, sysroot))
         ilo, ihi = interp.span
         interp_bias = mem.find_free(ihi - ilo) - ilo
         map_image(mem, interp, interp_bias)

@@ -19,6 +19,10 @@ from emsan.os.linux.syscalls import HANDLERS, NAMES, NO_RETURN, load_all
 
 load_all()
 
+# System calls whose second and third arguments are a guest buffer and its size.
+BUFFER_READ = {"write", "pwrite64"}
+BUFFER_WRITE = {"read", "pread64"}
+
 
 @dataclass
 class FileDesc:
@@ -57,6 +61,8 @@ class Process:
     # Consulted whenever the engine stops on its own (a sanitizer stops it to report): each
     # returns None (not mine), "continue", or an ExitInfo that ends the run.
     on_stop: list[Callable[[], "ExitInfo | str | None"]] = field(default_factory=list)
+    # A sanitizer's check of guest buffers the kernel reads or writes: (addr, size, is_write).
+    buffer_check: Callable[[int, int, bool], None] | None = None
     _warned: set = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -146,7 +152,7 @@ class Process:
 
     def wait_readable(self, host_fd: int) -> bool:
         """Before a read that could block: False (and the run stops) if nothing arrives in time."""
-        if self.deadline is None:
+        if self.deadline is None or not os.get_blocking(host_fd):
             return True
         poller = select.poll()
         poller.register(host_fd, select.POLLIN)
@@ -175,8 +181,12 @@ class Process:
             ret = -errno.ENOSYS
         else:
             self.current_syscall = name
+            if self.buffer_check is not None and name in BUFFER_READ:
+                self.buffer_check(args[1], args[2], False)      # the kernel reads count bytes
             try:
                 ret = handler(self, *args)
+                if self.buffer_check is not None and name in BUFFER_WRITE and isinstance(ret, int) and ret > 0:
+                    self.buffer_check(args[1], ret, True)       # ...or writes what it returned
             except OSError as e:
                 ret = -(e.errno or errno.EIO)
             except MemoryError:
@@ -187,10 +197,8 @@ class Process:
         if ret is not NO_RETURN:
             m.set_reg_id(self._ret_id, ret)
             if ret == -errno.EPIPE and name in ("write", "writev", "pwrite64", "pwritev", "sendfile"):
-                self.signals.raise_signal(13)       # SIGPIPE, as the kernel sends with EPIPE
-        self.signals.check_alarm()
-        if self.signals.pending and self.exit_info is None:
-            self.signals.deliver_pending()
+                self.signals.raise_signal(13, code=0)     # SIGPIPE (SI_USER), as the kernel sends with EPIPE
+        self.signals.after_syscall()
 
     # --- lifetime --------------------------------------------------------------------------------
     def exit(self, status: int) -> None:

@@ -23,4 +23,4 @@ def syscall(*names: str):
 
 
 def load_all() -> None:
-    from emsan.os.linux.syscalls import fs, mm, net, proc, signal  # noqa: F401  (they register)
+    from emsan.os.linux.syscalls import events, fs, mm, net, proc, signal  # noqa: F401  (they register)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import select
 import struct
 import time
 
@@ -104,9 +103,14 @@ def sys_copy_file_range(p, *_):
 def sys_lseek(p, fd, off, whence, *_):
     f = p.fd(fd)
     if f.dir_entries is not None:
-        if off == 0 and whence == 0:
-            f.dir_pos = 0
+        if whence == 0 and off == 0:                           # rewinddir: read the directory afresh
+            f.dir_entries = None
             return 0
+        if whence == 0 and 0 < off <= len(f.dir_entries):      # d_off values are positions (seekdir)
+            f.dir_pos = off
+            return off
+        if whence == 1 and off == 0:                           # telldir
+            return f.dir_pos
         return -errno.EINVAL
     return os.lseek(f.host, struct.unpack("<q", struct.pack("<Q", off))[0], whence)
 
@@ -308,7 +312,7 @@ def sys_readlink(p, path, buf, size, *_):
 def sys_readlinkat(p, dirfd, path, buf, size, *_):
     gpath = p.machine.read_cstr(path).decode(errors="surrogateescape")
     if gpath in ("/proc/self/exe", f"/proc/{os.getpid()}/exe"):
-        target = os.fsencode(p.exe_path)
+        target = os.fsencode(os.path.realpath(p.exe_path))     # the kernel resolves symlinks
     else:
         dfd, hpath = p.path_at(s32(dirfd), gpath)
         target = os.fsencode(os.readlink(hpath, dir_fd=dfd))
@@ -317,29 +321,34 @@ def sys_readlinkat(p, dirfd, path, buf, size, *_):
     return len(target)
 
 
-@syscall("getdents64")
+DTYPE = {0o040000: 4, 0o100000: 8, 0o120000: 10, 0o020000: 2, 0o060000: 6, 0o010000: 1, 0o140000: 12}
+
+
+@syscall("getdents64", "getdents")
 def sys_getdents64(p, fd, buf, count, *_):
     f = p.fd(fd)
     if f.dir_entries is None:
-        names = [".", ".."] + os.listdir(f.host)
         ents = []
-        for name in names:
+        for name in [".", "..", *os.listdir(f.host)]:
             try:
                 st = os.stat(name, dir_fd=f.host, follow_symlinks=False)
-                dtype = {0o040000: 4, 0o100000: 8, 0o120000: 10, 0o020000: 2, 0o060000: 6,
-                         0o010000: 1, 0o140000: 12}.get(st.st_mode & 0o170000, 0)
-                ents.append((st.st_ino, dtype, os.fsencode(name)))
             except OSError:
-                continue
+                continue            # removed since the listing
+            ents.append((st.st_ino, DTYPE.get(st.st_mode & 0o170000, 0), os.fsencode(name)))
         f.dir_entries, f.dir_pos = ents, 0
+    legacy = p.current_syscall == "getdents"     # x86-64's old struct linux_dirent: d_type last
     out = bytearray()
     while f.dir_pos < len(f.dir_entries):
         ino, dtype, name = f.dir_entries[f.dir_pos]
-        reclen = (19 + len(name) + 1 + 7) & ~7
+        reclen = ((18 if legacy else 19) + len(name) + (2 if legacy else 1) + 7) & ~7
         if len(out) + reclen > count:
             break
-        rec = struct.pack("<QqHB", ino, f.dir_pos + 1, reclen, dtype) + name + b"\0"
-        out += rec.ljust(reclen, b"\0")
+        if legacy:
+            rec = (struct.pack("<QqH", ino, f.dir_pos + 1, reclen) + name + b"\0").ljust(reclen - 1, b"\0")
+            rec += bytes([dtype])
+        else:
+            rec = (struct.pack("<QqHB", ino, f.dir_pos + 1, reclen, dtype) + name + b"\0").ljust(reclen, b"\0")
+        out += rec
         f.dir_pos += 1
     if not out and f.dir_pos < len(f.dir_entries):
         return -errno.EINVAL
@@ -456,31 +465,48 @@ def sys_chown(p, *a):
     return 0 if os.geteuid() == 0 else -errno.EPERM
 
 
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def _set_times(p, dirfd, path_ptr, times: list[tuple[int, int]] | None, flags: int) -> int:
+    """utimensat's semantics: (sec, nsec) for atime and mtime, UTIME_NOW/UTIME_OMIT allowed."""
+    follow = not flags & AT_SYMLINK_NOFOLLOW
+    if path_ptr:
+        dfd, hpath = _path(p, dirfd, path_ptr)
+        target: dict = {"path": hpath, "dir_fd": dfd, "follow_symlinks": follow}
+    else:
+        target = {"path": p.fd(dirfd).host}
+    if times is None or all(ns == UTIME_NOW for _s, ns in times):
+        os.utime(**target)
+        return 0
+    if all(ns == UTIME_OMIT for _s, ns in times):
+        return 0
+    st = os.stat(**target)
+    old = (st.st_atime_ns, st.st_mtime_ns)
+    now = time.time_ns()
+    ns = tuple(o if n == UTIME_OMIT else now if n == UTIME_NOW else sec * 10**9 + n
+               for (sec, n), o in zip(times, old))
+    os.utime(**target, ns=ns)
+    return 0
+
+
 @syscall("utimensat")
 def sys_utimensat(p, dirfd, path, times, flags, *_):
-    ns = None
-    if times:
-        t = struct.unpack("<qqqq", p.machine.read(times, 32))
-        now = os.stat(_path(p, dirfd, path)[1]).st_mtime_ns if path else 0
-        UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
-        vals = []
-        for sec, nsec in ((t[0], t[1]), (t[2], t[3])):
-            if nsec == UTIME_NOW:
-                vals.append(time.time_ns())
-            elif nsec == UTIME_OMIT:
-                vals.append(now)
-            else:
-                vals.append(sec * 10**9 + nsec)
-        ns = tuple(vals)
-    if not path:
-        os.utime(p.fd(dirfd).host, ns=ns) if ns else os.utime(p.fd(dirfd).host)
-        return 0
-    dfd, hpath = _path(p, dirfd, path)
-    if ns:
-        os.utime(hpath, ns=ns, dir_fd=dfd, follow_symlinks=not flags & AT_SYMLINK_NOFOLLOW)
-    else:
-        os.utime(hpath, dir_fd=dfd, follow_symlinks=not flags & AT_SYMLINK_NOFOLLOW)
-    return 0
+    t = struct.unpack("<qqqq", p.machine.read(times, 32)) if times else None
+    return _set_times(p, s32(dirfd), path, [(t[0], t[1]), (t[2], t[3])] if t else None, flags)
+
+
+@syscall("utimes", "futimesat")
+def sys_utimes(p, *a):
+    dirfd, path, times = (AT_FDCWD, a[0], a[1]) if p.current_syscall == "utimes" else (s32(a[0]), a[1], a[2])
+    t = struct.unpack("<qqqq", p.machine.read(times, 32)) if times else None     # two struct timeval
+    return _set_times(p, dirfd, path, [(t[0], t[1] * 1000), (t[2], t[3] * 1000)] if t else None, 0)
+
+
+@syscall("utime")
+def sys_utime(p, path, times, *_):
+    t = struct.unpack("<qq", p.machine.read(times, 16)) if times else None       # struct utimbuf
+    return _set_times(p, AT_FDCWD, path, [(t[0], 0), (t[1], 0)] if t else None, 0)
 
 
 @syscall("ftruncate")
@@ -512,6 +538,28 @@ def sys_fadvise(p, fd, *_):
     return 0
 
 
+@syscall("readahead", "sync_file_range")
+def sys_readahead(p, fd, *_):
+    p.fd(fd)
+    return 0
+
+
+@syscall("memfd_create")
+def sys_memfd_create(p, name, flags, *_):
+    MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
+    label = p.machine.read_cstr(name, 250).decode(errors="replace")
+    host = os.memfd_create(label, os.MFD_CLOEXEC | (flags & MFD_ALLOW_SEALING))
+    return p.alloc_fd(host, f"/memfd:{label}", bool(flags & MFD_CLOEXEC))
+
+
+@syscall("mknod", "mknodat")
+def sys_mknodat(p, *a):
+    dirfd, path, mode, dev = (AT_FDCWD, *a[:3]) if p.current_syscall == "mknod" else (s32(a[0]), *a[1:4])
+    dfd, hpath = _path(p, dirfd, path)
+    os.mknod(hpath, mode & 0o177777, dev, dir_fd=dfd)
+    return 0
+
+
 @syscall("umask")
 def sys_umask(p, mask, *_):
     old = os.umask(mask & 0o777)
@@ -535,6 +583,28 @@ def sys_getxattr(p, target, name, value, size, *_):
     return len(data)
 
 
+@syscall("setxattr", "lsetxattr", "fsetxattr")
+def sys_setxattr(p, target, name, value, size, flags, *_):
+    attr = p.machine.read_cstr(name).decode(errors="surrogateescape")
+    data = p.machine.read(value, size) if size else b""
+    if p.current_syscall == "fsetxattr":
+        os.setxattr(p.fd(target).host, attr, data, flags)
+    else:
+        os.setxattr(_path(p, AT_FDCWD, target)[1], attr, data, flags,
+                    follow_symlinks=p.current_syscall == "setxattr")
+    return 0
+
+
+@syscall("removexattr", "lremovexattr", "fremovexattr")
+def sys_removexattr(p, target, name, *_):
+    attr = p.machine.read_cstr(name).decode(errors="surrogateescape")
+    if p.current_syscall == "fremovexattr":
+        os.removexattr(p.fd(target).host, attr)
+    else:
+        os.removexattr(_path(p, AT_FDCWD, target)[1], attr, follow_symlinks=p.current_syscall == "removexattr")
+    return 0
+
+
 @syscall("listxattr", "llistxattr", "flistxattr")
 def sys_listxattr(p, target, buf, size, *_):
     if p.current_syscall == "flistxattr":
@@ -548,49 +618,3 @@ def sys_listxattr(p, target, buf, size, *_):
         return -errno.ERANGE
     p.machine.write(buf, data)
     return len(data)
-
-
-# --- waiting for descriptors ----------------------------------------------------------------------
-@syscall("poll", "ppoll")
-def sys_poll(p, fds, nfds, timeout, *_):
-    raw = p.machine.read(fds, 8 * nfds) if nfds else b""
-    entries = [struct.unpack_from("<ihh", raw, 8 * i) for i in range(nfds)]
-    poller = select.poll()
-    for fd, events, _r in entries:
-        if fd >= 0 and fd in p.fds:
-            poller.register(p.fds[fd].host, events & 0xFFFF)
-    if p.current_syscall == "ppoll":
-        ms = None
-        if timeout:
-            sec, nsec = struct.unpack("<qq", p.machine.read(timeout, 16))
-            ms = sec * 1000 + (nsec + 999_999) // 10**6
-    else:
-        ms = None if s32(timeout) < 0 else s32(timeout)
-    # In a single process only alarm(2) can interrupt the wait; --timeout ends it too.
-    limit, cut_by = ms, ""
-    if p.signals.alarm_at:
-        until_alarm = max(0, int((p.signals.alarm_at - time.monotonic()) * 1000) + 1)
-        if limit is None or until_alarm < limit:
-            limit, cut_by = until_alarm, "alarm"
-    elif ms is None and not any(fd in p.fds for fd, _e, _r in entries):
-        p.warn_once("pause", f"{p.current_syscall} waits forever: nothing could ever wake it")
-        return -errno.EINTR
-    if p.deadline is not None:
-        until_deadline = max(0, int((p.deadline - time.monotonic()) * 1000))
-        if limit is None or until_deadline < limit:
-            limit, cut_by = until_deadline, "timeout"
-    ready = dict(poller.poll(limit))
-    if not ready and cut_by == "alarm":
-        p.signals.check_alarm()
-        return -errno.EINTR
-    if not ready and cut_by == "timeout":
-        p.machine.stop("timeout")
-        return -errno.EINTR
-    out, n = bytearray(), 0
-    for fd, events, _r in entries:
-        rev = ready.get(p.fds[fd].host, 0) if fd in p.fds else (0x20 if fd >= 0 else 0)   # POLLNVAL
-        n += bool(rev)
-        out += struct.pack("<ihh", fd, events, rev)
-    if out:
-        p.machine.write(fds, bytes(out))
-    return n

@@ -1,13 +1,15 @@
 """Socket system calls, served by host sockets.
 
 Socket addresses and option values have the same layout on x86-64 and arm64, so they pass
-through to the host's libc as raw bytes; only AF_UNIX paths go through the sysroot, like
-every other guest path. Ancillary data (sendmsg/recvmsg control messages, which could carry
-descriptors) is not passed: the guest sees none.
+through to the host's libc as raw bytes; only AF_UNIX paths are translated, like every other
+guest path (sysroot first; relative to the guest's working directory). Ancillary data
+(sendmsg/recvmsg control messages, which could carry descriptors) is not passed: the guest
+sees none.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 
@@ -15,6 +17,7 @@ from emsan.os.linux.syscalls import syscall
 from emsan.os.linux.syscalls.fs import s32
 
 AF_UNIX = 1
+MSG_DONTWAIT = 0x40
 SOCK_NONBLOCK, SOCK_CLOEXEC = 0o4000, 0o2000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -26,12 +29,24 @@ def _check(ret: int) -> int:
     return ret
 
 
+# host AF_UNIX address -> the guest's spelling of it, to give back what the guest bound or connected to
+_unix_names: dict[bytes, bytes] = {}
+
+
 def _guest_sockaddr(p, addr: int, length: int) -> bytes:
+    """The host address for a guest sockaddr: AF_UNIX paths are resolved like any guest path
+    (a relative one against the guest's working directory, not emsan's)."""
     raw = p.machine.read(addr, length) if addr and length else b""
-    if len(raw) > 2 and struct.unpack_from("<H", raw)[0] == AF_UNIX and raw[2:3] == b"/":
+    if len(raw) > 2 and struct.unpack_from("<H", raw)[0] == AF_UNIX and raw[2:3] not in (b"\0", b""):
         path = raw[2:].split(b"\0", 1)[0].decode(errors="surrogateescape")
-        _dfd, host = p.path_at(-100, path)
-        raw = raw[:2] + os.fsencode(host) + b"\0"
+        if path.startswith("/"):
+            host = os.fsencode(p.path_at(-100, path)[1])
+        else:
+            host = os.fsencode(f"/proc/self/fd/{p.cwd_fd}/{path}")
+        if host != raw[2:].split(b"\0", 1)[0]:
+            host_raw = raw[:2] + host + b"\0"
+            _unix_names[host_raw.rstrip(b"\0")] = raw[:2] + os.fsencode(path) + b"\0"
+            return host_raw
     return raw
 
 
@@ -39,6 +54,7 @@ def _put_sockaddr(p, addr: int, len_ptr: int, raw: bytes) -> None:
     """Copy a returned address out, truncated to the guest's buffer, and store its full length."""
     if not addr or not len_ptr:
         return
+    raw = _unix_names.get(raw.rstrip(b"\0"), raw)
     room = struct.unpack("<I", p.machine.read(len_ptr, 4))[0]
     p.machine.write(addr, raw[:room])
     p.machine.write(len_ptr, struct.pack("<I", len(raw)))
@@ -82,6 +98,8 @@ def sys_listen(p, fd, backlog, *_):
 @syscall("accept", "accept4")
 def sys_accept(p, fd, addr, len_ptr, flags=0, *_):
     flags = s32(flags) if p.current_syscall == "accept4" else 0
+    if not p.wait_readable(p.fd(fd).host):
+        return -errno.EINTR           # --timeout ended the run while accept waited
     buf = ctypes.create_string_buffer(128)
     size = ctypes.c_uint(128)
     host = _check(_libc.accept4(p.fd(fd).host, buf, ctypes.byref(size), (flags & SOCK_NONBLOCK) | SOCK_CLOEXEC))
@@ -135,6 +153,8 @@ def sys_sendto(p, fd, buf, length, flags, addr, addrlen, *_):
 @syscall("recvfrom")
 def sys_recvfrom(p, fd, buf, length, flags, addr, len_ptr, *_):
     flags = s32(flags)
+    if not flags & MSG_DONTWAIT and not p.wait_readable(p.fd(fd).host):
+        return -errno.EINTR
     out = ctypes.create_string_buffer(max(min(length, 1 << 24), 1))
     abuf = ctypes.create_string_buffer(128)
     asize = ctypes.c_uint(128)
@@ -162,6 +182,8 @@ def sys_sendmsg(p, fd, msg, flags, *_):
 @syscall("recvmsg")
 def sys_recvmsg(p, fd, msg, flags, *_):
     flags = s32(flags)
+    if not flags & MSG_DONTWAIT and not p.wait_readable(p.fd(fd).host):
+        return -errno.EINTR
     name, namelen, iovs = _msghdr(p, msg)
     total = sum(n for _b, n in iovs)
     out = ctypes.create_string_buffer(max(min(total, 1 << 24), 1))
@@ -174,10 +196,11 @@ def sys_recvmsg(p, fd, msg, flags, *_):
         if chunk:
             p.machine.write(base, chunk)
         pos += len(chunk)
+    peer = _unix_names.get(abuf.raw[:asize.value].rstrip(b"\0"), abuf.raw[:asize.value])
     if name:
-        p.machine.write(name, abuf.raw[:min(asize.value, namelen)])
+        p.machine.write(name, peer[:namelen])
     # msg_namelen, then msg_controllen = 0 and msg_flags = 0: no ancillary data
-    p.machine.write(msg + 8, struct.pack("<I", asize.value if name else 0))
+    p.machine.write(msg + 8, struct.pack("<I", len(peer) if name else 0))
     p.machine.write(msg + 40, struct.pack("<Q", 0))
     p.machine.write(msg + 48, struct.pack("<i", 0))
     return n

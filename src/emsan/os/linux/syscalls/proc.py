@@ -9,6 +9,7 @@ import time
 
 from emsan.os.linux import structs
 from emsan.os.linux.syscalls import NO_RETURN, syscall
+from emsan.os.linux.syscalls.fs import s32
 
 CLONE_VM, CLONE_THREAD, CLONE_VFORK = 0x100, 0x10000, 0x4000
 ARCH_SET_GS, ARCH_SET_FS, ARCH_GET_FS, ARCH_GET_GS = 0x1001, 0x1002, 0x1003, 0x1004
@@ -214,6 +215,49 @@ def sys_getcpu(p, cpu, node, *_):
     return 0
 
 
+@syscall("getpriority")
+def sys_getpriority(p, which, who, *_):
+    if who and who != p.pid:
+        return -errno.ESRCH
+    return 20 - os.getpriority(which, 0)     # the kernel's biased value: glibc turns it back into a nice
+
+
+@syscall("setpriority")
+def sys_setpriority(p, which, who, prio, *_):
+    if who and who != p.pid:
+        return -errno.ESRCH
+    os.setpriority(which, 0, s32(prio))
+    return 0
+
+
+@syscall("sched_getscheduler")
+def sys_sched_getscheduler(p, pid, *_):
+    return 0                       # SCHED_OTHER
+
+
+@syscall("sched_getparam")
+def sys_sched_getparam(p, pid, param, *_):
+    p.machine.write(param, bytes(4))
+    return 0
+
+
+@syscall("sched_get_priority_max", "sched_get_priority_min")
+def sys_sched_priority_range(p, policy, *_):
+    if policy in (1, 2):           # SCHED_FIFO, SCHED_RR
+        return 99 if p.current_syscall == "sched_get_priority_max" else 1
+    return 0 if policy in (0, 3, 5) else -errno.EINVAL
+
+
+@syscall("sched_setscheduler", "sched_setparam")
+def sys_sched_set(p, *_):
+    return -errno.EPERM            # real-time scheduling of the emulator would change nothing
+
+
+@syscall("personality")
+def sys_personality(p, persona, *_):
+    return 0                       # PER_LINUX, and requests to change it are accepted and ignored
+
+
 # --- time -------------------------------------------------------------------------------------
 @syscall("clock_gettime")
 def sys_clock_gettime(p, clk, tp, *_):
@@ -273,6 +317,23 @@ def sys_clone(p, flags=0, *_):
         return -errno.EAGAIN
     p.warn_once("fork", f"creating processes is not supported ({p.current_syscall}): returning -ENOSYS")
     return -errno.ENOSYS
+
+
+@syscall("execve", "execveat")
+def sys_execve(p, *a):
+    ptr = a[0] if p.current_syscall == "execve" else a[1]
+    try:
+        target = p.machine.read_cstr(ptr).decode(errors="replace")
+    except MemoryError:
+        return -errno.EFAULT
+    p.warn_once("exec", f"running another program is not supported ({p.current_syscall} {target}): "
+                        "returning -ENOSYS")
+    return -errno.ENOSYS
+
+
+@syscall("wait4", "waitid")
+def sys_wait4(p, *_):
+    return -errno.ECHILD          # a process that cannot fork has no children
 
 
 @syscall("futex")

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import errno
+import os
 import struct
 
+from emsan.os.linux.signals import SI_TKILL, SI_USER
 from emsan.os.linux.syscalls import NO_RETURN, syscall
+from emsan.os.linux.syscalls.events import wait_limit
 
 SIGKILL, SIGSTOP = 9, 19
+ITIMER_REAL = 0
 
 
 @syscall("rt_sigaction")
@@ -74,32 +78,79 @@ def sys_kill(p, *a):
         return 0
     if not 1 <= sig <= 64:
         return -errno.EINVAL
-    p.signals.raise_signal(sig)
+    p.signals.raise_signal(sig, code=SI_USER if p.current_syscall == "kill" else SI_TKILL)
     return 0
 
 
 @syscall("alarm")
 def sys_alarm(p, seconds, *_):
-    return p.signals.set_alarm(seconds)
+    left = p.signals.set_alarm(seconds & 0xFFFFFFFF)
+    return int(left + 0.5) if left else 0       # a second that has begun counts, as on Linux
+
+
+def _timeval(raw: bytes, at: int) -> float:
+    sec, usec = struct.unpack_from("<qq", raw, at)
+    return sec + usec / 1e6
+
+
+def _pack_itimer(interval: float, value: float) -> bytes:
+    def tv(t: float) -> tuple[int, int]:
+        usec = int(round(t * 1e6))
+        return usec // 10**6, usec % 10**6
+    return struct.pack("<qqqq", *tv(interval), *tv(value))
 
 
 @syscall("setitimer")
 def sys_setitimer(p, which, new, old, *_):
-    ITIMER_REAL = 0
+    if which != ITIMER_REAL:
+        return -errno.EINVAL          # ITIMER_VIRTUAL/PROF would need CPU-time accounting
+    interval = p.signals.alarm_interval
+    raw = p.machine.read(new, 32) if new else bytes(32)
+    left = p.signals.set_alarm(_timeval(raw, 16), _timeval(raw, 0))
+    if old:
+        p.machine.write(old, _pack_itimer(interval, left))
+    return 0
+
+
+@syscall("getitimer")
+def sys_getitimer(p, which, cur, *_):
     if which != ITIMER_REAL:
         return -errno.EINVAL
-    left = p.signals.set_alarm(0)
-    if old:
-        p.machine.write(old, struct.pack("<qqqq", 0, 0, left, 0))
-    if new:
-        _isec, _iusec, sec, usec = struct.unpack("<qqqq", p.machine.read(new, 32))
-        p.signals.set_alarm(sec + usec / 1e6)
+    p.machine.write(cur, _pack_itimer(p.signals.alarm_interval, p.signals.alarm_left()))
     return 0
 
 
 @syscall("pause", "rt_sigsuspend")
-def sys_pause(p, *_):
-    if p.signals.wait_for_alarm():
-        return -errno.EINTR
-    p.warn_once("pause", f"{p.current_syscall} with no signal that could ever arrive")
+def sys_pause(p, mask_ptr=0, *_):
+    sigs = p.signals
+    if p.current_syscall == "rt_sigsuspend":
+        sigs.suspend(struct.unpack("<Q", p.machine.read(mask_ptr, 8))[0])
+    # Returns -EINTR; the handler runs on the way back (Process.on_syscall).
+    if not sigs.deliverable() and not sigs.wait_for_alarm():
+        p.warn_once("pause", f"{p.current_syscall} with no signal that could ever arrive")
     return -errno.EINTR
+
+
+@syscall("rt_sigtimedwait")
+def sys_rt_sigtimedwait(p, set_, info, timeout, *_):
+    wanted = struct.unpack("<Q", p.machine.read(set_, 8))[0]
+    got = p.signals.take_pending(wanted)
+    if got is None:
+        ms = None
+        if timeout:
+            sec, nsec = struct.unpack("<qq", p.machine.read(timeout, 16))
+            ms = sec * 1000 + (nsec + 999_999) // 10**6
+        limit, cut_by = wait_limit(p, ms)
+        if limit is None:
+            p.warn_once("pause", "rt_sigtimedwait with no signal that could ever arrive")
+            return -errno.EINTR
+        if not p.sleep(limit / 1000):
+            return -errno.EINTR             # --timeout ended the run
+        p.signals.check_alarm()
+        got = p.signals.take_pending(wanted)
+        if got is None:
+            return -errno.EINTR if cut_by == "alarm" else -errno.EAGAIN
+    sig, code = got
+    if info:
+        p.machine.write(info, struct.pack("<iii4xiI", sig, 0, code, p.pid, os.getuid()).ljust(128, b"\0"))
+    return sig

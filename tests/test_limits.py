@@ -1,0 +1,92 @@
+"""Stopping runaway guests (--max-instructions, --timeout) and what emsan refuses: unsupported
+system calls, threads, new processes."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import build, emsan
+
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def test_max_instructions_stops_an_infinite_loop(arch):
+    exe = build("os_limits", arch, "static")
+    got = emsan("run", "--mode", "none", "--max-instructions", "200000", exe, "spin", env=ENV)
+    assert got.returncode == 125
+    lines = got.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("emsan: instruction limit of 200000 reached; guest stopped at spin_forever+0x")
+    assert "os_limits.c:" in lines[0]
+
+
+def test_max_instructions_is_not_hit_by_a_short_program():
+    exe = build("hello", "x86_64", "static")
+    got = emsan("run", "--mode", "none", "--max-instructions", "10000000", exe, "x", "5", env=ENV)
+    assert got.returncode == 5
+    assert got.stderr == b""
+
+
+@pytest.mark.parametrize("case, where", [("spin", "spin_forever+0x"), ("sleep", "nanosleep")])
+def test_timeout_stops_loops_and_sleeps(arch, case, where):
+    exe = build("os_limits", arch, "static")
+    start = time.monotonic()
+    got = emsan("run", "--mode", "none", "--timeout", "0.5", exe, case, env=ENV)
+    elapsed = time.monotonic() - start
+    assert got.returncode == 124
+    lines = got.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("emsan: time limit of 0.5 s reached; guest stopped at ")
+    assert where in lines[0]
+    assert b"slept" not in got.stdout
+    assert elapsed < 15                          # the guest's 30 s sleep was cut short
+
+
+def test_timeout_stops_a_read_that_never_returns():
+    """`cat` reading a pipe nobody writes to or closes: the read must not outlive --timeout."""
+    import subprocess
+    import sys
+    writer = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE)
+    try:
+        start = time.monotonic()
+        got = subprocess.run([sys.executable, "-m", "emsan", "run", "--mode", "none", "--timeout", "0.5", "/bin/cat"],
+                             stdin=writer.stdout, capture_output=True, timeout=60)
+        assert time.monotonic() - start < 15
+    finally:
+        writer.kill()
+        writer.wait()
+    assert got.returncode == 124
+    assert got.stderr.decode().startswith("emsan: time limit of 0.5 s reached; guest stopped at ")
+
+
+def test_unsupported_syscall_is_enosys_and_named_once(arch):
+    exe = build("os_limits", arch, "static")
+    got = emsan("run", "--mode", "none", exe, "enosys", "25", env=ENV)
+    assert got.returncode == 0
+    assert got.stdout == b"kcmp: 25 of 25 calls failed with ENOSYS\n"
+    lines = got.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("emsan: unsupported syscall kcmp (number ")
+
+
+@pytest.mark.parametrize("link", ["static", "dynamic"])
+def test_pthread_create_fails_cleanly(arch, link):
+    exe = build("os_limits", arch, link)
+    got = emsan("run", "--mode", "none", exe, "thread", env=ENV)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == b"pthread_create returned EAGAIN\n"
+    lines = got.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("emsan: threads are not supported")
+
+
+def test_fork_and_exec_are_refused_with_a_message(arch):
+    exe = build("os_limits", arch, "static")
+    got = emsan("run", "--mode", "none", exe, "fork", env=ENV)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == b"fork failed 1, errno ENOSYS 1\nexecv failed, errno ENOSYS 1\n"
+    lines = got.stderr.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("emsan: creating processes is not supported (clone")
+    assert lines[1].startswith("emsan: running another program is not supported (execve /bin/true)")
