@@ -8,16 +8,16 @@ struct record {
     int score;
 };
 
-static struct record *make_records(int n)
+__attribute__((noinline)) static struct record *make_records(int n)
 {
     return calloc(n, sizeof(struct record));
 }
 
-static void fill(struct record *r, int n)
+__attribute__((noinline)) static void fill(struct record *r, int n)
 {
     for (int i = 0; i <= n; i++) {          /* bug: one record too many */
-        snprintf(r[i].name, sizeof(r[i].name), "player-%d", i);
         r[i].score = i * 10;
+        snprintf(r[i].name, sizeof(r[i].name), "player-%d", i);
     }
 }
 
