@@ -149,3 +149,16 @@ def test_alloc_dealloc_mismatch(case, expected, tmp_path):
     assert [r["bug_type"] for r in reports] == ([expected] if expected else []), res.stderr.decode()[-2000:]
     if expected:
         assert reports[0]["function"] == case + "()"      # demangled
+
+
+@pytest.mark.parametrize("arch_name", ["x86_64", "arm64"])
+def test_without_frame_pointers_first_frame_is_right(arch_name, tmp_path):
+    """-O2 -fomit-frame-pointer: the unwinder must neither crash nor hang, and frame 0 is exact."""
+    exe = build("kasan_cases", arch_name, "static", ("-fno-builtin", "-O2", "-fomit-frame-pointer"))
+    out = tmp_path / "r.json"
+    for case, offset in (("kmalloc_oob_right", 115), ("kmalloc_uaf", 8)):
+        res = emsan("run", "--json", str(out), exe, case, timeout=120)
+        rep = json.loads(out.read_text())["reports"][0]
+        assert rep["stack"][0]["function"] == case and rep["function"] == case
+        assert rep["object"]["offset"] == offset
+        assert res.returncode == 99
