@@ -1,5 +1,5 @@
 """The Unicorn engine: the only layer that imports unicorn."""
 
-from emsan.machine.engine import Machine, MachineFault, UC_PROT
+from emsan.machine.engine import UC_PROT, UNICORN_VERSION, Machine, MachineFault
 
-__all__ = ["Machine", "MachineFault", "UC_PROT"]
+__all__ = ["Machine", "MachineFault", "UC_PROT", "UNICORN_VERSION"]

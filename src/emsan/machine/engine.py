@@ -17,6 +17,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from emsan.machine import native
 
+UNICORN_VERSION = unicorn.__version__
 UC_PROT = {"r": uconst.UC_PROT_READ, "w": uconst.UC_PROT_WRITE, "x": uconst.UC_PROT_EXEC}
 PAGE = 0x1000
 UNTIL = 0xFFFF_FFFF_FFFF_FFF0  # an address no guest executes: emu_start never stops there
@@ -207,6 +208,25 @@ class Machine:
             self.uc.hook_del(box[0])
             cb()
         box.append(self.hook(uconst.UC_HOOK_CODE, fire, addr, addr))
+
+    def use_virtual_tlb(self, fill_cfunc, user_data) -> int:
+        """Switch to Unicorn's virtual-TLB mode, with a C UC_HOOK_TLB_FILL callback choosing each
+        page's physical address (memory and PROT hooks then see physical addresses)."""
+        h = self.hook_native(uconst.UC_HOOK_TLB_FILL, fill_cfunc, user_data)
+        self.uc.ctl_set_tlb_mode(uconst.UC_TLB_VIRTUAL)
+        return h
+
+    def hook_block_native(self, cfunc, user_data) -> int:
+        """A C callback at the start of every basic block."""
+        return self.hook_native(uconst.UC_HOOK_BLOCK, cfunc, user_data)
+
+    def hook_mem_prot(self, cb: Callable[[int, int, int], bool]) -> int:
+        """cb(access, addr, size) on a protection fault (after the engine's own fault hook);
+        True lets the access proceed. Faults are rare: this is a Python hook."""
+        def fire(uc, access, addr, size, value, ud):
+            return cb(access, addr, size)
+        return self.hook(uconst.UC_HOOK_MEM_READ_PROT | uconst.UC_HOOK_MEM_WRITE_PROT
+                         | uconst.UC_HOOK_MEM_FETCH_PROT, fire)
 
     def unhook(self, h: int) -> None:
         self.uc.hook_del(h)

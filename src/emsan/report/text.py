@@ -2,9 +2,8 @@
 make no sense (task = process, cache = size class)."""
 from __future__ import annotations
 
-import unicorn
-
 from emsan import __version__
+from emsan.machine import UNICORN_VERSION
 from emsan.report.symbolize import Symbolizer
 from emsan.sanitizer.report import ROW_GRANULES, Report
 
@@ -25,7 +24,7 @@ def render(rep: Report, sym: Symbolizer, arch: str) -> str:
     else:
         out.append(f"{rep.access.capitalize()} of size {rep.size} at addr {rep.addr:016x} by task {rep.comm}/{rep.pid}")
     out += ["", f"CPU: 0 PID: {rep.pid} Comm: {rep.comm} emsan {__version__} ({rep.mode} mode)",
-            f"Hardware name: Unicorn {unicorn.__version__} {arch}", "Call Trace:"]
+            f"Hardware name: Unicorn {UNICORN_VERSION} {arch}", "Call Trace:"]
     out += frames_text(sym, rep.stack, True)
     out.append("")
     o = rep.obj

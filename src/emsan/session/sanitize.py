@@ -56,8 +56,13 @@ class LinuxSanitizer:
             word = m.try_read(ret - 4, 4)
             insn = int.from_bytes(word, "little") if word else 0
             return insn & 0xFC000000 == 0x94000000 or insn & 0xFFFFFC1F == 0xD63F0000   # bl / blr
-        code = m.try_read(ret - 6, 6) or b""
-        return code[1:2] == b"\xe8" or code[4:5] == b"\xff" or code[0:1] == b"\xff" or code[3:4] == b"\xff"
+        code = m.try_read(ret - 7, 7) or b""
+        if len(code) < 7:
+            return False
+        if code[2] == 0xE8:                                  # call rel32
+            return True
+        # call r/m64: ff /2, two to seven bytes long
+        return any(code[7 - n] == 0xFF and (code[8 - n] >> 3) & 7 == 2 for n in range(2, 8))
 
     def is_store_exclusive(self, pc: int) -> bool:
         if self.s.arch.name != "arm64":
