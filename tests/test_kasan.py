@@ -162,3 +162,23 @@ def test_without_frame_pointers_first_frame_is_right(arch_name, tmp_path):
         assert rep["stack"][0]["function"] == case and rep["function"] == case
         assert rep["object"]["offset"] == offset
         assert res.returncode == 99
+
+
+ACCESS_SHAPES = {
+    "unaligned_straddle": [(SOOB, "read", 8, 13)],
+    "simd_load": [(SOOB, "read", 8, 24)],          # Unicorn hands 16-byte loads over as two 8-byte halves
+    "string_insn_store": [(SOOB, "write", 1, 16)],
+    "in_bounds_shapes": [],
+}
+
+
+@pytest.mark.parametrize("case", list(ACCESS_SHAPES))
+def test_access_shapes(arch, case, tmp_path):
+    exe = build("kasan_access", arch, "static")
+    out = tmp_path / "r.json"
+    res = emsan("run", "--continue", "--json", str(out), exe, case)
+    reports = json.loads(out.read_text())["reports"] if out.exists() else []
+    got = [(r["bug_type"], r["access"], r["size"], r["object"]["offset"]) for r in reports]
+    assert got == ACCESS_SHAPES[case], res.stderr.decode(errors="replace")[-2000:]
+    assert all(r["function"] == case for r in reports)
+    assert res.returncode == 0
