@@ -19,13 +19,14 @@ def _same(ref, got, status: int) -> None:
     assert got.returncode == ref.returncode == status
 
 
+@pytest.mark.parametrize("mode", ["none", "generic"])
 @pytest.mark.parametrize("link", LINKS)
-def test_files_dirs_pipes_match_native(arch, link, tmp_path):
+def test_files_dirs_pipes_match_native(arch, link, mode, tmp_path):
     exe = build("os_files", arch, link)
     (tmp_path / "native").mkdir()
     (tmp_path / "emsan").mkdir()
     ref = native(exe, str(tmp_path / "native"), *ARGS, arch=arch, input=STDIN, env=ENV)
-    got = emsan("run", "--mode", "none", exe, str(tmp_path / "emsan"), *ARGS, input=STDIN, env=ENV)
+    got = emsan("run", "--mode", mode, exe, str(tmp_path / "emsan"), *ARGS, input=STDIN, env=ENV)
     _same(ref, got, 40)                          # 40 + the number of failed checks
     assert b"failures=0\n" in got.stdout
     assert b"argv[2]=<two words> len=9\n" in got.stdout
@@ -45,12 +46,13 @@ def test_files_with_empty_environment_and_closed_stdin(tmp_path):
     assert b"stdin: 0 bytes, 0 lines, hash 00000000\n" in got.stdout
 
 
+@pytest.mark.parametrize("mode", ["none", "generic"])
 @pytest.mark.parametrize("link", LINKS)
-def test_memory_matches_native(arch, link):
+def test_memory_matches_native(arch, link, mode):
     exe = build("os_memory", arch, link)
     # map the binary itself: a file of a few hundred KiB that both runs read the same way
     ref = native(exe, exe, arch=arch, env=ENV)
-    got = emsan("run", "--mode", "none", exe, exe, env=ENV)
+    got = emsan("run", "--mode", mode, exe, exe, env=ENV)
     _same(ref, got, 50)
     assert b"failures=0\n" in got.stdout
     assert b"brk grew by 400000 bytes\n" in got.stdout

@@ -1,8 +1,8 @@
 """Real system programs (the host's own x86-64 binaries) under emsan: byte-identical stdout, the
 same exit status, and nothing on stderr (no "unsupported syscall" lines).
 
-They run with --mode none: these tests are about the Linux personality; the sanitizer modes
-have their own tests."""
+Each runs twice: with --mode none (the Linux personality alone) and with the default generic
+KASAN mode, which must not report anything or change a byte of output."""
 from __future__ import annotations
 
 import os
@@ -28,8 +28,18 @@ def host(*cmd: str, input: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), input=input, capture_output=True, env=ENV, timeout=120)
 
 
+MODE = "none"
+
+
+@pytest.fixture(params=["none", "generic"], autouse=True)
+def mode(request):
+    global MODE
+    MODE = request.param
+    yield request.param
+
+
 def under_emsan(*cmd: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emsan", "run", "--mode", "none", *cmd], input=input,
+    return subprocess.run([sys.executable, "-m", "emsan", "run", "--mode", MODE, *cmd], input=input,
                           capture_output=True, env=ENV, timeout=300)
 
 
