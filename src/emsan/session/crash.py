@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from emsan.os.linux.signals import SIGNAMES
 from emsan.report.symbolize import Frame, Symbolizer
+from emsan.session.unwind import leaf_caller
 
 
 def describe_fault(fault) -> list[str]:
@@ -17,10 +18,9 @@ def call_trace(proc, sym: Symbolizer, max_frames: int = 64) -> list[Frame]:
     """Innermost first: the PC, then the frame-pointer chain while it stays in code."""
     m, arch, mem = proc.machine, proc.arch, proc.mem
     pcs = [m.pc]
-    if arch.name == "arm64":
-        lr = m.reg("lr") & 0x0000_FFFF_FFFF_FFFF
-        if mem.module_at(lr) is not None:
-            pcs.append(lr)
+    caller = leaf_caller(m, arch, mem, sym, m.pc)
+    if caller is not None:
+        pcs.append(caller)
     for ret in arch.frame_walk(m, max_frames):
         mapping = mem.find(ret)
         if mapping is None or not mapping.prot & 4:

@@ -13,6 +13,8 @@ from emsan.report.text import render
 from emsan.os.linux.loader import HWCAP
 from emsan.sanitizer.entrypoints import module_entry_points, string_code_ranges, string_function, string_ifuncs
 from emsan.sanitizer.generic import GenericMode
+from emsan.session.unwind import is_call_return
+from emsan.sanitizer.stacks import Stacks, choose as choose_collector
 
 
 class LinuxSanitizer:
@@ -20,10 +22,14 @@ class LinuxSanitizer:
         self.s = session
         opts = session.opts
         mem, m = session.mem, session.machine
-        mem.map(SANITIZER_HEAP_BASE, SANITIZER_HEAP_BASE + SANITIZER_HEAP_SIZE, 3, "[emsan-heap]")
-        self.mode = GenericMode(m, session.arch, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, opts.quarantine_size,
-                                self.is_call_return)
+        self.mode = self.create_mode()
         self.mode.set_stack(*mem.stack)
+        arm64 = session.arch.name == "arm64"
+        collector = opts.stacks
+        if collector == "auto":
+            collector = choose_collector([mod.path for mod in mem.modules], arm64)
+        self.stacks = Stacks(m, self.mode.heap, arm64, collector, opts.no_depot)
+        self.mode.stacks = self.stacks
         self.reports: list[dict] = []
         self.seen: set[tuple[str, int]] = set()
         self.last_addr: int | None = None
@@ -42,27 +48,24 @@ class LinuxSanitizer:
             self.mode.on_error(self.report_pending)
         session.process.buffer_check = lambda addr, size, w: self.mode.check_range(addr, size, w, m.pc)
 
+    def create_mode(self):
+        """The sanitizer mode, with the guest memory it needs (other modes override this)."""
+        opts, mem = self.s.opts, self.s.mem
+        mem.map(SANITIZER_HEAP_BASE, SANITIZER_HEAP_BASE + SANITIZER_HEAP_SIZE, 3, "[emsan-heap]")
+        return GenericMode(self.s.machine, self.s.arch, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE,
+                           opts.quarantine_size, self.is_call_return)
+
+    def report_key(self, rep) -> tuple:
+        """What makes a bug distinct: reported once per key (other modes override this)."""
+        return (rep.bug_type, rep.pc)
+
+    # Report renderings (text in the kernel's layout, JSON); other modes override these.
+    render_text = staticmethod(render)
+    render_json = staticmethod(to_json)
+
     def is_call_return(self, pc: int, ret: int) -> bool:
-        """Is `ret` a return address into another function than the one at `pc`?"""
-        mapping = self.s.mem.find(ret)
-        if mapping is None or not mapping.prot & 4:
-            return False
-        sym = self.s.symbolizer
-        here, there = sym.frame(pc), sym.frame(ret, is_return_address=True)
-        if here.function is not None and here.function == there.function:
-            return False
-        m = self.s.machine
-        if self.s.arch.name == "arm64":
-            word = m.try_read(ret - 4, 4)
-            insn = int.from_bytes(word, "little") if word else 0
-            return insn & 0xFC000000 == 0x94000000 or insn & 0xFFFFFC1F == 0xD63F0000   # bl / blr
-        code = m.try_read(ret - 7, 7) or b""
-        if len(code) < 7:
-            return False
-        if code[2] == 0xE8:                                  # call rel32
-            return True
-        # call r/m64: ff /2, two to seven bytes long
-        return any(code[7 - n] == 0xFF and (code[8 - n] >> 3) & 7 == 2 for n in range(2, 8))
+        s = self.s
+        return is_call_return(s.machine, s.arch, s.mem, s.symbolizer, pc, ret)
 
     def is_store_exclusive(self, pc: int) -> bool:
         if self.s.arch.name != "arm64":
@@ -71,6 +74,7 @@ class LinuxSanitizer:
         return bool(word) and int.from_bytes(word, "little") & 0x3FC00000 == 0x08000000   # STXR/STLXR/STXP
 
     def module_loaded(self, mod: Module) -> None:
+        self.stacks.module_loaded(mod.path, mod.base)
         for ep in module_entry_points(mod.path, mod.base):
             self.mode.intercept(ep.addr, ep.fn)
         syms = module_symbols(mod.path)
@@ -126,15 +130,15 @@ class LinuxSanitizer:
             rep = self.mode.build(e, proc.comm, proc.pid)
             # One bug per place (a loop reports once); an arm64 store-exclusive completing the
             # load-exclusive just reported (one atomic operation) is the same bug.
-            key = (rep.bug_type, rep.pc)
+            key = self.report_key(rep)
             pair = self.is_store_exclusive(rep.pc) and self.last_addr == rep.addr
             self.last_addr = rep.addr
             if key in self.seen or pair:
                 continue
             self.seen.add(key)
             sys.stdout.flush()
-            print(render(rep, self.s.symbolizer, self.s.arch.name), file=sys.stderr, flush=True)
-            self.reports.append(to_json(rep, self.s.symbolizer))
+            print(self.render_text(rep, self.s.symbolizer, self.s.arch.name), file=sys.stderr, flush=True)
+            self.reports.append(self.render_json(rep, self.s.symbolizer))
             self.write_json()
             if not self.s.opts.keep_going:
                 break
@@ -150,4 +154,5 @@ class LinuxSanitizer:
         self.write_json()
         if self.s.opts.stats:
             st = self.mode.stats()
+            st.update(self.stacks.stats())
             print("emsan: stats: " + ", ".join(f"{k}={v}" for k, v in st.items()), file=sys.stderr)
