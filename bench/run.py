@@ -20,32 +20,17 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-WORKLOAD_DIR = BENCH / "workloads"
-BUILD_DIR = BENCH / "build"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (ARCHES, BENCH, BUILD_DIR, CFLAGS, ROOT, WORKLOADS, BenchError, Runner,  # noqa: E402
+                    build, fmt_ratio, git_rev, paired_ratio, rotate, spread, version)
+
 DEFAULT_JSON = BENCH / "results" / "foundation.json"
-PY = sys.executable
-
-ARCHES = ("x86_64", "arm64")
-COMPILERS = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
-CFLAGS = ["-static", "-O2", "-g", "-fno-omit-frame-pointer"]
-
-# Iteration counts sized for about 0.5-0.9 s of emulation each (see bench/README.md).
-WORKLOADS = {
-    "compute": {"x86_64": 10_000, "arm64": 20_000},    # ~18k / ~8.5k guest insns per iteration
-    "alloc": {"x86_64": 80_000, "arm64": 80_000},      # ~800 / ~690 per iteration, malloc/free churn
-    "strings": {"x86_64": 50_000, "arm64": 50_000},    # ~640 / ~670 per iteration, libc string routines
-}
 STARTUP_PROGRAM = "hello"
 
 STARTUP_TARGET_S = 0.3
@@ -54,92 +39,6 @@ OVERHEAD_TARGET = 1.10
 # Configurations. Each timed measurement is one fresh process.
 WL_CONFIGS = ("bare_emu", "emsan_emu", "bare_wall", "emsan_wall")
 SU_CONFIGS = ("python_floor", "bare_first", "emsan_first", "bare_wall", "emsan_wall")
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def now() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
-
-
-# --- building ---------------------------------------------------------------------------------------
-def build(name: str, arch: str) -> Path:
-    src = WORKLOAD_DIR / f"{name}.c"
-    out = BUILD_DIR / arch / name
-    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
-        return out
-    cc = COMPILERS[arch]
-    if shutil.which(cc) is None:
-        raise BenchError(f"{cc} is not installed (needed for {arch})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    proc = subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(src)], capture_output=True, text=True)
-    if proc.returncode:
-        raise BenchError(f"building {src} for {arch} failed:\n{proc.stderr}")
-    os.replace(tmp, out)
-    return out
-
-
-# --- running -----------------------------------------------------------------------------------------
-class Runner:
-    def __init__(self, tmpdir: str):
-        self.tmpdir = tmpdir
-        self.stats_path = os.path.join(tmpdir, "stats.json")
-        self.env = dict(os.environ)
-        self.env.pop("EMSAN_DEBUG", None)
-
-    def _run(self, cmd: list[str], what: str) -> tuple[float, float, bytes]:
-        """Run cmd; return (launch time, wall seconds, stdout). Fails loudly on a bad exit."""
-        t0 = now()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=self.tmpdir)
-        wall = now() - t0
-        if proc.returncode != 0:
-            raise BenchError(f"{what}: exit status {proc.returncode}\n$ {' '.join(cmd)}\n"
-                             f"{proc.stderr.decode(errors='replace')[-2000:]}")
-        return t0, wall, proc.stdout
-
-    def probe(self, mode: str, target: str, exe: Path, args: list[str]) -> tuple[float, float, dict, bytes]:
-        if os.path.exists(self.stats_path):
-            os.unlink(self.stats_path)
-        cmd = [PY, str(BENCH / "probe.py"), self.stats_path, mode, target, str(exe), *args]
-        t0, wall, out = self._run(cmd, f"probe {mode} {target} {exe.name}")
-        with open(self.stats_path) as f:
-            return t0, wall, json.load(f), out
-
-    def plain(self, target: str, exe: Path, args: list[str]) -> tuple[float, bytes]:
-        if target == "emsan":
-            cmd = [PY, "-m", "emsan", "run", "--mode", "none", str(exe), *args]
-        else:
-            cmd = [PY, str(BENCH / "bare_unicorn.py"), str(exe), *args]
-        _, wall, out = self._run(cmd, f"{target} {exe.name}")
-        return wall, out
-
-    def python_floor(self) -> float:
-        _, wall, _ = self._run([PY, "-c", "pass"], "python -c pass")
-        return wall
-
-    def count(self, exe: Path, args: list[str]) -> tuple[int, bytes]:
-        _, _, st, out = self.probe("count", "emsan", exe, args)
-        n = int(st.get("instructions") or 0)
-        if n <= 0:
-            raise BenchError(f"instruction count of {exe} came back as {n}")
-        return n, out
-
-
-# --- statistics --------------------------------------------------------------------------------------
-def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
-
-
-def paired_ratio(num: list[float], den: list[float]) -> dict:
-    return summary([a / b for a, b in zip(num, den)])
-
-
-def rotate(seq, k: int) -> list:
-    k %= len(seq)
-    return list(seq[k:]) + list(seq[:k])
 
 
 # --- the benchmark -----------------------------------------------------------------------------------
@@ -162,7 +61,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
         for arch in arches:
             if args.startup:
                 exe = build(STARTUP_PROGRAM, arch)
-                n, out = r.count(exe, [])
+                n, out, _ = r.count(exe, [])
                 su[arch] = {"arch": arch, "program": STARTUP_PROGRAM, "binary": str(exe.relative_to(ROOT)),
                             "instructions": n, "reference_output": out, "outputs_match": True,
                             "runs": {k: [] for k in ("python_s", "bare_first_insn_s", "emsan_first_insn_s",
@@ -172,7 +71,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
             for name in names:
                 exe = build(name, arch)
                 iters = max(1, round(WORKLOADS[name][arch] * args.scale))
-                n, out = r.count(exe, [str(iters)])
+                n, out, _ = r.count(exe, [str(iters)])
                 wl[(arch, name)] = {"arch": arch, "name": name, "iterations": iters,
                                     "binary": str(exe.relative_to(ROOT)), "instructions": n,
                                     "reference_output": out, "outputs_match": True,
@@ -256,11 +155,11 @@ def run_bench(args: argparse.Namespace, log) -> dict:
             "started": started.isoformat(timespec="seconds"),
             "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
             "reps": reps, "quick": bool(args.quick), "scale": args.scale, "arches": list(arches),
-            "python": platform.python_version(), "unicorn": _version("unicorn"),
+            "python": platform.python_version(), "unicorn": version("unicorn"),
             "host": platform.node(), "cpus": os.cpu_count(), "machine": platform.machine(),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-            "git_rev": _git_rev(),
+            "git_rev": git_rev(),
             "cflags": CFLAGS,
         },
         "workloads": workloads,
@@ -269,28 +168,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
     }
 
 
-def _version(dist: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(dist)
-    except Exception:
-        return None
-
-
-def _git_rev() -> str | None:
-    try:
-        p = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                           text=True, timeout=10)
-        return p.stdout.strip() or None
-    except Exception:
-        return None
-
-
 # --- output ------------------------------------------------------------------------------------------
-def fmt_ratio(r: dict) -> str:
-    return f"{r['median']:.3f} ({r['min']:.2f}–{r['max']:.2f})"
-
-
 def render(res: dict, console) -> None:
     from rich.table import Table
 
@@ -325,7 +203,7 @@ def render(res: dict, console) -> None:
             m, b = d["median"], d["breakdown_median_s"]["emsan"]
             met = res["targets"]["startup"][d["arch"]]["met"]
             t.add_row(d["arch"] + ("" if d["outputs_match"] else " [red](output differs!)[/red]"),
-                      f"{m['python_s']:.3f}", f"{m['bare_first_insn_s']:.3f}", _spread(d["runs"]["emsan_first_insn_s"]),
+                      f"{m['python_s']:.3f}", f"{m['bare_first_insn_s']:.3f}", spread(d["runs"]["emsan_first_insn_s"]),
                       fmt_ratio(d["ratio_first_insn"]),
                       f"{b['interpreter_s'] * 1e3:.0f} + {b['load_s'] * 1e3:.0f} + {b['first_block_s'] * 1e3:.1f} ms",
                       f"{m['bare_wall_s']:.3f}", f"{m['emsan_wall_s']:.3f}",
@@ -342,10 +220,6 @@ def render(res: dict, console) -> None:
                       f"{v['emsan_first_insn_s']:.3f} s, " + ("[green]met[/green]" if v["met"] else "[red]not met[/red]"))
     console.print(f"[dim]{meta['started']}  {meta['seconds']} s  unicorn {meta['unicorn']}  python {meta['python']}  "
                   f"load average {meta['loadavg_before'][0]} → {meta['loadavg_after'][0]}  git {meta['git_rev']}[/dim]")
-
-
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.2f}–{max(values):.2f})"
 
 
 def _color(r: dict) -> str:

@@ -54,3 +54,46 @@ def test_bench_runner_smoke(tmp_path):
 
     assert "x86_64" in res["targets"]["startup"]
     assert "x86_64/compute" in res["targets"]["overhead"]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_kasan_bench_smoke(tmp_path):
+    """bench/kasan.py (generic mode vs plain vs valgrind) on the tiny allocator micro workload."""
+    out = tmp_path / "kasan.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "kasan.py"), "--quick", "--reps", "2", "--arch", "x86_64",
+         "--workloads", "mallocfree", "--scale", "0.01", "--json", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "generic/plain" in proc.stdout            # the tables were printed
+    res = json.loads(out.read_text())
+    assert {"schema", "meta", "workloads", "targets"} <= res.keys()
+    assert res["meta"]["reps"] == 2 and res["meta"]["arches"] == ["x86_64"]
+
+    (wl,) = res["workloads"]
+    assert wl["arch"] == "x86_64" and wl["name"] == "mallocfree" and wl["outputs_match"] is True
+    assert all(_positive(wl["instructions"][k]) for k in ("plain", "generic"))
+    expected = {"native_wall_s", "plain_emu_s", "memhook_emu_s", "generic_emu_s", "plain_emu_cpu_s",
+                "memhook_emu_cpu_s", "generic_emu_cpu_s", "plain_wall_s", "generic_wall_s"}
+    if shutil.which("valgrind"):
+        expected |= {"valgrind_wall_s", "valgrind_dyn_wall_s"}
+        assert _positive(wl["valgrind_ratio_wall"]["median"]) and _positive(wl["valgrind_dyn_ratio_wall"]["median"])
+    assert expected == set(wl["runs"])
+    for key in expected:
+        assert len(wl["runs"][key]) == 2 and all(_positive(v) for v in wl["runs"][key])
+        assert _positive(wl["median"][key])
+    for key in ("ratio_emu", "ratio_emu_cpu", "ratio_wall", "memhook_ratio_emu", "memhook_ratio_emu_cpu"):
+        assert all(_positive(wl[key][k]) for k in ("median", "min", "max")) and len(wl[key]["values"]) == 2
+
+    st = wl["sanitizer_stats"]
+    assert st["allocs"] >= wl["iterations"] and st["frees"] >= wl["iterations"] and st["errors"] == 0
+    assert wl["pairs"] == wl["iterations"] and wl["pairs_constant"] is True
+    u = wl["us_per_pair"]
+    assert _positive(u["gross_emu_cpu"]["median"])
+    for k in ("net_emu_cpu", "net_emu", "net_wall"):                  # differences: any sign
+        assert isinstance(u[k]["median"], float) and len(u[k]["values"]) == 2
+
+    assert res["targets"]["generic_max_ratio"] == 1.5 and res["targets"]["pair_max_us"] == 5.0
+    pair = res["targets"]["pair"]["x86_64/mallocfree"]
+    assert pair["target_applies"] is False
+    assert all(isinstance(pair[f"met_{m}"], bool) for m in ("emu_cpu", "emu", "wall"))

@@ -8,7 +8,7 @@ import sys
 from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 from emsan.session.options import RunOptions
 
-MODES = ("none", "generic")
+MODES = ("none", "generic", "kfence")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -29,6 +29,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return v
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=MODES, default="generic", help="sanitizer mode (default: generic)")
     p.add_argument("--sysroot", metavar="DIR", help="root for the guest's libraries (arm64 default: "
@@ -47,6 +57,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quarantine-size", type=_size, default=256 << 20, metavar="BYTES",
                    help="bytes of freed objects kept poisoned before reuse (default 256M)")
     p.add_argument("--stats", action="store_true", help="print sanitizer statistics at exit")
+    p.add_argument("--kfence-objects", type=_positive, default=255, metavar="N",
+                   help="kfence: objects in the guarded pool, (N+1)*2 pages (default 255)")
+    p.add_argument("--sample-interval", type=_positive, default=100, metavar="N",
+                   help="kfence: send every Nth allocation to the pool (default 100)")
+    p.add_argument("--sample-instructions", type=_positive, default=0, metavar="N",
+                   help="kfence: sample by guest time instead: one allocation per N guest instructions")
+    p.add_argument("--stacks", choices=("auto", "fp", "cfi", "scs", "x18", "none"), default="auto",
+                   help="allocation/free stack collector (default: auto, the cheapest complete one)")
+    p.add_argument("--no-depot", action="store_true", help="store every stack trace separately (no dedup)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(run_p)
     run_p.add_argument("program", help="the ELF executable (searched in PATH if it has no slash)")
     run_p.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
+    from emsan.cli import fleet
+    fleet.add_parser(sub, add_run_options)
     return parser
 
 
@@ -64,7 +85,10 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       sysroot=ns.sysroot, mode=ns.mode, timeout=ns.timeout, max_instructions=ns.max_instructions,
                       seed=ns.seed, trace_syscalls=ns.trace_syscalls, json_path=ns.json_path,
                       error_exitcode=ns.error_exitcode, keep_going=ns.keep_going,
-                      quarantine_size=ns.quarantine_size, stats=ns.stats)
+                      quarantine_size=ns.quarantine_size, stats=ns.stats,
+                      kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,
+                      sample_instructions=ns.sample_instructions,
+                      stacks=ns.stacks, no_depot=ns.no_depot)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "run":
             from emsan.session.run import run
             return run(run_options(ns))
+        if ns.command == "fleet":
+            from emsan.cli.fleet import run_fleet
+            return run_fleet(list(sys.argv[1:] if argv is None else argv), ns)
     except EmsanError as e:
         print(f"emsan: {e}", file=sys.stderr)
         return e.status

@@ -1,5 +1,6 @@
 /* Stack collection (frame-pointer walk) and a deduplicating stack depot like the kernel's
  * lib/stackdepot.c: each trace is hashed, stored once in a pool and named by a 32-bit handle. */
+#include <time.h>
 #include "internal.h"
 
 static uint32_t hash_frames(const uint64_t *f, int n)
@@ -33,11 +34,11 @@ uint32_t depot_save(heap_t *h, const uint64_t *frames, int n)
 {
     struct depot *d = &h->depot;
     if (n <= 0) return 0;
-    if ((d->count + 1) * 10 >= d->tsize * 7)
+    if (!h->no_depot && (d->count + 1) * 10 >= d->tsize * 7)
         depot_grow_table(d);
     uint32_t hv = hash_frames(frames, n);
-    size_t j = hv & (d->tsize - 1);
-    for (;; j = (j + 1) & (d->tsize - 1)) {
+    size_t j = d->tsize ? hv & (d->tsize - 1) : 0;
+    for (; !h->no_depot; j = (j + 1) & (d->tsize - 1)) {
         uint32_t hd = d->table[j];
         if (!hd) break;
         uint64_t head = d->pool[hd - 1];
@@ -50,11 +51,14 @@ uint32_t depot_save(heap_t *h, const uint64_t *frames, int n)
         while (d->cap < d->used + (size_t)n + 1) d->cap *= 2;
         d->pool = realloc(d->pool, d->cap * 8);
     }
+    if (d->used + (size_t)n + 1 >= 0xFFFFFFFFu) return 0;      /* handles are 32-bit */
     uint32_t hd = (uint32_t)d->used + 1;
     d->pool[d->used] = ((uint64_t)hv << 32) | (uint32_t)n;
     memcpy(&d->pool[d->used + 1], frames, (size_t)n * 8);
     d->used += (size_t)n + 1;
-    d->table[j] = hd;
+    if (!h->no_depot) {                  /* --no-depot: every trace stored separately */
+        d->table[j] = hd;
+    }
     d->count++;
     h->stats.depot_traces = d->count;
     h->stats.depot_bytes = d->used * 8;
@@ -71,11 +75,10 @@ EXPORT int emsan_depot_get(emsan_heap *h, uint32_t handle, uint64_t *out, int ma
     return n;
 }
 
-/* The current call stack: `pc` first (if non-zero); at a function's entry the return address
+/* The frame-pointer walk: `pc` first (if non-zero); at a function's entry the return address
  * comes from [sp] (x86-64) or LR (arm64); then the frame-pointer chain while it is sane. */
-uint32_t stack_here(heap_t *h, uint64_t pc, int at_entry)
+int stack_fp(heap_t *h, uint64_t pc, int at_entry, uint64_t *frames)
 {
-    uint64_t frames[EMSAN_STACK_DEPTH];
     int n = 0;
     void *uc = h->uc;
     if (pc) frames[n++] = pc;
@@ -97,5 +100,57 @@ uint32_t stack_here(heap_t *h, uint64_t pc, int at_entry)
         if (rec[0] <= fp) break;
         fp = rec[0];
     }
-    return depot_save(h, frames, n);
+    return n;
+}
+
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* The current call stack with the collector chosen by emsan_set_stacks(), saved in the depot.
+ * pc == 0: an allocation or a free at the allocator's entry; with --stacks none those keep no
+ * stack. Reports (pc != 0) always get one: the fp walk when no collector runs. */
+uint32_t stack_here(heap_t *h, uint64_t pc, int at_entry)
+{
+    int mode = h->stack_mode;
+    if (mode == EMSAN_STACKS_NONE && !pc) return 0;
+    uint64_t t0 = now_ns();
+    uint64_t frames[EMSAN_STACK_DEPTH];
+    int n;
+    switch (mode) {
+    case EMSAN_STACKS_SCS: n = stack_scs(h, pc, frames); break;
+    case EMSAN_STACKS_CFI: n = stack_cfi(h, pc, at_entry, frames); break;
+    case EMSAN_STACKS_X18: n = stack_x18(h, pc, frames); break;
+    default: n = stack_fp(h, pc, at_entry, frames); break;
+    }
+    uint32_t hd = depot_save(h, frames, n);
+    h->stack_saves++;
+    h->stack_ns += now_ns() - t0;
+    return hd;
+}
+
+EXPORT void emsan_set_stacks(emsan_heap *h, int mode, int no_depot)
+{
+    h->stack_mode = mode;
+    h->no_depot = no_depot;
+}
+
+EXPORT void emsan_get_stack_stats(emsan_heap *h, emsan_stack_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->saves = h->stack_saves;
+    out->collector_ns = h->stack_ns;
+    out->unique = h->depot.count;
+    out->bytes = h->depot.used * 8 + h->depot.tsize * sizeof(uint32_t);
+    scs_stats(h, out);
+}
+
+EXPORT void emsan_heap_free(emsan_heap *h)
+{
+    scs_destroy(h);
+    cfi_destroy(h);
+    emsan_heap_destroy(h);
 }

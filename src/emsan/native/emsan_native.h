@@ -154,3 +154,97 @@ void emsan_add_tolerant_range(emsan_heap *h, uint64_t lo, uint64_t hi);
 /* Hooks registered with Unicorn (user data: the heap, or an emsan_heap_entry()). */
 void emsan_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud);
 void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+
+/* ---- stack collection (depot.c, scs.c, unwind.c) ---- */
+#define EMSAN_STACKS_FP 0
+#define EMSAN_STACKS_NONE 1
+#define EMSAN_STACKS_CFI 2
+#define EMSAN_STACKS_SCS 3
+#define EMSAN_STACKS_X18 4
+typedef struct emsan_stack_stats {
+    uint64_t saves;            /* traces collected (alloc, free, errors) */
+    uint64_t collector_ns;     /* time spent collecting and saving them */
+    uint64_t unique;           /* traces held by the depot */
+    uint64_t bytes;            /* bytes the depot holds */
+    uint64_t scs_pushes;       /* shadow call stack: calls and returns tracked */
+    uint64_t scs_pops;
+    uint64_t scs_resyncs;      /* entries dropped by the stack-pointer resynchronization */
+} emsan_stack_stats;
+void emsan_set_stacks(emsan_heap *h, int mode, int no_depot);
+/* emsan_heap_destroy() plus the collectors' tables. */
+void emsan_heap_free(emsan_heap *h);
+void emsan_get_stack_stats(emsan_heap *h, emsan_stack_stats *out);
+/* Shadow call stack: the block hook (user data: the heap) and per-module tables of block ends.
+ * kinds[i] describes address lo + i: 1 a call ends there, 2 a return, 4 an indirect jump,
+ * 8 a function starts there. */
+void emsan_scs_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+void emsan_scs_add_module(emsan_heap *h, uint64_t lo, uint64_t hi, const uint8_t *kinds);
+void emsan_scs_mark_intercept(emsan_heap *h, uint64_t addr);
+/* CFI unwinding: per-module rows sorted by pc (absolute addresses), from .eh_frame/.debug_frame. */
+typedef struct emsan_cfi_row {
+    uint64_t pc;
+    int32_t cfa_off;
+    int32_t ra_off;            /* RA saved at CFA + ra_off; 0: in LR (arm64), or no information */
+    int32_t fp_off;            /* FP saved at CFA + fp_off; 0: unchanged */
+    uint8_t cfa_reg;           /* 0 none (no rule here), 1 SP, 2 FP */
+    uint8_t pad[3];
+} emsan_cfi_row;
+void emsan_cfi_add_module(emsan_heap *h, uint64_t lo, uint64_t hi, const emsan_cfi_row *rows, size_t n);
+
+/* ---- KFENCE mode (kfence.c): a sampled guard-page pool behind the virtual TLB ---- */
+#define EMSAN_KFENCE_OOB 1
+#define EMSAN_KFENCE_UAF 2
+#define EMSAN_KFENCE_CORRUPTION 3
+#define EMSAN_KFENCE_INVALID 4
+#define EMSAN_KFENCE_INVALID_FREE 5
+
+typedef struct emsan_kfence_error {
+    int type;
+    int is_write;
+    uint64_t addr;          /* the faulting address, the corrupted byte, or the pointer freed */
+    uint64_t pc;            /* access: the PC; frees: the caller's return address */
+    uint32_t stack;         /* depot handle */
+    int obj;                /* kfence-#obj, -1 if none */
+    uint64_t obj_addr;
+    uint64_t obj_size;
+    int obj_state;          /* 0 unused, 1 allocated, 2 freed */
+    uint32_t alloc_stack;
+    uint32_t free_stack;
+    uint64_t alloc_ns;
+    uint64_t free_ns;
+    uint64_t now_ns;
+    int nbytes;             /* corruption: bytes shown from addr */
+    uint8_t bytes[16];
+    uint8_t intact[16];
+} emsan_kfence_error;
+
+typedef struct emsan_kfence_stats {
+    uint64_t calls;
+    uint64_t allocated;
+    uint64_t total_allocs;
+    uint64_t total_frees;
+    uint64_t skipped_incompat;
+    uint64_t skipped_capacity;
+    uint64_t skipped_covered;
+    uint64_t spilled;
+    uint64_t tlb_flushes;
+    uint64_t errors;
+    uint64_t guest_time;
+} emsan_kfence_stats;
+
+typedef struct emsan_kfence emsan_kfence;
+
+emsan_kfence *emsan_kfence_new(emsan_heap *h, uint64_t pool, uint32_t nobj, uint64_t trap, uint64_t arena_size,
+                               uint64_t seed, uint64_t interval, uint64_t insn_interval, uint32_t skip_thresh_pct);
+void emsan_kfence_destroy(emsan_kfence *k);
+void *emsan_kfence_entry(emsan_kfence *k, int fn);
+void emsan_kfence_set_error_callback(emsan_kfence *k, void (*cb)(void));
+void emsan_kfence_get_stats(emsan_kfence *k, emsan_kfence_stats *out);
+int emsan_kfence_pop_error(emsan_kfence *k, emsan_kfence_error *out);
+uint64_t emsan_kfence_pool(emsan_kfence *k);
+int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr);
+int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t size, int is_write);
+/* Unicorn callbacks: UC_HOOK_TLB_FILL, UC_HOOK_CODE at allocator entries, UC_HOOK_BLOCK. */
+_Bool emsan_kfence_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
+void emsan_kfence_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+void emsan_kfence_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);

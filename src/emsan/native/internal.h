@@ -92,6 +92,12 @@ struct emsan_heap {
     struct entry *entries[128];
     struct vec64 tolerant;             /* pairs lo, hi */
     void (*on_error)(void);
+    /* stack collection (depot.c, scs.c, unwind.c) */
+    int stack_mode;                    /* EMSAN_STACKS_* */
+    int no_depot;                      /* store every trace separately (the ablation) */
+    uint64_t stack_ns, stack_saves;
+    struct scs_state *scs;
+    struct cfi_state *cfi;
 };
 
 typedef struct emsan_heap heap_t;
@@ -112,6 +118,15 @@ static inline int8_t shadow_at(heap_t *h, uint64_t off) {
 /* depot.c */
 uint32_t depot_save(heap_t *h, const uint64_t *frames, int n);
 uint32_t stack_here(heap_t *h, uint64_t pc, int at_entry);
+int stack_fp(heap_t *h, uint64_t pc, int at_entry, uint64_t *frames);
+
+/* scs.c, unwind.c: collectors filling frames[EMSAN_STACK_DEPTH]; return the count */
+int stack_scs(heap_t *h, uint64_t pc, uint64_t *frames);
+int stack_cfi(heap_t *h, uint64_t pc, int at_entry, uint64_t *frames);
+int stack_x18(heap_t *h, uint64_t pc, uint64_t *frames);
+void scs_destroy(heap_t *h);
+void scs_stats(heap_t *h, emsan_stack_stats *out);
+void cfi_destroy(heap_t *h);
 
 /* heap.c */
 void report_error(heap_t *h, int type, uint64_t addr, uint64_t size, int is_write, uint64_t pc, uint32_t stack, int fn, int kind);

@@ -27,6 +27,7 @@ class GenericMode:
         # tests/test_machine.py). The C callback does the range test itself, at the same cost.
         machine.hook_mem_access_native(self.heap.ffi.addressof(lib, "emsan_mem_cb"), self.heap.h, 1, 0)
         self.hooked: dict[int, str] = {}
+        self.stacks = None          # a sanitizer.stacks.Stacks, once the session picks a collector
         self._fn_by_id = {getattr(lib, n): n[len("EMSAN_FN_"):] for n in dir(lib) if n.startswith("EMSAN_FN_")}
 
     # --- wiring ---------------------------------------------------------------------------------
@@ -35,6 +36,8 @@ class GenericMode:
         if addr in self.hooked:
             return
         self.hooked[addr] = fn
+        if self.stacks is not None:
+            self.stacks.intercepted(addr)
         self.machine.hook_code_native(self._entry_cb, self.heap.entry(fn), addr)
 
     def set_stack(self, lo: int, hi: int) -> None:

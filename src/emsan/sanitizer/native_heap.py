@@ -30,7 +30,7 @@ class NativeHeap:
         self._regs = self.ffi.new("int[]", regs)
         self.h = self.ffi.gc(self.lib.emsan_heap_new(self.ffi.cast("void *", machine.handle_int),
                                                      int(arch.name == "arm64"), base, size, quarantine_bytes,
-                                                     self._regs), self.lib.emsan_heap_destroy)
+                                                     self._regs), self.lib.emsan_heap_free)
         self.base, self.size = base, size
         self._err = self.ffi.new("emsan_error *")
         self._obj = self.ffi.new("emsan_obj_info *")

@@ -23,3 +23,8 @@ class RunOptions:
     keep_going: bool = False          # --continue: the kernel's multi-shot
     quarantine_size: int = 256 << 20
     stats: bool = False
+    stacks: str = "auto"              # --stacks: allocation/free stack collector
+    no_depot: bool = False            # --no-depot: every trace stored separately
+    kfence_objects: int = 255         # --kfence-objects: pool size (CONFIG_KFENCE_NUM_OBJECTS)
+    sample_interval: int = 100        # --sample-interval: every Nth allocation goes to the pool
+    sample_instructions: int = 0      # --sample-instructions: or one per N guest instructions

@@ -66,6 +66,9 @@ class Session:
         if opts.mode == "generic":
             from emsan.session.sanitize import LinuxSanitizer
             self.sanitizer = LinuxSanitizer(self)
+        elif opts.mode == "kfence":
+            from emsan.session.kfence import KfenceSanitizer
+            self.sanitizer = KfenceSanitizer(self)
 
     def run(self) -> ExitInfo:
         return self.process.run(self.loaded.entry, self.opts.timeout, self.opts.max_instructions)

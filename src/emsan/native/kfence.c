@@ -1,0 +1,591 @@
+/* KFENCE mode: a sampled guard-page allocator (mm/kfence/core.c, in user space).
+ *
+ * No per-access hook. A pool of (N+1)*2 pages: pages 0 and 1 are guards, object k lives on
+ * page 2k+2 and its right guard is page 2k+3. Page protection goes through Unicorn's
+ * virtual-TLB mode: the TLB-fill callback maps a live object page 1:1 and sends guard, free and
+ * unused pages to a PROT_NONE "trap twin" of the pool, so a change of protection is a byte in
+ * page_ok[] plus a TLB flush. A fault in the twin arrives (as a physical address) in
+ * emsan_kfence_fault(), which classifies it like kfence_handle_page_fault().
+ *
+ * Every allocator entry passes emsan_kfence_entry_cb(): unsampled allocations return at once
+ * (the guest's own allocator runs), and a free or realloc of a pointer that is not emsan's is
+ * one subtraction and one compare away from the guest's allocator too. Right after the pool
+ * lies a small "spill" arena: a pool object realloc'ed beyond a page (or while the pool is full)
+ * moves there, so that libc never sees a pointer it did not hand out. */
+#include "internal.h"
+#include <time.h>
+
+#define KF_UNUSED 0
+#define KF_ALLOCATED 1
+#define KF_FREED 2
+#define KF_STACK_HASH_DEPTH 8          /* UNIQUE_ALLOC_STACK_DEPTH */
+
+struct kf_meta {
+    uint64_t addr, size;
+    uint64_t alloc_ns, free_ns;
+    uint64_t unprotected_page;         /* a guard page opened by an OOB report, 0 if none */
+    uint32_t alloc_stack, free_stack;
+    uint32_t hash;                     /* allocation-stack hash (skip-covered filter) */
+    uint8_t state;
+};
+
+struct kf_entry { struct emsan_kfence *k; int fn; };
+
+struct emsan_kfence {
+    heap_t *h;                         /* registers, stack collection and the depot */
+    uint64_t pool, pool_size, trap, span, arena, arena_pages;
+    uint32_t nobj, npages;
+    uint8_t *page_ok;
+    struct kf_meta *meta;
+    uint32_t *fifo; uint32_t fifo_head, fifo_len;      /* free slots, least recently freed first */
+    uint64_t rng;
+    /* sampling gate */
+    uint64_t interval, countdown;                      /* by allocation count */
+    uint64_t insn_interval, code_bytes, next_at;       /* by guest time (code bytes / 4) */
+    int flush_pending;
+    /* skip-covered: counting Bloom filter over allocation-stack hashes */
+    uint32_t *covered; uint32_t covered_mask; uint32_t skip_thresh_pct;
+    /* spill arena: page runs */
+    uint64_t *arena_size;              /* per arena page: object size + 1 at a run's first page */
+    uint32_t *arena_run;               /* per arena page: run length at its first page */
+    uint64_t arena_bump;
+    struct vec64 arena_free;           /* (page << 24 | npages) */
+    emsan_kfence_error errs[ERR_RING]; unsigned err_head, err_count;
+    emsan_kfence_stats stats;
+    struct kf_entry *entries[64];
+    uint8_t canary[PAGE_SIZE];
+    struct timespec t0;
+    void (*on_error)(void);
+};
+
+typedef struct emsan_kfence kf_t;
+
+static uint64_t rnd(kf_t *k)           /* splitmix64 */
+{
+    uint64_t z = (k->rng += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t now_ns(kf_t *k)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)(t.tv_sec - k->t0.tv_sec) * 1000000000ULL + (uint64_t)t.tv_nsec - (uint64_t)k->t0.tv_nsec;
+}
+
+static inline void flush_tlb(kf_t *k)
+{
+    typedef int (*ctl_fn)(void *, int, ...);
+    /* UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) */
+    ((ctl_fn)emsan_uc.uc_ctl)(k->h->uc, 11 | (1 << 30));
+    k->flush_pending = 0;
+    k->stats.tlb_flushes++;
+}
+
+static inline uint64_t page_addr(kf_t *k, uint32_t idx) { return k->pool + ((uint64_t)idx * 2 + 2) * PAGE_SIZE; }
+
+EXPORT emsan_kfence *emsan_kfence_new(emsan_heap *h, uint64_t pool, uint32_t nobj, uint64_t trap, uint64_t arena_size,
+                                      uint64_t seed, uint64_t interval, uint64_t insn_interval, uint32_t skip_thresh_pct)
+{
+    kf_t *k = calloc(1, sizeof *k);
+    k->h = h;
+    k->pool = pool;
+    k->nobj = nobj;
+    k->npages = (nobj + 1) * 2;
+    k->pool_size = (uint64_t)k->npages * PAGE_SIZE;
+    k->trap = trap;
+    k->arena = pool + k->pool_size;
+    k->arena_pages = arena_size >> PAGE_SHIFT;
+    k->span = k->pool_size + arena_size;
+    k->page_ok = calloc(k->npages, 1);
+    k->meta = calloc(nobj, sizeof *k->meta);
+    k->fifo = calloc(nobj, sizeof *k->fifo);
+    k->rng = seed;
+    for (uint32_t i = 0; i < nobj; i++) k->fifo[i] = i;
+    for (uint32_t i = nobj; i > 1; i--) {              /* randomized freelist, as kfence_init_pool */
+        uint32_t j = (uint32_t)(rnd(k) % i), t = k->fifo[i - 1];
+        k->fifo[i - 1] = k->fifo[j]; k->fifo[j] = t;
+    }
+    k->fifo_len = nobj;
+    k->interval = interval ? interval : 1;
+    k->countdown = 1 + rnd(k) % k->interval;           /* a random phase per seed */
+    k->insn_interval = insn_interval;
+    k->next_at = insn_interval ? rnd(k) % insn_interval : 0;
+    uint32_t bits = 2;
+    while ((1u << bits) < nobj * 4) bits++;            /* 2^(ilog2(N)+2) counters */
+    k->covered = calloc(1u << bits, sizeof *k->covered);
+    k->covered_mask = (1u << bits) - 1;
+    k->skip_thresh_pct = skip_thresh_pct;
+    k->arena_size = calloc(k->arena_pages ? k->arena_pages : 1, sizeof *k->arena_size);
+    k->arena_run = calloc(k->arena_pages ? k->arena_pages : 1, sizeof *k->arena_run);
+    for (uint64_t i = 0; i < PAGE_SIZE; i++) k->canary[i] = (uint8_t)(0xaa ^ (i & 7));
+    clock_gettime(CLOCK_MONOTONIC, &k->t0);
+    return k;
+}
+
+EXPORT void emsan_kfence_destroy(emsan_kfence *k)
+{
+    for (int i = 0; i < 64; i++) free(k->entries[i]);
+    free(k->page_ok); free(k->meta); free(k->fifo); free(k->covered); free(k->arena_size); free(k->arena_run);
+    free(k->arena_free.v);
+    free(k);
+}
+
+EXPORT void *emsan_kfence_entry(emsan_kfence *k, int fn)
+{
+    if (fn <= 0 || fn >= 64) return NULL;
+    if (!k->entries[fn]) {
+        k->entries[fn] = malloc(sizeof(struct kf_entry));
+        k->entries[fn]->k = k;
+        k->entries[fn]->fn = fn;
+    }
+    return k->entries[fn];
+}
+
+EXPORT void emsan_kfence_set_error_callback(emsan_kfence *k, void (*cb)(void)) { k->on_error = cb; }
+
+EXPORT void emsan_kfence_get_stats(emsan_kfence *k, emsan_kfence_stats *out)
+{
+    *out = k->stats;
+    out->guest_time = k->code_bytes >> 2;
+}
+
+EXPORT int emsan_kfence_pop_error(emsan_kfence *k, emsan_kfence_error *out)
+{
+    if (!k->err_count) return 0;
+    *out = k->errs[k->err_head];
+    k->err_head = (k->err_head + 1) % ERR_RING;
+    k->err_count--;
+    return 1;
+}
+
+EXPORT uint64_t emsan_kfence_pool(emsan_kfence *k) { return k->pool; }
+
+/* ---- the TLB: live object pages 1:1, everything else in the pool to the trap twin ----------- */
+
+typedef struct { uint64_t paddr; int perms; } tlb_entry;
+
+EXPORT _Bool emsan_kfence_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud)
+{
+    (void)uc; (void)type;
+    kf_t *k = ud;
+    tlb_entry *e = entry;
+    uint64_t off = vaddr - k->pool;
+    if (UNLIKELY(off < k->pool_size) && !k->page_ok[off >> PAGE_SHIFT]) e->paddr = k->trap + off;
+    else e->paddr = k->h->arm64 ? vaddr & 0x00FFFFFFFFFFFFFFULL : vaddr;
+    e->perms = 7;                      /* the physical region's own protection still applies */
+    return 1;
+}
+
+/* Guest time for --sample-instructions: executed code bytes, a quarter of which approximates
+ * instructions (exact on arm64). */
+EXPORT void emsan_kfence_block_cb(void *uc, uint64_t address, uint32_t size, void *ud)
+{
+    (void)uc; (void)address;
+    ((kf_t *)ud)->code_bytes += size;
+}
+
+/* ---- errors ------------------------------------------------------------------------------------ */
+
+static void fill_object(kf_t *k, emsan_kfence_error *e, int idx)
+{
+    e->obj = idx;
+    if (idx < 0) return;
+    struct kf_meta *m = &k->meta[idx];
+    e->obj_addr = m->addr; e->obj_size = m->size; e->obj_state = m->state;
+    e->alloc_stack = m->alloc_stack; e->free_stack = m->free_stack;
+    e->alloc_ns = m->alloc_ns; e->free_ns = m->free_ns;
+}
+
+static emsan_kfence_error *new_error(kf_t *k, int type, uint64_t addr, int is_write, uint64_t pc, uint32_t stack, int idx)
+{
+    k->stats.errors++;
+    static emsan_kfence_error dropped;
+    emsan_kfence_error *e = &dropped;
+    if (k->err_count < ERR_RING) {
+        e = &k->errs[(k->err_head + k->err_count) % ERR_RING];
+        k->err_count++;
+    }
+    memset(e, 0, sizeof *e);
+    e->type = type; e->addr = addr; e->is_write = is_write; e->pc = pc; e->stack = stack;
+    e->now_ns = now_ns(k);
+    fill_object(k, e, idx);
+    return e;
+}
+
+static void raise_errors(kf_t *k)
+{
+    if (k->on_error) k->on_error();    /* Python reports now (multi-shot) */
+    else emu_stop(k->h->uc);           /* Python reports once the engine stops */
+}
+
+/* A fault in the pool (type: a UC_MEM_*_PROT value; addr: physical, in the trap twin, or
+ * virtual). Returns 1 if it was the pool's: the access then proceeds, as the kernel lets it. */
+EXPORT int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr)
+{
+    uint64_t off;
+    if (addr - k->trap < k->pool_size) off = addr - k->trap;
+    else if (addr - k->pool < k->pool_size) off = addr - k->pool;
+    else return 0;
+    uint64_t vaddr = k->pool + off;
+    uint32_t page = (uint32_t)(off >> PAGE_SHIFT);
+    if (k->page_ok[page]) return 1;    /* opened by an earlier report; its TLB flush is pending */
+    int is_write = type == 22;         /* UC_MEM_WRITE_PROT */
+    heap_t *h = k->h;
+    uint64_t pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
+    int kind, idx = -1;
+    if (page & 1) {                    /* a guard page: out of bounds of the closer live neighbour */
+        int64_t dist = 0;
+        if (page >= 3) {
+            int l = (int)(page - 1) / 2 - 1;
+            if (k->meta[l].state == KF_ALLOCATED) { idx = l; dist = (int64_t)(vaddr - (k->meta[l].addr + k->meta[l].size)); }
+        }
+        int r = (int)(page + 1) / 2 - 1;
+        if (r >= 0 && (uint32_t)r < k->nobj && k->meta[r].state == KF_ALLOCATED &&
+            (idx < 0 || dist > (int64_t)(k->meta[r].addr - vaddr)))
+            idx = r;
+        kind = idx >= 0 ? EMSAN_KFENCE_OOB : EMSAN_KFENCE_INVALID;
+        if (idx >= 0) k->meta[idx].unprotected_page = k->pool + ((uint64_t)page << PAGE_SHIFT);
+    } else if (page >= 2 && k->meta[page / 2 - 1].state != KF_UNUSED) {
+        idx = (int)page / 2 - 1;
+        kind = EMSAN_KFENCE_UAF;
+    } else {
+        kind = EMSAN_KFENCE_INVALID;
+    }
+    new_error(k, kind, vaddr, is_write, pc, stack_here(h, pc, 0), idx);
+    /* Unprotect and let the access proceed. The TLB cannot be flushed in the middle of an
+     * access: this access goes to the twin, and the flush happens at the next allocator call. */
+    k->page_ok[page] = 1;
+    k->flush_pending = 1;
+    raise_errors(k);
+    return 1;
+}
+
+/* ---- the skip-covered filter (alloc_covered_*) ------------------------------------------------ */
+
+static uint32_t stack_hash(kf_t *k, uint32_t handle)
+{
+    uint64_t frames[KF_STACK_HASH_DEPTH];
+    int n = emsan_depot_get(k->h, handle, frames, KF_STACK_HASH_DEPTH);
+    uint64_t x = 0xCBF29CE484222325ULL;
+    for (int i = 0; i < n; i++) { x ^= frames[i]; x *= 0x100000001B3ULL; x ^= x >> 29; }
+    return (uint32_t)(x ^ (x >> 32));
+}
+
+static inline uint32_t hash_next(uint32_t h) { return h * 0x61C88647u + 0x9E3779B9u; }   /* hash_32 chain */
+
+static void covered_add(kf_t *k, uint32_t hash, int delta)
+{
+    k->covered[hash & k->covered_mask] += (uint32_t)delta;
+    k->covered[hash_next(hash) & k->covered_mask] += (uint32_t)delta;
+}
+
+static int covered_contains(kf_t *k, uint32_t hash)
+{
+    return k->covered[hash & k->covered_mask] && k->covered[hash_next(hash) & k->covered_mask];
+}
+
+/* ---- the pool ---------------------------------------------------------------------------------- */
+
+static uint64_t kf_place(kf_t *k, uint64_t size, uint64_t align, int zero, uint32_t stack, uint32_t hash)
+{
+    if (!k->fifo_len) { k->stats.skipped_capacity++; return 0; }
+    uint32_t idx = k->fifo[k->fifo_head];
+    k->fifo_head = (k->fifo_head + 1) % k->nobj;
+    k->fifo_len--;
+    uint64_t page = page_addr(k, idx);
+    uint64_t addr = page;
+    if (rnd(k) & 1) addr = (page + PAGE_SIZE - size) & ~(align - 1);     /* right edge, aligned */
+    struct kf_meta *m = &k->meta[idx];
+    m->addr = addr; m->size = size; m->state = KF_ALLOCATED;
+    m->alloc_stack = stack; m->free_stack = 0; m->alloc_ns = now_ns(k); m->free_ns = 0;
+    m->hash = hash;
+    covered_add(k, hash, 1);
+    mem_put(k->h->uc, page, k->canary, PAGE_SIZE);      /* canaries around the object */
+    if (zero && size) {
+        static const uint8_t zeros[PAGE_SIZE];
+        mem_put(k->h->uc, addr, zeros, size);
+    }
+    k->page_ok[(page - k->pool) >> PAGE_SHIFT] = 1;
+    flush_tlb(k);
+    k->stats.allocated++;
+    k->stats.total_allocs++;
+    return addr;
+}
+
+static inline int gate_open(kf_t *k)
+{
+    if (k->insn_interval) return (k->code_bytes >> 2) >= k->next_at;
+    return k->countdown <= 1;
+}
+
+static inline void gate_close(kf_t *k)
+{
+    if (k->insn_interval) k->next_at = (k->code_bytes >> 2) + k->insn_interval;
+    else k->countdown = k->interval;
+}
+
+/* The sampling decision for an allocation of `size` (__kfence_alloc). */
+static uint64_t kf_maybe_alloc(kf_t *k, uint64_t size, uint64_t align, int zero)
+{
+    if (!k->insn_interval && k->countdown > 1) { k->countdown--; return 0; }     /* the fast path */
+    if (!gate_open(k)) return 0;
+    if (!size || size > PAGE_SIZE || align > PAGE_SIZE) { k->stats.skipped_incompat++; return 0; }
+    gate_close(k);
+    uint32_t stack = stack_here(k->h, 0, 1);
+    uint32_t hash = stack_hash(k, stack);
+    if (k->skip_thresh_pct && k->stats.allocated * 100 > (uint64_t)k->skip_thresh_pct * k->nobj &&
+        covered_contains(k, hash)) {
+        k->stats.skipped_covered++;
+        return 0;
+    }
+    return kf_place(k, size, align < 16 ? 16 : align, zero, stack, hash);
+}
+
+static void report_free_error(kf_t *k, int type, uint64_t ptr, int idx)
+{
+    uint32_t stack = stack_here(k->h, 0, 1);
+    uint64_t frames[1];
+    uint64_t caller = emsan_depot_get(k->h, stack, frames, 1) ? frames[0] : 0;
+    new_error(k, type, ptr, 0, caller, stack, idx);
+}
+
+/* kfence_guarded_free(): validate, check the canaries, protect, append to the freelist. */
+static void kf_free(kf_t *k, uint64_t ptr)
+{
+    uint64_t off = ptr - k->pool;
+    int64_t idx = (int64_t)(off / (2 * PAGE_SIZE)) - 1;
+    struct kf_meta *m = idx >= 0 && idx < k->nobj ? &k->meta[idx] : NULL;
+    if (!m || m->state != KF_ALLOCATED || m->addr != ptr) {
+        report_free_error(k, EMSAN_KFENCE_INVALID_FREE, ptr, m && m->state != KF_UNUSED ? (int)idx : -1);
+        raise_errors(k);
+        return;
+    }
+    m->free_stack = stack_here(k->h, 0, 1);
+    m->free_ns = now_ns(k);
+    m->state = KF_FREED;
+    uint64_t page = ptr & ~(PAGE_SIZE - 1);
+    uint8_t buf[PAGE_SIZE];
+    mem_get(k->h->uc, page, buf, PAGE_SIZE);
+    uint64_t lo = ptr - page, hi = lo + m->size, bad = PAGE_SIZE;
+    for (uint64_t i = 0; i < lo; i++) if (buf[i] != k->canary[i]) { bad = i; break; }
+    if (bad == PAGE_SIZE)
+        for (uint64_t i = hi; i < PAGE_SIZE; i++) if (buf[i] != k->canary[i]) { bad = i; break; }
+    if (bad != PAGE_SIZE) {
+        report_free_error(k, EMSAN_KFENCE_CORRUPTION, page + bad, (int)idx);
+        emsan_kfence_error *e = k->err_count ? &k->errs[(k->err_head + k->err_count - 1) % ERR_RING] : NULL;
+        if (e) {                       /* print_diff_canary(): up to 16 bytes, not into the object */
+            uint64_t end = bad < lo ? lo : PAGE_SIZE;
+            if (end > bad + 16) end = bad + 16;
+            e->nbytes = (int)(end - bad);
+            for (uint64_t i = bad; i < end; i++) {
+                e->bytes[i - bad] = buf[i];
+                e->intact[i - bad] = buf[i] == k->canary[i];
+            }
+        }
+    }
+    k->page_ok[off >> PAGE_SHIFT] = 0;
+    if (m->unprotected_page) {         /* a guard page an OOB report opened: zero and close */
+        static const uint8_t zeros[PAGE_SIZE];
+        mem_put(k->h->uc, m->unprotected_page, zeros, PAGE_SIZE);
+        k->page_ok[(m->unprotected_page - k->pool) >> PAGE_SHIFT] = 0;
+        m->unprotected_page = 0;
+    }
+    covered_add(k, m->hash, -1);
+    k->fifo[(k->fifo_head + k->fifo_len) % k->nobj] = (uint32_t)idx;
+    k->fifo_len++;
+    k->stats.allocated--;
+    k->stats.total_frees++;
+    flush_tlb(k);
+    if (bad != PAGE_SIZE) raise_errors(k);
+}
+
+/* ---- the spill arena ------------------------------------------------------------------------- */
+
+static uint64_t arena_alloc(kf_t *k, uint64_t size)
+{
+    uint64_t n = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
+    if (!n) n = 1;
+    uint64_t page = UINT64_MAX;
+    for (size_t i = 0; i < k->arena_free.n; i++) {
+        uint64_t r = k->arena_free.v[i], p = r >> 24, cnt = r & 0xFFFFFF;
+        if (cnt >= n) {
+            if (cnt == n) k->arena_free.v[i] = k->arena_free.v[--k->arena_free.n];
+            else k->arena_free.v[i] = ((p + n) << 24) | (cnt - n);
+            page = p;
+            break;
+        }
+    }
+    if (page == UINT64_MAX) {
+        if (n >= (1 << 24) || k->arena_bump + n > k->arena_pages) return 0;
+        page = k->arena_bump;
+        k->arena_bump += n;
+    }
+    k->arena_size[page] = size + 1;
+    k->arena_run[page] = (uint32_t)n;
+    k->stats.spilled++;
+    return k->arena + (page << PAGE_SHIFT);
+}
+
+/* Size of the arena object starting at ptr, or -1. */
+static int64_t arena_object(kf_t *k, uint64_t ptr)
+{
+    uint64_t off = ptr - k->arena;
+    if (off >= (k->arena_pages << PAGE_SHIFT) || (off & (PAGE_SIZE - 1)) || !k->arena_size[off >> PAGE_SHIFT]) return -1;
+    return (int64_t)(k->arena_size[off >> PAGE_SHIFT] - 1);
+}
+
+static void arena_free(kf_t *k, uint64_t ptr)
+{
+    uint64_t page = (ptr - k->arena) >> PAGE_SHIFT;
+    vec_push(&k->arena_free, (page << 24) | k->arena_run[page]);
+    k->arena_size[page] = 0;
+    k->arena_run[page] = 0;
+}
+
+static void copy_guest(kf_t *k, uint64_t dst, uint64_t src, uint64_t n)
+{
+    uint8_t buf[PAGE_SIZE];
+    for (uint64_t done = 0; done < n;) {
+        size_t chunk = n - done < sizeof buf ? (size_t)(n - done) : sizeof buf;
+        mem_get(k->h->uc, src + done, buf, chunk);
+        mem_put(k->h->uc, dst + done, buf, chunk);
+        done += chunk;
+    }
+}
+
+/* free() of one of emsan's pointers (pool or arena). */
+static void own_free(kf_t *k, uint64_t ptr)
+{
+    if (ptr - k->pool < k->pool_size) { kf_free(k, ptr); return; }
+    if (arena_object(k, ptr) >= 0) { arena_free(k, ptr); return; }
+    report_free_error(k, EMSAN_KFENCE_INVALID_FREE, ptr, -1);
+    raise_errors(k);
+}
+
+/* Size of one of emsan's live objects at exactly ptr, or -1 (after reporting an invalid free). */
+static int64_t own_size(kf_t *k, uint64_t ptr)
+{
+    if (ptr - k->pool < k->pool_size) {
+        int64_t idx = (int64_t)((ptr - k->pool) / (2 * PAGE_SIZE)) - 1;
+        if (idx >= 0 && idx < k->nobj && k->meta[idx].state == KF_ALLOCATED && k->meta[idx].addr == ptr)
+            return (int64_t)k->meta[idx].size;
+        kf_free(k, ptr);               /* reports the invalid (or double) free */
+        return -1;
+    }
+    int64_t n = arena_object(k, ptr);
+    if (n < 0) { report_free_error(k, EMSAN_KFENCE_INVALID_FREE, ptr, -1); raise_errors(k); }
+    return n;
+}
+
+static uint64_t own_realloc(kf_t *k, uint64_t ptr, uint64_t size)
+{
+    int64_t old = own_size(k, ptr);
+    if (old < 0) return 0;
+    if (!size) { own_free(k, ptr); return 0; }
+    uint64_t p = 0;
+    if (size <= PAGE_SIZE) {           /* stays sampled: a fresh pool object, as krealloc would */
+        uint32_t stack = stack_here(k->h, 0, 1);
+        p = kf_place(k, size, 16, 0, stack, stack_hash(k, stack));
+    }
+    if (!p) p = arena_alloc(k, size);
+    if (!p) return 0;                  /* ENOMEM: the old object stays */
+    copy_guest(k, p, ptr, (uint64_t)old < size ? (uint64_t)old : size);
+    own_free(k, ptr);
+    return p;
+}
+
+static int is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
+
+/* Unicorn UC_HOOK_CODE callback on the first instruction of each allocator entry point. */
+EXPORT void emsan_kfence_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
+{
+    (void)address; (void)size;
+    struct kf_entry *en = ud;
+    kf_t *k = en->k;
+    heap_t *h = k->h;
+    if (UNLIKELY(k->flush_pending)) flush_tlb(k);
+    uint64_t a0 = reg_get(uc, h->regs[EMSAN_REG_ARG0]), r;
+    k->stats.calls++;
+    switch (en->fn) {
+    case EMSAN_FN_FREE: case EMSAN_FN_DELETE: case EMSAN_FN_DELETE_ARRAY:
+        if (LIKELY(a0 - k->pool >= k->span)) return;             /* is_kfence_address() */
+        own_free(k, a0);
+        return_to_caller(h, 0);
+        return;
+    case EMSAN_FN_MALLOC: case EMSAN_FN_NEW: case EMSAN_FN_NEW_NOTHROW: case EMSAN_FN_NEW_ARRAY:
+    case EMSAN_FN_NEW_ARRAY_NOTHROW:
+        if (LIKELY(!k->insn_interval && k->countdown > 1)) { k->countdown--; return; }
+        r = kf_maybe_alloc(k, a0, 16, 0);
+        break;
+    case EMSAN_FN_NEW_ALIGNED: case EMSAN_FN_NEW_ALIGNED_NOTHROW: case EMSAN_FN_NEW_ARRAY_ALIGNED:
+    case EMSAN_FN_NEW_ARRAY_ALIGNED_NOTHROW: {
+        uint64_t al = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]);
+        if (!is_pow2(al)) return;
+        r = kf_maybe_alloc(k, a0, al, 0);
+        break;
+    }
+    case EMSAN_FN_CALLOC: {
+        uint64_t a1 = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]);
+        unsigned __int128 total = (unsigned __int128)a0 * a1;
+        if (total >> 64) return;
+        r = kf_maybe_alloc(k, (uint64_t)total, 16, 1);
+        break;
+    }
+    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC: {
+        if (!is_pow2(a0)) return;
+        r = kf_maybe_alloc(k, reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]), a0, 0);
+        break;
+    }
+    case EMSAN_FN_POSIX_MEMALIGN: {
+        uint64_t al = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]);
+        if (!is_pow2(al) || al % 8) return;
+        r = kf_maybe_alloc(k, reg_get(uc, h->regs[EMSAN_REG_ARG0 + 2]), al, 0);
+        if (!r) return;
+        mem_put(uc, a0, &r, 8);
+        return_to_caller(h, 0);
+        return;
+    }
+    case EMSAN_FN_REALLOC: case EMSAN_FN_REALLOCARRAY: {
+        if (LIKELY(a0 - k->pool >= k->span)) return;             /* not ours: libc's realloc */
+        uint64_t n = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]);
+        if (en->fn == EMSAN_FN_REALLOCARRAY) {
+            unsigned __int128 total = (unsigned __int128)n * reg_get(uc, h->regs[EMSAN_REG_ARG0 + 2]);
+            if (total >> 64) { return_to_caller(h, 0); return; }
+            n = (uint64_t)total;
+        }
+        return_to_caller(h, own_realloc(k, a0, n));
+        return;
+    }
+    case EMSAN_FN_USABLE_SIZE: {
+        if (LIKELY(a0 - k->pool >= k->span)) return;
+        int64_t n = a0 - k->pool < k->pool_size ? -1 : arena_object(k, a0);
+        if (a0 - k->pool < k->pool_size) {
+            int64_t idx = (int64_t)((a0 - k->pool) / (2 * PAGE_SIZE)) - 1;
+            if (idx >= 0 && idx < k->nobj && k->meta[idx].state == KF_ALLOCATED && k->meta[idx].addr == a0)
+                n = (int64_t)k->meta[idx].size;          /* ksize() of a KFENCE object: exact */
+        }
+        return_to_caller(h, n < 0 ? 0 : (uint64_t)n);
+        return;
+    }
+    default:
+        return;
+    }
+    if (r) return_to_caller(h, r);     /* sampled; otherwise the guest's allocator runs */
+}
+
+/* A range touched on the guest's behalf (a system call's buffer): a protected pool page in it
+ * is reported as the access the kernel would have faulted on. */
+EXPORT int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t size, int is_write)
+{
+    if (!size) return 0;
+    uint64_t lo = addr, hi = addr + size;
+    if (hi < lo || hi <= k->pool || lo >= k->pool + k->pool_size) return 0;
+    if (lo < k->pool) lo = k->pool;
+    for (uint64_t a = lo; a < hi && a < k->pool + k->pool_size; a = (a | (PAGE_SIZE - 1)) + 1)
+        if (!k->page_ok[(a - k->pool) >> PAGE_SHIFT])
+            return emsan_kfence_fault(k, is_write ? 22 : 23, a);
+    return 0;
+}

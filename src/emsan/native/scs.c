@@ -1,0 +1,250 @@
+/* A shadow call stack emsan keeps while the guest runs (--stacks scs).
+ *
+ * A translation block always ends at a call or a return, so a native UC_HOOK_BLOCK callback
+ * looks up what the block's last instruction is (a per-module table of block ends from a
+ * capstone sweep, made once per module in Python) and acts at the start of the next block:
+ * after a call it pushes (return address, stack pointer); after a return it pops the entry the
+ * guest returned to. Anything else that unwinds the stack (longjmp, C++ exceptions, signal
+ * returns) is caught by the stack pointer: an entry whose frame lies below the current stack
+ * pointer is dead. The interception of malloc never executes its `ret`: a block starting at an
+ * intercepted entry is treated as returning at once. Collection copies the entries: O(depth).
+ *
+ * --stacks x18 reads the arm64 guest's own shadow call stack instead (-fsanitize=shadow-call-stack). */
+#include "internal.h"
+
+#define UC_ARM64_REG_X18_ID 217     /* unicorn 2.1 arm64_const.UC_ARM64_REG_X18 */
+
+#define K_CALL 1
+#define K_RET 2
+#define K_JMP 4
+#define K_FUNC 8
+#define K_INTERCEPT 16
+
+#define P_NONE 0
+#define P_CALL 1
+#define P_RET 2
+#define P_JMP 3
+#define P_INTERCEPT 4
+
+struct scs_mod { uint64_t lo, hi; uint8_t *kinds; };
+struct scs_ent { uint64_t ret, sp; };
+
+struct scs_state {
+    struct scs_mod *mods; size_t nmods;
+    struct scs_mod *last;              /* the module of the previous block */
+    struct scs_ent *st; size_t depth, cap;
+    uint64_t overflow;                 /* pushes beyond cap, still balanced by pops */
+    int pending; uint64_t pend_ret;
+    struct vec64 marks;                /* intercepts outside any table yet */
+    uint64_t pushes, pops, resyncs;
+};
+
+static struct scs_state *scs_get(heap_t *h)
+{
+    if (!h->scs) {
+        h->scs = calloc(1, sizeof *h->scs);
+        h->scs->cap = 1 << 14;
+        h->scs->st = malloc(h->scs->cap * sizeof *h->scs->st);
+    }
+    return h->scs;
+}
+
+void scs_destroy(heap_t *h)
+{
+    struct scs_state *s = h->scs;
+    if (!s) return;
+    for (size_t i = 0; i < s->nmods; i++) free(s->mods[i].kinds);
+    free(s->mods); free(s->st); free(s->marks.v); free(s);
+    h->scs = NULL;
+}
+
+void scs_stats(heap_t *h, emsan_stack_stats *out)
+{
+    if (!h->scs) return;
+    out->scs_pushes = h->scs->pushes;
+    out->scs_pops = h->scs->pops;
+    out->scs_resyncs = h->scs->resyncs;
+}
+
+static inline struct scs_mod *mod_of(struct scs_state *s, uint64_t a)
+{
+    size_t lo = 0, hi = s->nmods;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (a < s->mods[mid].lo) hi = mid;
+        else if (a >= s->mods[mid].hi) lo = mid + 1;
+        else return &s->mods[mid];
+    }
+    return NULL;
+}
+
+static inline uint8_t *kind_ptr(struct scs_state *s, uint64_t a)
+{
+    struct scs_mod *m = mod_of(s, a);
+    return m ? &m->kinds[a - m->lo] : NULL;
+}
+
+static inline uint8_t kind_at(struct scs_state *s, uint64_t a)
+{
+    uint8_t *p = kind_ptr(s, a);
+    return p ? *p : 0;
+}
+
+EXPORT void emsan_scs_add_module(emsan_heap *h, uint64_t lo, uint64_t hi, const uint8_t *kinds)
+{
+    struct scs_state *s = scs_get(h);
+    if (hi <= lo) return;
+    for (size_t i = 0; i < s->nmods; i++)
+        if (s->mods[i].lo < hi && lo < s->mods[i].hi) return;     /* already known */
+    s->mods = realloc(s->mods, (s->nmods + 1) * sizeof *s->mods);
+    s->last = NULL;
+    size_t i = s->nmods++;
+    while (i > 0 && s->mods[i - 1].lo > lo) { s->mods[i] = s->mods[i - 1]; i--; }
+    s->mods[i].lo = lo; s->mods[i].hi = hi;
+    s->mods[i].kinds = malloc(hi - lo + 1);
+    memcpy(s->mods[i].kinds, kinds, hi - lo);
+    s->mods[i].kinds[hi - lo] = 0;
+    size_t keep = 0;
+    for (size_t j = 0; j < s->marks.n; j++) {
+        uint8_t *p = kind_ptr(s, s->marks.v[j]);
+        if (p) *p |= K_INTERCEPT; else s->marks.v[keep++] = s->marks.v[j];
+    }
+    s->marks.n = keep;
+}
+
+EXPORT void emsan_scs_mark_intercept(emsan_heap *h, uint64_t addr)
+{
+    struct scs_state *s = scs_get(h);
+    uint8_t *p = kind_ptr(s, addr);
+    if (p) *p |= K_INTERCEPT;
+    else vec_push(&s->marks, addr);
+}
+
+static inline void push(struct scs_state *s, uint64_t ret, uint64_t sp)
+{
+    s->pushes++;
+    if (s->depth == s->cap) {
+        if (s->cap >= (1u << 22)) { s->overflow++; return; }
+        s->cap *= 2;
+        s->st = realloc(s->st, s->cap * sizeof *s->st);
+    }
+    s->st[s->depth].ret = ret;
+    s->st[s->depth].sp = sp;
+    s->depth++;
+}
+
+/* Drop entries whose frame is gone: x86-64 entries hold the slot of the return address
+ * (dead once sp is above it), arm64 entries the caller's sp at the call (dead once sp is at
+ * or above it, outside a function's entry). */
+static inline void resync(struct scs_state *s, uint64_t sp, int inclusive)
+{
+    while (s->depth && (s->st[s->depth - 1].sp < sp || (inclusive && s->st[s->depth - 1].sp == sp))) {
+        s->depth--;
+        s->resyncs++;
+        s->overflow = 0;
+    }
+}
+
+/* A return (or an indirect jump) landed on `addr`: pop through the entry it returns to, if it
+ * is among the top few; returns 1 if found. */
+static inline int pop_to(struct scs_state *s, uint64_t addr)
+{
+    if (s->overflow) { s->overflow--; s->pops++; return 1; }
+    for (size_t k = 0; k < 8 && k < s->depth; k++) {
+        if (s->st[s->depth - 1 - k].ret == addr) {
+            s->pops++;
+            s->resyncs += k;
+            s->depth -= k + 1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    heap_t *h = ud;
+    struct scs_state *s = h->scs;
+    if (UNLIKELY(!s)) return;
+    switch (s->pending) {
+    case P_NONE: break;
+    case P_CALL: {
+        /* the call did happen (the engine may have stopped before it, and run other code) */
+        uint64_t sp = reg_get(uc, h->regs[EMSAN_REG_SP]), ret = 0;
+        if (h->arm64) ret = reg_get(uc, h->regs[EMSAN_REG_LR]) & 0x0000FFFFFFFFFFFFULL;
+        else mem_get(uc, sp, &ret, 8);
+        if (ret != s->pend_ret) break;
+        resync(s, sp, 1);
+        push(s, s->pend_ret, sp);
+        break;
+    }
+    case P_INTERCEPT:
+        if (s->depth && s->st[s->depth - 1].ret == addr) { s->depth--; s->pops++; }
+        break;
+    case P_RET:
+        if (!pop_to(s, addr)) resync(s, reg_get(uc, h->regs[EMSAN_REG_SP]), h->arm64);
+        break;
+    case P_JMP:
+        if (h->arm64) {
+            /* br: a tail call or a PLT stub (to a function's start), a switch, or longjmp */
+            if (!pop_to(s, addr) && !(kind_at(s, addr) & K_FUNC))
+                resync(s, reg_get(uc, h->regs[EMSAN_REG_SP]), 1);
+        } else {
+            resync(s, reg_get(uc, h->regs[EMSAN_REG_SP]), 0);
+        }
+        break;
+    }
+    s->pending = P_NONE;
+    struct scs_mod *m = s->last;
+    if (!m || addr < m->lo || addr >= m->hi) {
+        if (!(m = mod_of(s, addr))) return;
+        s->last = m;
+    }
+    if (UNLIKELY(m->kinds[addr - m->lo] & K_INTERCEPT)) { s->pending = P_INTERCEPT; return; }
+    uint64_t end = addr + size;
+    uint8_t k = end <= m->hi ? m->kinds[end - m->lo] : kind_at(s, end);
+    if (!k) return;
+    if (k & K_CALL) { s->pending = P_CALL; s->pend_ret = end; }
+    else if (k & K_RET) s->pending = P_RET;
+    else if (k & K_JMP) s->pending = P_JMP;
+}
+
+int stack_scs(heap_t *h, uint64_t pc, uint64_t *frames)
+{
+    struct scs_state *s = h->scs;
+    int n = 0;
+    if (pc) frames[n++] = pc;
+    if (!s) return n;
+    for (size_t k = s->depth; k > 0 && n < EMSAN_STACK_DEPTH; k--)
+        frames[n++] = s->st[k - 1].ret;
+    return n;
+}
+
+/* arm64 -fsanitize=shadow-call-stack: instrumented prologues store x30 at [x18] and post-increment
+ * it. At an allocator's entry LR is the return into the caller, [x18 - 8] the caller's own return
+ * address, and so on down to the region's zero-filled start (or an unmapped page). Pointer-
+ * authentication bits are stripped (user addresses are below 2^48). */
+int stack_x18(heap_t *h, uint64_t pc, uint64_t *frames)
+{
+    int n = 0;
+    void *uc = h->uc;
+    if (pc) frames[n++] = pc;
+    uint64_t lr = reg_get(uc, h->regs[EMSAN_REG_LR]) & 0x0000FFFFFFFFFFFFULL;
+    if (lr) frames[n++] = lr;
+    uint64_t top = reg_get(uc, UC_ARM64_REG_X18_ID);
+    if (!h->arm64 || (top & 7) || top < 4096) return n;
+    /* page by page from the top: the page holding [x18 - 8] is mapped, the one below may not be */
+    uint64_t a = top, buf[512];
+    while (n < EMSAN_STACK_DEPTH && a > 4096) {
+        uint64_t lo = (a - 8) & ~4095ULL, want = (uint64_t)(EMSAN_STACK_DEPTH - n);
+        if (a - lo > want * 8) lo = a - want * 8;
+        uint64_t cnt = (a - lo) / 8;
+        if (mem_get(uc, lo, buf, cnt * 8)) break;
+        for (uint64_t i = cnt; i > 0; i--) {
+            if (!buf[i - 1]) return n;       /* the region's zero-filled start */
+            frames[n++] = buf[i - 1] & 0x0000FFFFFFFFFFFFULL;
+        }
+        a = lo;
+    }
+    return n;
+}

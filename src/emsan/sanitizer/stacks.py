@@ -1,0 +1,302 @@
+"""Stack collectors for allocation and free stacks (--stacks), and the per-module tables they use.
+
+fp    the frame-pointer chain, read at each allocation and free (depot.c);
+cfi   unwinding from .eh_frame/.debug_frame rows (native/unwind.c), for code without frame pointers;
+scs   a shadow call stack emsan keeps in native code while the guest runs (native/scs.c): a block
+      hook and a per-module table of call/ret/indirect-jump block ends from a linear sweep;
+x18   the arm64 guest's own shadow call stack (-fsanitize=shadow-call-stack), read at [x18];
+none  no allocation or free stacks (reports still show the access's call trace).
+
+Tables are made once per module file and cached on disk (~/.cache/emsan, or $EMSAN_CACHE_DIR),
+keyed by the file's path, size and modification time.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import sys
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from emsan.errors import EmsanError
+
+COLLECTORS = ("auto", "fp", "cfi", "scs", "x18", "none")
+UC_HOOK_BLOCK = 1 << 3          # unicorn_const.UC_HOOK_BLOCK
+K_CALL, K_RET, K_JMP, K_FUNC = 1, 2, 4, 8
+CACHE_VERSION = b"emsan-stacks-2"
+ROW = struct.Struct("<QiiiB3x")     # emsan_cfi_row
+
+
+def _cache_dir() -> Path | None:
+    d = os.environ.get("EMSAN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "emsan")
+    try:
+        p = Path(d) / "stacks"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+    except OSError:
+        return None
+
+
+def _cached(path: str, what: str, make) -> bytes:
+    """make() -> bytes, cached on disk per (file, what)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return make()
+    key = hashlib.sha1(b"%s|%s|%d|%d|%s" % (CACHE_VERSION, os.path.realpath(path).encode(), st.st_size,
+                                            st.st_mtime_ns, what.encode())).hexdigest()
+    d = _cache_dir()
+    f = d / key if d else None
+    if f is not None and f.exists():
+        try:
+            return f.read_bytes()
+        except OSError:
+            pass
+    data = make()
+    if f is not None:
+        try:
+            tmp = f.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, f)
+        except OSError:
+            pass
+    return data
+
+
+def _exec_sections(elf: ELFFile) -> list:
+    return [s for s in elf.iter_sections()
+            if s["sh_flags"] & 4 and s["sh_type"] == "SHT_PROGBITS" and s["sh_size"]]
+
+
+def exec_range(elf: ELFFile) -> tuple[int, int] | None:
+    secs = _exec_sections(elf)
+    if not secs:
+        return None
+    return min(s["sh_addr"] for s in secs), max(s["sh_addr"] + s["sh_size"] for s in secs)
+
+
+# --- scs: block-end kinds -------------------------------------------------------------------------
+def _kinds(path: str, arm64: bool) -> bytes:
+    """kinds[i] for link address lo + i (header: lo, hi as two u64)."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        rng = exec_range(elf)
+        if rng is None:
+            return struct.pack("<QQ", 0, 0)
+        lo, hi = rng
+        kinds = bytearray(hi - lo + 1)
+        for sec in _exec_sections(elf):
+            data, addr = sec.data(), sec["sh_addr"]
+            (_sweep_arm64 if arm64 else _sweep_x86)(data, addr - lo, kinds)
+        for secname in (".symtab", ".dynsym"):
+            sec = elf.get_section_by_name(secname)
+            if sec is None:
+                continue
+            for sym in sec.iter_symbols():
+                v = sym["st_value"]
+                if sym["st_info"]["type"] == "STT_FUNC" and lo <= v < hi:
+                    kinds[v - lo] |= K_FUNC
+    return struct.pack("<QQ", lo, hi) + bytes(kinds[:hi - lo])
+
+
+def _sweep_arm64(data: bytes, off: int, kinds: bytearray) -> None:
+    for i, (w,) in enumerate(struct.iter_unpack("<I", data[:len(data) & ~3])):
+        top = w >> 24
+        if top & 0xFC == 0x94:                              # bl
+            kinds[off + 4 * i + 4] |= K_CALL
+        elif top == 0xD6:
+            op = w & 0xFFFFFC1F
+            if op == 0xD63F0000 or w & 0xFFFFF800 == 0xD63F0800:        # blr, blraa/blrab(z)
+                kinds[off + 4 * i + 4] |= K_CALL
+            elif op == 0xD65F0000 or w in (0xD65F0BFF, 0xD65F0FFF):     # ret, retaa, retab
+                kinds[off + 4 * i + 4] |= K_RET
+            elif (op == 0xD61F0000 or w & 0xFFFFF800 == 0xD61F0800) and (w >> 5) & 31 not in (16, 17):
+                kinds[off + 4 * i + 4] |= K_JMP     # br, braa/brab(z); not x16/x17 (PLT stubs, veneers)
+
+
+def _sweep_x86(data: bytes, off: int, kinds: bytearray) -> None:
+    import capstone
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.skipdata = True
+    for addr, size, mnem, ops in md.disasm_lite(data, 0):
+        c = mnem[:1]
+        if c not in "crjnb":
+            continue
+        end = off + addr + size
+        if "call" in mnem:
+            kinds[end] |= K_CALL
+        elif mnem.endswith("ret") or mnem.startswith("ret"):
+            kinds[end] |= K_RET
+        elif mnem.endswith("jmp") and not ops.startswith("0x"):
+            kinds[end] |= K_JMP
+
+
+# --- cfi: unwind rows --------------------------------------------------------------------------------
+def _cfi_rows(path: str, arm64: bool) -> bytes:
+    from elftools.dwarf.callframe import CIE, FDE, RegisterRule
+    ra_reg, fp_reg, sp_reg = (30, 29, 31) if arm64 else (16, 6, 7)
+    rows: list[tuple[int, int, int, int, int, int]] = []
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        if not elf.has_dwarf_info():
+            return b""
+        dw = elf.get_dwarf_info(relocate_dwarf_sections=False)
+        if dw.has_EH_CFI():
+            entries = dw.EH_CFI_entries()
+        elif dw.has_CFI():
+            entries = dw.CFI_entries()
+        else:
+            return b""
+        for e in entries:
+            if not isinstance(e, FDE):
+                continue
+            start = e["initial_location"]
+            end = start + e["address_range"]
+            rows.append((end, 0, 0, 0, 0, 0))           # no information past the FDE
+            try:
+                table = e.get_decoded().table
+            except Exception:       # a malformed FDE: leave its range without rows
+                continue
+            for r in table:
+                cfa = r["cfa"]
+                if cfa.expr is not None or cfa.reg not in (sp_reg, fp_reg):
+                    reg = 0
+                else:
+                    reg = 1 if cfa.reg == sp_reg else 2
+                ra = r.get(ra_reg)
+                ra_off = ra.arg if ra is not None and ra.type == RegisterRule.OFFSET else 0
+                fpr = r.get(fp_reg)
+                fp_off = fpr.arg if fpr is not None and fpr.type == RegisterRule.OFFSET else 0
+                off = cfa.offset or 0
+                if not all(-2**31 <= v < 2**31 for v in (off, ra_off, fp_off)):
+                    reg, off, ra_off, fp_off = 0, 0, 0, 0
+                rows.append((r["pc"], 1, reg, off, ra_off, fp_off))
+    rows.sort()
+    out = bytearray()
+    last = None
+    for pc, _real, reg, off, ra_off, fp_off in rows:
+        if last is not None and last == pc and not _real:
+            continue
+        out += ROW.pack(pc, off, ra_off, fp_off, reg)
+        last = pc
+    return bytes(out)
+
+
+def _relocate_rows(data: bytes, bias: int) -> bytes:
+    if not bias:
+        return data
+    out = bytearray(data)
+    for i in range(0, len(out), ROW.size):
+        pc = struct.unpack_from("<Q", out, i)[0]
+        struct.pack_into("<Q", out, i, (pc + bias) & 0xFFFFFFFFFFFFFFFF)
+    return bytes(out)
+
+
+# --- frame pointers: does a module keep them? ---------------------------------------------------
+def keeps_frame_pointers(path: str, arm64: bool) -> bool:
+    """Do most of the module's functions set up a frame record? (sampled prologues)"""
+    def measure() -> bytes:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            secs = _exec_sections(elf)
+            funcs = set()
+            for secname in (".symtab", ".dynsym"):
+                sec = elf.get_section_by_name(secname)
+                if sec is None:
+                    continue
+                for sym in sec.iter_symbols():
+                    if sym["st_info"]["type"] == "STT_FUNC" and sym["st_size"] >= 24 and sym["st_value"]:
+                        funcs.add(sym["st_value"])
+            yes = total = 0
+            for addr in sorted(funcs):
+                for s in secs:
+                    a = s["sh_addr"]
+                    if a <= addr < a + s["sh_size"]:
+                        code = s.data()[addr - a:addr - a + 16]
+                        total += 1
+                        yes += _fp_prologue(code, arm64)
+                        break
+            return b"1" if total and yes * 10 >= total * 9 else b"0"
+    return _cached(path, f"fp-{arm64}", measure) == b"1"
+
+
+def _fp_prologue(code: bytes, arm64: bool) -> bool:
+    if arm64:
+        words = [w for (w,) in struct.iter_unpack("<I", code[:16])]
+        while words and words[0] in (0xD503233F, 0xD503245F, 0xD503247F, 0xD503249F, 0xD503201F):
+            words = words[1:]                   # paciasp, bti, nop
+        return any(w == 0x910003FD for w in words[:3])           # mov x29, sp
+    if code.startswith(b"\xf3\x0f\x1e\xfa"):
+        code = code[4:]
+    return code.startswith(b"\x55\x48\x89\xe5")                  # push rbp; mov rbp, rsp
+
+
+class Stacks:
+    """Sets up the chosen collector on a NativeHeap and feeds it every module as it loads."""
+
+    def __init__(self, machine, heap, arm64: bool, collector: str, no_depot: bool):
+        self.machine, self.heap, self.arm64 = machine, heap, arm64
+        self.lib, self.ffi = heap.lib, heap.ffi
+        self.collector = collector
+        self.no_depot = no_depot
+        self._hooked = False
+        if collector == "x18" and not arm64:
+            raise EmsanError("--stacks x18 needs an arm64 guest (built with -fsanitize=shadow-call-stack)")
+        self.set(collector)
+
+    def set(self, collector: str) -> None:
+        self.collector = collector
+        mode = getattr(self.lib, "EMSAN_STACKS_" + collector.upper())
+        self.lib.emsan_set_stacks(self.heap.h, mode, int(self.no_depot))
+        if collector == "scs" and not self._hooked:
+            self._hooked = True
+            self.machine.hook_native(UC_HOOK_BLOCK, self.ffi.addressof(self.lib, "emsan_scs_block_cb"),
+                                     self.heap.h, 1, 0)
+
+    def module_loaded(self, path: str, bias: int) -> None:
+        try:
+            self._module_loaded(path, bias)
+        except Exception as e:          # a module we cannot read: its frames fall back to fp
+            print(f"emsan: stacks: no {self.collector} table for {path}: {e}", file=sys.stderr)
+
+    def _module_loaded(self, path: str, bias: int) -> None:
+        if self.collector == "scs":
+            data = _cached(path, f"kinds-{self.arm64}", lambda: _kinds(path, self.arm64))
+            lo, hi = struct.unpack_from("<QQ", data)
+            if hi > lo:
+                kinds = self.ffi.from_buffer(data, require_writable=False)
+                self.lib.emsan_scs_add_module(self.heap.h, lo + bias, hi + bias, self.ffi.cast("uint8_t *", kinds) + 16)
+        elif self.collector == "cfi":
+            data = _relocate_rows(_cached(path, f"cfi-{self.arm64}", lambda: _cfi_rows(path, self.arm64)), bias)
+            n = len(data) // ROW.size
+            if n:
+                with open(path, "rb") as f:
+                    rng = exec_range(ELFFile(f))
+                lo, hi = rng if rng else (0, 0)
+                rows = self.ffi.from_buffer("emsan_cfi_row[]", bytearray(data))
+                self.lib.emsan_cfi_add_module(self.heap.h, lo + bias, hi + bias + 1, rows, n)
+
+    def intercepted(self, addr: int) -> None:
+        """The allocator's entry `addr` never runs its own code (nor its ret)."""
+        self.lib.emsan_scs_mark_intercept(self.heap.h, addr)
+
+    def stats(self) -> dict[str, int | str]:
+        st = self.ffi.new("emsan_stack_stats *")
+        self.lib.emsan_get_stack_stats(self.heap.h, st)
+        out: dict[str, int | str] = {"stacks": self.collector, "depot": int(not self.no_depot),
+                                     "stack_traces": st.saves, "stack_unique": st.unique,
+                                     "stack_depot_bytes": st.bytes, "stack_collector_us": st.collector_ns // 1000}
+        if self.collector == "scs":
+            out.update(scs_pushes=st.scs_pushes, scs_pops=st.scs_pops, scs_resyncs=st.scs_resyncs)
+        return out
+
+
+def choose(paths: list[str], arm64: bool) -> str:
+    """The default collector: fp when every module keeps frame pointers, else scs (measured to be
+    cheaper than cfi under emulation; bench/stacks.py)."""
+    if all(keeps_frame_pointers(p, arm64) for p in paths):
+        return "fp"
+    return "scs"
