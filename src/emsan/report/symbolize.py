@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
 from elftools.elf.elffile import ELFFile
 
 
@@ -18,8 +20,16 @@ class Frame:
     module: str = ""
     file: str | None = None
     line: int | None = None
+    inlined: bool = False       # code of `function` inlined into the next frame (same address)
 
     def __str__(self) -> str:
+        if self.inlined:
+            # As the kernel's decode_stacktrace.sh / syzbot print them: an inlined function has
+            # no symbol of its own, so no +offset/size.
+            s = self.function or "??"
+            if self.file:
+                s += f" {self.file}:{self.line}"
+            return s + " (inlined)"
         if self.function is None:
             where = f"{self.addr:#x}"
             if self.module:
@@ -32,7 +42,16 @@ class Frame:
 
     def to_json(self) -> dict:
         return {"addr": f"{self.addr:#x}", "function": self.function, "offset": self.offset,
-                "size": self.size, "module": self.module, "file": self.file, "line": self.line}
+                "size": self.size, "module": self.module, "file": self.file, "line": self.line,
+                "inlined": self.inlined}
+
+
+@dataclass(frozen=True)
+class Inline:
+    """One DW_TAG_inlined_subroutine: the inlined function and where it was inlined."""
+    function: str
+    call_file: str | None
+    call_line: int | None
 
 
 class ModuleSymbols:
@@ -43,6 +62,7 @@ class ModuleSymbols:
         self.starts: list[int] = []
         self.syms: list[tuple[int, int, str]] = []
         self._lines: tuple[list[int], list[tuple[str, int]]] | None = None
+        self._inlines: tuple[list[int], list[tuple[Inline, ...]]] | None = None
         self._dwarf_ok = True
         try:
             self._f = open(path, "rb")
@@ -116,6 +136,150 @@ class ModuleSymbols:
             return [], []
 
 
+    def inlined(self, rel: int) -> tuple[Inline, ...]:
+        """The inlined subroutines whose code contains `rel`, innermost first (empty when DWARF
+        has none, or is missing or unreadable)."""
+        if self._inlines is None:
+            try:
+                self._inlines = self._load_inlines()
+            except Exception:
+                self._inlines = ([], [])
+        starts, chains = self._inlines
+        i = bisect.bisect_right(starts, rel) - 1
+        return chains[i] if i >= 0 else ()
+
+    def _load_inlines(self) -> tuple[list[int], list[tuple[Inline, ...]]]:
+        """DW_TAG_inlined_subroutine DIEs as elementary address intervals, each with its chain of
+        nested inlines (innermost first)."""
+        if self.elf is None or not self.elf.has_dwarf_info():
+            return [], []
+        dwarf = self.elf.get_dwarf_info()
+        intervals: list[tuple[int, int, int, Inline]] = []     # lo, hi, depth, what
+        for cu in dwarf.iter_CUs():
+            try:
+                self._cu_inlines(dwarf, cu, intervals)
+            except Exception:
+                continue                    # one bad CU loses its own inline info only
+        if not intervals:
+            return [], []
+        # Sweep the interval boundaries: between two consecutive boundaries the set of
+        # enclosing inlines is constant.
+        events: dict[int, list[tuple[int, int, int, Inline]]] = {}
+        for iv in intervals:
+            events.setdefault(iv[0], [])
+            events.setdefault(iv[1], [])
+        bounds = sorted(events)
+        by_lo: dict[int, list[tuple[int, int, int, Inline]]] = {}
+        for iv in intervals:
+            by_lo.setdefault(iv[0], []).append(iv)
+        active: list[tuple[int, int, int, Inline]] = []
+        starts: list[int] = []
+        chains: list[tuple[Inline, ...]] = []
+        for b in bounds:
+            active = [iv for iv in active if iv[1] > b] + by_lo.get(b, [])
+            chain = tuple(iv[3] for iv in sorted(active, key=lambda iv: -iv[2]))
+            if chains and chains[-1] == chain:
+                continue
+            starts.append(b)
+            chains.append(chain)
+        return starts, chains
+
+    def _cu_inlines(self, dwarf, cu, out: list) -> None:
+        top = cu.get_top_DIE()
+        lp = dwarf.line_program_for_CU(cu)
+        files = lp["file_entry"] if lp is not None else []
+        base = 1 if (lp is None or lp.header["version"] < 5) else 0
+        cu_low = top.attributes.get("DW_AT_low_pc")
+        cu_base = cu_low.value if cu_low is not None else 0
+        names: dict[int, str] = {}
+
+        def file_name(idx) -> str | None:
+            i = idx - base
+            if 0 <= i < len(files):
+                return os.path.basename(files[i].name.decode(errors="replace"))
+            return None
+
+        # Depth-first over the CU's DIE tree, counting inlined_subroutine ancestors.
+        stack = [(top, 0)]
+        while stack:
+            die, depth = stack.pop()
+            for child in die.iter_children():
+                if child.tag == "DW_TAG_inlined_subroutine":
+                    try:
+                        name = self._origin_name(child, names)
+                        at = child.attributes
+                        cf = at.get("DW_AT_call_file")
+                        cl = at.get("DW_AT_call_line")
+                        what = Inline(name, file_name(cf.value) if cf is not None else None,
+                                      cl.value if cl is not None else None)
+                        for lo, hi in self._die_ranges(dwarf, cu, child, cu_base):
+                            if hi > lo:
+                                out.append((lo, hi, depth + 1, what))
+                    except Exception:
+                        pass
+                    stack.append((child, depth + 1))
+                elif child.has_children:
+                    stack.append((child, depth))
+
+    @staticmethod
+    def _origin_name(die, cache: dict[int, str]) -> str:
+        """DW_AT_abstract_origin (then DW_AT_specification) to the subprogram's name, demangled
+        when there is a linkage name."""
+        key = die.offset
+        if key in cache:
+            return cache[key]
+        d = die
+        name = None
+        for _ in range(8):
+            at = d.attributes
+            for a in ("DW_AT_linkage_name", "DW_AT_MIPS_linkage_name"):
+                if a in at:
+                    name = demangle(at[a].value.decode(errors="replace"))
+                    break
+            if name is None and "DW_AT_name" in at:
+                name = at["DW_AT_name"].value.decode(errors="replace")
+            if name is not None:
+                break
+            nxt = next((a for a in ("DW_AT_abstract_origin", "DW_AT_specification") if a in at), None)
+            if nxt is None:
+                break
+            d = d.get_DIE_from_attribute(nxt)
+        name = name or "??"
+        cache[key] = name
+        return name
+
+    @staticmethod
+    def _die_ranges(dwarf, cu, die, cu_base: int) -> list[tuple[int, int]]:
+        at = die.attributes
+        if "DW_AT_low_pc" in at:
+            lo = at["DW_AT_low_pc"].value
+            hi_at = at.get("DW_AT_high_pc")
+            if hi_at is None:
+                return [(lo, lo + 1)]
+            # DWARF 4+: a constant-class high_pc is a length, an address-class one is the end.
+            hi = hi_at.value if hi_at.form in ("DW_FORM_addr", "DW_FORM_addrx", "DW_FORM_addrx1",
+                                               "DW_FORM_addrx2", "DW_FORM_addrx3", "DW_FORM_addrx4",
+                                               "DW_FORM_GNU_addr_index") else lo + hi_at.value
+            return [(lo, hi)]
+        if "DW_AT_ranges" in at:
+            rl = dwarf.range_lists()
+            if rl is None:
+                return []
+            # pyelftools resolves DW_FORM_rnglistx to an offset into .debug_rnglists.
+            entries = rl.get_range_list_at_offset(at["DW_AT_ranges"].value, cu=cu)
+            base, out = cu_base, []
+            for e in entries:
+                if isinstance(e, BaseAddressEntry):
+                    base = e.base_address
+                elif isinstance(e, RangeEntry):
+                    if e.is_absolute:
+                        out.append((e.begin_offset, e.end_offset))
+                    else:
+                        out.append((base + e.begin_offset, base + e.end_offset))
+            return out
+        return []
+
+
 @lru_cache(maxsize=1)
 def _cxa_demangle():
     import ctypes
@@ -176,5 +340,33 @@ class Symbolizer:
         name, off, size = hit
         return Frame(addr, demangle(name), off, size, mod.path, file, lineno)
 
+    def frames(self, addr: int, is_return_address: bool = False) -> list[Frame]:
+        """frame(), preceded by the functions inlined at that address, innermost first (as
+        addr2line -i gives them): each inlined frame has the source line inside that function,
+        and each outer frame the line of its call to the inner one (DW_AT_call_line)."""
+        real = self.frame(addr, is_return_address)
+        mod = self.mem.module_at(addr)
+        if mod is None:
+            return [real]
+        rel = addr - mod.base
+        probe = rel - 1 if is_return_address else rel
+        try:
+            chain = module_symbols(mod.path).inlined(probe)
+        except Exception:
+            chain = ()
+        if not chain:
+            return [real]
+        out = []
+        file, line = real.file, real.line           # the line table's row: innermost location
+        for inl in chain:
+            out.append(Frame(addr, inl.function, 0, 0, mod.path, file, line, inlined=True))
+            file, line = inl.call_file, inl.call_line
+        out.append(dataclasses.replace(real, file=file, line=line))
+        return out
+
     def stack(self, addrs: list[int], first_is_pc: bool = True) -> list[Frame]:
-        return [self.frame(a, is_return_address=not (first_is_pc and i == 0)) for i, a in enumerate(addrs)]
+        """Symbolized frames, innermost first, with inlined frames expanded."""
+        out: list[Frame] = []
+        for i, a in enumerate(addrs):
+            out += self.frames(a, is_return_address=not (first_is_pc and i == 0))
+        return out

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
-from emsan.report.symbolize import module_symbols
+from elftools.elf.elffile import ELFFile
 
 # Allocator entry points (C and C++), by symbol name -> native function id name.
 ALLOCATOR = {
@@ -37,8 +39,6 @@ STRINGS = {
 # glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic...
 _VARIANT = re.compile(r"^_*(" + "|".join(sorted(STRINGS, key=len, reverse=True)) + r")(_[a-z0-9_]+)?$")
 # Code that legally reads past a string's end with aligned vector loads.
-# pyelftools names type 10 STT_LOOS (it is also STT_GNU_IFUNC).
-IFUNC_TYPES = ("STT_GNU_IFUNC", "STT_LOOS")
 STRING_CODE = re.compile(r"^_*(str|mem|stp|wcs|wmem|rawmem|bcmp)")
 
 
@@ -57,24 +57,55 @@ class EntryPoint:
     name: str        # the symbol
 
 
-def module_entry_points(path: str, base: int) -> list[EntryPoint]:
-    """Allocator and string functions defined by one module, at their run-time addresses."""
-    syms = module_symbols(path)
-    if syms.elf is None:
-        return []
+_SYM = struct.Struct("<IBBHQQ")          # Elf64_Sym
+STT_FUNC, STT_GNU_IFUNC = 2, 10
+
+
+@lru_cache(maxsize=None)
+def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
+    """(link address, size, type, name) of the defined functions in .symtab and .dynsym.
+
+    Scanned with struct, not pyelftools' per-symbol parser: that took 0.8 s for a static glibc
+    program, most of a short run's start-up."""
+    out = []
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            for secname in (".symtab", ".dynsym"):
+                sec = elf.get_section_by_name(secname)
+                if sec is None or sec["sh_entsize"] != _SYM.size:
+                    continue
+                strtab = elf.get_section(sec["sh_link"]).data()
+                data = sec.data()
+                for off in range(0, len(data) - _SYM.size + 1, _SYM.size):
+                    name_off, info, _other, shndx, value, size = _SYM.unpack_from(data, off)
+                    kind = info & 0xF
+                    if kind not in (STT_FUNC, STT_GNU_IFUNC) or not value or shndx == 0:
+                        continue
+                    end = strtab.find(b"\0", name_off)
+                    out.append((value, size, kind, strtab[name_off:end].decode(errors="replace").split("@")[0]))
+    except Exception:                       # not an ELF we can read: nothing to intercept
+        return ()
+    return tuple(out)
+
+
+def has_symtab(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return ELFFile(f).get_section_by_name(".symtab") is not None
+    except Exception:
+        return False
+
+
+def module_entry_points(path: str, base: int, strings: bool = True) -> list[EntryPoint]:
+    """Allocator (and, unless strings=False, string) functions a module defines, at run time."""
     out: dict[int, EntryPoint] = {}
-    for secname in (".symtab", ".dynsym"):
-        sec = syms.elf.get_section_by_name(secname)
-        if sec is None:
+    for value, _size, kind, name in function_symbols(path):
+        if kind != STT_FUNC:
             continue
-        for sym in sec.iter_symbols():
-            if sym["st_info"]["type"] != "STT_FUNC" or not sym["st_value"] or sym["st_shndx"] == "SHN_UNDEF":
-                continue
-            name = sym.name.split("@")[0]
-            fn = ALLOCATOR.get(name) or string_function(name)
-            addr = sym["st_value"] + base
-            if fn and addr not in out:
-                out[addr] = EntryPoint(addr, fn, name)
+        fn = ALLOCATOR.get(name) or (string_function(name) if strings else None)
+        if fn and value + base not in out:
+            out[value + base] = EntryPoint(value + base, fn, name)
     return list(out.values())
 
 
@@ -83,24 +114,11 @@ def string_ifuncs(path: str, base: int) -> list[tuple[int, str]]:
 
     A stripped libc has no names for its optimized variants: emsan calls each resolver once
     the program is relocated and intercepts the variant it returns."""
-    syms = module_symbols(path)
-    if syms.elf is None:
-        return []
-    out = []
-    for secname in (".dynsym", ".symtab"):
-        sec = syms.elf.get_section_by_name(secname)
-        if sec is None:
-            continue
-        for sym in sec.iter_symbols():
-            if sym["st_info"]["type"] in IFUNC_TYPES and sym["st_value"] and sym["st_shndx"] != "SHN_UNDEF":
-                name = sym.name.split("@")[0]
-                if string_function(name):
-                    out.append((sym["st_value"] + base, name))
-    return sorted(set(out))
+    return sorted({(value + base, name) for value, _size, kind, name in function_symbols(path)
+                   if kind == STT_GNU_IFUNC and string_function(name)})
 
 
 def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
     """Address ranges of string-routine code in a module (for the aligned-overread tolerance)."""
-    syms = module_symbols(path)
-    return [(addr + base, addr + base + size) for addr, size, name in syms.syms
+    return [(value + base, value + base + size) for value, size, _kind, name in function_symbols(path)
             if size and STRING_CODE.match(name)]

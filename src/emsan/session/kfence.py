@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
-from functools import lru_cache
-
-from elftools.elf.elffile import ELFFile
 
 from emsan.os.linux.memory import Module
 from emsan.report import kfence_text
-from emsan.sanitizer.entrypoints import ALLOCATOR
+from emsan.sanitizer.entrypoints import module_entry_points
 from emsan.sanitizer.kfence import PAGE, KfenceMode
 from emsan.session.sanitize import LinuxSanitizer
 
@@ -61,45 +57,8 @@ class KfenceSanitizer(LinuxSanitizer):
         stacks = getattr(self, "stacks", None)
         if stacks is not None:
             stacks.module_loaded(mod.path, mod.base)
-        for addr, fn in allocator_entry_points(mod.path, mod.base):
-            self.mode.intercept(addr, fn)
+        for ep in module_entry_points(mod.path, mod.base, strings=False):
+            self.mode.intercept(ep.addr, ep.fn)
 
     def stop_for_ifuncs(self) -> None:
         pass                                 # no string interceptors in this mode
-
-
-_SYM = struct.Struct("<IBBHQQ")          # Elf64_Sym
-
-
-@lru_cache(maxsize=None)
-def _allocator_symbols(path: str) -> tuple[tuple[int, str], ...]:
-    """(link address, function id name) of the allocator entry points a module defines.
-
-    Only these few names are wanted, so the symbol tables are scanned with struct rather than
-    pyelftools' per-symbol parser (0.8 s for a static glibc program, most of a short run)."""
-    found: dict[int, str] = {}
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            for secname in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(secname)
-                if sec is None or sec["sh_entsize"] != _SYM.size:
-                    continue
-                strtab = elf.get_section(sec["sh_link"]).data()
-                data = sec.data()
-                for off in range(0, len(data) - _SYM.size + 1, _SYM.size):
-                    name_off, info, _other, shndx, value, _size = _SYM.unpack_from(data, off)
-                    if info & 0xF != 2 or not value or shndx == 0:      # STT_FUNC, defined
-                        continue
-                    end = strtab.find(b"\0", name_off)
-                    name = strtab[name_off:end].decode(errors="replace").split("@")[0]
-                    fn = ALLOCATOR.get(name)
-                    if fn and value not in found:
-                        found[value] = fn
-    except Exception:                       # not an ELF we can read: nothing to intercept
-        return ()
-    return tuple(found.items())
-
-
-def allocator_entry_points(path: str, base: int) -> list[tuple[int, str]]:
-    return [(addr + base, fn) for addr, fn in _allocator_symbols(path)]

@@ -8,10 +8,10 @@ import sys
 from emsan.os.linux.memory import SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, Module
 from emsan.os.linux.process import ExitInfo
 from emsan.report.json import to_json
-from emsan.report.symbolize import module_symbols
 from emsan.report.text import render
 from emsan.os.linux.loader import HWCAP
-from emsan.sanitizer.entrypoints import module_entry_points, string_code_ranges, string_function, string_ifuncs
+from emsan.sanitizer.entrypoints import (has_symtab, module_entry_points, string_code_ranges, string_function,
+                                         string_ifuncs)
 from emsan.sanitizer.generic import GenericMode
 from emsan.session.unwind import is_call_return
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
@@ -77,8 +77,7 @@ class LinuxSanitizer:
         self.stacks.module_loaded(mod.path, mod.base)
         for ep in module_entry_points(mod.path, mod.base):
             self.mode.intercept(ep.addr, ep.fn)
-        syms = module_symbols(mod.path)
-        if syms.elf is not None and syms.elf.get_section_by_name(".symtab") is None:
+        if not has_symtab(mod.path):
             # A stripped library (Debian's libc): its string variants have no names, so all of
             # its code may make the aligned over-reads they make.
             self.mode.tolerate_overreads(mod.start, mod.end)
@@ -97,8 +96,7 @@ class LinuxSanitizer:
             if mod.path in self.resolved:
                 continue
             self.resolved.add(mod.path)
-            syms = module_symbols(mod.path)
-            if syms.elf is None or syms.elf.get_section_by_name(".symtab") is not None:
+            if has_symtab(mod.path):
                 continue        # variants have names there, and resolvers may not be relocated yet
             for resolver, name in string_ifuncs(mod.path, mod.base):
                 # glibc's aarch64 resolvers take (hwcap | _IFUNC_ARG_HWCAP, &arg); x86's take nothing.
