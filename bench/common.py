@@ -167,3 +167,39 @@ def host_meta() -> dict:
 
     return {"python": platform.python_version(), "unicorn": version("unicorn"), "host": platform.node(),
             "cpus": os.cpu_count(), "machine": platform.machine(), "git_rev": git_rev(), "cflags": CFLAGS}
+
+
+def standard_parser(description: str, default_json: Path, workloads):
+    """The options every interleaved benchmark runner shares (an argparse parser)."""
+    import argparse
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="3 repetitions instead of 5")
+    p.add_argument("--arch", choices=("x86_64", "arm64", "all"), default="all")
+    p.add_argument("--json", type=Path, default=default_json,
+                   help=f"output file (default {default_json.relative_to(ROOT)})")
+    p.add_argument("--reps", type=int, help="repetitions (overrides --quick)")
+    p.add_argument("--workloads", help=f"comma-separated subset of {','.join(workloads)}")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count (e.g. 0.02 for a smoke run)")
+    return p
+
+
+def run_and_report(p, argv, run_bench, render, width: int) -> int:
+    """Parse, run the benchmark, write its JSON and print its tables."""
+    import json
+    args = p.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        p.error("--reps must be at least 1")
+    if args.scale <= 0:
+        p.error("--scale must be positive")
+    from rich.console import Console
+    console = Console(width=None if sys.stdout.isatty() else width)
+    try:
+        res = run_bench(args, console.print)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(res, indent=2) + "\n")
+    render(res, console)
+    console.print(f"JSON written to {args.json}")
+    return 0

@@ -20,7 +20,6 @@ Nothing here asserts on speed: targets are reported as met / not met.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ARCHES, BENCH, BUILD_DIR, ROOT, WORKLOADS, BenchError, Runner, build,  # noqa: E402
+from common import (run_and_report, standard_parser, ARCHES, BENCH, BUILD_DIR, ROOT, WORKLOADS, BenchError, Runner, build,  # noqa: E402
                     fmt_ratio, host_meta, paired_ratio, rotate, spread, summary)
 
 DEFAULT_JSON = BENCH / "results" / "kasan.json"
@@ -358,32 +357,9 @@ def _color(d: dict, r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="emsan generic-mode benchmark (generic vs --mode none vs valgrind)")
-    p.add_argument("--quick", action="store_true", help="3 repetitions instead of 5")
-    p.add_argument("--arch", choices=("x86_64", "arm64", "all"), default="all")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output file (default {DEFAULT_JSON.relative_to(ROOT)})")
-    p.add_argument("--reps", type=int, help="repetitions (overrides --quick)")
-    p.add_argument("--workloads", help=f"comma-separated subset of {','.join(KASAN_WORKLOADS)}")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count (e.g. 0.01 for a smoke run)")
+    p = standard_parser("emsan generic-mode benchmark (generic vs --mode none vs valgrind)", DEFAULT_JSON, KASAN_WORKLOADS)
     p.add_argument("--no-valgrind", dest="valgrind", action="store_false", help="skip the valgrind memcheck runs")
-    args = p.parse_args(argv)
-    if args.reps is not None and args.reps < 1:
-        p.error("--reps must be at least 1")
-    if args.scale <= 0:
-        p.error("--scale must be positive")
-
-    from rich.console import Console
-    console = Console(width=None if sys.stdout.isatty() else 230)
-    try:
-        res = run_bench(args, console.print)
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2) + "\n")
-    render(res, console)
-    console.print(f"JSON written to {args.json}")
-    return 0
+    return run_and_report(p, argv, run_bench, render, 230)
 
 
 if __name__ == "__main__":

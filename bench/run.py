@@ -17,7 +17,6 @@ Nothing here asserts on speed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ARCHES, BENCH, BUILD_DIR, CFLAGS, ROOT, WORKLOADS, BenchError, Runner,  # noqa: E402
+from common import (run_and_report, standard_parser, ARCHES, BENCH, BUILD_DIR, CFLAGS, ROOT, WORKLOADS, BenchError, Runner,  # noqa: E402
                     build, fmt_ratio, git_rev, paired_ratio, rotate, spread, version)
 
 DEFAULT_JSON = BENCH / "results" / "foundation.json"
@@ -228,32 +227,9 @@ def _color(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="emsan foundation benchmark (emsan --mode none vs bare Unicorn)")
-    p.add_argument("--quick", action="store_true", help="3 repetitions instead of 5")
-    p.add_argument("--arch", choices=("x86_64", "arm64", "all"), default="all")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output file (default {DEFAULT_JSON.relative_to(ROOT)})")
-    p.add_argument("--reps", type=int, help="repetitions (overrides --quick)")
-    p.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count (e.g. 0.02 for a smoke run)")
+    p = standard_parser("emsan foundation benchmark (emsan --mode none vs bare Unicorn)", DEFAULT_JSON, WORKLOADS)
     p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up measurement")
-    args = p.parse_args(argv)
-    if args.reps is not None and args.reps < 1:
-        p.error("--reps must be at least 1")
-    if args.scale <= 0:
-        p.error("--scale must be positive")
-
-    from rich.console import Console
-    console = Console(width=None if sys.stdout.isatty() else 220)
-    try:
-        res = run_bench(args, console.print)
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2) + "\n")
-    render(res, console)
-    console.print(f"JSON written to {args.json}")
-    return 0
+    return run_and_report(p, argv, run_bench, render, 220)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 emsan's own allocator at the guest's allocator entry points, a quarantine, and interceptors."""
 from __future__ import annotations
 
+from emsan.sanitizer.callbacks import guarded_callback
 from emsan.sanitizer.native_heap import KINDS, STATES, Error, NativeHeap
 from emsan.sanitizer.report import ObjectInfo, Report, first_bad_addr, shadow_bug_type, shadow_window
 
@@ -45,14 +46,7 @@ class GenericMode:
 
     def on_error(self, cb) -> None:
         """Have cb() called from inside the engine as soon as an error is queued."""
-        def call() -> None:
-            try:
-                cb()
-            except Exception as e:       # never let a traceback escape from inside the engine
-                self.callback_error = e
-                self.machine.stop("internal-error")
-        self.callback_error: Exception | None = None
-        self._error_cb = self.heap.ffi.callback("void(void)", call)
+        self._error_cb = guarded_callback(self.heap.ffi, self.machine, self, cb)
         self.heap.lib.emsan_set_error_callback(self.heap.h, self._error_cb)
 
     def check_range(self, addr: int, size: int, is_write: bool, pc: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from emsan.sanitizer.callbacks import guarded_callback
 from emsan.sanitizer.native_heap import NativeHeap
 
 PAGE = 0x1000
@@ -112,13 +113,7 @@ class KfenceMode:
 
     def on_error(self, cb) -> None:
         """Have cb() called from inside the engine as soon as an error is queued."""
-        def call() -> None:
-            try:
-                cb()
-            except Exception as e:       # never let a traceback escape from inside the engine
-                self.callback_error = e
-                self.machine.stop("internal-error")
-        self._error_cb = self.ffi.callback("void(void)", call)
+        self._error_cb = guarded_callback(self.ffi, self.machine, self, cb)
         self.lib.emsan_kfence_set_error_callback(self.k, self._error_cb)
 
     def _fault(self, access: int, addr: int, size: int) -> bool:

@@ -136,7 +136,7 @@ def _sweep_x86(data: bytes, off: int, kinds: bytearray) -> None:
 
 # --- cfi: unwind rows --------------------------------------------------------------------------------
 def _cfi_rows(path: str, arm64: bool) -> bytes:
-    from elftools.dwarf.callframe import CIE, FDE, RegisterRule
+    from elftools.dwarf.callframe import FDE, RegisterRule
     ra_reg, fp_reg, sp_reg = (30, 29, 31) if arm64 else (16, 6, 7)
     rows: list[tuple[int, int, int, int, int, int]] = []
     with open(path, "rb") as f:
