@@ -3,6 +3,7 @@ emsan's own allocator at the guest's allocator entry points, a quarantine, and i
 from __future__ import annotations
 
 from emsan.sanitizer.callbacks import guarded_callback
+from emsan.sanitizer.stacks import confirm_candidate
 from emsan.sanitizer.native_heap import KINDS, STATES, Error, NativeHeap
 from emsan.sanitizer.report import ObjectInfo, Report, first_bad_addr, shadow_bug_type, shadow_window
 
@@ -66,7 +67,7 @@ class GenericMode:
     def build(self, e: Error, comm: str, pid: int) -> Report:
         heap = self.heap
         lib = heap.lib
-        stack = self._confirm(heap.stack(e.stack)) or [e.pc]
+        stack = confirm_candidate(heap.stack(e.stack), self.is_call_return) or [e.pc]
         fn = self._fn_by_id.get(e.fn, "")
         if e.type == lib.EMSAN_ERR_ACCESS:
             size = e.size
@@ -92,14 +93,6 @@ class GenericMode:
         if e.type == lib.EMSAN_ERR_INVALID_FREE and obj is None:
             rep.notes.append("The address is not in emsan's heap: it was never returned by an allocator.")
         return rep
-
-    def _confirm(self, stack: list[int]) -> list[int]:
-        cand = 1 << 63
-        if len(stack) > 1 and stack[1] & cand:
-            ret = stack[1] & ~cand
-            keep = self.is_call_return(stack[0], ret) and ret not in stack[2:3]
-            stack = [stack[0]] + ([ret] if keep else []) + stack[2:]
-        return stack
 
     def _object(self, addr: int) -> ObjectInfo | None:
         info = self.heap.describe(addr)

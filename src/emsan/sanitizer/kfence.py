@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emsan.sanitizer.callbacks import guarded_callback
+from emsan.sanitizer.stacks import confirm_candidate
 from emsan.sanitizer.native_heap import NativeHeap
 
 PAGE = 0x1000
@@ -151,7 +152,7 @@ class KfenceMode:
         is_access = e.type in (lib.EMSAN_KFENCE_OOB, lib.EMSAN_KFENCE_UAF, lib.EMSAN_KFENCE_INVALID)
         stack = self.heap.stack(e.stack)
         if is_access:
-            stack = self._confirm(stack) or [e.pc]
+            stack = confirm_candidate(stack, self.is_call_return) or [e.pc]
         access = ("write" if e.is_write else "read") if is_access else "free"
         obj = None
         if e.obj >= 0:
@@ -162,15 +163,6 @@ class KfenceMode:
         if e.type == lib.EMSAN_KFENCE_CORRUPTION:
             rep.corrupted = [None if e.intact[i] else e.bytes[i] for i in range(e.nbytes)]
         return rep
-
-    def _confirm(self, stack: list[int]) -> list[int]:
-        """Keep the candidate return address stack[1] only if a call really returns there."""
-        cand = 1 << 63
-        if len(stack) > 1 and stack[1] & cand:
-            ret = stack[1] & ~cand
-            keep = self.is_call_return(stack[0], ret) and ret not in stack[2:3]
-            stack = [stack[0]] + ([ret] if keep else []) + stack[2:]
-        return stack
 
     def stats(self) -> dict[str, int]:
         st = self.ffi.new("emsan_kfence_stats *")

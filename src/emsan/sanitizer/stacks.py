@@ -300,3 +300,15 @@ def choose(paths: list[str], arm64: bool) -> str:
     if all(keeps_frame_pointers(p, arm64) for p in paths):
         return "fp"
     return "scs"
+
+
+CANDIDATE_FRAME = 1 << 63      # EMSAN_CANDIDATE_FRAME: stack[1] may be a leaf function's caller
+
+
+def confirm_candidate(stack: list[int], is_call_return) -> list[int]:
+    """Keep the candidate return address stack[1] only if a call really returns there."""
+    if len(stack) > 1 and stack[1] & CANDIDATE_FRAME:
+        ret = stack[1] & ~CANDIDATE_FRAME
+        keep = is_call_return(stack[0], ret) and ret not in stack[2:3]
+        stack = [stack[0]] + ([ret] if keep else []) + stack[2:]
+    return stack
