@@ -121,12 +121,6 @@ class Machine:
     def sp(self, value: int) -> None:
         self.set_reg_id(self.sp_id, value)
 
-    def cp_reg(self, op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
-        return self.uc.cpr_read(op0, op1, crn, crm, op2)
-
-    def set_cp_reg(self, op0: int, op1: int, crn: int, crm: int, op2: int, value: int) -> None:
-        self.uc.cpr_write(op0, op1, crn, crm, op2, value)
-
     # --- memory -----------------------------------------------------------------------------
     def read(self, addr: int, size: int) -> bytes:
         buf = ctypes.create_string_buffer(size)
@@ -163,17 +157,11 @@ class Machine:
     def map(self, addr: int, size: int, prot: int) -> None:
         self.uc.mem_map(addr, size, prot)
 
-    def map_ptr(self, addr: int, size: int, prot: int, ptr: int) -> None:
-        self.uc.mem_map_ptr(addr, size, prot, ptr)
-
     def unmap(self, addr: int, size: int) -> None:
         self.uc.mem_unmap(addr, size)
 
     def protect(self, addr: int, size: int, prot: int) -> None:
         self.uc.mem_protect(addr, size, prot)
-
-    def regions(self) -> list[tuple[int, int, int]]:
-        return list(self.uc.mem_regions())
 
     # --- hooks --------------------------------------------------------------------------------
     def hook(self, htype: int, cb: Callable, begin: int = 1, end: int = 0, arg1: int = 0) -> int:
@@ -227,9 +215,6 @@ class Machine:
             return cb(access, addr, size)
         return self.hook(uconst.UC_HOOK_MEM_READ_PROT | uconst.UC_HOOK_MEM_WRITE_PROT
                          | uconst.UC_HOOK_MEM_FETCH_PROT, fire)
-
-    def unhook(self, h: int) -> None:
-        self.uc.hook_del(h)
 
     def on_syscall(self, cb: Callable[[], None]) -> None:
         """cb() runs for each guest system call, with the PC already past the instruction."""

@@ -145,7 +145,6 @@ int emsan_describe(emsan_heap *h, uint64_t addr, emsan_obj_info *out);
 int emsan_shadow_byte(emsan_heap *h, uint64_t addr);
 int emsan_depot_get(emsan_heap *h, uint32_t handle, uint64_t *out, int max);
 void emsan_get_stats(emsan_heap *h, emsan_stats *out);
-int emsan_addr_in_heap(emsan_heap *h, uint64_t addr);
 int emsan_check_range_at(emsan_heap *h, uint64_t addr, uint64_t size, int is_write, uint64_t pc);
 /* Code in [lo, hi) may make aligned vector reads that straddle an object's end (optimized
  * libc string routines); such a read is not a bug when one of its bytes is accessible. */

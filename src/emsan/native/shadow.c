@@ -148,4 +148,3 @@ EXPORT int emsan_shadow_byte(emsan_heap *h, uint64_t addr)
     return (uint8_t)shadow_at(h, off);
 }
 
-EXPORT int emsan_addr_in_heap(emsan_heap *h, uint64_t addr) { return addr - h->base < h->size; }

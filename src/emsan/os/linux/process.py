@@ -57,7 +57,6 @@ class Process:
     current_syscall: str = ""
     exit_info: ExitInfo | None = None
     deadline: float | None = None          # --timeout as a time.monotonic() value
-    mmap_listeners: list[Callable[[str, int, int, int, str], None]] = field(default_factory=list)
     # Consulted whenever the engine stops on its own (a sanitizer stops it to report): each
     # returns None (not mine), "continue", or an ExitInfo that ends the run.
     on_stop: list[Callable[[], "ExitInfo | str | None"]] = field(default_factory=list)
@@ -160,14 +159,6 @@ class Process:
             return True
         self.machine.stop("timeout")
         return False
-
-    def notify_mmap(self, start: int, size: int, prot: int, name: str) -> None:
-        for cb in self.mmap_listeners:
-            cb("map", start, size, prot, name)
-
-    def notify_munmap(self, start: int, size: int) -> None:
-        for cb in self.mmap_listeners:
-            cb("unmap", start, size, 0, "")
 
     # --- system calls -----------------------------------------------------------------------------
     def on_syscall(self) -> None:

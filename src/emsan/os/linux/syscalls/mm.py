@@ -62,7 +62,6 @@ def sys_mmap(p, addr, length, prot, flags, fd, offset, *_):
         p.machine.write(start, data)
         if offset == 0 and data[:4] == b"\x7fELF":
             p.mem.add_module(name, start, start + size)   # ld.so maps a library's whole span first
-    p.notify_mmap(start, size, prot, name)
     return start
 
 
@@ -72,7 +71,6 @@ def sys_munmap(p, addr, length, *_):
         return -errno.EINVAL
     p.mem.unmap(addr, addr + page_up(length))
     p.mem.drop_modules(addr, addr + page_up(length))
-    p.notify_munmap(addr, page_up(length))
     return 0
 
 
