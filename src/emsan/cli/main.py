@@ -8,7 +8,7 @@ import sys
 from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 from emsan.session.options import RunOptions
 
-MODES = ("none", "generic", "kfence")
+MODES = ("none", "generic", "sw-tags", "hw-tags", "kfence")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -47,7 +47,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unset-env", action="append", default=[], metavar="K", help="remove a guest variable")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this wall time")
     p.add_argument("--max-instructions", type=int, metavar="N", help="stop the guest after N instructions")
-    p.add_argument("--seed", type=int, help="seed for guest randomness (AT_RANDOM, getrandom) and sampling")
+    p.add_argument("--seed", type=int, help="seed for guest randomness (AT_RANDOM, getrandom), sampling and tags")
     p.add_argument("--trace-syscalls", action="store_true", help="print each system call on stderr")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="also write reports as JSON to FILE")
     p.add_argument("--error-exitcode", type=int, default=EXIT_REPORT,

@@ -69,6 +69,9 @@ class Machine:
         # arm64 exception number -> handler(pc) returning True when it dealt with it (e.g. MTE emulation)
         self.arm64_exception_handlers: dict[int, Callable[[int], bool]] = {}
         self._syscall_pc_bias = 0
+        # arm64 guests may hand the kernel tagged pointers (the tagged-address ABI): emsan's own
+        # reads and writes of guest memory ignore the top byte, as the MMU does with TBI.
+        self.addr_mask = 0x00FF_FFFF_FFFF_FFFF if arch == "arm64" else 0xFFFF_FFFF_FFFF_FFFF
         if arch == "arm64":
             self._setup_arm64()
         self.pc_id = regs["rip"] if arch == "x86_64" else regs["pc"]
@@ -124,20 +127,20 @@ class Machine:
     # --- memory -----------------------------------------------------------------------------
     def read(self, addr: int, size: int) -> bytes:
         buf = ctypes.create_string_buffer(size)
-        if uclib.uc_mem_read(self.handle, addr, buf, size):
+        if uclib.uc_mem_read(self.handle, addr & self.addr_mask, buf, size):
             raise MemoryError(f"guest read of {size} bytes at {addr:#x} failed")
         return buf.raw
 
     def try_read(self, addr: int, size: int) -> bytes | None:
         buf = ctypes.create_string_buffer(size)
-        return None if uclib.uc_mem_read(self.handle, addr, buf, size) else buf.raw
+        return None if uclib.uc_mem_read(self.handle, addr & self.addr_mask, buf, size) else buf.raw
 
     def write(self, addr: int, data: bytes) -> None:
-        if uclib.uc_mem_write(self.handle, addr, bytes(data), len(data)):
+        if uclib.uc_mem_write(self.handle, addr & self.addr_mask, bytes(data), len(data)):
             raise MemoryError(f"guest write of {len(data)} bytes at {addr:#x} failed")
 
     def read_u64(self, addr: int) -> int:
-        if uclib.uc_mem_read(self.handle, addr, self._pval, 8):
+        if uclib.uc_mem_read(self.handle, addr & self.addr_mask, self._pval, 8):
             raise MemoryError(f"guest read at {addr:#x} failed")
         return self._val.value
 

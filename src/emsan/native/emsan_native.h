@@ -41,6 +41,7 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_NEW_ARRAY_ALIGNED_NOTHROW 19
 #define EMSAN_FN_DELETE 20
 #define EMSAN_FN_DELETE_ARRAY 21
+#define EMSAN_FN_TAG_MEMORY 22
 #define EMSAN_FN_STRLEN 40
 #define EMSAN_FN_STRNLEN 41
 #define EMSAN_FN_STRCHR 42
@@ -247,3 +248,37 @@ int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t size, int 
 _Bool emsan_kfence_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 void emsan_kfence_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_kfence_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+
+/* ---- tag-based modes (tags.c): sw-tags and hw-tags on arm64 ---- */
+#define EMSAN_TAGS_SW 1
+#define EMSAN_TAGS_HW 2
+/* Bug types from the stack ring (report_tags.c) */
+#define EMSAN_TAGBUG_INVALID 1
+#define EMSAN_TAGBUG_UAF 2
+#define EMSAN_TAGBUG_OOB 3
+
+typedef struct emsan_tag_report {
+    int bug;                /* EMSAN_TAGBUG_* */
+    int found;              /* an object of emsan's heap lies at the address */
+    int large;
+    int ring_alloc;         /* the ring held the allocation / the free with the pointer's tag */
+    int ring_free;
+    int mem_tag;            /* the first bad granule's tag, -1 for memory without tags */
+    uint64_t first_bad;
+    uint64_t obj_start;
+    uint64_t obj_size;      /* the size the ring's allocation asked for, else the cache size */
+    uint64_t cache_size;
+    uint32_t alloc_stack;
+    uint32_t free_stack;
+} emsan_tag_report;
+
+/* Switch a heap to a tag mode before its first allocation; xregs: Unicorn ids of X0..X30, SP. */
+void emsan_tags_init(emsan_heap *h, int mode, uint64_t seed, const int *xregs);
+void emsan_tag_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud);
+int emsan_tag_at(emsan_heap *h, uint64_t addr);
+uint64_t emsan_tag_first_bad(emsan_heap *h, uint64_t tagged, uint64_t size);
+int emsan_tag_describe(emsan_heap *h, uint64_t tagged, uint64_t size, emsan_tag_report *out);
+void emsan_tag_memory(emsan_heap *h, uint64_t addr, uint8_t tag, uint64_t size);
+int emsan_mte_emulate(emsan_heap *h);
+/* out[0..3]: private tag pages, MTE instructions emulated, foreign tagged pages, ring records */
+void emsan_tag_stats(emsan_heap *h, uint64_t *out);

@@ -36,6 +36,7 @@ EXPORT emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_
 
 EXPORT void emsan_heap_destroy(emsan_heap *h)
 {
+    tags_destroy(h);
     for (uint64_t i = 0; i < h->npages; i++) shadow_share(h, i, NULL);
     for (size_t i = 0; i < h->nslabs; i++) free(h->slabs[i].objs);
     for (int i = 0; i < NCLASSES; i++) free(h->freelist[i].v);
@@ -127,8 +128,28 @@ static struct slab *new_slab(heap_t *h, uint64_t page, uint32_t npages, int cls)
     return s;
 }
 
+/* Tag modes lay a slab out as the kernel does there: objects rounded up to 16-byte granules,
+ * back to back, no redzones; memory no object owns carries the invalid tag. */
+static int grow_class_tagged(heap_t *h, int c)
+{
+    uint32_t slot = (uint32_t)round_up(size_classes[c] > TAG_GRANULE ? size_classes[c] : TAG_GRANULE, TAG_GRANULE);
+    uint32_t npages = (uint32_t)(round_up((uint64_t)slot * 8, PAGE_SIZE) >> PAGE_SHIFT);
+    uint64_t page = take_pages(h, npages);
+    if (!page) return 0;
+    struct slab *s = new_slab(h, page, npages, c);
+    s->slot = slot;
+    s->first = s->start;
+    s->nobj = (uint32_t)(((uint64_t)npages << PAGE_SHIFT) / slot);
+    s->objs = calloc(s->nobj, sizeof *s->objs);
+    tag_set(h, s->start, (uint64_t)npages << PAGE_SHIFT, TAG_INVALID);
+    size_t id = (size_t)(s - h->slabs);
+    for (uint32_t i = s->nobj; i-- > 0;) vec_push(&h->freelist[c], ((uint64_t)id << 24) | i);
+    return 1;
+}
+
 static int grow_class(heap_t *h, int c)
 {
+    if (h->tag_mode) return grow_class_tagged(h, c);
     uint32_t osize = size_classes[c], rz = optimal_redzone(osize);
     uint32_t slot = (uint32_t)round_up(osize + rz, 16);
     uint64_t bytes = round_up(rz, 16) + (uint64_t)slot * 8;
@@ -185,12 +206,19 @@ static uint64_t alloc_large(heap_t *h, uint64_t size, uint64_t align, int kind, 
     s->slot = (uint32_t)(obj_pages << PAGE_SHIFT);
     s->nobj = 1;
     s->objs = calloc(1, sizeof *s->objs);
+    struct obj *o = &s->objs[0];
+    o->size = size; o->kind = (uint8_t)kind; o->state = EMSAN_OBJ_LIVE; o->alloc_stack = stack; o->free_stack = 0;
+    if (h->tag_mode) {          /* the object's granules get its tag, the rest stays invalid */
+        tag_set(h, s->start, npages << PAGE_SHIFT, TAG_INVALID);
+        uint8_t tag = tag_random(h);
+        tag_set(h, s->first, round_up(size, TAG_GRANULE), tag);
+        tag_ring_record(h, s->first | ((uint64_t)tag << TAG_SHIFT), size, s->slot, stack, 0);
+        return s->first | ((uint64_t)tag << TAG_SHIFT);
+    }
     for (uint64_t i = 0; i < npages; i++) shadow_share(h, page + i, NULL);
     uint64_t end = round_up(s->first + size, PAGE_SIZE);
     if (end == s->first) end += PAGE_SIZE;
     shadow_unpoison(h, s->first, size, end, KASAN_PAGE_REDZONE);
-    struct obj *o = &s->objs[0];
-    o->size = size; o->kind = (uint8_t)kind; o->state = EMSAN_OBJ_LIVE; o->alloc_stack = stack; o->free_stack = 0;
     return s->first;
 }
 
@@ -208,9 +236,18 @@ static uint64_t do_alloc(heap_t *h, uint64_t size, uint64_t align, int kind)
     uint64_t handle = h->freelist[c].v[--h->freelist[c].n];
     struct slab *s = slab_of(h, handle);
     uint64_t addr = obj_addr(h, handle);
-    shadow_unpoison(h, addr, size, addr + s->slot, KASAN_SLAB_REDZONE);
     struct obj *o = obj_of(h, handle);
     o->size = size; o->kind = (uint8_t)kind; o->state = EMSAN_OBJ_LIVE; o->alloc_stack = stack; o->free_stack = 0;
+    if (h->tag_mode) {          /* one call tags the whole object: its rounded size, the rest invalid */
+        uint8_t tag = tag_random(h);
+        uint64_t used = round_up(size, TAG_GRANULE);
+        tag_set(h, addr, used, tag);
+        if (used < s->slot) tag_set(h, addr + used, s->slot - used, TAG_INVALID);
+        uint64_t tagged = addr | ((uint64_t)tag << TAG_SHIFT);
+        tag_ring_record(h, tagged, size, size_classes[s->cls], stack, 0);
+        return tagged;
+    }
+    shadow_unpoison(h, addr, size, addr + s->slot, KASAN_SLAB_REDZONE);
     return addr;
 }
 
@@ -230,14 +267,47 @@ void release_object(heap_t *h, uint64_t handle)
 }
 
 /* Validate and free; returns the freed object's requested size, or -1 when nothing was freed. */
+/* The kernel's kasan_byte_accessible() in tag modes: the pointer's tag matches the memory's,
+ * and the memory is not free. */
+static int tag_accessible(heap_t *h, uint64_t tagged)
+{
+    int mt = tag_at(h, tagged);
+    return mt >= 0 && mt != TAG_INVALID && tag_matches(h, (uint8_t)(tagged >> TAG_SHIFT), (uint8_t)mt);
+}
+
+static int64_t do_free_tagged(heap_t *h, uint64_t ptr, int64_t handle, int kind, int fn, uint64_t pc)
+{
+    struct obj *o = obj_of(h, (uint64_t)handle);
+    if (!tag_accessible(h, ptr) || o->state != EMSAN_OBJ_LIVE) {
+        report_error(h, EMSAN_ERR_DOUBLE_FREE, ptr, 0, 0, pc, stack_here(h, pc, 1), fn, kind);
+        return -1;
+    }
+    uint32_t stack = stack_here(h, 0, 1);
+    if (o->kind != kind)
+        report_error(h, EMSAN_ERR_MISMATCH, ptr, 0, 0, pc, stack_here(h, pc, 1), fn, kind);
+    struct slab *s = slab_of(h, (uint64_t)handle);
+    o->free_stack = stack;
+    h->stats.frees++;
+    h->stats.live_bytes -= o->size;
+    uint64_t cache = s->cls == LARGE_CLASS ? s->slot : size_classes[s->cls];
+    tag_set(h, ptr & UNTAG_MASK, s->slot, TAG_INVALID);
+    tag_ring_record(h, ptr, o->size, cache, stack, 1);
+    int64_t size = (int64_t)o->size;
+    release_object(h, (uint64_t)handle);       /* no quarantine in tag modes, as in the kernel */
+    return size;
+}
+
 static int64_t do_free(heap_t *h, uint64_t ptr, int kind, int fn, uint64_t pc)
 {
     if (!ptr) return 0;
-    int64_t handle = find_object(h, ptr);
-    if (handle < 0 || obj_addr(h, (uint64_t)handle) != ptr) {
+    uint64_t addr = guest_addr(h, ptr);
+    int64_t handle = find_object(h, addr);
+    if (handle < 0 || obj_addr(h, (uint64_t)handle) != addr) {
         report_error(h, EMSAN_ERR_INVALID_FREE, ptr, 0, 0, pc, stack_here(h, pc, 1), fn, kind);
         return -1;
     }
+    if (h->tag_mode) return do_free_tagged(h, ptr, handle, kind, fn, pc);
+    ptr = addr;
     struct obj *o = obj_of(h, (uint64_t)handle);
     if (o->state != EMSAN_OBJ_LIVE) {
         report_error(h, EMSAN_ERR_DOUBLE_FREE, ptr, 0, 0, pc, stack_here(h, pc, 1), fn, kind);
@@ -266,6 +336,7 @@ static int64_t do_free(heap_t *h, uint64_t ptr, int kind, int fn, uint64_t pc)
 EXPORT int emsan_describe(emsan_heap *h, uint64_t addr, emsan_obj_info *out)
 {
     memset(out, 0, sizeof *out);
+    addr = guest_addr(h, addr);
     int64_t handle = find_object(h, addr);
     if (handle < 0) return 0;
     struct slab *s = slab_of(h, (uint64_t)handle);
@@ -301,8 +372,8 @@ static void copy_guest(heap_t *h, uint64_t dst, uint64_t src, uint64_t n)
     uint8_t buf[4096];
     for (uint64_t done = 0; done < n;) {
         size_t chunk = n - done < sizeof buf ? (size_t)(n - done) : sizeof buf;
-        mem_get(h->uc, src + done, buf, chunk);
-        mem_put(h->uc, dst + done, buf, chunk);
+        mem_get(h->uc, guest_addr(h, src + done), buf, chunk);
+        mem_put(h->uc, guest_addr(h, dst + done), buf, chunk);
         done += chunk;
     }
 }
@@ -312,7 +383,7 @@ static void zero_guest(heap_t *h, uint64_t dst, uint64_t n)
     static const uint8_t zeros[4096];
     for (uint64_t done = 0; done < n;) {
         size_t chunk = n - done < sizeof zeros ? (size_t)(n - done) : sizeof zeros;
-        mem_put(h->uc, dst + done, zeros, chunk);
+        mem_put(h->uc, guest_addr(h, dst + done), zeros, chunk);
         done += chunk;
     }
 }
@@ -320,13 +391,16 @@ static void zero_guest(heap_t *h, uint64_t dst, uint64_t n)
 static uint64_t do_realloc(heap_t *h, uint64_t ptr, uint64_t size, uint64_t pc, int fn)
 {
     if (!ptr) return do_alloc(h, size, 16, EMSAN_KIND_MALLOC);
-    int64_t handle = find_object(h, ptr);
-    if (handle >= 0 && obj_addr(h, (uint64_t)handle) == ptr && obj_of(h, (uint64_t)handle)->state != EMSAN_OBJ_LIVE) {
+    uint64_t addr = guest_addr(h, ptr);
+    int64_t handle = find_object(h, addr);
+    int freed = handle >= 0 && obj_addr(h, (uint64_t)handle) == addr &&
+                (h->tag_mode ? !tag_accessible(h, ptr) : obj_of(h, (uint64_t)handle)->state != EMSAN_OBJ_LIVE);
+    if (freed) {
         /* like krealloc()'s kasan_check_byte(): a use of freed memory, and no reallocation */
         report_error(h, EMSAN_ERR_ACCESS, ptr, 1, 0, pc, stack_here(h, pc, 1), fn, 0);
         return 0;
     }
-    if (handle < 0 || obj_addr(h, (uint64_t)handle) != ptr) {
+    if (handle < 0 || obj_addr(h, (uint64_t)handle) != addr) {
         do_free(h, ptr, EMSAN_KIND_MALLOC, fn, pc);          /* reports invalid-free */
         return 0;
     }
@@ -380,14 +454,15 @@ static void allocator_fn(heap_t *h, int fn)
         {
             uint64_t p = do_alloc(h, a2, a1 > 16 ? a1 : 16, EMSAN_KIND_MALLOC);
             if (!p) { r = 12; break; }                                /* ENOMEM */
-            mem_put(uc, a0, &p, 8);
+            mem_put(uc, guest_addr(h, a0), &p, 8);
             r = 0;
         }
         break;
     case EMSAN_FN_USABLE_SIZE: {
-        int64_t handle = find_object(h, a0);
-        r = (a0 && handle >= 0 && obj_addr(h, (uint64_t)handle) == a0) ? obj_of(h, (uint64_t)handle)->size : 0;
-        if (a0 && handle >= 0 && obj_of(h, (uint64_t)handle)->state != EMSAN_OBJ_LIVE) {
+        uint64_t addr = guest_addr(h, a0);
+        int64_t handle = find_object(h, addr);
+        r = (a0 && handle >= 0 && obj_addr(h, (uint64_t)handle) == addr) ? obj_of(h, (uint64_t)handle)->size : 0;
+        if (a0 && handle >= 0 && (h->tag_mode ? !tag_accessible(h, a0) : obj_of(h, (uint64_t)handle)->state != EMSAN_OBJ_LIVE)) {
             r = 0;          /* like ksize(): asking about a freed object is a use after free */
             report_error(h, EMSAN_ERR_ACCESS, a0, 1, 0, pc, stack_here(h, pc, 1), fn, 0);
         }
@@ -396,6 +471,9 @@ static void allocator_fn(heap_t *h, int fn)
     case EMSAN_FN_FREE: do_free(h, a0, EMSAN_KIND_MALLOC, fn, pc); break;
     case EMSAN_FN_DELETE: do_free(h, a0, EMSAN_KIND_NEW, fn, pc); break;
     case EMSAN_FN_DELETE_ARRAY: do_free(h, a0, EMSAN_KIND_NEW_ARRAY, fn, pc); break;
+    case EMSAN_FN_TAG_MEMORY:               /* __hwasan_tag_memory(p, tag, size) */
+        if (h->tag_mode) emsan_tag_memory(h, a0, (uint8_t)a1, a2);
+        break;
     default: return;
     }
     return_to_caller(h, r);
@@ -414,6 +492,11 @@ EXPORT void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
 EXPORT int emsan_check_range_at(emsan_heap *h, uint64_t addr, uint64_t size, int is_write, uint64_t pc)
 {
     if (!size || addr + size < addr) return 0;
+    if (h->tag_mode) {
+        if (!tag_bad(h, addr, size)) return 0;
+        report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 0), 0, 0);
+        return 1;
+    }
     uint64_t lo = addr, hi = addr + size, hb = h->base, he = h->base + h->size;
     if (hi <= hb || lo >= he) return 0;
     if (lo < hb) lo = hb;
@@ -430,6 +513,12 @@ int check_range(heap_t *h, uint64_t addr, uint64_t size, int is_write, int fn)
     if (!size) return 0;
     uint64_t lo = addr, hi = addr + size;
     if (hi < lo) {                                       /* a negative size: always a bug */
+        uint64_t pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
+        report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 1), fn, 0);
+        return 1;
+    }
+    if (h->tag_mode) {
+        if (!tag_bad(h, addr, size)) return 0;
         uint64_t pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
         report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 1), fn, 0);
         return 1;

@@ -7,6 +7,10 @@
 
 #define CHUNK 256
 
+/* Guest memory through a pointer that may carry a tag (arm64 Top-Byte-Ignore). */
+static inline int gget(heap_t *h, uint64_t a, void *buf, size_t n) { return mem_get(h->uc, guest_addr(h, a), buf, n); }
+static inline int gput(heap_t *h, uint64_t a, const void *buf, size_t n) { return mem_put(h->uc, guest_addr(h, a), buf, n); }
+
 /* Length of the string at s, looking at most max bytes; -1 if memory is unreadable. */
 static int64_t guest_strnlen(heap_t *h, uint64_t s, uint64_t max)
 {
@@ -16,7 +20,7 @@ static int64_t guest_strnlen(heap_t *h, uint64_t s, uint64_t max)
         uint64_t a = s + n;
         size_t chunk = CHUNK - (a & (CHUNK - 1));          /* never cross a page in one read */
         if (chunk > max - n) chunk = (size_t)(max - n);
-        if (mem_get(h->uc, a, buf, chunk)) return -1;
+        if (gget(h, a, buf, chunk)) return -1;
         uint8_t *z = memchr(buf, 0, chunk);
         if (z) return (int64_t)(n + (uint64_t)(z - buf));
         n += chunk;
@@ -33,7 +37,7 @@ static int64_t guest_find(heap_t *h, uint64_t s, uint64_t max, int c, int stop_a
         uint64_t a = s + n;
         size_t chunk = CHUNK - (a & (CHUNK - 1));
         if (chunk > max - n) chunk = (size_t)(max - n);
-        if (mem_get(h->uc, a, buf, chunk)) return -1;
+        if (gget(h, a, buf, chunk)) return -1;
         for (size_t i = 0; i < chunk; i++)
             if (buf[i] == (uint8_t)c || (stop_at_nul && buf[i] == 0)) return (int64_t)(n + i);
         n += chunk;
@@ -44,7 +48,7 @@ static int64_t guest_find(heap_t *h, uint64_t s, uint64_t max, int c, int stop_a
 static int read_block(heap_t *h, uint64_t a, uint64_t n, uint8_t **out)
 {
     *out = malloc(n ? n : 1);
-    if (n && mem_get(h->uc, a, *out, n)) { free(*out); *out = NULL; return -1; }
+    if (n && gget(h, a, *out, n)) { free(*out); *out = NULL; return -1; }
     return 0;
 }
 
@@ -56,7 +60,7 @@ static int compare(heap_t *h, uint64_t a, uint64_t b, uint64_t max, int strings,
         size_t ca = CHUNK - ((a + n) & (CHUNK - 1)), cb = CHUNK - ((b + n) & (CHUNK - 1));
         size_t chunk = ca < cb ? ca : cb;
         if (chunk > max - n) chunk = (size_t)(max - n);
-        if (mem_get(h->uc, a + n, x, chunk) || mem_get(h->uc, b + n, y, chunk)) return -1;
+        if (gget(h, a + n, x, chunk) || gget(h, b + n, y, chunk)) return -1;
         for (size_t i = 0; i < chunk; i++) {
             if (x[i] != y[i] || (strings && x[i] == 0)) {
                 *used = n + i + 1;
@@ -96,7 +100,7 @@ void intercept_string_fn(heap_t *h, int fn)
         check_range(h, a, (uint64_t)len + 1, 0, fn);
         {
             uint8_t ch;
-            mem_get(uc, a + (uint64_t)len, &ch, 1);
+            gget(h, a + (uint64_t)len, &ch, 1);
             r = (ch == (uint8_t)b || fn == EMSAN_FN_STRCHRNUL) ? a + (uint64_t)len : 0;
         }
         break;
@@ -138,7 +142,7 @@ void intercept_string_fn(heap_t *h, int fn)
         if ((len = guest_strnlen(h, b, ~0ULL >> 1)) < 0) return;
         if (!check_range(h, b, (uint64_t)len + 1, 0, fn)) check_range(h, a, (uint64_t)len + 1, 1, fn);
         if (read_block(h, b, (uint64_t)len + 1, &buf)) return;
-        mem_put(uc, a, buf, (size_t)len + 1);
+        gput(h, a, buf, (size_t)len + 1);
         free(buf);
         r = fn == EMSAN_FN_STPCPY ? a + (uint64_t)len : a;
         break;
@@ -146,8 +150,8 @@ void intercept_string_fn(heap_t *h, int fn)
         if ((len = guest_strnlen(h, b, n)) < 0) return;
         if (!check_range(h, b, (uint64_t)len < n ? (uint64_t)len + 1 : n, 0, fn)) check_range(h, a, n, 1, fn);
         buf = calloc(n ? n : 1, 1);
-        if (len && mem_get(uc, b, buf, (size_t)len)) { free(buf); return; }
-        mem_put(uc, a, buf, n);
+        if (len && gget(h, b, buf, (size_t)len)) { free(buf); return; }
+        gput(h, a, buf, n);
         free(buf);
         r = fn == EMSAN_FN_STPNCPY ? a + (uint64_t)len : a;
         break;
@@ -158,8 +162,8 @@ void intercept_string_fn(heap_t *h, int fn)
             !check_range(h, b, fn == EMSAN_FN_STRNCAT && (uint64_t)len2 >= n ? n : (uint64_t)len2 + 1, 0, fn))
             check_range(h, a + (uint64_t)len, (uint64_t)len2 + 1, 1, fn);
         buf = calloc((size_t)len2 + 1, 1);
-        if (len2 && mem_get(uc, b, buf, (size_t)len2)) { free(buf); return; }
-        mem_put(uc, a + (uint64_t)len, buf, (size_t)len2 + 1);
+        if (len2 && gget(h, b, buf, (size_t)len2)) { free(buf); return; }
+        gput(h, a + (uint64_t)len, buf, (size_t)len2 + 1);
         free(buf);
         r = a;
         break;
@@ -167,7 +171,7 @@ void intercept_string_fn(heap_t *h, int fn)
         /* As the kernel's checked memmove(): a bad range is reported and nothing is copied. */
         if (check_range(h, b, n, 0, fn) || check_range(h, a, n, 1, fn)) { r = 0; break; }
         if (read_block(h, b, n, &buf)) return;
-        if (n) mem_put(uc, a, buf, n);
+        if (n) gput(h, a, buf, n);
         free(buf);
         r = fn == EMSAN_FN_MEMPCPY ? a + n : a;
         break;
@@ -175,7 +179,7 @@ void intercept_string_fn(heap_t *h, int fn)
         if (check_range(h, a, n, 1, fn)) { r = 0; break; }
         buf = malloc(n ? n : 1);
         memset(buf, (int)(b & 0xFF), n);
-        if (n) mem_put(uc, a, buf, n);
+        if (n) gput(h, a, buf, n);
         free(buf);
         r = a;
         break;

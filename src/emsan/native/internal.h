@@ -98,6 +98,9 @@ struct emsan_heap {
     uint64_t stack_ns, stack_saves;
     struct scs_state *scs;
     struct cfi_state *cfi;
+    /* tag-based modes (tags.c); tag_mode 0 = generic */
+    int tag_mode;                      /* EMSAN_TAGS_SW / EMSAN_TAGS_HW */
+    struct tag_state *tags;
 };
 
 typedef struct emsan_heap heap_t;
@@ -114,6 +117,25 @@ static inline int8_t shadow_at(heap_t *h, uint64_t off) {
     const uint8_t *p = h->shadow[off >> PAGE_SHIFT];
     return (int8_t)(p ? p[(off & (PAGE_SIZE - 1)) >> 3] : KASAN_SLAB_REDZONE);
 }
+
+/* Guest addresses: on arm64 the top byte is a tag the MMU ignores (Top-Byte-Ignore), so
+ * emsan strips it before touching guest memory itself. */
+#define TAG_SHIFT 56
+#define UNTAG_MASK 0x00FFFFFFFFFFFFFFULL
+static inline uint64_t guest_addr(heap_t *h, uint64_t a) { return h->arm64 ? a & UNTAG_MASK : a; }
+
+/* tags.c */
+#define TAG_GRANULE 16
+#define TAG_INVALID 0xFE                /* KASAN_TAG_INVALID: free memory, slab space no object owns */
+#define TAG_KERNEL 0xFF                 /* KASAN_TAG_KERNEL: the match-all pointer tag */
+uint8_t tag_random(heap_t *h);
+void tag_set(heap_t *h, uint64_t addr, uint64_t len, uint8_t tag);
+int tag_at(heap_t *h, uint64_t addr);   /* -1: memory without tags */
+int tag_matches(heap_t *h, uint8_t ptr_tag, uint8_t mem_tag);
+int tag_bad(heap_t *h, uint64_t tagged, uint64_t size);
+void tag_ring_record(heap_t *h, uint64_t tagged, uint64_t size, uint64_t cache_size, uint32_t stack, int is_free);
+int tag_tolerated(heap_t *h, uint64_t pc, uint64_t tagged, uint64_t size);
+void tags_destroy(heap_t *h);
 
 /* depot.c */
 uint32_t depot_save(heap_t *h, const uint64_t *frames, int n);
@@ -132,6 +154,7 @@ void cfi_destroy(heap_t *h);
 void report_error(heap_t *h, int type, uint64_t addr, uint64_t size, int is_write, uint64_t pc, uint32_t stack, int fn, int kind);
 void return_to_caller(heap_t *h, uint64_t value);
 int check_range(heap_t *h, uint64_t addr, uint64_t size, int is_write, int fn);
+int in_tolerant_range(heap_t *h, uint64_t pc);
 
 /* intercept.c */
 void intercept_string_fn(heap_t *h, int fn);

@@ -93,12 +93,16 @@ int shadow_bad(heap_t *h, uint64_t addr, uint64_t size)
     return s != 0 && (s < 0 || (int8_t)(last & 7) >= s);
 }
 
+int in_tolerant_range(heap_t *h, uint64_t pc)
+{
+    for (size_t i = 0; i + 1 < h->tolerant.n; i += 2)
+        if (pc >= h->tolerant.v[i] && pc < h->tolerant.v[i + 1]) return 1;
+    return 0;
+}
+
 static int tolerated(heap_t *h, uint64_t pc, uint64_t addr, uint64_t size)
 {
-    int in_range = 0;
-    for (size_t i = 0; i + 1 < h->tolerant.n; i += 2)
-        if (pc >= h->tolerant.v[i] && pc < h->tolerant.v[i + 1]) { in_range = 1; break; }
-    if (!in_range) return 0;
+    if (!in_tolerant_range(h, pc)) return 0;
     /* Unicorn hands a 16- or 32-byte vector load over as 8-byte pieces, so judge the aligned
      * 32-byte block the piece belongs to: tolerated when any byte of it is accessible. */
     uint64_t blk = size > 32 ? size : 32;

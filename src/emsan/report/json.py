@@ -21,10 +21,16 @@ def to_json(rep: Report, sym: Symbolizer) -> dict:
     if o is not None:
         d["object"] = {
             "start": f"{o.start:#x}", "size": o.size, "cache": f"kmalloc-{o.cache_size}" if not o.large else "kmalloc-large",
-            "state": o.state, "allocated_with": o.kind, "offset": rep.addr - o.start,
+            "state": o.state, "allocated_with": o.kind, "offset": rep.untagged_addr - o.start,
             "alloc_stack": frames(o.alloc_stack, False), "free_stack": frames(o.free_stack, False),
         }
-    if rep.shadow_rows:
+    if rep.pointer_tag is not None:
+        d["pointer_tag"] = rep.pointer_tag
+        d["memory_tag"] = rep.memory_tag
+        if rep.shadow_rows:
+            d["memory_tags"] = [{"addr": f"{start:#x}", "tags": vals} for start, vals in rep.shadow_rows]
+            d["first_bad_address"] = f"{rep.first_bad:#x}"
+    elif rep.shadow_rows:
         d["shadow"] = [{"addr": f"{start:#x}", "bytes": vals} for start, vals in rep.shadow_rows]
         d["first_bad_address"] = f"{rep.first_bad:#x}"
     return d

@@ -26,6 +26,8 @@ ALLOCATOR = {
     "_ZdaPvmSt11align_val_t": "DELETE_ARRAY", "_ZdaPvRKSt9nothrow_t": "DELETE_ARRAY",
     "_ZdaPvSt11align_val_tRKSt9nothrow_t": "DELETE_ARRAY",
 }
+# Tag modes also stand in for HWASan's interface for tagging a range of memory.
+TAG_FUNCTIONS = {"__hwasan_tag_memory": "TAG_MEMORY"}
 
 # String and memory functions with interceptors, by base name.
 STRINGS = {
@@ -97,13 +99,15 @@ def has_symtab(path: str) -> bool:
         return False
 
 
-def module_entry_points(path: str, base: int, strings: bool = True) -> list[EntryPoint]:
-    """Allocator (and, unless strings=False, string) functions a module defines, at run time."""
+def module_entry_points(path: str, base: int, strings: bool = True, tags: bool = False) -> list[EntryPoint]:
+    """Allocator (and, unless strings=False, string; with tags=True, tagging) functions a module
+    defines, at run time."""
     out: dict[int, EntryPoint] = {}
     for value, _size, kind, name in function_symbols(path):
         if kind != STT_FUNC:
             continue
-        fn = ALLOCATOR.get(name) or (string_function(name) if strings else None)
+        fn = ALLOCATOR.get(name) or (string_function(name) if strings else None) or \
+            (TAG_FUNCTIONS.get(name) if tags else None)
         if fn and value + base not in out:
             out[value + base] = EntryPoint(value + base, fn, name)
     return list(out.values())

@@ -13,6 +13,10 @@ FN_NAMES = {"FREE": "free", "DELETE": "operator delete", "DELETE_ARRAY": "operat
 
 class GenericMode:
     name = "generic"
+    access_hook = "emsan_mem_cb"      # the native per-access check
+
+    def prepare_heap(self) -> None:
+        """Configure the native heap before any hook can reach it (tag modes override this)."""
 
     def __init__(self, machine, arch, heap_base: int, heap_size: int, quarantine_bytes: int,
                  is_call_return=lambda pc, ret: False):
@@ -24,10 +28,11 @@ class GenericMode:
         self.heap = NativeHeap(machine, arch, heap_base, heap_size, quarantine_bytes)
         lib = self.heap.lib
         self._entry_cb = self.heap.ffi.addressof(lib, "emsan_entry_cb")
+        self.prepare_heap()
         # Unbounded on purpose: unicorn 2.1.3 syncs the PC before a memory hook only when the
         # hook covers every address (a range-bounded hook on arm64 sees the block's first PC;
         # tests/test_machine.py). The C callback does the range test itself, at the same cost.
-        machine.hook_mem_access_native(self.heap.ffi.addressof(lib, "emsan_mem_cb"), self.heap.h, 1, 0)
+        machine.hook_mem_access_native(self.heap.ffi.addressof(lib, self.access_hook), self.heap.h, 1, 0)
         self.hooked: dict[int, str] = {}
         self.stacks = None          # a sanitizer.stacks.Stacks, once the session picks a collector
         self._fn_by_id = {getattr(lib, n): n[len("EMSAN_FN_"):] for n in dir(lib) if n.startswith("EMSAN_FN_")}

@@ -13,6 +13,7 @@ SHADOW_BUG_TYPES = {
     0xF8: "vmalloc-out-of-bounds",
 }
 GRANULE = 8
+UNTAG_MASK = (1 << 56) - 1
 ROW_GRANULES = 16
 ROWS_AROUND = 2
 
@@ -45,6 +46,15 @@ class Report:
     first_bad: int
     shadow_rows: list[tuple[int, list[int | None]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # tag-based modes: the pointer's tag and the first bad granule's; the rows then hold
+    # memory tags, one per 16-byte granule
+    pointer_tag: int | None = None
+    memory_tag: int | None = None
+    granule: int = GRANULE
+
+    @property
+    def untagged_addr(self) -> int:
+        return self.addr & UNTAG_MASK if self.pointer_tag is not None else self.addr
 
 
 def shadow_bug_type(shadow_byte, first_bad: int) -> str:
@@ -68,11 +78,11 @@ def first_bad_addr(shadow_byte, addr: int, size: int) -> int:
     return min(p, addr + size - 1) if size else addr
 
 
-def shadow_window(shadow_byte, addr: int) -> list[tuple[int, list[int | None]]]:
-    row_bytes = ROW_GRANULES * GRANULE
+def shadow_window(shadow_byte, addr: int, granule: int = GRANULE) -> list[tuple[int, list[int | None]]]:
+    row_bytes = ROW_GRANULES * granule
     row = (addr & ~(row_bytes - 1)) - ROWS_AROUND * row_bytes
     rows = []
     for i in range(2 * ROWS_AROUND + 1):
         start = row + i * row_bytes
-        rows.append((start, [shadow_byte(start + g * GRANULE) for g in range(ROW_GRANULES)]))
+        rows.append((start, [shadow_byte(start + g * granule) for g in range(ROW_GRANULES)]))
     return rows

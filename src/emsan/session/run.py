@@ -66,6 +66,9 @@ class Session:
         if opts.mode == "generic":
             from emsan.session.sanitize import LinuxSanitizer
             self.sanitizer = LinuxSanitizer(self)
+        elif opts.mode in ("sw-tags", "hw-tags"):
+            from emsan.session.tags import TagSanitizer
+            self.sanitizer = TagSanitizer(self)
         elif opts.mode == "kfence":
             from emsan.session.kfence import KfenceSanitizer
             self.sanitizer = KfenceSanitizer(self)

@@ -75,7 +75,7 @@ class LinuxSanitizer:
 
     def module_loaded(self, mod: Module) -> None:
         self.stacks.module_loaded(mod.path, mod.base)
-        for ep in module_entry_points(mod.path, mod.base):
+        for ep in module_entry_points(mod.path, mod.base, tags=self.s.opts.mode in ("sw-tags", "hw-tags")):
             self.mode.intercept(ep.addr, ep.fn)
         if not has_symtab(mod.path):
             # A stripped library (Debian's libc): its string variants have no names, so all of

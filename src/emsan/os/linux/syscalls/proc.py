@@ -134,6 +134,12 @@ def sys_prctl(p, option, arg2, *_):
     if option == PR_GET_NAME:
         p.machine.write(arg2, p.comm.encode()[:15].ljust(16, b"\0"))
         return 0
+    PR_SET_TAGGED_ADDR_CTRL, PR_GET_TAGGED_ADDR_CTRL = 55, 56
+    if p.arch.name == "arm64" and option == PR_SET_TAGGED_ADDR_CTRL:
+        p.tagged_addr_ctrl = arg2          # tagged pointers always work here (TBI is always on)
+        return 0
+    if p.arch.name == "arm64" and option == PR_GET_TAGGED_ADDR_CTRL:
+        return getattr(p, "tagged_addr_ctrl", 0)
     return -errno.EINVAL
 
 
