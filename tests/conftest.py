@@ -11,6 +11,7 @@ import pytest
 
 GUEST = Path(__file__).parent / "guest"
 BUILD = GUEST / "build"
+BENCH_WORKLOADS = Path(__file__).parent.parent / "bench" / "workloads"
 ARM64_SYSROOT = "/usr/aarch64-linux-gnu"
 
 COMPILERS = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
@@ -23,10 +24,13 @@ def have(tool: str) -> bool:
 
 
 def build(name: str, arch: str = "x86_64", link: str = "static", flags: tuple[str, ...] = (),
-          cxx: bool = False) -> str:
-    """Compile tests/guest/<name>.c (or .cc) once per flag set; return the binary's path."""
-    src = GUEST / (name + (".cc" if cxx else ".c"))
+          cxx: bool = False, src_dir: str = "guest") -> str:
+    """Compile tests/guest/<name>.c (or .cc; src_dir="bench": bench/workloads/<name>.c) once per
+    flag set; return the binary's path."""
+    src = (GUEST if src_dir == "guest" else BENCH_WORKLOADS) / (name + (".cc" if cxx else ".c"))
     tag = "-".join([arch, link, *[f.strip("-").replace("=", "_").replace("/", "_") for f in flags]])
+    if src_dir != "guest":
+        tag += "-" + src_dir
     out = BUILD / tag / name
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return str(out)
