@@ -246,3 +246,19 @@ def test_x86_64_guest_is_refused():
         assert res.returncode == 2
         lines = res.stderr.decode().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"emsan: --mode {mode} needs an arm64 guest"), lines
+
+
+def test_bench_script_smoke(tmp_path):
+    """bench/tags.py runs and prints the measured miss rate beside the theory (never timed here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parent.parent / "bench" / "tags.py"
+    out = tmp_path / "tags.json"
+    res = subprocess.run([sys.executable, str(script), "--seeds", "1", "--trials", "50", "--skip", "cost,tlb",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "theory 1/254" in res.stdout and "theory 1/14" in res.stdout
+    data = json.loads(out.read_text())["miss_rate"]
+    for mode in MODES:
+        assert data[mode]["trials"] == 50 and data[mode]["caught"] + data[mode]["missed"] == 50
