@@ -275,28 +275,6 @@ static int tag_accessible(heap_t *h, uint64_t tagged)
     return mt >= 0 && mt != TAG_INVALID && tag_matches(h, (uint8_t)(tagged >> TAG_SHIFT), (uint8_t)mt);
 }
 
-static int64_t do_free_tagged(heap_t *h, uint64_t ptr, int64_t handle, int kind, int fn, uint64_t pc)
-{
-    struct obj *o = obj_of(h, (uint64_t)handle);
-    if (!tag_accessible(h, ptr) || o->state != EMSAN_OBJ_LIVE) {
-        report_error(h, EMSAN_ERR_DOUBLE_FREE, ptr, 0, 0, pc, stack_here(h, pc, 1), fn, kind);
-        return -1;
-    }
-    uint32_t stack = stack_here(h, 0, 1);
-    if (o->kind != kind)
-        report_error(h, EMSAN_ERR_MISMATCH, ptr, 0, 0, pc, stack_here(h, pc, 1), fn, kind);
-    struct slab *s = slab_of(h, (uint64_t)handle);
-    o->free_stack = stack;
-    h->stats.frees++;
-    h->stats.live_bytes -= o->size;
-    uint64_t cache = s->cls == LARGE_CLASS ? s->slot : size_classes[s->cls];
-    tag_set(h, ptr & UNTAG_MASK, s->slot, TAG_INVALID);
-    tag_ring_record(h, ptr, o->size, cache, stack, 1);
-    int64_t size = (int64_t)o->size;
-    release_object(h, (uint64_t)handle);       /* no quarantine in tag modes, as in the kernel */
-    return size;
-}
-
 static int64_t do_free(heap_t *h, uint64_t ptr, int kind, int fn, uint64_t pc)
 {
     if (!ptr) return 0;
@@ -306,10 +284,9 @@ static int64_t do_free(heap_t *h, uint64_t ptr, int kind, int fn, uint64_t pc)
         report_error(h, EMSAN_ERR_INVALID_FREE, ptr, 0, 0, pc, stack_here(h, pc, 1), fn, kind);
         return -1;
     }
-    if (h->tag_mode) return do_free_tagged(h, ptr, handle, kind, fn, pc);
-    ptr = addr;
     struct obj *o = obj_of(h, (uint64_t)handle);
-    if (o->state != EMSAN_OBJ_LIVE) {
+    /* Tag modes judge by the pointer's tag, as the kernel's free path does. */
+    if (o->state != EMSAN_OBJ_LIVE || (h->tag_mode && !tag_accessible(h, ptr))) {
         report_error(h, EMSAN_ERR_DOUBLE_FREE, ptr, 0, 0, pc, stack_here(h, pc, 1), fn, kind);
         return -1;
     }
@@ -317,10 +294,19 @@ static int64_t do_free(heap_t *h, uint64_t ptr, int kind, int fn, uint64_t pc)
     if (o->kind != kind)
         report_error(h, EMSAN_ERR_MISMATCH, ptr, 0, 0, pc, stack_here(h, pc, 1), fn, kind);
     struct slab *s = slab_of(h, (uint64_t)handle);
-    o->state = EMSAN_OBJ_QUARANTINED;
     o->free_stack = stack;
     h->stats.frees++;
     h->stats.live_bytes -= o->size;
+    if (h->tag_mode) {
+        uint64_t cache = s->cls == LARGE_CLASS ? s->slot : size_classes[s->cls];
+        tag_set(h, addr, s->slot, TAG_INVALID);
+        tag_ring_record(h, ptr, o->size, cache, stack, 1);
+        int64_t size = (int64_t)o->size;
+        release_object(h, (uint64_t)handle);       /* no quarantine in tag modes, as in the kernel */
+        return size;
+    }
+    ptr = addr;
+    o->state = EMSAN_OBJ_QUARANTINED;
     uint64_t bytes;
     if (s->cls == LARGE_CLASS) {
         bytes = (uint64_t)s->slot;

@@ -90,6 +90,12 @@ class GenericMode:
         rep = Report(self.name, bug, access, e.addr, size, e.pc, comm, pid, stack, title, obj, first_bad)
         if heap.shadow_byte(first_bad) is not None:
             rep.shadow_rows = shadow_window(heap.shadow_byte, first_bad)
+        self.add_notes(rep, e, fn)
+        return rep
+
+    def add_notes(self, rep: Report, e: Error, fn: str) -> None:
+        """What the kernel's layout has no line for: who made the access, a mismatched family."""
+        lib, obj = self.heap.lib, rep.obj
         if fn and e.type == lib.EMSAN_ERR_ACCESS:
             rep.notes.append(f"The access was made by {fn.lower()}() on behalf of its caller.")
         if e.type == lib.EMSAN_ERR_MISMATCH and obj is not None:
@@ -97,7 +103,6 @@ class GenericMode:
                              f"{FN_NAMES.get(fn, fn.lower())}.")
         if e.type == lib.EMSAN_ERR_INVALID_FREE and obj is None:
             rep.notes.append("The address is not in emsan's heap: it was never returned by an allocator.")
-        return rep
 
     def _object(self, addr: int) -> ObjectInfo | None:
         info = self.heap.describe(addr)

@@ -11,7 +11,7 @@ instructions a guest may use itself, which Unicorn traps as undefined.
 """
 from __future__ import annotations
 
-from emsan.sanitizer.generic import FN_NAMES, GenericMode
+from emsan.sanitizer.generic import GenericMode
 from emsan.sanitizer.native_heap import KINDS, Error
 from emsan.sanitizer.report import ObjectInfo, Report, shadow_window
 from emsan.sanitizer.stacks import confirm_candidate
@@ -81,13 +81,7 @@ class TagMode(GenericMode):
                      memory_tag=None if t.mem_tag < 0 else t.mem_tag, granule=TAG_GRANULE)
         if self.tag_at(t.first_bad) is not None:
             rep.shadow_rows = shadow_window(self.tag_at, t.first_bad, TAG_GRANULE)
-        if fn and e.type == lib.EMSAN_ERR_ACCESS:
-            rep.notes.append(f"The access was made by {fn.lower()}() on behalf of its caller.")
-        if e.type == lib.EMSAN_ERR_MISMATCH and obj is not None:
-            rep.notes.append(f"The object was freed with {FN_NAMES.get(fn, fn.lower())}, not the matching "
-                             f"deallocator for {obj.kind}.")
-        if e.type == lib.EMSAN_ERR_INVALID_FREE and obj is None:
-            rep.notes.append("The address is not in emsan's heap: it was never returned by an allocator.")
+        self.add_notes(rep, e, fn)
         return rep
 
     def stats(self) -> dict[str, int]:
