@@ -27,7 +27,7 @@ EXPORT emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_
     h->size = size;
     h->npages = size >> PAGE_SHIFT;
     h->bump = 1;                         /* page 0 stays a guard */
-    h->shadow = calloc(h->npages, sizeof *h->shadow);
+    if (!shadow_init(h, 1)) { free(h); return NULL; }
     h->page_slab = calloc(h->npages, sizeof *h->page_slab);
     h->q_limit = quarantine_bytes;
     h->string_checks = 1;
@@ -36,17 +36,19 @@ EXPORT emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_
 
 EXPORT void emsan_heap_destroy(emsan_heap *h)
 {
-    for (uint64_t i = 0; i < h->npages; i++) shadow_share(h, i, NULL);
+    shadow_destroy(h);
     for (size_t i = 0; i < h->nslabs; i++) free(h->slabs[i].objs);
     for (int i = 0; i < NCLASSES; i++) free(h->freelist[i].v);
     for (int i = 0; i < 128; i++) free(h->entries[i]);
-    free(h->free_runs.v); free(h->tolerant.v); free(h->slabs); free(h->shadow); free(h->page_slab); free(h->q);
+    free(h->free_runs.v); free(h->tolerant.v); free(h->slabs); free(h->page_slab); free(h->q);
     free(h->depot.pool); free(h->depot.table);
     free(h);
 }
 
 EXPORT void emsan_heap_set_stack(emsan_heap *h, uint64_t lo, uint64_t hi) { h->stack_lo = lo; h->stack_hi = hi; }
 EXPORT void emsan_set_string_checks(emsan_heap *h, int on) { h->string_checks = on; }
+/* Full shadow (the ablation of per-page shadow): every chunk written gets a private page. */
+EXPORT void emsan_shadow_full(emsan_heap *h) { h->sm.share = 0; }
 
 EXPORT void *emsan_heap_entry(emsan_heap *h, int fn)
 {
@@ -185,7 +187,7 @@ static uint64_t alloc_large(heap_t *h, uint64_t size, uint64_t align, int kind, 
     s->slot = (uint32_t)(obj_pages << PAGE_SHIFT);
     s->nobj = 1;
     s->objs = calloc(1, sizeof *s->objs);
-    for (uint64_t i = 0; i < npages; i++) shadow_share(h, page + i, NULL);
+    shadow_fill(h, s->start, npages << PAGE_SHIFT, KASAN_SLAB_REDZONE);
     uint64_t end = round_up(s->first + size, PAGE_SIZE);
     if (end == s->first) end += PAGE_SIZE;
     shadow_unpoison(h, s->first, size, end, KASAN_PAGE_REDZONE);
@@ -406,7 +408,10 @@ EXPORT void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
 {
     (void)uc; (void)address; (void)size;
     struct entry *e = ud;
-    if (e->fn < EMSAN_FN_STRLEN) allocator_fn(e->h, e->fn);
+    if (e->fn < EMSAN_FN_STRLEN) {
+        allocator_fn(e->h, e->fn);
+        shadow_sync(e->h, 1);            /* compiler-assisted mode: the guest sees the new shadow */
+    }
     else if (e->h->string_checks) intercept_string_fn(e->h, e->fn);
 }
 
