@@ -410,7 +410,7 @@ EXPORT void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
     struct entry *e = ud;
     if (e->fn < EMSAN_FN_STRLEN) {
         allocator_fn(e->h, e->fn);
-        shadow_sync(e->h, 1);            /* compiler-assisted mode: the guest sees the new shadow */
+        shadow_sync(e->h, 0);            /* compiler-assisted mode: the guest sees the new shadow */
     }
     else if (e->h->string_checks) intercept_string_fn(e->h, e->fn);
 }

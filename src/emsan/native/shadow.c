@@ -80,13 +80,22 @@ static void put_page(heap_t *h, uint32_t pg)
 }
 
 /* Point a chunk at another page; the guest's TLB may still map the old one (gshadow.c). */
-static void set_chunk(heap_t *h, uint64_t chunk, uint32_t pg)
+/* A chunk changes pages. A guest TLB still mapping a poisoned shared page only makes the
+ * guest's checks fail, and those are re-checked (gshadow.c): that flush can wait. One still
+ * mapping the zero page would hide poison, and a recycled page anything: flush before the
+ * guest runs again. */
+static void remap(heap_t *h, uint32_t *slot, uint32_t pg)
 {
-    uint32_t *slot = slot_of(h, chunk);
-    if (*slot == pg) return;
+    if (*slot == SHADOW_ZERO) h->sm.must_flush = 1;
     put_page(h, *slot);
     *slot = pg;
     h->sm.remapped = 1;
+}
+
+static void set_chunk(heap_t *h, uint64_t chunk, uint32_t pg)
+{
+    uint32_t *slot = slot_of(h, chunk);
+    if (*slot != pg) remap(h, slot, pg);
 }
 
 /* Copy-on-write: give a chunk a private page before it is written. */
@@ -96,9 +105,7 @@ uint8_t *shadow_own(heap_t *h, uint64_t chunk)
     if (pg >= SHADOW_FIRST_REAL) return shadow_page(h, pg);
     uint32_t np = new_page(h, pg);
     if (!np) return NULL;
-    uint32_t *slot = slot_of(h, chunk);
-    *slot = np;
-    h->sm.remapped = 1;
+    remap(h, slot_of(h, chunk), np);
     return shadow_page(h, np);
 }
 
@@ -229,8 +236,10 @@ static void vm_update(heap_t *h, uint64_t lo, uint64_t hi, int mapped)
             memset(shadow_page(h, *slot) + ((from - a0) >> 3), mapped ? 0 : KASAN_VMALLOC_INVALID, (to - from) >> 3);
             if (!mapped) vec_push(&sm->release, c);      /* maybe empty now: released lazily */
         } else if (*slot) {
+            if (*slot == SHADOW_ZERO && !mapped) sm->must_flush = 1;  /* would hide the new hole */
             *slot = 0;                                   /* resolved again on next use */
         }
+        if (mapped && !sm->share) shadow_resolve(h, c);  /* full shadow: populated now */
     }
     sm->remapped = 1;
     if (sm->release.n >= SHADOW_RELEASE_BATCH) shadow_release(h);

@@ -30,7 +30,9 @@ class LinuxSanitizer:
         mem, m = session.mem, session.machine
         self.mode = self.create_mode()
         self.mode.set_stack(*mem.stack)
-        if self.shadows_mmap:
+        if opts.shadow == "full" and hasattr(self.mode, "heap"):
+            self.mode.heap.full_shadow()
+        if self.shadows_mmap and opts.mmap_shadow:
             self.watch_mmap_area()
         arm64 = session.arch.name == "arm64"
         collector = opts.stacks
@@ -67,8 +69,6 @@ class LinuxSanitizer:
         """Shadow the mmap area like the kernel's vmalloc space: mapped pages accessible, holes
         KASAN_VMALLOC_INVALID, populated lazily and released lazily after munmap."""
         heap, mem = self.mode.heap, self.s.mem
-        if self.s.opts.shadow == "full":
-            heap.full_shadow()
         heap.shadow_mmap_area(MMAP_BOTTOM, MMAP_TOP)
         for mp in mem.mappings:
             if MMAP_BOTTOM <= mp.start < MMAP_TOP:
@@ -128,7 +128,7 @@ class LinuxSanitizer:
     def on_stop(self) -> ExitInfo | str | None:
         if getattr(self.mode, "callback_error", None) is not None:
             raise self.mode.callback_error
-        if self.shadows_mmap and self.vmalloc_fault():
+        if self.shadows_mmap and self.s.opts.mmap_shadow and self.vmalloc_fault():
             return None if self.s.opts.keep_going else ExitInfo("report", self.s.opts.error_exitcode)
         if self.want_ifuncs:
             self.want_ifuncs = False
