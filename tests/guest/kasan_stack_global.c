@@ -1,7 +1,8 @@
 /* The stack, global and alloca cases of the kernel's KASAN KUnit suite (mm/kasan/kasan_test_c.c,
  * anchors.md §4.1 cases 56-60), ported to userspace as tests/guest/kasan_cases.c ports the heap
  * ones. Built with clang $(emsan cflags): only compiler instrumentation sees these bugs. Run as
- * `kasan_stack_global CASE`. */
+ * `kasan_stack_global CASE...`. */
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,49 @@ NOINLINE void kasan_stack_oob_write(void)          /* a write, two objects in th
     sink = name[0];
 }
 
+/* Built without instrumentation: in compiler-assisted mode no memory hook sees this bug. */
+__attribute__((noinline, no_sanitize("kernel-address"))) void uninstrumented_heap_oob(void)
+{
+    char *p = malloc(10);
+    ((volatile char *)p)[12] = 1;
+    free(p);
+}
+
+/* longjmp out of instrumented frames, then run an uninstrumented frame (as libc's are) where they
+ * were and hand its buffer to instrumented code: the abandoned frames' redzones must be gone
+ * (__asan_handle_no_return), or that correct read is reported. */
+static jmp_buf jump_back;
+
+NOINLINE void deep_then_jump(int depth)
+{
+    char pad[40];
+    char *volatile p = pad;
+    p[0] = (char)depth;
+    if (depth == 0) longjmp(jump_back, 1);
+    deep_then_jump(depth - 1);
+    sink = p[0];
+}
+
+NOINLINE int read_all(const char *buf, int n)
+{
+    int s = 0;
+    for (int k = 0; k < n; k++) s += buf[k];
+    return s;
+}
+
+__attribute__((noinline, no_sanitize("kernel-address"))) int uninstrumented_frame(void)
+{
+    char buf[768];
+    for (size_t k = 0; k < sizeof buf; k++) ((volatile char *)buf)[k] = 1;
+    return read_all(buf, sizeof buf);
+}
+
+NOINLINE void longjmp_out_of_frames(void)
+{
+    if (!setjmp(jump_back)) deep_then_jump(8);
+    if (uninstrumented_frame() != 768) exit(3);
+}
+
 static NOINLINE int sum_vla(int n)
 {
     char v[n];
@@ -98,17 +142,20 @@ struct test_case { const char *name; void (*fn)(void); };
 #define T(x) {#x, x}
 static const struct test_case cases[] = {
     T(kasan_global_oob_right), T(kasan_global_oob_left), T(kasan_stack_oob), T(kasan_alloca_oob_left),
-    T(kasan_alloca_oob_right), T(kasan_stack_oob_write), T(clean_run),
+    T(kasan_alloca_oob_right), T(kasan_stack_oob_write), T(uninstrumented_heap_oob), T(longjmp_out_of_frames),
+    T(clean_run),
 };
 
 int main(int argc, char **argv)
 {
-    for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
-        if (argc > 1 && strcmp(argv[1], cases[k].name) == 0) {
-            cases[k].fn();
-            return 0;
-        }
+    /* Each case named on the command line, in order (emsan --continue reports each). */
+    for (int a = 1; a < argc; a++) {
+        size_t k = 0;
+        while (k < ARRAY_SIZE(cases) && strcmp(argv[a], cases[k].name) != 0) k++;
+        if (k == ARRAY_SIZE(cases)) return 2;
+        cases[k].fn();
     }
-    for (size_t k = 0; k < ARRAY_SIZE(cases); k++) printf("%s\n", cases[k].name);
-    return argc > 1 ? 2 : 0;
+    if (argc == 1)
+        for (size_t k = 0; k < ARRAY_SIZE(cases); k++) printf("%s\n", cases[k].name);
+    return 0;
 }

@@ -4,7 +4,8 @@
  *   __emsan_kasan_report(addr, size, is_write, ip)  a failed check: re-checked against emsan's
  *                                                   own shadow, then queued as an access error;
  *   __asan_register_globals(globals, n)             poisons each global's redzone (0xF9) and
- *                                                   keeps the descriptors for reports.
+ *                                                   keeps the descriptors for reports;
+ *   __asan_handle_no_return()                       clears the stack's shadow above the SP.
  * Everything else (stack and alloca redzones) the guest's code writes into the shadow itself. */
 #include "internal.h"
 
@@ -120,6 +121,25 @@ EXPORT void emsan_cc_globals_cb(void *uc, uint64_t address, uint32_t size, void 
     return_to_caller(h, 0);
 }
 
+/* Before a call that does not return (longjmp, a C++ throw, abort): the frames it abandons keep
+ * their redzones, and code that later reuses that stack without instrumentation (libc) could
+ * hand instrumented code a pointer into them. As compiler-rt's __asan_handle_no_return, clear
+ * the shadow of the stack from the stack pointer up (the main thread's stack; other threads'
+ * stacks are left alone). */
+EXPORT void emsan_cc_no_return_cb(void *uc, uint64_t address, uint32_t size, void *ud)
+{
+    (void)address; (void)size;
+    emsan_cc *cc = ud;
+    heap_t *h = cc->h;
+    uint64_t sp = reg_get(uc, h->regs[EMSAN_REG_SP]) & ~(uint64_t)(GRANULE - 1);
+    if (sp >= h->stack_lo && sp < h->stack_hi) {
+        shadow_fill(h, sp, h->stack_hi - sp, 0);
+        shadow_sync(h, 1);
+        cc->stats.no_returns++;
+    }
+    return_to_caller(h, 0);
+}
+
 /* The registered global whose variable or redzone holds addr. */
 EXPORT int emsan_cc_find_global(emsan_cc *cc, uint64_t addr, emsan_cc_global *out)
 {
@@ -140,7 +160,7 @@ EXPORT int emsan_cc_find_global(emsan_cc *cc, uint64_t addr, emsan_cc_global *ou
 EXPORT uint64_t emsan_cc_find_frame(emsan_cc *cc, uint64_t addr, uint64_t lo)
 {
     heap_t *h = cc->h;
-    uint64_t mem = (addr & ~(uint64_t)7) & ~(uint64_t)(GRANULE - 1);
+    uint64_t mem = addr & ~(uint64_t)(GRANULE - 1);
     while (mem >= lo && emsan_shadow_byte(h, mem) != KASAN_STACK_LEFT) mem -= GRANULE;
     while (mem >= lo && emsan_shadow_byte(h, mem) == KASAN_STACK_LEFT) mem -= GRANULE;
     if (mem < lo) return 0;

@@ -277,6 +277,7 @@ typedef struct emsan_cc_stats {
     uint64_t rechecked_clean;  /* ... that emsan's own shadow found clean (a stale mapping) */
     uint64_t reports;          /* ... queued as access errors */
     uint64_t globals;          /* globals registered */
+    uint64_t no_returns;       /* __asan_handle_no_return calls that cleared the stack's shadow */
 } emsan_cc_stats;
 
 typedef struct emsan_cc_global {
@@ -295,6 +296,8 @@ void emsan_cc_destroy(emsan_cc *cc);
 void emsan_cc_get_stats(emsan_cc *cc, emsan_cc_stats *out);
 int emsan_cc_find_global(emsan_cc *cc, uint64_t addr, emsan_cc_global *out);
 uint64_t emsan_cc_find_frame(emsan_cc *cc, uint64_t addr, uint64_t lo);
-/* UC_HOOK_CODE callbacks (user data: the emsan_cc) at __emsan_kasan_report and __asan_register_globals. */
+/* UC_HOOK_CODE callbacks (user data: the emsan_cc) at __emsan_kasan_report, __asan_register_globals
+ * and __asan_handle_no_return. */
 void emsan_cc_report_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_cc_globals_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+void emsan_cc_no_return_cb(void *uc, uint64_t address, uint32_t size, void *ud);

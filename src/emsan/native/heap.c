@@ -419,11 +419,7 @@ EXPORT void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
 EXPORT int emsan_check_range_at(emsan_heap *h, uint64_t addr, uint64_t size, int is_write, uint64_t pc)
 {
     if (!size || addr + size < addr) return 0;
-    uint64_t lo = addr, hi = addr + size, hb = h->base, he = h->base + h->size;
-    if (hi <= hb || lo >= he) return 0;
-    if (lo < hb) lo = hb;
-    if (hi > he) hi = he;
-    if (!shadow_bad(h, lo, hi - lo)) return 0;
+    if (!shadow_range_bad(h, addr, addr + size)) return 0;
     report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 0), 0, 0);
     return 1;
 }
@@ -439,11 +435,7 @@ int check_range(heap_t *h, uint64_t addr, uint64_t size, int is_write, int fn)
         report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 1), fn, 0);
         return 1;
     }
-    uint64_t hb = h->base, he = h->base + h->size;
-    if (hi <= hb || lo >= he) return 0;                  /* no shadow outside the heap */
-    if (lo < hb) lo = hb;
-    if (hi > he) hi = he;
-    if (!shadow_bad(h, lo, hi - lo)) return 0;
+    if (!shadow_range_bad(h, lo, hi)) return 0;
     uint64_t pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
     report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 1), fn, 0);
     return 1;

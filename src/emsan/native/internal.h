@@ -142,6 +142,7 @@ uint8_t *shadow_own(heap_t *h, uint64_t chunk);
 void shadow_fill(heap_t *h, uint64_t addr, uint64_t len, uint8_t value);
 void shadow_unpoison(heap_t *h, uint64_t addr, uint64_t size, uint64_t poison_to, uint8_t rz);
 int shadow_bad(heap_t *h, uint64_t addr, uint64_t size);
+int shadow_range_bad(heap_t *h, uint64_t lo, uint64_t hi);
 void shadow_release(heap_t *h);
 void shadow_sync(heap_t *h, int now);     /* gshadow.c */
 static inline uint8_t *shadow_page(heap_t *h, uint32_t pg) { return h->sm.pool + ((uint64_t)pg << PAGE_SHIFT); }

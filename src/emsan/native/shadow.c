@@ -166,6 +166,18 @@ int shadow_bad(heap_t *h, uint64_t addr, uint64_t size)
     return s != 0 && (s < 0 || (int8_t)(last & 7) >= s);
 }
 
+/* Is any byte of [lo, hi) poisoned where shadow says something: emsan's heap and the mmap
+ * area (elsewhere all memory is accessible)? */
+int shadow_range_bad(heap_t *h, uint64_t lo, uint64_t hi)
+{
+    const uint64_t area[2][2] = {{h->base, h->base + h->size}, {h->sm.vm_lo, h->sm.vm_lo + h->sm.vm_size}};
+    for (int i = 0; i < 2; i++) {
+        uint64_t a = lo > area[i][0] ? lo : area[i][0], b = hi < area[i][1] ? hi : area[i][1];
+        if (a < b && shadow_bad(h, a, b - a)) return 1;
+    }
+    return 0;
+}
+
 /* ---- the mmap ("vmalloc") area: shadow resolved lazily from what the guest has mapped -------- */
 
 /* One bit per guest page of the area: mapped or not. */

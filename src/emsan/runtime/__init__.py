@@ -12,6 +12,7 @@ HEADER = Path(__file__).resolve().parent / "kasan_runtime.h"
 SHADOW_OFFSET = 0x1000_0000_0000          # EMSAN_SHADOW_OFFSET: shadow(addr) = (addr >> 3) + this
 REPORT_SYMBOL = "__emsan_kasan_report"    # defined by the runtime: its presence selects the mode
 GLOBALS_SYMBOL = "__asan_register_globals"
+NO_RETURN_SYMBOL = "__asan_handle_no_return"
 TARGETS = {"x86_64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 
 
@@ -28,7 +29,8 @@ def cflags(arch: str | None = None, outline: bool = False) -> list[str]:
               "-mllvm", f"-asan-mapping-offset={SHADOW_OFFSET:#x}",
               "-mllvm", "-asan-stack=1",
               "-mllvm", "-asan-globals=1",
-              "-mllvm", "-asan-instrument-dynamic-allocas=1"]
+              "-mllvm", "-asan-instrument-dynamic-allocas=1",
+              "-fno-omit-frame-pointer"]          # allocation and free stacks by the frame-pointer walk
     if outline:
         flags += ["-mllvm", "-asan-instrumentation-with-call-threshold=0"]
     flags += ["-include", str(HEADER)]

@@ -4,8 +4,8 @@
  * carries these definitions (weak: the linker keeps one copy). They give the compiler's
  * instrumentation what it calls; under emsan (compiler-assisted mode) the shadow they read
  * and write is mapped into the guest at EMSAN_SHADOW_OFFSET, emsan's allocator poisons it, and
- * emsan stands in for __emsan_kasan_report() (one native hook at its first instruction) and for
- * __asan_register_globals(). Nothing here is instrumented itself.
+ * emsan stands in for __emsan_kasan_report(), __asan_register_globals() and __asan_handle_no_return()
+ * (one native hook at each first instruction). Nothing here is instrumented itself.
  *
  * The shadow follows the kernel's generic KASAN: one byte per 8 bytes at (addr >> 3) + offset,
  * 0 = accessible, 1..7 = that many leading bytes accessible, negative = poisoned (mm/kasan). */
@@ -206,7 +206,8 @@ EMSAN_RT void __asan_allocas_unpoison(unsigned long top, unsigned long bottom)
 
 EMSAN_RT void __asan_poison_stack_memory(unsigned long addr, unsigned long size) { emsan_poison(addr, (size + 7) & ~7UL, 0xF8); }
 EMSAN_RT void __asan_unpoison_stack_memory(unsigned long addr, unsigned long size) { emsan_unpoison(addr, size); }
-EMSAN_RT void __asan_handle_no_return(void) {}
+/* emsan stands in for this one: it clears the stack's shadow from the stack pointer up. */
+EMSAN_RT void __asan_handle_no_return(void) { __asm__ volatile("" : : : "memory"); }
 EMSAN_RT void __asan_before_dynamic_init(const void *module) { (void)module; }
 EMSAN_RT void __asan_after_dynamic_init(void) {}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from emsan.runtime import GLOBALS_SYMBOL, REPORT_SYMBOL
+from emsan.runtime import GLOBALS_SYMBOL, NO_RETURN_SYMBOL, REPORT_SYMBOL
 from emsan.sanitizer.entrypoints import function_symbols
 from emsan.sanitizer.generic import GenericMode
 from emsan.sanitizer.native_heap import Error
@@ -23,7 +23,7 @@ MAX_FRAME_WALK = 8 << 20         # how far below the address a frame's left redz
 def runtime_symbols(path: str) -> dict[str, int]:
     """Link addresses of the runtime functions emsan stands in for, if the module defines them."""
     return {name: value for value, _size, _kind, name in function_symbols(path)
-            if name in (REPORT_SYMBOL, GLOBALS_SYMBOL)}
+            if name in (REPORT_SYMBOL, GLOBALS_SYMBOL, NO_RETURN_SYMBOL)}
 
 
 def is_instrumented(path: str) -> bool:
@@ -78,8 +78,9 @@ class CompilerMode(GenericMode):
                          check_accesses=False)
         ffi, lib = self.heap.ffi, self.heap.lib
         self.cc = ffi.gc(lib.emsan_cc_new(self.heap.h), lib.emsan_cc_destroy)
-        self._report_cb = ffi.addressof(lib, "emsan_cc_report_cb")
-        self._globals_cb = ffi.addressof(lib, "emsan_cc_globals_cb")
+        self._callbacks = {REPORT_SYMBOL: ffi.addressof(lib, "emsan_cc_report_cb"),
+                           GLOBALS_SYMBOL: ffi.addressof(lib, "emsan_cc_globals_cb"),
+                           NO_RETURN_SYMBOL: ffi.addressof(lib, "emsan_cc_no_return_cb")}
         self._global = ffi.new("emsan_cc_global *")
         self.stack_of = stack_of
         self.symbolize = symbolize
@@ -94,8 +95,7 @@ class CompilerMode(GenericMode):
             self.hooked[addr] = name
             if self.stacks is not None:
                 self.stacks.intercepted(addr)
-            cb = self._report_cb if name == REPORT_SYMBOL else self._globals_cb
-            self.machine.hook_code_native(cb, self.cc, addr)
+            self.machine.hook_code_native(self._callbacks[name], self.cc, addr)
 
     # --- reports ----------------------------------------------------------------------------------
     def build(self, e: Error, comm: str, pid: int) -> CompilerReport:

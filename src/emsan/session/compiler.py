@@ -16,6 +16,16 @@ from emsan.session.sanitize import LinuxSanitizer
 
 
 class CompilerSanitizer(LinuxSanitizer):
+    def __init__(self, session):
+        # The instrumented code keeps frame records (`emsan cflags` has -fno-omit-frame-pointer):
+        # the frame-pointer walk gives its allocation and free stacks without the shadow call
+        # stack's per-block hook, which alone would cost more than the whole runtime's budget
+        # (5% over the bare instrumented binary, bench/compiler.py). Code without frame records
+        # (a static libc) may lose a frame of the stacks it allocates from.
+        if session.opts.stacks == "auto":
+            session.opts.stacks = "fp"
+        super().__init__(session)
+
     def create_mode(self) -> CompilerMode:
         opts, mem = self.s.opts, self.s.mem
         mem.map(SANITIZER_HEAP_BASE, SANITIZER_HEAP_BASE + SANITIZER_HEAP_SIZE, 3, "[emsan-heap]")
