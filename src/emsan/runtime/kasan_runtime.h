@@ -163,7 +163,8 @@ EMSAN_RT void __asan_unregister_globals(void *globals, unsigned long n)
     (void)globals; (void)n;                      /* as the kernel: globals stay registered */
 }
 
-/* Shadow stores the compiler emits as calls for large frames (shadow addresses). */
+/* Shadow stores the compiler emits as calls (shadow addresses): f8 only with the opt-in
+ * -mllvm -asan-use-after-scope=1, whose out-of-scope locals emsan reports as stack-use-after-scope. */
 EMSAN_INLINE void emsan_shadow_set(unsigned long shadow, unsigned long n, unsigned char v)
 {
     for (unsigned long i = 0; i < n; i++)
@@ -204,12 +205,8 @@ EMSAN_RT void __asan_allocas_unpoison(unsigned long top, unsigned long bottom)
         emsan_poison(top, bottom - top, 0);
 }
 
-EMSAN_RT void __asan_poison_stack_memory(unsigned long addr, unsigned long size) { emsan_poison(addr, (size + 7) & ~7UL, 0xF8); }
-EMSAN_RT void __asan_unpoison_stack_memory(unsigned long addr, unsigned long size) { emsan_unpoison(addr, size); }
 /* emsan stands in for this one: it clears the stack's shadow from the stack pointer up. */
 EMSAN_RT void __asan_handle_no_return(void) { __asm__ volatile("" : : : "memory"); }
-EMSAN_RT void __asan_before_dynamic_init(const void *module) { (void)module; }
-EMSAN_RT void __asan_after_dynamic_init(void) {}
 
 #ifdef __cplusplus
 }

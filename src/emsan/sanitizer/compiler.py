@@ -16,7 +16,7 @@ from emsan.sanitizer.native_heap import Error
 from emsan.sanitizer.report import Report
 
 FRAME_MAGIC = 0x41B58AB3
-STACK_BUGS = ("stack-out-of-bounds", "alloca-out-of-bounds")
+STACK_BUGS = ("stack-out-of-bounds", "alloca-out-of-bounds", "stack-use-after-scope")
 MAX_FRAME_WALK = 8 << 20         # how far below the address a frame's left redzone is looked for
 
 
@@ -39,10 +39,18 @@ class FrameObject:
 
 
 @dataclass
+class StackFrame:
+    """The instrumented frame a stack address belongs to (decoded from its left redzone)."""
+    offset: int                           # of the address from the frame's start
+    pc: int                               # the function's address
+    objects: list[FrameObject]
+
+
+@dataclass
 class CompilerReport(Report):
     """A Report plus where a stack or global address belongs (the kernel's address description)."""
-    variable: dict | None = None          # name, offset, size, module, file, line
-    frame: dict | None = None             # offset, pc, objects: [FrameObject]
+    variable: dict | None = None          # name, offset, size, address, module, file, line
+    frame: StackFrame | None = None
     on_stack: bool = False
 
     @classmethod
@@ -102,6 +110,8 @@ class CompilerMode(GenericMode):
         rep = CompilerReport.of(super().build(e, comm, pid))
         if rep.obj is not None or rep.access == "free":
             return rep
+        if rep.bug_type == "vmalloc-out-of-bounds" and self.stack_of(rep.addr):
+            rep.bug_type = "stack-use-after-scope"     # 0xF8 on a stack: -mllvm -asan-use-after-scope=1
         if rep.bug_type in STACK_BUGS or (rep.bug_type != "global-out-of-bounds" and self.stack_of(rep.addr)):
             self._describe_stack(rep, comm, pid)
         else:
@@ -139,7 +149,7 @@ class CompilerMode(GenericMode):
             descr_ptr = int.from_bytes(words[8:16], "little")
             pc = int.from_bytes(words[16:24], "little")
             objects = parse_frame_descr(_cstr(self.machine, descr_ptr)) if descr_ptr else []
-            rep.frame = {"offset": rep.addr - frame, "pc": pc, "objects": objects}
+            rep.frame = StackFrame(rep.addr - frame, pc, objects)
             lines.append(f" and is located at offset {rep.addr - frame} in frame:")
             lines.append(f" {self.symbolize(pc)}")
             if objects:

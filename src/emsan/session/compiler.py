@@ -58,8 +58,8 @@ class CompilerSanitizer(LinuxSanitizer):
             if rep.frame is not None:
                 f = rep.frame
                 d["stack_object"] = {
-                    "offset": f["offset"], "frame": sym.frame(f["pc"]).to_json(),
-                    "objects": [{"start": o.start, "end": o.end, "name": o.name} for o in f["objects"]]}
+                    "offset": f.offset, "frame": sym.frame(f.pc).to_json(),
+                    "objects": [{"start": o.start, "end": o.end, "name": o.name} for o in f.objects]}
         return d
 
 

@@ -38,13 +38,16 @@ def guest_env(opts: RunOptions) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def choose_mode(mode: str, path: str) -> str:
+def choose_mode(mode: str, path: str, data: bytes) -> str:
     """Compiler-assisted mode whenever the program was built for it (it cannot run without its
     shadow): generic becomes compiler-assisted, and none becomes the bare shadow mapping with no
     emsan policy (the benchmarks' baseline for the instrumented binary)."""
-    from emsan.sanitizer.compiler import is_instrumented
+    from emsan.runtime import REPORT_SYMBOL
 
-    instrumented = is_instrumented(path)
+    instrumented = False
+    if REPORT_SYMBOL.encode() + b"\0" in data:         # the file's bytes first: no ELF parsing for most
+        from emsan.sanitizer.compiler import is_instrumented
+        instrumented = is_instrumented(path)
     if mode == "compiler-assisted" and not instrumented:
         raise EmsanError(f"{path}: not built for compiler-assisted mode (build it with clang $(emsan cflags))")
     if not instrumented:
@@ -80,7 +83,7 @@ class Session:
                                opts.seed, opts.trace_syscalls)
         self.symbolizer = Symbolizer(self.mem)
         self.sanitizer = None
-        self.mode = choose_mode(opts.mode, path)
+        self.mode = choose_mode(opts.mode, path, image.data)
         if self.mode == "compiler-assisted":
             from emsan.session.compiler import CompilerSanitizer
             self.sanitizer = CompilerSanitizer(self)
