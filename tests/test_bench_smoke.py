@@ -97,3 +97,55 @@ def test_kasan_bench_smoke(tmp_path):
     pair = res["targets"]["pair"]["x86_64/mallocfree"]
     assert pair["target_applies"] is False
     assert all(isinstance(pair[f"met_{m}"], bool) for m in ("emu_cpu", "emu", "wall"))
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_vmalloc_bench_smoke(tmp_path):
+    """bench/vmalloc.py (test_vmalloc: no KASAN vs hook-based generic vs mmap shadow), tiny loops."""
+    out = tmp_path / "vmalloc.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "vmalloc.py"), "--reps", "1", "--arch", "x86_64",
+         "--scale", "0.02", "--json", str(out)],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "KASAN vmalloc" in proc.stdout and "x KASAN" in proc.stdout     # the table was printed
+    res = json.loads(out.read_text())
+    assert {"schema", "meta", "results"} <= res.keys()
+    assert res["meta"]["reps"] == 1 and res["meta"]["arches"] == ["x86_64"]
+    (d,) = res["results"]
+    assert d["arch"] == "x86_64" and d["outputs_match"] is True
+    assert d["reference_output"].startswith("check ")
+    names = [t["name"] for t in d["tests"]]
+    assert names == ["fix_size_alloc_test", "full_fit_alloc_test", "long_busy_list_alloc_test",
+                     "random_size_alloc_test", "fix_align_alloc_test", "random_size_align_alloc_test",
+                     "align_shift_alloc_test", "pcpu_alloc_test"]
+    for row in (*d["tests"], d["total"], d["wall"]):
+        assert set(row["runs"]) == {"plain", "original", "vmalloc"}
+        assert all(len(v) == 1 and _positive(v[0]) for v in row["runs"].values())
+        assert set(row["ratio"]) == {"original_plain", "vmalloc_plain", "vmalloc_original"}
+        assert all(_positive(r["median"]) for r in row["ratio"].values())
+    assert d["stats_vmalloc"]["errors"] == 0
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_shadow_memory_bench_smoke(tmp_path):
+    """bench/shadow_memory.py (--shadow full vs per-page), tiny iteration counts."""
+    out = tmp_path / "shadow.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "shadow_memory.py"), "--reps", "1", "--arch", "x86_64",
+         "--scale", "0.02", "--json", str(out)],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "peak RSS MB" in proc.stdout                  # the table was printed
+    res = json.loads(out.read_text())
+    assert {"schema", "meta", "target", "workloads"} <= res.keys()
+    assert [d["name"] for d in res["workloads"]] == ["alloc", "bigalloc", "mmapheavy"]
+    for d in res["workloads"]:
+        assert d["arch"] == "x86_64" and d["outputs_match"] is True
+        for shadow in ("full", "per-page"):
+            s = d["shadow"][shadow]
+            assert _positive(s["median"]["peak_rss_bytes"]) and _positive(s["touched_heap_bytes"])
+            assert s["shadow_peak_bytes"] >= s["shadow_exit_bytes"] >= 0
+            assert isinstance(s["target_met_peak"], bool) and isinstance(s["target_met_exit"], bool)
+            assert len(d["runs"][shadow]) == 1 and d["runs"][shadow][0]["errors"] == 0
+        assert _positive(d["peak_rss_ratio"]["median"])

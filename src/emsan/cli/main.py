@@ -8,7 +8,7 @@ import sys
 from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 from emsan.session.options import RunOptions
 
-MODES = ("none", "generic", "sw-tags", "hw-tags", "kfence")
+MODES = ("none", "generic", "sw-tags", "hw-tags", "kfence", "compiler-assisted")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -40,7 +40,9 @@ def _positive(text: str) -> int:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=MODES, default="generic", help="sanitizer mode (default: generic)")
+    p.add_argument("--mode", choices=MODES, default="generic",
+                   help="sanitizer mode (default: generic; compiler-assisted for a program built with "
+                        "clang $(emsan cflags))")
     p.add_argument("--sysroot", metavar="DIR", help="root for the guest's libraries (arm64 default: "
                                                      "Debian's cross root /usr/aarch64-linux-gnu)")
     p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V", help="set a guest variable")
@@ -57,6 +59,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quarantine-size", type=_size, default=256 << 20, metavar="BYTES",
                    help="bytes of freed objects kept poisoned before reuse (default 256M)")
     p.add_argument("--stats", action="store_true", help="print sanitizer statistics at exit")
+    p.add_argument("--shadow", choices=("per-page", "full"), default="per-page",
+                   help="shadow pages shared where nothing needs its own (default), or private wherever written")
+    p.add_argument("--no-mmap-shadow", dest="mmap_shadow", action="store_false",
+                   help="no vmalloc-like shadow for the mmap area (holes then fault without a KASAN report)")
     p.add_argument("--kfence-objects", type=_positive, default=255, metavar="N",
                    help="kfence: objects in the guarded pool, (N+1)*2 pages (default 255)")
     p.add_argument("--sample-interval", type=_positive, default=100, metavar="N",
@@ -77,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
     from emsan.cli import fleet
     fleet.add_parser(sub, add_run_options)
+    cf = sub.add_parser("cflags", help="print the clang flags of compiler-assisted mode: clang $(emsan cflags) ...")
+    cf.add_argument("--arch", choices=("x86_64", "arm64"), help="the guest's architecture (default: the host's)")
+    cf.add_argument("--outline", action="store_true",
+                    help="outline instrumentation (a call per access instead of inline checks)")
     return parser
 
 
@@ -85,7 +95,7 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       sysroot=ns.sysroot, mode=ns.mode, timeout=ns.timeout, max_instructions=ns.max_instructions,
                       seed=ns.seed, trace_syscalls=ns.trace_syscalls, json_path=ns.json_path,
                       error_exitcode=ns.error_exitcode, keep_going=ns.keep_going,
-                      quarantine_size=ns.quarantine_size, stats=ns.stats,
+                      quarantine_size=ns.quarantine_size, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow,
                       kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,
                       sample_instructions=ns.sample_instructions,
                       stacks=ns.stacks, no_depot=ns.no_depot)
@@ -97,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "run":
             from emsan.session.run import run
             return run(run_options(ns))
+        if ns.command == "cflags":
+            from emsan.runtime import cflags
+            print(" ".join(cflags(ns.arch, ns.outline)))
+            return 0
         if ns.command == "fleet":
             from emsan.cli.fleet import run_fleet
             return run_fleet(list(sys.argv[1:] if argv is None else argv), ns)

@@ -38,6 +38,7 @@ class MachineFault:
     addr: int = 0        # faulting data address (segv)
     access: str = ""     # read / write / fetch
     mapped: bool = False  # the page exists but its protection forbids the access
+    size: int = 0        # bytes of the faulting data access
 
 
 def _reg_table(module, prefix: str) -> dict[str, int]:
@@ -160,6 +161,12 @@ class Machine:
     def map(self, addr: int, size: int, prot: int) -> None:
         self.uc.mem_map(addr, size, prot)
 
+    def map_ptr(self, addr: int, size: int, prot: int, host_ptr: int) -> None:
+        """Map host memory the caller owns (and keeps alive) at guest physical `addr`."""
+        err = uclib.uc_mem_map_ptr(self.handle, addr, size, prot, ctypes.c_void_p(host_ptr))
+        if err:
+            raise unicorn.UcError(err)
+
     def unmap(self, addr: int, size: int) -> None:
         self.uc.mem_unmap(addr, size)
 
@@ -264,7 +271,7 @@ class Machine:
             mapped = access in (uconst.UC_MEM_READ_PROT, uconst.UC_MEM_WRITE_PROT, uconst.UC_MEM_FETCH_PROT)
             kind = _ACCESS.get(access, "read")
             pc = addr if kind == "fetch" else self.pc
-            self.fault = MachineFault("segv", pc, addr, kind, mapped)
+            self.fault = MachineFault("segv", pc, addr, kind, mapped, size)
         return False
 
     def _insn_invalid(self, uc, ud) -> bool:

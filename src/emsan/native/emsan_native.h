@@ -122,7 +122,12 @@ typedef struct emsan_stats {
     uint64_t live_bytes;
     uint64_t quarantine_bytes;
     uint64_t quarantine_objects;
-    uint64_t shadow_pages;     /* private shadow pages (512 bytes each) */
+    uint64_t shadow_pages;     /* private shadow pages (4 KiB each, one per 32 KiB chunk) */
+    uint64_t shadow_pages_peak;
+    uint64_t vm_populated;     /* mmap-area chunks given a private shadow page on first use */
+    uint64_t vm_released;      /* ... and given back after munmap (lazily, in batches) */
+    uint64_t tlb_flushes;      /* guest-visible shadow: TLB flushes after chunks changed pages */
+    uint64_t stale_rechecks;   /* guest checks that failed on a stale mapping and passed on re-check */
     uint64_t heap_pages;       /* guest heap pages ever used */
     uint64_t depot_traces;
     uint64_t depot_bytes;
@@ -138,6 +143,23 @@ void emsan_heap_destroy(emsan_heap *h);
 void emsan_heap_set_stack(emsan_heap *h, uint64_t lo, uint64_t hi);
 void *emsan_heap_entry(emsan_heap *h, int fn);
 void emsan_set_string_checks(emsan_heap *h, int on);
+void emsan_shadow_full(emsan_heap *h);
+/* The mmap ("vmalloc") area: its shadow follows what the guest maps there, lazily. */
+void emsan_vm_area(emsan_heap *h, uint64_t lo, uint64_t hi);
+void emsan_vm_map(emsan_heap *h, uint64_t lo, uint64_t hi);
+void emsan_vm_unmap(emsan_heap *h, uint64_t lo, uint64_t hi);
+
+/* The shadow mapped into the guest (gshadow.c): shadow(addr) = (addr >> 3) + EMSAN_SHADOW_OFFSET,
+ * served from the pool mapped at EMSAN_SHADOW_POOL_PA through Unicorn's virtual TLB. */
+#define EMSAN_SHADOW_OFFSET 0x100000000000
+#define EMSAN_SHADOW_POOL_PA 0x062000000000
+void *emsan_shadow_pool(emsan_heap *h);
+uint64_t emsan_shadow_pool_bytes(void);
+void emsan_shadow_expose(emsan_heap *h);
+_Bool emsan_shadow_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
+void emsan_shadow_sync(emsan_heap *h);
+/* 1 if [addr, addr+size) is poisoned now; 0 if a guest check failed on a stale mapping. */
+int emsan_shadow_recheck(emsan_heap *h, uint64_t addr, uint64_t size);
 int emsan_pop_error(emsan_heap *h, emsan_error *out);
 /* Called (from inside the engine's hook) after each error is queued; without it, the engine
  * is stopped instead and the owner drains the queue after emu_start returns. */
@@ -282,3 +304,35 @@ void emsan_tag_memory(emsan_heap *h, uint64_t addr, uint8_t tag, uint64_t size);
 int emsan_mte_emulate(emsan_heap *h);
 /* out[0..3]: private tag pages, MTE instructions emulated, foreign tagged pages, ring records */
 void emsan_tag_stats(emsan_heap *h, uint64_t *out);
+
+/* ---- compiler-assisted mode (compiler.c): the guest checks itself (clang -fsanitize=kernel-address
+ * with src/emsan/runtime/kasan_runtime.h); emsan stands in for its report and globals hooks ---- */
+typedef struct emsan_cc_stats {
+    uint64_t checks_failed;    /* calls of __emsan_kasan_report */
+    uint64_t rechecked_clean;  /* ... that emsan's own shadow found clean (a stale mapping) */
+    uint64_t reports;          /* ... queued as access errors */
+    uint64_t globals;          /* globals registered */
+    uint64_t no_returns;       /* __asan_handle_no_return calls that cleared the stack's shadow */
+} emsan_cc_stats;
+
+typedef struct emsan_cc_global {
+    uint64_t beg;
+    uint64_t size;
+    uint64_t size_with_redzone;
+    uint64_t name;             /* guest addresses of C strings */
+    uint64_t module_name;
+    uint64_t location;         /* guest address of {const char *file; int line, column;}, or 0 */
+} emsan_cc_global;
+
+typedef struct emsan_cc emsan_cc;
+
+emsan_cc *emsan_cc_new(emsan_heap *h);
+void emsan_cc_destroy(emsan_cc *cc);
+void emsan_cc_get_stats(emsan_cc *cc, emsan_cc_stats *out);
+int emsan_cc_find_global(emsan_cc *cc, uint64_t addr, emsan_cc_global *out);
+uint64_t emsan_cc_find_frame(emsan_cc *cc, uint64_t addr, uint64_t lo);
+/* UC_HOOK_CODE callbacks (user data: the emsan_cc) at __emsan_kasan_report, __asan_register_globals
+ * and __asan_handle_no_return. */
+void emsan_cc_report_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+void emsan_cc_globals_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+void emsan_cc_no_return_cb(void *uc, uint64_t address, uint32_t size, void *ud);

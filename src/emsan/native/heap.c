@@ -27,7 +27,7 @@ EXPORT emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_
     h->size = size;
     h->npages = size >> PAGE_SHIFT;
     h->bump = 1;                         /* page 0 stays a guard */
-    h->shadow = calloc(h->npages, sizeof *h->shadow);
+    if (!shadow_init(h, 1)) { free(h); return NULL; }
     h->page_slab = calloc(h->npages, sizeof *h->page_slab);
     h->q_limit = quarantine_bytes;
     h->string_checks = 1;
@@ -37,17 +37,19 @@ EXPORT emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_
 EXPORT void emsan_heap_destroy(emsan_heap *h)
 {
     tags_destroy(h);
-    for (uint64_t i = 0; i < h->npages; i++) shadow_share(h, i, NULL);
+    shadow_destroy(h);
     for (size_t i = 0; i < h->nslabs; i++) free(h->slabs[i].objs);
     for (int i = 0; i < NCLASSES; i++) free(h->freelist[i].v);
     for (int i = 0; i < 128; i++) free(h->entries[i]);
-    free(h->free_runs.v); free(h->tolerant.v); free(h->slabs); free(h->shadow); free(h->page_slab); free(h->q);
+    free(h->free_runs.v); free(h->tolerant.v); free(h->slabs); free(h->page_slab); free(h->q);
     free(h->depot.pool); free(h->depot.table);
     free(h);
 }
 
 EXPORT void emsan_heap_set_stack(emsan_heap *h, uint64_t lo, uint64_t hi) { h->stack_lo = lo; h->stack_hi = hi; }
 EXPORT void emsan_set_string_checks(emsan_heap *h, int on) { h->string_checks = on; }
+/* Full shadow (the ablation of per-page shadow): every chunk written gets a private page. */
+EXPORT void emsan_shadow_full(emsan_heap *h) { h->sm.share = 0; }
 
 EXPORT void *emsan_heap_entry(emsan_heap *h, int fn)
 {
@@ -215,7 +217,7 @@ static uint64_t alloc_large(heap_t *h, uint64_t size, uint64_t align, int kind, 
         tag_ring_record(h, s->first | ((uint64_t)tag << TAG_SHIFT), size, s->slot, stack, 0);
         return s->first | ((uint64_t)tag << TAG_SHIFT);
     }
-    for (uint64_t i = 0; i < npages; i++) shadow_share(h, page + i, NULL);
+    shadow_fill(h, s->start, npages << PAGE_SHIFT, KASAN_SLAB_REDZONE);
     uint64_t end = round_up(s->first + size, PAGE_SIZE);
     if (end == s->first) end += PAGE_SIZE;
     shadow_unpoison(h, s->first, size, end, KASAN_PAGE_REDZONE);
@@ -470,7 +472,10 @@ EXPORT void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
 {
     (void)uc; (void)address; (void)size;
     struct entry *e = ud;
-    if (e->fn < EMSAN_FN_STRLEN) allocator_fn(e->h, e->fn);
+    if (e->fn < EMSAN_FN_STRLEN) {
+        allocator_fn(e->h, e->fn);
+        shadow_sync(e->h, 0);            /* compiler-assisted mode: the guest sees the new shadow */
+    }
     else if (e->h->string_checks) intercept_string_fn(e->h, e->fn);
 }
 
@@ -478,16 +483,7 @@ EXPORT void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
 EXPORT int emsan_check_range_at(emsan_heap *h, uint64_t addr, uint64_t size, int is_write, uint64_t pc)
 {
     if (!size || addr + size < addr) return 0;
-    if (h->tag_mode) {
-        if (!tag_bad(h, addr, size)) return 0;
-        report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 0), 0, 0);
-        return 1;
-    }
-    uint64_t lo = addr, hi = addr + size, hb = h->base, he = h->base + h->size;
-    if (hi <= hb || lo >= he) return 0;
-    if (lo < hb) lo = hb;
-    if (hi > he) hi = he;
-    if (!shadow_bad(h, lo, hi - lo)) return 0;
+    if (!(h->tag_mode ? tag_bad(h, addr, size) : shadow_range_bad(h, addr, addr + size))) return 0;
     report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 0), 0, 0);
     return 1;
 }
@@ -503,17 +499,7 @@ int check_range(heap_t *h, uint64_t addr, uint64_t size, int is_write, int fn)
         report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 1), fn, 0);
         return 1;
     }
-    if (h->tag_mode) {
-        if (!tag_bad(h, addr, size)) return 0;
-        uint64_t pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
-        report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 1), fn, 0);
-        return 1;
-    }
-    uint64_t hb = h->base, he = h->base + h->size;
-    if (hi <= hb || lo >= he) return 0;                  /* no shadow outside the heap */
-    if (lo < hb) lo = hb;
-    if (hi > he) hi = he;
-    if (!shadow_bad(h, lo, hi - lo)) return 0;
+    if (!(h->tag_mode ? tag_bad(h, addr, size) : shadow_range_bad(h, lo, hi))) return 0;
     uint64_t pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
     report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 1), fn, 0);
     return 1;

@@ -15,13 +15,31 @@
 #define PAGE_SHIFT 12
 #define PAGE_SIZE (1ULL << PAGE_SHIFT)
 #define GRANULE 8
-#define SHADOW_PER_PAGE (PAGE_SIZE / GRANULE)
 
 /* Kernel generic KASAN shadow codes (mm/kasan/kasan.h). */
 #define KASAN_PAGE_FREE 0xFF
 #define KASAN_PAGE_REDZONE 0xFE
 #define KASAN_SLAB_REDZONE 0xFC
 #define KASAN_SLAB_FREE 0xFB
+#define KASAN_VMALLOC_INVALID 0xF8
+
+/* Shadow geometry (shadow.c): 4 KiB of shadow per 32 KiB chunk of memory, for addresses
+ * below 2^44, found through a two-level directory of pool page numbers. */
+#define SHADOW_VA_LIMIT (1ULL << 44)
+#define SHADOW_CHUNK_SHIFT (PAGE_SHIFT + 3)
+#define SHADOW_CHUNK (1ULL << SHADOW_CHUNK_SHIFT)
+#define SHADOW_LEAF_SHIFT 15
+#define SHADOW_LEAF_SIZE (1ULL << SHADOW_LEAF_SHIFT)
+#define SHADOW_DIR_SIZE ((SHADOW_VA_LIMIT >> SHADOW_CHUNK_SHIFT) >> SHADOW_LEAF_SHIFT)
+#define SHADOW_POOL_PAGES (1ULL << 20)          /* 4 GiB of host address space, resident on use */
+#define SHADOW_POOL_BYTES (SHADOW_POOL_PAGES << PAGE_SHIFT)
+#define SHADOW_RELEASE_BATCH 64
+/* Shared pool pages; 0 in the directory means "not decided yet". */
+#define SHADOW_ZERO 1       /* all accessible */
+#define SHADOW_NONE 2       /* emsan's heap with no object there yet (slab redzone) */
+#define SHADOW_FREED 3      /* a freed large object */
+#define SHADOW_BLACK 4      /* never to be touched: holes in the mmap area */
+#define SHADOW_FIRST_REAL 8
 
 typedef int (*reg_read_fn)(void *, int, void *);
 typedef int (*reg_write_fn)(void *, int, const void *);
@@ -71,13 +89,27 @@ struct depot {
 
 struct entry { struct emsan_heap *h; int fn; };
 
+struct shadow_map {
+    uint8_t *pool;                     /* SHADOW_POOL_PAGES host pages; the guest may map them */
+    uint32_t *dir[SHADOW_DIR_SIZE];    /* chunk -> pool page, leaves allocated on use */
+    uint32_t next;                     /* next never-used pool page */
+    struct vec64 spare;                /* released pool pages */
+    int share;                         /* 0: every written chunk gets a private page (full shadow) */
+    int exposed;                       /* mapped into the guest (gshadow.c) */
+    int remapped;                      /* a chunk changed pages since the guest's TLB was flushed */
+    int must_flush;                    /* ... and its old page was recycled: flush before the guest runs */
+    uint64_t vm_lo, vm_size;           /* the mmap area, shadowed from what is mapped there */
+    uint8_t *vm_pages;                 /* one bit per page of the area: mapped */
+    struct vec64 release;              /* chunks that may no longer be used by any mapping */
+};
+
 struct emsan_heap {
     void *uc;
     int arm64;
     int regs[EMSAN_NREGS];
     uint64_t base, size, npages;
     uint64_t bump;                     /* next never-used page index */
-    uint8_t **shadow;                  /* per heap page; NULL = the shared "no object here" page */
+    struct shadow_map sm;
     uint32_t *page_slab;               /* per heap page: slab id + 1, 0 = none */
     struct slab *slabs; size_t nslabs, slabs_cap;
     struct vec64 freelist[NCLASSES];   /* handles (slab << 24 | index) ready for reuse */
@@ -106,16 +138,24 @@ struct emsan_heap {
 typedef struct emsan_heap heap_t;
 
 /* shadow.c */
-extern uint8_t emsan_shadow_none[SHADOW_PER_PAGE];
-extern uint8_t emsan_shadow_zero[SHADOW_PER_PAGE];
-extern uint8_t emsan_shadow_freed[SHADOW_PER_PAGE];
+int shadow_init(heap_t *h, int share);
+void shadow_destroy(heap_t *h);
+uint32_t shadow_resolve(heap_t *h, uint64_t chunk);
+uint8_t *shadow_own(heap_t *h, uint64_t chunk);
 void shadow_fill(heap_t *h, uint64_t addr, uint64_t len, uint8_t value);
 void shadow_unpoison(heap_t *h, uint64_t addr, uint64_t size, uint64_t poison_to, uint8_t rz);
-void shadow_share(heap_t *h, uint64_t page, const uint8_t *shared);
 int shadow_bad(heap_t *h, uint64_t addr, uint64_t size);
-static inline int8_t shadow_at(heap_t *h, uint64_t off) {
-    const uint8_t *p = h->shadow[off >> PAGE_SHIFT];
-    return (int8_t)(p ? p[(off & (PAGE_SIZE - 1)) >> 3] : KASAN_SLAB_REDZONE);
+int shadow_range_bad(heap_t *h, uint64_t lo, uint64_t hi);
+void shadow_release(heap_t *h);
+void shadow_sync(heap_t *h, int now);     /* gshadow.c */
+static inline uint8_t *shadow_page(heap_t *h, uint32_t pg) { return h->sm.pool + ((uint64_t)pg << PAGE_SHIFT); }
+/* The shadow byte of addr (< SHADOW_VA_LIMIT). */
+static inline int8_t shadow_at(heap_t *h, uint64_t addr) {
+    uint64_t chunk = addr >> SHADOW_CHUNK_SHIFT;
+    const uint32_t *leaf = h->sm.dir[chunk >> SHADOW_LEAF_SHIFT];
+    uint32_t pg = leaf ? leaf[chunk & (SHADOW_LEAF_SIZE - 1)] : 0;
+    if (UNLIKELY(!pg)) pg = shadow_resolve(h, chunk);
+    return (int8_t)shadow_page(h, pg)[(addr & (SHADOW_CHUNK - 1)) >> 3];
 }
 
 /* Guest addresses: on arm64 the top byte is a tag the MMU ignores (Top-Byte-Ignore), so

@@ -19,7 +19,7 @@ class GenericMode:
         """Configure the native heap before any hook can reach it (tag modes override this)."""
 
     def __init__(self, machine, arch, heap_base: int, heap_size: int, quarantine_bytes: int,
-                 is_call_return=lambda pc, ret: False):
+                 is_call_return=lambda pc, ret: False, check_accesses: bool = True):
         # is_call_return(pc, ret): does `ret` follow a call instruction, in another function
         # than `pc`? It confirms a leaf function's unsaved return address.
         self.is_call_return = is_call_return
@@ -32,7 +32,9 @@ class GenericMode:
         # Unbounded on purpose: unicorn 2.1.3 syncs the PC before a memory hook only when the
         # hook covers every address (a range-bounded hook on arm64 sees the block's first PC;
         # tests/test_machine.py). The C callback does the range test itself, at the same cost.
-        machine.hook_mem_access_native(self.heap.ffi.addressof(lib, self.access_hook), self.heap.h, 1, 0)
+        # check_accesses=False: the guest checks its own accesses (compiler-assisted mode).
+        if check_accesses:
+            machine.hook_mem_access_native(self.heap.ffi.addressof(lib, self.access_hook), self.heap.h, 1, 0)
         self.hooked: dict[int, str] = {}
         self.stacks = None          # a sanitizer.stacks.Stacks, once the session picks a collector
         self._fn_by_id = {getattr(lib, n): n[len("EMSAN_FN_"):] for n in dir(lib) if n.startswith("EMSAN_FN_")}

@@ -48,6 +48,30 @@ class NativeHeap:
     def add_tolerant_range(self, lo: int, hi: int) -> None:
         self.lib.emsan_add_tolerant_range(self.h, lo, hi)
 
+    # --- shadow ------------------------------------------------------------------------------
+    def full_shadow(self) -> None:
+        """Give every written chunk its own shadow page (the ablation of per-page shadow)."""
+        self.lib.emsan_shadow_full(self.h)
+
+    def shadow_mmap_area(self, lo: int, hi: int) -> None:
+        """Shadow [lo, hi) as the kernel shadows vmalloc space: from what is mapped, lazily."""
+        self.lib.emsan_vm_area(self.h, lo, hi)
+
+    def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None:
+        (self.lib.emsan_vm_map if mapped else self.lib.emsan_vm_unmap)(self.h, lo, hi)
+
+    def expose_shadow(self, machine) -> None:
+        """Map the shadow into the guest at EMSAN_SHADOW_OFFSET (compiler-instrumented guests read
+        it themselves); switches the engine to its virtual TLB."""
+        pool = int(self.ffi.cast("uintptr_t", self.lib.emsan_shadow_pool(self.h)))
+        machine.map_ptr(self.lib.EMSAN_SHADOW_POOL_PA, self.lib.emsan_shadow_pool_bytes(), 3, pool)
+        self.lib.emsan_shadow_expose(self.h)
+        machine.use_virtual_tlb(self.ffi.addressof(self.lib, "emsan_shadow_tlb_cb"), self.h)
+
+    def shadow_recheck(self, addr: int, size: int) -> bool:
+        """Is [addr, addr+size) poisoned now? False: a guest check read a stale mapping."""
+        return bool(self.lib.emsan_shadow_recheck(self.h, addr, size))
+
     def pop_error(self) -> Error | None:
         if not self.lib.emsan_pop_error(self.h, self._err):
             return None

@@ -16,6 +16,10 @@ def describe_fault(fault) -> list[str]:
 
 def call_trace(proc, sym: Symbolizer, max_frames: int = 64) -> list[Frame]:
     """Innermost first: the PC, then the frame-pointer chain while it stays in code."""
+    return sym.stack(call_trace_pcs(proc, sym, max_frames))
+
+
+def call_trace_pcs(proc, sym: Symbolizer, max_frames: int = 64) -> list[int]:
     m, arch, mem = proc.machine, proc.arch, proc.mem
     pcs = [m.pc]
     caller = leaf_caller(m, arch, mem, sym, m.pc)
@@ -27,7 +31,7 @@ def call_trace(proc, sym: Symbolizer, max_frames: int = 64) -> list[Frame]:
             break
         if ret not in pcs[-1:]:
             pcs.append(ret)
-    return sym.stack(pcs[:max_frames])
+    return pcs[:max_frames]
 
 
 def oops(proc, info, sym: Symbolizer) -> str:

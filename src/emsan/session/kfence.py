@@ -22,6 +22,7 @@ KFENCE_ARENA_SIZE = 1 << 32                  # spill arena after the pool (lazil
 
 
 class KfenceSanitizer(LinuxSanitizer):
+    shadows_mmap = False        # no shadow in this mode
     def __init__(self, session):
         # Only sampled objects keep stacks, so the frame-pointer walk (or .eh_frame unwinding,
         # on request) is enough; the shadow call stack's per-block hook is not worth its cost

@@ -23,6 +23,8 @@ class RunOptions:
     keep_going: bool = False          # --continue: the kernel's multi-shot
     quarantine_size: int = 256 << 20
     stats: bool = False
+    shadow: str = "per-page"          # --shadow: per-page (shared zero/black pages) or full
+    mmap_shadow: bool = True          # --no-mmap-shadow: leave the mmap area unshadowed (the ablation)
     stacks: str = "auto"              # --stacks: allocation/free stack collector
     no_depot: bool = False            # --no-depot: every trace stored separately
     kfence_objects: int = 255         # --kfence-objects: pool size (CONFIG_KFENCE_NUM_OBJECTS)

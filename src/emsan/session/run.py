@@ -38,6 +38,26 @@ def guest_env(opts: RunOptions) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
+def choose_mode(mode: str, path: str, data: bytes) -> str:
+    """Compiler-assisted mode whenever the program was built for it (it cannot run without its
+    shadow): generic becomes compiler-assisted, and none becomes the bare shadow mapping with no
+    emsan policy (the benchmarks' baseline for the instrumented binary)."""
+    from emsan.runtime import REPORT_SYMBOL
+
+    instrumented = False
+    if REPORT_SYMBOL.encode() + b"\0" in data:         # the file's bytes first: no ELF parsing for most
+        from emsan.sanitizer.compiler import is_instrumented
+        instrumented = is_instrumented(path)
+    if mode == "compiler-assisted" and not instrumented:
+        raise EmsanError(f"{path}: not built for compiler-assisted mode (build it with clang $(emsan cflags))")
+    if not instrumented:
+        return mode
+    if mode == "kfence":
+        raise EmsanError(f"{path}: built for compiler-assisted mode (clang $(emsan cflags)); "
+                         "it runs with --mode generic or none, not kfence")
+    return {"generic": "compiler-assisted", "none": "bare-shadow"}.get(mode, mode)
+
+
 class Session:
     """Everything one run of one guest needs, built in the order the layers depend on each other."""
 
@@ -63,7 +83,14 @@ class Session:
                                opts.seed, opts.trace_syscalls)
         self.symbolizer = Symbolizer(self.mem)
         self.sanitizer = None
-        if opts.mode == "generic":
+        self.mode = choose_mode(opts.mode, path, image.data)
+        if self.mode == "compiler-assisted":
+            from emsan.session.compiler import CompilerSanitizer
+            self.sanitizer = CompilerSanitizer(self)
+        elif self.mode == "bare-shadow":
+            from emsan.session.compiler import BareShadow
+            self.sanitizer = BareShadow(self)
+        elif self.mode == "generic":
             from emsan.session.sanitize import LinuxSanitizer
             self.sanitizer = LinuxSanitizer(self)
         elif opts.mode in ("sw-tags", "hw-tags"):

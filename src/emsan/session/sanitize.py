@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-from emsan.os.linux.memory import SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, Module
+import resource
+
+from emsan.os.linux.memory import MMAP_BOTTOM, MMAP_TOP, PAGE, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, Module
 from emsan.os.linux.process import ExitInfo
 from emsan.report.json import to_json
 from emsan.report.text import render
@@ -13,17 +15,25 @@ from emsan.os.linux.loader import HWCAP
 from emsan.sanitizer.entrypoints import (has_symtab, module_entry_points, string_code_ranges, string_function,
                                          string_ifuncs)
 from emsan.sanitizer.generic import GenericMode
+from emsan.sanitizer.report import Report, shadow_window
+from emsan.session.crash import call_trace_pcs
 from emsan.session.unwind import is_call_return
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
 
 
 class LinuxSanitizer:
+    shadows_mmap = True         # the mmap area gets vmalloc-like shadow (modes with a shadow)
+
     def __init__(self, session):
         self.s = session
         opts = session.opts
         mem, m = session.mem, session.machine
         self.mode = self.create_mode()
         self.mode.set_stack(*mem.stack)
+        if opts.shadow == "full" and hasattr(self.mode, "heap"):
+            self.mode.heap.full_shadow()
+        if self.shadows_mmap and opts.mmap_shadow:
+            self.watch_mmap_area()
         arm64 = session.arch.name == "arm64"
         collector = opts.stacks
         if collector == "auto":
@@ -54,6 +64,16 @@ class LinuxSanitizer:
         mem.map(SANITIZER_HEAP_BASE, SANITIZER_HEAP_BASE + SANITIZER_HEAP_SIZE, 3, "[emsan-heap]")
         return GenericMode(self.s.machine, self.s.arch, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE,
                            opts.quarantine_size, self.is_call_return)
+
+    def watch_mmap_area(self) -> None:
+        """Shadow the mmap area like the kernel's vmalloc space: mapped pages accessible, holes
+        KASAN_VMALLOC_INVALID, populated lazily and released lazily after munmap."""
+        heap, mem = self.mode.heap, self.s.mem
+        heap.shadow_mmap_area(MMAP_BOTTOM, MMAP_TOP)
+        for mp in mem.mappings:
+            if MMAP_BOTTOM <= mp.start < MMAP_TOP:
+                heap.mapping_changed(mp.start, min(mp.end, MMAP_TOP), True)
+        mem.change_listeners.append(heap.mapping_changed)
 
     def report_key(self, rep) -> tuple:
         """What makes a bug distinct: reported once per key (other modes override this)."""
@@ -108,6 +128,8 @@ class LinuxSanitizer:
     def on_stop(self) -> ExitInfo | str | None:
         if getattr(self.mode, "callback_error", None) is not None:
             raise self.mode.callback_error
+        if self.shadows_mmap and self.s.opts.mmap_shadow and self.vmalloc_fault():
+            return None if self.s.opts.keep_going else ExitInfo("report", self.s.opts.error_exitcode)
         if self.want_ifuncs:
             self.want_ifuncs = False
             self.resolve_ifuncs()
@@ -120,27 +142,52 @@ class LinuxSanitizer:
             return None
         return ExitInfo("report", self.s.opts.error_exitcode)
 
+    def vmalloc_fault(self) -> bool:
+        """A fault on a hole of the mmap area is the kernel's vmalloc-out-of-bounds: report it
+        (the fault itself is then delivered as usual with --continue)."""
+        f = self.s.machine.fault
+        if f is None or f.kind != "segv" or f.mapped or f.access == "fetch":
+            return False
+        if not MMAP_BOTTOM <= f.addr < MMAP_TOP or self.mode.heap.shadow_byte(f.addr) != 0xF8:
+            return False
+        proc, heap = self.s.process, self.mode.heap
+        stack = call_trace_pcs(proc, self.s.symbolizer)
+        rep = Report(self.mode.name, "vmalloc-out-of-bounds", f.access, f.addr, f.size, f.pc, proc.comm, proc.pid,
+                     stack, 0, None, f.addr)
+        rep.shadow_rows = shadow_window(heap.shadow_byte, f.addr)
+        below = [mp for mp in self.s.mem.mappings if mp.end <= f.addr and mp.end > f.addr - (1 << 20)]
+        if below:
+            mp = below[-1]
+            rep.notes.append(f"The buggy address is located {f.addr - mp.end} bytes to the right of the mapping "
+                             f"[{mp.start:#x}, {mp.end:#x}){' ' + mp.name if mp.name else ''}, in an unmapped hole "
+                             f"of the mmap area.")
+        self.emit(rep)
+        return True
+
     def report_pending(self) -> bool:
         """Print the queued errors' reports (each distinct bug once); True if any."""
         errors = self.mode.pending()
         proc = self.s.process
         for e in errors:
-            rep = self.mode.build(e, proc.comm, proc.pid)
-            # One bug per place (a loop reports once); an arm64 store-exclusive completing the
-            # load-exclusive just reported (one atomic operation) is the same bug.
-            key = self.report_key(rep)
-            pair = self.is_store_exclusive(rep.pc) and self.last_addr == rep.addr
-            self.last_addr = rep.addr
-            if key in self.seen or pair:
-                continue
-            self.seen.add(key)
-            sys.stdout.flush()
-            print(self.render_text(rep, self.s.symbolizer, self.s.arch.name), file=sys.stderr, flush=True)
-            self.reports.append(self.render_json(rep, self.s.symbolizer))
-            self.write_json()
-            if not self.s.opts.keep_going:
+            if self.emit(self.mode.build(e, proc.comm, proc.pid)) and not self.s.opts.keep_going:
                 break
         return bool(errors)
+
+    def emit(self, rep) -> bool:
+        """Print a report and add it to the JSON, unless this bug was reported already."""
+        # One bug per place (a loop reports once); an arm64 store-exclusive completing the
+        # load-exclusive just reported (one atomic operation) is the same bug.
+        key = self.report_key(rep)
+        pair = self.is_store_exclusive(rep.pc) and self.last_addr == rep.addr
+        self.last_addr = rep.addr
+        if key in self.seen or pair:
+            return False
+        self.seen.add(key)
+        sys.stdout.flush()
+        print(self.render_text(rep, self.s.symbolizer, self.s.arch.name), file=sys.stderr, flush=True)
+        self.reports.append(self.render_json(rep, self.s.symbolizer))
+        self.write_json()
+        return True
 
     def write_json(self) -> None:
         path = self.s.opts.json_path
@@ -152,5 +199,8 @@ class LinuxSanitizer:
         self.write_json()
         if self.s.opts.stats:
             st = self.mode.stats()
+            if "shadow_pages" in st:
+                st["shadow_resident_bytes"] = st["shadow_pages"] * PAGE
+            st["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             st.update(self.stacks.stats())
             print("emsan: stats: " + ", ".join(f"{k}={v}" for k, v in st.items()), file=sys.stderr)

@@ -57,6 +57,7 @@ class MemoryMap:
     brk_end: int = 0
     stack: tuple[int, int] = (0, 0)
     module_listeners: list = field(default_factory=list)    # called with each Module as it loads
+    change_listeners: list = field(default_factory=list)    # called (start, end, mapped) as mappings come and go
 
     # --- queries -------------------------------------------------------------------------
     def find(self, addr: int) -> Mapping | None:
@@ -106,6 +107,8 @@ class MemoryMap:
         self.unmap(start, end)
         self.machine.map(start, end - start, prot)
         bisect.insort(self.mappings, Mapping(start, end, prot, name), key=lambda m: m.start)
+        for cb in self.change_listeners:
+            cb(start, end, True)
 
     def unmap(self, start: int, end: int) -> None:
         keep: list[Mapping] = []
@@ -115,6 +118,8 @@ class MemoryMap:
                 continue
             lo, hi = max(m.start, start), min(m.end, end)
             self.machine.unmap(lo, hi - lo)
+            for cb in self.change_listeners:
+                cb(lo, hi, False)
             if m.start < lo:
                 keep.append(Mapping(m.start, lo, m.prot, m.name))
             if hi < m.end:
