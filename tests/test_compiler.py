@@ -266,3 +266,19 @@ def test_bad_input(tmp_path):
     assert_bad_input(emsan("run", "--mode", MODE, plain), "not built for compiler-assisted mode", "emsan cflags")
     exe = build_cc("kasan_stack_global", "x86_64")
     assert_bad_input(emsan("run", "--mode", "kfence", exe, "clean_run"), "built for compiler-assisted mode", "kfence")
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_stale_shadow_mapping_is_rechecked(arch):
+    """seeds/002's stale mapping: objects arrive in a heap chunk whose shared "no object" shadow
+    page the guest's TLB still maps; the failed check is re-checked against the current shadow,
+    not reported."""
+    exe = build_cc("stale_shadow", arch)
+    res = emsan("run", "--continue", "--stats", exe)
+    text = res.stderr.decode(errors="replace")
+    assert res.returncode == 0, text[-3000:]
+    assert res.stdout == b"new object 0\n"
+    assert text.count("BUG: KASAN: ") == 1, text
+    assert "BUG: KASAN: slab-out-of-bounds in read_far" in text, text
+    stats = dict(kv.split("=") for kv in text.split("emsan: stats: ")[1].splitlines()[0].split(", "))
+    assert int(stats["stale_rechecks"]) >= 1, stats

@@ -23,6 +23,7 @@ from emsan.sanitizer.stacks import Stacks, choose as choose_collector
 
 class LinuxSanitizer:
     shadows_mmap = True         # the mmap area gets vmalloc-like shadow (modes with a shadow)
+    reports_faults = True       # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
 
     def __init__(self, session):
         self.s = session
@@ -128,7 +129,7 @@ class LinuxSanitizer:
     def on_stop(self) -> ExitInfo | str | None:
         if getattr(self.mode, "callback_error", None) is not None:
             raise self.mode.callback_error
-        if self.shadows_mmap and self.s.opts.mmap_shadow and self.vmalloc_fault():
+        if self.reports_faults and self.shadows_mmap and self.s.opts.mmap_shadow and self.vmalloc_fault():
             return None if self.s.opts.keep_going else ExitInfo("report", self.s.opts.error_exitcode)
         if self.want_ifuncs:
             self.want_ifuncs = False
