@@ -13,6 +13,45 @@ class ARM64(Arch):
             capstone_arch="CS_ARCH_ARM64", capstone_mode="CS_MODE_ARM",
         )
 
+    gprs = tuple(f"x{i}" for i in range(29)) + ("x29", "x30", "sp")
+
+    _SIZE_BY_REG = {"x": 8, "w": 4, "q": 16, "d": 8, "s": 4, "h": 2, "b": 1, "v": 16}
+
+    def memory_operands(self, insn, regs: dict[str, int]) -> list[tuple[int, int, int]]:
+        from capstone import arm64 as ca
+        mems = [op for op in insn.operands if op.type == ca.ARM64_OP_MEM]
+        if not mems:
+            return []
+        mem = mems[0].mem
+        base = insn.reg_name(mem.base)
+        ea = regs["sp" if base in ("sp", "wsp") else "x" + base[1:] if base[0] == "w" else base] + mem.disp
+        if mem.index:
+            idx = insn.reg_name(mem.index)
+            val = regs["x" + idx[1:]]
+            op = mems[0]
+            if idx[0] == "w":
+                val &= 0xFFFF_FFFF
+                if op.ext in (ca.ARM64_EXT_SXTW,) and val >> 31:
+                    val -= 1 << 32
+            ea += val << (op.shift.value if op.shift.type else 0)
+        name = insn.mnemonic
+        regs_used = [insn.reg_name(op.reg) for op in insn.operands if op.type == ca.ARM64_OP_REG]
+        if name.startswith(("stxr", "stlxr", "stxp", "stlxp")):
+            regs_used = regs_used[1:]                 # the status register
+        if name.endswith("b") and not name.startswith(("sub", "cb", "tb")):
+            size = 1
+        elif name.endswith("h"):
+            size = 2
+        elif name in ("ldrsw", "ldursw", "ldpsw"):
+            size = 4 * (2 if name == "ldpsw" else 1)
+        else:
+            size = self._SIZE_BY_REG.get(regs_used[0][0], 8) if regs_used else 8
+            if name.startswith(("ldp", "stp", "ldnp", "stnp", "ldxp", "stxp", "ldaxp", "stlxp", "casp")):
+                size *= 2
+            elif name.startswith(("ld1", "st1", "ld2", "st2", "ld3", "st3", "ld4", "st4")):
+                size = 16 * max(1, len(regs_used))
+        return [(ea & 0x00FF_FFFF_FFFF_FFFF, size, mems[0].access)]
+
     def return_address(self, m) -> int:
         return m.reg("lr") & 0x0000_FFFF_FFFF_FFFF
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,38 @@ class Arch:
         md = capstone.Cs(getattr(capstone, self.capstone_arch), getattr(capstone, self.capstone_mode))
         md.detail = True
         return md
+
+    # Locating the instruction behind an access seen without its PC (--checks mmio).
+    gprs: ClassVar[tuple[str, ...]] = ()   # the registers an effective address can use
+
+    def memory_operands(self, insn, regs: dict[str, int]) -> list[tuple[int, int, int]]:
+        """(effective address, size, capstone access bits) of each memory operand of a capstone
+        instruction, given the registers before it executes."""
+        raise NotImplementedError
+
+    def locate_access(self, m, block: int, regs: dict[str, int], addr: int,
+                      is_write: bool) -> tuple[int, int, int] | None:
+        """The instruction of the block at `block` whose memory operand covers `addr` (a load or
+        a store as asked, else any), given the registers when it accessed memory (those before
+        it ran, also for the instructions before it, whose own effects are not undone):
+        (pc, address, size)."""
+        code = m.try_read(block, 512) or m.try_read(block, 64)
+        if not code:
+            return None
+        want = 2 if is_write else 1                   # CS_AC_WRITE / CS_AC_READ
+        fallback = None
+        for insn in self.disassembler.disasm(code, block):
+            try:
+                for ea, size, access in self.memory_operands(insn, regs):
+                    if ea <= addr < ea + size:
+                        if access & want or not access:
+                            return insn.address, ea, size
+                        fallback = fallback or (insn.address, ea, size)
+            except KeyError:
+                pass
+            if insn.group(1) or insn.group(2) or insn.group(3) or insn.group(7):   # jump, call, ret, branch_relative
+                break
+        return fallback
 
     # Calling convention, used by interceptors that stand in for a whole function.
     def return_address(self, m) -> int:

@@ -13,6 +13,26 @@ class X86_64(Arch):
             capstone_arch="CS_ARCH_X86", capstone_mode="CS_MODE_64",
         )
 
+    gprs = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+    def memory_operands(self, insn, regs: dict[str, int]) -> list[tuple[int, int, int]]:
+        from capstone import x86 as cx
+        out = []
+        for op in insn.operands:
+            if op.type != cx.X86_OP_MEM or op.mem.segment not in (0, cx.X86_REG_DS, cx.X86_REG_SS, cx.X86_REG_ES):
+                continue
+            mem = op.mem
+            ea = mem.disp
+            if mem.base == cx.X86_REG_RIP:
+                ea += insn.address + insn.size
+            elif mem.base:
+                ea += regs[insn.reg_name(mem.base)]
+            if mem.index:
+                ea += regs[insn.reg_name(mem.index)] * mem.scale
+            out.append((ea & 0xFFFF_FFFF_FFFF_FFFF, op.size, op.access))
+        return out
+
     def return_address(self, m) -> int:
         return m.read_u64(m.sp)
 

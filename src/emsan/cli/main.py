@@ -61,6 +61,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", action="store_true", help="print sanitizer statistics at exit")
     p.add_argument("--shadow", choices=("per-page", "full"), default="per-page",
                    help="shadow pages shared where nothing needs its own (default), or private wherever written")
+    p.add_argument("--checks", choices=("hook", "mmio"), default="hook",
+                   help="generic mode: check accesses in a memory hook (default), or only heap accesses, "
+                        "through an MMIO view of the heap (experimental)")
     p.add_argument("--no-mmap-shadow", dest="mmap_shadow", action="store_false",
                    help="no vmalloc-like shadow for the mmap area (holes then fault without a KASAN report)")
     p.add_argument("--kfence-objects", type=_positive, default=255, metavar="N",
@@ -95,7 +98,7 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       sysroot=ns.sysroot, mode=ns.mode, timeout=ns.timeout, max_instructions=ns.max_instructions,
                       seed=ns.seed, trace_syscalls=ns.trace_syscalls, json_path=ns.json_path,
                       error_exitcode=ns.error_exitcode, keep_going=ns.keep_going,
-                      quarantine_size=ns.quarantine_size, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow,
+                      quarantine_size=ns.quarantine_size, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
                       kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,
                       sample_instructions=ns.sample_instructions,
                       stacks=ns.stacks, no_depot=ns.no_depot)

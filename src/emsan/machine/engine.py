@@ -167,6 +167,17 @@ class Machine:
         if err:
             raise unicorn.UcError(err)
 
+    def mmio_map(self, addr: int, size: int, read_cfunc, write_cfunc, user_data) -> None:
+        """Physical [addr, addr+size) served by C callbacks (cffi function pointers)."""
+        ffi, _ = native.load()
+        err = uclib.uc_mmio_map(self.handle, addr, size, ctypes.c_void_p(int(ffi.cast("uintptr_t", read_cfunc))),
+                                ctypes.c_void_p(int(ffi.cast("uintptr_t", user_data))),
+                                ctypes.c_void_p(int(ffi.cast("uintptr_t", write_cfunc))),
+                                ctypes.c_void_p(int(ffi.cast("uintptr_t", user_data))))
+        if err:
+            raise unicorn.UcError(err)
+        self._keep.append((read_cfunc, write_cfunc, user_data))
+
     def unmap(self, addr: int, size: int) -> None:
         self.uc.mem_unmap(addr, size)
 

@@ -52,7 +52,7 @@ EXPORT _Bool emsan_shadow_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry
 void shadow_sync(heap_t *h, int now)
 {
     struct shadow_map *sm = &h->sm;
-    if (!sm->exposed || !(sm->must_flush || (now && sm->remapped)))
+    if (!(sm->exposed || h->mm) || !(sm->must_flush || (now && sm->remapped && sm->exposed)))
         return;
     typedef int (*ctl_fn)(void *, int, ...);
     ((ctl_fn)emsan_uc.uc_ctl)(h->uc, 11 | (1 << 30));     /* UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) */

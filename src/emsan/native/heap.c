@@ -37,6 +37,7 @@ EXPORT emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_
 EXPORT void emsan_heap_destroy(emsan_heap *h)
 {
     tags_destroy(h);
+    mmio_destroy(h);
     shadow_destroy(h);
     for (size_t i = 0; i < h->nslabs; i++) free(h->slabs[i].objs);
     for (int i = 0; i < NCLASSES; i++) free(h->freelist[i].v);

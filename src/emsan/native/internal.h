@@ -110,6 +110,7 @@ struct emsan_heap {
     uint64_t base, size, npages;
     uint64_t bump;                     /* next never-used page index */
     struct shadow_map sm;
+    struct mmio_state *mm;             /* NULL unless accesses are checked through MMIO */
     uint32_t *page_slab;               /* per heap page: slab id + 1, 0 = none */
     struct slab *slabs; size_t nslabs, slabs_cap;
     struct vec64 freelist[NCLASSES];   /* handles (slab << 24 | index) ready for reuse */
@@ -135,6 +136,17 @@ struct emsan_heap {
     struct tag_state *tags;
 };
 
+#define EMSAN_MAX_REGS 40
+struct mmio_state {                    /* --checks mmio (mmio.c) */
+    uint8_t *host;                     /* the heap's memory, also mapped at its guest address */
+    uint64_t view;                     /* physical address of the checking (MMIO) view */
+    uint8_t *direct;                   /* per heap page: the TLB may map it straight to memory */
+    uint64_t block;                    /* the block being executed */
+    int nregs, reg_ids[EMSAN_MAX_REGS];
+    int err_pending;
+    uint64_t err_block, err_regs[EMSAN_MAX_REGS];
+};
+
 typedef struct emsan_heap heap_t;
 
 /* shadow.c */
@@ -148,6 +160,9 @@ int shadow_bad(heap_t *h, uint64_t addr, uint64_t size);
 int shadow_range_bad(heap_t *h, uint64_t lo, uint64_t hi);
 void shadow_release(heap_t *h);
 void shadow_sync(heap_t *h, int now);     /* gshadow.c */
+int shadow_tolerated(heap_t *h, uint64_t pc, uint64_t addr, uint64_t size);
+void mmio_poisoned(heap_t *h, uint64_t addr, uint64_t len);   /* mmio.c */
+void mmio_destroy(heap_t *h);
 static inline uint8_t *shadow_page(heap_t *h, uint32_t pg) { return h->sm.pool + ((uint64_t)pg << PAGE_SHIFT); }
 /* The shadow byte of addr (< SHADOW_VA_LIMIT). */
 static inline int8_t shadow_at(heap_t *h, uint64_t addr) {

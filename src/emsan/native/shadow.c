@@ -76,7 +76,7 @@ static void put_page(heap_t *h, uint32_t pg)
     madvise(shadow_page(h, pg), PAGE_SIZE, MADV_DONTNEED);     /* resident no more */
     vec_push(&h->sm.spare, pg);
     h->stats.shadow_pages--;
-    h->sm.must_flush = 1;                 /* the guest's TLB may still map it */
+    if (h->sm.exposed) h->sm.must_flush = 1;   /* the guest's TLB may still map it */
 }
 
 /* Point a chunk at another page; the guest's TLB may still map the old one (gshadow.c). */
@@ -86,7 +86,7 @@ static void put_page(heap_t *h, uint32_t pg)
  * guest runs again. */
 static void remap(heap_t *h, uint32_t *slot, uint32_t pg)
 {
-    if (*slot == SHADOW_ZERO) h->sm.must_flush = 1;
+    if (*slot == SHADOW_ZERO && h->sm.exposed) h->sm.must_flush = 1;
     put_page(h, *slot);
     *slot = pg;
     h->sm.remapped = 1;
@@ -118,6 +118,7 @@ static uint32_t shared_for(uint8_t value)
 /* Set the shadow of [addr, addr+len) (granule aligned) to `value`. */
 void shadow_fill(heap_t *h, uint64_t addr, uint64_t len, uint8_t value)
 {
+    if (h->mm && value) mmio_poisoned(h, addr, len);
     uint64_t end = addr + len;
     uint32_t shared = h->sm.share ? shared_for(value) : 0;
     while (addr < end) {
@@ -145,6 +146,7 @@ void shadow_unpoison(heap_t *h, uint64_t addr, uint64_t size, uint64_t poison_to
     if (size & (GRANULE - 1)) {
         uint8_t *p = shadow_own(h, rest >> SHADOW_CHUNK_SHIFT);
         if (p) p[(rest & (SHADOW_CHUNK - 1)) >> 3] = (uint8_t)(size & (GRANULE - 1));
+        if (h->mm) mmio_poisoned(h, rest, GRANULE);
         rest += GRANULE;
     }
     if (poison_to > rest)
@@ -248,7 +250,7 @@ static void vm_update(heap_t *h, uint64_t lo, uint64_t hi, int mapped)
             memset(shadow_page(h, *slot) + ((from - a0) >> 3), mapped ? 0 : KASAN_VMALLOC_INVALID, (to - from) >> 3);
             if (!mapped) vec_push(&sm->release, c);      /* maybe empty now: released lazily */
         } else if (*slot) {
-            if (*slot == SHADOW_ZERO && !mapped) sm->must_flush = 1;  /* would hide the new hole */
+            if (*slot == SHADOW_ZERO && !mapped && sm->exposed) sm->must_flush = 1;  /* would hide the new hole */
             *slot = 0;                                   /* resolved again on next use */
         }
         if (mapped && !sm->share) shadow_resolve(h, c);  /* full shadow: populated now */
@@ -301,7 +303,7 @@ int in_tolerant_range(heap_t *h, uint64_t pc)
     return 0;
 }
 
-static int tolerated(heap_t *h, uint64_t pc, uint64_t addr, uint64_t size)
+int shadow_tolerated(heap_t *h, uint64_t pc, uint64_t addr, uint64_t size)
 {
     if (!in_tolerant_range(h, pc)) return 0;
     /* Unicorn hands a 16- or 32-byte vector load over as 8-byte pieces, so judge the aligned
@@ -338,7 +340,7 @@ EXPORT void emsan_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t va
     }
     int is_write = type == 17 /* UC_MEM_WRITE */;
     uint64_t pc = reg_get(uc, h->regs[EMSAN_REG_PC]);
-    if (!is_write && size >= 8 && (addr & ((uint64_t)size - 1)) == 0 && tolerated(h, pc, addr, (uint64_t)size))
+    if (!is_write && size >= 8 && (addr & ((uint64_t)size - 1)) == 0 && shadow_tolerated(h, pc, addr, (uint64_t)size))
         return;
     report_error(h, EMSAN_ERR_ACCESS, addr, (uint64_t)size, is_write, pc, stack_here(h, pc, 0), 0, 0);
 }

@@ -76,6 +76,13 @@ class GenericMode:
         lib = heap.lib
         stack = confirm_candidate(heap.stack(e.stack), self.is_call_return) or [e.pc]
         fn = self._fn_by_id.get(e.fn, "")
+        if e.type == lib.EMSAN_ERR_ACCESS and (ctx := heap.mmio_error_context()) is not None:
+            # Seen by the MMIO view: the PC is the block's, the size that of one piece.
+            found = self.arch.locate_access(self.machine, ctx[0], ctx[1], e.addr, e.is_write)
+            if found is not None:
+                pc, ea, size = found
+                e = Error(e.type, e.is_write, ea, size, pc, e.stack, e.fn, e.kind)
+                stack = [pc] + stack[1:]
         if e.type == lib.EMSAN_ERR_ACCESS:
             size = e.size
             wraps = e.addr + size > 1 << 64

@@ -72,6 +72,32 @@ class NativeHeap:
         """Is [addr, addr+size) poisoned now? False: a guest check read a stale mapping."""
         return bool(self.lib.emsan_shadow_recheck(self.h, addr, size))
 
+    # --- --checks mmio ------------------------------------------------------------------------
+    def check_through_mmio(self, machine, arch, mem, view_pa: int, name: str) -> None:
+        """Check heap accesses in an MMIO view of the heap instead of a memory hook (mmio.c)."""
+        self._mmio_regs = arch.gprs
+        ids = self.ffi.new("int[]", [machine.reg_ids[r] for r in arch.gprs])
+        host = self.lib.emsan_mmio_init(self.h, view_pa, len(arch.gprs), ids)
+        if host == self.ffi.NULL:
+            raise MemoryError("no host memory for emsan's heap")
+        mem.map_host(self.base, self.base + self.size, 3, name, int(self.ffi.cast("uintptr_t", host)))
+        lib = self.lib
+        machine.mmio_map(view_pa, self.size, self.ffi.addressof(lib, "emsan_mmio_read"),
+                         self.ffi.addressof(lib, "emsan_mmio_write"), self.h)
+        machine.use_virtual_tlb(self.ffi.addressof(lib, "emsan_mmio_tlb_cb"), self.h)
+        machine.hook_block_native(self.ffi.addressof(lib, "emsan_mmio_block_cb"), self.h)
+        self._mmio_block = self.ffi.new("uint64_t *")
+        self._mmio_vals = self.ffi.new("uint64_t[]", 40)
+
+    def mmio_error_context(self) -> tuple[int, dict[str, int]] | None:
+        """The block and registers of the first bad access since the last call."""
+        if not hasattr(self, "_mmio_block"):
+            return None
+        n = self.lib.emsan_mmio_last_error(self.h, self._mmio_block, self._mmio_vals)
+        if not n:
+            return None
+        return self._mmio_block[0], dict(zip(self._mmio_regs, self._mmio_vals[0:n]))
+
     def pop_error(self) -> Error | None:
         if not self.lib.emsan_pop_error(self.h, self._err):
             return None

@@ -21,6 +21,11 @@ from emsan.session.unwind import is_call_return
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
 
 
+# --checks mmio: the physical address of the heap's checking view, between emsan's heap and the
+# KFENCE pool (session/kfence.py), a range no guest address maps to.
+MMIO_VIEW_PA = 0x0640_0000_0000
+
+
 class LinuxSanitizer:
     shadows_mmap = True         # the mmap area gets vmalloc-like shadow (modes with a shadow)
     reports_faults = True       # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
@@ -62,9 +67,14 @@ class LinuxSanitizer:
     def create_mode(self):
         """The sanitizer mode, with the guest memory it needs (other modes override this)."""
         opts, mem = self.s.opts, self.s.mem
-        mem.map(SANITIZER_HEAP_BASE, SANITIZER_HEAP_BASE + SANITIZER_HEAP_SIZE, 3, "[emsan-heap]")
-        return GenericMode(self.s.machine, self.s.arch, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE,
-                           opts.quarantine_size, self.is_call_return)
+        mmio = opts.checks == "mmio"
+        if not mmio:
+            mem.map(SANITIZER_HEAP_BASE, SANITIZER_HEAP_BASE + SANITIZER_HEAP_SIZE, 3, "[emsan-heap]")
+        mode = GenericMode(self.s.machine, self.s.arch, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE,
+                           opts.quarantine_size, self.is_call_return, check_accesses=not mmio)
+        if mmio:
+            mode.heap.check_through_mmio(self.s.machine, self.s.arch, mem, MMIO_VIEW_PA, "[emsan-heap]")
+        return mode
 
     def watch_mmap_area(self) -> None:
         """Shadow the mmap area like the kernel's vmalloc space: mapped pages accessible, holes

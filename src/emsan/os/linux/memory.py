@@ -110,6 +110,13 @@ class MemoryMap:
         for cb in self.change_listeners:
             cb(start, end, True)
 
+    def map_host(self, start: int, end: int, prot: int, name: str, host_ptr: int) -> None:
+        """Like map(), backed by host memory the caller owns and keeps alive."""
+        assert start % PAGE == 0 and end % PAGE == 0 and start < end
+        self.unmap(start, end)
+        self.machine.map_ptr(start, end - start, prot, host_ptr)
+        bisect.insort(self.mappings, Mapping(start, end, prot, name), key=lambda m: m.start)
+
     def unmap(self, start: int, end: int) -> None:
         keep: list[Mapping] = []
         for m in self.mappings:

@@ -1,0 +1,153 @@
+/* Access checks without a global memory hook (--checks mmio). Unicorn sends every load and
+ * store through its slow path as soon as one memory hook exists; here only emsan's heap pays.
+ * The heap lives in host memory emsan owns, mapped at its guest address, and a second view of
+ * it is an MMIO region whose callbacks check the shadow and then do the access. Unicorn's
+ * virtual TLB picks the view per page: pages whose shadow is all zero (nothing to check) map
+ * straight to memory, the others to the checking view.
+ *
+ * An MMIO callback does not know the exact PC (Unicorn syncs it only at block exits), so a
+ * native block hook keeps the current block's address, and a bad access carries the block
+ * address and the registers: the report finds the instruction by decoding the block. */
+#include <sys/mman.h>
+#include "internal.h"
+
+typedef struct { uint64_t paddr; int perms; } tlb_entry;
+
+#define MEM_WRITE 17
+
+/* Returns the host memory behind the heap (the caller maps it at the heap's address). */
+EXPORT void *emsan_mmio_init(emsan_heap *h, uint64_t view_pa, int nregs, const int *regs)
+{
+    void *host = mmap(NULL, h->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (host == MAP_FAILED) return NULL;
+    struct mmio_state *m = calloc(1, sizeof *m);
+    m->host = host;
+    m->view = view_pa;
+    m->direct = calloc(h->npages / 8 + 1, 1);
+    m->nregs = nregs > EMSAN_MAX_REGS ? EMSAN_MAX_REGS : nregs;
+    memcpy(m->reg_ids, regs, (size_t)m->nregs * sizeof *regs);
+    h->mm = m;
+    return host;
+}
+
+void mmio_destroy(heap_t *h)
+{
+    if (!h->mm) return;
+    free(h->mm->direct);
+    munmap(h->mm->host, h->size);
+    free(h->mm);
+    h->mm = NULL;
+}
+
+EXPORT void emsan_mmio_block_cb(void *uc, uint64_t address, uint32_t size, void *ud)
+{
+    (void)uc; (void)size;
+    ((heap_t *)ud)->mm->block = address;
+}
+
+/* Is the shadow of heap page `page` all zero? */
+static int page_clean(heap_t *h, uint64_t page)
+{
+    uint64_t addr = h->base + (page << PAGE_SHIFT);
+    uint32_t pg = shadow_resolve(h, addr >> SHADOW_CHUNK_SHIFT);
+    if (pg == SHADOW_ZERO) return 1;
+    if (pg < SHADOW_FIRST_REAL) return 0;
+    const uint64_t *s = (const uint64_t *)(shadow_page(h, pg) + ((addr & (SHADOW_CHUNK - 1)) >> 3));
+    for (unsigned i = 0; i < (PAGE_SIZE >> 3) / 8; i++)
+        if (s[i]) return 0;
+    return 1;
+}
+
+EXPORT _Bool emsan_mmio_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud)
+{
+    (void)uc; (void)type;
+    heap_t *h = ud;
+    struct mmio_state *m = h->mm;
+    tlb_entry *e = entry;
+    uint64_t va = h->arm64 ? vaddr & UNTAG_MASK : vaddr;
+    uint64_t off = va - h->base;
+    e->perms = 7;
+    if (off >= h->size) {
+        e->paddr = va - m->view < h->size ? EMSAN_SHADOW_OFFSET - PAGE_SIZE : va;   /* the view is no guest memory */
+        return 1;
+    }
+    uint64_t page = off >> PAGE_SHIFT;
+    if (page_clean(h, page)) {
+        m->direct[page >> 3] |= (uint8_t)(1 << (page & 7));
+        e->paddr = va;
+    } else {
+        e->paddr = m->view + off;
+    }
+    return 1;
+}
+
+/* Shadow of [addr, addr+len) becomes poisoned: a page the TLB maps straight to memory must be
+ * looked at again before the guest runs (shadow_sync flushes). */
+void mmio_poisoned(heap_t *h, uint64_t addr, uint64_t len)
+{
+    struct mmio_state *m = h->mm;
+    uint64_t first = (addr - h->base) >> PAGE_SHIFT, last = (addr + len - 1 - h->base) >> PAGE_SHIFT;
+    for (uint64_t p = first; p <= last && p < h->npages; p++) {
+        if (m->direct[p >> 3] & (1 << (p & 7))) {
+            h->sm.must_flush = 1;
+            memset(m->direct, 0, h->npages / 8 + 1);        /* the flush forgets every mapping */
+            return;
+        }
+    }
+}
+
+static void bad_access(heap_t *h, uint64_t addr, unsigned size, int is_write)
+{
+    struct mmio_state *m = h->mm;
+    uint64_t pc = m->block;
+    if (!is_write && size >= 8 && (addr & (size - 1)) == 0 && shadow_tolerated(h, pc, addr, size))
+        return;
+    /* Registers are synced before every memory access: they locate the instruction. Kept for
+     * the first error until the report has taken them. */
+    if (!m->err_pending) {
+        m->err_block = pc;
+        for (int i = 0; i < m->nregs; i++) m->err_regs[i] = reg_get(h->uc, m->reg_ids[i]);
+        m->err_pending = 1;
+    }
+    report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 0), 0, 0);
+}
+
+static inline int access_bad(heap_t *h, uint64_t addr, unsigned size)
+{
+    uint64_t last = addr + size - 1;
+    if (LIKELY((addr >> 3) == (last >> 3))) {
+        int8_t s = shadow_at(h, addr);
+        return !(s == 0 || (s > 0 && (int8_t)(last & 7) < s));
+    }
+    return shadow_bad(h, addr, size);
+}
+
+EXPORT uint64_t emsan_mmio_read(void *uc, uint64_t offset, unsigned size, void *ud)
+{
+    (void)uc;
+    heap_t *h = ud;
+    uint64_t addr = h->base + offset, v = 0;
+    if (UNLIKELY(access_bad(h, addr, size))) bad_access(h, addr, size, 0);
+    memcpy(&v, h->mm->host + offset, size);
+    return v;
+}
+
+EXPORT void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud)
+{
+    (void)uc;
+    heap_t *h = ud;
+    uint64_t addr = h->base + offset;
+    if (UNLIKELY(access_bad(h, addr, size))) bad_access(h, addr, size, 1);
+    memcpy(h->mm->host + offset, &value, size);
+}
+
+/* The block address and registers of the last bad access (for locating the instruction). */
+EXPORT int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs)
+{
+    struct mmio_state *m = h->mm;
+    if (!m || !m->err_pending) return 0;
+    *block = m->err_block;
+    memcpy(regs, m->err_regs, (size_t)m->nregs * sizeof *regs);
+    m->err_pending = 0;
+    return m->nregs;
+}
