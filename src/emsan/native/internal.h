@@ -143,8 +143,9 @@ struct mmio_state {                    /* --checks mmio (mmio.c) */
     uint8_t *direct;                   /* per heap page: the TLB may map it straight to memory */
     uint64_t block;                    /* the block being executed */
     int nregs, reg_ids[EMSAN_MAX_REGS];
-    int err_pending;
+    int err_pending, err_exact;
     uint64_t err_block, err_regs[EMSAN_MAX_REGS];
+    void *get_cpu, *restore;           /* QEMU's qemu_get_cpu() and cpu_restore_state() */
 };
 
 typedef struct emsan_heap heap_t;

@@ -8,6 +8,7 @@
  * An MMIO callback does not know the exact PC (Unicorn syncs it only at block exits), so a
  * native block hook keeps the current block's address, and a bad access carries the block
  * address and the registers: the report finds the instruction by decoding the block. */
+#include <execinfo.h>
 #include <sys/mman.h>
 #include "internal.h"
 
@@ -96,16 +97,49 @@ void mmio_poisoned(heap_t *h, uint64_t addr, uint64_t len)
     }
 }
 
+/* Unicorn syncs the PC only at block exits. QEMU's cpu_restore_state() recovers it from the
+ * host return address into the translated code, which is the outermost frame the unwinder
+ * reaches from here (translated code has no unwind tables). */
+typedef void *(*get_cpu_fn)(void *uc, int index);
+typedef _Bool (*restore_fn)(void *cpu, uintptr_t host_pc, _Bool will_exit);
+
+EXPORT void emsan_mmio_set_pc_recovery(emsan_heap *h, void *get_cpu, void *restore)
+{
+    h->mm->get_cpu = get_cpu;
+    h->mm->restore = restore;
+}
+
+static int exact_pc(heap_t *h, uint64_t *pc)
+{
+    struct mmio_state *m = h->mm;
+    if (!m->get_cpu || !m->restore) return 0;
+    /* Unicorn's one CPU keeps QEMU's "unassigned" index or 0. */
+    void *cpu = ((get_cpu_fn)m->get_cpu)(h->uc, 0);
+    if (!cpu) cpu = ((get_cpu_fn)m->get_cpu)(h->uc, -1);
+    if (!cpu) return 0;
+    void *frames[48];
+    int n = backtrace(frames, 48);
+    for (int i = n - 1; i >= 0 && i >= n - 3; i--) {
+        if (((restore_fn)m->restore)(cpu, (uintptr_t)frames[i], 0)) {
+            *pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void bad_access(heap_t *h, uint64_t addr, unsigned size, int is_write)
 {
     struct mmio_state *m = h->mm;
     uint64_t pc = m->block;
+    int exact = exact_pc(h, &pc);
     if (!is_write && size >= 8 && (addr & (size - 1)) == 0 && shadow_tolerated(h, pc, addr, size))
         return;
     /* Registers are synced before every memory access: they locate the instruction. Kept for
      * the first error until the report has taken them. */
     if (!m->err_pending) {
         m->err_block = pc;
+        m->err_exact = exact;
         for (int i = 0; i < m->nregs; i++) m->err_regs[i] = reg_get(h->uc, m->reg_ids[i]);
         m->err_pending = 1;
     }
@@ -142,10 +176,11 @@ EXPORT void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t 
 }
 
 /* The block address and registers of the last bad access (for locating the instruction). */
-EXPORT int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs)
+EXPORT int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs, int *exact)
 {
     struct mmio_state *m = h->mm;
     if (!m || !m->err_pending) return 0;
+    *exact = m->err_exact;
     *block = m->err_block;
     memcpy(regs, m->err_regs, (size_t)m->nregs * sizeof *regs);
     m->err_pending = 0;
