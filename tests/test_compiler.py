@@ -168,8 +168,8 @@ HEAP_SUBSET = ["kmalloc_oob_right", "kmalloc_oob_left", "kmalloc_large_uaf", "km
 TITLES = {"krealloc_more_oob": {"krealloc_more"}, "krealloc_large_more_oob": {"krealloc_more"},
           "krealloc_less_oob": {"krealloc_less"}, "krealloc_large_less_oob": {"krealloc_less"},
           "kmalloc_double_kzfree": {"explicit_bzero"}, "copy_user_test_oob": {"read", "write"}}
-HEAP_VARIANTS = [("x86_64", "inline", list(CC_HEAP)), ("arm64", "inline", HEAP_SUBSET),
-                 ("x86_64", "outline", HEAP_SUBSET[:7])]
+HEAP_VARIANTS = [("x86_64", "inline", list(CC_HEAP)), ("arm64", "inline", list(CC_HEAP)),
+                 ("x86_64", "outline", list(CC_HEAP)), ("arm64", "outline", HEAP_SUBSET)]
 
 
 @pytest.fixture(scope="module")
