@@ -36,6 +36,17 @@ def now() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+def selected(args, known) -> tuple[tuple[str, ...], list[str]]:
+    """The architectures (--arch, "all" for both) and workloads (--workloads, comma-separated,
+    default: all of `known`) a runner was asked for."""
+    arches = ARCHES if args.arch == "all" else (args.arch,)
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(known)
+    for n in names:
+        if n not in known:
+            raise BenchError(f"unknown workload {n!r} (have: {', '.join(known)})")
+    return arches, names
+
+
 # --- building ---------------------------------------------------------------------------------------
 def build(name: str, arch: str, static: bool = True) -> Path:
     """bench/workloads/NAME.c -> bench/build/ARCH/NAME (static), or bench/build/ARCH-dynamic/NAME."""
@@ -167,6 +178,18 @@ def host_meta() -> dict:
 
     return {"python": platform.python_version(), "unicorn": version("unicorn"), "host": platform.node(),
             "cpus": os.cpu_count(), "machine": platform.machine(), "git_rev": git_rev(), "cflags": CFLAGS}
+
+
+def run_meta(args, arches, reps: int, started, load_before, **extra) -> dict:
+    """The "meta" block of a runner's JSON: when, how long, with what, on what, under what load."""
+    from datetime import datetime, timezone
+
+    return {"started": started.isoformat(timespec="seconds"),
+            "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
+            "reps": reps, "quick": bool(args.quick), "scale": args.scale, "arches": list(arches),
+            **host_meta(), **extra,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def standard_parser(description: str, default_json: Path, workloads):

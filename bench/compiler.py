@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (run_and_report, standard_parser, ARCHES, BENCH, BUILD_DIR, ROOT, WORKLOAD_DIR, WORKLOADS,  # noqa: E402
-                    BenchError, Runner, fmt_ratio, host_meta, paired_ratio, rotate)
+from common import (run_and_report, run_meta, selected, standard_parser, BENCH, BUILD_DIR, ROOT, WORKLOAD_DIR, WORKLOADS,  # noqa: E402
+                    BenchError, Runner, fmt_ratio, paired_ratio, rotate)
 
 DEFAULT_JSON = BENCH / "results" / "compiler.json"
 CC_FLAGS = ["-static", "-O2", "-g", "-fno-omit-frame-pointer"]
@@ -68,11 +68,7 @@ def build_cc(name: str, arch: str, instrumented: bool) -> Path:
 
 
 def run_bench(args: argparse.Namespace, log) -> dict:
-    arches = ARCHES if args.arch == "all" else (args.arch,)
-    names = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(WORKLOADS)
-    for n in names:
-        if n not in WORKLOADS:
-            raise BenchError(f"unknown workload {n!r} (have: {', '.join(WORKLOADS)})")
+    arches, names = selected(args, WORKLOADS)
     reps = args.reps or (3 if args.quick else 5)
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()
@@ -117,12 +113,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
         "cc_over_bare_emu": d["ratio"]["cc_over_bare"]["emu"]["median"],
         "met_emu_cpu": d["ratio"]["cc_over_bare"]["emu_cpu"]["median"] <= RUNTIME_TARGET,
         "met_emu": d["ratio"]["cc_over_bare"]["emu"]["median"] <= RUNTIME_TARGET} for d in workloads}
-    meta = {"started": started.isoformat(timespec="seconds"),
-            "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
-            "reps": reps, "quick": bool(args.quick), "scale": args.scale, "arches": list(arches),
-            **host_meta(), "cc_flags": CC_FLAGS, "clang": _clang_version(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+    meta = run_meta(args, arches, reps, started, load_before, cc_flags=CC_FLAGS, clang=_clang_version())
     return {"schema": 1, "meta": meta, "workloads": workloads,
             "targets": {"cc_over_bare_max": RUNTIME_TARGET, "runtime": targets}}
 

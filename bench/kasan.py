@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (run_and_report, standard_parser, ARCHES, BENCH, BUILD_DIR, ROOT, WORKLOADS, BenchError, Runner, build,  # noqa: E402
-                    fmt_ratio, host_meta, paired_ratio, rotate, spread, summary)
+from common import (run_and_report, run_meta, selected, standard_parser, BENCH, BUILD_DIR, ROOT, WORKLOADS, BenchError, Runner, build,  # noqa: E402
+                    fmt_ratio, paired_ratio, rotate, spread, summary)
 
 DEFAULT_JSON = BENCH / "results" / "kasan.json"
 
@@ -95,11 +95,7 @@ def build_noop_hook() -> None:
 
 # --- the benchmark -----------------------------------------------------------------------------------
 def run_bench(args: argparse.Namespace, log) -> dict:
-    arches = ARCHES if args.arch == "all" else (args.arch,)
-    names = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(KASAN_WORKLOADS)
-    for n in names:
-        if n not in KASAN_WORKLOADS:
-            raise BenchError(f"unknown workload {n!r} (have: {', '.join(KASAN_WORKLOADS)})")
+    arches, names = selected(args, KASAN_WORKLOADS)
     valgrind = args.valgrind and "x86_64" in arches
     if valgrind and shutil.which("valgrind") is None:
         log("[yellow]valgrind is not installed: no memcheck columns[/yellow]")
@@ -166,15 +162,8 @@ def run_bench(args: argparse.Namespace, log) -> dict:
                             (f"met_{m}", d["us_per_pair"][uk]["median"] <= PAIR_TARGET_US))}}
             for d in workloads if d.get("us_per_pair")},
     }
-    meta = {
-        "started": started.isoformat(timespec="seconds"),
-        "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
-        "reps": reps, "quick": bool(args.quick), "scale": args.scale, "arches": list(arches),
-        **host_meta(),
-        "valgrind": _valgrind_version() if valgrind else None, "valgrind_cmd": VALGRIND if valgrind else None,
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
+    meta = run_meta(args, arches, reps, started, load_before,
+                    valgrind=_valgrind_version() if valgrind else None, valgrind_cmd=VALGRIND if valgrind else None)
     return {"schema": 1, "meta": meta, "workloads": workloads, "targets": targets}
 
 

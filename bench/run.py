@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (run_and_report, standard_parser, ARCHES, BENCH, BUILD_DIR, CFLAGS, ROOT, WORKLOADS, BenchError, Runner,  # noqa: E402
+from common import (run_and_report, selected, standard_parser, BENCH, BUILD_DIR, CFLAGS, ROOT, WORKLOADS, BenchError, Runner,  # noqa: E402
                     build, fmt_ratio, git_rev, paired_ratio, rotate, spread, version)
 
 DEFAULT_JSON = BENCH / "results" / "foundation.json"
@@ -42,11 +42,7 @@ SU_CONFIGS = ("python_floor", "bare_first", "emsan_first", "bare_wall", "emsan_w
 
 # --- the benchmark -----------------------------------------------------------------------------------
 def run_bench(args: argparse.Namespace, log) -> dict:
-    arches = ARCHES if args.arch == "all" else (args.arch,)
-    names = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(WORKLOADS)
-    for n in names:
-        if n not in WORKLOADS:
-            raise BenchError(f"unknown workload {n!r} (have: {', '.join(WORKLOADS)})")
+    arches, names = selected(args, WORKLOADS)
     reps = args.reps or (3 if args.quick else 5)
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (run_and_report, standard_parser, ARCHES, BENCH, PY, ROOT, BenchError, Runner, build,  # noqa: E402
-                    host_meta, paired_ratio, rotate)
+from common import (run_and_report, run_meta, selected, standard_parser, BENCH, PY, ROOT, BenchError, Runner, build,  # noqa: E402
+                    paired_ratio, rotate)
 
 DEFAULT_JSON = BENCH / "results" / "shadow_memory.json"
 PAGE = 4096
@@ -64,11 +64,7 @@ def parse_stats(err: bytes, what: str) -> dict:
 
 # --- the benchmark -----------------------------------------------------------------------------------
 def run_bench(args: argparse.Namespace, log) -> dict:
-    arches = ARCHES if args.arch == "all" else (args.arch,)
-    names = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else list(MEM_WORKLOADS)
-    for n in names:
-        if n not in MEM_WORKLOADS:
-            raise BenchError(f"unknown workload {n!r} (have: {', '.join(MEM_WORKLOADS)})")
+    arches, names = selected(args, MEM_WORKLOADS)
     reps = args.reps or (2 if args.quick else 3)
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()
@@ -104,12 +100,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
                         d["reference_output"] = out
                     d["outputs_match"] &= out == d["reference_output"]
 
-    return {"schema": 1, "meta": {
-        "started": started.isoformat(timespec="seconds"),
-        "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
-        "reps": reps, "quick": bool(args.quick), "scale": args.scale, "arches": list(arches), **host_meta(),
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+    return {"schema": 1, "meta": run_meta(args, arches, reps, started, load_before),
         "target": {"shadow_max_fraction_of_touched_heap": TARGET_FRACTION, "slack": TARGET_SLACK},
         "workloads": [finish(d) for d in wl.values()]}
 

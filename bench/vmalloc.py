@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (run_and_report, standard_parser, ARCHES, BENCH, PY, ROOT, BenchError, Runner, build,  # noqa: E402
-                    host_meta, paired_ratio, rotate)
+from common import (run_and_report, run_meta, standard_parser, ARCHES, BENCH, PY, ROOT, BenchError, Runner, build,  # noqa: E402
+                    paired_ratio, rotate)
 
 DEFAULT_JSON = BENCH / "results" / "vmalloc.json"
 
@@ -135,12 +135,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
                     d["wall_runs"][c].append(wall)
                     d["outputs_match"] &= check_line(out) == d["reference_output"]
 
-    return {"schema": 1, "meta": {
-        "started": started.isoformat(timespec="seconds"),
-        "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
-        "reps": reps, "quick": bool(args.quick), "scale": args.scale, "arches": list(arches), **host_meta(),
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+    return {"schema": 1, "meta": run_meta(args, arches, reps, started, load_before),
         "results": [finish(d) for d in res.values()]}
 
 

@@ -149,3 +149,23 @@ def test_shadow_memory_bench_smoke(tmp_path):
             assert isinstance(s["target_met_peak"], bool) and isinstance(s["target_met_exit"], bool)
             assert len(d["runs"][shadow]) == 1 and d["runs"][shadow][0]["errors"] == 0
         assert _positive(d["peak_rss_ratio"]["median"])
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
+def test_compiler_bench_smoke(tmp_path):
+    """bench/compiler.py (plain, generic, compiler-assisted, bare shadow), one tiny workload."""
+    out = tmp_path / "compiler.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compiler.py"), "--reps", "1", "--arch", "x86_64",
+         "--workloads", "compute", "--scale", "0.02", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "emsan runtime over bare shadow" in proc.stdout
+    res = json.loads(out.read_text())
+    assert {"schema", "meta", "workloads", "targets"} <= res.keys()
+    assert res["meta"]["reps"] == 1 and res["meta"]["arches"] == ["x86_64"]
+    (d,) = res["workloads"]
+    assert d["arch"] == "x86_64" and d["name"] == "compute" and d["outputs_match"] is True
+    assert d["cc_stats"]["cc_reports"] == 0
+    row = res["targets"]["runtime"]["x86_64/compute"]
+    assert _positive(row["cc_over_bare_emu_cpu"]) and isinstance(row["met_emu_cpu"], bool)

@@ -7,7 +7,7 @@ own code poisons stack and alloca redzones. Failed checks reach emsan through on
 kernel's do (mm/kasan/report_generic.c)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from emsan.runtime import GLOBALS_SYMBOL, NO_RETURN_SYMBOL, REPORT_SYMBOL
 from emsan.sanitizer.entrypoints import function_symbols
@@ -66,7 +66,7 @@ def parse_frame_descr(text: str) -> list[FrameObject]:
         out = []
         i = 1
         for _ in range(n):
-            off, size, _len, name = int(tok[i]), int(tok[i + 1]), tok[i + 2], tok[i + 3]
+            off, size, name = int(tok[i]), int(tok[i + 1]), tok[i + 3]    # tok[i + 2]: the name's length
             out.append(FrameObject(off, off + size, name.split(":")[0]))   # the kernel strips ":line"
             i += 4
         return out
