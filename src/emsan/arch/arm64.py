@@ -50,7 +50,11 @@ class ARM64(Arch):
                 size *= 2
             elif name.startswith(("ld1", "st1", "ld2", "st2", "ld3", "st3", "ld4", "st4")):
                 size = 16 * max(1, len(regs_used))
-        return [(ea & 0x00FF_FFFF_FFFF_FFFF, size, mems[0].access)]
+        # capstone marks a store's memory operand read-write: judge by the instruction instead.
+        rmw = name.startswith(("ldadd", "ldclr", "ldeor", "ldset", "ldsmax", "ldsmin", "ldumax", "ldumin",
+                               "swp", "cas"))
+        access = 3 if rmw else 2 if name.startswith("st") else 1
+        return [(ea & 0x00FF_FFFF_FFFF_FFFF, size, access)]
 
     def return_address(self, m) -> int:
         return m.reg("lr") & 0x0000_FFFF_FFFF_FFFF

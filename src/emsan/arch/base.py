@@ -38,7 +38,7 @@ class Arch:
         raise NotImplementedError
 
     def locate_access(self, m, block: int, regs: dict[str, int], addr: int,
-                      is_write: bool, first_only: bool = False) -> tuple[int, int, int] | None:
+                      is_write: bool, first_only: int = 0) -> tuple[int, int, int] | None:
         """The instruction of the block at `block` whose memory operand covers `addr` (a load or
         a store as asked, else any), given the registers when it accessed memory (those before
         it ran, also for the instructions before it, whose own effects are not undone):
@@ -57,8 +57,10 @@ class Arch:
                         fallback = fallback or (insn.address, ea, size)
             except KeyError:
                 pass
-            if first_only:
-                break
+            if first_only:              # look at that many instructions only
+                first_only -= 1
+                if not first_only:
+                    break
             if insn.group(1) or insn.group(2) or insn.group(3) or insn.group(7):   # jump, call, ret, branch_relative
                 break
         return fallback

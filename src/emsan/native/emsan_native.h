@@ -344,7 +344,7 @@ void emsan_mmio_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 _Bool emsan_mmio_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 uint64_t emsan_mmio_read(void *uc, uint64_t offset, unsigned size, void *ud);
 void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud);
-int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs, int *exact);
+int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs, uint64_t *cands, int *ncand);
 /* QEMU internals of the pinned libunicorn (qemu_get_cpu_<arch>, cpu_restore_state_<arch>) that
  * recover the exact PC of an access seen in an MMIO callback. */
 void emsan_mmio_set_pc_recovery(emsan_heap *h, void *get_cpu, void *restore);

@@ -143,7 +143,8 @@ struct mmio_state {                    /* --checks mmio (mmio.c) */
     uint8_t *direct;                   /* per heap page: the TLB may map it straight to memory */
     uint64_t block;                    /* the block being executed */
     int nregs, reg_ids[EMSAN_MAX_REGS];
-    int err_pending, err_exact;
+    int err_pending, err_ncand;
+    uint64_t err_cand[4];              /* guest PCs near the access (cpu_restore_state) */
     uint64_t err_block, err_regs[EMSAN_MAX_REGS];
     void *get_cpu, *restore;           /* QEMU's qemu_get_cpu() and cpu_restore_state() */
 };

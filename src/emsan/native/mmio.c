@@ -109,37 +109,59 @@ EXPORT void emsan_mmio_set_pc_recovery(emsan_heap *h, void *get_cpu, void *resto
     h->mm->restore = restore;
 }
 
-static int exact_pc(heap_t *h, uint64_t *pc)
+/* Where the access is, near enough: QEMU's cpu_restore_state() maps a host address in the
+ * translated code to a guest PC. The unwinder's outermost frame is the helper's return
+ * address: either in the block's code, right after the access (the PC is then that of the
+ * access or the one before), or in the block's out-of-line slow path, which ends by jumping
+ * back to the block's code (an x86-64 host's first `jmp rel32` after the return address).
+ * Each gives a candidate; the report keeps the one whose instruction covers the address. */
+static int restore_at(heap_t *h, void *cpu, uintptr_t host_pc, uint64_t *pc)
+{
+    struct mmio_state *m = h->mm;
+    if (!((restore_fn)m->restore)(cpu, host_pc, 0)) return 0;
+    *pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
+    return *pc - m->block < 0x1000;
+}
+
+static int pc_candidates(heap_t *h, uint64_t *out, int max)
 {
     struct mmio_state *m = h->mm;
     if (!m->get_cpu || !m->restore) return 0;
-    /* Unicorn's one CPU keeps QEMU's "unassigned" index or 0. */
     void *cpu = ((get_cpu_fn)m->get_cpu)(h->uc, 0);
     if (!cpu) cpu = ((get_cpu_fn)m->get_cpu)(h->uc, -1);
     if (!cpu) return 0;
     void *frames[48];
-    int n = backtrace(frames, 48);
-    for (int i = n - 1; i >= 0 && i >= n - 3; i--) {
-        if (((restore_fn)m->restore)(cpu, (uintptr_t)frames[i], 0)) {
-            *pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
-            return 1;
+    int n = backtrace(frames, 48), k = 0;
+    if (n < 1) return 0;
+    uintptr_t ret = (uintptr_t)frames[n - 1];
+    if (restore_at(h, cpu, ret, &out[k])) k++;
+#if defined(__x86_64__)
+    const uint8_t *code = (const uint8_t *)ret;
+    for (int i = 0; i < 48 && k < max; i++) {
+        if (code[i] != 0xE9) continue;
+        int32_t rel;
+        memcpy(&rel, code + i + 1, 4);
+        uintptr_t back = ret + (uintptr_t)i + 5 + (uintptr_t)(intptr_t)rel;
+        if (back < ret && ret - back < 0x10000 && restore_at(h, cpu, back, &out[k])) {
+            k++;
+            break;
         }
     }
-    return 0;
+#endif
+    return k;
 }
 
 static void bad_access(heap_t *h, uint64_t addr, unsigned size, int is_write)
 {
     struct mmio_state *m = h->mm;
     uint64_t pc = m->block;
-    int exact = exact_pc(h, &pc);
     if (!is_write && size >= 8 && (addr & (size - 1)) == 0 && shadow_tolerated(h, pc, addr, size))
         return;
     /* Registers are synced before every memory access: they locate the instruction. Kept for
      * the first error until the report has taken them. */
     if (!m->err_pending) {
         m->err_block = pc;
-        m->err_exact = exact;
+        m->err_ncand = pc_candidates(h, m->err_cand, 4);
         for (int i = 0; i < m->nregs; i++) m->err_regs[i] = reg_get(h->uc, m->reg_ids[i]);
         m->err_pending = 1;
     }
@@ -176,12 +198,13 @@ EXPORT void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t 
 }
 
 /* The block address and registers of the last bad access (for locating the instruction). */
-EXPORT int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs, int *exact)
+EXPORT int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs, uint64_t *cands, int *ncand)
 {
     struct mmio_state *m = h->mm;
     if (!m || !m->err_pending) return 0;
-    *exact = m->err_exact;
     *block = m->err_block;
+    *ncand = m->err_ncand;
+    memcpy(cands, m->err_cand, sizeof m->err_cand);
     memcpy(regs, m->err_regs, (size_t)m->nregs * sizeof *regs);
     m->err_pending = 0;
     return m->nregs;

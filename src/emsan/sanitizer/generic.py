@@ -77,9 +77,19 @@ class GenericMode:
         stack = confirm_candidate(heap.stack(e.stack), self.is_call_return) or [e.pc]
         fn = self._fn_by_id.get(e.fn, "")
         if e.type == lib.EMSAN_ERR_ACCESS and (ctx := heap.mmio_error_context()) is not None:
-            # Seen by the MMIO view: the size is that of one piece, and the PC the instruction's
-            # when QEMU could recover it, else its block's (then found by decoding the block).
-            found = self.arch.locate_access(self.machine, ctx[0], ctx[1], e.addr, e.is_write, first_only=ctx[2])
+            # Seen by the MMIO view: the size is that of one piece and the PC is unknown. The
+            # instruction is one of those near the candidates QEMU gave, else found by
+            # decoding the whole block.
+            block, regs, cands = ctx
+            found = None
+            for c in cands:
+                found = self.arch.locate_access(self.machine, c, regs, e.addr, e.is_write, first_only=2)
+                if found is not None:
+                    break
+            if found is None and cands:             # the access is at or just after them
+                found = self.arch.locate_access(self.machine, min(cands), regs, e.addr, e.is_write, first_only=8)
+            if found is None:
+                found = self.arch.locate_access(self.machine, block, regs, e.addr, e.is_write)
             if found is not None:
                 pc, ea, size = found
                 e = Error(e.type, e.is_write, ea, size, pc, e.stack, e.fn, e.kind)

@@ -88,21 +88,23 @@ class NativeHeap:
         machine.hook_block_native(self.ffi.addressof(lib, "emsan_mmio_block_cb"), self.h)
         self._mmio_block = self.ffi.new("uint64_t *")
         self._mmio_vals = self.ffi.new("uint64_t[]", 40)
-        self._mmio_exact = self.ffi.new("int *")
+        self._mmio_cands = self.ffi.new("uint64_t[]", 4)
+        self._mmio_ncand = self.ffi.new("int *")
         suffix = {"x86_64": "x86_64", "arm64": "aarch64"}[arch.name]
         get_cpu, restore = native.fnptr(f"qemu_get_cpu_{suffix}"), native.fnptr(f"cpu_restore_state_{suffix}")
         if get_cpu and restore:
             lib.emsan_mmio_set_pc_recovery(self.h, self.ffi.cast("void *", get_cpu), self.ffi.cast("void *", restore))
 
-    def mmio_error_context(self) -> tuple[int, dict[str, int], bool] | None:
-        """The PC (exact, or else its block's), registers and exactness of the first bad access
-        since the last call."""
+    def mmio_error_context(self) -> tuple[int, dict[str, int], list[int]] | None:
+        """The block, registers and candidate PCs of the first bad access since the last call."""
         if not hasattr(self, "_mmio_block"):
             return None
-        n = self.lib.emsan_mmio_last_error(self.h, self._mmio_block, self._mmio_vals, self._mmio_exact)
+        n = self.lib.emsan_mmio_last_error(self.h, self._mmio_block, self._mmio_vals, self._mmio_cands,
+                                           self._mmio_ncand)
         if not n:
             return None
-        return self._mmio_block[0], dict(zip(self._mmio_regs, self._mmio_vals[0:n])), bool(self._mmio_exact[0])
+        return (self._mmio_block[0], dict(zip(self._mmio_regs, self._mmio_vals[0:n])),
+                list(self._mmio_cands[0:self._mmio_ncand[0]]))
 
     def pop_error(self) -> Error | None:
         if not self.lib.emsan_pop_error(self.h, self._err):
