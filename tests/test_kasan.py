@@ -69,15 +69,15 @@ OUTLINE_ATOMICS = ("__aarch64_",)
 ANY_WORD = {"kmalloc_uaf_16"}               # the compiler picks which half it loads first
 
 
-def run_case(exe: str, case: str, tmp_path) -> tuple[object, list[dict]]:
+def run_case(exe: str, case: str, tmp_path, *options: str) -> tuple[object, list[dict]]:
     out = tmp_path / f"{case}.json"
-    res = emsan("run", "--continue", "--json", str(out), exe, case)
+    res = emsan("run", *options, "--continue", "--json", str(out), exe, case)
     reports = json.loads(out.read_text())["reports"] if out.exists() else []
     return res, reports
 
 
-@pytest.fixture(scope="module")
-def results(request, tmp_path_factory):
+def case_results(tmp_path_factory, *options: str):
+    """get(arch) -> {case: (process, reports)}: every case run once per arch with `options`."""
     cache = {}
 
     def get(arch: str):
@@ -85,10 +85,15 @@ def results(request, tmp_path_factory):
             exe = build("kasan_cases", arch, "static", ("-fno-builtin",))
             tmp = tmp_path_factory.mktemp(f"kasan-{arch}")
             with ThreadPoolExecutor(2) as pool:
-                futs = {c: pool.submit(run_case, exe, c, tmp) for c in EXPECTED}
+                futs = {c: pool.submit(run_case, exe, c, tmp, *options) for c in EXPECTED}
                 cache[arch] = {c: f.result() for c, f in futs.items()}
         return cache[arch]
     return get
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return case_results(tmp_path_factory)
 
 
 @pytest.mark.parametrize("case", list(EXPECTED))

@@ -6,12 +6,10 @@ MMIO view sees more: x86 lock-prefixed read-modify-writes, which Unicorn's hooks
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 from conftest import build, emsan
-from test_kasan import ANY_WORD, EXPECTED, OUTLINE_ATOMICS, SOOB, SUAF, TITLES
+from test_kasan import ANY_WORD, EXPECTED, OUTLINE_ATOMICS, SOOB, SUAF, TITLES, case_results
 
 MMIO_EXPECTED = {
     "x86_64": {**EXPECTED,
@@ -24,26 +22,9 @@ MMIO_EXPECTED = {
 }
 
 
-def run_case(exe: str, case: str, tmp_path) -> tuple[object, list[dict]]:
-    out = tmp_path / f"{case}.json"
-    res = emsan("run", "--checks", "mmio", "--continue", "--json", str(out), exe, case)
-    reports = json.loads(out.read_text())["reports"] if out.exists() else []
-    return res, reports
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    cache = {}
-
-    def get(arch: str):
-        if arch not in cache:
-            exe = build("kasan_cases", arch, "static", ("-fno-builtin",))
-            tmp = tmp_path_factory.mktemp(f"mmio-{arch}")
-            with ThreadPoolExecutor(2) as pool:
-                futs = {c: pool.submit(run_case, exe, c, tmp) for c in EXPECTED}
-                cache[arch] = {c: f.result() for c, f in futs.items()}
-        return cache[arch]
-    return get
+    return case_results(tmp_path_factory, "--checks", "mmio")
 
 
 @pytest.mark.parametrize("case", list(EXPECTED))
