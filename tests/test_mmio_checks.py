@@ -1,4 +1,4 @@
-"""Generic mode with --checks mmio (experimental): heap accesses checked through an MMIO view of
+"""Generic mode with --checks mmio (the default): heap accesses checked through an MMIO view of
 emsan's heap instead of a memory hook. The KASAN KUnit port (tests/guest/kasan_cases.c) gives the
 hook's reports, PCs included (recovered through QEMU's cpu_restore_state), except where the
 MMIO view sees more: x86 lock-prefixed read-modify-writes, which Unicorn's hooks miss, and arm64

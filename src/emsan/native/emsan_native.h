@@ -340,7 +340,6 @@ void emsan_cc_no_return_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 /* ---- --checks mmio (mmio.c): the heap checked through an MMIO view instead of a memory hook ---- */
 /* Returns the host memory behind the heap, to be mapped at the heap's guest address. */
 void *emsan_mmio_init(emsan_heap *h, uint64_t view_pa, int nregs, const int *regs);
-void emsan_mmio_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 _Bool emsan_mmio_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 uint64_t emsan_mmio_read(void *uc, uint64_t offset, unsigned size, void *ud);
 void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud);

@@ -141,7 +141,6 @@ struct mmio_state {                    /* --checks mmio (mmio.c) */
     uint8_t *host;                     /* the heap's memory, also mapped at its guest address */
     uint64_t view;                     /* physical address of the checking (MMIO) view */
     uint8_t *direct;                   /* per heap page: the TLB may map it straight to memory */
-    uint64_t block;                    /* the block being executed */
     int nregs, reg_ids[EMSAN_MAX_REGS];
     int err_pending, err_ncand;
     uint64_t err_cand[4];              /* guest PCs near the access (cpu_restore_state) */

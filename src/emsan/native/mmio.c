@@ -5,9 +5,9 @@
  * virtual TLB picks the view per page: pages whose shadow is all zero (nothing to check) map
  * straight to memory, the others to the checking view.
  *
- * An MMIO callback does not know the exact PC (Unicorn syncs it only at block exits), so a
- * native block hook keeps the current block's address, and a bad access carries the block
- * address and the registers: the report finds the instruction by decoding the block. */
+ * An MMIO callback does not know the exact PC (Unicorn syncs it only at block exits): a bad
+ * access carries the registers and candidate PCs from QEMU, and the report finds the
+ * instruction among them by decoding. */
 #include <execinfo.h>
 #include <sys/mman.h>
 #include "internal.h"
@@ -38,12 +38,6 @@ void mmio_destroy(heap_t *h)
     munmap(h->mm->host, h->size);
     free(h->mm);
     h->mm = NULL;
-}
-
-EXPORT void emsan_mmio_block_cb(void *uc, uint64_t address, uint32_t size, void *ud)
-{
-    (void)uc; (void)size;
-    ((heap_t *)ud)->mm->block = address;
 }
 
 /* Is the shadow of heap page `page` all zero? */
@@ -120,7 +114,7 @@ static int restore_at(heap_t *h, void *cpu, uintptr_t host_pc, uint64_t *pc)
     struct mmio_state *m = h->mm;
     if (!((restore_fn)m->restore)(cpu, host_pc, 0)) return 0;
     *pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
-    return *pc - m->block < 0x1000;
+    return 1;
 }
 
 static int pc_candidates(heap_t *h, uint64_t *out, int max)
@@ -154,14 +148,19 @@ static int pc_candidates(heap_t *h, uint64_t *out, int max)
 static void bad_access(heap_t *h, uint64_t addr, unsigned size, int is_write)
 {
     struct mmio_state *m = h->mm;
-    uint64_t pc = m->block;
-    if (!is_write && size >= 8 && (addr & (size - 1)) == 0 && shadow_tolerated(h, pc, addr, size))
+    uint64_t cand[4];
+    int ncand = pc_candidates(h, cand, 4);
+    /* Without a candidate, the PC Unicorn last synced (a block of this function or before it). */
+    uint64_t pc = ncand ? cand[0] : reg_get(h->uc, h->regs[EMSAN_REG_PC]);
+    /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (see shadow.c). */
+    if (!is_write && size >= 4 && (addr & (size - 1)) == 0 && shadow_tolerated(h, pc, addr, size))
         return;
     /* Registers are synced before every memory access: they locate the instruction. Kept for
      * the first error until the report has taken them. */
     if (!m->err_pending) {
         m->err_block = pc;
-        m->err_ncand = pc_candidates(h, m->err_cand, 4);
+        m->err_ncand = ncand;
+        memcpy(m->err_cand, cand, sizeof cand);
         for (int i = 0; i < m->nregs; i++) m->err_regs[i] = reg_get(h->uc, m->reg_ids[i]);
         m->err_pending = 1;
     }
@@ -197,7 +196,7 @@ EXPORT void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t 
     memcpy(h->mm->host + offset, &value, size);
 }
 
-/* The block address and registers of the last bad access (for locating the instruction). */
+/* The PC, registers and candidate PCs of the first bad access (for locating the instruction). */
 EXPORT int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs, uint64_t *cands, int *ncand)
 {
     struct mmio_state *m = h->mm;

@@ -85,7 +85,6 @@ class NativeHeap:
         machine.mmio_map(view_pa, self.size, self.ffi.addressof(lib, "emsan_mmio_read"),
                          self.ffi.addressof(lib, "emsan_mmio_write"), self.h)
         machine.use_virtual_tlb(self.ffi.addressof(lib, "emsan_mmio_tlb_cb"), self.h)
-        machine.hook_block_native(self.ffi.addressof(lib, "emsan_mmio_block_cb"), self.h)
         self._mmio_block = self.ffi.new("uint64_t *")
         self._mmio_vals = self.ffi.new("uint64_t[]", 40)
         self._mmio_cands = self.ffi.new("uint64_t[]", 4)

@@ -24,7 +24,7 @@ class RunOptions:
     quarantine_size: int = 256 << 20
     stats: bool = False
     shadow: str = "per-page"          # --shadow: per-page (shared zero/black pages) or full
-    checks: str = "hook"              # --checks: heap accesses checked by a memory hook, or through MMIO
+    checks: str = "mmio"              # --checks: heap accesses checked through MMIO, or by a memory hook
     mmap_shadow: bool = True          # --no-mmap-shadow: leave the mmap area unshadowed (the ablation)
     stacks: str = "auto"              # --stacks: allocation/free stack collector
     no_depot: bool = False            # --no-depot: every trace stored separately
