@@ -173,6 +173,15 @@ static inline int8_t shadow_at(heap_t *h, uint64_t addr) {
     if (UNLIKELY(!pg)) pg = shadow_resolve(h, chunk);
     return (int8_t)shadow_page(h, pg)[(addr & (SHADOW_CHUNK - 1)) >> 3];
 }
+/* The per-access check (memory_is_poisoned): the common case is an access inside one granule. */
+static inline int shadow_access_bad(heap_t *h, uint64_t addr, uint64_t size) {
+    uint64_t last = addr + size - 1;
+    if (LIKELY((addr >> 3) == (last >> 3))) {
+        int8_t s = shadow_at(h, addr);
+        return !(s == 0 || (s > 0 && (int8_t)(last & 7) < s));
+    }
+    return shadow_bad(h, addr, size);
+}
 
 /* Guest addresses: on arm64 the top byte is a tag the MMU ignores (Top-Byte-Ignore), so
  * emsan strips it before touching guest memory itself. */

@@ -167,22 +167,12 @@ static void bad_access(heap_t *h, uint64_t addr, unsigned size, int is_write)
     report_error(h, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(h, pc, 0), 0, 0);
 }
 
-static inline int access_bad(heap_t *h, uint64_t addr, unsigned size)
-{
-    uint64_t last = addr + size - 1;
-    if (LIKELY((addr >> 3) == (last >> 3))) {
-        int8_t s = shadow_at(h, addr);
-        return !(s == 0 || (s > 0 && (int8_t)(last & 7) < s));
-    }
-    return shadow_bad(h, addr, size);
-}
-
 EXPORT uint64_t emsan_mmio_read(void *uc, uint64_t offset, unsigned size, void *ud)
 {
     (void)uc;
     heap_t *h = ud;
     uint64_t addr = h->base + offset, v = 0;
-    if (UNLIKELY(access_bad(h, addr, size))) bad_access(h, addr, size, 0);
+    if (UNLIKELY(shadow_access_bad(h, addr, size))) bad_access(h, addr, size, 0);
     memcpy(&v, h->mm->host + offset, size);
     return v;
 }
@@ -192,7 +182,7 @@ EXPORT void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t 
     (void)uc;
     heap_t *h = ud;
     uint64_t addr = h->base + offset;
-    if (UNLIKELY(access_bad(h, addr, size))) bad_access(h, addr, size, 1);
+    if (UNLIKELY(shadow_access_bad(h, addr, size))) bad_access(h, addr, size, 1);
     memcpy(h->mm->host + offset, &value, size);
 }
 

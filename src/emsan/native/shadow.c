@@ -329,15 +329,8 @@ EXPORT void emsan_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t va
     heap_t *h = ud;
     if (addr - h->base >= h->size)
         return;                           /* objects live in the heap only (unsigned: below it too) */
-    /* Fast path: the whole access inside one granule whose shadow allows it. */
-    uint64_t last = addr + (uint64_t)size - 1;
-    if (LIKELY((addr >> 3) == (last >> 3))) {
-        int8_t s = shadow_at(h, addr);
-        if (LIKELY(s == 0 || (s > 0 && (int8_t)(last & 7) < s)))
-            return;
-    } else if (!shadow_bad(h, addr, (uint64_t)size)) {
+    if (LIKELY(!shadow_access_bad(h, addr, (uint64_t)size)))
         return;
-    }
     int is_write = type == 17 /* UC_MEM_WRITE */;
     uint64_t pc = reg_get(uc, h->regs[EMSAN_REG_PC]);
     if (!is_write && size >= 8 && (addr & ((uint64_t)size - 1)) == 0 && shadow_tolerated(h, pc, addr, (uint64_t)size))

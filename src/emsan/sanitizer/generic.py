@@ -79,7 +79,7 @@ class GenericMode:
         if e.type == lib.EMSAN_ERR_ACCESS and (ctx := heap.mmio_error_context()) is not None:
             # Seen by the MMIO view: the size is that of one piece and the PC is unknown. The
             # instruction is one of those near the candidates QEMU gave, else found by
-            # decoding the whole block.
+            # decoding on from the PC Unicorn last synced.
             block, regs, cands = ctx
             found = None
             for c in cands:
