@@ -65,6 +65,29 @@ class Arch:
                 break
         return fallback
 
+    def fault_access(self, m, pc: int, page: int, is_write: bool, page_size: int = 0x1000) -> tuple[int, int] | None:
+        """The first address and the size of the access the instruction at pc made to `page`
+        (a fault seen through the TLB knows only the page): (address, size), or None."""
+        code = m.try_read(pc, 16)
+        insn = next(self.disassembler.disasm(code, pc, 1), None) if code else None
+        if insn is None:
+            return None
+        regs = {r: m.reg(r) for r in self.gprs}
+        want = 2 if is_write else 1                   # CS_AC_WRITE / CS_AC_READ
+        other = None
+        try:
+            operands = self.memory_operands(insn, regs)
+        except KeyError:
+            return None
+        for ea, size, access in operands:
+            ea &= m.addr_mask
+            if ea < page + page_size and page < ea + max(size, 1):
+                found = (max(ea, page), size)
+                if access & want or not access:
+                    return found
+                other = other or found
+        return other
+
     # Calling convention, used by interceptors that stand in for a whole function.
     def return_address(self, m) -> int:
         raise NotImplementedError

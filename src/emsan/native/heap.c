@@ -118,8 +118,11 @@ static uint64_t take_pages(heap_t *h, uint64_t n)
 static struct slab *new_slab(heap_t *h, uint64_t page, uint32_t npages, int cls)
 {
     if (h->nslabs == h->slabs_cap) {
-        h->slabs_cap = h->slabs_cap ? h->slabs_cap * 2 : 256;
-        h->slabs = realloc(h->slabs, h->slabs_cap * sizeof *h->slabs);
+        size_t cap = h->slabs_cap ? h->slabs_cap * 2 : 256;
+        struct slab *slabs = realloc(h->slabs, cap * sizeof *slabs);
+        if (!slabs) { out_of("host memory for the heap's slabs"); emu_stop(h->uc); return NULL; }
+        h->slabs = slabs;
+        h->slabs_cap = cap;
     }
     size_t id = h->nslabs++;
     struct slab *s = &h->slabs[id];
@@ -140,10 +143,12 @@ static int grow_class_tagged(heap_t *h, int c)
     uint64_t page = take_pages(h, npages);
     if (!page) return 0;
     struct slab *s = new_slab(h, page, npages, c);
+    if (!s) return 0;
     s->slot = slot;
     s->first = s->start;
     s->nobj = (uint32_t)(((uint64_t)npages << PAGE_SHIFT) / slot);
     s->objs = calloc(s->nobj, sizeof *s->objs);
+    if (!s->objs) { out_of("host memory for the heap's objects"); emu_stop(h->uc); return 0; }
     tag_set(h, s->start, (uint64_t)npages << PAGE_SHIFT, TAG_INVALID);
     size_t id = (size_t)(s - h->slabs);
     for (uint32_t i = s->nobj; i-- > 0;) vec_push(&h->freelist[c], ((uint64_t)id << 24) | i);
@@ -160,10 +165,12 @@ static int grow_class(heap_t *h, int c)
     uint64_t page = take_pages(h, npages);
     if (!page) return 0;
     struct slab *s = new_slab(h, page, npages, c);
+    if (!s) return 0;
     s->slot = slot;
     s->first = s->start + round_up(rz, 16);
     s->nobj = (uint32_t)((s->start + ((uint64_t)npages << PAGE_SHIFT) - s->first) / slot);
     s->objs = calloc(s->nobj, sizeof *s->objs);
+    if (!s->objs) { out_of("host memory for the heap's objects"); emu_stop(h->uc); return 0; }
     shadow_fill(h, s->start, (uint64_t)npages << PAGE_SHIFT, KASAN_SLAB_REDZONE);
     size_t id = (size_t)(s - h->slabs);
     for (uint32_t i = s->nobj; i-- > 0;) vec_push(&h->freelist[c], ((uint64_t)id << 24) | i);
@@ -204,11 +211,13 @@ static uint64_t alloc_large(heap_t *h, uint64_t size, uint64_t align, int kind, 
     uint64_t page = take_pages(h, npages);
     if (!page) return 0;
     struct slab *s = new_slab(h, page, (uint32_t)npages, LARGE_CLASS);
+    if (!s) return 0;
     uint64_t start = s->start + PAGE_SIZE;
     s->first = round_up(start, align > PAGE_SIZE ? align : PAGE_SIZE);
     s->slot = (uint32_t)(obj_pages << PAGE_SHIFT);
     s->nobj = 1;
     s->objs = calloc(1, sizeof *s->objs);
+    if (!s->objs) { out_of("host memory for the heap's objects"); emu_stop(h->uc); return 0; }
     struct obj *o = &s->objs[0];
     o->size = size; o->kind = (uint8_t)kind; o->state = EMSAN_OBJ_LIVE; o->alloc_stack = stack; o->free_stack = 0;
     if (h->tag_mode) {          /* the object's granules get its tag, the rest stays invalid */

@@ -72,9 +72,19 @@ struct slab {
     struct obj *objs;
 };
 
+/* Resource exhaustion (exhaust.c): what emsan ran out of first, or NULL. The run then ends with
+ * one line and its own exit status; the metadata that could not be kept is simply not kept. */
+extern const char *emsan_out_of;
+static inline void out_of(const char *what) { if (!emsan_out_of) emsan_out_of = what; }
+
 struct vec64 { uint64_t *v; size_t n, cap; };
 static inline void vec_push(struct vec64 *a, uint64_t x) {
-    if (a->n == a->cap) { a->cap = a->cap ? a->cap * 2 : 64; a->v = realloc(a->v, a->cap * sizeof *a->v); }
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        uint64_t *v = realloc(a->v, cap * sizeof *v);
+        if (!v) { out_of("host memory"); return; }
+        a->v = v; a->cap = cap;
+    }
     a->v[a->n++] = x;
 }
 
@@ -93,6 +103,7 @@ struct shadow_map {
     uint8_t *pool;                     /* SHADOW_POOL_PAGES host pages; the guest may map them */
     uint32_t *dir[SHADOW_DIR_SIZE];    /* chunk -> pool page, leaves allocated on use */
     uint32_t next;                     /* next never-used pool page */
+    uint32_t limit;                    /* pages of the pool emsan may use (--shadow-limit) */
     struct vec64 spare;                /* released pool pages */
     int share;                         /* 0: every written chunk gets a private page (full shadow) */
     int exposed;                       /* mapped into the guest (gshadow.c) */

@@ -13,6 +13,12 @@ void quarantine_put(heap_t *h, uint64_t handle, uint64_t bytes)
     if (h->q_len == h->q_cap) {
         size_t ncap = h->q_cap ? h->q_cap * 2 : 1024;
         uint64_t *nq = malloc(ncap * sizeof *nq);
+        if (!nq) {                           /* no room to remember it: reusable at once */
+            out_of("host memory for the quarantine");
+            emu_stop(h->uc);
+            release_object(h, handle);
+            return;
+        }
         for (size_t i = 0; i < h->q_len; i++) nq[i] = h->q[(h->q_head + i) % h->q_cap];
         free(h->q);
         h->q = nq; h->q_cap = ncap; h->q_head = 0;

@@ -24,6 +24,7 @@ int shadow_init(heap_t *h, int share)
     for (uint32_t i = 1; i < SHADOW_FIRST_REAL; i++)
         memset(sm->pool + ((uint64_t)i << PAGE_SHIFT), shared_value[i], PAGE_SIZE);
     sm->next = SHADOW_FIRST_REAL;
+    sm->limit = SHADOW_POOL_PAGES;
     sm->share = share;
     return 1;
 }
@@ -40,8 +41,10 @@ void shadow_destroy(heap_t *h)
 
 static uint32_t *slot_of(heap_t *h, uint64_t chunk)
 {
+    static uint32_t lost;              /* the slot of a chunk whose directory leaf could not be made */
     uint32_t **leaf = &h->sm.dir[chunk >> SHADOW_LEAF_SHIFT];
     if (UNLIKELY(!*leaf)) *leaf = calloc(SHADOW_LEAF_SIZE, sizeof **leaf);
+    if (UNLIKELY(!*leaf)) { out_of("host memory for shadow"); emu_stop(h->uc); lost = SHADOW_ZERO; return &lost; }
     return &(*leaf)[chunk & (SHADOW_LEAF_SIZE - 1)];
 }
 
@@ -62,8 +65,8 @@ static uint32_t new_page(heap_t *h, uint32_t copy_of)
     struct shadow_map *sm = &h->sm;
     uint32_t pg;
     if (sm->spare.n) pg = (uint32_t)sm->spare.v[--sm->spare.n];
-    else if (sm->next < SHADOW_POOL_PAGES) pg = sm->next++;
-    else return 0;
+    else if (sm->next < sm->limit) pg = sm->next++;
+    else { out_of("shadow memory"); emu_stop(h->uc); return 0; }
     memcpy(shadow_page(h, pg), shadow_page(h, copy_of), PAGE_SIZE);
     h->stats.shadow_pages++;
     if (h->stats.shadow_pages > h->stats.shadow_pages_peak) h->stats.shadow_pages_peak = h->stats.shadow_pages;
@@ -336,6 +339,13 @@ EXPORT void emsan_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t va
     if (!is_write && size >= 8 && (addr & ((uint64_t)size - 1)) == 0 && shadow_tolerated(h, pc, addr, (uint64_t)size))
         return;
     report_error(h, EMSAN_ERR_ACCESS, addr, (uint64_t)size, is_write, pc, stack_here(h, pc, 0), 0, 0);
+}
+
+/* At most `pages` pool pages (4 KiB each) for private shadow (--shadow-limit). */
+EXPORT void emsan_shadow_set_limit(emsan_heap *h, uint64_t pages)
+{
+    h->sm.limit = pages < SHADOW_FIRST_REAL + 1 ? SHADOW_FIRST_REAL + 1 : pages > SHADOW_POOL_PAGES ? SHADOW_POOL_PAGES
+                                                                                                    : (uint32_t)pages;
 }
 
 EXPORT int emsan_shadow_byte(emsan_heap *h, uint64_t addr)
