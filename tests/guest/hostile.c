@@ -9,6 +9,11 @@
  *                                  kernel address (kernel): under emsan the first must fail as the
  *                                  second does natively
  *        hostile alloc             pvalloc(SIZE_MAX), memalign with alignments glibc rounds up
+ *        hostile churn N           N mallocs and frees of 1..6000 bytes
+ *        hostile mapping           partial munmap of 256 MiB, mprotect, mremap, MAP_FIXED, exact faults
+ *        hostile bigio             write/read of 4 GiB with an 8 KiB buffer
+ *        hostile sabotage PATH     replace PATH by a directory, then overflow a heap object
+ *        hostile getppid           what getppid returned
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -17,6 +22,7 @@
 #include <limits.h>
 #include <malloc.h>
 #include <poll.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,10 +63,10 @@ static int args(void)
     struct timespec ts;
     struct rlimit rl;
     int sv[2], dg[2], fds[2];
-    SHOW("write SIZE_MAX", syscall(SYS_write, 1, buf, SIZE_MAX));
-    SHOW("write NULL", syscall(SYS_write, 1, NULL, 10));
-    SHOW("write kernel address", syscall(SYS_write, 1, (void *)-4096L, 10));
-    SHOW("write 0 bytes", syscall(SYS_write, 1, buf, 0));
+    SHOW("write SIZE_MAX", syscall(SYS_write, tmp, buf, SIZE_MAX));
+    SHOW("write NULL", syscall(SYS_write, tmp, NULL, 10));
+    SHOW("write kernel address", syscall(SYS_write, tmp, (void *)-4096L, 10));
+    SHOW("write 0 bytes", syscall(SYS_write, tmp, buf, 0));
     SHOW("pwrite64 SIZE_MAX", syscall(SYS_pwrite64, tmp, buf, SIZE_MAX, 0));
     SHOW("pwrite64 offset -1", syscall(SYS_pwrite64, tmp, buf, 10, -1L));
     SHOW("pread64 offset -1", syscall(SYS_pread64, fd, buf, 10, -1L));
@@ -69,11 +75,12 @@ static int args(void)
     SHOW("readv 1<<20 iovecs", syscall(SYS_readv, fd, iov, 1L << 20));
     SHOW("readv 1025 iovecs", syscall(SYS_readv, fd, iov, 1025));
     iov[0].iov_len = 1ULL << 63;
-    SHOW("writev negative iov_len", syscall(SYS_writev, 1, iov, 1));
+    SHOW("writev negative iov_len", syscall(SYS_writev, tmp, iov, 1));
     iov[0].iov_len = 1ULL << 62;
-    SHOW("writev huge iov_len", syscall(SYS_writev, 1, iov, 1));
-    SHOW("writev iovecs at NULL", syscall(SYS_writev, 1, NULL, 2));
-    SHOW("poll 1<<40 fds", syscall(SYS_ppoll, buf, 1L << 40, NULL, NULL, 8));
+    SHOW("writev huge iov_len (written up to the first unmapped byte)", syscall(SYS_writev, tmp, iov, 1));
+    SHOW("writev iovecs at NULL", syscall(SYS_writev, tmp, NULL, 2));
+    SHOW("poll 1<<40 fds (0: nfds is 32 bits)", syscall(SYS_ppoll, buf, 1L << 40, &(struct timespec){0, 0}, NULL, 8));
+    SHOW("poll 0x7fffffff fds", syscall(SYS_ppoll, buf, 0x7fffffffL, NULL, NULL, 8));
     SHOW("poll fds at NULL", syscall(SYS_ppoll, NULL, 1, &(struct timespec){0, 0}, NULL, 8));
     SHOW("clock_gettime 1<<40 (id 0)", syscall(SYS_clock_gettime, 1L << 40, &ts));
     SHOW("clock_gettime 0x7fffffff", syscall(SYS_clock_gettime, 0x7fffffffL, &ts));
@@ -198,7 +205,7 @@ static void check_maps(const char *what, int fd)
     printf("%s: this program's code %d, a foreign process %d\n", what, mine, foreign);
 }
 
-static int proc(const char *workdir)
+static int proc(const char *argv0, const char *workdir)
 {
     char path[256], want[PATH_MAX], got[PATH_MAX];
     int pid = getpid();
@@ -252,14 +259,16 @@ static int proc(const char *workdir)
     lseek(mem, (off_t)(uintptr_t)&global, SEEK_SET);
     printf("mem lseek+read: %d\n", read(mem, &v, sizeof v) == sizeof v && v == 43);
     errno = 0;
-    printf("mem read at an unmapped address: %ld errno %d\n", (long)pread(mem, &v, sizeof v, 0x1000), errno);
+    long r = (long)pread(mem, &v, sizeof v, 0x1000);
+    printf("mem read at an unmapped address: %ld errno %d\n", r, errno);
     nv = 9;
     printf("mem write to read-only data: %d\n",
            pwrite(mem, &nv, sizeof nv, (off_t)(uintptr_t)&constant) == sizeof nv && constant == 9);
     char *none = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     printf("mem read of a PROT_NONE page: %d\n", pread(mem, &v, sizeof v, (off_t)(uintptr_t)none) == sizeof v && v == 0);
     errno = 0;
-    printf("mem seek to the end: %ld errno %d\n", (long)lseek(mem, 0, SEEK_END), errno);
+    r = (long)lseek(mem, 0, SEEK_END);
+    printf("mem seek to the end: %ld errno %d\n", r, errno);
     close(mem);
 
     /* exe, cmdline, environ, auxv, status, stat, statm */
@@ -268,8 +277,9 @@ static int proc(const char *workdir)
     printf("exe is this program: %d\n", realpath("/proc/self/exe", want) && strcmp(got, want) == 0 &&
                                            access(got, X_OK) == 0);
     long len = slurp("cmdline", open("/proc/self/cmdline", O_RDONLY));
-    printf("cmdline: %ld bytes, args %s %s\n", len, text + strlen(text) + 1, text + strlen(text) + 1 +
-                                                strlen(text + strlen(text) + 1) + 1);
+    printf("cmdline: argv[0] %d, then %s %s, %d bytes too many\n", strcmp(text, argv0) == 0, text + strlen(text) + 1,
+           text + strlen(text) + 1 + strlen(text + strlen(text) + 1) + 1,
+           (int)(len - (long)(strlen(argv0) + strlen(workdir) + 7)));
     len = slurp("environ", open("/proc/self/environ", O_RDONLY));
     extern char **environ;
     long want_len = 0;
@@ -413,16 +423,118 @@ static int alloc(void)
     return 0;
 }
 
+/* Allocation churn over a spread of sizes: needs shadow for many chunks of emsan's heap. */
+static int churn(long n)
+{
+    static void *keep[512];
+    unsigned long x = 1;
+    for (long i = 0; i < n; i++) {
+        x = x * 6364136223846793005UL + 1442695040888963407UL;
+        unsigned slot = (unsigned)((x >> 33) % 512);
+        free(keep[slot]);
+        keep[slot] = malloc(1 + (x >> 40) % 6000);
+        if (keep[slot]) memset(keep[slot], 1, 1);
+    }
+    printf("churned %ld\n", n);
+    return 0;
+}
+
+/* The new mapping layer, as a program sees it: partial unmaps, protections that shrink, moves,
+ * MAP_FIXED replacing contents, faults with their exact address. */
+static sigjmp_buf back;
+static volatile void *fault_addr;
+
+static void on_segv(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig; (void)uc;
+    fault_addr = si->si_addr;
+    siglongjmp(back, 1);
+}
+
+static int faults(volatile char *p)
+{
+    fault_addr = NULL;
+    if (sigsetjmp(back, 1) == 0) {
+        *p = 1;
+        return 0;
+    }
+    return fault_addr == p;
+}
+
+static int mapping(void)
+{
+    struct sigaction sa = {.sa_sigaction = on_segv, .sa_flags = SA_SIGINFO};
+    sigaction(SIGSEGV, &sa, NULL);
+    size_t big = 256UL << 20, pg = 4096;
+    char *p = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (size_t i = 0; i < big; i += pg) p[i] = (char)(i >> 12);
+    printf("unmap the first page of 256 MiB: %d\n", munmap(p, pg) == 0);
+    printf("the rest is intact: %d\n", p[pg] == 1 && p[big - pg] == (char)((big - pg) >> 12));
+    printf("the first page faults at its exact address: %d\n", faults(p + 123));
+    int ok = munmap(p + 8 * pg, pg) == 0;
+    int intact = p[7 * pg] == 7 && p[9 * pg] == 9;
+    printf("unmap a middle page: %d, neighbours intact %d, it faults %d\n", ok, intact, faults(p + 8 * pg + 5));
+    ok = mprotect(p + 16 * pg, 2 * pg, PROT_READ) == 0;
+    int wf = faults(p + 17 * pg + 9);
+    printf("read-only: %d, a write faults %d, reads work %d\n", ok, wf, p[17 * pg] == 17);
+    ok = mprotect(p + 16 * pg, 2 * pg, PROT_READ | PROT_WRITE) == 0;
+    printf("writable again: %d, write works %d\n", ok, !faults(p + 17 * pg + 9));
+    char *q = mremap(p + 32 * pg, 4 * pg, 8 * pg, MREMAP_MAYMOVE);
+    int moved = q != MAP_FAILED && q[0] == 32 && q[3 * pg] == 35;
+    int old_faults = q != p + 32 * pg && faults(p + 32 * pg);
+    printf("mremap moves the contents: %d, the old place faults %d, the new tail is zero %d\n", moved, old_faults,
+           q != MAP_FAILED && q[7 * pg] == 0);
+    char *r = mmap(p + 40 * pg, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    printf("MAP_FIXED replaces the contents with zeros: %d\n", r == p + 40 * pg && r[0] == 0 && p[42 * pg] == 42);
+    printf("munmap of it all: %d\n", munmap(p, big) == 0);
+    return 0;
+}
+
+/* Transfers of far more than the buffer holds: the kernel stops at the first unmapped byte. */
+static int bigio(void)
+{
+    int tmp = memfd_create("big", 0);
+    long w = syscall(SYS_write, tmp, buf, 4UL << 30);
+    printf("write 4 GiB from an 8 KiB buffer: %s\n", w > 0 && w < (1L << 30) ? "a short count" : "unexpected");
+    lseek(tmp, 0, SEEK_SET);
+    long r = syscall(SYS_read, tmp, buf, 4UL << 30);
+    printf("read 4 GiB into an 8 KiB buffer: %s\n", r > 0 && r < (1L << 30) ? "a short count" : "unexpected");
+    return 0;
+}
+
+/* The report file is swapped for a directory while the program runs, then a heap overflow. */
+static int sabotage(const char *path)
+{
+    unlink(path);
+    mkdir(path, 0700);
+    volatile char *obj = malloc(16);
+    obj[16] = 'x';
+    free((void *)obj);
+    printf("still running\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *what = argc > 1 ? argv[1] : "";
     if (strcmp(what, "args") == 0) return args();
-    if (strcmp(what, "proc") == 0 && argc > 2) return proc(argv[2]);
+    if (strcmp(what, "proc") == 0 && argc > 2) return proc(argv[0], argv[2]);
     if (strcmp(what, "timer-loop") == 0) return timer_loop();
     if (strcmp(what, "timer-storm") == 0) return timer_storm();
     if (strcmp(what, "own") == 0 && argc > 2) return own(argv[2]);
     if (strcmp(what, "alloc") == 0) return alloc();
-    fprintf(stderr, "usage: hostile args | proc WORKDIR | timer-loop | timer-storm | own heap|kernel | alloc\n");
+    if (strcmp(what, "churn") == 0 && argc > 2) return churn(atol(argv[2]));
+    if (strcmp(what, "mapping") == 0) return mapping();
+    if (strcmp(what, "bigio") == 0) return bigio();
+    if (strcmp(what, "sabotage") == 0 && argc > 2) return sabotage(argv[2]);
+    if (strcmp(what, "getppid") == 0) {
+        errno = 0;
+        long r = syscall(SYS_getppid);
+        printf("getppid: %s errno %d\n", r > 0 ? "a pid" : "no pid", errno);
+        return 0;
+    }
+    fprintf(stderr, "usage: hostile args | proc WORKDIR | timer-loop | timer-storm | own heap|kernel | alloc | "
+                    "churn N | mapping | bigio | sabotage PATH | getppid\n");
     return 2;
 }

@@ -443,10 +443,15 @@ static void allocator_fn(heap_t *h, int fn)
         break;
     }
     case EMSAN_FN_REALLOC: r = do_realloc(h, a0, a1, pc, fn); break;
-    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC:
+    case EMSAN_FN_MEMALIGN:             /* glibc rounds an alignment up to a power of two */
+        if (a0 > (1ULL << 63)) { r = 0; break; }
+        while (!is_pow2(a0) && a0 > 16) a0 += a0 & -a0;
+        r = do_alloc(h, a1, a0 > 16 ? a0 : 16, EMSAN_KIND_MALLOC); break;
+    case EMSAN_FN_ALIGNED_ALLOC:
         r = is_pow2(a0) ? do_alloc(h, a1, a0 > 16 ? a0 : 16, EMSAN_KIND_MALLOC) : 0; break;
     case EMSAN_FN_VALLOC: r = do_alloc(h, a0, PAGE_SIZE, EMSAN_KIND_MALLOC); break;
-    case EMSAN_FN_PVALLOC: r = do_alloc(h, round_up(a0 ? a0 : 1, PAGE_SIZE), PAGE_SIZE, EMSAN_KIND_MALLOC); break;
+    case EMSAN_FN_PVALLOC:              /* the round-up must not wrap: pvalloc(SIZE_MAX) is NULL */
+        r = a0 > -PAGE_SIZE ? 0 : do_alloc(h, round_up(a0 ? a0 : 1, PAGE_SIZE), PAGE_SIZE, EMSAN_KIND_MALLOC); break;
     case EMSAN_FN_POSIX_MEMALIGN:
         if (!is_pow2(a1) || a1 % 8) { r = 22; break; }             /* EINVAL */
         {

@@ -5,7 +5,7 @@ import os
 import shutil
 import sys
 
-from emsan.errors import EmsanError
+from emsan.errors import EXIT_RESOURCES, EmsanError
 from emsan.machine import Machine
 from emsan.os.linux.elf import open_elf
 from emsan.os.linux.loader import load_program
@@ -99,6 +99,25 @@ class Session:
         elif opts.mode == "kfence":
             from emsan.session.kfence import KfenceSanitizer
             self.sanitizer = KfenceSanitizer(self)
+        self.limit_resources()
+
+    def limit_resources(self) -> None:
+        """--shadow-limit, and the end of the run when emsan's own state runs out (native/exhaust.c):
+        one line and EXIT_RESOURCES, not a guest that meets a half-built shadow."""
+        from emsan.machine import native
+        _ffi, lib = native.load()
+        heap = getattr(getattr(self.sanitizer, "mode", None), "heap", None) or getattr(self.sanitizer, "heap", None)
+        if self.opts.shadow_limit is not None and heap is not None:
+            lib.emsan_shadow_set_limit(heap.h, self.opts.shadow_limit >> 12)
+
+        def exhausted():
+            what = lib.emsan_exhausted()
+            if what == _ffi.NULL:
+                return None
+            self.out_of = _ffi.string(what).decode()
+            return ExitInfo("resources", EXIT_RESOURCES)
+        self.out_of = ""
+        self.process.on_stop.insert(0, exhausted)
 
     def run(self) -> ExitInfo:
         return self.process.run(self.loaded.entry, self.opts.timeout, self.opts.max_instructions)
@@ -110,7 +129,11 @@ def run(opts: RunOptions) -> int:
     sys.stdout.flush()
     if s.sanitizer is not None:
         s.sanitizer.finish()
-    if info.kind == "signal" and info.signal in CORE_SIGNALS:
+    if info.kind == "resources":
+        limit = f" (--shadow-limit {opts.shadow_limit})" if s.out_of == "shadow memory" and opts.shadow_limit else ""
+        print(f"emsan: out of {s.out_of}{limit}: the run stops here, at {s.symbolizer.frame(s.machine.pc)}",
+              file=sys.stderr)
+    elif info.kind == "signal" and info.signal in CORE_SIGNALS:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
     elif info.kind == "timeout":
         print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped at {s.symbolizer.frame(s.machine.pc)}",

@@ -132,8 +132,9 @@ class UserMemory:
 
     # --- vectors ---------------------------------------------------------------------------------
     def iovecs(self, iov: int, count: int) -> list[tuple[int, int]]:
-        """An iovec array (import_iovec): EINVAL for too many entries or a negative length, EFAULT
-        for an entry outside user memory; the total is capped at MAX_RW_COUNT as the kernel does."""
+        """An iovec array (import_iovec): EINVAL for too many entries or a negative length; the
+        total is capped at MAX_RW_COUNT as the kernel does (a segment is then read or written up
+        to its first inaccessible byte)."""
         if count > UIO_MAXIOV:
             raise OSError(errno.EINVAL, "too many iovecs")
         if not count:
@@ -144,8 +145,6 @@ class UserMemory:
             base, length = struct.unpack_from("<QQ", raw, 16 * i)
             if length > SSIZE_MAX:
                 raise OSError(errno.EINVAL, "negative iovec length")
-            if length and not self.access_ok(base, length):
-                raise fault()
             length = min(length, MAX_RW_COUNT - total)
             total += length
             out.append((base, length))

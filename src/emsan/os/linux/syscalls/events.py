@@ -79,6 +79,7 @@ def poll_host(p, wanted: dict[int, int], ms: int | None) -> dict[int, int] | int
 # --- poll ------------------------------------------------------------------------------------------
 @syscall("poll", "ppoll")
 def sys_poll(p, fds, nfds, timeout, *_):
+    nfds &= 0xFFFFFFFF                     # unsigned int
     if nfds > p.fd_limit():
         return -errno.EINVAL
     raw = p.user.read(fds, 8 * nfds) if nfds else b""

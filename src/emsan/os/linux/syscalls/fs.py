@@ -317,6 +317,7 @@ def sys_fcntl(p, fd, cmd, arg, *_):
     f = p.fd(fd)
     cmd = s32(cmd)
     if cmd in (F_DUPFD, F_DUPFD_CLOEXEC):
+        arg &= 0xFFFFFFFF                    # f_dupfd() takes an unsigned int
         if arg >= p.fd_limit():
             return -errno.EINVAL
         return p.dup_fd(f, cmd == F_DUPFD_CLOEXEC, lowest=arg)

@@ -165,7 +165,26 @@ def sys_sendto(p, fd, buf, length, flags, addr, addrlen, *_):
     if length and not p.user.access_ok(buf, length):
         return -errno.EFAULT
     raw = _guest_sockaddr(p, addr, addrlen)
+    return _send(p, sock, buf, length, flags, raw)
+
+
+def _stream(host: int) -> bool:
+    SOL_SOCKET, SO_TYPE, SOCK_STREAM = 1, 3, 1
+    kind = ctypes.c_int(0)
+    size = ctypes.c_uint(4)
+    _libc.getsockopt(host, SOL_SOCKET, SO_TYPE, ctypes.byref(kind), ctypes.byref(size))
+    return kind.value == SOCK_STREAM
+
+
+def _send(p, sock: int, buf: int, length: int, flags: int, raw: bytes) -> int:
+    """A stream takes what the guest's buffer holds up to its first inaccessible byte; a datagram
+    is all or nothing (EMSGSIZE above any socket's buffer, EFAULT for a hole in it)."""
     n = p.user.readable(buf, min(length, SEND_MAX)) if length else 0
+    if not _stream(sock):
+        if length > SEND_MAX:
+            return -errno.EMSGSIZE
+        if n < length:
+            return -errno.EFAULT
     if length and not n:
         return -errno.EFAULT
     data = p.user.read(buf, n)
