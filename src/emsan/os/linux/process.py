@@ -202,24 +202,35 @@ class Process:
         return True
 
     def wait_readable(self, host_fd: int) -> bool:
-        """Before a read that could block: False (and the run stops) if nothing arrives in time."""
-        if self.deadline is None or not os.get_blocking(host_fd):
-            return True
-        poller = select.poll()
-        poller.register(host_fd, select.POLLIN)
-        if poller.poll(max(0, int((self.deadline - time.monotonic()) * 1000))):
-            return True
-        self.machine.stop("timeout")
-        return False
+        """Before a read that could block: False if --timeout ended the run meanwhile or a timer
+        signal came first (the caller returns -EINTR; the handler runs on the way back)."""
+        return self._wait(host_fd, select.POLLIN)
 
     def wait_writable(self, host_fd: int) -> bool:
-        """Before a write that could block: False (and the run stops) if no room comes in time."""
-        poller = select.poll()
-        poller.register(host_fd, select.POLLOUT)
-        if poller.poll(max(0, int((self.deadline - time.monotonic()) * 1000))):
+        """Before a write that could block (see wait_readable)."""
+        return self._wait(host_fd, select.POLLOUT)
+
+    def _wait(self, host_fd: int, event: int) -> bool:
+        from emsan.os.linux.syscalls.events import wait_limit
+        if not os.get_blocking(host_fd):
             return True
-        self.machine.stop("timeout")
-        return False
+        poller = select.poll()
+        poller.register(host_fd, event)
+        while True:
+            limit, cut_by = wait_limit(self, None)
+            if cut_by == "alarm" and not self.signals.would_interrupt(14):
+                # the timer's signal would not end the wait: only --timeout can
+                limit, cut_by = (None, "") if self.deadline is None else \
+                    (max(0, int((self.deadline - time.monotonic()) * 1000)), "timeout")
+            if poller.poll(limit):
+                return True
+            if cut_by == "timeout":
+                self.machine.stop("timeout")
+                return False
+            if cut_by == "alarm":
+                self.signals.check_alarm()
+                if self.signals.pending:
+                    return False            # -EINTR; the handler runs on the way back
 
     # --- system calls -----------------------------------------------------------------------------
     def on_syscall(self) -> None:

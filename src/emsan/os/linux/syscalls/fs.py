@@ -97,7 +97,7 @@ def write_from(p, f, buf: int, count: int, off: int | None = None) -> int:
     if not count:
         return 0
     host = f.host
-    careful = p.deadline is not None and _is_stream(host)
+    careful = (p.deadline is not None or p.signals.alarm_at) and _is_stream(host)
     if careful and off is not None:
         return -errno.ESPIPE
     total = 0

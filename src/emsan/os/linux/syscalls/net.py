@@ -188,6 +188,19 @@ def _send(p, sock: int, buf: int, length: int, flags: int, raw: bytes) -> int:
     if length and not n:
         return -errno.EFAULT
     data = p.user.read(buf, n)
+    return _sendto(p, sock, data, flags, raw)
+
+
+def _sendto(p, sock: int, data: bytes, flags: int, raw: bytes) -> int:
+    """sendto(2) on the host; a send that could block waits the way reads do (a timer's signal or
+    --timeout ends the wait), then sends what fits."""
+    if (p.deadline is not None or p.signals.alarm_at) and not flags & MSG_DONTWAIT and os.get_blocking(sock):
+        while True:
+            if not p.wait_writable(sock):
+                return -errno.EINTR
+            n = _libc.sendto(sock, data, len(data), flags | MSG_DONTWAIT, raw or None, len(raw))
+            if n >= 0 or ctypes.get_errno() not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return _check(n)
     return _check(_libc.sendto(sock, data, len(data), flags, raw or None, len(raw)))
 
 
@@ -229,7 +242,7 @@ def sys_sendmsg(p, fd, msg, flags, *_):
         data += p.user.read(b, min(n, SEND_MAX - len(data))) if n else b""
     data = bytes(data)
     raw = _guest_sockaddr(p, name, namelen)
-    return _check(_libc.sendto(p.fd(fd).host, data, len(data), flags, raw or None, len(raw)))
+    return _sendto(p, p.fd(fd).host, data, flags, raw)
 
 
 @syscall("recvmsg")

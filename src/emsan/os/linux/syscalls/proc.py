@@ -272,7 +272,8 @@ def sys_setpriority(p, which, who, prio, *_):
         return -errno.EINVAL
     if who and who != p.pid:
         return -errno.ESRCH
-    os.setpriority(which, 0, max(-20, min(19, s32(prio))))
+    if which == 0:                  # PRIO_PROCESS: the guest is emsan's process; the host's group and
+        os.setpriority(0, 0, max(-20, min(19, s32(prio))))      # user are none of its business
     return 0
 
 
