@@ -344,7 +344,8 @@ def syscall_cases(arch: str, total: int, seed: int, scratch: Path, per_run: int,
         guest_seed = seed * 1_000_003 + i
         mode = "generic" if i % 2 else "none"
         argv = ["run", "--mode", mode, "--timeout", "60", str(exe), str(guest_seed), str(per_run)]
-        out.append((f"fuzz_syscalls {guest_seed} {per_run} ({mode})", {"argv": argv, "cwd": str(d), "hang": hang}))
+        out.append((f"fuzz_syscalls {guest_seed} {per_run} ({mode})", {"argv": argv, "cwd": str(d),
+                                                                       "hang": max(hang, 60 + 30)}))
     return out
 
 

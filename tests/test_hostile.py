@@ -212,6 +212,17 @@ def test_a_timer_reaches_a_loop_without_system_calls(arch):
     assert got.stdout == reference("timer-loop") == b"the timer interrupted the loop: 1\n"
 
 
+def test_timer_ticks_do_not_replay_instructions(arch):
+    """Each tick stops the engine at a block start: a memory-heavy loop under a 1 ms timer computes
+    exactly what it computes natively (stopping it after a memory access would run the accesses
+    before it twice: Unicorn 2.1.3 then reports the block's first PC)."""
+    want = reference("timer-matrix")
+    got = emsan("run", "--mode", "none", "--timeout", "120", build("hostile", arch, "static"), "timer-matrix",
+                env=ENV)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == want and want.endswith(b"handler ran: 1\n")
+
+
 def _xorshift(n: int) -> int:
     x = 88172645463325252
     m = (1 << 64) - 1

@@ -215,10 +215,9 @@ int main(int argc, char **argv)
         guard();
         syscall(c->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
     }
+    syscall(SYS_pwrite64, progress, &count, sizeof count, 0);
+    /* (no message at the end: its descriptor may be a pipe the guest filled itself) */
     struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &off, NULL);
-    syscall(SYS_pwrite64, progress, &count, sizeof count, 0);
-    static const char done[] = "fuzz_syscalls: done\n";
-    syscall(SYS_write, 2, done, sizeof done - 1);
     return 0;
 }

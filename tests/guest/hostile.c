@@ -5,6 +5,7 @@
  *        hostile proc WORKDIR      the process's own /proc through many path spellings, mem, fd
  *        hostile timer-loop        a timer signal must reach a loop that makes no system call
  *        hostile timer-storm       a 1 us interval timer must not stop the program's progress
+ *        hostile timer-matrix      a memory-heavy loop under a 1 ms timer computes what it computes natively
  *        hostile own heap|kernel   munmap/mremap/mmap(MAP_FIXED) of a malloc'd page (heap) or of a
  *                                  kernel address (kernel): under emsan the first must fail as the
  *                                  second does natively
@@ -383,6 +384,36 @@ static int timer_storm(void)
     return 0;
 }
 
+/* A memory-heavy loop (a matrix product) under a 1 ms timer: every tick stops the engine and
+ * runs a handler; the result must not change (an instruction run twice after a tick would). */
+static int timer_matrix(void)
+{
+    static int32_t a[16][16], b[16][16], c[16][16];
+    uint64_t h = 0x9e3779b97f4a7c15ULL;
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) {
+            a[i][j] = (i * 7 + j * 3) % 255 - 128;
+            b[i][j] = (i * 5 + j * 11) % 255 - 128;
+        }
+    signal(SIGALRM, on_alarm);
+    struct itimerval it = {{0, 1000}, {0, 1000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    for (long it2 = 0; it2 < 3000; it2++) {
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 16; j++) {
+                int32_t s = 0;
+                for (int k = 0; k < 16; k++) s += a[i][k] * b[k][j];
+                c[i][j] = s;
+            }
+        a[it2 % 16][(it2 / 16) % 16] ^= c[(it2 + 3) % 16][it2 % 16] & 0x7f;
+        for (int r = 0; r < 16; r++) h = (h ^ (uint64_t)c[r][(r + it2) % 16]) * 0x100000001b3ULL;
+    }
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+    printf("matrix under a 1 ms timer: %016llx, handler ran: %d\n", (unsigned long long)h, handled > 0);
+    return 0;
+}
+
 /* ---- emsan's own regions ------------------------------------------------------------------------ */
 static int own(const char *which)
 {
@@ -522,6 +553,7 @@ int main(int argc, char **argv)
     if (strcmp(what, "proc") == 0 && argc > 2) return proc(argv[0], argv[2]);
     if (strcmp(what, "timer-loop") == 0) return timer_loop();
     if (strcmp(what, "timer-storm") == 0) return timer_storm();
+    if (strcmp(what, "timer-matrix") == 0) return timer_matrix();
     if (strcmp(what, "own") == 0 && argc > 2) return own(argv[2]);
     if (strcmp(what, "alloc") == 0) return alloc();
     if (strcmp(what, "churn") == 0 && argc > 2) return churn(atol(argv[2]));
@@ -534,7 +566,7 @@ int main(int argc, char **argv)
         printf("getppid: %s errno %d\n", r > 0 ? "a pid" : "no pid", errno);
         return 0;
     }
-    fprintf(stderr, "usage: hostile args | proc WORKDIR | timer-loop | timer-storm | own heap|kernel | alloc | "
+    fprintf(stderr, "usage: hostile args | proc WORKDIR | timer-loop | timer-storm | timer-matrix | own heap|kernel | alloc | "
                     "churn N | mapping | bigio | sabotage PATH | getppid\n");
     return 2;
 }

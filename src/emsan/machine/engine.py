@@ -56,26 +56,32 @@ ARCHES = {
 
 
 class Waker:
-    """Stops the engine from a host thread when a moment of wall-clock time comes (a guest timer,
-    --timeout), so that time-driven events reach a guest that computes without system calls.
-    The thread sleeps until the earliest moment asked for (no polling: nothing runs per block),
-    then stops the engine and repeats the stop every RETRY seconds until it is given another
-    moment: a stop that came while the engine was between two runs is not lost."""
+    """Stops the engine when a moment of wall-clock time comes, from a host thread that sleeps
+    until the earliest moment asked for (no polling; nothing runs per block until a tick is
+    first asked for).
+
+    Two kinds of moments. A tick (a guest timer expires) must let the guest resume exactly where
+    it was: the thread only raises a flag, and a native block hook (native/vmem.c, installed the
+    first time a tick is asked for) stops the engine at the next block start, where the PC is
+    exact. A stop (--timeout) ends the run: the thread stops the engine at once, and again every
+    RETRY seconds until the run is over (a stop that came between two runs would be lost)."""
 
     RETRY = 0.001
 
     def __init__(self, machine: "Machine"):
         self.machine = machine
-        self.when: float | None = None
+        self.tick_at: float | None = None
+        self.stop_at: float | None = None
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.flag = None                 # int[2] the block hook reads: asked, done
 
-    def set(self, when: float | None) -> None:
+    def set(self, tick_at: float | None, stop_at: float | None) -> None:
         with self.cond:
-            if when == self.when:
+            if (tick_at, stop_at) == (self.tick_at, self.stop_at):
                 return
-            self.when = when
-            if self.thread is None and when is not None:
+            self.tick_at, self.stop_at = tick_at, stop_at
+            if self.thread is None:
                 self.thread = threading.Thread(target=self._loop, name="emsan-waker", daemon=True)
                 self.thread.start()
             self.cond.notify()
@@ -83,16 +89,16 @@ class Waker:
     def _loop(self) -> None:
         with self.cond:
             while True:
-                when = self.when
-                if when is None:
-                    self.cond.wait()
+                now = time.monotonic()
+                if self.stop_at is not None and now >= self.stop_at:
+                    self.machine.wake()
+                    self.cond.wait(self.RETRY)
                     continue
-                delay = when - time.monotonic()
-                if delay > 0:
-                    self.cond.wait(delay)
-                    continue
-                self.machine.wake()
-                self.cond.wait(self.RETRY)
+                if self.tick_at is not None and now >= self.tick_at and self.flag is not None:
+                    self.flag[0] = 1
+                    self.tick_at = None          # asked once; the next moment comes with set()
+                moments = [t for t in (self.tick_at, self.stop_at) if t is not None]
+                self.cond.wait(max(0.0, min(moments) - now) if moments else None)
 
 
 class Machine:
@@ -346,13 +352,28 @@ class Machine:
             self.stop_reason = reason
         self.uc.emu_stop()
 
-    def wake_at(self, when: float | None) -> None:
-        """Stop the engine (reason "wake") once time.monotonic() reaches `when` (None: never)."""
-        self.waker.set(when)
+    def wake_at(self, tick_at: float | None, stop_at: float | None = None) -> None:
+        """Stop the engine (reason "wake") when time.monotonic() reaches tick_at, at a block start,
+        resumable; or at stop_at, at once, to end the run (None: never)."""
+        if tick_at is not None and self.waker.flag is None:
+            if self.running:             # installed between two runs (the run stops here)
+                self.stop("tick-hook")
+            else:
+                self._install_tick_hook()
+        self.waker.set(tick_at, stop_at)
+
+    def _install_tick_hook(self) -> None:
+        """The block hook that stops the engine when the waker raises its flag; blocks translated
+        before have no hook, so the translation cache starts afresh (between two runs only)."""
+        ffi, lib = native.load()
+        flag = ffi.new("int[2]")
+        self.hook_block_native(ffi.addressof(lib, "emsan_tick_cb"), flag)
+        self.uc.ctl_flush_tb()
+        self.waker.flag = flag
 
     def wake(self) -> None:
-        """Called by the waker's thread: stop the engine if it runs (uc_emu_stop is thread-safe;
-        Unicorn's own emu_start timeout works the same way)."""
+        """Called by the waker's thread to end the run: stop the engine if it runs (uc_emu_stop is
+        thread-safe; Unicorn's own emu_start timeout works the same way)."""
         if self.running:
             if self.stop_reason is None:
                 self.stop_reason = "wake"
@@ -364,6 +385,8 @@ class Machine:
         self.stop_reason = None
         if self.space is not None:
             self.space.clear_fault()
+        if self.waker.tick_at is not None and self.waker.flag is None:
+            self._install_tick_hook()
         self.running = True
         try:
             self.uc.emu_start(begin, UNTIL, 0, max_insns or 0)
@@ -377,6 +400,10 @@ class Machine:
             self.running = False
         if self.stop_reason is not None:
             return self.stop_reason
+        flag = self.waker.flag
+        if flag is not None and flag[1]:
+            flag[1] = 0
+            return "wake"
         if self.fault is not None:
             return "fault"
         if max_insns:

@@ -360,6 +360,7 @@ void emsan_vm_set_inner(emsan_vm *vm, void *fill, void *ud);
 int emsan_vm_fault(emsan_vm *vm, uint64_t *addr, int *type);
 void emsan_vm_clear_fault(emsan_vm *vm);
 _Bool emsan_vm_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
+void emsan_tick_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 
 /* ---- resource exhaustion (exhaust.c): what emsan's native state ran out of, or NULL ---- */
 const char *emsan_exhausted(void);

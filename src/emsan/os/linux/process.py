@@ -296,16 +296,16 @@ class Process:
         addr, size = found
         return MachineFault(fault.kind, fault.pc, addr, fault.access, fault.mapped, size)
 
-    def next_wake(self) -> float | None:
-        """When the engine must stop to let time-driven events in: --timeout, the guest's timer,
-        or a tick from now while a deliverable signal waits."""
-        moments = [self.deadline, self.signals.timer_due_at()]
+    def next_tick(self) -> float | None:
+        """When the engine must stop to let time-driven events in: the guest's timer, or a tick
+        from now while a deliverable signal waits."""
+        moments = [self.signals.timer_due_at()]
         if self.signals.pending and self.signals.deliverable():
             moments.append(time.monotonic() + TICK)
         return min((t for t in moments if t is not None), default=None)
 
     def update_wake(self) -> None:
-        self.machine.wake_at(self.next_wake())
+        self.machine.wake_at(self.next_tick(), self.deadline)
 
     def run(self, entry: int, timeout: float | None, max_insns: int | None) -> ExitInfo:
         m = self.machine
@@ -334,6 +334,8 @@ class Process:
                     continue
                 if reason == "timeout" or (deadline and time.monotonic() >= deadline):
                     self.exit_info = ExitInfo("timeout", EXIT_TIMEOUT)
+                elif reason == "tick-hook":     # the machine installed its timer hook
+                    pc = m.pc
                 elif reason == "wake":          # a timer expired while the guest computed
                     self.signals.check_alarm()
                     if self.signals.pending:
@@ -346,7 +348,7 @@ class Process:
                 else:
                     self.exit_info = ExitInfo("stopped", 0)
         finally:
-            m.wake_at(None)
+            m.wake_at(None, None)
         for f in self.fds.values():
             try:
                 os.close(f.host)

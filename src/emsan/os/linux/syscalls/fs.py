@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
+import operator
 import os
 import stat as st_mod
 import struct
@@ -251,10 +253,16 @@ def sys_creat(p, path, mode, *_):
     return _openat(p, AT_FDCWD, path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode)
 
 
+# The flags open(2) knows; it ignores the others (only openat2 refuses them).
+VALID_OPEN = functools.reduce(operator.or_, (getattr(os, n, 0) for n in (
+    "O_CREAT", "O_EXCL", "O_NOCTTY", "O_TRUNC", "O_APPEND", "O_NONBLOCK", "O_DSYNC", "O_ASYNC", "O_DIRECT",
+    "O_LARGEFILE", "O_DIRECTORY", "O_NOFOLLOW", "O_NOATIME", "O_CLOEXEC", "O_PATH", "O_TMPFILE", "O_SYNC")), 3)
+
+
 def _openat(p, dirfd, path_ptr, flags, mode):
     flags &= 0xFFFFFFFF
     gpath = p.user.path(path_ptr)
-    hflags = structs.open_flags_to_host(p.arch.name, flags)
+    hflags = structs.open_flags_to_host(p.arch.name, flags) & VALID_OPEN
     target = p.lookup(dirfd, gpath, follow=not hflags & os.O_NOFOLLOW)
     if isinstance(target, procfs.Node):
         return procfs.open_node(p, target, hflags, bool(flags & O_CLOEXEC))
