@@ -333,12 +333,12 @@ def elf_cases(arch: str, n: int, seed: int, scratch: Path, modes=MODES, hang: fl
 
 
 def syscall_cases(arch: str, total: int, seed: int, scratch: Path, per_run: int,
-                  hang: float = HANG_SECONDS) -> list[tuple[str, dict]]:
+                  hang: float = HANG_SECONDS, first: int = 0) -> list[tuple[str, dict]]:
     exe = build("fuzz_syscalls", arch, "static-pie")
     if exe is None:
         return []
     out = []
-    for i in range((total + per_run - 1) // per_run):
+    for i in range(first, first + (total + per_run - 1) // per_run):
         d = scratch / f"{arch}-sys-{i}"
         d.mkdir(parents=True, exist_ok=True)
         guest_seed = seed * 1_000_003 + i
@@ -370,13 +370,18 @@ def fuzz(arches, elf: int, syscalls: int, seed: int, jobs: int, keep: Path | Non
     try:
         with tempfile.TemporaryDirectory(prefix="emsan-fuzz-") as tmp:
             for arch in arches:
-                for name, make in (("elf", lambda: elf_cases(arch, elf, seed, Path(tmp), modes, hang)),
-                                   ("syscalls", lambda: syscall_cases(arch, syscalls, seed, Path(tmp), per_run,
-                                                                      hang))):
+                for name in ("elf", "syscalls"):
                     if not (elf if name == "elf" else syscalls):
                         continue
                     start = time.monotonic()
-                    got = campaign(workers, name, arch, make(), keep)
+                    if name == "elf":
+                        got = campaign(workers, name, arch, elf_cases(arch, elf, seed, Path(tmp), modes, hang), keep)
+                    else:                   # runs end early (the guest earns a signal): more runs until enough calls
+                        got = []
+                        while sum(o.syscalls for o in got) < syscalls and len(got) < 4 * syscalls // per_run + 4:
+                            left = syscalls - sum(o.syscalls for o in got)
+                            got += campaign(workers, name, arch, syscall_cases(arch, min(left, per_run * 8), seed,
+                                                                               Path(tmp), per_run, hang, len(got)), keep)
                     results += got
                     bad = [o for o in got if o.verdict]
                     calls = sum(o.syscalls for o in got)

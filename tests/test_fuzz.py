@@ -27,4 +27,4 @@ def test_mutated_programs_and_random_syscalls(arch):
     assert elf["runs"] == 90
     assert elf["statuses"].get("2", 0) >= 10           # the mutants reach the loader's refusals...
     assert len(elf["statuses"]) >= 3                    # ...and run, crash or exit in other ways
-    assert calls["runs"] == 2 and calls["syscalls"] >= 2000
+    assert calls["syscalls"] >= 3000                    # runs the guest ended early were made up for

@@ -124,7 +124,39 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       stacks=ns.stacks, no_depot=ns.no_depot, shadow_limit=ns.shadow_limit)
 
 
+def one_line(text: str) -> str:
+    """A message on one line whatever a file's bytes put in it (a path with a newline, control
+    characters, bytes that are not UTF-8): those are shown escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
+class LossyStream:
+    """emsan's own diagnostics on stderr: when the stream cannot take them (a full disk, a closed
+    pipe, a file-size limit), they are lost, not the run and its exit status."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError:
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not isinstance(sys.stderr, LossyStream):
+        sys.stderr = LossyStream(sys.stderr)
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "run":
@@ -140,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
             from emsan.cli.fleet import run_fleet
             return run_fleet(list(sys.argv[1:] if argv is None else argv), ns)
     except EmsanError as e:
-        print(f"emsan: {e}", file=sys.stderr)
+        print(f"emsan: {one_line(str(e))}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug in emsan: one line, the traceback only on request
         if os.environ.get("EMSAN_DEBUG"):
             raise
-        print(f"emsan: internal error: {type(e).__name__}: {e} (set EMSAN_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"emsan: internal error: {type(e).__name__}: {one_line(str(e))} (set EMSAN_DEBUG=1 for a traceback)",
+              file=sys.stderr)
         return EXIT_INTERNAL
     return EXIT_BAD_INPUT

@@ -50,13 +50,15 @@ def segment_pages(image: ElfImage, bias: int) -> list[tuple[int, int, int]]:
         edges.append((page_up(bias + s.vaddr + s.memsz), -1, prot))
     edges.sort()
     counts = {1: 0, 2: 0, 4: 0}
+    covering = 0                                  # segments over this address (PROT_NONE ones too)
     runs: list[tuple[int, int, int]] = []
     for i, (addr, step, prot) in enumerate(edges):
+        covering += step
         for bit in counts:
             if prot & bit:
                 counts[bit] += step
         nxt = edges[i + 1][0] if i + 1 < len(edges) else addr
-        if nxt > addr and any(counts.values()):
+        if nxt > addr and covering:
             cur = sum(bit for bit, n in counts.items() if n)
             if runs and runs[-1][1] == addr and runs[-1][2] == cur:
                 runs[-1] = (runs[-1][0], nxt, cur)
@@ -113,7 +115,7 @@ def load_program(mem: MemoryMap, arch_name: str, path: str, argv: list[str], env
             raise EmsanError(f"{ipath}: interpreter segments span {ihi - ilo:#x} bytes: no room for them") from None
         map_image(mem, interp, interp_bias)
 
-    entry = (interp.entry + interp_bias) if interp else (image.entry + bias)
+    entry = ((interp.entry + interp_bias) if interp else (image.entry + bias)) & 0xFFFF_FFFF_FFFF_FFFF
     sp = build_stack(mem, arch_name, image, bias, interp_bias if interp else 0, argv, env, path, rand)
     return LoadedProgram(image, bias, entry, interp, interp_bias, sp)
 
@@ -148,6 +150,7 @@ def build_stack(mem: MemoryMap, arch_name: str, image: ElfImage, bias: int, inte
     if arch_name == "arm64":
         auxv.append((AT_MINSIGSTKSZ, 5120))
     auxv.append((AT_NULL, 0))
+    auxv = [(k, v & 0xFFFF_FFFF_FFFF_FFFF) for k, v in auxv]      # a file's addresses wrap as the kernel's do
     mem.auxv = b"".join(struct.pack("<QQ", k, v) for k, v in auxv)
     words = [len(argv), *argv_p, 0, *env_p, 0]
     for k, v in auxv:

@@ -151,38 +151,31 @@ def _vector_position(p, off: int) -> int | None:
     return check_offset(off)
 
 
-@syscall("readv", "preadv", "preadv2")
-def sys_readv(p, fd, iov, cnt, off=0, *_):
+def _vector(p, fd, iov, cnt, off, transfer) -> int:
+    """readv/writev and their positioned forms: segment after segment until one falls short."""
     f = p.fd(fd)
     pos = _vector_position(p, off)
     total = 0
     for base, length in p.user.iovecs(iov, cnt):
         if not length:
             continue
-        n = read_into(p, f, base, length, None if pos is None else pos + total)
+        n = transfer(p, f, base, length, None if pos is None else pos + total)
         if n < 0:
             return n if not total else total
         total += n
         if n < length:
             break
     return total
+
+
+@syscall("readv", "preadv", "preadv2")
+def sys_readv(p, fd, iov, cnt, off=0, *_):
+    return _vector(p, fd, iov, cnt, off, read_into)
 
 
 @syscall("writev", "pwritev", "pwritev2")
 def sys_writev(p, fd, iov, cnt, off=0, *_):
-    f = p.fd(fd)
-    pos = _vector_position(p, off)
-    total = 0
-    for base, length in p.user.iovecs(iov, cnt):
-        if not length:
-            continue
-        n = write_from(p, f, base, length, None if pos is None else pos + total)
-        if n < 0:
-            return n if not total else total
-        total += n
-        if n < length:
-            break
-    return total
+    return _vector(p, fd, iov, cnt, off, write_from)
 
 
 @syscall("sendfile")
