@@ -79,6 +79,8 @@ class GuestSpace:
 
     # --- the page table -----------------------------------------------------------------------
     def _set(self, lo: int, hi: int, value: int) -> None:
+        if not 0 <= lo < hi <= self.task_size or (lo | hi) & (PAGE - 1):
+            raise ValueError(f"[{lo:#x}, {hi:#x}) is no page range of the guest's address space")
         if self.lib.emsan_vm_set(self.vm, lo, hi, value):
             raise MemoryError("no host memory for the guest's page table")
 
