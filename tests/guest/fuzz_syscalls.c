@@ -139,16 +139,17 @@ static uint64_t path_arg(int readonly)
 
 static uint64_t value(void)
 {
-    switch (next() % 12) {
-    case 0: case 1: return next() % 12;                                  /* descriptors, small counts, flags */
-    case 2: return special[next() % (sizeof special / sizeof special[0])];
-    case 3: return next();
-    case 4: return (uint32_t)next();
-    case 5: case 6: return (uint64_t)(uintptr_t)(scratch + next() % SCRATCH);    /* a buffer */
-    case 7: return (uint64_t)(uintptr_t)(scratch + SCRATCH - next() % 64);      /* a buffer at its end */
-    case 8: return (uint64_t)(uintptr_t)(playground + (next() % (PLAYGROUND / 4096)) * 4096);
-    case 9: return (next() % 256) * 4096;                                /* lengths */
-    case 10: return (uint64_t)(uintptr_t)object;
+    switch (next() % 16) {
+    case 0: case 1: case 2: return next() % 12;                          /* descriptors, small counts, flags */
+    case 3: return special[next() % (sizeof special / sizeof special[0])];
+    case 4: return next();
+    case 5: return (uint32_t)next();
+    case 6: case 7: case 8: case 9: case 10:
+        return (uint64_t)(uintptr_t)(scratch + next() % SCRATCH);        /* a buffer */
+    case 11: return (uint64_t)(uintptr_t)(scratch + SCRATCH - next() % 64);   /* a buffer at its end */
+    case 12: return (uint64_t)(uintptr_t)(playground + (next() % (PLAYGROUND / 4096)) * 4096);
+    case 13: return (next() % 256) * 4096;                               /* lengths */
+    case 14: return (uint64_t)(uintptr_t)object;
     default: return 1ULL << (next() % 64);
     }
 }
