@@ -415,15 +415,24 @@ class Machine:
         return value; every register is restored afterwards. None if it did not return."""
         sentinel = CALL_RETURN                     # never mapped: the call ends when it returns here
         ctx = self.uc.context_save()
+        flag = self.waker.flag
+        ticked = False
         try:
             arch.setup_call(self, args, sentinel)
-            self.uc.emu_start(addr, sentinel, 0, max_insns)
+            pc = addr
+            while True:
+                self.uc.emu_start(pc, sentinel, 0, max_insns)
+                if self.pc == sentinel or flag is None or not flag[1]:
+                    break
+                flag[1], ticked, pc = 0, True, self.pc      # a guest timer's tick: not for the call
             return self.reg(arch.ret) if self.pc == sentinel else None
         except unicorn.UcError:
             return None
         finally:
             self.fault = None
             self.uc.context_restore(ctx)
+            if ticked:
+                flag[0] = 1                         # the guest gets its tick at its next block
 
     def _fault_from_error(self, e: unicorn.UcError) -> MachineFault:
         errno = e.errno
