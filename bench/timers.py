@@ -17,7 +17,8 @@ counts. Configurations, all `emsan run --mode none`, whole-process wall time, in
 
 With --baseline-python (a venv holding main), `plain` and `timeout` also run with that emsan:
 there --timeout is Unicorn's emu_start timeout, whose thread wakes every few microseconds, and
-the interval timer is never delivered while the guest computes. Ratios are medians (min–max) of
+the interval timer is never delivered while the guest computes. Ratios are of CPU time (the process's
+and its threads', from wait4: far steadier than wall time on a loaded machine), medians (min–max) of
 per-repetition ratios to `plain` of the same emsan. Nothing here asserts on speed.
 """
 from __future__ import annotations
@@ -45,14 +46,20 @@ CONFIGS = {                                             # name -> (timer interva
 BASELINE_CONFIGS = ("plain", "timeout")
 
 
-def one(py: str, exe: Path, iters: int, usec: int, options: list[str], cwd: str) -> tuple[float, str]:
+def one(py: str, exe: Path, iters: int, usec: int, options: list[str], cwd: str) -> tuple[float, float, str]:
+    """One run: (wall seconds, CPU seconds of the process and its threads, the guest's tick count).
+    CPU time is what the ratios use: on a loaded machine it is far steadier than wall time."""
     cmd = [py, "-m", "emsan", "run", "--mode", "none", *options, str(exe), str(iters), str(usec)]
     t0 = now()
-    p = subprocess.run(cmd, capture_output=True, cwd=cwd, timeout=3600)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
+    err = p.stderr.read()
+    _pid, status, usage = os.wait4(p.pid, 0)
     wall = now() - t0
-    if p.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr.decode(errors='replace')[-2000:]}")
-    return wall, p.stderr.decode().strip()
+    p.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise BenchError(f"{' '.join(cmd)}: exit {os.waitstatus_to_exitcode(status)}\n"
+                         f"{err.decode(errors='replace')[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, err.decode().strip()
 
 
 def bench(args) -> dict:
@@ -66,26 +73,31 @@ def bench(args) -> dict:
             if args.baseline_python and name in BASELINE_CONFIGS:
                 runs.append((arch, "baseline", name, args.baseline_python, exe, iters, usec, options))
     walls: dict[tuple, list[float]] = {}
+    cpus: dict[tuple, list[float]] = {}
     ticks: dict[tuple, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
             for arch, who, name, py, exe, iters, usec, options in rotate(runs, rep):
-                wall, err = one(py, exe, iters, usec, options, tmp)
+                wall, cpu, err = one(py, exe, iters, usec, options, tmp)
                 walls.setdefault((arch, who, name), []).append(wall)
+                cpus.setdefault((arch, who, name), []).append(cpu)
                 ticks[(arch, who, name)] = err
-                print(f"  rep {rep + 1} {arch:6} {who:8} {name:9} {wall:6.2f} s  {err}", flush=True)
+                print(f"  rep {rep + 1} {arch:6} {who:8} {name:9} wall {wall:6.2f} s cpu {cpu:6.2f} s  {err}",
+                      flush=True)
     res: dict = {"meta": {**host_meta(), "reps": args.reps, "scale": args.scale,
                           "baseline_python": args.baseline_python, "loadavg_after": list(os.getloadavg())},
                  "results": {}}
     for arch, who, name in walls:
-        ref = walls[(arch, who, "plain")]
+        ref = cpus[(arch, who, "plain")]
         res["results"][f"{arch} {who} {name}"] = {"wall": summary(walls[(arch, who, name)]),
-                                                   "ratio_to_plain": paired_ratio(walls[(arch, who, name)], ref),
+                                                   "cpu": summary(cpus[(arch, who, name)]),
+                                                   "ratio_to_plain": paired_ratio(cpus[(arch, who, name)], ref),
                                                    "guest": ticks[(arch, who, name)]}
     for arch in arches:
         if args.baseline_python:
-            res["results"][f"{arch} this/baseline plain"] = {
-                "ratio": paired_ratio(walls[(arch, "this", "plain")], walls[(arch, "baseline", "plain")])}
+            for name in BASELINE_CONFIGS:
+                res["results"][f"{arch} this/baseline {name}"] = {
+                    "ratio": paired_ratio(cpus[(arch, "this", name)], cpus[(arch, "baseline", name)])}
     return res
 
 
@@ -106,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(res, indent=2) + "\n")
     for name, r in res["results"].items():
         if "ratio_to_plain" in r:
-            print(f"{name:28} wall {r['wall']['median']:6.2f} s   x plain {fmt_ratio(r['ratio_to_plain'])}   {r['guest']}")
+            print(f"{name:28} cpu {r['cpu']['median']:6.2f} s  wall {r['wall']['median']:6.2f} s   cpu x plain "
+                  f"{fmt_ratio(r['ratio_to_plain'])}   {r['guest']}")
         else:
             print(f"{name:28} {fmt_ratio(r['ratio'])}")
     print(f"load average after: {res['meta']['loadavg_after']}")

@@ -327,16 +327,18 @@ static int proc(const char *argv0, const char *workdir)
     for (int i = 0; i < nl; i++) printf(" %d", listed[i]);
     printf("\n");
     if (d) closedir(d);
+    /* Descriptors this program never opened (the host process's, if it could see them) are
+     * opened for writing and scribbled on. */
     int reached = 0;
     for (int k = 3; k < 64; k++) {
         if (k == af || k == dself) continue;
         snprintf(line, sizeof line, "/dev/fd/%d", k);
-        int t = open(line, O_RDONLY);
+        int t = open(line, O_RDWR | O_TRUNC);
         snprintf(line, sizeof line, "/proc/self/fd/%d", k);
-        int u = open(line, O_RDONLY);
+        int u = open(line, O_WRONLY | O_TRUNC);
         reached += (t >= 0) + (u >= 0);
-        if (t >= 0) close(t);
-        if (u >= 0) close(u);
+        if (t >= 0) { write(t, "scribbled", 9); close(t); }
+        if (u >= 0) { write(u, "scribbled", 9); close(u); }
     }
     printf("descriptors reached that this program never opened: %d\n", reached);
     write(af, "through the link\n", 17);

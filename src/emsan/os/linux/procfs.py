@@ -315,6 +315,8 @@ def resolve(p, start, gpath: str, follow: bool):
             continue
         cur = nxt
     if isinstance(cur, Node):
+        if gpath.endswith("/") and not cur.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory")
         return cur
     return (None, cur) if through_proc else None
 
