@@ -3,7 +3,7 @@
 Every guest mapping used to be its own Unicorn region: the engine rebuilds its memory map and
 flushes page by page on each change (0.2 ms per mmap+munmap with 100 regions, 35 ms with 2,000)
 and splits a region by copying all of it (0.7 s and +256 MiB for unmapping the first page of a
-256 MiB mapping). Here the engine holds a few arenas (2^36 bytes of host address space each,
+256 MiB mapping). Here the engine holds a few arenas (4 GiB of host address space each,
 reserved without backing and mapped once), and a page table in C (native/vmem.c) that the
 engine's virtual-TLB fill reads says which of their pages the guest may touch and how. A change
 costs what it changes: table slots, a madvise() that gives unmapped pages back (zeroed), the
@@ -19,7 +19,10 @@ from unicorn import unicorn_const as uconst
 
 from emsan.machine import native
 
-ARENA_SHIFT = 36
+# 4 GiB: larger arenas made plain emulation slower (x1.12 CPU on compute with 64 GiB arenas, x1.03
+# with 4 GiB, against one region per mapping: bench/timers.py "this/baseline plain"), smaller ones
+# mean more engine regions for a guest that spreads its mappings.
+ARENA_SHIFT = 32
 ARENA = 1 << ARENA_SHIFT
 PAGE = 0x1000
 PRESENT = 8                      # EMSAN_VM_PRESENT: a mapping exists (PROT_NONE ones too)
