@@ -311,25 +311,32 @@ def judge(res: dict) -> str:
 MODES = ("generic", "none", "kfence")
 
 
-def elf_cases(arch: str, n: int, seed: int, scratch: Path, modes=MODES, hang: float = HANG_SECONDS) -> list[tuple[str, dict]]:
+def elf_cases(arch: str, n: int, seed: int, scratch: Path, modes=MODES, hang: float = HANG_SECONDS,
+              batch: int = 64):
+    """The N mutants of a campaign, BATCH at a time (each batch is written to disk when its turn
+    comes and removed after it ran: 10,000 copies of a static program would take gigabytes)."""
     bases = [b for b in (build("hello", arch, link) for link in LINKS) if b is not None]
     if not bases:
-        return []
+        return
     rng = random.Random(f"elf:{arch}:{seed}")
-    out = []
-    for i in range(n):
-        base = bases[i % len(bases)]
-        data, what = mutate(base.read_bytes(), rng)
-        d = scratch / f"{arch}-elf-{i}"
-        d.mkdir(parents=True, exist_ok=True)
-        exe = d / "prog"
-        exe.write_bytes(data)
-        exe.chmod(0o755)
-        mode = rng.choice(modes)
-        argv = ["run", "--mode", mode, "--timeout", "10", "--max-instructions", "20000000", str(exe), "x"]
-        out.append((f"seed {seed} #{i} {base.parent.name}/{base.name} {mode}: {what}",
-                    {"argv": argv, "cwd": str(d), "hang": hang}))
-    return out
+    datas = {b: b.read_bytes() for b in bases}
+    for first in range(0, n, batch):
+        out = []
+        for i in range(first, min(n, first + batch)):
+            base = bases[i % len(bases)]
+            data, what = mutate(datas[base], rng)
+            d = scratch / f"{arch}-elf-{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            exe = d / "prog"
+            exe.write_bytes(data)
+            exe.chmod(0o755)
+            mode = rng.choice(modes)
+            argv = ["run", "--mode", mode, "--timeout", "10", "--max-instructions", "20000000", str(exe), "x"]
+            out.append((f"seed {seed} #{i} {base.parent.name}/{base.name} {mode}: {what}",
+                        {"argv": argv, "cwd": str(d), "hang": hang}))
+        yield out
+        for _what, case in out:
+            shutil.rmtree(case["cwd"], ignore_errors=True)
 
 
 def syscall_cases(arch: str, total: int, seed: int, scratch: Path, per_run: int,
@@ -375,7 +382,9 @@ def fuzz(arches, elf: int, syscalls: int, seed: int, jobs: int, keep: Path | Non
                         continue
                     start = time.monotonic()
                     if name == "elf":
-                        got = campaign(workers, name, arch, elf_cases(arch, elf, seed, Path(tmp), modes, hang), keep)
+                        got = []
+                        for cases in elf_cases(arch, elf, seed, Path(tmp), modes, hang):
+                            got += campaign(workers, name, arch, cases, keep)
                     else:                   # runs end early (the guest earns a signal): more runs until enough calls
                         got = []
                         while sum(o.syscalls for o in got) < syscalls and len(got) < 4 * syscalls // per_run + 4:
