@@ -317,6 +317,21 @@ class Machine:
             return "max-instructions"
         return "returned"
 
+    def save_context(self):
+        """The CPU state (registers), to be put back by restore_context()."""
+        return self.uc.context_save()
+
+    def restore_context(self, ctx) -> None:
+        self.uc.context_restore(ctx)
+
+    def pc_recovery(self) -> tuple[int, int] | None:
+        """Addresses of the QEMU internals that map a host address in translated code back to a
+        guest PC (qemu_get_cpu_<arch>, cpu_restore_state_<arch>), exported by the pinned
+        libunicorn; None when this build lacks them."""
+        suffix = {"x86_64": "x86_64", "arm64": "aarch64"}[self.arch]
+        get_cpu, restore = native.fnptr(f"qemu_get_cpu_{suffix}"), native.fnptr(f"cpu_restore_state_{suffix}")
+        return (get_cpu, restore) if get_cpu and restore else None
+
     def call(self, arch, addr: int, args: list[int], max_insns: int = 1_000_000) -> int | None:
         """Run the guest function at `addr` to its return, between two runs, and give back its
         return value; every register is restored afterwards. None if it did not return."""

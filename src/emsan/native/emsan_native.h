@@ -142,7 +142,6 @@ emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_t size,
 void emsan_heap_destroy(emsan_heap *h);
 void emsan_heap_set_stack(emsan_heap *h, uint64_t lo, uint64_t hi);
 void *emsan_heap_entry(emsan_heap *h, int fn);
-void emsan_set_string_checks(emsan_heap *h, int on);
 void emsan_shadow_full(emsan_heap *h);
 /* The mmap ("vmalloc") area: its shadow follows what the guest maps there, lazily. */
 void emsan_vm_area(emsan_heap *h, uint64_t lo, uint64_t hi);
@@ -157,7 +156,6 @@ void *emsan_shadow_pool(emsan_heap *h);
 uint64_t emsan_shadow_pool_bytes(void);
 void emsan_shadow_expose(emsan_heap *h);
 _Bool emsan_shadow_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
-void emsan_shadow_sync(emsan_heap *h);
 /* 1 if [addr, addr+size) is poisoned now; 0 if a guest check failed on a stale mapping. */
 int emsan_shadow_recheck(emsan_heap *h, uint64_t addr, uint64_t size);
 int emsan_pop_error(emsan_heap *h, emsan_error *out);
@@ -263,7 +261,6 @@ void *emsan_kfence_entry(emsan_kfence *k, int fn);
 void emsan_kfence_set_error_callback(emsan_kfence *k, void (*cb)(void));
 void emsan_kfence_get_stats(emsan_kfence *k, emsan_kfence_stats *out);
 int emsan_kfence_pop_error(emsan_kfence *k, emsan_kfence_error *out);
-uint64_t emsan_kfence_pool(emsan_kfence *k);
 int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr);
 int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t size, int is_write);
 /* Unicorn callbacks: UC_HOOK_TLB_FILL, UC_HOOK_CODE at allocator entries, UC_HOOK_BLOCK. */

@@ -10,13 +10,6 @@
  * (emsan_shadow_recheck), so a stale mapping never produces a false report. */
 #include "internal.h"
 
-typedef struct { uint64_t paddr; int perms; } tlb_entry;
-
-#define PROT_R 1
-#define PROT_RW 3
-#define PROT_ALL 7
-#define MEM_WRITE 17
-
 EXPORT void *emsan_shadow_pool(emsan_heap *h) { return h->sm.pool; }
 EXPORT uint64_t emsan_shadow_pool_bytes(void) { return SHADOW_POOL_BYTES; }
 
@@ -26,25 +19,25 @@ EXPORT _Bool emsan_shadow_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry
 {
     (void)uc;
     heap_t *h = ud;
-    tlb_entry *e = entry;
+    engine_tlb_entry *e = entry;
     uint64_t va = h->arm64 ? vaddr & 0x00FFFFFFFFFFFFFFULL : vaddr;    /* Top-Byte-Ignore */
     uint64_t soff = va - EMSAN_SHADOW_OFFSET;
     if (LIKELY(soff >= (SHADOW_VA_LIMIT >> 3))) {
         /* Guest memory: identity, except that the pool is no guest memory. */
         e->paddr = va - EMSAN_SHADOW_POOL_PA < SHADOW_POOL_BYTES ? EMSAN_SHADOW_OFFSET - PAGE_SIZE : va;
-        e->perms = PROT_ALL;             /* the physical region's own protection still applies */
+        e->perms = ENGINE_PROT_ALL;             /* the physical region's own protection still applies */
         return 1;
     }
     uint64_t chunk = soff >> PAGE_SHIFT;
     uint32_t pg = shadow_resolve(h, chunk);
-    if (pg < SHADOW_FIRST_REAL && type == MEM_WRITE) {
+    if (pg < SHADOW_FIRST_REAL && type == ENGINE_MEM_WRITE) {
         /* The guest poisons shadow itself (stack redzones): a private page from now on. The
          * TLB entry being filled is the only one that maps this page, so no flush is needed. */
         if (shadow_own(h, chunk)) pg = shadow_resolve(h, chunk);
     }
     /* arm64's TLB pages can be smaller than 4 KiB: keep the offset inside the shadow page. */
     e->paddr = EMSAN_SHADOW_POOL_PA + ((uint64_t)pg << PAGE_SHIFT) + (soff & (PAGE_SIZE - 1));
-    e->perms = pg < SHADOW_FIRST_REAL ? PROT_R : PROT_RW;
+    e->perms = pg < SHADOW_FIRST_REAL ? ENGINE_PROT_READ : ENGINE_PROT_RW;
     return 1;
 }
 
@@ -54,13 +47,10 @@ void shadow_sync(heap_t *h, int now)
     struct shadow_map *sm = &h->sm;
     if (!(sm->exposed || h->mm) || !(sm->must_flush || (now && sm->remapped && sm->exposed)))
         return;
-    typedef int (*ctl_fn)(void *, int, ...);
-    ((ctl_fn)emsan_uc.uc_ctl)(h->uc, 11 | (1 << 30));     /* UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) */
+    tlb_flush(h->uc);
     sm->must_flush = sm->remapped = 0;
     h->stats.tlb_flushes++;
 }
-
-EXPORT void emsan_shadow_sync(emsan_heap *h) { shadow_sync(h, 1); }
 
 /* The guest's own check found [addr, addr+size) poisoned: is it, according to the current
  * pages? If not, the guest read a stale mapping; flush so it sees the current one. */

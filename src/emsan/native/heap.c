@@ -30,7 +30,6 @@ EXPORT emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_
     if (!shadow_init(h, 1)) { free(h); return NULL; }
     h->page_slab = calloc(h->npages, sizeof *h->page_slab);
     h->q_limit = quarantine_bytes;
-    h->string_checks = 1;
     return h;
 }
 
@@ -48,7 +47,6 @@ EXPORT void emsan_heap_destroy(emsan_heap *h)
 }
 
 EXPORT void emsan_heap_set_stack(emsan_heap *h, uint64_t lo, uint64_t hi) { h->stack_lo = lo; h->stack_hi = hi; }
-EXPORT void emsan_set_string_checks(emsan_heap *h, int on) { h->string_checks = on; }
 /* Full shadow (the ablation of per-page shadow): every chunk written gets a private page. */
 EXPORT void emsan_shadow_full(emsan_heap *h) { h->sm.share = 0; }
 
@@ -477,7 +475,7 @@ EXPORT void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
         allocator_fn(e->h, e->fn);
         shadow_sync(e->h, 0);            /* compiler-assisted mode: the guest sees the new shadow */
     }
-    else if (e->h->string_checks) intercept_string_fn(e->h, e->fn);
+    else intercept_string_fn(e->h, e->fn);
 }
 
 /* A range some other agent touches on the guest's behalf (a system call's buffer). */

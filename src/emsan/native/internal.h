@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include "emsan_native.h"
+#include "engine.h"
 
 #define EXPORT __attribute__((visibility("default")))
 #define LIKELY(x) __builtin_expect(!!(x), 1)
@@ -40,19 +40,6 @@
 #define SHADOW_FREED 3      /* a freed large object */
 #define SHADOW_BLACK 4      /* never to be touched: holes in the mmap area */
 #define SHADOW_FIRST_REAL 8
-
-typedef int (*reg_read_fn)(void *, int, void *);
-typedef int (*reg_write_fn)(void *, int, const void *);
-typedef int (*mem_read_fn)(void *, uint64_t, void *, size_t);
-typedef int (*mem_write_fn)(void *, uint64_t, const void *, size_t);
-typedef int (*emu_stop_fn)(void *);
-extern emsan_api emsan_uc;
-
-static inline uint64_t reg_get(void *uc, int id) { uint64_t v = 0; ((reg_read_fn)emsan_uc.uc_reg_read)(uc, id, &v); return v; }
-static inline void reg_set(void *uc, int id, uint64_t v) { ((reg_write_fn)emsan_uc.uc_reg_write)(uc, id, &v); }
-static inline int mem_get(void *uc, uint64_t a, void *buf, size_t n) { return ((mem_read_fn)emsan_uc.uc_mem_read)(uc, a, buf, n); }
-static inline int mem_put(void *uc, uint64_t a, const void *buf, size_t n) { return ((mem_write_fn)emsan_uc.uc_mem_write)(uc, a, buf, n); }
-static inline void emu_stop(void *uc) { ((emu_stop_fn)emsan_uc.uc_emu_stop)(uc); }
 
 /* One object slot. */
 struct obj {
@@ -119,7 +106,6 @@ struct emsan_heap {
     uint64_t *q; size_t q_head, q_len, q_cap; uint64_t q_bytes, q_limit;
     struct depot depot;
     uint64_t stack_lo, stack_hi;
-    int string_checks;
     emsan_error errs[ERR_RING]; unsigned err_head, err_count;
     emsan_stats stats;
     struct entry *entries[128];

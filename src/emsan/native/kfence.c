@@ -77,9 +77,7 @@ static uint64_t now_ns(kf_t *k)
 
 static inline void flush_tlb(kf_t *k)
 {
-    typedef int (*ctl_fn)(void *, int, ...);
-    /* UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) */
-    ((ctl_fn)emsan_uc.uc_ctl)(k->h->uc, 11 | (1 << 30));
+    tlb_flush(k->h->uc);
     k->flush_pending = 0;
     k->stats.tlb_flushes++;
 }
@@ -161,21 +159,17 @@ EXPORT int emsan_kfence_pop_error(emsan_kfence *k, emsan_kfence_error *out)
     return 1;
 }
 
-EXPORT uint64_t emsan_kfence_pool(emsan_kfence *k) { return k->pool; }
-
 /* ---- the TLB: live object pages 1:1, everything else in the pool to the trap twin ----------- */
-
-typedef struct { uint64_t paddr; int perms; } tlb_entry;
 
 EXPORT _Bool emsan_kfence_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud)
 {
     (void)uc; (void)type;
     kf_t *k = ud;
-    tlb_entry *e = entry;
+    engine_tlb_entry *e = entry;
     uint64_t off = vaddr - k->pool;
     if (UNLIKELY(off < k->pool_size) && !k->page_ok[off >> PAGE_SHIFT]) e->paddr = k->trap + off;
     else e->paddr = k->h->arm64 ? vaddr & 0x00FFFFFFFFFFFFFFULL : vaddr;
-    e->perms = 7;                      /* the physical region's own protection still applies */
+    e->perms = ENGINE_PROT_ALL;        /* the physical region's own protection still applies */
     return 1;
 }
 
@@ -232,7 +226,7 @@ EXPORT int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr)
     uint64_t vaddr = k->pool + off;
     uint32_t page = (uint32_t)(off >> PAGE_SHIFT);
     if (k->page_ok[page]) return 1;    /* opened by an earlier report; its TLB flush is pending */
-    int is_write = type == 22;         /* UC_MEM_WRITE_PROT */
+    int is_write = type == ENGINE_MEM_WRITE_PROT;
     heap_t *h = k->h;
     uint64_t pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
     int kind, idx = -1;
@@ -586,6 +580,6 @@ EXPORT int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t siz
     if (lo < k->pool) lo = k->pool;
     for (uint64_t a = lo; a < hi && a < k->pool + k->pool_size; a = (a | (PAGE_SIZE - 1)) + 1)
         if (!k->page_ok[(a - k->pool) >> PAGE_SHIFT])
-            return emsan_kfence_fault(k, is_write ? 22 : 23, a);
+            return emsan_kfence_fault(k, is_write ? ENGINE_MEM_WRITE_PROT : ENGINE_MEM_READ_PROT, a);
     return 0;
 }

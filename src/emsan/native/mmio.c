@@ -12,10 +12,6 @@
 #include <sys/mman.h>
 #include "internal.h"
 
-typedef struct { uint64_t paddr; int perms; } tlb_entry;
-
-#define MEM_WRITE 17
-
 /* Returns the host memory behind the heap (the caller maps it at the heap's address). */
 EXPORT void *emsan_mmio_init(emsan_heap *h, uint64_t view_pa, int nregs, const int *regs)
 {
@@ -58,10 +54,10 @@ EXPORT _Bool emsan_mmio_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, 
     (void)uc; (void)type;
     heap_t *h = ud;
     struct mmio_state *m = h->mm;
-    tlb_entry *e = entry;
+    engine_tlb_entry *e = entry;
     uint64_t va = h->arm64 ? vaddr & UNTAG_MASK : vaddr;
     uint64_t off = va - h->base;
-    e->perms = 7;
+    e->perms = ENGINE_PROT_ALL;
     if (off >= h->size) {
         e->paddr = va - m->view < h->size ? EMSAN_SHADOW_OFFSET - PAGE_SIZE : va;   /* the view is no guest memory */
         return 1;

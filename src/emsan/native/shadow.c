@@ -331,7 +331,7 @@ EXPORT void emsan_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t va
         return;                           /* objects live in the heap only (unsigned: below it too) */
     if (LIKELY(!shadow_access_bad(h, addr, (uint64_t)size)))
         return;
-    int is_write = type == 17 /* UC_MEM_WRITE */;
+    int is_write = type == ENGINE_MEM_WRITE;
     uint64_t pc = reg_get(uc, h->regs[EMSAN_REG_PC]);
     if (!is_write && size >= 8 && (addr & ((uint64_t)size - 1)) == 0 && shadow_tolerated(h, pc, addr, (uint64_t)size))
         return;

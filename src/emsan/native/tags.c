@@ -352,7 +352,7 @@ EXPORT void emsan_tag_mem_cb(void *uc, int type, uint64_t addr, int size, int64_
         if (LIKELY((addr & (TAG_GRANULE - 1)) + (uint64_t)size <= TAG_GRANULE)) return;
         if (!tag_bad(h, tagged, (uint64_t)size)) return;  /* the access spans granules */
     }
-    int is_write = type == 17 /* UC_MEM_WRITE */;
+    int is_write = type == ENGINE_MEM_WRITE;
     if (!is_write && tag_tolerated(h, pc, tagged, (uint64_t)size)) return;
     report_error(h, EMSAN_ERR_ACCESS, tagged, (uint64_t)size, is_write, pc, stack_here(h, pc, 0), 0, 0);
 }

@@ -89,9 +89,9 @@ class NativeHeap:
         self._mmio_vals = self.ffi.new("uint64_t[]", 40)
         self._mmio_cands = self.ffi.new("uint64_t[]", 4)
         self._mmio_ncand = self.ffi.new("int *")
-        suffix = {"x86_64": "x86_64", "arm64": "aarch64"}[arch.name]
-        get_cpu, restore = native.fnptr(f"qemu_get_cpu_{suffix}"), native.fnptr(f"cpu_restore_state_{suffix}")
-        if get_cpu and restore:
+        recovery = machine.pc_recovery()
+        if recovery is not None:
+            get_cpu, restore = recovery
             lib.emsan_mmio_set_pc_recovery(self.h, self.ffi.cast("void *", get_cpu), self.ffi.cast("void *", restore))
 
     def mmio_error_context(self) -> tuple[int, dict[str, int], list[int]] | None:

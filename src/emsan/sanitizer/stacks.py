@@ -23,7 +23,6 @@ from elftools.elf.elffile import ELFFile
 from emsan.errors import EmsanError
 
 COLLECTORS = ("auto", "fp", "cfi", "scs", "x18", "none")
-UC_HOOK_BLOCK = 1 << 3          # unicorn_const.UC_HOOK_BLOCK
 K_CALL, K_RET, K_JMP, K_FUNC = 1, 2, 4, 8
 CACHE_VERSION = b"emsan-stacks-2"
 ROW = struct.Struct("<QiiiB3x")     # emsan_cfi_row
@@ -253,8 +252,7 @@ class Stacks:
         self.lib.emsan_set_stacks(self.heap.h, mode, int(self.no_depot))
         if collector == "scs" and not self._hooked:
             self._hooked = True
-            self.machine.hook_native(UC_HOOK_BLOCK, self.ffi.addressof(self.lib, "emsan_scs_block_cb"),
-                                     self.heap.h, 1, 0)
+            self.machine.hook_block_native(self.ffi.addressof(self.lib, "emsan_scs_block_cb"), self.heap.h)
 
     def module_loaded(self, path: str, bias: int) -> None:
         try:
