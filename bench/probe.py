@@ -94,17 +94,17 @@ def _add_noop_mem_hook() -> None:
 
 
 def _watch_modes() -> list:
-    """Keep every generic-mode object created, to read its counters after the run."""
-    from emsan.sanitizer.generic import GenericMode
+    """Keep every sanitizer mode a session attaches, to read its counters after the run."""
+    from emsan.session.sanitizer import Sanitizer
 
     modes = []
-    init = GenericMode.__init__
+    init = Sanitizer.__init__
 
     def __init__(self, *a, **kw):
         init(self, *a, **kw)
-        modes.append(self)
+        modes.append(self.mode)
 
-    GenericMode.__init__ = __init__
+    Sanitizer.__init__ = __init__
     return modes
 
 

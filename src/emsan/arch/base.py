@@ -65,6 +65,22 @@ class Arch:
                 break
         return fallback
 
+    def locate(self, m, candidates: list[int], synced_pc: int, regs: dict[str, int], addr: int,
+               is_write: bool) -> tuple[int, int, int] | None:
+        """The instruction behind an access seen without its PC (an MMIO callback): one of the
+        first two instructions at a candidate PC QEMU gave (the access or the one before it),
+        else within eight instructions of the lowest candidate (the access is at or just after
+        them), else in the block at the PC Unicorn last synced. (pc, address, size) or None."""
+        for c in candidates:
+            found = self.locate_access(m, c, regs, addr, is_write, first_only=2)
+            if found is not None:
+                return found
+        if candidates:
+            found = self.locate_access(m, min(candidates), regs, addr, is_write, first_only=8)
+            if found is not None:
+                return found
+        return self.locate_access(m, synced_pc, regs, addr, is_write)
+
     # Calling convention, used by interceptors that stand in for a whole function.
     def return_address(self, m) -> int:
         raise NotImplementedError
