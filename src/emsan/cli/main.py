@@ -8,7 +8,21 @@ import sys
 from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 from emsan.session.options import RunOptions
 
-MODES = ("none", "generic", "sw-tags", "hw-tags", "kfence", "compiler-assisted")
+
+
+class ModeNames:
+    """--mode's choices: none, and the modes registered in emsan.sanitizer.modes (imported only
+    when --mode is checked or listed, not for every command)."""
+
+    def _names(self) -> list[str]:
+        from emsan.sanitizer.modes import mode_names
+        return ["none", *mode_names()]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -40,7 +54,7 @@ def _positive(text: str) -> int:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=MODES, default="generic",
+    p.add_argument("--mode", choices=ModeNames(), default="generic",
                    help="sanitizer mode (default: generic; compiler-assisted for a program built with "
                         "clang $(emsan cflags))")
     p.add_argument("--sysroot", metavar="DIR", help="root for the guest's libraries (arm64 default: "

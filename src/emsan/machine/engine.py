@@ -2,7 +2,7 @@
 
 Register and memory access on the paths Python takes per syscall or per allocation goes
 straight through libunicorn's C API (the binding's wrappers rebuild ctypes objects on every
-call and cost 3-5x more, reference/emulator-arm64.md §5).
+call and cost 3-5x more, measured on this project's machines).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class Machine:
         uc = self.uc
         uc.ctl_set_cpu_model(arm64_const.UC_CPU_ARM64_MAX)
         # QEMU believes EL1 is AArch32 until SCR_EL3.RW and HCR_EL2.RW say otherwise, and then
-        # silently ignores TCR_EL1.TBI0 (reference/emulator-arm64.md §2). Top-Byte-Ignore is on
+        # silently ignores TCR_EL1.TBI0 (found by experiment with the pinned Unicorn). Top-Byte-Ignore is on
         # for every arm64 guest, as on Linux.
         uc.cpr_write(3, 6, 1, 1, 0, 0x401)      # SCR_EL3 = NS | RW
         uc.cpr_write(3, 4, 1, 1, 0, 1 << 31)    # HCR_EL2.RW

@@ -82,7 +82,7 @@ EXPORT void emsan_cc_report_cb(void *uc, uint64_t address, uint32_t size, void *
     int is_write = reg(rt, EMSAN_REG_ARG0 + 2) != 0;
     uint64_t ip = reg(rt, EMSAN_REG_ARG0 + 3);
     cc->stats.checks_failed++;
-    /* The guest read its shadow through a mapping that may have been stale (seeds/002: a
+    /* The guest read its shadow through a mapping that may have been stale (a per-page shadow
      * chunk that changed pages while the guest's TLB held the old one); emsan's own copy
      * decides, and the re-check flushes the stale mapping. */
     if (n && addr + n >= addr && addr + n <= SHADOW_VA_LIMIT && !emsan_shadow_recheck(k, addr, n)) {
@@ -108,7 +108,7 @@ EXPORT void emsan_cc_globals_cb(void *uc, uint64_t address, uint32_t size, void 
         struct asan_global g;
         if (mem_get(uc, arr + i * sizeof g, &g, sizeof g)) break;
         if ((g.beg & (GRANULE - 1)) || g.size > g.size_with_redzone || g.size_with_redzone > (1ULL << 40)) continue;
-        /* mm/kasan/generic.c register_global() */
+        /* the kernel's register_global() */
         uint64_t aligned = (g.size + GRANULE - 1) & ~(uint64_t)(GRANULE - 1);
         shadow_unpoison(k, g.beg, g.size, g.beg + (g.size_with_redzone > aligned ? g.size_with_redzone : aligned),
                         KASAN_GLOBAL_REDZONE);
@@ -158,7 +158,7 @@ EXPORT int emsan_cc_find_global(emsan_cc *cc, uint64_t addr, emsan_cc_global *ou
     return 0;
 }
 
-/* mm/kasan/report_generic.c get_address_stack_frame_info(): from addr walk the shadow down to
+/* The kernel's get_address_stack_frame_info(): from addr walk the shadow down to
  * the frame's left redzone (0xF1); the frame starts there with {magic, descriptor, pc}.
  * Returns the frame's address, or 0 when [lo, addr) holds no frame. */
 EXPORT uint64_t emsan_cc_find_frame(emsan_cc *cc, uint64_t addr, uint64_t lo)

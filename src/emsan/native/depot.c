@@ -1,5 +1,5 @@
-/* Stack collection (frame-pointer walk) and a deduplicating stack depot like the kernel's
- * lib/stackdepot.c: each trace is hashed, stored once in a pool and named by a 32-bit handle. */
+/* Stack collection (frame-pointer walk) and a deduplicating stack depot like the kernel's:
+ * each trace is hashed, stored once in a pool and named by a 32-bit handle. */
 #include <time.h>
 #include "runtime.h"
 

@@ -197,7 +197,7 @@ void emsan_cfi_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const ems
 #define EMSAN_OBJ_LIVE 1
 #define EMSAN_OBJ_QUARANTINED 2        /* freed (tag modes: the stack ring's last record is a free) */
 
-/* Bug types from the tag modes' stack ring (the kernel's report_tags.c). */
+/* Bug types from the tag modes' stack ring, as the kernel's tag-mode reports classify them. */
 #define EMSAN_TAGBUG_INVALID 1
 #define EMSAN_TAGBUG_UAF 2
 #define EMSAN_TAGBUG_OOB 3

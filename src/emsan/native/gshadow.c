@@ -4,7 +4,7 @@
  * maps each 4 KiB of the shadow range to the chunk's pool page: shared pages read-only (a
  * write fills the TLB again and gets a private copy), private pages read-write.
  *
- * As in the kernel with per-page shadow (seeds/002), a chunk may change pages while the guest
+ * As with the per-page shadow proposed for the kernel, a chunk may change pages while the guest
  * TLB still maps the old one. emsan flushes at its next call into the runtime, and a check
  * that failed meanwhile is re-checked against the current pages before anything is reported
  * (emsan_shadow_recheck), so a stale mapping never produces a false report. */

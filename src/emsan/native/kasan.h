@@ -1,7 +1,7 @@
 /* KASAN: emsan's allocator and what checks accesses to its objects. The allocator (heap.c,
  * quarantine.c), the string interceptors (intercept.c) and everything a report asks
  * (kasan.c) are the same in every mode; what a mode changes sits behind struct kasan_ops, as
- * the kernel's generic.c, sw_tags.c and hw_tags.c sit behind kasan.h: generic.c (the shadow,
+ * the kernel's generic and tag-based KASAN sit behind one header: generic.c (the shadow,
  * shadow.c, and its checks: a memory hook or the MMIO view, mmio.c) and tags.c (memory tags
  * per 16-byte granule, a stack ring; mte.c for hw-tags). */
 #ifndef EMSAN_KASAN_H

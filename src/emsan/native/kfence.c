@@ -1,4 +1,4 @@
-/* KFENCE mode: a sampled guard-page allocator (mm/kfence/core.c, in user space).
+/* KFENCE mode: a sampled guard-page allocator (the kernel's KFENCE, in user space).
  *
  * No per-access hook. A pool of (N+1)*2 pages: pages 0 and 1 are guards, object k lives on
  * page 2k+2 and its right guard is page 2k+3. Page protection goes through Unicorn's

@@ -1,5 +1,5 @@
 /* Shadow memory: one byte per 8-byte granule with the kernel's generic encoding, for every
- * guest address below 2^44, kept per page (seeds/002): one 4 KiB shadow page covers 32 KiB
+ * guest address below 2^44, kept per page (as proposed for the kernel): one 4 KiB shadow page covers 32 KiB
  * of memory. Chunks that need no private shadow share read-only pages (all accessible, "no
  * object here", freed, never-touch "black"); a private page replaces them when objects
  * arrive. All pages live in one host pool, so the same bytes can be mapped into the guest at

@@ -191,7 +191,7 @@ static int tag_tolerated(kasan_t *k, uint64_t pc, uint64_t tagged, uint64_t size
     return 0;
 }
 
-/* ---- the stack ring (mm/kasan/tags.c save_stack_info) ------------------------------------------ */
+/* ---- the stack ring (the kernel's save_stack_info()) --------------------------------------------- */
 
 static void tags_save_track(kasan_t *k, uint64_t tagged, uint64_t size, uint64_t cache_size, uint32_t stack,
                             int is_free)

@@ -6,6 +6,7 @@ import importlib
 import pkgutil
 
 MODES: dict[str, type] = {}
+_loaded = False
 
 
 def register(cls: type) -> type:
@@ -17,19 +18,21 @@ def register(cls: type) -> type:
 
 
 def _load() -> None:
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        importlib.import_module(f"{__name__}.{info.name}")
+    """Import every mode module once (a module imported on its own registers only its modes)."""
+    global _loaded
+    if not _loaded:
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            importlib.import_module(f"{__name__}.{info.name}")
+        _loaded = True
 
 
 def mode_class(name: str) -> type:
     """The class of the mode called `name` (KeyError if there is none)."""
-    if not MODES:
-        _load()
+    _load()
     return MODES[name]
 
 
 def mode_names() -> list[str]:
     """The modes --mode offers."""
-    if not MODES:
-        _load()
-    return [name for name, cls in MODES.items() if cls.caps.selectable]
+    _load()
+    return list(MODES)

@@ -4,7 +4,7 @@ it. No memory hook: emsan's allocator (the generic mode's, at the same entry poi
 shadow, global redzones are poisoned when the guest registers its globals, and the compiler's
 own code poisons stack and alloca redzones. Failed checks reach emsan through one native hook
 (src/emsan/native/compiler.c); reports describe stack frames and global variables as the
-kernel's do (mm/kasan/report_generic.c)."""
+kernel's generic KASAN reports do."""
 from __future__ import annotations
 
 import sys
