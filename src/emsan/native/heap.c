@@ -11,19 +11,13 @@ uint64_t cache_size(const struct slab *s) { return s->cls == LARGE_CLASS ? s->sl
 
 /* ---- slabs ---------------------------------------------------------------------------------- */
 
+/* First fit among released large-object runs, else fresh pages; 0 when the heap is full. */
 static uint64_t take_pages(kasan_t *k, uint64_t n)
 {
-    /* First fit among released large-object runs, else fresh pages. */
-    for (size_t i = 0; i < k->free_runs.n; i++) {
-        uint64_t r = k->free_runs.v[i], page = r >> 24, cnt = r & 0xFFFFFF;
-        if (cnt >= n) {
-            if (cnt == n) k->free_runs.v[i] = k->free_runs.v[--k->free_runs.n];
-            else k->free_runs.v[i] = ((page + n) << 24) | (cnt - n);
-            return page;
-        }
-    }
+    uint64_t page = take_run(&k->free_runs, n);
+    if (page != UINT64_MAX) return page;
     if (k->bump + n > k->npages) return 0;
-    uint64_t page = k->bump;
+    page = k->bump;
     k->bump += n;
     return page;
 }

@@ -11,24 +11,8 @@
 static inline int gget(kasan_t *k, uint64_t a, void *buf, size_t n) { return mem_get(k->rt->uc, guest_addr(k->rt, a), buf, n); }
 static inline int gput(kasan_t *k, uint64_t a, const void *buf, size_t n) { return mem_put(k->rt->uc, guest_addr(k->rt, a), buf, n); }
 
-/* Length of the string at s, looking at most max bytes; -1 if memory is unreadable. */
-static int64_t guest_strnlen(kasan_t *k, uint64_t s, uint64_t max)
-{
-    uint8_t buf[CHUNK];
-    uint64_t n = 0;
-    while (n < max) {
-        uint64_t a = s + n;
-        size_t chunk = CHUNK - (a & (CHUNK - 1));          /* never cross a page in one read */
-        if (chunk > max - n) chunk = (size_t)(max - n);
-        if (gget(k, a, buf, chunk)) return -1;
-        uint8_t *z = memchr(buf, 0, chunk);
-        if (z) return (int64_t)(n + (uint64_t)(z - buf));
-        n += chunk;
-    }
-    return (int64_t)max;
-}
-
-/* First position of byte c in [s, s+max) (forward), or max; -1 if unreadable. */
+/* First position of byte c in [s, s+max) (forward), or of a NUL too with stop_at_nul; max if
+ * none; -1 if memory is unreadable. Reads never cross a page. */
 static int64_t guest_find(kasan_t *k, uint64_t s, uint64_t max, int c, int stop_at_nul)
 {
     uint8_t buf[CHUNK];
@@ -38,12 +22,20 @@ static int64_t guest_find(kasan_t *k, uint64_t s, uint64_t max, int c, int stop_
         size_t chunk = CHUNK - (a & (CHUNK - 1));
         if (chunk > max - n) chunk = (size_t)(max - n);
         if (gget(k, a, buf, chunk)) return -1;
-        for (size_t i = 0; i < chunk; i++)
-            if (buf[i] == (uint8_t)c || (stop_at_nul && buf[i] == 0)) return (int64_t)(n + i);
+        if (!stop_at_nul || c == 0) {
+            const uint8_t *z = memchr(buf, c, chunk);
+            if (z) return (int64_t)(n + (uint64_t)(z - buf));
+        } else {
+            for (size_t i = 0; i < chunk; i++)
+                if (buf[i] == (uint8_t)c || buf[i] == 0) return (int64_t)(n + i);
+        }
         n += chunk;
     }
     return (int64_t)max;
 }
+
+/* Length of the string at s, looking at most max bytes; -1 if memory is unreadable. */
+static int64_t guest_strnlen(kasan_t *k, uint64_t s, uint64_t max) { return guest_find(k, s, max, 0, 0); }
 
 static int read_block(kasan_t *k, uint64_t a, uint64_t n, uint8_t **out)
 {

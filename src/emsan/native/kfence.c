@@ -367,16 +367,7 @@ static uint64_t arena_alloc(kf_t *k, uint64_t size)
 {
     uint64_t n = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
     if (!n) n = 1;
-    uint64_t page = UINT64_MAX;
-    for (size_t i = 0; i < k->arena_free.n; i++) {
-        uint64_t r = k->arena_free.v[i], p = r >> 24, cnt = r & 0xFFFFFF;
-        if (cnt >= n) {
-            if (cnt == n) k->arena_free.v[i] = k->arena_free.v[--k->arena_free.n];
-            else k->arena_free.v[i] = ((p + n) << 24) | (cnt - n);
-            page = p;
-            break;
-        }
-    }
+    uint64_t page = take_run(&k->arena_free, n);
     if (page == UINT64_MAX) {
         if (n >= (1 << 24) || k->arena_bump + n > k->arena_pages) return 0;
         page = k->arena_bump;

@@ -28,6 +28,36 @@ static inline void vec_push(struct vec64 *a, uint64_t x)
     a->v[a->n++] = x;
 }
 
+/* Runs of free pages, each (first page << 24 | count): the first that fits, split, or
+ * UINT64_MAX when none does. */
+static inline uint64_t take_run(struct vec64 *runs, uint64_t n)
+{
+    for (size_t i = 0; i < runs->n; i++) {
+        uint64_t r = runs->v[i], page = r >> 24, cnt = r & 0xFFFFFF;
+        if (cnt >= n) {
+            if (cnt == n) runs->v[i] = runs->v[--runs->n];
+            else runs->v[i] = ((page + n) << 24) | (cnt - n);
+            return page;
+        }
+    }
+    return UINT64_MAX;
+}
+
+/* Binary search of an array of structs that start with {uint64_t lo, hi}, sorted and disjoint:
+ * the one whose [lo, hi) holds a, or NULL. */
+static inline void *range_find(void *base, size_t n, size_t size, uint64_t a)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        const uint64_t *r = (const uint64_t *)((char *)base + mid * size);
+        if (a < r[0]) hi = mid;
+        else if (a >= r[1]) lo = mid + 1;
+        else return (void *)r;
+    }
+    return NULL;
+}
+
 struct depot {
     uint64_t *pool; size_t used, cap;      /* records: [hash<<32 | len, frames...] */
     uint32_t *table; size_t tsize, count;  /* open addressing: handle = record offset + 1 */

@@ -67,14 +67,7 @@ void scs_stats(rt_t *rt, emsan_stack_stats *out)
 
 static inline struct scs_mod *mod_of(struct scs_state *s, uint64_t a)
 {
-    size_t lo = 0, hi = s->nmods;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (a < s->mods[mid].lo) hi = mid;
-        else if (a >= s->mods[mid].hi) lo = mid + 1;
-        else return &s->mods[mid];
-    }
-    return NULL;
+    return range_find(s->mods, s->nmods, sizeof *s->mods, a);
 }
 
 static inline uint8_t *kind_ptr(struct scs_state *s, uint64_t a)

@@ -49,16 +49,9 @@ static const emsan_cfi_row *find_row(struct cfi_state *c, uint64_t pc)
 
 static const emsan_cfi_row *search_row(struct cfi_state *c, uint64_t pc)
 {
-    size_t lo = 0, hi = c->nmods;
-    struct cfi_mod *m = NULL;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (pc < c->mods[mid].lo) hi = mid;
-        else if (pc >= c->mods[mid].hi) lo = mid + 1;
-        else { m = &c->mods[mid]; break; }
-    }
+    struct cfi_mod *m = range_find(c->mods, c->nmods, sizeof *c->mods, pc);
     if (!m || !m->n || pc < m->rows[0].pc) return NULL;
-    lo = 0; hi = m->n;                       /* last row with row.pc <= pc */
+    size_t lo = 0, hi = m->n;                /* last row with row.pc <= pc */
     while (hi - lo > 1) {
         size_t mid = (lo + hi) / 2;
         if (m->rows[mid].pc <= pc) lo = mid; else hi = mid;

@@ -90,26 +90,16 @@ EMSAN_ACCESS(4)
 EMSAN_ACCESS(8)
 EMSAN_ACCESS(16)
 
-EMSAN_RT void __asan_loadN_noabort(unsigned long addr, unsigned long size)
-{
-    if (emsan_poisoned(addr, size))
-        __emsan_kasan_report(addr, size, 0, EMSAN_RET_IP);
-}
-EMSAN_RT void __asan_storeN_noabort(unsigned long addr, unsigned long size)
-{
-    if (emsan_poisoned(addr, size))
-        __emsan_kasan_report(addr, size, 1, EMSAN_RET_IP);
-}
-EMSAN_RT void __asan_loadN(unsigned long addr, unsigned long size)
-{
-    if (emsan_poisoned(addr, size))
-        __emsan_kasan_report(addr, size, 0, EMSAN_RET_IP);
-}
-EMSAN_RT void __asan_storeN(unsigned long addr, unsigned long size)
-{
-    if (emsan_poisoned(addr, size))
-        __emsan_kasan_report(addr, size, 1, EMSAN_RET_IP);
-}
+#define EMSAN_ACCESS_N(name, is_write)                                                             \
+    EMSAN_RT void name(unsigned long addr, unsigned long size)                                     \
+    {                                                                                              \
+        if (emsan_poisoned(addr, size))                                                            \
+            __emsan_kasan_report(addr, size, is_write, EMSAN_RET_IP);                              \
+    }
+EMSAN_ACCESS_N(__asan_loadN_noabort, 0)
+EMSAN_ACCESS_N(__asan_storeN_noabort, 1)
+EMSAN_ACCESS_N(__asan_loadN, 0)
+EMSAN_ACCESS_N(__asan_storeN, 1)
 
 /* Inline instrumentation: the check failed in the caller. */
 #define EMSAN_REPORT(size)                                                                         \

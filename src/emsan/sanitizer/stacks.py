@@ -21,6 +21,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from emsan.errors import EmsanError
+from emsan.sanitizer.entrypoints import STT_FUNC, function_symbols
 
 COLLECTORS = ("auto", "fp", "cfi", "scs", "x18", "none")
 K_CALL, K_RET, K_JMP, K_FUNC = 1, 2, 4, 8
@@ -201,14 +202,7 @@ def keeps_frame_pointers(path: str, arm64: bool) -> bool:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             secs = _exec_sections(elf)
-            funcs = set()
-            for secname in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(secname)
-                if sec is None:
-                    continue
-                for sym in sec.iter_symbols():
-                    if sym["st_info"]["type"] == "STT_FUNC" and sym["st_size"] >= 24 and sym["st_value"]:
-                        funcs.add(sym["st_value"])
+            funcs = {value for value, size, kind, _name in function_symbols(path) if kind == STT_FUNC and size >= 24}
             yes = total = 0
             for addr in sorted(funcs):
                 for s in secs:
