@@ -210,3 +210,16 @@ def test_arm64_locate():
     assert arch.locate(m, [], CODE, regs, DATA, True) == (CODE + 0x0C, DATA, 4)       # an atomic RMW writes
     found = arch.locate(m, [CODE + 0x10], CODE + 0x10, regs, DATA, True)
     assert found == (CODE + 0x10, DATA, 8)             # stxr: the status register is not the data
+
+
+def test_runtime_on_an_engine_a_harness_made():
+    """The runtime needs only a Machine, which may wrap the harness's own Uc."""
+    import unicorn
+    from emsan.sanitizer.runtime import Runtime
+
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    m = Machine("x86_64", uc)
+    uc.reg_write(unicorn.x86_const.UC_X86_REG_R12, 0x1234)
+    assert m.uc is uc and m.reg("r12") == 0x1234
+    rt = Runtime(m, ARCHES["x86_64"])
+    assert rt.pending() == [] and rt.stack(0) == [] and rt.queued() == 0

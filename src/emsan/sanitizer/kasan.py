@@ -115,9 +115,7 @@ class Kasan:
                           stack(info.alloc_stack), stack(info.free_stack), KINDS[info.kind])
 
     def stats(self) -> dict[str, int]:
-        st = self.ffi.new("emsan_kasan_stats *")
-        self.lib.emsan_kasan_get_stats(self.k, st)
-        return {f: getattr(st, f) for f in dir(st)}
+        return self.runtime.counters("emsan_kasan_stats", self.lib.emsan_kasan_get_stats, self.k)
 
 
 # How a report names the deallocation used (alloc-dealloc-mismatch)

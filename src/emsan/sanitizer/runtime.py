@@ -64,6 +64,12 @@ class Runtime:
         """The stack the frame-pointer walks may read."""
         self.lib.emsan_runtime_set_stack(self.rt, lo, hi)
 
+    def counters(self, ctype: str, fill, owner) -> dict[str, int]:
+        """A native counters struct as a dict: fill(owner, struct *) fills a `ctype`."""
+        st = self.ffi.new(ctype + " *")
+        fill(owner, st)
+        return {f: getattr(st, f) for f in dir(st)}
+
     def intercepted(self, addr: int) -> None:
         """The function at addr is stood in for: it never runs its own code (nor its ret), which
         the shadow call stack must know."""

@@ -141,9 +141,8 @@ class CompilerMode(KasanMode):
 
     def stats(self) -> dict[str, int]:
         st = super().stats()
-        cs = self.runtime.ffi.new("emsan_cc_stats *")
-        self.runtime.lib.emsan_cc_get_stats(self.cc, cs)
-        st.update({f"cc_{f}": getattr(cs, f) for f in dir(cs)})
+        cc = self.runtime.counters("emsan_cc_stats", self.runtime.lib.emsan_cc_get_stats, self.cc)
+        st.update({f"cc_{k}": v for k, v in cc.items()})
         return st
 
 

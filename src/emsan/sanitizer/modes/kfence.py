@@ -110,6 +110,4 @@ class KfenceMode:
         return (report.bug_type, tuple(report.stack[:8]))
 
     def stats(self) -> dict[str, int]:
-        st = self.runtime.ffi.new("emsan_kfence_stats *")
-        self.runtime.lib.emsan_kfence_get_stats(self.k, st)
-        return {f: getattr(st, f) for f in dir(st)}
+        return self.runtime.counters("emsan_kfence_stats", self.runtime.lib.emsan_kfence_get_stats, self.k)
