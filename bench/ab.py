@@ -4,15 +4,17 @@
     python3 bench/ab.py --base /path/to/other/venv/bin/python [--quick] [--reps N] [--arch x86_64|arm64|all]
                         [--modes none,generic,hook,kfence,sw-tags,hw-tags] [--workloads ...] [--scale F]
 
-Runs `python -m emsan run --mode MODE WORKLOAD N` with the base interpreter (another virtualenv
-with the other emsan installed) and with this one (`sys.executable`), one right after the other,
-in rotated order, every repetition; prints the median of the paired ratios new/base of the
-whole-process wall time, with its spread. `hook` is generic mode with --checks hook. The
-guest's output must be the same from both. Figures go to stdout and JSON (default
+Runs `emsan run --mode MODE WORKLOAD N` through bench/probe.py (its `time` measurement: CPU
+time of the engine's thread inside Uc.emu_start, and the process's wall time) with the base
+interpreter (another virtualenv with the other emsan installed) and with this one
+(`sys.executable`), one right after the other, alternating which goes first; prints the medians
+of the paired ratios new/base, with their spread. `hook` is generic mode with --checks hook.
+The guest's output must be the same from both. Figures go to stdout and JSON (default
 bench/results/ab.json); nothing is asserted.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,20 +26,22 @@ from common import (BENCH, WORKLOADS, BenchError, build, now, run_and_report, ru
                     standard_parser, summary)
 
 AB_WORKLOADS = {**WORKLOADS, "mallocfree": {"x86_64": 400_000, "arm64": 400_000}}
-MODES = {"none": ["--mode", "none"], "generic": ["--mode", "generic"],
-         "hook": ["--mode", "generic", "--checks", "hook"], "kfence": ["--mode", "kfence"],
-         "sw-tags": ["--mode", "sw-tags"], "hw-tags": ["--mode", "hw-tags"]}
+MODES = {"none": "emsan", "generic": "emsan-generic", "hook": "emsan-hook", "kfence": "emsan-kfence",
+         "sw-tags": "emsan-sw-tags", "hw-tags": "emsan-hw-tags"}          # probe.py targets
 ARM64_ONLY = ("sw-tags", "hw-tags")
 
 
-def run(python: str, mode: str, exe: Path, n: int, cwd: str) -> tuple[float, bytes]:
-    cmd = [python, "-m", "emsan", "run", *MODES[mode], str(exe), str(n)]
+def run(python: str, mode: str, exe: Path, n: int, cwd: str) -> tuple[float, float, bytes]:
+    """(emu CPU s, wall s, stdout) of one probe run."""
+    stats = os.path.join(cwd, "stats.json")
+    cmd = [python, str(BENCH / "probe.py"), stats, "time", MODES[mode], str(exe), str(n)]
     t0 = now()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
     wall = now() - t0
     if proc.returncode:
         raise BenchError(f"exit status {proc.returncode}: {' '.join(cmd)}\n{proc.stderr.decode()[-2000:]}")
-    return wall, proc.stdout
+    with open(stats) as f:
+        return json.load(f)["emu_cpu_s"], wall, proc.stdout
 
 
 def run_bench(args, log) -> dict:
@@ -53,7 +57,7 @@ def run_bench(args, log) -> dict:
     cases = [(arch, wl, mode) for arch in arches for wl in names for mode in modes
              if arch == "arm64" or mode not in ARM64_ONLY]
     sides = {"base": args.base, "new": sys.executable}
-    walls = {c: {"base": [], "new": []} for c in cases}
+    runs = {c: {"base_cpu": [], "new_cpu": [], "base_wall": [], "new_wall": []} for c in cases}
     with tempfile.TemporaryDirectory() as tmp:
         exes = {(a, w): build(w, a) for a in arches for w in names}
         for rep in range(reps):
@@ -62,14 +66,17 @@ def run_bench(args, log) -> dict:
                 order = ("base", "new") if (rep + i) % 2 == 0 else ("new", "base")
                 outs = {}
                 for side in order:
-                    wall, outs[side] = run(sides[side], mode, exes[(arch, wl)], n, tmp)
-                    walls[(arch, wl, mode)][side].append(wall)
+                    cpu, wall, outs[side] = run(sides[side], mode, exes[(arch, wl)], n, tmp)
+                    runs[(arch, wl, mode)][f"{side}_cpu"].append(cpu)
+                    runs[(arch, wl, mode)][f"{side}_wall"].append(wall)
                 if outs["base"] != outs["new"]:
                     raise BenchError(f"{arch} {wl} {mode}: the two installs printed different output")
             log(f"[dim]repetition {rep + 1}/{reps} done[/dim]")
-    results = [{"arch": arch, "workload": wl, "mode": mode, "base_wall_s": summary(w["base"]),
-                "new_wall_s": summary(w["new"]), "ratio": summary([n / b for n, b in zip(w["new"], w["base"])])}
-               for (arch, wl, mode), w in walls.items()]
+    results = [{"arch": arch, "workload": wl, "mode": mode,
+                **{f"{k}_s": summary(v) for k, v in r.items()},
+                "ratio_emu_cpu": summary([n / b for n, b in zip(r["new_cpu"], r["base_cpu"])]),
+                "ratio_wall": summary([n / b for n, b in zip(r["new_wall"], r["base_wall"])])}
+               for (arch, wl, mode), r in runs.items()]
     return {"schema": "emsan-bench-ab-1",
             "meta": run_meta(args, arches, reps, started, load_before, base=args.base, new=sys.executable),
             "results": results}
@@ -78,13 +85,14 @@ def run_bench(args, log) -> dict:
 def render(res: dict, console) -> None:
     from rich.table import Table
 
-    t = Table(title="new / base, whole-process wall time (median of paired ratios)")
-    for col in ("arch", "workload", "mode", "base s", "new s", "new/base", "spread"):
-        t.add_column(col, justify="right" if col.endswith(("s", "base", "spread")) else "left")
+    t = Table(title="new / base: medians of paired ratios (min-max)")
+    for col in ("arch", "workload", "mode", "base emu CPU s", "new emu CPU s", "new/base emu CPU", "new/base wall"):
+        t.add_column(col, justify="left" if col in ("arch", "workload", "mode") else "right")
     for r in res["results"]:
-        q = r["ratio"]
-        t.add_row(r["arch"], r["workload"], r["mode"], f"{r['base_wall_s']['median']:.3f}",
-                  f"{r['new_wall_s']['median']:.3f}", f"{q['median']:.3f}", f"{q['min']:.3f}-{q['max']:.3f}")
+        c, w = r["ratio_emu_cpu"], r["ratio_wall"]
+        t.add_row(r["arch"], r["workload"], r["mode"], f"{r['base_cpu_s']['median']:.3f}",
+                  f"{r['new_cpu_s']['median']:.3f}", f"{c['median']:.3f} ({c['min']:.2f}-{c['max']:.2f})",
+                  f"{w['median']:.3f} ({w['min']:.2f}-{w['max']:.2f})")
     console.print(t)
     m = res["meta"]
     console.print(f"load average before {m['loadavg_before'][0]}, after {m['loadavg_after'][0]}")

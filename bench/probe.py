@@ -7,9 +7,11 @@ TARGET  emsan          runs `emsan run --mode none PROGRAM ARGS...` through emsa
         emsan-generic  the same with `--mode generic`; the sanitizer's counters (what `--stats`
                        prints: allocs, frees, intercepted...) are read from the mode object
                        after the run and written to STATS_JSON as "sanitizer_stats"
+        emsan-hook, emsan-kfence, emsan-sw-tags, emsan-hw-tags
+                       the same with `--mode generic --checks hook`, kfence, sw-tags, hw-tags
         emsan-memhook  `--mode none` plus a native memory hook that does nothing
                        (bench/noop_hook.c, built by the runner into NOOP_HOOK_LIB) over the whole
-                       address space, as the generic mode registers its check: Unicorn's own
+                       address space, as `--checks hook` registers its check: Unicorn's own
                        per-access cost
         bare           runs bench/bare_unicorn.py PROGRAM ARGS...
 MODE    time    sums the wall time spent inside Uc.emu_start (emulation, syscall hooks included)
@@ -66,7 +68,10 @@ def _install(first_insn: bool) -> None:
     Uc.emu_start = emu_start
 
 
-EMSAN_MODES = {"emsan": "none", "emsan-generic": "generic", "emsan-memhook": "none"}
+EMSAN_MODES = {"emsan": "none", "emsan-generic": "generic", "emsan-memhook": "none",
+               "emsan-hook": "generic", "emsan-kfence": "kfence", "emsan-sw-tags": "sw-tags",
+               "emsan-hw-tags": "hw-tags"}
+EXTRA_ARGS = {"emsan-hook": ["--checks", "hook"]}
 NOOP_HOOK_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build", "host", "libnoop_hook.so")
 
 
@@ -94,8 +99,12 @@ def _add_noop_mem_hook() -> None:
 
 
 def _watch_modes() -> list:
-    """Keep every sanitizer mode a session attaches, to read its counters after the run."""
-    from emsan.session.sanitizer import Sanitizer
+    """Keep every sanitizer mode a session attaches, to read its counters after the run (none
+    with an emsan older than emsan.session.sanitizer: bench/ab.py times those too)."""
+    try:
+        from emsan.session.sanitizer import Sanitizer
+    except ImportError:
+        return []
 
     modes = []
     init = Sanitizer.__init__
@@ -156,7 +165,8 @@ def main() -> int:
                 modes = _watch_modes()
                 if target == "emsan-memhook":
                     _add_noop_mem_hook()
-                status = emsan_main(["run", "--mode", EMSAN_MODES[target], program, *args])
+                status = emsan_main(["run", "--mode", EMSAN_MODES[target], *EXTRA_ARGS.get(target, []),
+                                     program, *args])
                 _record_stats(modes)
             else:
                 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

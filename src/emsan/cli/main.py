@@ -19,7 +19,7 @@ class ModeNames:
         return ["none", *mode_names()]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._names()
+        return name == "none" or name in self._names()
 
     def __iter__(self):
         return iter(self._names())

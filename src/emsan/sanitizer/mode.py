@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 from emsan.report.model import Task
 from emsan.sanitizer.runtime import Error, Runtime
+
+if TYPE_CHECKING:
+    from emsan.arch import Arch
+    from emsan.machine import Machine
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,8 @@ class Target:
     """What a mode attaches to: the engine, the guest's architecture, emsan's runtime on that
     engine, the options, where emsan's memory goes, and what the guest's world can tell."""
 
-    machine: object                     # emsan.machine.Machine
-    arch: object                        # emsan.arch.Arch
+    machine: Machine
+    arch: Arch
     runtime: Runtime
     options: ModeOptions
     # map_memory(lo, hi, prot, name, host): make [lo, hi) guest memory, backed by host memory

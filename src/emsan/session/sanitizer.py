@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import cast
 
 import resource
 
@@ -17,7 +18,7 @@ from emsan.report.json import to_json as render_json
 from emsan.report.text import render as render_text
 from emsan.report.model import Report, Task
 from emsan.sanitizer.entrypoints import has_symtab, string_function, string_ifuncs
-from emsan.sanitizer.mode import Layout, Mode, Target
+from emsan.sanitizer.mode import Layout, Mode, ShadowMode, Target
 from emsan.sanitizer.runtime import Runtime
 from emsan.sanitizer.shadow import shadow_window
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
@@ -39,11 +40,14 @@ class Sanitizer:
         self.caps = caps
         self.runtime = Runtime(m, s.arch)
         self.runtime.set_stack(*mem.stack)
-        target = Target(m, s.arch, self.runtime, opts, self.map_memory, LAYOUT, self.is_call_return,
-                        self.stack_of, lambda pc: str(s.symbolizer.frame(pc)))
+        target = Target(machine=m, arch=s.arch, runtime=self.runtime, options=opts, map_memory=self.map_memory,
+                        layout=LAYOUT, is_call_return=self.is_call_return, stack_of=self.stack_of,
+                        symbolize=lambda pc: str(s.symbolizer.frame(pc)))
         self.mode: Mode = mode_class(target)
-        if caps.shadow and opts.mmap_shadow:
-            self.watch_mmap_area()
+        # Capabilities.shadow: the mode is a ShadowMode
+        self.shadow = cast(ShadowMode, self.mode) if caps.shadow else None
+        if self.shadow is not None and opts.mmap_shadow:
+            self.watch_mmap_area(self.shadow)
         self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot)
         self.reports: list[dict] = []
         self.seen: set[tuple] = set()
@@ -95,10 +99,10 @@ class Sanitizer:
             return mp.start, mp.end
         return None
 
-    def watch_mmap_area(self) -> None:
+    def watch_mmap_area(self, mode: ShadowMode) -> None:
         """Shadow the mmap area like the kernel's vmalloc space: mapped pages accessible, holes
         KASAN_VMALLOC_INVALID, populated lazily and released lazily after munmap."""
-        mode, mem = self.mode, self.s.mem
+        mem = self.s.mem
         mode.shadow_mmap_area(MMAP_BOTTOM, MMAP_TOP)
         for mp in mem.mappings:
             if MMAP_BOTTOM <= mp.start < MMAP_TOP:
@@ -134,7 +138,8 @@ class Sanitizer:
         if self.runtime.callback_error is not None:
             raise self.runtime.callback_error
         opts = self.s.opts
-        if self.caps.shadow and self.caps.reports_mmap_faults and opts.mmap_shadow and self.vmalloc_fault():
+        if self.shadow is not None and self.caps.reports_mmap_faults and opts.mmap_shadow and \
+                self.vmalloc_fault(self.shadow):
             return None if opts.keep_going else ExitInfo("report", opts.error_exitcode)
         if self.want_ifuncs:
             self.want_ifuncs = False
@@ -152,18 +157,18 @@ class Sanitizer:
     def task(self) -> Task:
         return Task(self.s.process.comm, self.s.process.pid)
 
-    def vmalloc_fault(self) -> bool:
+    def vmalloc_fault(self, mode: ShadowMode) -> bool:
         """A fault on a hole of the mmap area is the kernel's vmalloc-out-of-bounds: report it
         (the fault itself is then delivered as usual with --continue)."""
         f = self.s.machine.fault
         if f is None or f.kind != "segv" or f.mapped or f.access == "fetch":
             return False
-        if not MMAP_BOTTOM <= f.addr < MMAP_TOP or self.mode.shadow_byte(f.addr) != VMALLOC_INVALID:
+        if not MMAP_BOTTOM <= f.addr < MMAP_TOP or mode.shadow_byte(f.addr) != VMALLOC_INVALID:
             return False
         stack = call_trace_pcs(self.s.process, self.s.symbolizer)
-        rep = Report(self.mode.name, "vmalloc-out-of-bounds", f.access, f.addr, f.size, f.pc, self.task,
+        rep = Report(mode.name, "vmalloc-out-of-bounds", f.access, f.addr, f.size, f.pc, self.task,
                      stack, 0, None, f.addr)
-        rep.shadow_rows = shadow_window(self.mode.shadow_byte, f.addr)
+        rep.shadow_rows = shadow_window(mode.shadow_byte, f.addr)
         below = [mp for mp in self.s.mem.mappings if mp.end <= f.addr and mp.end > f.addr - (1 << 20)]
         if below:
             mp = below[-1]
