@@ -68,8 +68,8 @@ class Machine:
         self._keep: list = []            # callbacks and buffers Unicorn points at
         self.fault: MachineFault | None = None
         self.stop_reason: str | None = None   # set by whoever calls stop()
-        # arm64 exception number -> handler(pc) returning True when it dealt with it (e.g. MTE emulation)
-        self.arm64_exception_handlers: dict[int, Callable[[int], bool]] = {}
+        # handler(pc) for an undefined instruction, True when it emulated it (see emulate_undefined)
+        self._undefined_handler: Callable[[int], bool] | None = None
         self._syscall_pc_bias = 0
         # arm64 guests may hand the kernel tagged pointers (the tagged-address ABI): emsan's own
         # reads and writes of guest memory ignore the top byte, as the MMU does with TBI.
@@ -268,12 +268,19 @@ class Machine:
         self.fault = MachineFault(self._X86_INTR.get(intno, "ill"), self.pc)
         self.stop("fault")
 
+    _ARM64_SVC, _ARM64_UDEF = 2, 1       # QEMU's EXCP_SWI and EXCP_UDEF, Unicorn's interrupt numbers
+
+    def emulate_undefined(self, handler: Callable[[int], bool]) -> None:
+        """handler(pc) runs when the guest executes an instruction the engine does not implement
+        (arm64: MTE's); it returns True when it did the instruction's work and advanced the PC."""
+        self._undefined_handler = handler
+
     def _arm64_intr(self, intno: int, syscall_cb: Callable[[], None]) -> None:
-        if intno == 2:
+        if intno == self._ARM64_SVC:
             syscall_cb()
             return
-        handler = self.arm64_exception_handlers.get(intno)
-        if handler is not None and handler(self.pc):
+        handler = self._undefined_handler
+        if intno == self._ARM64_UDEF and handler is not None and handler(self.pc):
             return
         self.fault = MachineFault(self._ARM64_INTR.get(intno, "ill"), self.pc)
         self.stop("fault")

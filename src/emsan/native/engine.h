@@ -32,6 +32,13 @@ typedef struct engine_tlb_entry {
 
 extern emsan_api emsan_uc;
 
+/* QEMU internals of the pinned libunicorn (qemu_get_cpu_<arch>, cpu_restore_state_<arch>,
+ * found by machine/engine.py) that map a host address in translated code to a guest PC. */
+typedef struct engine_pc_recovery { void *get_cpu, *restore; } engine_pc_recovery;
+/* From inside a memory callback: guest PCs at or near the instruction making the access (at
+ * most max, 0 without the internals); pc_reg: the engine's id of the PC register. */
+int engine_access_pcs(void *uc, const engine_pc_recovery *r, int pc_reg, uint64_t *out, int max);
+
 typedef int (*engine_reg_read_fn)(void *, int, void *);
 typedef int (*engine_reg_write_fn)(void *, int, const void *);
 typedef int (*engine_mem_read_fn)(void *, uint64_t, void *, size_t);

@@ -6,9 +6,8 @@
  * straight to memory, the others to the checking view.
  *
  * An MMIO callback does not know the exact PC (Unicorn syncs it only at block exits): a bad
- * access carries the registers and candidate PCs from QEMU, and the report finds the
- * instruction among them by decoding. */
-#include <execinfo.h>
+ * access carries the registers and candidate PCs from the engine (engine_access_pcs), and the
+ * report finds the instruction among them by decoding. */
 #include <sys/mman.h>
 #include "kasan.h"
 
@@ -16,7 +15,7 @@ struct mmio_state {
     uint8_t *host;                     /* the heap's memory, also mapped at its guest address */
     uint64_t view;                     /* physical address of the checking (MMIO) view */
     uint8_t *direct;                   /* per heap page: the TLB may map it straight to memory */
-    void *get_cpu, *restore;           /* QEMU's qemu_get_cpu() and cpu_restore_state() */
+    engine_pc_recovery pcr;            /* how the engine finds the PC of an access */
 };
 
 /* Returns the host memory behind the heap (the caller maps it at the heap's address). */
@@ -92,65 +91,17 @@ void mmio_poisoned(kasan_t *k, uint64_t addr, uint64_t len)
     }
 }
 
-/* Unicorn syncs the PC only at block exits. QEMU's cpu_restore_state() recovers it from the
- * host return address into the translated code, which is the outermost frame the unwinder
- * reaches from here (translated code has no unwind tables). */
-typedef void *(*get_cpu_fn)(void *uc, int index);
-typedef _Bool (*restore_fn)(void *cpu, uintptr_t host_pc, _Bool will_exit);
-
 EXPORT void emsan_mmio_set_pc_recovery(emsan_kasan *k, void *get_cpu, void *restore)
 {
-    k->mm->get_cpu = get_cpu;
-    k->mm->restore = restore;
-}
-
-/* Where the access is, near enough: QEMU's cpu_restore_state() maps a host address in the
- * translated code to a guest PC. The unwinder's outermost frame is the helper's return
- * address: either in the block's code, right after the access (the PC is then that of the
- * access or the one before), or in the block's out-of-line slow path, which ends by jumping
- * back to the block's code (an x86-64 host's first `jmp rel32` after the return address).
- * Each gives a candidate; the report keeps the one whose instruction covers the address. */
-static int restore_at(kasan_t *k, void *cpu, uintptr_t host_pc, uint64_t *pc)
-{
-    struct mmio_state *m = k->mm;
-    if (!((restore_fn)m->restore)(cpu, host_pc, 0)) return 0;
-    *pc = reg(k->rt, EMSAN_REG_PC);
-    return 1;
-}
-
-static int pc_candidates(kasan_t *k, uint64_t *out, int max)
-{
-    struct mmio_state *m = k->mm;
-    if (!m->get_cpu || !m->restore) return 0;
-    void *cpu = ((get_cpu_fn)m->get_cpu)(k->rt->uc, 0);
-    if (!cpu) cpu = ((get_cpu_fn)m->get_cpu)(k->rt->uc, -1);
-    if (!cpu) return 0;
-    void *frames[48];
-    int n = backtrace(frames, 48), got = 0;
-    if (n < 1) return 0;
-    uintptr_t ret = (uintptr_t)frames[n - 1];
-    if (restore_at(k, cpu, ret, &out[got])) got++;
-#if defined(__x86_64__)
-    const uint8_t *code = (const uint8_t *)ret;
-    for (int i = 0; i < 48 && got < max; i++) {
-        if (code[i] != 0xE9) continue;
-        int32_t rel;
-        memcpy(&rel, code + i + 1, 4);
-        uintptr_t back = ret + (uintptr_t)i + 5 + (uintptr_t)(intptr_t)rel;
-        if (back < ret && ret - back < 0x10000 && restore_at(k, cpu, back, &out[got])) {
-            got++;
-            break;
-        }
-    }
-#endif
-    return got;
+    k->mm->pcr.get_cpu = get_cpu;
+    k->mm->pcr.restore = restore;
 }
 
 static void bad_access(kasan_t *k, uint64_t addr, unsigned size, int is_write)
 {
     rt_t *rt = k->rt;
     uint64_t cand[4];
-    int ncand = pc_candidates(k, cand, 4);
+    int ncand = engine_access_pcs(rt->uc, &k->mm->pcr, rt->regs[EMSAN_REG_PC], cand, 4);
     /* Without a candidate, the PC Unicorn last synced (a block of this function or before it). */
     uint64_t pc = ncand ? cand[0] : reg(rt, EMSAN_REG_PC);
     /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (see generic.c). */

@@ -17,7 +17,6 @@ from emsan.sanitizer.runtime import Error
 from emsan.sanitizer.shadow import shadow_window
 
 TAG_GRANULE = 16
-UNDEF = 1                                  # QEMU's EXCP_UDEF as Unicorn's interrupt number
 TAG_CAPS = Capabilities(
     arches=("arm64",),
     arch_note="pointer tags live in the top byte that arm64's Top-Byte-Ignore leaves to software")
@@ -94,4 +93,4 @@ class HwTagsMode(TagMode):
     def __init__(self, target: Target):
         super().__init__(target)
         lib, k = self.runtime.lib, self.kasan.k
-        self.machine.arm64_exception_handlers[UNDEF] = lambda pc: bool(lib.emsan_mte_emulate(k))
+        self.machine.emulate_undefined(lambda pc: bool(lib.emsan_mte_emulate(k)))
