@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 from emsan.report.model import Task
@@ -54,11 +54,11 @@ class ModuleInfo(Protocol):
 @dataclass(frozen=True)
 class Layout:
     """Where emsan's own memory goes in the guest's address space, clear of the guest's own
-    (physical = virtual there, and below 2^44: arm64's physical range). The defaults are the
-    Linux session's; a harness may move them."""
+    (physical = virtual there, and below 2^44: arm64's physical range). The defaults sit above
+    the Linux session's heap and below its mmap area; a harness may move them."""
 
-    heap: int = 0x0600_0000_0000        # emsan's allocator
-    heap_size: int = 8 << 30            # one lazily backed engine region
+    heap: int                           # emsan's allocator: [heap, heap + heap_size)
+    heap_size: int
     mmio_view: int = 0x0640_0000_0000   # physical address of the heap's checking view (--checks mmio)
     kfence_pool: int = 0x0680_0000_0000  # the KFENCE pool, its spill arena right after it
     kfence_trap: int = 0x06C0_0000_0000  # the inaccessible twin guard and freed pages map to
@@ -76,7 +76,7 @@ class Target:
     # map_memory(lo, hi, prot, name, host): make [lo, hi) guest memory, backed by host memory
     # emsan owns when host is not None
     map_memory: Callable[[int, int, int, str, "int | None"], None]
-    layout: Layout = field(default_factory=Layout)
+    layout: Layout
     # is_call_return(pc, ret): does ret follow a call instruction, in another function than pc?
     is_call_return: Callable[[int, int], bool] = lambda pc, ret: False
     # stack_of(addr): (lo, hi) of the stack mapping holding addr, or None
