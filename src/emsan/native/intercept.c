@@ -207,7 +207,9 @@ void intercept_string_fn(kasan_t *k, int fn)
     default: return;
     }
     rt_t *rt = k->rt;
-    struct scall c = {fn, reg(rt, EMSAN_REG_ARG0), reg(rt, EMSAN_REG_ARG0 + 1), reg(rt, EMSAN_REG_ARG0 + 2), 0};
+    uint64_t args[3];
+    regs_get(rt->uc, &rt->regs[EMSAN_REG_ARG0], args, 3);
+    struct scall c = {fn, args[0], args[1], args[2], 0};
     if (handler(k, &c)) return;
     k->stats.intercepted++;
     return_to_caller(rt, c.r);

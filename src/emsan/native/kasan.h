@@ -62,9 +62,9 @@ struct slab {
 #define NCLASSES 14
 #define LARGE_CLASS (-1)
 
+/* The directory last: 128 KiB, mostly untouched; the fields before it share a page. */
 struct shadow_map {
     uint8_t *pool;                     /* SHADOW_POOL_PAGES host pages; the guest may map them */
-    uint32_t *dir[SHADOW_DIR_SIZE];    /* chunk -> pool page, leaves allocated on use */
     uint32_t next;                     /* next never-used pool page */
     struct vec64 spare;                /* released pool pages */
     int share;                         /* 0: every written chunk gets a private page (full shadow) */
@@ -74,6 +74,7 @@ struct shadow_map {
     uint64_t vm_lo, vm_size;           /* the mmap area, shadowed from what is mapped there */
     uint8_t *vm_pages;                 /* one bit per page of the area: mapped */
     struct vec64 release;              /* chunks that may no longer be used by any mapping */
+    uint32_t *dir[SHADOW_DIR_SIZE];    /* chunk -> pool page, leaves allocated on use */
 };
 
 typedef struct emsan_kasan kasan_t;
@@ -119,10 +120,10 @@ struct emsan_kasan {
     /* quarantine: FIFO of handles, bounded in bytes */
     uint64_t *q; size_t q_head, q_len, q_cap; uint64_t q_bytes, q_limit;
     struct vec64 tolerant;             /* pairs lo, hi: code that may over-read (see kasan.c) */
-    emsan_kasan_stats stats;
-    struct shadow_map sm;              /* every mode: the mmap area's shadow */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
+    emsan_kasan_stats stats;
+    struct shadow_map sm;              /* every mode: the mmap area's shadow (last: see above) */
 };
 
 /* kasan.c */

@@ -5,6 +5,8 @@
 EXPORT emsan_runtime *emsan_runtime_new(void *uc, int is_arm64, const int *regs, const int *gprs, int ngprs)
 {
     rt_t *rt = calloc(1, sizeof *rt);
+    rt->errs = calloc(ERR_RING, sizeof *rt->errs);
+    rt->entries = calloc(MAX_ENTRIES, sizeof *rt->entries);
     rt->uc = uc;
     rt->arm64 = is_arm64;
     memcpy(rt->regs, regs, sizeof rt->regs);
@@ -21,6 +23,7 @@ EXPORT void emsan_runtime_destroy(emsan_runtime *rt)
     free(rt->entries);
     free(rt->depot.pool);
     free(rt->depot.table);
+    free(rt->errs);
     free(rt);
 }
 
@@ -81,10 +84,10 @@ void *rt_entry(rt_t *rt, void *owner, int fn)
 {
     for (size_t i = 0; i < rt->nentries; i++)
         if (rt->entries[i]->owner == owner && rt->entries[i]->fn == fn) return rt->entries[i];
+    if (rt->nentries == MAX_ENTRIES) return NULL;
     struct entry *e = malloc(sizeof *e);
     e->owner = owner;
     e->fn = fn;
-    rt->entries = realloc(rt->entries, (rt->nentries + 1) * sizeof *rt->entries);
     rt->entries[rt->nentries++] = e;
     return e;
 }

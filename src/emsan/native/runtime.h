@@ -17,6 +17,7 @@
 #define PAGE_SHIFT 12
 #define PAGE_SIZE (1ULL << PAGE_SHIFT)
 #define ERR_RING 64
+#define MAX_ENTRIES 256                /* (detector, function) pairs a runtime serves */
 
 static inline uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
 static inline int is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
@@ -66,27 +67,28 @@ struct depot {
 /* A hook's user data: which detector stands in for which function. */
 struct entry { void *owner; int fn; };
 
+/* Small, with what hooks read on every call first: it stays in a few cache lines. */
 struct emsan_runtime {
     void *uc;
     int arm64;
     int regs[EMSAN_NREGS];             /* EMSAN_REG_* */
-    int gprs[EMSAN_MAX_GPRS];          /* every general register, in the arch layer's order */
-    int ngprs;
     uint64_t stack_lo, stack_hi;       /* the stack frame-pointer walks may read */
-    /* errors, until Python turns them into reports */
-    emsan_error errs[ERR_RING];
-    unsigned err_head, err_count;
-    uint64_t errors;
-    void (*on_error)(void);
     /* stack collection (depot.c, scs.c, unwind.c) */
-    struct depot depot;
+    struct scs_state *scs;
+    struct cfi_state *cfi;
     int stack_mode;                    /* EMSAN_STACKS_* */
     int no_depot;                      /* store every trace separately (the ablation) */
     uint64_t stack_ns, stack_saves;
-    struct scs_state *scs;
-    struct cfi_state *cfi;
-    struct entry **entries;
+    struct depot depot;
+    /* errors, until Python turns them into reports */
+    emsan_error *errs;                 /* a ring of ERR_RING */
+    unsigned err_head, err_count;
+    uint64_t errors;
+    void (*on_error)(void);
+    struct entry **entries;            /* MAX_ENTRIES, each allocated when first asked for */
     size_t nentries;
+    int gprs[EMSAN_MAX_GPRS];          /* every general register, in the arch layer's order */
+    int ngprs;
 };
 
 typedef struct emsan_runtime rt_t;

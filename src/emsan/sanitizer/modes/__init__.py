@@ -27,8 +27,15 @@ def _load() -> None:
 
 
 def mode_class(name: str) -> type:
-    """The class of the mode called `name` (KeyError if there is none)."""
-    _load()
+    """The class of the mode called `name` (KeyError if there is none). A module named after its
+    mode (generic.py for "generic") is found without importing the others."""
+    if name not in MODES and "." not in name:
+        try:
+            importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+        except ModuleNotFoundError:
+            pass
+    if name not in MODES:
+        _load()
     return MODES[name]
 
 
