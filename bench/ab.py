@@ -9,8 +9,10 @@ time of the engine's thread inside Uc.emu_start, and the process's wall time) wi
 interpreter (another virtualenv with the other emsan installed) and with this one
 (`sys.executable`), one right after the other, alternating which goes first; prints the medians
 of the paired ratios new/base, with their spread. `hook` is generic mode with --checks hook.
-The guest's output must be the same from both. Figures go to stdout and JSON (default
-bench/results/ab.json); nothing is asserted.
+Each repetition moves both sides' heap by the same offset (EMSAN_BENCH_HEAP_SHIFT, see
+probe.py): the engine's speed at hooked calls depends by several per cent on where its hook
+lists land, and a single layout favours one side by chance. The guest's output must be the same
+from both. Figures go to stdout and JSON (default bench/results/ab.json); nothing is asserted.
 """
 from __future__ import annotations
 
@@ -29,14 +31,18 @@ AB_WORKLOADS = {**WORKLOADS, "mallocfree": {"x86_64": 400_000, "arm64": 400_000}
 MODES = {"none": "emsan", "generic": "emsan-generic", "hook": "emsan-hook", "kfence": "emsan-kfence",
          "sw-tags": "emsan-sw-tags", "hw-tags": "emsan-hw-tags"}          # probe.py targets
 ARM64_ONLY = ("sw-tags", "hw-tags")
+# Each repetition shifts the heap of both sides by the same amount (bench/probe.py): the engine's
+# speed depends on where its hook lists land, and one layout favours either side by chance.
+SHIFTS = (0, 1056, 2112, 3168, 4224, 5280, 6336, 7392)
 
 
-def run(python: str, mode: str, exe: Path, n: int, cwd: str) -> tuple[float, float, bytes]:
-    """(emu CPU s, wall s, stdout) of one probe run."""
+def run(python: str, mode: str, exe: Path, n: int, cwd: str, shift: int) -> tuple[float, float, bytes]:
+    """(emu CPU s, wall s, stdout) of one probe run, with the heap shifted by `shift` bytes."""
     stats = os.path.join(cwd, "stats.json")
     cmd = [python, str(BENCH / "probe.py"), stats, "time", MODES[mode], str(exe), str(n)]
+    env = dict(os.environ, EMSAN_BENCH_HEAP_SHIFT=str(shift))
     t0 = now()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env)
     wall = now() - t0
     if proc.returncode:
         raise BenchError(f"exit status {proc.returncode}: {' '.join(cmd)}\n{proc.stderr.decode()[-2000:]}")
@@ -66,7 +72,7 @@ def run_bench(args, log) -> dict:
                 order = ("base", "new") if (rep + i) % 2 == 0 else ("new", "base")
                 outs = {}
                 for side in order:
-                    cpu, wall, outs[side] = run(sides[side], mode, exes[(arch, wl)], n, tmp)
+                    cpu, wall, outs[side] = run(sides[side], mode, exes[(arch, wl)], n, tmp, SHIFTS[rep % len(SHIFTS)])
                     runs[(arch, wl, mode)][f"{side}_cpu"].append(cpu)
                     runs[(arch, wl, mode)][f"{side}_wall"].append(wall)
                 if outs["base"] != outs["new"]:
