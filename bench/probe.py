@@ -25,7 +25,8 @@ MODE    time    sums the wall time spent inside Uc.emu_start (emulation, syscall
                 native memory hook over all addresses (bench_count_mem_cb in NOOP_HOOK_LIB)
 
 The same wrapper around `unicorn.Uc.emu_start` is installed for both targets, so whatever it
-costs is paid by both. Timestamps are CLOCK_MONOTONIC, which is system-wide on Linux and can be
+costs is paid by both. $EMSAN_BENCH_HEAP_SHIFT=N first mallocs N bytes (bench/ab.py varies the
+memory layout with it). Timestamps are CLOCK_MONOTONIC, which is system-wide on Linux and can be
 compared with the runner's clock. Results go to STATS_JSON; the exit status is the guest's.
 """
 import time
