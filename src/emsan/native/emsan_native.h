@@ -9,7 +9,6 @@ typedef struct emsan_api {
     void *uc_emu_stop;      /* uc_err uc_emu_stop(uc_engine *) */
     void *uc_hook_add;      /* uc_err uc_hook_add(uc_engine *, size_t *, int, void *, void *, uint64_t, uint64_t, ...) */
     void *uc_ctl;           /* uc_err uc_ctl(uc_engine *, int, ...) */
-    void *uc_reg_read_batch;    /* uc_err uc_reg_read_batch(uc_engine *, int *, void **, int) */
 } emsan_api;
 
 void emsan_set_api(const emsan_api *api);

@@ -45,20 +45,12 @@ typedef int (*engine_mem_read_fn)(void *, uint64_t, void *, size_t);
 typedef int (*engine_mem_write_fn)(void *, uint64_t, const void *, size_t);
 typedef int (*engine_emu_stop_fn)(void *);
 typedef int (*engine_ctl_fn)(void *, int, ...);
-typedef int (*engine_reg_read_batch_fn)(void *, int *, void **, int);
 
 static inline uint64_t reg_get(void *uc, int id)
 {
     uint64_t v = 0;
     ((engine_reg_read_fn)emsan_uc.uc_reg_read)(uc, id, &v);
     return v;
-}
-/* n registers in one call into the engine (n <= 8). */
-static inline void regs_get(void *uc, const int *ids, uint64_t *out, int n)
-{
-    void *vals[8];
-    for (int i = 0; i < n; i++) { out[i] = 0; vals[i] = &out[i]; }
-    ((engine_reg_read_batch_fn)emsan_uc.uc_reg_read_batch)(uc, (int *)ids, vals, n);
 }
 static inline void reg_set(void *uc, int id, uint64_t v) { ((engine_reg_write_fn)emsan_uc.uc_reg_write)(uc, id, &v); }
 /* Guest memory; nonzero when [a, a+n) is not all mapped. */

@@ -190,27 +190,26 @@ static int do_memory(kasan_t *k, struct scall *c)
     return 0;
 }
 
+/* Each handler is called from one place: the compiler inlines it, and a call costs one switch. */
 void intercept_string_fn(kasan_t *k, int fn)
 {
-    int (*handler)(kasan_t *, struct scall *);
+    rt_t *rt = k->rt;
+    struct scall c = {fn, reg(rt, EMSAN_REG_ARG0), reg(rt, EMSAN_REG_ARG0 + 1), reg(rt, EMSAN_REG_ARG0 + 2), 0};
+    int declined;
     switch (fn) {
-    case EMSAN_FN_STRLEN: case EMSAN_FN_STRNLEN: handler = do_strlen; break;
+    case EMSAN_FN_STRLEN: case EMSAN_FN_STRNLEN: declined = do_strlen(k, &c); break;
     case EMSAN_FN_STRCHR: case EMSAN_FN_STRCHRNUL: case EMSAN_FN_RAWMEMCHR: case EMSAN_FN_MEMCHR:
-        handler = do_find; break;
-    case EMSAN_FN_STRRCHR: case EMSAN_FN_MEMRCHR: handler = do_rfind; break;
-    case EMSAN_FN_STRCMP: case EMSAN_FN_STRNCMP: case EMSAN_FN_MEMCMP: handler = do_compare; break;
+        declined = do_find(k, &c); break;
+    case EMSAN_FN_STRRCHR: case EMSAN_FN_MEMRCHR: declined = do_rfind(k, &c); break;
+    case EMSAN_FN_STRCMP: case EMSAN_FN_STRNCMP: case EMSAN_FN_MEMCMP: declined = do_compare(k, &c); break;
     case EMSAN_FN_STRCPY: case EMSAN_FN_STPCPY: case EMSAN_FN_STRNCPY: case EMSAN_FN_STPNCPY:
-        handler = do_strcpy; break;
-    case EMSAN_FN_STRCAT: case EMSAN_FN_STRNCAT: handler = do_strcat; break;
+        declined = do_strcpy(k, &c); break;
+    case EMSAN_FN_STRCAT: case EMSAN_FN_STRNCAT: declined = do_strcat(k, &c); break;
     case EMSAN_FN_MEMCPY: case EMSAN_FN_MEMMOVE: case EMSAN_FN_MEMPCPY: case EMSAN_FN_MEMSET:
-        handler = do_memory; break;
+        declined = do_memory(k, &c); break;
     default: return;
     }
-    rt_t *rt = k->rt;
-    uint64_t args[3];
-    regs_get(rt->uc, &rt->regs[EMSAN_REG_ARG0], args, 3);
-    struct scall c = {fn, args[0], args[1], args[2], 0};
-    if (handler(k, &c)) return;
+    if (declined) return;
     k->stats.intercepted++;
     return_to_caller(rt, c.r);
 }

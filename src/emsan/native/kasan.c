@@ -51,7 +51,7 @@ EXPORT void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void
     (void)uc; (void)address; (void)size;
     struct entry *e = ud;
     kasan_t *k = e->owner;
-    if (call_op(e->fn) != CALL_NONE) {
+    if (e->op != CALL_NONE) {
         kasan_call(k, e->fn);
         shadow_sync(k, 0);               /* compiler-assisted mode: the guest sees the new shadow */
     } else {

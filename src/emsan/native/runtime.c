@@ -88,6 +88,7 @@ void *rt_entry(rt_t *rt, void *owner, int fn)
     struct entry *e = malloc(sizeof *e);
     e->owner = owner;
     e->fn = fn;
+    e->op = call_op(fn);
     rt->entries[rt->nentries++] = e;
     return e;
 }

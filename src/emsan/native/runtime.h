@@ -64,8 +64,8 @@ struct depot {
     uint32_t *table; size_t tsize, count;  /* open addressing: handle = record offset + 1 */
 };
 
-/* A hook's user data: which detector stands in for which function. */
-struct entry { void *owner; int fn; };
+/* A hook's user data: which detector stands in for which function (op: call_op(fn)). */
+struct entry { void *owner; int fn; int op; };
 
 /* Small, with what hooks read on every call first: it stays in a few cache lines. */
 struct emsan_runtime {
