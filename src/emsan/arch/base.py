@@ -65,6 +65,23 @@ class Arch:
                 break
         return fallback
 
+    def locate(self, m, candidates: list[int], synced_pc: int, regs: dict[str, int], addr: int,
+               is_write: bool) -> tuple[int, int, int] | None:
+        """The instruction behind an access seen without its PC (an MMIO callback): one of the
+        first two instructions at a candidate PC QEMU gave (the access or the one before it),
+        else within eight instructions of the lowest candidate (the access is at or just after
+        them), else in the block at the PC Unicorn last synced. (pc, address, size) or None."""
+        for c in candidates:
+            found = self.locate_access(m, c, regs, addr, is_write, first_only=2)
+            if found is not None:
+                return found
+        if candidates:
+            found = self.locate_access(m, min(candidates), regs, addr, is_write, first_only=8)
+            if found is not None:
+                return found
+        return self.locate_access(m, synced_pc, regs, addr, is_write)
+
+    # Calling convention, used by interceptors that stand in for a whole function.
     def fault_access(self, m, pc: int, page: int, is_write: bool, page_size: int = 0x1000) -> tuple[int, int] | None:
         """The first address and the size of the access the instruction at pc made to `page`
         (a fault seen through the TLB knows only the page): (address, size), or None."""
@@ -88,7 +105,6 @@ class Arch:
                 other = other or found
         return other
 
-    # Calling convention, used by interceptors that stand in for a whole function.
     def return_address(self, m) -> int:
         raise NotImplementedError
 

@@ -2,7 +2,7 @@
  * stack depot, host memory for its bookkeeping). The code that hit the limit records it, stops
  * the engine and keeps going without that piece of metadata; the session then ends the run with
  * one line and EXIT_RESOURCES instead of letting the guest meet a half-built shadow. */
-#include "internal.h"
+#include "runtime.h"
 
 const char *emsan_out_of;
 

@@ -7,7 +7,7 @@
  * A top or middle slot holds either the next level or one value for its whole range, so a huge
  * PROT_NONE reservation costs one slot per GiB. A refused access is recorded (the engine only
  * says "exception") so that the caller can deliver SIGSEGV with the address and access kind. */
-#include "internal.h"
+#include "runtime.h"
 
 #define L1_SHIFT 30
 #define L2_SHIFT 21
