@@ -33,6 +33,7 @@ class GenericMode:
         # hook covers every address (a range-bounded hook on arm64 sees the block's first PC;
         # tests/test_machine.py). The C callback does the range test itself, at the same cost.
         # check_accesses=False: the guest checks its own accesses (compiler-assisted mode).
+        self.hooks_accesses = check_accesses
         if check_accesses:
             machine.hook_mem_access_native(self.heap.ffi.addressof(lib, self.access_hook), self.heap.h, 1, 0)
         self.hooked: dict[int, str] = {}
@@ -76,6 +77,7 @@ class GenericMode:
         lib = heap.lib
         stack = confirm_candidate(heap.stack(e.stack), self.is_call_return) or [e.pc]
         fn = self._fn_by_id.get(e.fn, "")
+        hooked: list[int] = []
         if e.type == lib.EMSAN_ERR_ACCESS and (ctx := heap.mmio_error_context()) is not None:
             # Seen by the MMIO view: the size is that of one piece and the PC is unknown. The
             # instruction is one of those near the candidates QEMU gave, else found by
@@ -94,12 +96,18 @@ class GenericMode:
                 pc, ea, size = found
                 e = Error(e.type, e.is_write, ea, size, pc, e.stack, e.fn, e.kind)
                 stack = [pc] + stack[1:]
+        elif e.type == lib.EMSAN_ERR_ACCESS and not fn and self.hooks_accesses:
+            # The memory hook's PC, which may be stale (arch.hooked_access_pcs).
+            hooked = self.arch.hooked_access_pcs(self.machine, e.pc, e.addr, e.is_write) or [e.pc]
+            if hooked[0] != e.pc:
+                e = Error(e.type, e.is_write, e.addr, e.size, hooked[0], e.stack, e.fn, e.kind)
+                stack = [hooked[0]] + stack[1:]
         if e.type == lib.EMSAN_ERR_ACCESS:
             size = e.size
             wraps = e.addr + size > 1 << 64
             first_bad = first_bad_addr(heap.shadow_byte, e.addr, size)
             bug = "out-of-bounds" if wraps else shadow_bug_type(heap.shadow_byte, first_bad)
-            access = "write" if e.is_write else "read"
+            access = self.arch.access_kind(self.machine, e.pc, e.is_write)
             title = 1 if fn and len(stack) > 1 else 0      # interceptors: the caller is to blame
         else:
             bug = {lib.EMSAN_ERR_DOUBLE_FREE: "double-free", lib.EMSAN_ERR_INVALID_FREE: "invalid-free",
@@ -111,6 +119,11 @@ class GenericMode:
         if heap.shadow_byte(first_bad) is not None:
             rep.shadow_rows = shadow_window(heap.shadow_byte, first_bad)
         self.add_notes(rep, e, fn)
+        if len(hooked) > 1:
+            rep.notes.append("Unicorn's memory hook did not say which instruction made this access (it syncs no PC "
+                             "before an atomic read-modify-write): it is one of those at "
+                             + ", ".join(f"{pc:#x}" for pc in hooked)
+                             + ", which touch the same address; --checks mmio reports each of them exactly.")
         return rep
 
     def add_notes(self, rep: Report, e: Error, fn: str) -> None:

@@ -54,7 +54,7 @@ class TagMode(GenericMode):
         lib.emsan_tag_describe(heap.h, e.addr, size, self._tr)
         t = self._tr
         if e.type == lib.EMSAN_ERR_ACCESS:
-            access = "write" if e.is_write else "read"
+            access = self.arch.access_kind(self.machine, e.pc, e.is_write)
             if (e.addr & ((1 << 56) - 1)) + e.size > 1 << 64 or e.size >= 1 << 63:
                 bug = "out-of-bounds"                 # a negative size (get_common_bug_type)
             elif t.bug == lib.EMSAN_TAGBUG_UAF:
