@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from emsan.machine.unicorn_lib import uclib  # before unicorn: it makes the binding load emsan's engine
+
 import unicorn
 from unicorn import arm64_const, unicorn_const as uconst, x86_const
-from unicorn.unicorn_py3.unicorn import uclib
 
 from emsan.machine import native
 

@@ -4,9 +4,8 @@ Addresses are printed in full (the kernel's no_hash_pointers), and corrupted byt
 values. Task = process, cache = the kmalloc size class the object's size falls in."""
 from __future__ import annotations
 
-import unicorn
-
 from emsan import __version__
+from emsan.machine import UNICORN_VERSION
 from emsan.report.symbolize import Symbolizer
 from emsan.report.text import RULE, frames_text
 from emsan.sanitizer.kfence import KfenceReport
@@ -56,7 +55,7 @@ def render(rep: KfenceReport, sym: Symbolizer, arch: str) -> str:
             out += ["", _track("freed", rep.pid, o.free_s, rep.now_s)]
             out += frames_text(sym, o.free_stack, False)
     out += ["", f"CPU: 0 PID: {rep.pid} Comm: {rep.comm} emsan {__version__} ({rep.mode} mode)",
-            f"Hardware name: Unicorn {unicorn.__version__} {arch}", RULE]
+            f"Hardware name: Unicorn {UNICORN_VERSION} {arch}", RULE]
     return "\n".join(out)
 
 
