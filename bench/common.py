@@ -78,11 +78,12 @@ class Runner:
         self.env.pop("EMSAN_DEBUG", None)
         self.last_stderr = b""
 
-    def _run(self, cmd: list[str], what: str) -> tuple[float, float, bytes]:
-        """Run cmd; return (launch time, wall seconds, stdout). Fails loudly on a bad exit.
-        The run's stderr is kept in self.last_stderr."""
+    def _run(self, cmd: list[str], what: str, env: dict | None = None) -> tuple[float, float, bytes]:
+        """Run cmd (in self.env, or `env`); return (launch time, wall seconds, stdout). Fails loudly on
+        a bad exit. The run's stderr is kept in self.last_stderr."""
         t0 = now()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=self.tmpdir)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or self.env,
+                              cwd=self.tmpdir)
         wall = now() - t0
         self.last_stderr = proc.stderr
         if proc.returncode != 0:
@@ -114,9 +115,9 @@ class Runner:
                                  f"emsan --mode {mode} {exe.name}")
         return wall, out
 
-    def command(self, cmd: list[str], what: str) -> tuple[float, bytes]:
-        """Any other command (native runs, valgrind): (wall, stdout)."""
-        _, wall, out = self._run(cmd, what)
+    def command(self, cmd: list[str], what: str, env: dict | None = None) -> tuple[float, bytes]:
+        """Any other command (native runs, valgrind, qemu-user): (wall, stdout)."""
+        _, wall, out = self._run(cmd, what, env)
         return wall, out
 
     def python_floor(self) -> float:

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Engine benchmark: emsan --mode none and bare Unicorn (the wheel's library and emsan's engine)
+against qemu-user, on x86-64 and arm64.
+
+    python3 bench/engine.py [--quick] [--arch x86_64|arm64|all] [--reps N] [--workloads compute,alloc,strings]
+                            [--scale F] [--no-wheel] [--json FILE]
+
+Per workload, interleaved in every repetition (order rotated by one each time), one fresh process each:
+  qemu         qemu-x86_64 / qemu-aarch64 PROG N             Debian's qemu-user: the peer
+  bare-wheel   python3 bench/bare_unicorn.py PROG N          bare Unicorn on the unicorn wheel's own library
+  bare-emsan   the same with LIBUNICORN_PATH = emsan's engine bare Unicorn on emsan's patched library
+  emsan        python3 -m emsan run --mode none PROG N        plain emulation under emsan, as a user runs it
+Whole-process wall time, start-up included; the same configurations on `hello` give each one's start-up,
+and the iteration counts are sized so that emsan's start-up stays under 10% of its run. Every run's
+stdout must equal qemu's. Prints ratios to qemu (paired per repetition: median, min-max) and writes
+JSON (default bench/results/engine.json). Nothing asserts on speed. Target (issue 11): emsan / qemu
+<= 1.3 on every workload and both architectures.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (BENCH, PY, ROOT, BenchError, Runner, build, fmt_ratio, paired_ratio, rotate,  # noqa: E402
+                    run_and_report, run_meta, selected, spread, standard_parser, summary)
+
+DEFAULT_JSON = BENCH / "results" / "engine.json"
+TARGET = 1.3
+STARTUP_MAX_FRACTION = 0.10
+QEMU = {"x86_64": "qemu-x86_64", "arm64": "qemu-aarch64"}
+# Iteration counts: emsan --mode none runs 3-6 s, so its start-up (about 0.3 s) is under 10% of it.
+ITERATIONS = {
+    "compute": {"x86_64": 40_000, "arm64": 80_000},
+    "alloc": {"x86_64": 400_000, "arm64": 400_000},
+    "strings": {"x86_64": 200_000, "arm64": 200_000},
+}
+CONFIGS = ("qemu", "bare-wheel", "bare-emsan", "emsan")
+
+
+def engine_dir() -> Path:
+    """emsan's installed engine (found without importing emsan.machine, which would load it here)."""
+    spec = importlib.util.find_spec("emsan")
+    if spec is None or not spec.submodule_search_locations:
+        raise BenchError("emsan is not installed (pip install .)")
+    d = Path(list(spec.submodule_search_locations)[0]) / "machine" / "_engine"
+    if not (d / "libunicorn.so.2").exists():
+        raise BenchError(f"emsan's engine is missing: {d}")
+    return d
+
+
+def commands(arch: str, exe: Path, argv: list[str], configs) -> dict[str, tuple[list[str], dict]]:
+    base = {k: v for k, v in os.environ.items() if k not in ("LIBUNICORN_PATH", "EMSAN_DEBUG")}
+    bare = [PY, str(BENCH / "bare_unicorn.py"), str(exe), *argv]
+    cmds = {"qemu": ([QEMU[arch], str(exe), *argv], base),
+            "bare-wheel": (bare, base),
+            "bare-emsan": (bare, dict(base, LIBUNICORN_PATH=str(engine_dir()))),
+            "emsan": ([PY, "-m", "emsan", "run", "--mode", "none", str(exe), *argv], base)}
+    return {c: cmds[c] for c in configs}
+
+
+def run_bench(args, log) -> dict:
+    arches, names = selected(args, ITERATIONS)
+    reps = args.reps or (3 if args.quick else 5)
+    configs = [c for c in CONFIGS if not (args.no_wheel and c == "bare-wheel")]
+    for arch in arches:
+        if shutil.which(QEMU[arch]) is None:
+            raise BenchError(f"{QEMU[arch]} is not installed (Debian: apt-get install qemu-user)")
+    started = datetime.now(timezone.utc)
+    load_before = os.getloadavg()
+    res: dict = {"workloads": [], "startup": []}
+    with tempfile.TemporaryDirectory(prefix="emsan-bench-engine-") as tmp:
+        r = Runner(tmp)
+        jobs = []       # (record, commands) for every program measured
+        for arch in arches:
+            hello = build("hello", arch)
+            rec = {"arch": arch, "name": "hello", "runs": {c: [] for c in configs}}
+            res["startup"].append(rec)
+            jobs.append((rec, commands(arch, hello, [], configs)))
+            for name in names:
+                exe = build(name, arch)
+                iters = max(1, round(ITERATIONS[name][arch] * args.scale))
+                rec = {"arch": arch, "name": name, "iterations": iters, "binary": str(exe.relative_to(ROOT)),
+                       "outputs_match": True, "runs": {c: [] for c in configs}}
+                res["workloads"].append(rec)
+                jobs.append((rec, commands(arch, exe, [str(iters)], configs)))
+        for rep in range(reps):
+            log(f"[dim]repetition {rep + 1}/{reps}[/dim]")
+            for rec, cmds in jobs:
+                outputs = {}
+                for cfg in rotate(configs, rep):
+                    cmd, env = cmds[cfg]
+                    wall, outputs[cfg] = r.command(cmd, f"{cfg} {rec['arch']} {rec['name']}", env=env)
+                    rec["runs"][cfg].append(wall)
+                if any(o != outputs["qemu"] for o in outputs.values()):
+                    rec["outputs_match"] = False
+                rec["reference_output"] = outputs["qemu"].decode(errors="replace")
+                log(f"  {rec['arch']:7} {rec['name']:8} " + "  ".join(f"{c} {rec['runs'][c][-1]:.2f}s" for c in configs))
+    startup = {(s["arch"]): s for s in res["startup"]}
+    for rec in res["workloads"]:
+        rec["median_s"] = {c: summary(v)["median"] for c, v in rec["runs"].items()}
+        rec["ratio_to_qemu"] = {c: paired_ratio(rec["runs"][c], rec["runs"]["qemu"]) for c in configs if c != "qemu"}
+        su = startup[rec["arch"]]["runs"]
+        rec["startup_fraction"] = {c: summary(su[c])["median"] / rec["median_s"][c] for c in configs}
+        rec["target_met"] = rec["ratio_to_qemu"]["emsan"]["median"] <= TARGET
+    for s in res["startup"]:
+        s["median_s"] = {c: summary(v)["median"] for c, v in s["runs"].items()}
+    res["meta"] = run_meta(args, arches, reps, started, load_before, engine=_engine_name(), configs=configs)
+    res["target"] = {"emsan_over_qemu_max": TARGET, "startup_max_fraction": STARTUP_MAX_FRACTION}
+    return res
+
+
+def _engine_name() -> str:
+    import json
+    return json.loads((engine_dir() / "engine.json").read_text())["engine"]
+
+
+def render(res: dict, console) -> None:
+    from rich.table import Table
+
+    cfgs = res["meta"]["configs"]
+    t = Table(title=f"Whole-process wall time, ratio to qemu-user (median of {res['meta']['reps']}, min-max); "
+                    f"target emsan/qemu <= {TARGET}")
+    t.add_column("arch")
+    t.add_column("workload")
+    for c in cfgs:
+        t.add_column(f"{c} s", justify="right")
+    for c in cfgs[1:]:
+        t.add_column(f"{c}/qemu", justify="right")
+    t.add_column("emsan start-up", justify="right")
+    t.add_column("target")
+    for rec in res["workloads"]:
+        ok = rec["target_met"]
+        t.add_row(rec["arch"], f"{rec['name']} {rec['iterations']}" + ("" if rec["outputs_match"] else " [red]OUTPUT DIFFERS[/red]"),
+                  *[spread(rec["runs"][c], ".2f") for c in cfgs],
+                  *[fmt_ratio(rec["ratio_to_qemu"][c]) for c in cfgs[1:]],
+                  f"{100 * rec['startup_fraction']['emsan']:.0f}%",
+                  "[green]met[/green]" if ok else "[red]not met[/red]")
+    console.print(t)
+    su = Table(title="Start-up: static hello, whole process (median)")
+    su.add_column("arch")
+    for c in cfgs:
+        su.add_column(f"{c} s", justify="right")
+    for s in res["startup"]:
+        su.add_row(s["arch"], *[f"{s['median_s'][c]:.3f}" for c in cfgs])
+    console.print(su)
+    m = res["meta"]
+    console.print(f"engine: {m['engine']}; load average {m['loadavg_before']} -> {m['loadavg_after']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = standard_parser(__doc__.split("\n\n")[0], DEFAULT_JSON, ITERATIONS)
+    p.add_argument("--no-wheel", action="store_true", help="skip bare Unicorn on the wheel's library (the slowest)")
+    return run_and_report(p, argv, run_bench, render, width=200)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
