@@ -117,6 +117,7 @@ class Driver:
         self.m.map(self.driver, 0x1000, RX)
         self.m.map(self.STACK, 0x1000, RW)
         self.actions: list[int | None] = []
+        self.on_syscall = None                  # also called from each system call, with the engine
         if arch == "x86_64":
             self.m.uc.hook_add(uc.UC_HOOK_INSN, lambda u, ud: self._action(), None, 1, 0, x86_const.UC_X86_INS_SYSCALL)
         else:
@@ -135,6 +136,8 @@ class Driver:
         prot = self.actions.pop(0)
         if prot is not None:
             self.m.uc.mem_protect(self.CODE, 0x1000, prot)
+        if self.on_syscall is not None:
+            self.on_syscall(self.m.uc)
 
     def _func(self, v: int) -> bytes:
         if self.arch == "x86_64":
@@ -271,21 +274,22 @@ def test_code_pages_keep_slow_path(arch):
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_snapshot_copy_on_write(arch):
-    """uc_context_save with memory: a store after the snapshot (through a TLB entry filled before it)
-    must still be undone by the restore."""
+    """uc_context_save with memory, taken from a hook while the guest runs: a store after the snapshot,
+    through the TLB entry an earlier store filled, must still be undone by the restore."""
     d = Driver(arch)
     d.map_data(RW)
+    saved = []
+
+    def snapshot(uc_, *_):
+        uc_.ctl(uc.UC_CTL_CONTEXT_MODE, uc.UC_CTL_IO_WRITE, ctypes.c_int(uc.UC_CTL_CONTEXT_CPU | uc.UC_CTL_CONTEXT_MEMORY))
+        saved.append(uc_.context_save())
+    d.on_syscall = snapshot
     d.store_data(0x11)
-    first = d.assemble()
-    d.reset(0x100)
+    d.syscall(None)
     d.store_data(0x22)
-    second = d.assemble()
-    d.execute(first)                          # the page's TLB entry exists now, without TLB_NOTDIRTY
-    d.m.uc.ctl(uc.UC_CTL_CONTEXT_MODE, uc.UC_CTL_IO_WRITE, ctypes.c_int(uc.UC_CTL_CONTEXT_CPU | uc.UC_CTL_CONTEXT_MEMORY))
-    ctx = d.m.uc.context_save()
-    d.execute(second)
-    assert d.data() == 0x22
-    d.m.uc.context_restore(ctx)
+    d.run()
+    assert len(saved) == 1 and d.data() == 0x22
+    d.m.uc.context_restore(saved[0])
     assert d.data() == 0x11
 
 
