@@ -453,3 +453,21 @@ def test_tbi_one_tlb_entry_per_page():
     assert m.reg("x5") == 0
     assert not [a for a in fills if a >> 56], "the TLB was filled with tagged addresses"
     assert len([a for a in fills if a & ~0xFFF == data]) <= 2, f"{len(fills)} fills"
+
+
+# --- bench/engine.py ----------------------------------------------------------------------------------------
+def test_bench_engine_smoke(tmp_path):
+    """The engine benchmark runs and writes its JSON (figures are never asserted)."""
+    if shutil.which("qemu-x86_64") is None:
+        pytest.skip("qemu-x86_64 is not installed")
+    out = tmp_path / "engine.json"
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "engine.py"), "--reps", "1", "--scale", "0.002",
+                        "--arch", "x86_64", "--workloads", "compute", "--no-wheel", "--no-programs",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    assert res["meta"]["engine"] == unicorn_lib.manifest()["engine"]
+    (wl,) = res["workloads"]
+    assert wl["outputs_match"] and wl["name"] == "compute" and wl["arch"] == "x86_64"
+    assert set(wl["ratio_to_qemu_cpu"]) == {"bare-emsan", "emsan"}
+    assert all(len(v) == 1 and v[0] > 0 for v in wl["cpu"].values())
