@@ -39,7 +39,7 @@ QEMU = {"x86_64": "qemu-x86_64", "arm64": "qemu-aarch64"}
 # Iteration counts: emsan --mode none spends about 1.8 s of CPU on each, so its start-up (about 0.16 s
 # of CPU: interpreter, imports, loading) is under 10% of the run.
 ITERATIONS = {
-    "compute": {"x86_64": 60_000, "arm64": 240_000},
+    "compute": {"x86_64": 120_000, "arm64": 240_000},
     "alloc": {"x86_64": 4_000_000, "arm64": 3_000_000},
     "strings": {"x86_64": 1_250_000, "arm64": 1_250_000},
 }

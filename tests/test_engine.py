@@ -423,6 +423,35 @@ def test_sse_translated_inline():
     assert not [n for n in INLINED if helper[n] in calls], "SSE instructions still call their helpers"
 
 
+# --- what emsan relies on: a stop takes effect right after the access that asked for it ---------------------
+STOP_CODE = {"x86_64": bytes.fromhex("8903" "41bc01000000" "90"),               # mov [rbx], eax; mov r12d, 1
+             "arm64": struct.pack("<3I", 0xB9000020, 0xD2800033, 0xD503201F)}  # str w0, [x1]; mov x19, #1
+
+
+@pytest.mark.parametrize("how", ["memhook", "mmio", "unmapped"])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_stop_right_after_the_access(arch, how):
+    """A stop requested during a store (a memory hook or an MMIO callback calling uc_emu_stop, or an
+    unmapped access) ends emulation before the next instruction runs."""
+    m = Machine(arch)
+    code, target = 0x10000, 0x300000
+    m.map(code, 0x1000, RX)
+    m.write(code, STOP_CODE[arch])
+    base, marker = ("rbx", "r12") if arch == "x86_64" else ("x1", "x19")
+    m.set_reg(base, target)
+    if how == "memhook":
+        m.map(target, 0x1000, RW)
+        m.uc.hook_add(uc.UC_HOOK_MEM_WRITE, lambda u, *a: u.emu_stop(), None, target, target + 3)
+    elif how == "mmio":
+        m.uc.mmio_map(target, 0x1000, lambda *a: 0, None, lambda u, *a: u.emu_stop(), None)
+    end = code + len(STOP_CODE[arch]) - (1 if arch == "x86_64" else 4)
+    try:
+        m.uc.emu_start(code, end)
+    except unicorn.UcError:
+        assert how == "unmapped"
+    assert m.reg(marker) == 0, "the instruction after the access ran"
+
+
 # --- 003: arm64 tags stripped before the TLB ----------------------------------------------------------------
 def test_tbi_one_tlb_entry_per_page():
     """64 pointers with 64 different tags into one page: QEMU's TLB fill sees the untagged page once
