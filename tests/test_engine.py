@@ -1,10 +1,17 @@
 """emsan's own engine (engine/): the library emsan loads, what it exports, and each patch's effect.
 
-Each patch in engine/patches/ has a test here that fails on an engine built without it (bench/README.md,
-"Engine", lists which): the store fast path is checked white-box through QEMU's own TLB probe
-(tlb_vaddr_to_host), the arm64 tag stripping by the addresses QEMU's TLB fill receives, and the
-translation invalidations by running code that was rewritten, on bare engines and in guest programs
-compared with native/qemu-aarch64 runs.
+Each patch in engine/patches/ has tests here that fail on an engine built without it (checked by
+building such engines and swapping them into an installed copy):
+  without 001                    test_store_fast_path
+  001 without its TLB flush      test_exec_added_after_store[*-memhook], test_self_modifying_guest
+  001 without its snapshot case  test_snapshot_copy_on_write
+  without 002 (and stock 2.1.3)  test_wx_rewrite_bare[*rx->rw*], test_self_modifying_guest
+  without 003                    test_tbi_one_tlb_entry_per_page
+  without 004                    test_sse_translated_inline
+The store fast path is checked white-box through QEMU's own TLB probe (tlb_vaddr_to_host), the SSE
+translation by disassembling the host code of a block, the arm64 tag stripping by the addresses QEMU's
+TLB fill receives, and the translation invalidations by running code that was rewritten, on bare engines
+and in guest programs compared with native/qemu-aarch64 runs.
 """
 from __future__ import annotations
 
