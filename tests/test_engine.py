@@ -5,7 +5,7 @@ building such engines and swapping them into an installed copy):
   without 001                    test_store_fast_path
   001 without its TLB flush      test_exec_added_after_store[*-memhook], test_self_modifying_guest
   001 without its snapshot case  test_snapshot_copy_on_write
-  without 002 (and stock 2.1.3)  test_wx_rewrite_bare[*rx->rw*], test_self_modifying_guest
+  without 002 (and stock 2.1.3)  test_wx_rewrite_bare (its rx->rw->rx and rwx->rw->rwx cases), test_self_modifying_guest
   without 003                    test_tbi_one_tlb_entry_per_page
   without 004                    test_sse_translated_inline
 The store fast path is checked white-box through QEMU's own TLB probe (tlb_vaddr_to_host), the SSE
