@@ -133,6 +133,7 @@ class KasanMode:
     caps: ClassVar[Capabilities]
     native_mode: ClassVar[str] = "generic"     # the native operations behind the allocator (MODES)
     tag_functions: ClassVar[bool] = False      # also stand in for __hwasan_tag_memory
+    hooks_accesses: bool = False               # a memory hook sees the accesses (its PC may be stale)
 
     def __init__(self, target: Target, seed: int = 0):
         self.target = target

@@ -25,6 +25,7 @@ class GenericMode(KasanMode):
         else:
             self.map_heap()
             self.kasan.check_accesses()
+            self.hooks_accesses = True
 
     def build(self, e: Error, task: Task) -> Report:
         return shadow_report(self, e, task)
@@ -43,8 +44,15 @@ def shadow_report(mode: KasanMode, e: Error, task: Task) -> Report:
             pc, ea, size = found
             e = replace(e, pc=pc, addr=ea, size=size)
             stack = [pc] + stack[1:]
+    hooked: list[int] = []
+    if e.site is None and e.type == mode.access_error and not e.fn and mode.hooks_accesses:
+        # The memory hook's PC, which may be stale (arch.hooked_access_pcs).
+        hooked = mode.arch.hooked_access_pcs(mode.machine, e.pc, e.addr, e.is_write) or [e.pc]
+        if hooked[0] != e.pc:
+            e = replace(e, pc=hooked[0])
+            stack = [hooked[0]] + stack[1:]
     if e.type == mode.access_error:
-        access, size = "write" if e.is_write else "read", e.size
+        access, size = mode.arch.access_kind(mode.machine, e.pc, e.is_write), e.size
         first_bad = first_bad_addr(kasan.shadow_byte, e.addr, size)
         wraps = e.addr + size > 1 << 64
         bug = "out-of-bounds" if wraps else shadow_bug_type(kasan.shadow_byte, first_bad)
@@ -56,4 +64,9 @@ def shadow_report(mode: KasanMode, e: Error, task: Task) -> Report:
     if kasan.shadow_byte(first_bad) is not None:
         rep.shadow_rows = shadow_window(kasan.shadow_byte, first_bad)
     mode.add_notes(rep, e)
+    if len(hooked) > 1:
+        rep.notes.append("Unicorn's memory hook did not say which instruction made this access (it syncs no PC "
+                         "before an atomic read-modify-write): it is one of those at "
+                         + ", ".join(f"{pc:#x}" for pc in hooked)
+                         + ", which touch the same address; --checks mmio reports each of them exactly.")
     return rep

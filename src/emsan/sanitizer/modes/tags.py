@@ -51,7 +51,7 @@ class TagMode(KasanMode):
         is_access = e.type == self.access_error
         t = kasan.describe(e.addr, e.size if is_access else 1)
         if is_access:
-            access, size = "write" if e.is_write else "read", e.size
+            access, size = self.arch.access_kind(self.machine, e.pc, e.is_write), e.size
             bug = tag_bug_type(e.addr, e.size, self.ring_words.get(t.tag_bug, "none"), bool(t.large))
         else:
             access, size = "free", 0
