@@ -95,15 +95,17 @@ class Arch:
         instruction there makes it. Unicorn syncs the PC before the loads and stores it
         translates one by one, not before x86's atomic read-modify-writes, whose hook calls
         carry the last PC it synced: the access is then made by one of the atomic instructions
-        after it in the block that touch `addr`, in order; [] if none does."""
+        at or after it in the block that touch `addr`, in order; [] if none does. A synced PC
+        that is itself such an atomic (a TLB fill syncs it) does not tell which of them it was."""
         regs = {r: m.reg(r) for r in self.gprs}
         want = 2 if is_write else 1
         found = []
         for insn, ops in self.block_instructions(m, pc, regs):
             if any(ea <= addr < ea + size and (access & want or not access) for ea, size, access in ops):
-                if insn.address == pc:
+                atomic = self.atomic_rmw(m, insn.address)
+                if insn.address == pc and not atomic:
                     return [pc]
-                if self.atomic_rmw(m, insn.address):
+                if atomic:
                     found.append(insn.address)
         return found
 
