@@ -31,6 +31,8 @@ class Arch:
 
     # Locating the instruction behind an access seen without its PC (--checks mmio).
     gprs: ClassVar[tuple[str, ...]] = ()   # the registers an effective address can use
+    # Unicorn syncs no PC before this architecture's atomic read-modify-writes (x86-64).
+    stale_atomic_pc: ClassVar[bool] = False
 
     def memory_operands(self, insn, regs: dict[str, int]) -> list[tuple[int, int, int]]:
         """(effective address, size, capstone access bits) of each memory operand of a capstone
@@ -103,7 +105,7 @@ class Arch:
         for insn, ops in self.block_instructions(m, pc, regs):
             if any(ea <= addr < ea + size and (access & want or not access) for ea, size, access in ops):
                 atomic = self.atomic_rmw(m, insn.address)
-                if insn.address == pc and not atomic:
+                if insn.address == pc and not (atomic and self.stale_atomic_pc):
                     return [pc]
                 if atomic:
                     found.append(insn.address)
