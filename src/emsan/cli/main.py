@@ -110,6 +110,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="kfence: sample by guest time instead: one allocation per N guest instructions")
     p.add_argument("--stacks", choices=("auto", "fp", "cfi", "scs", "x18", "none"), default="auto",
                    help="allocation/free stack collector (default: auto, the cheapest complete one)")
+    p.add_argument("--stack-checks", choices=("auto", "none", "ret"), default="auto",
+                   help="ret: keep each call's return address and report a return through an overwritten "
+                        "one (default auto: ret, except in kfence mode, whose budget has no room for it)")
     p.add_argument("--no-depot", action="store_true", help="store every stack trace separately (no dedup)")
     p.add_argument("--shadow-limit", type=_size, metavar="BYTES",
                    help="private shadow emsan may use before it stops the run (default and most: 4G)")
@@ -158,7 +161,7 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       quarantine_size=ns.quarantine_size, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
                       kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,
                       sample_instructions=ns.sample_instructions,
-                      stacks=ns.stacks, no_depot=ns.no_depot, shadow_limit=ns.shadow_limit)
+                      stacks=ns.stacks, stack_checks=ns.stack_checks, no_depot=ns.no_depot, shadow_limit=ns.shadow_limit)
 
 
 def one_line(text: str) -> str:

@@ -98,6 +98,10 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_ERR_KFENCE_CORRUPTION 7
 #define EMSAN_ERR_KFENCE_INVALID 8
 #define EMSAN_ERR_KFENCE_INVALID_FREE 9
+/* The shadow call stack's return check (scs.c): a return through an overwritten return address.
+ * addr: where the call left it (x86-64: its slot; arm64: the stack pointer at the call), pc: the
+ * end of the block that returned, ret_expected/ret_target: where it should have gone and went. */
+#define EMSAN_ERR_RET_OVERWRITE 10
 
 /* An access seen without its exact PC (an MMIO callback, --checks mmio): the registers when it
  * was made, which locate the instruction, and the PCs QEMU recovers near it. */
@@ -133,6 +137,8 @@ typedef struct emsan_error {
     uint32_t stack;         /* depot handle of the access (or free) stack */
     int fn;                 /* the function emsan stood in for (frees, interceptors), 0 for accesses */
     int kind;               /* family of the deallocation used (mismatch) */
+    uint64_t ret_expected;  /* EMSAN_ERR_RET_OVERWRITE: the call's return address */
+    uint64_t ret_target;    /* ... and where the return went */
     emsan_access_site site;
     emsan_kfence_object kfence;
 } emsan_error;
@@ -165,6 +171,8 @@ typedef struct emsan_stack_stats {
     uint64_t scs_pushes;       /* shadow call stack: calls and returns tracked */
     uint64_t scs_pops;
     uint64_t scs_resyncs;      /* entries dropped by the stack-pointer resynchronization */
+    uint64_t ret_checks;       /* --stack-checks: returns compared with the call's return address */
+    uint64_t ret_mismatches;
 } emsan_stack_stats;
 void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot);
 void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out);
@@ -174,6 +182,11 @@ void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out);
 void emsan_scs_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds);
 void emsan_scs_mark_intercept(emsan_runtime *rt, uint64_t addr);
+/* --stack-checks ret: compare every tracked return with the call's return address. */
+void emsan_scs_set_ret_checks(emsan_runtime *rt, int on);
+/* The engine stopped on fetching `pc`: if the block before ended in a return, check that return
+ * (a corrupted one that went to unmapped or non-executable memory); 1 if it queued an error. */
+int emsan_scs_check_fetch(emsan_runtime *rt, uint64_t pc);
 /* CFI unwinding: per-module rows sorted by pc (absolute addresses), from .eh_frame/.debug_frame. */
 typedef struct emsan_cfi_row {
     uint64_t pc;

@@ -19,6 +19,7 @@ from emsan.report.text import render as render_text
 from emsan.report.model import Report, Task
 from emsan.sanitizer.entrypoints import has_symtab, string_function, string_ifuncs
 from emsan.sanitizer.mode import Layout, Mode, ShadowMode, Target
+from emsan.sanitizer import returns
 from emsan.sanitizer.runtime import Runtime
 from emsan.sanitizer.shadow import shadow_window
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
@@ -48,7 +49,10 @@ class Sanitizer:
         self.shadow = cast(ShadowMode, self.mode) if caps.shadow else None
         if self.shadow is not None and opts.mmap_shadow:
             self.watch_mmap_area(self.shadow)
-        self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot)
+        self.stack_checks = returns.default_checks(caps.shadow_call_stack) if opts.stack_checks == "auto" \
+            else opts.stack_checks
+        self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot,
+                             ret_checks=self.stack_checks == "ret")
         self.reports: list[dict] = []
         self.seen: set[tuple] = set()
         self.last_addr: int | None = None
@@ -138,6 +142,8 @@ class Sanitizer:
         if self.runtime.callback_error is not None:
             raise self.runtime.callback_error
         opts = self.s.opts
+        if self.bad_return():
+            return None if opts.keep_going else ExitInfo("report", opts.error_exitcode)
         if self.shadow is not None and self.caps.reports_mmap_faults and opts.mmap_shadow and \
                 self.vmalloc_fault(self.shadow):
             return None if opts.keep_going else ExitInfo("report", opts.error_exitcode)
@@ -156,6 +162,18 @@ class Sanitizer:
     @property
     def task(self) -> Task:
         return Task(self.s.process.comm, self.s.process.pid)
+
+    def bad_return(self) -> bool:
+        """A fetch fault right after a return: a return through an overwritten return address to
+        memory that cannot run (the fault itself is then delivered as usual with --continue)."""
+        f = self.s.machine.fault
+        if self.stack_checks != "ret" or f is None or f.access != "fetch":
+            return False
+        if not self.runtime.lib.emsan_scs_check_fetch(self.runtime.rt, f.pc):
+            return False
+        if not self.s.opts.keep_going:      # else the error callback reported it already
+            self.report_pending()
+        return True
 
     def vmalloc_fault(self, mode: ShadowMode) -> bool:
         """A fault on a hole of the mmap area is the kernel's vmalloc-out-of-bounds: report it
@@ -182,9 +200,16 @@ class Sanitizer:
         """Print the queued errors' reports (each distinct bug once); True if any."""
         errors = self.runtime.pending()
         for e in errors:
-            if self.emit(self.mode.build(e, self.task)) and not self.s.opts.keep_going:
+            if self.emit(self.build(e)) and not self.s.opts.keep_going:
                 break
         return bool(errors)
+
+    def build(self, e):
+        if e.type != self.runtime.lib.EMSAN_ERR_RET_OVERWRITE:
+            return self.mode.build(e, self.task)
+        s = self.s
+        return returns.build(self.runtime, e, self.task, self.mode.name, s.arch.name == "arm64", s.machine.try_read,
+                             lambda a, ret: s.symbolizer.frame(a, is_return_address=ret))
 
     def is_store_exclusive(self, pc: int) -> bool:
         if self.s.arch.name != "arm64":
