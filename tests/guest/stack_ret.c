@@ -34,6 +34,8 @@ NOINLINE void vuln(void)
     for (int i = -64; i < 64; i++)
         if (buf[i] == want) {
             buf[i] = (uintptr_t)win;                /* @smash */
+            printf("smashed %p\n", (void *)&buf[i]);
+            fflush(stdout);
             break;
         }
     sink = (int)buf[0];
@@ -138,12 +140,14 @@ int main(int argc, char **argv)
 {
     const char *what = argc > 1 ? argv[1] : "correct";
     if (!strcmp(what, "win"))
-        vuln();
-    else if (!strcmp(what, "overflow"))
-        copy_arg(argv[2]);
-    else if (!strcmp(what, "loop"))
-        copy_loop(argv[2]);
-    else
+        vuln();                                     /* @call_vuln */
+    else if (!strcmp(what, "overflow") || !strcmp(what, "loop")) {
+        if (!strcmp(what, "overflow"))
+            copy_arg(argv[2]);                      /* @call_copy */
+        else
+            copy_loop(argv[2]);
+        fputs("copied\n", stderr);                 /* unbuffered: seen even if main's return dies */
+    } else
         correct();
     puts("done");
     return 0;
