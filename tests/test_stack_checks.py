@@ -153,3 +153,58 @@ def test_real_programs_no_return_reports(prog, args, stdin):
     assert "return address of" not in err, err
     st = stats(err)
     assert int(st["ret_mismatches"]) == 0 and int(st["ret_checks"]) > 10000, st
+
+
+# --- compiler-assisted mode: overflows made inside libc ----------------------------------------
+LIBC_CASES = {
+    # case: (bug type, access, size, frame or variable, object)
+    "stack_memcpy": ("stack-out-of-bounds", "write", 11, "stack_memcpy", "dest"),
+    "stack_memmove": ("stack-out-of-bounds", "write", 11, "stack_memmove", "dest"),
+    "stack_memset": ("stack-out-of-bounds", "write", 11, "stack_memset", "dest"),
+    "stack_strcpy": ("stack-out-of-bounds", "write", 11, "stack_strcpy", "dest"),
+    "stack_strcat": ("stack-out-of-bounds", "write", 6, "stack_strcat", "dest"),
+    "stack_strncpy": ("stack-out-of-bounds", "write", 11, "stack_strncpy", "dest"),
+    "stack_overread": ("stack-out-of-bounds", "read", 11, "stack_overread", "src"),
+    "stack_read_syscall": ("stack-out-of-bounds", "write", 16, "stack_read_syscall", "dest"),
+    "global_memcpy": ("global-out-of-bounds", "write", 11, "global_memcpy", "global_dst"),
+    "correct": None,
+}
+
+
+@pytest.mark.parametrize("arch,variant", [("x86_64", "inline"), ("x86_64", "outline"), ("arm64", "inline"),
+                                          ("arm64", "outline")])
+def test_compiler_assisted_libc_overflows(arch, variant, tmp_path):
+    """Built with clang $(emsan cflags): a stack or global array overflowed (or over-read) by one
+    byte inside libc (memcpy, memmove, memset, strcpy, strcat, strncpy, a read() system call)
+    is reported as the kernel reports a stack or global out-of-bounds: the frame, its objects
+    and the array from the compiler's frame description, or the global variable; the source
+    line of the call. In-bounds calls (struct copies, arrays of structs) report nothing."""
+    from test_compiler import build_cc
+    exe = build_cc("stack_libc", arch, variant)
+
+    def one(case):
+        p, reps = run_report(tmp_path / f"{case}.json", "--mode", "compiler-assisted", exe, case,
+                             status=0 if LIBC_CASES[case] is None else 99)
+        return case, p, reps
+    for case, p, reps in many([(one, c) for c in LIBC_CASES]):
+        err = p.stderr.decode(errors="replace")
+        want = LIBC_CASES[case]
+        if want is None:
+            assert reps == [] and b"pair-3" in p.stdout, err
+            continue
+        bug, access, size, where, obj = want
+        assert len(reps) == 1, (case, err)
+        r = reps[0]
+        assert (r["bug_type"], r["access"], r["size"]) == (bug, access, size), (case, err)
+        frames = [f["function"] for f in r["stack"]]
+        assert where in frames, (case, err)
+        line = next(f["line"] for f in r["stack"] if f["function"] == where)
+        assert line == source_line("stack_libc.c", case), (case, err)
+        if bug == "global-out-of-bounds":
+            assert r["variable"]["name"] == obj and r["variable"]["offset"] == 0, (case, err)
+        else:
+            so = r["stack_object"]
+            assert so["frame"]["function"] == where, (case, err)
+            named = {o["name"]: (o["start"], o["end"]) for o in so["objects"]}
+            assert named[obj][1] - named[obj][0] == 10 and so["offset"] == named[obj][0] + \
+                (5 if case == "stack_strcat" else 0), (case, err)

@@ -11,15 +11,6 @@ from emsan.report.model import ReturnReport, Task
 from emsan.report.symbolize import Frame
 from emsan.sanitizer.runtime import Error, Runtime
 
-CHECKS = ("none", "ret")
-
-
-def default_checks(scs_allowed: bool) -> str:
-    """--stack-checks auto: `ret` where the mode lets the shadow call stack run beside it (its
-    cost budget allows a block hook; bench/stack_checks.py measures it), else none (KFENCE)."""
-    return "ret" if scs_allowed else "none"
-
-
 def arm64_ra_slot(read: Callable[[int, int], bytes | None], ret_pc: int, sp_after: int) -> int | None:
     """Where an arm64 epilogue reloaded x30 from: walk back from the `ret` over the epilogue
     (ldp x29, x30 / ldr x30 from sp, add sp), undoing its stack-pointer moves. None when the

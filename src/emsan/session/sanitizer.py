@@ -49,8 +49,7 @@ class Sanitizer:
         self.shadow = cast(ShadowMode, self.mode) if caps.shadow else None
         if self.shadow is not None and opts.mmap_shadow:
             self.watch_mmap_area(self.shadow)
-        self.stack_checks = returns.default_checks(caps.shadow_call_stack) if opts.stack_checks == "auto" \
-            else opts.stack_checks
+        self.stack_checks = caps.default_stack_checks if opts.stack_checks == "auto" else opts.stack_checks
         self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot,
                              ret_checks=self.stack_checks == "ret")
         self.reports: list[dict] = []
