@@ -11,7 +11,6 @@ from emsan.os.linux.memory import MMAP_BOTTOM, MMAP_TOP, PAGE, SANITIZER_HEAP_BA
 from emsan.os.linux.process import ExitInfo
 from emsan.report.json import to_json
 from emsan.report.text import render
-from emsan.os.linux.loader import HWCAP
 from emsan.sanitizer.entrypoints import (has_symtab, module_entry_points, string_code_ranges, string_function,
                                          string_ifuncs)
 from emsan.sanitizer.generic import GenericMode
@@ -122,7 +121,7 @@ class LinuxSanitizer:
 
     def resolve_ifuncs(self) -> None:
         m, arch = self.s.machine, self.s.arch
-        hwcap = HWCAP[arch.name]
+        hwcap = self.s.loaded.hwcap
         for mod in list(self.s.mem.modules):
             if mod.path in self.resolved:
                 continue
