@@ -1,0 +1,79 @@
+"""Separate debug files, found as gdb and addr2line find them: by GNU build-id under
+/usr/lib/debug/.build-id/, then by .gnu_debuglink (next to the file, in its .debug/ directory, or
+under /usr/lib/debug). Distributions ship a library's symbols and DWARF that way (Debian's
+libc6-dbg and -dbgsym packages); for arm64 guests the --sysroot's /usr/lib/debug comes first."""
+from __future__ import annotations
+
+import os
+import zlib
+
+DEBUG_DIR = "usr/lib/debug"
+
+
+def build_id(elf) -> str | None:
+    """The GNU build-id of an open ELFFile, as hex."""
+    try:
+        for sec in elf.iter_sections():
+            if sec["sh_type"] != "SHT_NOTE":
+                continue
+            for note in sec.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID" and isinstance(note["n_desc"], str):
+                    desc = note["n_desc"]
+                    return desc if desc and all(c in "0123456789abcdef" for c in desc) else None
+    except Exception:           # a malformed note: no build-id
+        return None
+    return None
+
+
+def _debuglink(elf) -> tuple[str, int] | None:
+    sec = elf.get_section_by_name(".gnu_debuglink")
+    if sec is None:
+        return None
+    try:
+        data = sec.data()
+        end = data.index(b"\0")
+        name = data[:end].decode()
+        crc_at = (end + 4) & ~3
+        crc = int.from_bytes(data[crc_at:crc_at + 4], "little")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not name or "/" in name:
+        return None
+    return name, crc
+
+
+def _crc32(path: str) -> int | None:
+    crc = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                crc = zlib.crc32(chunk, crc)
+    except OSError:
+        return None
+    return crc
+
+
+def find_debug_file(path: str, elf, roots: tuple[str, ...]) -> str | None:
+    """The separate debug file of the ELF file at `path` (open as `elf`), if one is installed.
+    `roots` are the file system roots to search ("/" and, for arm64 guests, the sysroot)."""
+    bid = build_id(elf)
+    if bid and len(bid) > 2:
+        for root in roots:
+            cand = os.path.join(root, DEBUG_DIR, ".build-id", bid[:2], bid[2:] + ".debug")
+            if os.path.isfile(cand) and os.path.realpath(cand) != os.path.realpath(path):
+                return cand
+    link = _debuglink(elf)
+    if link is None:
+        return None
+    name, crc = link
+    here = os.path.dirname(os.path.realpath(path))
+    places = [os.path.join(here, name), os.path.join(here, ".debug", name)]
+    for root in roots:
+        rel_dir = here
+        if root != "/" and here.startswith(os.path.realpath(root) + os.sep):
+            rel_dir = here[len(os.path.realpath(root)):]       # the guest's view of the directory
+        places.append(os.path.join(root, DEBUG_DIR, rel_dir.lstrip("/"), name))
+    for cand in places:
+        if os.path.isfile(cand) and os.path.realpath(cand) != os.path.realpath(path) and _crc32(cand) == crc:
+            return cand
+    return None
