@@ -38,10 +38,10 @@ class Arch:
         raise NotImplementedError
 
     def locate_access(self, m, block: int, regs: dict[str, int], addr: int,
-                      is_write: bool, first_only: int = 0) -> tuple[int, int, int] | None:
-        """The instruction of the block at `block` whose memory operand covers `addr` (a load or
-        a store as asked, else any), given the registers when it accessed memory (those before
-        it ran, also for the instructions before it, whose own effects are not undone):
+                      is_write: bool, first_only: int = 0, size: int = 1) -> tuple[int, int, int] | None:
+        """The instruction of the block at `block` whose memory operand overlaps [addr, addr+size)
+        (a load or a store as asked, else any), given the registers when it accessed memory (those
+        before it ran, also for the instructions before it, whose own effects are not undone):
         (pc, address, size)."""
         code = m.try_read(block, 512) or m.try_read(block, 64)
         if not code:
@@ -50,11 +50,15 @@ class Arch:
         fallback = None
         for insn in self.disassembler.disasm(code, block):
             try:
-                for ea, size, access in self.memory_operands(insn, regs):
-                    if ea <= addr < ea + size:
+                for ea, n, access in self.memory_operands(insn, regs):
+                    # QEMU performs an unaligned load from MMIO as the aligned loads around it
+                    # (of up to 8 bytes each): the piece seen may lie beside the operand.
+                    w = min(n, 8) if n & (n - 1) == 0 else 1
+                    lo, hi = ea & ~(w - 1), (ea + n + w - 1) & ~(w - 1)
+                    if lo < addr + size and addr < hi:
                         if access & want or not access:
-                            return insn.address, ea, size
-                        fallback = fallback or (insn.address, ea, size)
+                            return insn.address, ea, n
+                        fallback = fallback or (insn.address, ea, n)
             except KeyError:
                 pass
             if first_only:              # look at that many instructions only

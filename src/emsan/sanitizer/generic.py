@@ -71,7 +71,7 @@ class GenericMode:
             out.append(e)
         return out
 
-    def build(self, e: Error, comm: str, pid: int) -> Report:
+    def build(self, e: Error, comm: str, pid: int) -> Report | None:
         heap = self.heap
         lib = heap.lib
         stack = confirm_candidate(heap.stack(e.stack), self.is_call_return) or [e.pc]
@@ -83,15 +83,19 @@ class GenericMode:
             block, regs, cands = ctx
             found = None
             for c in cands:
-                found = self.arch.locate_access(self.machine, c, regs, e.addr, e.is_write, first_only=2)
+                found = self.arch.locate_access(self.machine, c, regs, e.addr, e.is_write, 2, e.size)
                 if found is not None:
                     break
             if found is None and cands:             # the access is at or just after them
-                found = self.arch.locate_access(self.machine, min(cands), regs, e.addr, e.is_write, first_only=8)
+                found = self.arch.locate_access(self.machine, min(cands), regs, e.addr, e.is_write, 8, e.size)
             if found is None:
-                found = self.arch.locate_access(self.machine, block, regs, e.addr, e.is_write)
+                found = self.arch.locate_access(self.machine, block, regs, e.addr, e.is_write, 0, e.size)
             if found is not None:
                 pc, ea, size = found
+                if not e.is_write and self._accessible(ea, size):
+                    # QEMU performs an unaligned load from MMIO as the two aligned loads around
+                    # it: the piece that looked bad reaches past the bytes the instruction reads.
+                    return None
                 e = Error(e.type, e.is_write, ea, size, pc, e.stack, e.fn, e.kind)
                 stack = [pc] + stack[1:]
         if e.type == lib.EMSAN_ERR_ACCESS:
@@ -112,6 +116,16 @@ class GenericMode:
             rep.shadow_rows = shadow_window(heap.shadow_byte, first_bad)
         self.add_notes(rep, e, fn)
         return rep
+
+    def _accessible(self, addr: int, size: int) -> bool:
+        """Is every byte of [addr, addr+size) accessible by the shadow (00, or the 01-07 prefix)?"""
+        g = addr & ~7
+        while g < addr + size:
+            s = self.heap.shadow_byte(g)
+            if s is None or (s != 0 and not (s < 8 and addr + size - g <= s)):
+                return False
+            g += 8
+        return True
 
     def add_notes(self, rep: Report, e: Error, fn: str) -> None:
         """What the kernel's layout has no line for: who made the access, a mismatched family."""

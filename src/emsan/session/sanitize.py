@@ -57,10 +57,12 @@ class LinuxSanitizer:
         # Once relocation is done (the program's entry), resolve libc's string IFUNCs.
         m.hook_code_once(loaded.image.entry + loaded.bias, self.stop_for_ifuncs)
         session.process.on_stop.append(self.on_stop)
-        if opts.keep_going:
-            # Multi-shot: report from inside the engine and let the guest run on, so the
-            # faulting instruction completes exactly once.
-            self.mode.on_error(self.report_pending)
+        self.stopped_by_report = False
+        if opts.keep_going or getattr(self.mode.heap, "_mmio_regs", None) is not None:
+            # Report from inside the engine and let the faulting instruction complete exactly
+            # once: multi-shot goes on; through the MMIO view an error may also turn out to be
+            # no bug (a widened unaligned load) and the guest must not run that load again.
+            self.mode.on_error(self.report_in_engine)
         session.process.buffer_check = lambda addr, size, w: self.mode.check_range(addr, size, w, m.pc)
 
     def create_mode(self):
@@ -135,9 +137,16 @@ class LinuxSanitizer:
                 if impl and fn:
                     self.mode.intercept(impl, fn)
 
+    def report_in_engine(self) -> None:
+        if self.report_pending() and not self.s.opts.keep_going:
+            self.stopped_by_report = True
+            self.s.machine.stop("report")
+
     def on_stop(self) -> ExitInfo | str | None:
         if getattr(self.mode, "callback_error", None) is not None:
             raise self.mode.callback_error
+        if self.stopped_by_report:
+            return ExitInfo("report", self.s.opts.error_exitcode)
         if self.reports_faults and self.shadows_mmap and self.s.opts.mmap_shadow and self.vmalloc_fault():
             return None if self.s.opts.keep_going else ExitInfo("report", self.s.opts.error_exitcode)
         if self.want_ifuncs:
@@ -175,13 +184,19 @@ class LinuxSanitizer:
         return True
 
     def report_pending(self) -> bool:
-        """Print the queued errors' reports (each distinct bug once); True if any."""
+        """Print the queued errors' reports (each distinct bug once); True if any. An error the
+        mode finds is no bug after all (build() gives None) is dropped."""
         errors = self.mode.pending()
         proc = self.s.process
+        real = False
         for e in errors:
-            if self.emit(self.mode.build(e, proc.comm, proc.pid)) and not self.s.opts.keep_going:
+            rep = self.mode.build(e, proc.comm, proc.pid)
+            if rep is None:
+                continue
+            real = True
+            if self.emit(rep) and not self.s.opts.keep_going:
                 break
-        return bool(errors)
+        return real
 
     def emit(self, rep) -> bool:
         """Print a report and add it to the JSON, unless this bug was reported already."""
