@@ -344,13 +344,8 @@ def suite(request, text_file, listing_dir, tmp_path_factory) -> Suite:
     return _suites[arch]
 
 
-PENDING = {("x86_64", "python3"), ("x86_64", "iconv-utf16"), ("x86_64", "iconv-translit")}
-
-
 @pytest.mark.parametrize("name", list(PROGRAMS))
-def test_program_matches_reference_in_every_mode(suite, name, request):
-    if (suite.arch, name) in PENDING:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="wcslen and ld.so's strchr not intercepted yet"))
+def test_program_matches_reference_in_every_mode(suite, name):
     ref, runs = suite.run(name)
     assert ref.returncode == 0, ref.stderr.decode(errors="replace")[-1000:]
     assert ref.stdout, "the reference run printed nothing"

@@ -254,6 +254,9 @@ static uint64_t do_alloc(heap_t *h, uint64_t size, uint64_t align, int kind)
     return addr;
 }
 
+/* malloc() for interceptors that allocate (strdup), at the intercepted function's entry. */
+uint64_t heap_malloc(heap_t *h, uint64_t size) { return do_alloc(h, size, 16, EMSAN_KIND_MALLOC); }
+
 /* Back to reusable once it leaves the quarantine (its shadow stays "freed" until reuse). */
 void release_object(heap_t *h, uint64_t handle)
 {

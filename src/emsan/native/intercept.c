@@ -184,6 +184,7 @@ void intercept_string_fn(heap_t *h, int fn)
         r = a;
         break;
     default:
+        intercept_table_fn(h, fn);
         return;
     }
     h->stats.intercepted++;

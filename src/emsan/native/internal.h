@@ -218,11 +218,13 @@ void cfi_destroy(heap_t *h);
 /* heap.c */
 void report_error(heap_t *h, int type, uint64_t addr, uint64_t size, int is_write, uint64_t pc, uint32_t stack, int fn, int kind);
 void return_to_caller(heap_t *h, uint64_t value);
+uint64_t heap_malloc(heap_t *h, uint64_t size);
 int check_range(heap_t *h, uint64_t addr, uint64_t size, int is_write, int fn);
 int in_tolerant_range(heap_t *h, uint64_t pc);
 
-/* intercept.c */
+/* intercept.c, intercept_table.c */
 void intercept_string_fn(heap_t *h, int fn);
+void intercept_table_fn(heap_t *h, int fn);
 
 /* quarantine.c */
 void quarantine_put(heap_t *h, uint64_t handle, uint64_t bytes);

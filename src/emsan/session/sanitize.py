@@ -9,6 +9,7 @@ import resource
 
 from emsan.os.linux.memory import MMAP_BOTTOM, MMAP_TOP, PAGE, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, Module
 from emsan.os.linux.process import ExitInfo
+from emsan.report.debuginfo import debug_file
 from emsan.report.json import to_json
 from emsan.report.text import render
 from emsan.sanitizer.entrypoints import (has_symtab, module_entry_points, string_code_ranges, string_function,
@@ -88,8 +89,10 @@ class LinuxSanitizer:
         mem.change_listeners.append(heap.mapping_changed)
 
     def report_key(self, rep) -> tuple:
-        """What makes a bug distinct: reported once per key (other modes override this)."""
-        return (rep.bug_type, rep.pc)
+        """What makes a bug distinct: reported once per key (other modes override this). An
+        interceptor's report is one per call site: its pc is the intercepted function's."""
+        caller = rep.stack[rep.title_frame] if rep.title_frame and len(rep.stack) > rep.title_frame else 0
+        return (rep.bug_type, rep.pc, caller)
 
     # Report renderings (text in the kernel's layout, JSON); other modes override these.
     render_text = staticmethod(render)
@@ -107,15 +110,23 @@ class LinuxSanitizer:
 
     def module_loaded(self, mod: Module) -> None:
         self.stacks.module_loaded(mod.path, mod.base)
-        for ep in module_entry_points(mod.path, mod.base, tags=self.s.opts.mode in ("sw-tags", "hw-tags")):
-            self.mode.intercept(ep.addr, ep.fn)
-        if not has_symtab(mod.path):
-            # A stripped library (Debian's libc): its string variants have no names, so all of
-            # its code may make the aligned over-reads they make.
+        # A stripped library's own copies and variants (ld.so's strchr, libc's __GI_strlen) have
+        # names in its separate debug file, when one is installed (libc6-dbg).
+        named = [mod.path] + [p for p in [self.debug_file(mod.path)] if p]
+        for path in named:
+            for ep in module_entry_points(path, mod.base, tags=self.s.opts.mode in ("sw-tags", "hw-tags")):
+                self.mode.intercept(ep.addr, ep.fn)
+        if len(named) == 1 and not has_symtab(mod.path):
+            # A stripped library without debug file (Debian's libc): its string variants have
+            # no names, so all of its code may make the aligned over-reads they make.
             self.mode.tolerate_overreads(mod.start, mod.end)
         else:
-            for lo, hi in string_code_ranges(mod.path, mod.base):
-                self.mode.tolerate_overreads(lo, hi)
+            for path in named:
+                for lo, hi in string_code_ranges(path, mod.base):
+                    self.mode.tolerate_overreads(lo, hi)
+
+    def debug_file(self, path: str) -> str | None:
+        return debug_file(path, self.s.symbolizer.roots)
 
     def stop_for_ifuncs(self) -> None:
         self.want_ifuncs = True
@@ -128,7 +139,7 @@ class LinuxSanitizer:
             if mod.path in self.resolved:
                 continue
             self.resolved.add(mod.path)
-            if has_symtab(mod.path):
+            if has_symtab(mod.path) or self.debug_file(mod.path):
                 continue        # variants have names there, and resolvers may not be relocated yet
             for resolver, name in string_ifuncs(mod.path, mod.base):
                 # glibc's aarch64 resolvers take (hwcap | _IFUNC_ARG_HWCAP, &arg); x86's take nothing.
@@ -138,6 +149,9 @@ class LinuxSanitizer:
                     self.mode.intercept(impl, fn)
 
     def report_in_engine(self) -> None:
+        if self.stopped_by_report:          # the engine has yet to stop after the report
+            self.mode.pending()
+            return
         if self.report_pending() and not self.s.opts.keep_going:
             self.stopped_by_report = True
             self.s.machine.stop("report")
