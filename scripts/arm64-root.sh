@@ -2,13 +2,15 @@
 # Builds an arm64 Debian root holding the real programs tests/test_real_programs.py runs on arm64
 # (python3, sqlite3, perl, lua, jq, bc, gzip, xz, bzip2, sort, grep, sed, awk, tar, iconv) with
 # every library they need: Debian's own arm64 packages, fetched with apt and unpacked with dpkg -x.
-# emsan runs them with --sysroot DIR, qemu-aarch64 with -L DIR.
+# emsan runs them with --sysroot DIR, qemu-aarch64 with -L DIR. libc6-dbg puts the C library's
+# separate debug files under DIR/usr/lib/debug, where emsan finds them by build-id (the x86-64
+# runs go without: both ways of finding the string routines are exercised).
 #
 #     bash scripts/arm64-root.sh DIR
 set -euo pipefail
 ROOT=${1:?usage: arm64-root.sh DIR}
 PKGS=(python3.11-minimal libpython3.11-stdlib sqlite3 perl-base lua5.4 jq bc gzip xz-utils bzip2 coreutils
-      grep sed mawk tar libc-bin)
+      grep sed mawk tar libc-bin libc6-dbg)
 STAMP="$ROOT/.emsan-root"
 WANT="${PKGS[*]}"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then

@@ -30,3 +30,37 @@ def test_unaligned_loads_at_an_objects_end(arch, checks, tmp_path):
         assert (rep["bug_type"], rep["access"], rep["size"], rep["object"]["offset"]) == \
             ("slab-out-of-bounds", "read", want, 61)
         assert rep["function"] == "load"
+
+
+# Read-ahead (README, "Read-ahead"): ld.so's own strcmp/strchr/strlen, which dlopen() runs on
+# its argument, are not intercepted when no debug file names them (an empty
+# EMSAN_DEBUG_FILE_DIRECTORY hides libc6-dbg; Debian's arm64 cross root has none).
+def no_debug_files(tmp_path) -> dict:
+    import os
+    return {**os.environ, "EMSAN_DEBUG_FILE_DIRECTORY": str(tmp_path)}
+
+
+@pytest.mark.parametrize("checks", ["mmio", "hook"])
+def test_readahead_of_uncovered_string_code_is_not_reported(arch, checks, tmp_path):
+    """Names of 1..200 characters, each in an object of exactly its size: every alignment of
+    the NUL against the routines' 16-byte vectors and 64-byte loops."""
+    exe = build("readahead_dlopen", arch, "dynamic")
+    ref = native(exe, "terminated", arch=arch)
+    got = emsan("run", "--checks", checks, exe, "terminated", env=no_debug_files(tmp_path))
+    assert got.stderr == b"", got.stderr.decode(errors="replace")[-3000:]
+    assert got.stdout == ref.stdout == b"loaded 0 of 200\n" and got.returncode == 0
+
+
+@pytest.mark.parametrize("checks", ["mmio", "hook"])
+def test_real_overflow_through_the_same_code_is_reported(arch, checks, tmp_path):
+    """The same routines on a name with no NUL in its object: they read on past it, and the
+    loads past the object hold no terminator, so the read-ahead rule does not excuse them."""
+    exe = build("readahead_dlopen", arch, "dynamic")
+    out = tmp_path / "r.json"
+    res = emsan("run", "--checks", checks, "--json", str(out), exe, "unterminated", env=no_debug_files(tmp_path))
+    assert res.returncode == 99, res.stderr.decode(errors="replace")[-3000:]
+    (rep,) = json.loads(out.read_text())["reports"]
+    assert (rep["bug_type"], rep["access"], rep["object"]["size"]) == ("slab-out-of-bounds", "read", 90)
+    assert rep["size"] in (8, 16) and 74 < rep["object"]["offset"] < 90      # a load reaching past byte 89
+    assert rep["stack"][0]["module"].split("/")[-1].startswith("ld-linux")    # ld.so's own routine
+    assert "open_name" in [f["function"] for f in rep["stack"]]

@@ -162,6 +162,7 @@ int shadow_range_bad(heap_t *h, uint64_t lo, uint64_t hi);
 void shadow_release(heap_t *h);
 void shadow_sync(heap_t *h, int now);     /* gshadow.c */
 int shadow_tolerated(heap_t *h, uint64_t pc, uint64_t addr, uint64_t size);
+#define READAHEAD 64            /* bytes a string routine's last loads may reach past its NUL */
 void mmio_poisoned(heap_t *h, uint64_t addr, uint64_t len);   /* mmio.c */
 void mmio_destroy(heap_t *h);
 static inline uint8_t *shadow_page(heap_t *h, uint32_t pg) { return h->sm.pool + ((uint64_t)pg << PAGE_SHIFT); }

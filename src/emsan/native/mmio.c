@@ -153,7 +153,7 @@ static void bad_access(heap_t *h, uint64_t addr, unsigned size, int is_write)
     /* Without a candidate, the PC Unicorn last synced (a block of this function or before it). */
     uint64_t pc = ncand ? cand[0] : reg_get(h->uc, h->regs[EMSAN_REG_PC]);
     /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (see shadow.c). */
-    if (!is_write && size >= 4 && (addr & (size - 1)) == 0 && shadow_tolerated(h, pc, addr, size))
+    if (!is_write && size >= 4 && shadow_tolerated(h, pc, addr, size))
         return;
     /* Registers are synced before every memory access: they locate the instruction. Kept for
      * the first error until the report has taken them. */

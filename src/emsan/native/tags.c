@@ -202,17 +202,18 @@ EXPORT uint64_t emsan_tag_first_bad(emsan_heap *h, uint64_t tagged, uint64_t siz
     return a;
 }
 
-/* libc string code may read aligned blocks past a string's end: tolerated when the block's
- * first granule is the pointer's (the same rule as generic mode's, in granules of 16). */
+/* Read-ahead by string code (shadow.c's rule): the READAHEAD bytes that end with the load hold
+ * a NUL in granules of the pointer's tag. */
 int tag_tolerated(heap_t *h, uint64_t pc, uint64_t tagged, uint64_t size)
 {
-    if (!in_tolerant_range(h, pc)) return 0;
-    uint64_t blk = size > 32 ? size : 32;
-    uint64_t a = tagged & UNTAG_MASK;
+    if (size > READAHEAD || !in_tolerant_range(h, pc)) return 0;
+    uint64_t a = tagged & UNTAG_MASK, end = a + size, lo = end > READAHEAD ? end - READAHEAD : 0;
     uint8_t ptag = (uint8_t)(tagged >> TAG_SHIFT);
-    for (uint64_t g = a & ~(blk - 1); g < (a & ~(blk - 1)) + blk; g += TAG_GRANULE) {
+    uint8_t bytes[READAHEAD];
+    if (mem_get(h->uc, lo, bytes, end - lo)) return 0;
+    for (uint64_t g = lo; g < end; g++) {
         int mt = tag_at(h, g);
-        if (mt >= 0 && tag_matches(h, ptag, (uint8_t)mt)) return 1;
+        if (bytes[g - lo] == 0 && mt >= 0 && tag_matches(h, ptag, (uint8_t)mt)) return 1;
     }
     return 0;
 }
