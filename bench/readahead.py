@@ -2,7 +2,8 @@
 """What over-reads correct real programs make in code emsan does not intercept, and what rule
 tells them from bugs.
 
-    python3 bench/readahead.py [--arch x86_64|arm64|all] [--tolerance] [--no-debug-files] [--json FILE]
+    python3 bench/readahead.py [--arch x86_64|arm64|all] [--tolerance] [--no-debug-files] [--only LABEL,...]
+                               [--json FILE]
 
 Runs a corpus of real programs (the host's x86-64 binaries; Debian's arm64 ones from the root
 scripts/arm64-root.sh makes, $EMSAN_ARM64_ROOT or tests/guest/build/arm64-root) under `emsan run
@@ -179,6 +180,7 @@ def main() -> int:
     ap.add_argument("--arch", default="all", choices=("x86_64", "arm64", "all"))
     ap.add_argument("--tolerance", action="store_true", help="keep emsan's read-ahead rule on")
     ap.add_argument("--no-debug-files", dest="debug", action="store_false", help="hide separate debug files")
+    ap.add_argument("--only", help="comma-separated program labels (default: the whole corpus)")
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args()
     text = (REPO / "README.md").read_bytes() * 3
@@ -192,7 +194,7 @@ def main() -> int:
                 print(f"arm64: no root at {ARM64_ROOT} (bash scripts/arm64-root.sh DIR)")
                 continue
             jobs = [(label, [find(arch, argv[0]), *argv[1:]], data) for label, argv, data in corpus(text)]
-            jobs = [j for j in jobs if j[1][0]]
+            jobs = [j for j in jobs if j[1][0] and (not args.only or j[0] in args.only.split(","))]
             with ThreadPoolExecutor(2) as pool:
                 done = list(pool.map(lambda j: (j[0], *run_one(arch, j[1], j[2], args.tolerance, args.debug, tmp)),
                                      jobs))

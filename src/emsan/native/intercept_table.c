@@ -286,6 +286,7 @@ static int perform(heap_t *h, const struct tfn *t, uint64_t a, uint64_t b, uint6
         if (!(buf = calloc(((uint64_t)len + 1) * (uint64_t)e, 1))) return -1;
         if (len && gget(h, a, buf, (uint64_t)len * (uint64_t)e)) { free(buf); return -1; }
         uint64_t p = heap_malloc(h, ((uint64_t)len + 1) * (uint64_t)e);
+        shadow_sync(h, 0);          /* compiler-assisted mode: the guest sees the new object */
         if (p) gput(h, p, buf, ((uint64_t)len + 1) * (uint64_t)e);
         free(buf);
         *r = p;

@@ -29,6 +29,7 @@ MMIO_VIEW_PA = 0x0640_0000_0000
 class LinuxSanitizer:
     shadows_mmap = True         # the mmap area gets vmalloc-like shadow (modes with a shadow)
     reports_faults = True       # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
+    through_mmio = False        # heap accesses are checked through the MMIO view (create_mode)
 
     def __init__(self, session):
         self.s = session
@@ -59,7 +60,7 @@ class LinuxSanitizer:
         m.hook_code_once(loaded.image.entry + loaded.bias, self.stop_for_ifuncs)
         session.process.on_stop.append(self.on_stop)
         self.stopped_by_report = False
-        if opts.keep_going or getattr(self.mode.heap, "_mmio_regs", None) is not None:
+        if opts.keep_going or self.through_mmio:
             # Report from inside the engine and let the faulting instruction complete exactly
             # once: multi-shot goes on; through the MMIO view an error may also turn out to be
             # no bug (a widened unaligned load) and the guest must not run that load again.
@@ -76,6 +77,7 @@ class LinuxSanitizer:
                            opts.quarantine_size, self.is_call_return, check_accesses=not mmio)
         if mmio:
             mode.heap.check_through_mmio(self.s.machine, self.s.arch, mem, MMIO_VIEW_PA, "[emsan-heap]")
+            self.through_mmio = True
         return mode
 
     def watch_mmap_area(self) -> None:
