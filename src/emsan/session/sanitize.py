@@ -7,6 +7,7 @@ import sys
 
 import resource
 
+from emsan.os.linux.cpu import missing_isa_words
 from emsan.os.linux.memory import MMAP_BOTTOM, MMAP_TOP, PAGE, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, Module
 from emsan.os.linux.process import ExitInfo
 from emsan.report.debuginfo import debug_file
@@ -47,6 +48,7 @@ class LinuxSanitizer:
             collector = choose_collector([mod.path for mod in mem.modules], arm64)
         self.stacks = Stacks(m, self.mode.heap, arm64, collector, opts.no_depot)
         self.mode.stacks = self.stacks
+        self.missing_isa = missing_isa_words(m, session.arch.name, (session.loaded.hwcap, session.loaded.hwcap2))
         self.reports: list[dict] = []
         self.seen: set[tuple[str, int]] = set()
         self.last_addr: int | None = None
@@ -117,7 +119,8 @@ class LinuxSanitizer:
         named = [mod.path] + [p for p in [self.debug_file(mod.path)] if p]
         for path in named:
             for ep in module_entry_points(path, mod.base, tags=self.s.opts.mode in ("sw-tags", "hw-tags")):
-                self.mode.intercept(ep.addr, ep.fn)
+                if not self.missing_isa & set(ep.name.split("_")):
+                    self.mode.intercept(ep.addr, ep.fn)
         if len(named) == 1 and not has_symtab(mod.path):
             # A stripped library without debug file (Debian's libc): its string variants have
             # no names, so all of its code may make the aligned over-reads they make.

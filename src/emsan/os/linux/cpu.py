@@ -105,3 +105,23 @@ def set_start_registers(machine, arch_name: str) -> None:
     machine.set_reg("fpcr", 0)
     machine.set_reg("fpsr", 0)
     machine.set_sysreg(*ARM64_SCTLR_EL1, machine.sysreg(*ARM64_SCTLR_EL1) | SCTLR_DZE | SCTLR_UCT | SCTLR_UCI)
+
+
+def missing_isa_words(machine, arch_name: str, caps: tuple[int, int]) -> frozenset[str]:
+    """Words in the names of glibc's string-routine variants (__strlen_avx2, __memcpy_sve) for
+    instruction sets this CPU lacks: such a variant never runs, and emsan need not stand in
+    for it (each intercepted address costs the engine a hook it checks while translating)."""
+    if arch_name == "arm64":
+        sve, mte = caps[0] >> 22 & 1, caps[1] >> 18 & 1
+        return frozenset(({"sve", "a64fx"} if not sve else set()) | ({"mte"} if not mte else set()))
+    ecx, ebx7 = machine.cpuid(1)[2], machine.cpuid(7)[1] if machine.cpuid(0)[0] >= 7 else 0
+    words = set()
+    if not ecx >> 28 & 1:
+        words |= {"avx"}
+    if not ebx7 >> 5 & 1:
+        words |= {"avx2"}
+    if not ebx7 >> 16 & 1:
+        words |= {"evex", "evex512", "avx512"}
+    if not ebx7 >> 11 & 1:
+        words |= {"rtm"}
+    return frozenset(words)
