@@ -8,7 +8,7 @@ tells them from bugs.
 Runs a corpus of real programs (the host's x86-64 binaries; Debian's arm64 ones from the root
 scripts/arm64-root.sh makes, $EMSAN_ARM64_ROOT or tests/guest/build/arm64-root) under `emsan run
 --continue --json` in generic mode. Without --tolerance, emsan's read-ahead tolerance is switched
-off in a child process (GenericMode.tolerate_overreads does nothing), so every out-of-bounds
+off in a child process (Kasan.tolerate_overreads does nothing), so every out-of-bounds
 access is reported once per PC; with --tolerance the shipped rule is on and what remains is
 printed. --no-debug-files hides separate debug files (libc6-dbg), so that stripped libraries'
 own string routines (ld.so's) are not intercepted by name: the case read-ahead is about. The
@@ -41,8 +41,8 @@ ARM64_ROOT = os.environ.get("EMSAN_ARM64_ROOT") or str(REPO / "tests" / "guest" 
 CHILD = """
 import sys
 if sys.argv[1] == "off":
-    from emsan.sanitizer.generic import GenericMode
-    GenericMode.tolerate_overreads = lambda self, lo, hi: None
+    from emsan.sanitizer.kasan import Kasan
+    Kasan.tolerate_overreads = lambda self, lo, hi: None
 from emsan.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -24,16 +24,16 @@ PROGRAM = "import ctypes; b = ctypes.create_string_buffer(4000); ctypes.memset(c
 
 CHILD = """
 import json, sys, time
-from emsan.session.sanitize import LinuxSanitizer
+from emsan.session.sanitizer import Sanitizer
 spans = []
-orig = LinuxSanitizer.report_pending
+orig = Sanitizer.report_pending
 def timed(self):
     t = time.perf_counter()
     try:
         return orig(self)
     finally:
         spans.append(time.perf_counter() - t)
-LinuxSanitizer.report_pending = timed
+Sanitizer.report_pending = timed
 from emsan.cli.main import main
 status = main(sys.argv[2:])
 json.dump({"status": status, "spans": spans}, open(sys.argv[1], "w"))

@@ -15,14 +15,13 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from conftest import have
+from conftest import emsan, have
 
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "TZ": "UTC"}
 MTIME = 1_600_000_000            # 2020-09-13: old enough that ls prints the year
@@ -54,8 +53,7 @@ def mode(request):
 
 
 def under_emsan(*cmd: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emsan", "run", *MODE_OPTIONS[MODE], *cmd], input=input,
-                          capture_output=True, env=ENV, timeout=300)
+    return emsan("run", *MODE_OPTIONS[MODE], *cmd, input=input, env=ENV, timeout=300)
 
 
 def assert_same(ref: subprocess.CompletedProcess, got: subprocess.CompletedProcess) -> None:
@@ -313,8 +311,7 @@ class Suite:
 
     def emsan(self, mode: str, cmd: list[str], data: bytes) -> subprocess.CompletedProcess:
         root = ["--sysroot", self.root] if self.root else []
-        return subprocess.run([sys.executable, "-m", "emsan", "run", *MODE_OPTIONS[mode], *root, *cmd], input=data,
-                              capture_output=True, env=self.env(), timeout=600)
+        return emsan("run", *MODE_OPTIONS[mode], *root, *cmd, input=data, env=self.env(), timeout=600)
 
     def env(self) -> dict[str, str]:
         # EMSAN_DEBUG_FILE_DIRECTORY passes through: set it to an empty directory to run the

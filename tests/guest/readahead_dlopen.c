@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static __attribute__((noinline)) void *open_name(const char *name) { return dlopen(name, RTLD_NOW); }
+static __attribute__((noinline)) void *open_name(const char *name)
+{
+    return dlopen(name, RTLD_NOW);                 /* @dlopen */
+}
 
 static char *name_of(int len, int terminated)
 {

@@ -5,7 +5,7 @@
  *               checksum of the results per function (compared with the native run)
  *   over        for each function and each length in LENGTHS, a call that touches exactly one
  *               element past the end of a heap object, from its own caller over_<fn>_<len>
- *               (run with --continue: one report each)
+ *               (run with --continue: one report each, at the line marked @over.<fn>)
  * Heap memory past an object is emsan's redzone (zero), so an unterminated string ends there. */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -101,63 +101,63 @@ static void ok(void)
 
 /* The bodies: x/s is an unterminated object of len elements, followed by emsan's zero redzone. */
 #define BODY_wcslen { wchar_t *x = wide(len, 1, 0); sink = wcslen(x); }
-LENGTHS(CALLER, wcslen)
+LENGTHS(CALLER, wcslen)  /* @over.wcslen */
 #define BODY_wcsnlen { wchar_t *x = wide(len, 1, 0); sink = wcsnlen(x, (size_t)len + 1); }
-LENGTHS(CALLER, wcsnlen)
+LENGTHS(CALLER, wcsnlen)  /* @over.wcsnlen */
 #define BODY_wcschr { wchar_t *x = wide(len, 1, 0); sink = (uintptr_t)wcschr(x, 1); }
-LENGTHS(CALLER, wcschr)
+LENGTHS(CALLER, wcschr)  /* @over.wcschr */
 #define BODY_wcsrchr { wchar_t *x = wide(len, 1, 0); sink = (uintptr_t)wcsrchr(x, 1); }
-LENGTHS(CALLER, wcsrchr)
+LENGTHS(CALLER, wcsrchr)  /* @over.wcsrchr */
 #define BODY_wmemchr { wchar_t *x = wide(len, 1, 0); sink = (uintptr_t)wmemchr(x, 1, (size_t)len + 1); }
-LENGTHS(CALLER, wmemchr)
+LENGTHS(CALLER, wmemchr)  /* @over.wmemchr */
 #define BODY_wcscmp { wchar_t *x = wide(len, 1, 0), *y = wide(len + 1, 1, 1); y[len] = L'x'; sink = (uintptr_t)wcscmp(x, y); }
-LENGTHS(CALLER, wcscmp)
+LENGTHS(CALLER, wcscmp)  /* @over.wcscmp */
 #define BODY_wcsncmp { wchar_t *x = wide(len, 1, 0), *y = wide(len + 1, 1, 1); y[len] = L'x'; sink = (uintptr_t)wcsncmp(x, y, (size_t)len + 1); }
-LENGTHS(CALLER, wcsncmp)
+LENGTHS(CALLER, wcsncmp)  /* @over.wcsncmp */
 #define BODY_wmemcmp { wchar_t *x = wide(len, 1, 0), *y = wide(len + 1, 1, 1); sink = (uintptr_t)wmemcmp(x, y, (size_t)len + 1); }
-LENGTHS(CALLER, wmemcmp)
+LENGTHS(CALLER, wmemcmp)  /* @over.wmemcmp */
 #define BODY_wcscpy { wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len), *s = wide(len, 2, 1); sink = (uintptr_t)wcscpy(d, s); }
-LENGTHS(CALLER, wcscpy)
+LENGTHS(CALLER, wcscpy)  /* @over.wcscpy */
 #define BODY_wcpcpy { wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len), *s = wide(len, 2, 1); sink = (uintptr_t)wcpcpy(d, s); }
-LENGTHS(CALLER, wcpcpy)
+LENGTHS(CALLER, wcpcpy)  /* @over.wcpcpy */
 #define BODY_wcsncpy { wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len), *s = wide(len, 2, 1); sink = (uintptr_t)wcsncpy(d, s, (size_t)len + 1); }
-LENGTHS(CALLER, wcsncpy)
+LENGTHS(CALLER, wcsncpy)  /* @over.wcsncpy */
 #define BODY_wcpncpy { wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len), *s = wide(len, 2, 1); sink = (uintptr_t)wcpncpy(d, s, (size_t)len + 1); }
-LENGTHS(CALLER, wcpncpy)
+LENGTHS(CALLER, wcpncpy)  /* @over.wcpncpy */
 #define BODY_wcscat { int a = len / 2; wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len), *s = wide(len - a, 2, 1); \
                wmemset(d, L'q', (size_t)a); d[a] = 0; sink = (uintptr_t)wcscat(d, s); }
-LENGTHS(CALLER, wcscat)
+LENGTHS(CALLER, wcscat)  /* @over.wcscat */
 #define BODY_wcsncat { int a = len / 2; wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len), *s = wide(len - a, 2, 1); \
                 wmemset(d, L'q', (size_t)a); d[a] = 0; sink = (uintptr_t)wcsncat(d, s, (size_t)(len - a)); }
-LENGTHS(CALLER, wcsncat)
+LENGTHS(CALLER, wcsncat)  /* @over.wcsncat */
 #define BODY_wmemcpy { wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len), *s = wide(len + 1, 2, 0); sink = (uintptr_t)wmemcpy(d, s, (size_t)len + 1); }
-LENGTHS(CALLER, wmemcpy)
+LENGTHS(CALLER, wmemcpy)  /* @over.wmemcpy */
 #define BODY_wmemmove { wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len), *s = wide(len + 1, 2, 0); sink = (uintptr_t)wmemmove(d, s, (size_t)len + 1); }
-LENGTHS(CALLER, wmemmove)
+LENGTHS(CALLER, wmemmove)  /* @over.wmemmove */
 #define BODY_wmempcpy { wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len), *s = wide(len + 1, 2, 0); sink = (uintptr_t)wmempcpy(d, s, (size_t)len + 1); }
-LENGTHS(CALLER, wmempcpy)
+LENGTHS(CALLER, wmempcpy)  /* @over.wmempcpy */
 #define BODY_wmemset { wchar_t *d = malloc(sizeof(wchar_t) * (size_t)len); sink = (uintptr_t)wmemset(d, L'z', (size_t)len + 1); }
-LENGTHS(CALLER, wmemset)
+LENGTHS(CALLER, wmemset)  /* @over.wmemset */
 #define BODY_wcsdup { wchar_t *x = wide(len, 1, 0); sink = (uintptr_t)wcsdup(x); }
-LENGTHS(CALLER, wcsdup)
+LENGTHS(CALLER, wcsdup)  /* @over.wcsdup */
 #define BODY_strspn { char *x = narrow(len, 1, 0); sink = strspn(x, "abcdefghijklmnopqrstuvwxyz"); }
-LENGTHS(CALLER, strspn)
+LENGTHS(CALLER, strspn)  /* @over.strspn */
 #define BODY_strcspn { char *x = narrow(len, 1, 0); sink = strcspn(x, "#"); }
-LENGTHS(CALLER, strcspn)
+LENGTHS(CALLER, strcspn)  /* @over.strcspn */
 #define BODY_strpbrk { char *x = narrow(len, 1, 0); sink = (uintptr_t)strpbrk(x, "#"); }
-LENGTHS(CALLER, strpbrk)
+LENGTHS(CALLER, strpbrk)  /* @over.strpbrk */
 #define BODY_strstr { char *x = narrow(len, 1, 0); sink = (uintptr_t)strstr(x, "#!"); }
-LENGTHS(CALLER, strstr)
+LENGTHS(CALLER, strstr)  /* @over.strstr */
 #define BODY_memmem { char *x = narrow(len, 1, 0); sink = (uintptr_t)memmem(x, (size_t)len + 1, "#", 1); }
-LENGTHS(CALLER, memmem)
+LENGTHS(CALLER, memmem)  /* @over.memmem */
 #define BODY_strcasecmp { char *x = narrow(len, 1, 0), *y = narrow(len + 1, 1, 1); y[len] = 'x'; sink = (uintptr_t)strcasecmp(x, y); }
-LENGTHS(CALLER, strcasecmp)
+LENGTHS(CALLER, strcasecmp)  /* @over.strcasecmp */
 #define BODY_strncasecmp { char *x = narrow(len, 1, 0), *y = narrow(len + 1, 1, 1); y[len] = 'x'; sink = (uintptr_t)strncasecmp(x, y, (size_t)len + 1); }
-LENGTHS(CALLER, strncasecmp)
+LENGTHS(CALLER, strncasecmp)  /* @over.strncasecmp */
 #define BODY_strdup { char *x = narrow(len, 1, 0); sink = (uintptr_t)strdup(x); }
-LENGTHS(CALLER, strdup)
+LENGTHS(CALLER, strdup)  /* @over.strdup */
 #define BODY_strndup { char *x = narrow(len, 1, 0); sink = (uintptr_t)strndup(x, (size_t)len + 1); }
-LENGTHS(CALLER, strndup)
+LENGTHS(CALLER, strndup)  /* @over.strndup */
 
 #define RUN(fn, n) over_##fn##_##n();
 #define ALL(fn) LENGTHS(RUN, fn)

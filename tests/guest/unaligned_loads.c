@@ -15,15 +15,15 @@ struct __attribute__((packed)) u64 { uint64_t v; };
 static __attribute__((noinline)) uint64_t load(const uint8_t *p, int size)
 {
     switch (size) {
-    case 2: return ((const struct u16 *)p)->v;
-    case 4: return ((const struct u32 *)p)->v;
-    case 8: return ((const struct u64 *)p)->v;
+    case 2: return ((const struct u16 *)p)->v;    /* @load.2 */
+    case 4: return ((const struct u32 *)p)->v;    /* @load.4 */
+    case 8: return ((const struct u64 *)p)->v;    /* @load.8 */
     default: {                              /* one 16-byte vector load */
         uint64_t r;
 #if defined(__x86_64__)
-        __asm__ volatile("movdqu (%1), %%xmm0\n movq %%xmm0, %0" : "=r"(r) : "r"(p) : "xmm0", "memory");
+        __asm__ volatile("movdqu (%1), %%xmm0\n movq %%xmm0, %0" : "=r"(r) : "r"(p) : "xmm0", "memory"); /* @load.16.x86_64 */
 #else
-        __asm__ volatile("ldr q0, [%1]\n fmov %0, d0" : "=r"(r) : "r"(p) : "v0", "memory");
+        __asm__ volatile("ldr q0, [%1]\n fmov %0, d0" : "=r"(r) : "r"(p) : "v0", "memory");   /* @load.16.arm64 */
 #endif
         return r;
     }

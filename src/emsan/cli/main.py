@@ -8,7 +8,25 @@ import sys
 from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 from emsan.session.options import RunOptions
 
-MODES = ("none", "generic", "sw-tags", "hw-tags", "kfence", "compiler-assisted")
+
+
+class ModeNames:
+    """--mode's choices: none, and the modes registered in emsan.sanitizer.modes, imported only
+    when a mode other than none is checked or the choices are listed (help, a bad choice)."""
+
+    def _names(self) -> list[str]:
+        from emsan.sanitizer.modes import mode_names
+        return ["none", *mode_names()]
+
+    def __contains__(self, name: object) -> bool:
+        from emsan.sanitizer.modes import mode_class
+        try:
+            return name == "none" or (isinstance(name, str) and mode_class(name) is not None)
+        except KeyError:
+            return False
+
+    def __iter__(self):
+        return iter(self._names())
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -40,9 +58,9 @@ def _positive(text: str) -> int:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=MODES, default="generic",
-                   help="sanitizer mode (default: generic; compiler-assisted for a program built with "
-                        "clang $(emsan cflags))")
+    p.add_argument("--mode", choices=ModeNames(), default="generic", metavar="MODE",
+                   help="sanitizer mode: %(choices)s (default: generic; compiler-assisted for a program built "
+                        "with clang $(emsan cflags))")
     p.add_argument("--sysroot", metavar="DIR", help="root for the guest's libraries (arm64 default: "
                                                      "Debian's cross root /usr/aarch64-linux-gnu)")
     p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V", help="set a guest variable")

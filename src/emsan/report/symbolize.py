@@ -17,7 +17,7 @@ from elftools.elf.elffile import ELFFile
 from emsan.cache import file_key
 from emsan.report.debuginfo import build_id, find_debug_file
 from emsan.report.dwarf import DwarfIndex, Inline
-from emsan.sanitizer.entrypoints import function_symbols
+from emsan.sanitizer.entrypoints import function_symbols, has_section
 
 __all__ = ["Frame", "Inline", "ModuleSymbols", "Symbolizer", "demangle", "module_symbols"]
 
@@ -80,7 +80,7 @@ class ModuleSymbols:
         dwarf_path = path if has_dwarf else None
         if self.debug_path is not None:
             found += function_symbols(self.debug_path)
-            if dwarf_path is None and _has_dwarf(self.debug_path):
+            if dwarf_path is None and has_section(self.debug_path, ".debug_info"):
                 dwarf_path = self.debug_path
         seen: dict[int, tuple[int, int, str]] = {}
         for addr, size, _kind, name in found:
@@ -109,14 +109,6 @@ class ModuleSymbols:
         """The inlined subroutines whose code contains `rel`, innermost first (empty when DWARF
         has none, or is missing or unreadable)."""
         return self.dwarf.inlined(rel) if self.dwarf is not None else ()
-
-
-def _has_dwarf(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return ELFFile(f).get_section_by_name(".debug_info") is not None
-    except Exception:
-        return False
 
 
 @lru_cache(maxsize=1)

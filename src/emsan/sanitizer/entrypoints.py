@@ -101,12 +101,17 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     return tuple(out)
 
 
-def has_symtab(path: str) -> bool:
+def has_section(path: str, name: str) -> bool:
+    """Does the ELF file at path have a section called name (False if it cannot be read)?"""
     try:
         with open(path, "rb") as f:
-            return ELFFile(f).get_section_by_name(".symtab") is not None
+            return ELFFile(f).get_section_by_name(name) is not None
     except Exception:
         return False
+
+
+def has_symtab(path: str) -> bool:
+    return has_section(path, ".symtab")
 
 
 def module_entry_points(path: str, base: int, strings: bool = True, tags: bool = False) -> list[EntryPoint]:
