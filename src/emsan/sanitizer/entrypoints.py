@@ -36,7 +36,7 @@ STRINGS = {
     "strcpy": "STRCPY", "strncpy": "STRNCPY", "stpcpy": "STPCPY", "stpncpy": "STPNCPY", "strcat": "STRCAT",
     "strncat": "STRNCAT", "memcpy": "MEMCPY", "memmove": "MEMMOVE", "mempcpy": "MEMPCPY", "memset": "MEMSET",
     "rawmemchr": "RAWMEMCHR", "strchrnul": "STRCHRNUL", "memrchr": "MEMRCHR",
-    # intercept_table.c: the wide-character family, spans, searches, case-insensitive compares, dups
+    # the wide-character family, spans, searches, case-insensitive compares, duplicates
     "wcslen": "WCSLEN", "wcsnlen": "WCSNLEN", "wcschr": "WCSCHR", "wmemchr": "WMEMCHR", "wcsrchr": "WCSRCHR",
     "wcscmp": "WCSCMP", "wcsncmp": "WCSNCMP", "wmemcmp": "WMEMCMP", "wcscpy": "WCSCPY", "wcpcpy": "WCPCPY",
     "wcsncpy": "WCSNCPY", "wcpncpy": "WCPNCPY", "wcscat": "WCSCAT", "wcsncat": "WCSNCAT", "wmemcpy": "WMEMCPY",
@@ -138,6 +138,6 @@ def string_ifuncs(path: str, base: int) -> list[tuple[int, str]]:
 
 
 def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
-    """Address ranges of string-routine code in a module (for the aligned-overread tolerance)."""
+    """Address ranges of string-routine code in a module (whose read-ahead kasan.c tolerates)."""
     return [(value + base, value + base + size) for value, size, _kind, name in function_symbols(path)
             if size and STRING_CODE.match(name)]

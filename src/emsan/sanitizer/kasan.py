@@ -127,7 +127,7 @@ ALLOC_NAMES = {"malloc": "malloc()", "new": "operator new", "new[]": "operator n
 class KasanMode:
     """The part of a KASAN mode that does not depend on how accesses are checked: emsan's
     allocator at the guest's allocator entry points, the string interceptors (with libc's
-    over-read tolerance), the mmap area's shadow, and the parts of a report every mode has."""
+    read-ahead tolerance), the mmap area's shadow, and the parts of a report every mode has."""
 
     name: ClassVar[str]
     caps: ClassVar[Capabilities]
