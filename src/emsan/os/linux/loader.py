@@ -15,6 +15,7 @@ from emsan.os.linux.elf import ElfImage, open_elf
 from emsan.os.linux.libsearch import check_libraries
 from emsan.os.linux.memory import (PAGE, PIE_BASE, STACK_SIZE, STACK_TOP, MemoryMap, Module,
                                    page_down, page_up)
+from emsan.os.linux.sigframe import frame_size
 
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
@@ -125,8 +126,10 @@ def build_stack(mem: MemoryMap, arch_name: str, image: ElfImage, bias: int, inte
             (AT_UID, os.getuid()), (AT_EUID, os.geteuid()), (AT_GID, os.getgid()), (AT_EGID, os.getegid()),
             (AT_PLATFORM, platform_p), (AT_HWCAP, caps[0]), (AT_HWCAP2, caps[1]), (AT_CLKTCK, 100),
             (AT_SECURE, 0), (AT_RANDOM, random_p), (AT_EXECFN, execfn_p)]
-    if arch_name == "arm64":
-        auxv.append((AT_MINSIGSTKSZ, 5120))
+    # The signal stack a handler needs: what emsan's frame takes on x86-64 (glibc would otherwise
+    # size it from CPUID's XSAVE area, which emsan's frames do not carry), the kernel's figure on
+    # arm64 (larger than emsan's frame).
+    auxv.append((AT_MINSIGSTKSZ, frame_size("x86_64") if arch_name == "x86_64" else 5120))
     auxv.append((AT_NULL, 0))
     words = [len(argv), *argv_p, 0, *env_p, 0]
     for k, v in auxv:
