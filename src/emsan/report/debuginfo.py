@@ -94,9 +94,10 @@ def find_debug_file(path: str, elf, roots: tuple[str, ...]) -> str | None:
 @lru_cache(maxsize=256)
 def debug_file(path: str, roots: tuple[str, ...] = ("/",)) -> str | None:
     """find_debug_file() for a path, or None when the file is no ELF emsan can read."""
-    from elftools.elf.elffile import ELFFile
+    from emsan.report.elfsections import open_sections
     try:
         with open(path, "rb") as f:
-            return find_debug_file(path, ELFFile(f), roots)
+            elf = open_sections(f, path)
+            return None if elf is None else find_debug_file(path, elf, roots)
     except Exception:
         return None

@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass
 
 from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
-from elftools.elf.elffile import ELFFile
 
 from emsan.cache import cache_dir, load_json, store_json
+from emsan.report.elfsections import open_sections
 
 CACHE_VERSION = "dwarf-1"
 _ADDR_FORMS = ("DW_FORM_addr", "DW_FORM_addrx", "DW_FORM_addrx1", "DW_FORM_addrx2", "DW_FORM_addrx3",
@@ -118,7 +118,10 @@ class DwarfIndex:
     def _open(self):
         if self._dwarf is None:
             self._file = open(self.path, "rb")
-            self._dwarf = ELFFile(self._file).get_dwarf_info()
+            elf = open_sections(self._file, self.path)
+            if elf is None:
+                raise ValueError(f"{self.path}: no usable section table")
+            self._dwarf = elf.get_dwarf_info()
         return self._dwarf
 
     def _make_units(self) -> list[list[int]]:

@@ -12,11 +12,10 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-from elftools.elf.elffile import ELFFile
-
 from emsan.cache import file_key
 from emsan.report.debuginfo import build_id, find_debug_file
 from emsan.report.dwarf import DwarfIndex, Inline
+from emsan.report.elfsections import open_sections
 from emsan.sanitizer.entrypoints import function_symbols, has_section
 
 __all__ = ["Frame", "Inline", "ModuleSymbols", "Symbolizer", "demangle", "module_symbols"]
@@ -68,14 +67,16 @@ class ModuleSymbols:
         self.path = path
         self.debug_path: str | None = None
         self.dwarf: DwarfIndex | None = None
+        bid, has_dwarf = None, False
         try:
             with open(path, "rb") as f:
-                elf = ELFFile(f)
-                bid = build_id(elf)
-                has_dwarf = elf.get_section_by_name(".debug_info") is not None
-                self.debug_path = find_debug_file(path, elf, roots)
+                elf = open_sections(f, path)
+                if elf is not None:         # no readable section table: addresses, no names
+                    bid = build_id(elf)
+                    has_dwarf = elf.get_section_by_name(".debug_info") is not None
+                    self.debug_path = find_debug_file(path, elf, roots)
         except Exception:
-            bid, has_dwarf = None, False
+            bid, has_dwarf, self.debug_path = None, False, None
         found = list(function_symbols(path))
         dwarf_path = path if has_dwarf else None
         if self.debug_path is not None:
