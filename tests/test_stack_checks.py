@@ -164,6 +164,7 @@ LIBC_CASES = {
     "stack_strcpy": ("stack-out-of-bounds", "write", 11, "stack_strcpy", "dest"),
     "stack_strcat": ("stack-out-of-bounds", "write", 6, "stack_strcat", "dest"),
     "stack_strncpy": ("stack-out-of-bounds", "write", 11, "stack_strncpy", "dest"),
+    "stack_wcscpy": ("stack-out-of-bounds", "write", 44, "stack_wcscpy", "dest"),
     "stack_overread": ("stack-out-of-bounds", "read", 11, "stack_overread", "src"),
     "stack_read_syscall": ("stack-out-of-bounds", "write", 16, "stack_read_syscall", "dest"),
     "global_memcpy": ("global-out-of-bounds", "write", 11, "global_memcpy", "global_dst"),
@@ -175,7 +176,7 @@ LIBC_CASES = {
                                           ("arm64", "outline")])
 def test_compiler_assisted_libc_overflows(arch, variant, tmp_path):
     """Built with clang $(emsan cflags): a stack or global array overflowed (or over-read) by one
-    byte inside libc (memcpy, memmove, memset, strcpy, strcat, strncpy, a read() system call)
+    element inside libc (memcpy, memmove, memset, strcpy, strcat, strncpy, wcscpy, a read() system call)
     is reported as the kernel reports a stack or global out-of-bounds: the frame, its objects
     and the array from the compiler's frame description, or the global variable; the source
     line of the call. In-bounds calls (struct copies, arrays of structs) report nothing."""
@@ -206,5 +207,5 @@ def test_compiler_assisted_libc_overflows(arch, variant, tmp_path):
             so = r["stack_object"]
             assert so["frame"]["function"] == where, (case, err)
             named = {o["name"]: (o["start"], o["end"]) for o in so["objects"]}
-            assert named[obj][1] - named[obj][0] == 10 and so["offset"] == named[obj][0] + \
+            assert named[obj][1] - named[obj][0] == (40 if case == "stack_wcscpy" else 10) and so["offset"] == named[obj][0] + \
                 (5 if case == "stack_strcat" else 0), (case, err)

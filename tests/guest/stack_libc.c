@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <wchar.h>
 
 #define NOINLINE __attribute__((noinline))
 /* The compiler must keep the call: the array escapes and its bytes are read afterwards. */
@@ -67,6 +68,14 @@ NOINLINE void stack_strncpy(void)
     sink = dest[0];
 }
 
+NOINLINE void stack_wcscpy(void)
+{
+    wchar_t dest[10];
+    wcscpy(dest, L"0123456789");                              /* @stack_wcscpy */
+    ESCAPE(dest);
+    sink = (char)dest[0];
+}
+
 NOINLINE void stack_overread(void)
 {
     char src[10];
@@ -125,7 +134,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; void (*fn)(void); } cases[] = {
         {"stack_memcpy", stack_memcpy}, {"stack_memmove", stack_memmove}, {"stack_memset", stack_memset},
         {"stack_strcpy", stack_strcpy}, {"stack_strcat", stack_strcat}, {"stack_strncpy", stack_strncpy},
-        {"stack_overread", stack_overread}, {"stack_read_syscall", stack_read_syscall},
+        {"stack_wcscpy", stack_wcscpy}, {"stack_overread", stack_overread}, {"stack_read_syscall", stack_read_syscall},
         {"global_memcpy", global_memcpy}, {"correct", correct},
     };
     for (int a = 1; a < argc; a++)
