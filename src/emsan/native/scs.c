@@ -175,8 +175,8 @@ static uint64_t ret_insn(rt_t *rt, uint64_t end)
     if (rt->arm64) return end - 4;
     uint8_t b[3];
     if (mem_get(rt->uc, end - 3, b, 3)) return end - 1;
-    if (b[0] == 0xC2) return end - 3;                           /* ret imm16 */
-    return end - 1 - (b[1] == 0xF2 || b[1] == 0xF3);            /* ret, bnd/rep ret */
+    if (b[2] == 0xC3) return end - 1 - (b[1] == 0xF2 || b[1] == 0xF3);     /* ret, bnd/rep ret */
+    return b[0] == 0xC2 ? end - 3 : end - 1;                                 /* ret imm16 */
 }
 
 static void report_ret(rt_t *rt, struct scs_state *s, size_t k, uint64_t target)
