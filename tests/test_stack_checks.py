@@ -118,10 +118,15 @@ def test_no_false_reports_dynamic(arch):
           (correct_run, guest(arch, "O2", cxx=True, link="dynamic"), arch)])
 
 
-def test_checks_off_and_kfence(arch):
-    """--stack-checks none leaves the exploit alone (win() runs, as natively); kfence mode's
-    default is none (its budget has no room for a block hook), and ret can be asked for."""
+def test_checks_off_and_defaults(arch):
+    """--stack-checks none leaves the exploit alone (win() runs, as natively). auto is ret where
+    the scs collector runs anyway (these static binaries: glibc has no frame pointers), none with
+    --stacks fp and in kfence mode (no block hook in their budgets); ret can be asked for."""
     exe = guest(arch, "O2")
+    assert stats(emsan("run", "--stats", exe, status=0).stderr.decode())["stack_checks"] == "ret"
+    p = emsan("run", "--stats", "--stacks", "fp", exe, "win", status=42)
+    assert stats(p.stderr.decode())["stack_checks"] == "none"
+    report_of(exe, "win", extra=("--stacks", "fp", "--stack-checks", "ret"))
     p = emsan("run", "--stack-checks", "none", exe, "win", status=42)
     assert b"WIN" in p.stdout and b"BUG:" not in p.stderr
     p = emsan("run", "--mode", "kfence", "--stats", exe, "win", status=42)

@@ -113,7 +113,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="allocation/free stack collector (default: auto, the cheapest complete one)")
     p.add_argument("--stack-checks", choices=("auto", "none", "ret"), default="auto",
                    help="ret: keep each call's return address and report a return through an overwritten "
-                        "one (default auto: ret, except in the kfence and compiler-assisted modes)")
+                        "one (default auto: ret where the scs stack collector runs, except in the kfence and "
+                        "compiler-assisted modes)")
     p.add_argument("--no-depot", action="store_true", help="store every stack trace separately (no dedup)")
     p.add_argument("--shadow-limit", type=_size, metavar="BYTES",
                    help="private shadow emsan may use before it stops the run (default and most: 4G)")

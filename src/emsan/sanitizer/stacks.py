@@ -293,6 +293,7 @@ class Stacks:
                                      "stack_depot_bytes": st.bytes, "stack_collector_us": st.collector_ns // 1000}
         if self.collector == "scs" or self.ret_checks:
             out.update(scs_pushes=st.scs_pushes, scs_pops=st.scs_pops, scs_resyncs=st.scs_resyncs)
+        out["stack_checks"] = "ret" if self.ret_checks else "none"
         if self.ret_checks:
             out.update(ret_checks=st.ret_checks, ret_mismatches=st.ret_mismatches)
         return out
