@@ -102,8 +102,6 @@ def run(opts: RunOptions) -> int:
     s = Session(opts)
     info = s.run()
     sys.stdout.flush()
-    if s.sanitizer is not None:
-        s.sanitizer.finish()
     if info.kind == "signal" and info.signal in CORE_SIGNALS:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
     elif info.kind == "timeout":
@@ -112,4 +110,6 @@ def run(opts: RunOptions) -> int:
     elif info.kind == "max-instructions":
         print(f"emsan: instruction limit of {opts.max_instructions} reached; guest stopped at "
               f"{s.symbolizer.frame(s.machine.pc)}", file=sys.stderr)
+    if s.sanitizer is not None:
+        return s.sanitizer.finish(info)
     return info.status
