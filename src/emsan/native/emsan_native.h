@@ -389,7 +389,8 @@ typedef struct emsan_leak_stats {
     uint64_t leaked_bytes;
     uint64_t indirect;         /* new indirect leaks (last scan) */
     uint64_t indirect_bytes;
-    uint64_t scan_ns;          /* last scan */
+    uint64_t scan_ns;          /* last scan: wall time */
+    uint64_t scan_cpu_ns;      /* ... and the CPU time of emsan's thread */
     uint64_t total_scan_ns;
     uint64_t now_jiffies;      /* ms since the scanner started */
 } emsan_leak_stats;
