@@ -14,6 +14,7 @@ struct node { struct node *next; char payload[24]; };
 void *keep_global;                          /* a root in .bss */
 void *keep_data = (void *)1;                /* a root in .data */
 static volatile uintptr_t sink;
+static volatile int three = 3, two = 2;     /* loop bounds the compiler cannot unroll */
 
 __attribute__((noinline)) void *alloc_lost(size_t n)
 {
@@ -39,7 +40,7 @@ static void lost_object(void)
 {
     char *p = alloc_lost(40);
     strcpy(p, "leaked by lost_object");
-    sink = 0;
+    asm volatile("" : : "r"(p) : "memory");             /* the string is stored */
     p = NULL;
 }
 
@@ -119,8 +120,8 @@ static void many(void)
 /* Objects lost at two sites, one bigger in total. */
 static void two_sites(void)
 {
-    for (int i = 0; i < 3; i++) alloc_lost(120);
-    for (int i = 0; i < 2; i++) alloc_node();
+    for (int i = 0; i < three; i++) alloc_lost(120);
+    for (int i = 0; i < two; i++) alloc_node();
 }
 
 /* Freed objects are not leaks; realloc's old object is not either. */
@@ -166,6 +167,21 @@ static void during_run(void)
     alloc_node();
 }
 
+/* A leak made before main, by a constructor (glibc passes it main's arguments). */
+__attribute__((constructor)) static void before_main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "before-main")) alloc_lost(160);
+}
+
+/* A leak, then a use-after-free: the KASAN report stops the run, and no leak scan follows. */
+static void then_bug(void)
+{
+    lost_object();
+    char *p = alloc_kept(168);
+    free(p);
+    sink = p[3];
+}
+
 static void *thread_fn(void *arg)
 {
     (void)arg;
@@ -203,6 +219,8 @@ int main(int argc, char **argv)
     else if (!strcmp(c, "during-run")) during_run();
     else if (!strcmp(c, "thread")) in_thread();
     else if (!strcmp(c, "abort")) { lost_object(); abort(); }
+    else if (!strcmp(c, "before-main")) {}
+    else if (!strcmp(c, "then-bug")) then_bug();
     else if (!strcmp(c, "none")) {}
     else { fprintf(stderr, "unknown case %s\n", c); return 2; }
     if (local) {

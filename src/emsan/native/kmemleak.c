@@ -176,7 +176,7 @@ static void build_index(struct emsan_leaks *l)
     }
     ix->slab_base[k->nslabs] = (uint32_t)nslots;
     ix->nslots = nslots;
-    if (nslots > ix->cap_slots) {
+    if (nslots > ix->cap_slots || !ix->bits) {     /* (also a first scan before any allocation) */
         size_t cap = ix->cap_slots ? ix->cap_slots : 1024;
         while (cap < nslots) cap *= 2;
         free(ix->lim); free(ix->white); free(ix->bits);

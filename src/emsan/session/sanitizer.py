@@ -52,7 +52,7 @@ class Sanitizer:
             self.watch_mmap_area(self.shadow)
         self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot)
         self.leaks: LeakCheck | None = None
-        if opts.leaks:
+        if opts.leaks or (opts.leaks is None and caps.leaks):
             if not caps.leaks:
                 raise EmsanError(f"--leaks needs emsan's allocator, which --mode {mode_class.name} leaves to the "
                                  f"guest for most allocations")
