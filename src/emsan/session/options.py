@@ -1,9 +1,13 @@
 """Everything a run can be told, independent of how the CLI spells it."""
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
 
-from emsan.errors import EXIT_REPORT
+from emsan.errors import EXIT_REPORT, EmsanError
+
+EMPTY_JSON = b'{"tool": "emsan", "reports": []}\n'
 
 
 @dataclass
@@ -36,3 +40,26 @@ class RunOptions:
     suppress: str | None = None       # --suppress FILE: LeakSanitizer's leak:PATTERN lines
     leaks_scan_every: int = 0         # --leaks-scan-every N: also a scan every N guest instructions
     leaks_ignore_before_main: bool = False   # --leaks-ignore-before-main: objects allocated before main are roots
+    shadow_limit: int | None = None   # --shadow-limit: bytes of private shadow emsan may use
+
+    def outputs(self) -> list[tuple[str, str, bytes]]:
+        """Every file a run writes: (option, path, what it holds before the first report)."""
+        return [("--json", self.json_path, EMPTY_JSON)] if self.json_path is not None else []
+
+    def check_outputs(self) -> None:
+        """Open every output file and write its empty form before the guest runs, so that a path
+        that cannot take it (missing directory, a directory, no permission, a full device, a
+        FIFO nobody reads) is one clear error now, not a report lost at the end."""
+        for option, path, empty in self.outputs():
+            if not path:
+                raise EmsanError(f"{option}: empty file name")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+                try:
+                    if os.write(fd, empty) != len(empty):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                why = "no process reads that FIFO" if e.errno == errno.ENXIO else e.strerror
+                raise EmsanError(f"{option} {path}: cannot write: {why}") from None

@@ -237,8 +237,11 @@ class Sanitizer:
             doc: dict = {"tool": "emsan", "reports": self.reports}
             if self.leaks is not None:
                 doc["leak_scans"] = self.leak_scans
-            with open(path, "w") as f:
-                json.dump(doc, f, indent=2)
+            try:
+                with open(path, "w") as f:
+                    json.dump(doc, f, indent=2)
+            except OSError as e:        # checked before the run; a full disk now loses it, not the status
+                self.s.process.warn_once("json", f"--json {path}: cannot write: {e.strerror}")
 
     def finish(self, info: ExitInfo) -> int:
         """The guest has ended: the leak scan (unless a report stopped the run), the JSON, the
