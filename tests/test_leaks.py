@@ -103,11 +103,10 @@ def valgrind_lost(exe: str, case: str) -> tuple[int, int, int, int]:
 
 
 @pytest.mark.skipif(not have("valgrind"), reason="valgrind is not installed")
-@pytest.mark.parametrize("case", [c for c in CASES if c not in ("register",)])
+@pytest.mark.parametrize("case", list(CASES))
 def test_same_as_valgrind(case, tmp_path):
     """The same dynamically linked x86-64 program under Valgrind and emsan: the same definitely
-    lost and indirectly lost bytes and blocks. (`register` is left out: Valgrind's exit path
-    through its own code does not keep the guest's callee-saved registers.)"""
+    lost and indirectly lost bytes and blocks."""
     exe = build("leaks", "x86_64", link="dynamic", flags=("-pthread",))
     vg = valgrind_lost(exe, case)
     res, reports = run_report(tmp_path / "r.json", exe, case, status=99 if vg[1] else 0)
