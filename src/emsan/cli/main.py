@@ -112,6 +112,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stacks", choices=("auto", "fp", "cfi", "scs", "x18", "none"), default="auto",
                    help="allocation/free stack collector (default: auto, the cheapest complete one)")
     p.add_argument("--no-depot", action="store_true", help="store every stack trace separately (no dedup)")
+    p.add_argument("--leaks", action="store_true", default=None,
+                   help="find leaks when the guest ends, as kmemleak does (default: on in every mode with "
+                        "emsan's allocator, i.e. all but kfence)")
+    p.add_argument("--no-leaks", dest="leaks", action="store_false", help="no leak scan")
+    p.add_argument("--suppress", metavar="FILE", help="leak suppressions, LeakSanitizer's leak:PATTERN lines")
+    p.add_argument("--leaks-scan-every", type=_positive, default=0, metavar="N",
+                   help="also scan for leaks every N guest instructions (only new leaks are reported)")
+    p.add_argument("--leaks-ignore-before-main", action="store_true",
+                   help="objects allocated before main() are never leaks")
     p.add_argument("--shadow-limit", type=_size, metavar="BYTES",
                    help="private shadow emsan may use before it stops the run (default and most: 4G)")
 
@@ -159,7 +168,10 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       quarantine_size=ns.quarantine_size, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
                       kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,
                       sample_instructions=ns.sample_instructions,
-                      stacks=ns.stacks, no_depot=ns.no_depot, shadow_limit=ns.shadow_limit)
+                      stacks=ns.stacks, no_depot=ns.no_depot, leaks=True if ns.leaks_scan_every else ns.leaks,
+                      suppress=ns.suppress, leaks_scan_every=ns.leaks_scan_every,
+                      leaks_ignore_before_main=ns.leaks_ignore_before_main,
+                      shadow_limit=ns.shadow_limit)
 
 
 def one_line(text: str) -> str:

@@ -306,6 +306,9 @@ _Bool emsan_shadow_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void 
 /* 1 if [addr, addr+size) is poisoned now; 0 if a guest check failed on a stale mapping. */
 int emsan_shadow_recheck(emsan_kasan *k, uint64_t addr, uint64_t size);
 
+/* The host memory behind the heap (emsan's), to be mapped at the heap's guest address. */
+void *emsan_kasan_heap_memory(emsan_kasan *k);
+
 /* --checks mmio (mmio.c): the heap checked through an MMIO view instead of a memory hook.
  * Returns the host memory behind the heap, to be mapped at the heap's guest address. */
 void *emsan_mmio_init(emsan_kasan *k, uint64_t view_pa);
@@ -386,6 +389,63 @@ void emsan_cc_report_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_cc_globals_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_cc_no_return_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 
+/* ---- leak detection (kmemleak.c): kmemleak's scan over emsan's heap, for the KASAN modes ---- */
+typedef struct emsan_leaks emsan_leaks;
+
+/* Leaked objects of one allocation stack, found by the last scan and not reported before. */
+typedef struct emsan_leak_group {
+    uint32_t stack;            /* allocation stack (depot handle) */
+    uint32_t id;               /* index, for emsan_leaks_members() */
+    int indirect;              /* 1: reachable only from other leaked objects */
+    uint64_t count;            /* objects */
+    uint64_t bytes;            /* their requested sizes */
+    uint64_t indirect_count;   /* direct groups: objects reachable only through these */
+    uint64_t indirect_bytes;
+    uint64_t before_main;      /* objects allocated before main started */
+    uint64_t addr;             /* the first object allocated (the guest's pointer: tagged in tag modes) */
+    uint64_t size;
+    uint64_t first_seq;        /* its allocation number */
+    uint64_t jiffies;          /* its allocation time: ms since the scanner started */
+    uint32_t nhead;            /* its first bytes (at most 32) */
+    uint8_t head[32];
+} emsan_leak_group;
+
+typedef struct emsan_leak_stats {
+    uint64_t scans;
+    uint64_t objects;          /* live objects (last scan) */
+    uint64_t root_bytes;       /* guest memory scanned as roots (last scan) */
+    uint64_t object_bytes;     /* object memory scanned (last scan) */
+    uint64_t leaked;           /* new direct leaks, objects and bytes (last scan) */
+    uint64_t leaked_bytes;
+    uint64_t indirect;         /* new indirect leaks (last scan) */
+    uint64_t indirect_bytes;
+    uint64_t scan_ns;          /* last scan: wall time */
+    uint64_t scan_cpu_ns;      /* ... and the CPU time of emsan's thread */
+    uint64_t total_scan_ns;
+    uint64_t now_jiffies;      /* ms since the scanner started */
+} emsan_leak_stats;
+
+/* Objects allocated before main are roots (not reported). */
+#define EMSAN_LEAKS_IGNORE_BEFORE_MAIN 1
+
+/* The scanner of a KASAN heap (owned by it); allocation times count from now. */
+emsan_leaks *emsan_leaks_new(emsan_kasan *k);
+/* main() starts: allocations from now on are not "before main". */
+void emsan_leaks_main_started(emsan_leaks *l);
+/* Objects allocated by code in [lo, hi) (their first frame) are roots. */
+void emsan_leaks_ignore_callers(emsan_leaks *l, uint64_t lo, uint64_t hi);
+/* One scan. ranges: nranges pairs lo, hi of guest memory; words: register values. Returns the
+ * number of groups of new leaks (direct first, largest total first). */
+size_t emsan_leaks_scan(emsan_leaks *l, const uint64_t *ranges, size_t nranges, const uint64_t *words,
+                        size_t nwords, int flags);
+size_t emsan_leaks_groups(emsan_leaks *l, emsan_leak_group *out, size_t max);
+size_t emsan_leaks_members(emsan_leaks *l, size_t group, uint64_t *addrs, uint64_t *sizes, size_t max);
+void emsan_leaks_get_stats(emsan_leaks *l, emsan_leak_stats *out);
+/* Scans during the run: the block hook (user data: the scanner) stops the engine every
+ * `insns` guest instructions (code bytes / 4); emsan_leaks_take_due() says a scan is due. */
+void emsan_leaks_scan_every(emsan_leaks *l, uint64_t insns);
+void emsan_leaks_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+int emsan_leaks_take_due(emsan_leaks *l);
 /* ---- the guest's page table (vmem.c, machine/vmem.py): protections the engine's TLB fill reads ---- */
 typedef struct emsan_vm emsan_vm;
 #define EMSAN_VM_PRESENT 8

@@ -80,9 +80,10 @@ int64_t find_object(kasan_t *k, uint64_t addr)
     return (int64_t)(((uint64_t)(sid - 1) << 24) | idx);
 }
 
-static void set_live(struct obj *o, uint64_t size, int kind, uint32_t stack)
+static void set_live(kasan_t *k, struct obj *o, uint64_t size, int kind, uint32_t stack)
 {
     o->size = size; o->kind = (uint8_t)kind; o->state = EMSAN_OBJ_LIVE; o->alloc_stack = stack; o->free_stack = 0;
+    leak_note_alloc(k, o);
 }
 
 /* Objects above 8 KiB and over-aligned ones: pages of their own between guard pages. */
@@ -103,7 +104,7 @@ static uint64_t alloc_large(kasan_t *k, uint64_t size, uint64_t align, int kind,
     s->nobj = 1;
     s->objs = calloc(1, sizeof *s->objs);
     if (!s->objs) { out_of("host memory for the heap's objects"); emu_stop(k->rt->uc); return 0; }
-    set_live(&s->objs[0], size, kind, stack);
+    set_live(k, &s->objs[0], size, kind, stack);
     k->ops->poison(k, s->start, npages << PAGE_SHIFT, KASAN_SLAB_REDZONE);
     uint64_t end = round_up(s->first + size, PAGE_SIZE);
     if (end == s->first) end += PAGE_SIZE;
@@ -127,10 +128,20 @@ static uint64_t do_alloc(kasan_t *k, uint64_t size, uint64_t align, int kind)
     uint64_t handle = k->freelist[c].v[--k->freelist[c].n];
     struct slab *s = slab_of(k, handle);
     uint64_t addr = obj_addr(k, handle);
-    set_live(obj_of(k, handle), size, kind, stack);
+    set_live(k, obj_of(k, handle), size, kind, stack);
     uint64_t ptr = k->ops->unpoison(k, addr, size, addr + s->slot, KASAN_SLAB_REDZONE);
     if (k->ops->save_track) k->ops->save_track(k, ptr, size, size_classes[s->cls], stack, 0);
     return ptr;
+}
+
+/* Every live object, slab by slab (a freed large object's slab keeps its one slot, not live). */
+void for_each_live_object(kasan_t *k, void (*fn)(kasan_t *, uint64_t, struct obj *, void *), void *ctx)
+{
+    for (size_t id = 0; id < k->nslabs; id++) {
+        struct slab *s = &k->slabs[id];
+        for (uint32_t i = 0; i < s->nobj; i++)
+            if (s->objs[i].state == EMSAN_OBJ_LIVE) fn(k, ((uint64_t)id << 24) | i, &s->objs[i], ctx);
+    }
 }
 
 /* malloc() for the interceptors that allocate (strdup), at the intercepted function's entry. */

@@ -1,5 +1,6 @@
 /* What every KASAN mode shares around its allocator: creation, the hooks at the functions emsan
  * stands in for, range checks on the guest's behalf, and what a report asks about an address. */
+#include <sys/mman.h>
 #include "kasan.h"
 
 static const struct kasan_ops *const modes[] = {
@@ -20,7 +21,11 @@ EXPORT emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, 
     k->npages = size >> PAGE_SHIFT;
     k->bump = 1;                         /* page 0 stays a guard */
     k->q_limit = quarantine_bytes;
-    if (!shadow_init(k, 1)) { free(k); return NULL; }
+    /* The heap's memory is emsan's (mapped into the guest by the caller): the leak scanner
+     * reads objects through it, and the MMIO view serves accesses from it. */
+    k->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (k->host == MAP_FAILED) { free(k); return NULL; }
+    if (!shadow_init(k, 1)) { munmap(k->host, size); free(k); return NULL; }
     k->page_slab = calloc(k->npages, sizeof *k->page_slab);
     if (k->ops->init && !k->ops->init(k, seed)) { emsan_kasan_destroy(k); return NULL; }
     return k;
@@ -30,13 +35,17 @@ EXPORT emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, 
 EXPORT void emsan_kasan_destroy(emsan_kasan *k)
 {
     if (k->ops->destroy) k->ops->destroy(k);
+    leak_destroy(k);
     mmio_destroy(k);
     shadow_destroy(k);
     for (size_t i = 0; i < k->nslabs; i++) free(k->slabs[i].objs);
     for (int i = 0; i < NCLASSES; i++) free(k->freelist[i].v);
     free(k->free_runs.v); free(k->tolerant.v); free(k->slabs); free(k->page_slab); free(k->q);
+    munmap(k->host, k->size);
     free(k);
 }
+
+EXPORT void *emsan_kasan_heap_memory(emsan_kasan *k) { return k->host; }
 
 EXPORT void *emsan_kasan_entry(emsan_kasan *k, int fn)
 {

@@ -46,6 +46,8 @@ struct obj {
     uint64_t size;          /* requested size */
     uint32_t alloc_stack, free_stack;
     uint8_t state, kind;
+    uint8_t leak;           /* the leak scanner's flags (kmemleak.c), 0 from allocation on */
+    uint32_t seq;           /* allocation number (its order; kmemleak.c's time and "before main") */
 };
 
 /* A slab: pages holding objects of one size class, or one large object. */
@@ -113,6 +115,8 @@ struct emsan_kasan {
     rt_t *rt;
     const struct kasan_ops *ops;
     uint64_t base, size, npages;
+    uint8_t *host;                     /* the heap's memory, mapped at base in the guest */
+    struct emsan_leaks *leaks;          /* the leak scanner, when it runs (kmemleak.c) */
     uint64_t bump;                     /* next never-used page index */
     uint32_t *page_slab;               /* per heap page: slab id + 1, 0 = none */
     struct slab *slabs; size_t nslabs, slabs_cap;
@@ -149,6 +153,13 @@ static inline uint64_t obj_addr(kasan_t *k, uint64_t handle)
     return s->first + (uint64_t)(handle & 0xFFFFFF) * s->slot;
 }
 uint64_t cache_size(const struct slab *s);
+
+/* Every live object: fn(k, handle, object, ctx); the leak scanner's walk over the heap. */
+void for_each_live_object(kasan_t *k, void (*fn)(kasan_t *, uint64_t, struct obj *, void *), void *ctx);
+
+/* kmemleak.c */
+void leak_note_alloc(kasan_t *k, struct obj *o);
+void leak_destroy(kasan_t *k);
 
 /* quarantine.c */
 void quarantine_put(kasan_t *k, uint64_t handle, uint64_t bytes);

@@ -142,3 +142,28 @@ class KfenceReport:
         if self.kind in ("out-of-bounds", "use-after-free", "invalid"):
             return f"{self.kind} {self.access}"
         return self.kind
+
+
+@dataclass
+class LeakReport:
+    """A kmemleak report: the unreferenced objects of one allocation stack (the first one
+    allocated shown in full), with the objects reachable only through them."""
+
+    mode: str
+    task: Task
+    addr: int                 # the first object allocated (the guest's pointer)
+    size: int
+    jiffies: int              # its allocation time, ms since the run started (HZ=1000)
+    age_ms: int               # at the scan
+    head: bytes               # its first (at most 32) bytes
+    stack: list[int]          # allocation stack, innermost first (return addresses)
+    count: int                # unreferenced objects with this stack
+    bytes: int
+    indirect_count: int       # objects reachable only through them
+    indirect_bytes: int
+    objects: list[tuple[int, int]]   # (address, size) of the first ones, allocation order
+    indirect: bool = False    # these objects are themselves reachable from a leak
+    suppressed_by: str = ""   # the suppression that matched (not printed then)
+    bug_type = "memory-leak"
+    first_is_pc = False
+    title_frame = 0

@@ -27,6 +27,7 @@ class Kasan:
         if k == ffi.NULL:
             raise MemoryError("no host memory for emsan's shadow")
         self.k = ffi.gc(k, lib.emsan_kasan_destroy)
+        self.heap_memory = int(ffi.cast("uintptr_t", lib.emsan_kasan_heap_memory(k)))    # host address
         self._entry_cb = ffi.addressof(lib, "emsan_kasan_entry_cb")
         self._obj = ffi.new("emsan_obj_info *")
         self.hooked: dict[int, str] = {}
@@ -151,8 +152,9 @@ class KasanMode:
                           lib.EMSAN_ERR_MISMATCH: "alloc-dealloc-mismatch"}
 
     def map_heap(self) -> None:
+        """Map the heap's memory, which emsan owns (the leak scanner reads objects through it)."""
         layout = self.target.layout
-        self.target.map_memory(layout.heap, layout.heap + layout.heap_size, 3, "[emsan-heap]", None)
+        self.target.map_memory(layout.heap, layout.heap + layout.heap_size, 3, "[emsan-heap]", self.kasan.heap_memory)
 
     # --- wiring ---------------------------------------------------------------------------------
     def module_loaded(self, module: ModuleInfo) -> None:

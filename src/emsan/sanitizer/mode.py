@@ -28,6 +28,7 @@ class Capabilities:
     reports_mmap_faults: bool = True    # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
     default_stacks: str = "auto"        # what --stacks auto means ("auto": the cheapest complete collector)
     shadow_call_stack: bool = True      # --stacks scs may run beside it (else the frame-pointer walk)
+    leaks: bool = True                  # owns every allocation (emsan's allocator): leaks can be found
 
 
 class ModeOptions(Protocol):

@@ -35,6 +35,11 @@ class RunOptions:
     kfence_objects: int = 255         # --kfence-objects: pool size (CONFIG_KFENCE_NUM_OBJECTS)
     sample_interval: int = 100        # --sample-interval: every Nth allocation goes to the pool
     sample_instructions: int = 0      # --sample-instructions: or one per N guest instructions
+    leaks: bool | None = None         # --leaks / --no-leaks: kmemleak's scan when the guest ends (None: the
+                                      # default, on where the mode owns every allocation)
+    suppress: str | None = None       # --suppress FILE: LeakSanitizer's leak:PATTERN lines
+    leaks_scan_every: int = 0         # --leaks-scan-every N: also a scan every N guest instructions
+    leaks_ignore_before_main: bool = False   # --leaks-ignore-before-main: objects allocated before main are roots
     shadow_limit: int | None = None   # --shadow-limit: bytes of private shadow emsan may use
 
     def outputs(self) -> list[tuple[str, str, bytes]]:

@@ -121,8 +121,6 @@ def run(opts: RunOptions) -> int:
     s = Session(opts)
     info = s.run()
     sys.stdout.flush()
-    if s.sanitizer is not None:
-        s.sanitizer.finish()
     if info.kind == "resources":
         limit = f" (--shadow-limit {opts.shadow_limit})" if s.out_of == "shadow memory" and opts.shadow_limit else ""
         print(f"emsan: out of {s.out_of}{limit}: the run stops here, at {s.symbolizer.frame(s.machine.pc)}",
@@ -135,8 +133,10 @@ def run(opts: RunOptions) -> int:
     elif info.kind == "max-instructions":
         print(f"emsan: instruction limit of {opts.max_instructions} reached; guest stopped at "
               f"{s.symbolizer.frame(s.machine.pc)}", file=sys.stderr)
+    status = s.sanitizer.finish(info) if s.sanitizer is not None else info.status
     if info.kind == "exit" and getattr(s.sanitizer, "reports", None):
         # --continue: a run that reported ends with the error status even though the guest
         # exited on its own (Valgrind's --error-exitcode), so CI notices.
         return opts.error_exitcode
+    return status
     return info.status

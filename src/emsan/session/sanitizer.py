@@ -17,13 +17,15 @@ from emsan.os.linux.process import ExitInfo
 from emsan.report.debuginfo import debug_file
 from emsan.report.json import to_json as render_json
 from emsan.report.text import render as render_text
-from emsan.report.model import Report, Task
+from emsan.report.model import LeakReport, Report, Task
 from emsan.sanitizer.entrypoints import has_symtab, string_function, string_ifuncs
+from emsan.sanitizer.kasan import KasanMode
 from emsan.sanitizer.mode import Layout, Mode, ShadowMode, Target
 from emsan.sanitizer.runtime import Runtime
 from emsan.sanitizer.shadow import shadow_window
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
 from emsan.session.crash import call_trace_pcs
+from emsan.session.leaks import LeakCheck
 from emsan.session.unwind import is_call_return
 
 LAYOUT = Layout(heap=SANITIZER_HEAP_BASE, heap_size=SANITIZER_HEAP_SIZE)
@@ -51,6 +53,13 @@ class Sanitizer:
         if self.shadow is not None and opts.mmap_shadow:
             self.watch_mmap_area(self.shadow)
         self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot)
+        self.leaks: LeakCheck | None = None
+        if opts.leaks or (opts.leaks is None and caps.leaks):
+            if not caps.leaks:
+                raise EmsanError(f"--leaks needs emsan's allocator, which --mode {mode_class.name} leaves to the "
+                                 f"guest for most allocations")
+            self.leaks = LeakCheck(self, cast(KasanMode, self.mode).kasan)
+        self.leak_scans: list[dict] = []
         self.reports: list[dict] = []
         self.seen: set[tuple] = set()
         self.last_addr: int | None = None
@@ -116,6 +125,8 @@ class Sanitizer:
     def module_loaded(self, mod: Module) -> None:
         self.stacks.module_loaded(mod.path, mod.base)
         self.mode.module_loaded(mod)
+        if self.leaks is not None:
+            self.leaks.module_loaded(mod)
 
     def debug_file(self, path: str) -> str | None:
         """The separate debug file of a module (Debian's libc6-dbg), where found."""
@@ -231,16 +242,38 @@ class Sanitizer:
         self.write_json()
         return True
 
+    def emit_leak(self, rep: LeakReport) -> None:
+        """Print a leak report (the indirect ones go to the JSON only, as Valgrind shows
+        indirectly lost blocks only in its summary) and add it to the JSON."""
+        if not rep.indirect:
+            sys.stdout.flush()
+            print(render_text(rep, self.s.symbolizer, self.s.arch.name), file=sys.stderr, flush=True)
+        self.reports.append(render_json(rep, self.s.symbolizer))
+
+    def leak_scan_done(self, summary: dict) -> None:
+        self.leak_scans.append(summary)
+        self.write_json()
+
     def write_json(self) -> None:
         path = self.s.opts.json_path
         if path:
+            doc: dict = {"tool": "emsan", "reports": self.reports}
+            if self.leaks is not None:
+                doc["leak_scans"] = self.leak_scans
             try:
                 with open(path, "w") as f:
-                    json.dump({"tool": "emsan", "reports": self.reports}, f, indent=2)
+                    json.dump(doc, f, indent=2)
             except OSError as e:        # checked before the run; a full disk now loses it, not the status
                 self.s.process.warn_once("json", f"--json {path}: cannot write: {e.strerror}")
 
-    def finish(self) -> None:
+    def finish(self, info: ExitInfo) -> int:
+        """The guest has ended: the leak scan (unless a report stopped the run), the JSON, the
+        statistics; the exit status (--error-exitcode when leaks were found, as LeakSanitizer's)."""
+        status = info.status
+        if self.leaks is not None and info.kind in ("exit", "signal"):
+            self.leaks.at_exit()
+            if self.leaks.leaks:
+                status = self.s.opts.error_exitcode
         self.write_json()
         if self.s.opts.stats:
             st = self.mode.stats()
@@ -248,4 +281,7 @@ class Sanitizer:
                 st["shadow_resident_bytes"] = st["shadow_pages"] * PAGE
             st["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             st.update(self.stacks.stats())
+            if self.leaks is not None:
+                st.update({f"leak_{k}": v for k, v in self.leaks.kml.stats().items()})
             print("emsan: stats: " + ", ".join(f"{k}={v}" for k, v in st.items()), file=sys.stderr)
+        return status

@@ -157,11 +157,12 @@ class BareShadow:
         self.kasan.expose_shadow()
         self.print_stats = stats
 
-    def finish(self) -> None:
+    def finish(self, info) -> int:
         if self.print_stats:
             st = self.kasan.stats()
             print("emsan: stats: " + ", ".join(f"{k}={st[k]}" for k in ("shadow_pages", "tlb_flushes")),
                   file=sys.stderr)
+        return info.status
 
 
 def _cstr(machine, addr: int, limit: int = 512) -> str:
