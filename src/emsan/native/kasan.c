@@ -20,6 +20,8 @@ EXPORT emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, 
     k->npages = size >> PAGE_SHIFT;
     k->bump = 1;                         /* page 0 stays a guard */
     k->q_limit = quarantine_bytes;
+    k->report_alloc_errors = 1;
+    k->budget = ~0ULL;
     if (!shadow_init(k, 1)) { free(k); return NULL; }
     k->page_slab = calloc(k->npages, sizeof *k->page_slab);
     if (k->ops->init && !k->ops->init(k, seed)) { emsan_kasan_destroy(k); return NULL; }
@@ -37,6 +39,10 @@ EXPORT void emsan_kasan_destroy(emsan_kasan *k)
     free(k->free_runs.v); free(k->tolerant.v); free(k->slabs); free(k->page_slab); free(k->q);
     free(k);
 }
+
+EXPORT void emsan_kasan_set_allocator_errors(emsan_kasan *k, int report) { k->report_alloc_errors = report; }
+
+EXPORT void emsan_kasan_set_budget(emsan_kasan *k, uint64_t bytes) { k->budget = bytes; }
 
 EXPORT void *emsan_kasan_entry(emsan_kasan *k, int fn)
 {
@@ -112,6 +118,7 @@ EXPORT int emsan_kasan_describe(emsan_kasan *k, uint64_t addr, uint64_t size, em
         out->start = obj_addr(k, (uint64_t)handle);
         out->size = o->size;
         out->cache_size = cache_size(s);
+        out->align = o->align_log ? 1ULL << o->align_log : 0;
         out->alloc_stack = o->alloc_stack;
         out->free_stack = o->free_stack;
     }

@@ -46,6 +46,7 @@ struct obj {
     uint64_t size;          /* requested size */
     uint32_t alloc_stack, free_stack;
     uint8_t state, kind;
+    uint8_t align_log;      /* aligned operator new: log2 of the alignment asked for, else 0 */
 };
 
 /* A slab: pages holding objects of one size class, or one large object. */
@@ -120,6 +121,10 @@ struct emsan_kasan {
     /* quarantine: FIFO of handles, bounded in bytes */
     uint64_t *q; size_t q_head, q_len, q_cap; uint64_t q_bytes, q_limit;
     struct vec64 tolerant;             /* pairs lo, hi: code that may over-read (see kasan.c) */
+    /* allocation errors (heap.c): reported, or only left to the C library's own behaviour */
+    int report_alloc_errors;
+    uint64_t budget;                   /* live bytes the guest's limits allow (RLIMIT_AS, _DATA) */
+    uint64_t refusal_sp, refusal_ret;  /* the refused call whose nested calls are not reported again */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
     emsan_kasan_stats stats;

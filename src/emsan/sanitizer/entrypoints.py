@@ -19,12 +19,12 @@ ALLOCATOR = {
     "_ZnwmSt11align_val_t": "NEW_ALIGNED", "_ZnamSt11align_val_t": "NEW_ARRAY_ALIGNED",
     "_ZnwmSt11align_val_tRKSt9nothrow_t": "NEW_ALIGNED_NOTHROW",
     "_ZnamSt11align_val_tRKSt9nothrow_t": "NEW_ARRAY_ALIGNED_NOTHROW",
-    "_ZdlPv": "DELETE", "_ZdlPvm": "DELETE", "_ZdlPvSt11align_val_t": "DELETE",
-    "_ZdlPvmSt11align_val_t": "DELETE", "_ZdlPvRKSt9nothrow_t": "DELETE",
-    "_ZdlPvSt11align_val_tRKSt9nothrow_t": "DELETE",
-    "_ZdaPv": "DELETE_ARRAY", "_ZdaPvm": "DELETE_ARRAY", "_ZdaPvSt11align_val_t": "DELETE_ARRAY",
-    "_ZdaPvmSt11align_val_t": "DELETE_ARRAY", "_ZdaPvRKSt9nothrow_t": "DELETE_ARRAY",
-    "_ZdaPvSt11align_val_tRKSt9nothrow_t": "DELETE_ARRAY",
+    "_ZdlPv": "DELETE", "_ZdlPvRKSt9nothrow_t": "DELETE", "_ZdlPvm": "DELETE_SIZED",
+    "_ZdlPvSt11align_val_t": "DELETE_ALIGNED", "_ZdlPvSt11align_val_tRKSt9nothrow_t": "DELETE_ALIGNED",
+    "_ZdlPvmSt11align_val_t": "DELETE_SIZED_ALIGNED",
+    "_ZdaPv": "DELETE_ARRAY", "_ZdaPvRKSt9nothrow_t": "DELETE_ARRAY", "_ZdaPvm": "DELETE_ARRAY_SIZED",
+    "_ZdaPvSt11align_val_t": "DELETE_ARRAY_ALIGNED", "_ZdaPvSt11align_val_tRKSt9nothrow_t": "DELETE_ARRAY_ALIGNED",
+    "_ZdaPvmSt11align_val_t": "DELETE_ARRAY_SIZED_ALIGNED",
 }
 # Tag modes also stand in for HWASan's interface for tagging a range of memory.
 TAG_FUNCTIONS = {"__hwasan_tag_memory": "TAG_MEMORY"}

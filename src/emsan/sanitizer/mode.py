@@ -34,6 +34,7 @@ class ModeOptions(Protocol):
     """The options modes read (emsan.session.options.RunOptions has them)."""
 
     quarantine_size: int
+    allocator_errors: str               # KASAN modes: "report" or "null"
     seed: int | None
     checks: str                         # generic mode: "mmio" or "hook"
     shadow: str                         # "per-page" or "full"

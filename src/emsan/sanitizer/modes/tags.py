@@ -46,6 +46,8 @@ class TagMode(KasanMode):
         self.ring_words = {lib.EMSAN_TAGBUG_UAF: "free", lib.EMSAN_TAGBUG_OOB: "alloc"}
 
     def build(self, e: Error, task: Task) -> Report:
+        if e.type == self.alloc_error:
+            return self.allocation_report(e, task)
         kasan = self.kasan
         stack = self.call_trace(e)
         is_access = e.type == self.access_error
@@ -67,7 +69,7 @@ class TagMode(KasanMode):
 
     def report_key(self, report: Report) -> tuple:
         # The same instruction meeting another memory tag is another finding (match_all_mem_tag).
-        return (report.bug_type, report.pc, report.memory_tag)
+        return (*super().report_key(report), report.memory_tag)
 
     def stats(self) -> dict[str, int]:
         st = super().stats()
