@@ -233,6 +233,9 @@ class KasanMode:
     def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None:
         self.kasan.mapping_changed(lo, hi, mapped)
 
+    def limit_heap(self, live_bytes: int | None) -> None:
+        self.runtime.lib.emsan_kasan_set_budget(self.kasan.k, 2**64 - 1 if live_bytes is None else max(live_bytes, 0))
+
     def report_key(self, report: Report) -> tuple:
         # A bug at an allocator's or interceptor's entry is one per call site, not per function.
         where = report.stack[report.title_frame] if report.title_frame < len(report.stack) else report.pc

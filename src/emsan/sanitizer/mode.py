@@ -28,6 +28,7 @@ class Capabilities:
     reports_mmap_faults: bool = True    # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
     default_stacks: str = "auto"        # what --stacks auto means ("auto": the cheapest complete collector)
     shadow_call_stack: bool = True      # --stacks scs may run beside it (else the frame-pointer walk)
+    heap: bool = True                   # serves every allocation from its own heap (bounded by the guest's limits)
 
 
 class ModeOptions(Protocol):
@@ -122,6 +123,13 @@ class ShadowMode(Mode, Protocol):
         """Shadow [lo, hi) as the kernel shadows vmalloc space: from what is mapped, lazily."""
 
     def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None: ...
+
+
+class HeapMode(Mode, Protocol):
+    """A mode with Capabilities.heap."""
+
+    def limit_heap(self, live_bytes: int | None) -> None:
+        """The live bytes the guest's resource limits leave the heap (None: no limit)."""
 
 
 def stream_seed(seed: int | None, stream: str) -> int:

@@ -154,7 +154,10 @@ def sys_getrandom(p, buf, count, flags, *_):
 RLIM_INF = 0xFFFF_FFFF_FFFF_FFFF
 
 
-def _rlimit(resource_id: int) -> tuple[int, int]:
+def _rlimit(p, resource_id: int) -> tuple[int, int]:
+    """The guest's limit: what it set, else the host's (the stack: the one emsan gives it)."""
+    if resource_id in p.rlimits:
+        return p.rlimits[resource_id]
     try:
         soft, hard = resource.getrlimit(resource_id)
     except (ValueError, OSError):
@@ -164,22 +167,38 @@ def _rlimit(resource_id: int) -> tuple[int, int]:
     return tuple(RLIM_INF if v == resource.RLIM_INFINITY else v for v in (soft, hard))  # type: ignore
 
 
+def _set_rlimit(p, resource_id: int, new: int) -> int:
+    """Keep the guest's new limit (its own; emsan's process is not limited): allocators
+    emsan stands in for honour RLIMIT_AS and RLIMIT_DATA (rlimit_listeners)."""
+    soft, hard = struct.unpack("<QQ", p.machine.read(new, 16))
+    if soft > hard or resource_id >= 16:
+        return -errno.EINVAL
+    if hard > _rlimit(p, resource_id)[1] and os.geteuid() != 0:
+        return -errno.EPERM             # raising a hard limit needs CAP_SYS_RESOURCE
+    p.rlimits[resource_id] = (soft, hard)
+    for cb in p.rlimit_listeners:
+        cb()
+    return 0
+
+
 @syscall("prlimit64")
 def sys_prlimit64(p, pid, res, new, old, *_):
+    if pid not in (0, p.pid):
+        return -errno.ESRCH
     if old:
-        p.machine.write(old, struct.pack("<QQ", *_rlimit(res)))
-    return 0
+        p.machine.write(old, struct.pack("<QQ", *_rlimit(p, res)))
+    return _set_rlimit(p, res, new) if new else 0
 
 
 @syscall("getrlimit")
 def sys_getrlimit(p, res, old, *_):
-    p.machine.write(old, struct.pack("<QQ", *_rlimit(res)))
+    p.machine.write(old, struct.pack("<QQ", *_rlimit(p, res)))
     return 0
 
 
 @syscall("setrlimit")
-def sys_setrlimit(p, *_):
-    return 0
+def sys_setrlimit(p, res, new, *_):
+    return _set_rlimit(p, res, new)
 
 
 @syscall("getrusage")
