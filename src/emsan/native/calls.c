@@ -9,7 +9,7 @@ int call_op(int fn)
 {
     switch (fn) {
     case EMSAN_FN_MALLOC: case EMSAN_FN_CALLOC: case EMSAN_FN_MEMALIGN: case EMSAN_FN_POSIX_MEMALIGN:
-    case EMSAN_FN_ALIGNED_ALLOC: case EMSAN_FN_VALLOC: case EMSAN_FN_PVALLOC:
+    case EMSAN_FN_ALIGNED_ALLOC: case EMSAN_FN_MEMALIGN_OR_ALIGNED_ALLOC: case EMSAN_FN_VALLOC: case EMSAN_FN_PVALLOC:
     case EMSAN_FN_NEW: case EMSAN_FN_NEW_ARRAY: case EMSAN_FN_NEW_ALIGNED: case EMSAN_FN_NEW_ARRAY_ALIGNED:
     case EMSAN_FN_NEW_NOTHROW: case EMSAN_FN_NEW_ARRAY_NOTHROW: case EMSAN_FN_NEW_ALIGNED_NOTHROW:
     case EMSAN_FN_NEW_ARRAY_ALIGNED_NOTHROW:
@@ -93,10 +93,10 @@ void decode_alloc_call(rt_t *rt, int fn, struct alloc_call *c)
         product(c, arg(rt, 0), arg(rt, 1), EMSAN_ALLOCERR_CALLOC_OVERFLOW);
         c->zero = 1;
         break;
-    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC:
+    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC: case EMSAN_FN_MEMALIGN_OR_ALIGNED_ALLOC:
         c->align = arg(rt, 0);
         c->size = arg(rt, 1);
-        glibc_alignment(c, fn == EMSAN_FN_MEMALIGN ? EMSAN_ALLOCERR_ALIGNMENT : EMSAN_ALLOCERR_ALIGNED_ALLOC);
+        glibc_alignment(c, fn == EMSAN_FN_ALIGNED_ALLOC ? EMSAN_ALLOCERR_ALIGNED_ALLOC : EMSAN_ALLOCERR_ALIGNMENT);
         break;
     case EMSAN_FN_POSIX_MEMALIGN:
         c->out = arg(rt, 0);
@@ -174,7 +174,7 @@ void refuse_in_guest(rt_t *rt, int fn, const struct alloc_call *c)
         set[0] = 0; set[1] = huge; n = 2; break;
     case EMSAN_FN_REALLOCARRAY:
         set[0] = 0; set[1] = huge; set[2] = 2; n = 3; break;
-    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC:
+    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC: case EMSAN_FN_MEMALIGN_OR_ALIGNED_ALLOC:
         if (c->align > (1ULL << 63)) return;        /* EINVAL as it is */
         set[0] = 16; set[1] = huge; n = 2; break;
     case EMSAN_FN_POSIX_MEMALIGN:

@@ -52,6 +52,8 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_DELETE_ARRAY_ALIGNED 26
 #define EMSAN_FN_DELETE_SIZED_ALIGNED 27
 #define EMSAN_FN_DELETE_ARRAY_SIZED_ALIGNED 28
+/* memalign and aligned_alloc at one entry (glibc before 2.38 aliases them): memalign's rules */
+#define EMSAN_FN_MEMALIGN_OR_ALIGNED_ALLOC 29
 #define EMSAN_FN_STRLEN 40
 #define EMSAN_FN_STRNLEN 41
 #define EMSAN_FN_STRCHR 42

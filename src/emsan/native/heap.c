@@ -181,17 +181,16 @@ static int64_t do_free(kasan_t *k, uint64_t ptr, int kind, int fn, uint64_t pc, 
         report_error(rt, EMSAN_ERR_DOUBLE_FREE, ptr, 0, 0, pc, stack_here(rt, pc, 1), fn, kind);
         return -1;
     }
-    uint32_t stack = stack_here(rt, 0, 1);
-    if (o->kind != kind) {
-        report_error(rt, EMSAN_ERR_MISMATCH, ptr, 0, 0, pc, stack_here(rt, pc, 1), fn, kind);
-    } else if (delete_mismatch(o, c)) {
-        emsan_error *e = error_new(rt, EMSAN_ERR_DELETE_MISMATCH, ptr, c->sized ? c->size : 0, 0, pc,
-                                   stack_here(rt, pc, 1));
+    int mismatch = o->kind != kind ? EMSAN_ERR_MISMATCH : delete_mismatch(o, c) ? EMSAN_ERR_DELETE_MISMATCH : 0;
+    if (mismatch) {
+        emsan_error *e = error_new(rt, mismatch, ptr, c && c->sized ? c->size : 0, 0, pc, stack_here(rt, pc, 1));
         e->fn = fn;
         e->kind = kind;
-        e->align = c->aligned ? c->align : 0;
+        e->align = c && c->aligned ? c->align : 0;
         error_raise(rt);
+        if (!rt->on_error) return -1;   /* the run stops here: the report shows the object as it is */
     }
+    uint32_t stack = stack_here(rt, 0, 1);
     struct slab *s = slab_of(k, (uint64_t)handle);
     o->free_stack = stack;
     k->stats.frees++;
@@ -326,7 +325,8 @@ static int refuse(kasan_t *k, int fn, struct alloc_call *c, int error, uint64_t 
 static uint64_t asked_alignment(rt_t *rt, int fn)
 {
     switch (fn) {
-    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC: return reg(rt, EMSAN_REG_ARG0);
+    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC: case EMSAN_FN_MEMALIGN_OR_ALIGNED_ALLOC:
+        return reg(rt, EMSAN_REG_ARG0);
     case EMSAN_FN_POSIX_MEMALIGN: case EMSAN_FN_NEW_ALIGNED: case EMSAN_FN_NEW_ARRAY_ALIGNED:
     case EMSAN_FN_NEW_ALIGNED_NOTHROW: case EMSAN_FN_NEW_ARRAY_ALIGNED_NOTHROW:
         return reg(rt, EMSAN_REG_ARG0 + 1);

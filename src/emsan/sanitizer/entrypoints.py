@@ -99,6 +99,11 @@ def has_symtab(path: str) -> bool:
         return False
 
 
+# Two names of one function with different rules: glibc before 2.38 makes aligned_alloc an alias
+# of memalign, so one entry serves both (with memalign's rules: glibc's).
+SHARED = {frozenset(("MEMALIGN", "ALIGNED_ALLOC")): "MEMALIGN_OR_ALIGNED_ALLOC"}
+
+
 def module_entry_points(path: str, base: int, strings: bool = True, tags: bool = False) -> list[EntryPoint]:
     """Allocator (and, unless strings=False, string; with tags=True, tagging) functions a module
     defines, at run time."""
@@ -108,8 +113,13 @@ def module_entry_points(path: str, base: int, strings: bool = True, tags: bool =
             continue
         fn = ALLOCATOR.get(name) or (string_function(name) if strings else None) or \
             (TAG_FUNCTIONS.get(name) if tags else None)
-        if fn and value + base not in out:
+        if not fn:
+            continue
+        had = out.get(value + base)
+        if had is None:
             out[value + base] = EntryPoint(value + base, fn, name)
+        elif frozenset((had.fn, fn)) in SHARED:
+            out[value + base] = EntryPoint(value + base, SHARED[frozenset((had.fn, fn))], had.name)
     return list(out.values())
 
 

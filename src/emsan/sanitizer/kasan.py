@@ -121,7 +121,7 @@ class Kasan:
 # How a report names the functions emsan stands in for (C++ operators as demangled)
 CALL_NAMES = {
     "MALLOC": "malloc", "CALLOC": "calloc", "REALLOC": "realloc", "REALLOCARRAY": "reallocarray",
-    "MEMALIGN": "memalign", "ALIGNED_ALLOC": "aligned_alloc", "POSIX_MEMALIGN": "posix_memalign",
+    "MEMALIGN": "memalign", "ALIGNED_ALLOC": "aligned_alloc", "MEMALIGN_OR_ALIGNED_ALLOC": "memalign/aligned_alloc", "POSIX_MEMALIGN": "posix_memalign",
     "VALLOC": "valloc", "PVALLOC": "pvalloc", "FREE": "free",
     "NEW": "operator new(unsigned long)", "NEW_ARRAY": "operator new[](unsigned long)",
     "NEW_ALIGNED": "operator new(unsigned long, std::align_val_t)",
@@ -138,6 +138,9 @@ CALL_NAMES = {
     "DELETE_SIZED_ALIGNED": "operator delete(void*, unsigned long, std::align_val_t)",
     "DELETE_ARRAY_SIZED_ALIGNED": "operator delete[](void*, unsigned long, std::align_val_t)",
 }
+# The calls that take an alignment (a report shows it, 0 included)
+ALIGNED_CALLS = {"MEMALIGN", "ALIGNED_ALLOC", "MEMALIGN_OR_ALIGNED_ALLOC", "POSIX_MEMALIGN", "NEW_ALIGNED", "NEW_ARRAY_ALIGNED",
+                 "NEW_ALIGNED_NOTHROW", "NEW_ARRAY_ALIGNED_NOTHROW"}
 ALLOC_NAMES = {"malloc": "malloc()", "new": "operator new", "new[]": "operator new[]"}
 # Allocation errors, by EMSAN_ALLOCERR_* suffix: ASan's bug types. The kernel has none (its
 # allocators WARN and return NULL), and these are the names users of user-space reports know.
@@ -286,7 +289,8 @@ class KasanMode:
         bug = self.alloc_bugs[rec.kind]
         oom = rec.kind == lib.EMSAN_ALLOCERR_OOM
         counted = bug in ("calloc-overflow", "reallocarray-overflow")
-        q = AllocRequest(call_name(e.fn), e.size, rec.count if counted else None, rec.align or None,
+        q = AllocRequest(call_name(e.fn), e.size, rec.count if counted else None,
+                         rec.align if e.fn in ALIGNED_CALLS else None,
                          (rec.count or None) if oom else None, rec.addr if oom else None)
         stack = self.call_trace(e)
         rep = Report(self.name, bug, "allocate", 0, e.size, e.pc, task, stack,
