@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import emsan.machine  # noqa: F401  before any test imports unicorn: the binding must load emsan's engine
+
 GUEST = Path(__file__).parent / "guest"
 BUILD = GUEST / "build"
 BENCH_WORKLOADS = Path(__file__).parent.parent / "bench" / "workloads"
