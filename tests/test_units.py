@@ -113,7 +113,9 @@ def test_kmalloc_cache_of_a_size(size, cache):
 @pytest.mark.parametrize("name, fn", [
     ("strlen", "STRLEN"), ("__strlen_avx2", "STRLEN"), ("__memmove_avx_unaligned_erms", "MEMMOVE"),
     ("__memcpy_generic", "MEMCPY"), ("bcmp", "MEMCMP"), ("__memcmpeq_evex", "MEMCMP"), ("__stpncpy_sse2", "STPNCPY"),
-    ("strnlen", "STRNLEN"), ("__memcpy_chk", None), ("__memcpy_chk_avx", None), ("strlen_ifunc", None),
+    ("strnlen", "STRNLEN"), ("__memcpy_chk", "MEMCPY_CHK"), ("__memmove_chk_avx_unaligned_erms", "MEMMOVE_CHK"),
+    ("__strncat_chk", "STRNCAT_CHK"), ("memcpy_chk", None), ("__strlen_chk", None), ("__wmemcpy_chk", None),
+    ("strlen_ifunc", None), ("__memcpy_chk_ifunc", None),
     ("wcslen", None), ("strlenx", None), ("my_strlen", None),
 ])
 def test_string_function(name, fn):

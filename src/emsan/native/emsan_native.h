@@ -75,6 +75,17 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_STRCHRNUL 58
 #define EMSAN_FN_MEMRCHR 59
 #define EMSAN_FN_STPNCPY 60
+/* _FORTIFY_SOURCE's checked variants of those (fortify.c): (..., size_t destlen) */
+#define EMSAN_FN_MEMCPY_CHK 61
+#define EMSAN_FN_MEMMOVE_CHK 62
+#define EMSAN_FN_MEMPCPY_CHK 63
+#define EMSAN_FN_MEMSET_CHK 64
+#define EMSAN_FN_STRCPY_CHK 65
+#define EMSAN_FN_STPCPY_CHK 66
+#define EMSAN_FN_STRNCPY_CHK 67
+#define EMSAN_FN_STPNCPY_CHK 68
+#define EMSAN_FN_STRCAT_CHK 69
+#define EMSAN_FN_STRNCAT_CHK 70
 
 /* Allocation families, for alloc-dealloc-mismatch. */
 #define EMSAN_KIND_MALLOC 0

@@ -155,6 +155,8 @@ void quarantine_put(kasan_t *k, uint64_t handle, uint64_t bytes);
 
 /* intercept.c */
 void intercept_string_fn(kasan_t *k, int fn);
+/* fortify.c */
+void intercept_fortify_fn(kasan_t *k, int fn);
 
 /* shadow.c */
 int shadow_init(kasan_t *k, int share);

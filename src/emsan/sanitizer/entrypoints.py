@@ -38,18 +38,27 @@ STRINGS = {
     "rawmemchr": "RAWMEMCHR", "strchrnul": "STRCHRNUL", "memrchr": "MEMRCHR",
 }
 
-# glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic...
-_VARIANT = re.compile(r"^_*(" + "|".join(sorted(STRINGS, key=len, reverse=True)) + r")(_[a-z0-9_]+)?$")
+# _FORTIFY_SOURCE's checked variants (__memcpy_chk...) of those: glibc compares the length with the
+# destination's size the compiler passed, and aborts when it does not fit.
+FORTIFIED = ("memcpy", "memmove", "mempcpy", "memset", "strcpy", "stpcpy", "strncpy", "stpncpy", "strcat", "strncat")
+
+# glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic,
+# __memmove_chk_avx_unaligned_erms...
+_VARIANT = re.compile(r"^_*(" + "|".join(sorted(STRINGS, key=len, reverse=True)) + r")(_chk)?(_[a-z0-9_]+)?$")
 # Code that legally reads past a string's end with aligned vector loads.
 STRING_CODE = re.compile(r"^_*(str|mem|stp|wcs|wmem|rawmem|bcmp)")
 
 
 def string_function(name: str) -> str | None:
     """Native id name for a symbol that implements one of the intercepted functions."""
-    if name.endswith(("_chk", "_ifunc")) or "_chk_" in name:
-        return None            # fortify wrappers jump to the real code; *_ifunc are resolvers
+    if name.endswith("_ifunc"):
+        return None            # resolvers
     m = _VARIANT.match(name)
-    return STRINGS[m.group(1)] if m else None
+    if not m:
+        return None
+    if m.group(2):             # glibc's own names only: a program's memcpy_chk() is its own
+        return STRINGS[m.group(1)] + "_CHK" if m.group(1) in FORTIFIED and name.startswith("__") else None
+    return STRINGS[m.group(1)]
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,8 @@ ALLOC_BUGS = {"SIZE": "allocation-size-too-big", "CALLOC_OVERFLOW": "calloc-over
 
 
 def call_name(fn: str) -> str:
+    if fn.endswith("_CHK"):                     # _FORTIFY_SOURCE's: __memcpy_chk
+        return "__" + fn.lower()
     return CALL_NAMES.get(fn, fn.lower())
 
 
@@ -260,7 +262,7 @@ class KasanMode:
         """What the kernel's layout has no line for: who made the access, a mismatched family."""
         lib, obj, fn = self.runtime.lib, rep.obj, e.fn
         if fn and e.type == lib.EMSAN_ERR_ACCESS:
-            rep.notes.append(f"The access was made by {fn.lower()}() on behalf of its caller.")
+            rep.notes.append(f"The access was made by {call_name(fn)}() on behalf of its caller.")
         if e.type == lib.EMSAN_ERR_MISMATCH and obj is not None:
             rep.notes.append(f"The object was allocated with {ALLOC_NAMES[obj.kind]} and freed with "
                              f"{call_name(fn)}.")
