@@ -109,7 +109,7 @@ void decode_alloc_call(rt_t *rt, int fn, struct alloc_call *c)
         c->size = arg(rt, 0);
         c->align = PAGE_SIZE;
         break;
-    case EMSAN_FN_PVALLOC: {
+    case EMSAN_FN_PVALLOC: {            /* the round-up must not wrap: pvalloc(SIZE_MAX) is NULL */
         uint64_t n = arg(rt, 0);
         c->align = PAGE_SIZE;
         c->size = round_up(n ? n : 1, PAGE_SIZE);
