@@ -4,9 +4,9 @@ and arm64, static and dynamic.
 Oracles: the guest's source for what each call asks (sizes, counts, alignments) and where the
 report must point (marker comments); ASan's bug types for the names (the issue's choice: the
 kernel's allocators only WARN); the native run (x86-64) or qemu-aarch64 (arm64) for what the
-program prints and its exit status, which emsan must keep: after a report with --continue, and
-with --allocator-errors null without one, every refused call fails as the C library makes it
-fail (NULL and errno, posix_memalign's code, std::bad_alloc through libstdc++'s new-handler
+program prints and its exit status, which emsan must keep (a run with --continue that reported
+exits with --error-exitcode, 99): after a report with --continue, and with --allocator-errors null
+without one, every refused call fails as the C library makes it fail (NULL and errno, posix_memalign's code, std::bad_alloc through libstdc++'s new-handler
 loop, the nothrow variants' NULL)."""
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_c_allocation_errors(arch, link, tmp_path):
     exe = build("alloc_errors", arch, link)
     ref = native(exe, "errors", arch=arch)
     assert ref.returncode == 0 and b"NULL" in ref.stdout
-    res, reports = run_report(tmp_path / "r.json", "--continue", exe, "errors")
+    res, reports = run_report(tmp_path / "r.json", "--continue", exe, "errors", status=99)
     check_reports(reports, c_expected(exe, arch, link), C, arch, cxx=False)
     _same_output(res, ref)
     res, reports = run_report(tmp_path / "n.json", "--allocator-errors", "null", exe, "errors")
@@ -124,7 +124,7 @@ def test_c_out_of_memory(arch, tmp_path):
     ref = native(build("alloc_errors", "x86_64", "dynamic"), "out_of_memory")
     assert ref.stdout == b"malloc 96M: NULL errno=12\nmalloc 8M: ptr errno=0\n", ref.stdout
     exe = build("alloc_errors", arch, "dynamic")
-    res, reports = run_report(tmp_path / "r.json", "--continue", exe, "out_of_memory")
+    res, reports = run_report(tmp_path / "r.json", "--continue", exe, "out_of_memory", status=99)
     assert [r["bug_type"] for r in reports] == ["out-of-memory"], tail(res)
     r = reports[0]
     assert r["function"] == "out_of_memory" and r["stack"][1]["line"] == source_line(C, "out_of_memory")
@@ -161,11 +161,11 @@ def test_cxx_allocation_contract(arch, link, tmp_path):
     exe = build("alloc_contract", arch, link, cxx=True)
     ref = native(exe, "errors", arch=arch)
     assert ref.returncode == 0 and b"new-handler: called 3 times, then bad_alloc" in ref.stdout, ref.stdout
-    res, reports = run_report(tmp_path / "r.json", "--continue", exe, "errors")
+    res, reports = run_report(tmp_path / "r.json", "--continue", exe, "errors", status=99)
     check_reports(reports, CXX_EXPECTED, CXX, arch, cxx=True)
     _same_output(res, ref)
     # no allocation errors then, but the deletes are bugs of another kind
-    res, reports = run_report(tmp_path / "n.json", "--allocator-errors", "null", "--continue", exe, "errors")
+    res, reports = run_report(tmp_path / "n.json", "--allocator-errors", "null", "--continue", exe, "errors", status=99)
     assert [r["bug_type"] for r in reports] == ["new-delete-type-mismatch"] * 2, tail(res)
     _same_output(res, ref)
 
