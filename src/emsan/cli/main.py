@@ -95,6 +95,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="keep running after a report (each distinct bug is reported once)")
     p.add_argument("--quarantine-size", type=_size, default=256 << 20, metavar="BYTES",
                    help="bytes of freed objects kept poisoned before reuse (default 256M)")
+    p.add_argument("--allocator-errors", choices=("report", "null"), default="report",
+                   help="KASAN modes: report an allocation the allocator refuses (size too big, overflow, "
+                        "invalid alignment, out of memory) as ASan does (default), or only fail it as the C "
+                        "library does (NULL and errno, std::bad_alloc)")
     p.add_argument("--stats", action="store_true", help="print sanitizer statistics at exit")
     p.add_argument("--shadow", choices=("per-page", "full"), default="per-page",
                    help="shadow pages shared where nothing needs its own (default), or private wherever written")
@@ -165,7 +169,7 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       sysroot=ns.sysroot, mode=ns.mode, timeout=ns.timeout, max_instructions=ns.max_instructions,
                       seed=ns.seed, trace_syscalls=ns.trace_syscalls, json_path=ns.json_path,
                       error_exitcode=ns.error_exitcode, keep_going=ns.keep_going,
-                      quarantine_size=ns.quarantine_size, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
+                      quarantine_size=ns.quarantine_size, allocator_errors=ns.allocator_errors, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
                       kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,
                       sample_instructions=ns.sample_instructions,
                       stacks=ns.stacks, no_depot=ns.no_depot, leaks=True if ns.leaks_scan_every else ns.leaks,

@@ -45,6 +45,15 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_DELETE 20
 #define EMSAN_FN_DELETE_ARRAY 21
 #define EMSAN_FN_TAG_MEMORY 22
+/* C++14 sized and C++17 aligned deallocation: the size and alignment they pass are checked */
+#define EMSAN_FN_DELETE_SIZED 23
+#define EMSAN_FN_DELETE_ARRAY_SIZED 24
+#define EMSAN_FN_DELETE_ALIGNED 25
+#define EMSAN_FN_DELETE_ARRAY_ALIGNED 26
+#define EMSAN_FN_DELETE_SIZED_ALIGNED 27
+#define EMSAN_FN_DELETE_ARRAY_SIZED_ALIGNED 28
+/* memalign and aligned_alloc at one entry (glibc before 2.38 aliases them): memalign's rules */
+#define EMSAN_FN_MEMALIGN_OR_ALIGNED_ALLOC 29
 #define EMSAN_FN_STRLEN 40
 #define EMSAN_FN_STRNLEN 41
 #define EMSAN_FN_STRCHR 42
@@ -96,6 +105,17 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_STRNCASECMP 86
 #define EMSAN_FN_STRDUP 87
 #define EMSAN_FN_STRNDUP 88
+/* _FORTIFY_SOURCE's checked variants of those (fortify.c): (..., size_t destlen) */
+#define EMSAN_FN_MEMCPY_CHK 90
+#define EMSAN_FN_MEMMOVE_CHK 91
+#define EMSAN_FN_MEMPCPY_CHK 92
+#define EMSAN_FN_MEMSET_CHK 93
+#define EMSAN_FN_STRCPY_CHK 94
+#define EMSAN_FN_STPCPY_CHK 95
+#define EMSAN_FN_STRNCPY_CHK 96
+#define EMSAN_FN_STPNCPY_CHK 97
+#define EMSAN_FN_STRCAT_CHK 98
+#define EMSAN_FN_STRNCAT_CHK 99
 
 /* Allocation families, for alloc-dealloc-mismatch. */
 #define EMSAN_KIND_MALLOC 0
@@ -128,6 +148,23 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_ERR_KFENCE_CORRUPTION 7
 #define EMSAN_ERR_KFENCE_INVALID 8
 #define EMSAN_ERR_KFENCE_INVALID_FREE 9
+/* KASAN's allocator: a request it refuses (kind: EMSAN_ALLOCERR_*; size, count, align: what
+ * was asked), and a sized or aligned delete of another size or alignment than the object's
+ * (size, align: what the delete passed, 0 when it passes none). */
+#define EMSAN_ERR_ALLOC 10
+#define EMSAN_ERR_DELETE_MISMATCH 11
+
+/* Why an allocation is refused (ASan's bug types, which tell them apart). */
+#define EMSAN_ALLOCERR_SIZE 1                /* allocation-size-too-big */
+#define EMSAN_ALLOCERR_CALLOC_OVERFLOW 2     /* calloc-overflow */
+#define EMSAN_ALLOCERR_REALLOCARRAY_OVERFLOW 3
+#define EMSAN_ALLOCERR_PVALLOC_OVERFLOW 4
+#define EMSAN_ALLOCERR_ALIGNMENT 5           /* invalid-allocation-alignment (memalign, aligned new) */
+#define EMSAN_ALLOCERR_ALIGNED_ALLOC 6       /* invalid-aligned-alloc-alignment */
+#define EMSAN_ALLOCERR_POSIX_MEMALIGN 7      /* invalid-posix-memalign-alignment */
+#define EMSAN_ALLOCERR_OOM 8                 /* out-of-memory: the heap or the guest's limit is exhausted */
+/* The largest request the allocator accepts (ASan's kMaxAllowedMallocSize on 64-bit targets). */
+#define EMSAN_MAX_ALLOCATION 0x10000000000
 
 /* An access seen without its exact PC (an MMIO callback, --checks mmio): the registers when it
  * was made, which locate the instruction, and the PCs QEMU recovers near it. */
@@ -162,7 +199,11 @@ typedef struct emsan_error {
     uint64_t pc;            /* the access; frees: the allocator's entry (KFENCE: the caller) */
     uint32_t stack;         /* depot handle of the access (or free) stack */
     int fn;                 /* the function emsan stood in for (frees, interceptors), 0 for accesses */
-    int kind;               /* family of the deallocation used (mismatch) */
+    int kind;               /* family of the deallocation used (mismatch); EMSAN_ALLOCERR_* */
+    uint64_t count;         /* allocation errors: calloc's and reallocarray's count (size: the
+                             * element's); out of memory: the bytes the guest's limits leave
+                             * the heap (0: no limit), addr: the bytes it holds */
+    uint64_t align;         /* alignment asked for (allocations) or passed (aligned delete) */
     emsan_access_site site;
     emsan_kfence_object kfence;
 } emsan_error;
@@ -241,6 +282,7 @@ typedef struct emsan_obj_info {
     uint64_t start;
     uint64_t size;         /* requested size (tag modes: the ring's allocation's, else the cache size) */
     uint64_t cache_size;   /* size class ("kmalloc-N") */
+    uint64_t align;        /* alignment an aligned operator new asked for, 0 for the others */
     uint32_t alloc_stack;  /* 0: none */
     uint32_t free_stack;
     /* tag modes: the first granule of the access whose tag does not match, its memory tag
@@ -275,6 +317,11 @@ typedef struct emsan_kasan emsan_kasan;
 emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, uint64_t size, uint64_t quarantine_bytes,
                              uint64_t seed);
 void emsan_kasan_destroy(emsan_kasan *k);
+/* Allocation errors (EMSAN_ERR_ALLOC) reported (1, the default) or not (0); either way the call
+ * then fails as the guest's C library makes it fail. */
+void emsan_kasan_set_allocator_errors(emsan_kasan *k, int report);
+/* Bytes of live objects the guest's resource limits leave the heap (~0: no limit). */
+void emsan_kasan_set_budget(emsan_kasan *k, uint64_t bytes);
 /* Hook user data for a function emsan stands in for (emsan_kasan_entry_cb), NULL if none. */
 void *emsan_kasan_entry(emsan_kasan *k, int fn);
 void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);

@@ -47,6 +47,7 @@ struct obj {
     uint32_t alloc_stack, free_stack;
     uint8_t state, kind;
     uint8_t leak;           /* the leak scanner's flags (kmemleak.c), 0 from allocation on */
+    uint8_t align_log;      /* aligned operator new: log2 of the alignment asked for, else 0 */
     uint32_t seq;           /* allocation number (its order; kmemleak.c's time and "before main") */
 };
 
@@ -125,6 +126,10 @@ struct emsan_kasan {
     /* quarantine: FIFO of handles, bounded in bytes */
     uint64_t *q; size_t q_head, q_len, q_cap; uint64_t q_bytes, q_limit;
     struct vec64 tolerant;             /* pairs lo, hi: code that may read ahead (see kasan.c) */
+    /* allocation errors (heap.c): reported, or only left to the C library's own behaviour */
+    int report_alloc_errors;
+    uint64_t budget;                   /* live bytes the guest's limits allow (RLIMIT_AS, _DATA) */
+    uint64_t refusal_sp, refusal_ret;  /* the refused call whose nested calls are not reported again */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
     emsan_kasan_stats stats;
@@ -166,6 +171,8 @@ void quarantine_put(kasan_t *k, uint64_t handle, uint64_t bytes);
 
 /* intercept.c */
 void intercept_string_fn(kasan_t *k, int fn);
+/* fortify.c */
+void intercept_fortify_fn(kasan_t *k, int fn);
 
 /* shadow.c */
 int shadow_init(kasan_t *k, int share);

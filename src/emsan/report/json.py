@@ -34,11 +34,15 @@ def to_json(rep: Report | KfenceReport | LeakReport, sym: Symbolizer) -> dict:
         if rep.kind == "memory corruption":
             d["corrupted_bytes"] = rep.corrupted
         return d
+    if rep.request is not None:
+        q = rep.request
+        d["request"] = {"function": q.call, "size": q.size, "count": q.count, "alignment": q.align,
+                        "limit": q.limit, "in_use": q.in_use}
     o = rep.obj
     if o is not None:
         d["object"] = {
             "start": f"{o.start:#x}", "size": o.size, "cache": f"kmalloc-{o.cache_size}" if not o.large else "kmalloc-large",
-            "state": o.state, "allocated_with": o.kind, "offset": rep.untagged_addr - o.start,
+            "state": o.state, "allocated_with": o.kind, "alignment": o.align or None, "offset": rep.untagged_addr - o.start,
             "alloc_stack": frames(o.alloc_stack, False), "free_stack": frames(o.free_stack, False),
         }
     if rep.pointer_tag is not None:

@@ -41,6 +41,8 @@ def kasan_text(rep: Report, sym: Symbolizer, arch: str) -> str:
     out = [RULE, f"BUG: KASAN: {rep.bug_type} in {title if title else f'{rep.pc:#x}'}"]
     if rep.access == "free":
         out.append(f"Free of addr {rep.addr:016x} by task {rep.task}")
+    elif rep.access == "allocate":
+        out.append(f"Allocation of {rep.request} by task {rep.task}")
     else:
         out.append(f"{rep.access.capitalize()} of size {rep.size} at addr {rep.addr:016x} by task {rep.task}")
     if rep.pointer_tag is not None:

@@ -29,12 +29,14 @@ class Capabilities:
     default_stacks: str = "auto"        # what --stacks auto means ("auto": the cheapest complete collector)
     shadow_call_stack: bool = True      # --stacks scs may run beside it (else the frame-pointer walk)
     leaks: bool = True                  # owns every allocation (emsan's allocator): leaks can be found
+    heap: bool = True                   # serves every allocation from its own heap (bounded by the guest's limits)
 
 
 class ModeOptions(Protocol):
     """The options modes read (emsan.session.options.RunOptions has them)."""
 
     quarantine_size: int
+    allocator_errors: str               # KASAN modes: "report" or "null"
     seed: int | None
     checks: str                         # generic mode: "mmio" or "hook"
     shadow: str                         # "per-page" or "full"
@@ -131,6 +133,13 @@ class ShadowMode(Mode, Protocol):
         """Shadow [lo, hi) as the kernel shadows vmalloc space: from what is mapped, lazily."""
 
     def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None: ...
+
+
+class HeapMode(Mode, Protocol):
+    """A mode with Capabilities.heap."""
+
+    def limit_heap(self, live_bytes: int | None) -> None:
+        """The live bytes the guest's resource limits leave the heap (None: no limit)."""
 
 
 def stream_seed(seed: int | None, stream: str) -> int:

@@ -26,6 +26,7 @@ class RunOptions:
     error_exitcode: int = EXIT_REPORT
     keep_going: bool = False          # --continue: the kernel's multi-shot
     quarantine_size: int = 256 << 20
+    allocator_errors: str = "report"  # --allocator-errors: report refused allocations, or only fail them
     stats: bool = False
     shadow: str = "per-page"          # --shadow: per-page (shared zero/black pages) or full
     checks: str = "mmio"              # --checks: heap accesses checked through MMIO, or by a memory hook

@@ -20,7 +20,7 @@ from emsan.report.text import render as render_text
 from emsan.report.model import LeakReport, Report, Task
 from emsan.sanitizer.entrypoints import has_symtab, string_function, string_ifuncs
 from emsan.sanitizer.kasan import KasanMode
-from emsan.sanitizer.mode import Layout, Mode, ShadowMode, Target
+from emsan.sanitizer.mode import HeapMode, Layout, Mode, ShadowMode, Target
 from emsan.sanitizer.runtime import Runtime
 from emsan.sanitizer.shadow import shadow_window
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
@@ -30,6 +30,23 @@ from emsan.session.unwind import is_call_return
 
 LAYOUT = Layout(heap=SANITIZER_HEAP_BASE, heap_size=SANITIZER_HEAP_SIZE)
 VMALLOC_INVALID = 0xF8       # the shadow of a hole in the mmap area
+
+
+RLIMIT_DATA, RLIMIT_AS = 2, 9     # the same numbers on x86-64 and arm64
+RLIM_INF = 2**64 - 1
+
+
+def heap_budget(mappings, limits: dict[int, tuple[int, int]]) -> int | None:
+    """Bytes of objects the guest's limits leave emsan's heap: RLIMIT_AS less the guest's own
+    mappings, RLIMIT_DATA less its private writable ones (as Linux counts them); None if no limit."""
+    own = [mp for mp in mappings if not mp.name.startswith(("[emsan", "[kfence"))]
+    left = []
+    if limits.get(RLIMIT_AS, (RLIM_INF,))[0] != RLIM_INF:
+        left.append(limits[RLIMIT_AS][0] - sum(mp.end - mp.start for mp in own))
+    if limits.get(RLIMIT_DATA, (RLIM_INF,))[0] != RLIM_INF:
+        left.append(limits[RLIMIT_DATA][0] - sum(mp.end - mp.start for mp in own
+                                                 if mp.prot & 2 and mp.name != "[stack]"))
+    return min(left) if left else None
 
 
 class Sanitizer:
@@ -79,6 +96,9 @@ class Sanitizer:
             # piece of an unaligned load) must not have the guest run that access again.
             self.runtime.on_error(self.report_in_engine)
         s.process.buffer_check = lambda addr, size, w: self.mode.check_range(addr, size, w, m.pc)
+        if caps.heap:
+            s.process.rlimit_listeners.append(self.limits_changed)
+            self.limited = False
 
     def collector(self, asked: str) -> str:
         """The stack collector: --stacks, where the mode allows it."""
@@ -121,6 +141,16 @@ class Sanitizer:
             if MMAP_BOTTOM <= mp.start < MMAP_TOP:
                 mode.mapping_changed(mp.start, min(mp.end, MMAP_TOP), True)
         mem.change_listeners.append(mode.mapping_changed)
+
+    def limits_changed(self) -> None:
+        """The guest set a resource limit: from now on the heap gets what RLIMIT_AS and
+        RLIMIT_DATA leave beside the guest's own mappings (emsan's regions not counted)."""
+        limits = self.s.process.rlimits
+        if not self.limited and any(r in limits for r in (RLIMIT_AS, RLIMIT_DATA)):
+            self.limited = True
+            self.s.mem.change_listeners.append(lambda lo, hi, mapped: self.limits_changed())
+        if self.limited:
+            cast(HeapMode, self.mode).limit_heap(heap_budget(self.s.mem.mappings, limits))
 
     def module_loaded(self, mod: Module) -> None:
         self.stacks.module_loaded(mod.path, mod.base)

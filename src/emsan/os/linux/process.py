@@ -67,6 +67,9 @@ class Process:
     on_stop: list[Callable[[], "ExitInfo | str | None"]] = field(default_factory=list)
     # A sanitizer's check of guest buffers the kernel reads or writes: (addr, size, is_write).
     buffer_check: Callable[[int, int, bool], None] | None = None
+    # Resource limits the guest set (resource -> (soft, hard)), and who wants to know
+    rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
+    rlimit_listeners: list[Callable[[], None]] = field(default_factory=list)
     _warned: set = field(default_factory=set)
 
     def __post_init__(self) -> None:

@@ -42,6 +42,8 @@ class GenericMode(KasanMode):
 def shadow_report(mode: KasanMode, e: Error, task: Task) -> Report:
     """A report from the generic shadow: the bug type from the first bad granule's shadow byte
     (the kernel's generic report), the object around it, and the shadow window."""
+    if e.type == mode.alloc_error:
+        return mode.allocation_report(e, task)
     kasan = mode.kasan
     stack = mode.call_trace(e)
     if e.site is not None:

@@ -46,6 +46,8 @@ class TagMode(KasanMode):
         self.ring_words = {lib.EMSAN_TAGBUG_UAF: "free", lib.EMSAN_TAGBUG_OOB: "alloc"}
 
     def build(self, e: Error, task: Task) -> Report:
+        if e.type == self.alloc_error:
+            return self.allocation_report(e, task)
         kasan = self.kasan
         stack = self.call_trace(e)
         is_access = e.type == self.access_error
