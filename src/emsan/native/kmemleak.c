@@ -95,11 +95,12 @@ static uint64_t clock_ns(clockid_t which)
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* Called for every allocation (heap.c): a fresh object has no leak flags, and its number. */
+/* Called for every allocation (heap.c) before it is counted (stats.allocs counts the ones that
+ * succeeded): a fresh object has no leak flags, and its number, counting from 1. */
 void leak_note_alloc(kasan_t *k, struct obj *o)
 {
     o->leak = 0;
-    o->seq = (uint32_t)k->stats.allocs;
+    o->seq = (uint32_t)k->stats.allocs + 1;
     struct emsan_leaks *l = k->leaks;
     if (!l) return;
     uint64_t ms = now_ms(l);
