@@ -5,23 +5,27 @@ picks different allocations each time), then a table of each distinct bug and ho
 caught it: KFENCE's "enough total uptime across a fleet" measured on one machine.
 
 Each run is a separate `emsan run` process writing its reports as JSON; the guest's own output
-is discarded. Exit status: 99 when some run reported a bug, 0 when none did.
+is discarded. The runs go to a thread pool here or, with --scheduler, to a Dask cluster
+(emsan.cli.jobs). Exit status: 99 when some run reported a bug, 0 when none did.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
+from emsan.cli.jobs import RunJob, run_jobs
 from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
 
 # Options of `fleet` itself, never forwarded to the runs: name -> takes a value
-OWN = {"--runs": True, "--jobs": True, "--seed": True, "--json": True, "--quiet": False}
+OWN = {"--runs": True, "--jobs": True, "--seed": True, "--json": True, "--quiet": False, "--scheduler": True}
+
+
+def add_scheduler_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the jobs on this Dask cluster (dask.distributed, e.g. tcp://host:8786) instead of "
+                        "on this machine; the program must be at the same path on every worker")
 
 
 def add_parser(sub, add_run_options) -> None:
@@ -32,6 +36,7 @@ def add_parser(sub, add_run_options) -> None:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="J",
                    help="runs at a time (default: the number of CPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_scheduler_option(p)
     add_run_options(p)
     p.set_defaults(mode="kfence")
     for a in p._actions:                  # in a fleet --seed is the first run's and --json the summary's
@@ -67,24 +72,6 @@ def forwarded_options(argv: list[str], ns: argparse.Namespace) -> list[str]:
     return out
 
 
-def _one(cmd: list[str], json_path: str, timeout: float | None) -> dict:
-    t0 = time.monotonic()
-    try:
-        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           timeout=timeout)
-        status, err = p.returncode, p.stderr.decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        status, err = -1, "fleet: run timed out"
-    reports = []
-    try:
-        with open(json_path) as f:
-            reports = json.load(f).get("reports", [])
-    except (OSError, ValueError):
-        pass
-    return {"status": status, "reports": reports, "seconds": time.monotonic() - t0,
-            "internal_error": err.strip().splitlines()[-1] if status == 70 and err.strip() else None}
-
-
 def bug_key(r: dict) -> tuple[str, str]:
     return (r.get("bug_type") or "?", r.get("function") or r.get("pc") or "?")
 
@@ -98,6 +85,8 @@ def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
         raise EmsanError("--runs and --jobs must be at least 1", EXIT_BAD_INPUT)
     if not os.path.exists(ns.program) and "/" in ns.program:
         raise EmsanError(f"{ns.program}: no such file", EXIT_BAD_INPUT)
+    if "/" in ns.program:
+        ns.program = os.path.abspath(ns.program)        # the same path on every worker
     base_seed = ns.seed if ns.seed is not None else 1
     fwd = forwarded_options(argv, ns)
     console = Console(stderr=True)
@@ -105,27 +94,21 @@ def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
     run_timeout = 2 * ns.timeout + 30 if ns.timeout else None
     results: dict[int, dict] = {}
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="emsan-fleet-") as tmp:
-        jobs = {}
-        with ThreadPoolExecutor(max_workers=ns.jobs) as pool, \
-                Progress(TextColumn("[bold]fleet[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                         TextColumn("{task.fields[bugs]} runs with bugs"), TimeElapsedColumn(),
-                         console=console, disable=ns.quiet) as progress:
-            task = progress.add_task(os.path.basename(ns.program), total=ns.runs, bugs=0)
-            for i in range(ns.runs):
-                seed = base_seed + i
-                jp = os.path.join(tmp, f"run{i}.json")
-                cmd = [sys.executable, "-m", "emsan", "run", *fwd, "--seed", str(seed), "--json", jp,
-                       ns.program, *ns.args]
-                jobs[pool.submit(_one, cmd, jp, run_timeout)] = (i, seed)
-            with_bugs = 0
-            for fut in as_completed(jobs):
-                i, seed = jobs[fut]
-                res = fut.result()
-                res["seed"] = seed
-                results[i] = res
-                with_bugs += bool(res["reports"])
-                progress.update(task, advance=1, bugs=with_bugs)
+    jobs = [RunJob([*fwd, "--seed", str(base_seed + i)], ns.program, ns.args, timeout=run_timeout)
+            for i in range(ns.runs)]
+    with Progress(TextColumn("[bold]fleet[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[bugs]} runs with bugs"), TimeElapsedColumn(),
+                  console=console, disable=ns.quiet) as progress:
+        task = progress.add_task(os.path.basename(ns.program), total=ns.runs, bugs=0)
+        with_bugs = 0
+
+        def done(i: int, res: dict) -> None:
+            nonlocal with_bugs
+            res["seed"] = base_seed + i
+            results[i] = res
+            with_bugs += bool(res["reports"])
+            progress.update(task, advance=1, bugs=with_bugs)
+        run_jobs(jobs, ns.jobs, ns.scheduler, done)
     wall = time.monotonic() - t0
 
     bugs: dict[tuple[str, str], dict] = {}

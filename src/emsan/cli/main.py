@@ -52,6 +52,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed for guest randomness (AT_RANDOM, getrandom), sampling and tags")
     p.add_argument("--trace-syscalls", action="store_true", help="print each system call on stderr")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="also write reports as JSON to FILE")
+    p.add_argument("--sarif", dest="sarif_path", metavar="FILE",
+                   help="also write reports as a SARIF 2.1.0 log to FILE (code-scanning dashboards)")
     p.add_argument("--error-exitcode", type=int, default=EXIT_REPORT,
                    help=f"exit status when a report stops the run (default {EXIT_REPORT})")
     p.add_argument("--continue", dest="keep_going", action="store_true",
@@ -97,6 +99,7 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
     return RunOptions(program=ns.program, args=ns.args, env_set=dict(ns.env), env_unset=ns.unset_env,
                       sysroot=ns.sysroot, mode=ns.mode, timeout=ns.timeout, max_instructions=ns.max_instructions,
                       seed=ns.seed, trace_syscalls=ns.trace_syscalls, json_path=ns.json_path,
+                      sarif_path=ns.sarif_path,
                       error_exitcode=ns.error_exitcode, keep_going=ns.keep_going,
                       quarantine_size=ns.quarantine_size, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
                       kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,

@@ -19,6 +19,7 @@ class RunOptions:
     seed: int | None = None
     trace_syscalls: bool = False
     json_path: str | None = None
+    sarif_path: str | None = None     # --sarif: reports as a SARIF 2.1.0 log
     error_exitcode: int = EXIT_REPORT
     keep_going: bool = False          # --continue: the kernel's multi-shot
     quarantine_size: int = 256 << 20

@@ -12,8 +12,9 @@ from emsan.os.linux.loader import load_program
 from emsan.os.linux.memory import MemoryMap
 from emsan.os.linux.process import ExitInfo, Process
 from emsan.report.symbolize import Symbolizer
-from emsan.session.crash import oops
+from emsan.session.crash import oops, oops_json
 from emsan.session.options import RunOptions
+from emsan.session.outputs import write_outputs
 
 # Signals whose default action dumps core: a crash worth a report. Others (SIGPIPE, SIGTERM...)
 # end the run as quietly as a shell would show them.
@@ -108,9 +109,16 @@ def run(opts: RunOptions) -> int:
     s = Session(opts)
     info = s.run()
     sys.stdout.flush()
-    if s.sanitizer is not None:
-        s.sanitizer.finish()
-    if info.kind == "signal" and info.signal in CORE_SIGNALS:
+    fatal = info.kind == "signal" and info.signal in CORE_SIGNALS
+    crash = oops_json(s.process, info, s.symbolizer) if fatal and (opts.json_path or opts.sarif_path) else None
+    if hasattr(s.sanitizer, "reports"):          # the modes that report (LinuxSanitizer)
+        s.sanitizer.finish(crash)
+    else:
+        if s.sanitizer is not None:
+            s.sanitizer.finish()
+        if opts.json_path or opts.sarif_path:
+            write_outputs(opts, [], crash)
+    if fatal:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
     elif info.kind == "timeout":
         print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped at {s.symbolizer.frame(s.machine.pc)}",

@@ -2,7 +2,6 @@
 and turning the mode's errors into printed reports, JSON and exit decisions."""
 from __future__ import annotations
 
-import json
 import sys
 
 import resource
@@ -17,6 +16,7 @@ from emsan.sanitizer.entrypoints import (has_symtab, module_entry_points, string
 from emsan.sanitizer.generic import GenericMode
 from emsan.sanitizer.report import Report, shadow_window
 from emsan.session.crash import call_trace_pcs
+from emsan.session.outputs import write_outputs
 from emsan.session.unwind import is_call_return
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
 
@@ -200,14 +200,11 @@ class LinuxSanitizer:
         self.write_json()
         return True
 
-    def write_json(self) -> None:
-        path = self.s.opts.json_path
-        if path:
-            with open(path, "w") as f:
-                json.dump({"tool": "emsan", "reports": self.reports}, f, indent=2)
+    def write_json(self, crash: dict | None = None) -> None:
+        write_outputs(self.s.opts, self.reports, crash)
 
-    def finish(self) -> None:
-        self.write_json()
+    def finish(self, crash: dict | None = None) -> None:
+        self.write_json(crash)
         if self.s.opts.stats:
             st = self.mode.stats()
             if "shadow_pages" in st:
