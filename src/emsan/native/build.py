@@ -14,7 +14,7 @@ CDEF = (HERE / "emsan_native.h").read_text()
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 SOURCES = ["emsan_native.c", "shadow.c", "gshadow.c", "heap.c", "quarantine.c", "depot.c", "intercept.c", "scs.c",
-           "unwind.c", "kfence.c", "compiler.c", "tags.c", "mmio.c"]
+           "unwind.c", "kfence.c", "compiler.c", "tags.c", "mmio.c", "afl.c"]
 ffibuilder.set_source(
     "emsan.native._emsan_native",
     '#include <stdint.h>\n#include "emsan_native.h"\n',

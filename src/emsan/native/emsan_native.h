@@ -347,3 +347,16 @@ int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs, uint64
 /* QEMU internals of the pinned libunicorn (qemu_get_cpu_<arch>, cpu_restore_state_<arch>) that
  * recover the exact PC of an access seen in an MMIO callback. */
 void emsan_mmio_set_pc_recovery(emsan_heap *h, void *get_cpu, void *restore);
+
+/* ---- AFL++ target side: fork server, coverage, CompCov, shared translations (afl.c) ---- */
+struct emsan_afl;
+struct emsan_afl *emsan_afl_new(void *uc, uint32_t ctl_request_cache);
+int emsan_afl_has_afl(struct emsan_afl *a);
+uint64_t emsan_afl_cached(struct emsan_afl *a);
+uint8_t *emsan_afl_map(struct emsan_afl *a);
+int emsan_afl_cover(struct emsan_afl *a, int block_type, uint64_t begin, uint64_t end);
+int emsan_afl_compcov(struct emsan_afl *a, int opcode_type, int op, int flags, uint64_t begin, uint64_t end);
+int emsan_afl_share_cache(struct emsan_afl *a, int edge_type);
+const uint8_t *emsan_afl_input(struct emsan_afl *a, uint32_t *len);
+int emsan_afl_serve(struct emsan_afl *a);
+int emsan_afl_next(struct emsan_afl *a);

@@ -1,0 +1,208 @@
+"""One `emsan run` turned into an AFL++ target: the program is loaded, linked and run up to a fork
+point (`main`, or --entry FUNCTION), then the process becomes a fork server (machine/afl.py)
+and every child places one input (stdin, a file, an argument) and runs the guest on to its end.
+A sanitizer report or a fatal guest signal is a crash for AFL++; the child saves the report's
+text and JSON under OUT/.emsan/reports/, named by the input's SHA-1, and `emsan fuzz` puts them
+next to the crashing input AFL++ keeps.
+
+The fork is the host's: the guest sees one process that runs once per input."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+
+from emsan.errors import EmsanError
+from emsan.os.linux.process import FileDesc
+from emsan.session.crash import oops, oops_json
+from emsan.session.options import RunOptions
+from emsan.session.run import CORE_SIGNALS, Session
+
+PLACEHOLDER = "@@"
+# Where an argument input is placed: a guest region of its own, the string's end at the end of
+# the region, so reading past its NUL faults at once.
+ARG_INPUT_BASE = 0x0500_0000_0000
+ARG_INPUT_MAX = 128 << 10              # the kernel's MAX_ARG_STRLEN
+
+
+@dataclass
+class FuzzConfig:
+    """What `emsan fuzz` writes to OUT/emsan-fuzz.json, for its targets and for triage."""
+    program: str
+    args: list[str]
+    input: str                          # stdin / file / arg
+    run_options: list[str] = field(default_factory=list)
+    entry: str = "main"
+    out: str = ""
+    cover: str = "program"              # program / all: whose code gives AFL++ coverage
+
+    @classmethod
+    def load(cls, path: str) -> "FuzzConfig":
+        with open(path) as f:
+            d = json.load(f)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def input_id(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+class FuzzTarget:
+    def __init__(self, cfg: FuzzConfig, opts: RunOptions):
+        self.cfg = cfg
+        self.reports_dir = os.path.join(cfg.out, ".emsan", "reports")
+        os.makedirs(self.reports_dir, exist_ok=True)
+        # file input: one path per fork server, fixed in argv before the fork point
+        self.input_path = os.path.join(cfg.out, ".emsan", f"input.{os.getpid()}")
+        self.arg_index = next((i for i, a in enumerate(opts.args) if PLACEHOLDER in a), None)
+        if cfg.input == "file":
+            opts.args = [a.replace(PLACEHOLDER, self.input_path) for a in opts.args]
+            open(self.input_path, "wb").close()
+        self.opts = opts
+        self.s = Session(opts)
+        self.texts: list[str] = []
+        self.data = b""
+        san = self.s.sanitizer
+        if san is not None and hasattr(san, "render_text"):
+            render = san.render_text
+
+            def keep(rep, sym, arch):     # the child saves what it printed
+                text = render(rep, sym, arch)
+                self.texts.append(text)
+                return text
+            san.render_text = keep
+
+    # --- before the fork ------------------------------------------------------------------------
+    def run_to_fork_point(self) -> None:
+        s = self.s
+        image, bias = s.loaded.image, s.loaded.bias
+        from emsan.report.symbolize import module_symbols
+        rel = module_symbols(image.path).address_of(self.cfg.entry)
+        if rel is None:
+            raise EmsanError(f"{image.path}: no function {self.cfg.entry!r} to place the fork server at "
+                             "(the program needs its symbols; choose another with --entry)")
+        self.fork_pc = rel + bias
+        s.machine.hook_code_once(self.fork_pc, lambda: s.machine.stop("pause"))
+        info = s.process.run(s.loaded.entry, None, None)
+        if info.kind != "paused":
+            raise EmsanError(f"{image.path}: the guest ended (status {info.status}) before reaching "
+                             f"{self.cfg.entry}, where the fork server would start")
+        s.symbolizer.frames(self.fork_pc)        # parse the line table once, in the parent
+        if self.cfg.input == "arg":
+            s.mem.map(ARG_INPUT_BASE, ARG_INPUT_BASE + ARG_INPUT_MAX + 0x1000, 3, "[emsan-input]")
+
+    def cover_ranges(self) -> list[tuple[int, int]]:
+        """The code AFL++ sees: the program's executable mappings (qemu mode's default), or
+        every module's with cover="all" (AFL_INST_LIBS)."""
+        mem = self.s.mem
+        paths = {m.path for m in mem.modules} if self.cfg.cover == "all" else {self.s.loaded.image.path}
+        return [(mp.start, mp.end) for mp in mem.mappings if mp.prot & 4 and mp.name in paths]
+
+    # --- in each child --------------------------------------------------------------------------
+    def place_input(self, data: bytes, rnd: int) -> bool:
+        self.data = data
+        mode = self.cfg.input
+        if mode == "file":
+            with open(self.input_path, "wb") as f:
+                f.write(data)
+        elif mode == "stdin":
+            fd = os.memfd_create("emsan-input")
+            os.write(fd, data)
+            os.lseek(fd, 0, 0)
+            fds = self.s.process.fds
+            if 0 in fds:
+                os.dup2(fd, fds[0].host)
+                os.close(fd)
+            else:
+                fds[0] = FileDesc(fd, "<stdin>")
+        elif mode == "arg":
+            self.place_arg(data)
+        return True
+
+    def place_arg(self, data: bytes) -> None:
+        """argv[i] of the guest's main points at the input (up to its first NUL) with the rest of
+        the argument around it, the NUL on the region's last byte."""
+        from emsan.cli.jobs import arg_value
+        if self.arg_index is None:
+            return
+        s = self.s
+        tmpl = self.opts.args[self.arg_index]
+        text = tmpl.replace(PLACEHOLDER, arg_value(data)).encode(errors="surrogateescape")[:ARG_INPUT_MAX - 1]
+        end = ARG_INPUT_BASE + ARG_INPUT_MAX
+        addr = end - len(text) - 1
+        s.machine.write(addr, text + b"\0")
+        argv = s.machine.reg(s.arch.args[1])          # main(argc, argv): argv[0] is the program
+        s.machine.write(argv + 8 * (self.arg_index + 1), addr.to_bytes(8, "little"))
+
+    def run_one(self) -> bool:
+        """Run the guest on from the fork point; True when it crashed (a report or a fatal signal)."""
+        s = self.s
+        try:
+            info = s.process.run(s.machine.pc, None, self.opts.max_instructions)
+            san = s.sanitizer
+            reports = list(getattr(san, "reports", []))
+            crash_json = crash_text = None
+            if info.kind == "signal" and info.signal in CORE_SIGNALS:
+                crash_json = oops_json(s.process, info, s.symbolizer)
+                crash_text = oops(s.process, info, s.symbolizer)
+            if not reports and crash_json is None:
+                return False
+            self.save(reports, crash_json, "\n".join(self.texts + ([crash_text] if crash_text else [])))
+            return True
+        except Exception:                  # an emsan bug: logged, never a crash of the target
+            with open(os.path.join(self.cfg.out, ".emsan", "errors.log"), "a") as f:
+                f.write(f"input {input_id(self.data)}:\n{traceback.format_exc()}\n")
+            return False
+
+    def save(self, reports: list[dict], crash: dict | None, text: str) -> None:
+        base = os.path.join(self.reports_dir, input_id(self.data))
+        if os.path.exists(base + ".emsan.json"):
+            return
+        doc: dict = {"tool": "emsan", "reports": reports}
+        if crash is not None:
+            doc["crash"] = crash
+        for ext, body in ((".emsan.txt", text + "\n"), (".emsan.json", json.dumps(doc, indent=2))):
+            tmp = f"{base}{ext}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(body)
+            os.replace(tmp, base + ext)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m emsan.session.fuzz CONFIG [INPUT]`: the process afl-fuzz starts. Inputs come
+    through AFL++'s shared memory (or the file INPUT); without AFL++ it runs INPUT once."""
+    from emsan.cli.main import build_parser, run_options
+    from emsan.machine.afl import CHILD, FINISHED, ForkServer
+
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = FuzzConfig.load(argv[0])
+    input_file = argv[1] if len(argv) > 1 else None
+    ns = build_parser().parse_args(["run", *cfg.run_options, cfg.program, *cfg.args])
+    try:
+        target = FuzzTarget(cfg, run_options(ns))
+        target.run_to_fork_point()
+        server = ForkServer(target.s.machine)
+        for lo, hi in target.cover_ranges():
+            server.cover(lo, hi - 1)
+    except EmsanError as e:
+        print(f"emsan: {e}", file=sys.stderr)
+        return e.status
+    role = server.serve()
+    if role == FINISHED:
+        os._exit(0)
+    target.place_input(server.input(input_file), 0)
+    crashed = target.run_one()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if role == CHILD:
+        if crashed:
+            os.abort()                  # AFL++ records a crash
+        os._exit(0)                     # no interpreter teardown: the next child is waiting
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
