@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(run_p)
     run_p.add_argument("program", help="the ELF executable (searched in PATH if it has no slash)")
     run_p.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
-    from emsan.cli import fleet, triage
+    from emsan.cli import fleet, fuzz, triage
     fleet.add_parser(sub, add_run_options)
+    fuzz.add_parser(sub, add_run_options)
     triage.add_parser(sub, add_run_options, fleet.add_scheduler_option)
     cf = sub.add_parser("cflags", help="print the clang flags of compiler-assisted mode: clang $(emsan cflags) ...")
     cf.add_argument("--arch", choices=("x86_64", "arm64"), help="the guest's architecture (default: the host's)")
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "fleet":
             from emsan.cli.fleet import run_fleet
             return run_fleet(list(sys.argv[1:] if argv is None else argv), ns)
+        if ns.command == "fuzz":
+            from emsan.cli.fuzz import run_fuzz
+            return run_fuzz(list(sys.argv[1:] if argv is None else argv), ns)
         if ns.command == "triage":
             from emsan.cli.triage import run_triage
             return run_triage(list(sys.argv[1:] if argv is None else argv), ns)

@@ -29,6 +29,7 @@ class ForkServer:
         if self.a == self.ffi.NULL:
             raise MemoryError("no memory for the fork server")
         self._len = self.ffi.new("uint32_t *")
+        self._compcov_all = False
 
     @property
     def has_afl(self) -> bool:
@@ -39,9 +40,19 @@ class ForkServer:
         lib = self.lib
         if lib.emsan_afl_cover(self.a, uconst.UC_HOOK_BLOCK, begin, end):
             raise RuntimeError("cannot add the coverage hook")
-        if compcov:
+        if not compcov:
+            return
+        if self.machine.arch == "x86_64":
+            # x86's translator marks comparisons (and subtractions) itself.
             for flag in (uconst.UC_TCG_OP_FLAG_CMP, uconst.UC_TCG_OP_FLAG_DIRECT):
                 lib.emsan_afl_compcov(self.a, uconst.UC_HOOK_TCG_OPCODE, uconst.UC_TCG_OP_SUB, flag, begin, end)
+        elif not self._compcov_all:
+            # arm64's does not: every subtraction is seen (flags 0, tcg_gen_sub_i32/i64), CMP and
+            # SUBS included, and unicorn 2.1.3's aarch64 translator never sets the PC that
+            # bounded TCG-opcode hooks are matched against, so the hook covers every address
+            # and the entries are told apart by the preceding block.
+            self._compcov_all = True
+            lib.emsan_afl_compcov(self.a, uconst.UC_HOOK_TCG_OPCODE, uconst.UC_TCG_OP_SUB, 0, 1, 0)
 
     def serve(self) -> int:
         """NO_AFL (run the one input yourself), CHILD (run AFL++'s input) or FINISHED (the

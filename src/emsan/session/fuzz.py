@@ -38,6 +38,7 @@ class FuzzConfig:
     entry: str = "main"
     out: str = ""
     cover: str = "program"              # program / all: whose code gives AFL++ coverage
+    compcov: bool = True                # byte-wise coverage of multi-byte comparisons
 
     @classmethod
     def load(cls, path: str) -> "FuzzConfig":
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         target.run_to_fork_point()
         server = ForkServer(target.s.machine)
         for lo, hi in target.cover_ranges():
-            server.cover(lo, hi - 1)
+            server.cover(lo, hi - 1, cfg.compcov)
     except EmsanError as e:
         print(f"emsan: {e}", file=sys.stderr)
         return e.status
