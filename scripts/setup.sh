@@ -10,6 +10,7 @@ command -v ld.lld >/dev/null || need+=(lld)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v g++ >/dev/null || need+=(g++)
+command -v afl-fuzz >/dev/null || need+=(afl++)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq

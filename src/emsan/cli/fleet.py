@@ -16,6 +16,7 @@ import os
 import time
 
 from emsan.cli.jobs import RunJob, run_jobs
+from emsan.cli.jobs import console as make_console
 from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
 
 # Options of `fleet` itself, never forwarded to the runs: name -> takes a value
@@ -77,7 +78,6 @@ def bug_key(r: dict) -> tuple[str, str]:
 
 
 def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -89,7 +89,7 @@ def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
         ns.program = os.path.abspath(ns.program)        # the same path on every worker
     base_seed = ns.seed if ns.seed is not None else 1
     fwd = forwarded_options(argv, ns)
-    console = Console(stderr=True)
+    console = make_console()
     # A run that outlives twice its own --timeout is stuck in emsan itself: give up on it.
     run_timeout = 2 * ns.timeout + 30 if ns.timeout else None
     results: dict[int, dict] = {}

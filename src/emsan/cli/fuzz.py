@@ -20,13 +20,14 @@ import subprocess
 import sys
 import time
 
+from emsan.cli.jobs import console as make_console
 from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
 from emsan.session.fuzz import FuzzConfig, input_id
 
 CONFIG = "emsan-fuzz.json"
 OWN = {"-i": True, "-o": True, "--input": True, "--entry": True, "--cover": True, "-x": True, "-t": True,
        "-E": True, "-V": True, "-s": True, "--afl-arg": True, "--resume": False, "--quiet": False,
-       "--no-compcov": False}
+       "--no-compcov": False, "--no-cmplog": False}
 # Environment for afl-fuzz: no curses UI (emsan shows progress), no CPU pinning (machines are
 # shared), and none of the checks a Unicorn-mode target has no use for.
 AFL_ENV = {"AFL_NO_UI": "1", "AFL_NO_AFFINITY": "1", "AFL_SKIP_CPUFREQ": "1",
@@ -49,6 +50,8 @@ def add_parser(sub, add_run_options) -> None:
                    help="code whose edges AFL++ sees: the program's (default, like qemu mode) or every module's")
     p.add_argument("--no-compcov", dest="compcov", action="store_false",
                    help="no byte-wise coverage of multi-byte comparisons (CompCov)")
+    p.add_argument("--no-cmplog", dest="cmplog", action="store_false",
+                   help="no CmpLog (AFL++'s input-to-state stage, fed by a second fork server logging comparisons)")
     p.add_argument("-x", dest="dicts", action="append", default=[], metavar="DICT", help="AFL++ dictionary")
     p.add_argument("-t", dest="timeout_ms", type=int, default=2000, metavar="MS",
                    help="per-input time limit in milliseconds (default 2000)")
@@ -157,7 +160,6 @@ def preflight(cfg_path: str, seed: str) -> None:
 
 
 def run_fuzz(argv: list[str], ns: argparse.Namespace) -> int:
-    from rich.console import Console
 
     afl = shutil.which("afl-fuzz")
     if afl is None:
@@ -187,7 +189,11 @@ def run_fuzz(argv: list[str], ns: argparse.Namespace) -> int:
     if seeds:
         preflight(cfg_path, seeds[0])
 
-    cmd = [afl, "-U", "-i", "-" if ns.resume else ns.seeds, "-o", out, "-m", "none", "-t", str(ns.timeout_ms)]
+    # Not -U: AFL++ 4.04c refuses CmpLog in Unicorn mode, and the target speaks the plain
+    # fork-server protocol anyway (AFL_SKIP_BIN_CHECK: it is emsan, not an instrumented binary).
+    cmd = [afl, "-i", "-" if ns.resume else ns.seeds, "-o", out, "-m", "none", "-t", str(ns.timeout_ms)]
+    if ns.cmplog:
+        cmd += ["-c", "0"]
     for d in ns.dicts:
         cmd += ["-x", d]
     if ns.execs:
@@ -198,12 +204,15 @@ def run_fuzz(argv: list[str], ns: argparse.Namespace) -> int:
         cmd += ["-s", str(ns.afl_seed)]
     cmd += [*ns.afl_arg, "--", *target_command(cfg_path, out)]
     env = {**AFL_ENV, **os.environ} if os.environ.get("AFL_NO_UI") else {**os.environ, **AFL_ENV}
-    console = Console(stderr=True)
+    console = make_console()
     log_path = os.path.join(out, "afl-fuzz.log")
     linked: set[str] = set()
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # A session of its own: at exit afl-fuzz 4.04c SIGKILLs the process group it finds its
+        # fork servers in, which is otherwise emsan's own (and the shell's).
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         try:
             with console.status("starting afl-fuzz", spinner="dots") as status:
                 while proc.poll() is None:

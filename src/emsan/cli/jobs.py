@@ -100,6 +100,12 @@ def run_emsan(job: RunJob) -> dict:
             "internal_error": tail if status == 70 else None}
 
 
+def console():
+    """stderr, as wide as the terminal, or wide enough for the tables when it is a file or pipe."""
+    from rich.console import Console
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
 def run_jobs(jobs: list[RunJob], workers: int, scheduler: str | None,
              done: Callable[[int, dict], None]) -> None:
     """Run every job, calling done(index, result) as each finishes (in the caller's thread)."""

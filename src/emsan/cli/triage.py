@@ -17,6 +17,7 @@ import os
 import time
 
 from emsan.cli.jobs import RunJob, run_jobs
+from emsan.cli.jobs import console as make_console
 from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
 from emsan.report import sarif
 
@@ -68,14 +69,13 @@ def crash_inputs(path: str) -> list[str]:
     return out
 
 
-def find_config(path: str) -> dict | None:
+def find_config(path: str) -> str | None:
     """The `emsan fuzz` configuration of the output directory CRASHES is in or under."""
     d = os.path.abspath(path)
     for _ in range(4):
         cfg = os.path.join(d, CONFIG)
         if os.path.isfile(cfg):
-            with open(cfg) as f:
-                return json.load(f)
+            return cfg
         d = os.path.dirname(d)
     return None
 
@@ -107,9 +107,11 @@ def target(argv: list[str], ns: argparse.Namespace) -> tuple[list[str], str, lis
         program = os.path.abspath(ns.program) if "/" in ns.program else ns.program
         mode = ns.input or ("file" if any("@@" in a for a in ns.args) else "stdin")
         return forwarded_options(argv, ns), program, list(ns.args), mode
-    cfg = find_config(ns.crashes)
-    if cfg is None:
+    path = find_config(ns.crashes)
+    if path is None:
         raise EmsanError(f"{ns.crashes}: no {CONFIG} above it (not made by emsan fuzz): give -- PROGRAM ARGS")
+    with open(path) as f:
+        cfg = json.load(f)
     return list(cfg["run_options"]) + forwarded_options(argv, ns), cfg["program"], list(cfg["args"]), cfg["input"]
 
 
@@ -147,7 +149,6 @@ def group(inputs: list[str], results: dict[int, dict], depth: int) -> tuple[list
 
 
 def run_triage(argv: list[str], ns: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -165,7 +166,7 @@ def run_triage(argv: list[str], ns: argparse.Namespace) -> int:
         with open(path, "rb") as f:
             jobs.append(RunJob(opts, program, args, f.read(), mode, run_timeout, os.path.basename(path)))
 
-    console = Console(stderr=True)
+    console = make_console()
     results: dict[int, dict] = {}
     t0 = time.monotonic()
     with Progress(TextColumn("[bold]triage[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -202,7 +203,8 @@ def run_triage(argv: list[str], ns: argparse.Namespace) -> int:
             console.print(f"an emsan run failed: {res['internal_error']}", markup=False)
             break
 
-    base = os.path.dirname(os.path.abspath(ns.crashes.rstrip("/")))
+    cfg = find_config(ns.crashes)           # emsan fuzz's OUT, else beside the crash directory
+    base = os.path.dirname(cfg) if cfg else os.path.dirname(os.path.abspath(ns.crashes.rstrip("/")))
     json_path = ns.json_path or os.path.join(base, "triage.json")
     sarif_path = ns.sarif_path or os.path.join(base, "triage.sarif")
     command = " ".join([program, *args])

@@ -36,11 +36,12 @@ class ForkServer:
         return bool(self.lib.emsan_afl_has_afl(self.a))
 
     def cover(self, begin: int, end: int, compcov: bool = True) -> None:
-        """Edge coverage (and CompCov) for the code in [begin, end]."""
+        """Edge coverage (and CompCov) for the code in [begin, end]; comparisons are logged for
+        CmpLog in the fork server afl-fuzz starts for it, whatever `compcov` says."""
         lib = self.lib
         if lib.emsan_afl_cover(self.a, uconst.UC_HOOK_BLOCK, begin, end):
             raise RuntimeError("cannot add the coverage hook")
-        if not compcov:
+        if not compcov and not self.lib.emsan_afl_cmplog(self.a):
             return
         if self.machine.arch == "x86_64":
             # x86's translator marks comparisons (and subtractions) itself.

@@ -24,7 +24,28 @@
 #define FORKSRV_FD 198                       /* AFL++: control in, FORKSRV_FD + 1: status out */
 #define FS_OPT_ENABLED 0x80000001u
 #define FS_OPT_SHDMEM_FUZZ 0x01000000u
+#define FS_OPT_NEWCMPLOG 0x02000000u           /* comparisons logged in AFL++ 4's cmp_map layout */
 #define AFL_MAP_SIZE (1u << 16)               /* AFL++'s default map (no FS_OPT_MAPSIZE sent) */
+
+/* CmpLog (AFL++'s include/cmplog.h layout): the operands of each comparison, for its
+ * input-to-state stage, logged only by the second fork server afl-fuzz starts with -c 0. */
+#define CMP_MAP_W 65536
+#define CMP_MAP_H 32
+#define CMP_TYPE_INS 1
+struct cmp_header {
+    unsigned hits : 24;
+    unsigned id : 24;
+    unsigned shape : 5;
+    unsigned type : 2;
+    unsigned attribute : 4;
+    unsigned overflow : 1;
+    unsigned reserved : 4;
+} __attribute__((packed));
+struct cmp_operands { uint64_t v0, v1, v0_128, v1_128; } __attribute__((packed));
+struct cmp_map {
+    struct cmp_header headers[CMP_MAP_W];
+    struct cmp_operands log[CMP_MAP_W][CMP_MAP_H];
+};
 
 typedef int (*hook_add_var_fn)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
 typedef int (*ctl_fn)(void *, int, ...);
@@ -37,6 +58,7 @@ struct emsan_afl {
     uint32_t mask;
     uint64_t prev;
     uint32_t *shm_input;                     /* AFL++'s test case: u32 length, then the bytes */
+    struct cmp_map *cmp;                     /* the CmpLog server's log, NULL in the other */
     int has_afl, in_child;
     int to_server, from_server;              /* the child's ends of the two pipes */
     uint32_t ctl_request_cache;              /* uc_ctl_request_cache()'s control word */
@@ -60,6 +82,26 @@ static void block_cb(void *uc, uint64_t address, uint32_t size, void *ud)
     a->prev = cur >> 1;
 }
 
+/* CmpLog: the comparison's operands, under a key of its address and the block before it (on
+ * arm64 the address is not known: the block tells comparisons apart). */
+static void cmp_log(struct emsan_afl *a, uint64_t cur, uint64_t arg1, uint64_t arg2, int bytes)
+{
+    uint64_t k = (cur ^ a->prev) & (CMP_MAP_W - 1);
+    struct cmp_header *h = &a->cmp->headers[k];
+    uint32_t hits;
+    if (h->type != CMP_TYPE_INS) {
+        h->type = CMP_TYPE_INS;
+        h->hits = 1;
+        hits = 0;
+    } else {
+        hits = h->hits++;
+    }
+    h->shape = bytes - 1;
+    struct cmp_operands *o = &a->cmp->log[k][hits & (CMP_MAP_H - 1)];
+    o->v0 = arg1;
+    o->v1 = arg2;
+}
+
 /* CompCov: one map entry per leading byte the two operands share (the last byte is the
  * branch's own business). */
 static void cmp_cb(void *uc, uint64_t address, uint64_t arg1, uint64_t arg2, uint32_t bits, void *ud)
@@ -68,6 +110,8 @@ static void cmp_cb(void *uc, uint64_t address, uint64_t arg1, uint64_t arg2, uin
     (void)uc;
     uint64_t x = arg1 ^ arg2, cur = loc_hash(address ^ 0x5bd1e995u);
     int bytes = bits / 8;
+    if (a->cmp != NULL && x != 0 && bytes > 1)
+        cmp_log(a, cur, arg1, arg2, bytes);
     for (int i = bytes - 1; i >= 1; i--) {
         if ((x >> (8 * i)) & 0xff)
             break;
@@ -113,8 +157,16 @@ EXPORT struct emsan_afl *emsan_afl_new(void *uc, uint32_t ctl_request_cache)
         if (m != (void *)-1)
             a->shm_input = m;
     }
+    const char *cid = getenv("__AFL_CMPLOG_SHM_ID");
+    if (a->has_afl && cid != NULL && getenv("___AFL_EINS_ZWEI_POLIZEI___") != NULL) {
+        void *m = shmat(atoi(cid), NULL, 0);
+        if (m != (void *)-1)
+            a->cmp = m;
+    }
     return a;
 }
+
+EXPORT int emsan_afl_cmplog(struct emsan_afl *a) { return a->cmp != NULL; }
 
 EXPORT int emsan_afl_has_afl(struct emsan_afl *a) { return a->has_afl; }
 EXPORT uint64_t emsan_afl_cached(struct emsan_afl *a) { return a->cached; }
@@ -174,10 +226,11 @@ static int write_u32(int fd, uint32_t v) { return write(fd, &v, 4) == 4; }
  * program), 1 in each child (run the input), 2 in the server once AFL++ has gone, -1 on error. */
 EXPORT int emsan_afl_serve(struct emsan_afl *a)
 {
-    uint32_t hello = a->shm_input ? (FS_OPT_ENABLED | FS_OPT_SHDMEM_FUZZ) : 0, reply;
+    uint32_t hello = FS_OPT_ENABLED | FS_OPT_NEWCMPLOG | (a->shm_input ? FS_OPT_SHDMEM_FUZZ : 0), reply;
     if (!a->has_afl || !write_u32(FORKSRV_FD + 1, hello))
         return 0;
-    if (a->shm_input && (read(FORKSRV_FD, &reply, 4) != 4 || reply != hello))
+    /* afl-fuzz confirms shared-memory test cases with (FS_OPT_ENABLED | FS_OPT_SHDMEM_FUZZ) */
+    if (a->shm_input && (read(FORKSRV_FD, &reply, 4) != 4 || !(reply & FS_OPT_SHDMEM_FUZZ)))
         return -1;
     pid_t child = -1;
     int alive = 0, to_child = -1, from_child = -1;

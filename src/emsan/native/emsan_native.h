@@ -352,6 +352,7 @@ void emsan_mmio_set_pc_recovery(emsan_heap *h, void *get_cpu, void *restore);
 struct emsan_afl;
 struct emsan_afl *emsan_afl_new(void *uc, uint32_t ctl_request_cache);
 int emsan_afl_has_afl(struct emsan_afl *a);
+int emsan_afl_cmplog(struct emsan_afl *a);
 uint64_t emsan_afl_cached(struct emsan_afl *a);
 uint8_t *emsan_afl_map(struct emsan_afl *a);
 int emsan_afl_cover(struct emsan_afl *a, int block_type, uint64_t begin, uint64_t end);

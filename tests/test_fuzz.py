@@ -1,0 +1,106 @@
+"""`emsan fuzz` (AFL++ with emsan as the sanitizer) and `emsan triage` on its crashes.
+
+tests/guest/fuzz_target.c hides a heap overflow behind a 4-byte magic and a use-after-free behind
+a length check. AFL++ must find both within a fixed budget of executions (CmpLog solves the magic,
+a seeded random generator makes the run repeatable), and triage must group the crashes into
+exactly those two bugs. The oracle is the same source built natively with ASan, run on each
+group's smallest input: its bug kind, function and line must match emsan's report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import build, emsan, have
+
+pytestmark = pytest.mark.skipif(not have("afl-fuzz"), reason="AFL++ (afl-fuzz) is not installed")
+
+ASAN_KIND = {"heap-buffer-overflow": "slab-out-of-bounds", "heap-use-after-free": "slab-use-after-free"}
+BUDGET = ["-E", "1500", "-V", "60", "-s", "1", "-t", "5000"]     # executions, seconds, AFL++ seed, ms per input
+
+
+def seeds(tmp_path) -> str:
+    d = tmp_path / "seeds"
+    d.mkdir()
+    (d / "hello").write_bytes(b"hello!!!")
+    return str(d)
+
+
+def asan_oracle(data: bytes) -> tuple[str, str, int]:
+    """(emsan's name for the bug kind, function, line) as natively built ASan reports them."""
+    exe = build("fuzz_target", "x86_64", "dynamic", flags=("-fsanitize=address",))
+    p = subprocess.run([exe], input=data, capture_output=True, timeout=60)
+    err = p.stderr.decode(errors="replace")
+    kind = re.search(r"ERROR: AddressSanitizer: ([\w-]+)", err).group(1)
+    frame = re.search(r"#0 0x[0-9a-f]+ in (\w+) \S*fuzz_target\.c:(\d+)", err)
+    return ASAN_KIND[kind], frame.group(1), int(frame.group(2))
+
+
+def test_fuzz_finds_both_bugs_and_triage_groups_them(arch, tmp_path):
+    exe = build("fuzz_target", arch)
+    out = tmp_path / "out"
+    p = emsan("fuzz", *BUDGET, "--quiet", "-i", seeds(tmp_path), "-o", str(out), "--", exe, timeout=240)
+    err = p.stderr.decode()
+    assert p.returncode == 99, err + (out / "afl-fuzz.log").read_text(errors="replace")[-3000:]
+    assert "Traceback" not in err
+    crashes = sorted(f for f in os.listdir(out / "default" / "crashes") if f.startswith("id:") and ".emsan." not in f)
+    assert crashes, err
+    for c in crashes:                   # each crash has its report beside it, text and JSON
+        text = (out / "default" / "crashes" / (c + ".emsan.txt")).read_text()
+        doc = json.loads((out / "default" / "crashes" / (c + ".emsan.json")).read_text())
+        assert text.startswith("=" * 66) and "BUG: KASAN: " in text
+        assert doc["reports"][0]["bug_type"] in text
+    assert "first crash after" in err
+
+    tj, ts = tmp_path / "triage.json", tmp_path / "triage.sarif"
+    p = emsan("triage", "--quiet", "--json", str(tj), "--sarif", str(ts), str(out), timeout=240)
+    err = p.stderr.decode()
+    assert p.returncode == 99, err
+    summary = json.loads(tj.read_text())
+    assert summary["inputs"] == len(crashes) and not summary["not_reproduced"]
+    got = {(b["bug_type"], b["report"]["function"]) for b in summary["bugs"]}
+    assert got == {("slab-out-of-bounds", "parse_header"), ("slab-use-after-free", "parse_records")}, got
+    for bug in summary["bugs"]:
+        data = open(bug["smallest"]["input"], "rb").read()
+        kind, fn, line = asan_oracle(data)
+        top = bug["report"]["stack"][0]
+        assert (bug["bug_type"], top["function"], top["line"]) == (kind, fn, line)
+        assert bug["key"][1:] == [fn, "parse", "main"]
+        assert bug["smallest"]["size"] == min(i["size"] for i in bug["inputs"])
+    # the table: one row per bug with its location, input count and smallest input
+    rows = [ln for ln in err.splitlines() if "parse_header" in ln or "parse_records" in ln]
+    assert len(rows) == 2 and "2 distinct bugs" in err
+    assert len(json.loads(ts.read_text())["runs"][0]["results"]) == 2
+
+
+def test_fuzz_input_through_an_argument(tmp_path):
+    """--input arg: @@ is replaced by the input itself (up to its first NUL) in the guest's argv."""
+    exe = build("fuzz_target", "x86_64")
+    out = tmp_path / "out"
+    p = emsan("fuzz", *BUDGET, "--quiet", "--input", "arg", "-i", seeds(tmp_path), "-o", str(out), "--", exe,
+              "-d", "@@", timeout=240)
+    assert p.returncode == 99, p.stderr.decode()
+    bugs = set()
+    for c in os.listdir(out / "default" / "crashes"):
+        if c.endswith(".emsan.json"):
+            bugs.add(json.loads((out / "default" / "crashes" / c).read_text())["reports"][0]["function"])
+    assert "parse_records" in bugs          # the UAF: an argument longer than 32 bytes
+    cfg = json.loads((out / "emsan-fuzz.json").read_text())
+    assert cfg["input"] == "arg" and cfg["args"] == ["-d", "@@"]
+
+
+def test_fuzz_refuses_what_it_cannot_run(tmp_path):
+    exe = build("fuzz_target", "x86_64")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = emsan("fuzz", "-i", str(empty), "-o", str(tmp_path / "o1"), "--", exe)
+    assert p.returncode == 2 and b"no seed files" in p.stderr
+    p = emsan("fuzz", "--entry", "no_such_function", "-i", seeds(tmp_path), "-o", str(tmp_path / "o2"), "--", exe)
+    assert p.returncode == 2, p.stderr
+    assert b"no function 'no_such_function'" in p.stderr and b"Traceback" not in p.stderr
+    p = emsan("fuzz", "--input", "file", "-i", str(tmp_path / "seeds"), "-o", str(tmp_path / "o3"), "--", exe)
+    assert p.returncode == 2 and b"put @@" in p.stderr
