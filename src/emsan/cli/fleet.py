@@ -152,7 +152,8 @@ def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
                    "bugs": [{k: v for k, v in b.items()} for b in sorted(bugs.values(), key=lambda b: -b["runs"])],
                    "per_run": [{"seed": results[i]["seed"], "status": results[i]["status"],
                                 "bugs": [list(bug_key(r)) for r in results[i]["reports"]],
-                                "seconds": round(results[i]["seconds"], 3)} for i in sorted(results)]}
+                                "seconds": round(results[i]["seconds"], 3), "runner": results[i]["runner"]}
+                               for i in sorted(results)]}
         with open(ns.json_path, "w") as f:
             json.dump(summary, f, indent=2)
     return EXIT_REPORT if bugs else 0

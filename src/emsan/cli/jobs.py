@@ -96,7 +96,8 @@ def run_emsan(job: RunJob) -> dict:
             pass
     tail = err.strip().splitlines()[-1] if err.strip() else None
     return {"status": status, "reports": doc.get("reports", []), "crash": doc.get("crash"),
-            "texts": report_texts(err), "seconds": time.monotonic() - t0, "host": socket.gethostname(),
+            "texts": report_texts(err), "seconds": time.monotonic() - t0,
+            "runner": f"{socket.gethostname()}:{os.getpid()}",          # which process ran it (a Dask worker's)
             "internal_error": tail if status == 70 else None}
 
 
@@ -124,7 +125,7 @@ def _run_on_dask(jobs: list[RunJob], scheduler: str, done: Callable[[int, dict],
     except ImportError:
         raise EmsanError("--scheduler needs dask.distributed (pip install distributed)", EXIT_BAD_INPUT) from None
     try:
-        client = Client(scheduler, timeout="15s", set_as_default=False)
+        client = Client(scheduler, timeout="15s")
     except (OSError, TimeoutError) as e:
         raise EmsanError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e})", EXIT_BAD_INPUT) from None
     try:

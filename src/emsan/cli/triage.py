@@ -136,7 +136,7 @@ def group(inputs: list[str], results: dict[int, dict], depth: int) -> tuple[list
         key = sarif.bug_key(rep, depth)
         g = groups.setdefault(key, {"key": list(key), "bug_type": rep.get("bug_type"), "inputs": [],
                                     "smallest": None, "report": None, "text": None})
-        g["inputs"].append({"input": path, "size": size, "status": res["status"]})
+        g["inputs"].append({"input": path, "size": size, "status": res["status"], "runner": res["runner"]})
         if g["smallest"] is None or (size, path) < (g["smallest"]["size"], g["smallest"]["input"]):
             g["smallest"] = {"input": path, "size": size}
             g["report"] = rep
