@@ -22,10 +22,13 @@ NO_AFL, CHILD, FINISHED = 0, 1, 2
 
 
 class ForkServer:
-    def __init__(self, machine):
+    """AFL++'s target side for one engine: `handle` is its uc_engine pointer (a Machine's
+    handle_int, or int(uc._uch.value) of a Uc made elsewhere), `arch` "x86_64" or "arm64"."""
+
+    def __init__(self, handle: int, arch: str):
         self.ffi, self.lib = native.load()
-        self.machine = machine
-        self.a = self.lib.emsan_afl_new(self.ffi.cast("void *", machine.handle_int), REQUEST_CACHE)
+        self.arch = arch
+        self.a = self.lib.emsan_afl_new(self.ffi.cast("void *", handle), REQUEST_CACHE)
         if self.a == self.ffi.NULL:
             raise MemoryError("no memory for the fork server")
         self._len = self.ffi.new("uint32_t *")
@@ -43,7 +46,7 @@ class ForkServer:
             raise RuntimeError("cannot add the coverage hook")
         if not compcov and not self.lib.emsan_afl_cmplog(self.a):
             return
-        if self.machine.arch == "x86_64":
+        if self.arch == "x86_64":
             # x86's translator marks comparisons (and subtractions) itself.
             for flag in (uconst.UC_TCG_OP_FLAG_CMP, uconst.UC_TCG_OP_FLAG_DIRECT):
                 lib.emsan_afl_compcov(self.a, uconst.UC_HOOK_TCG_OPCODE, uconst.UC_TCG_OP_SUB, flag, begin, end)

@@ -123,7 +123,10 @@ static void new_block_cb(void *uc, struct uc_tb_view *cur, struct uc_tb_view *pr
 {
     struct emsan_afl *a = ud;
     (void)uc; (void)prev;
-    if (!a->in_child || a->to_server < 0 || cur == NULL)
+    /* An empty block is the stub emu_start() ends at (its `until`): translated in the server,
+     * outside emu_start, it would become a real block there and every later child would run
+     * past its end address. */
+    if (!a->in_child || a->to_server < 0 || cur == NULL || cur->icount == 0 || cur->size == 0)
         return;
     char msg[9];
     msg[0] = 'T';

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target = FuzzTarget(cfg, run_options(ns))
         target.run_to_fork_point()
-        server = ForkServer(target.s.machine)
+        server = ForkServer(target.s.machine.handle_int, target.s.arch.name)
         for lo, hi in target.cover_ranges():
             server.cover(lo, hi - 1, cfg.compcov)
     except EmsanError as e:
