@@ -104,3 +104,30 @@ def test_fuzz_refuses_what_it_cannot_run(tmp_path):
     assert b"no function 'no_such_function'" in p.stderr and b"Traceback" not in p.stderr
     p = emsan("fuzz", "--input", "file", "-i", str(tmp_path / "seeds"), "-o", str(tmp_path / "o3"), "--", exe)
     assert p.returncode == 2 and b"put @@" in p.stderr
+
+
+def test_persistent_mode(arch, tmp_path):
+    """--persistent handle: handle(buf, len) once per input, the input in emsan's heap with an exact
+    redzone (a one-byte over-read of it is caught), memory restored between inputs (the guest
+    crashes on a second call in one process if its global counter survives)."""
+    exe = build("fuzz_persistent", arch)
+    out = tmp_path / "out"
+    p = emsan("fuzz", "-E", "3000", "-V", "60", "-s", "1", "--quiet", "--persistent", "handle",
+              "-i", seeds(tmp_path), "-o", str(out), "--", exe, timeout=240)
+    err = p.stderr.decode()
+    assert p.returncode == 99, err + (out / "afl-fuzz.log").read_text(errors="replace")[-3000:]
+    crash_dir = out / "default" / "crashes"
+    crashes = [c for c in os.listdir(crash_dir) if c.startswith("id:") and ".emsan." not in c]
+    execs = int(re.search(r"(\d+) executions", err).group(1))
+    assert crashes and execs > 2 * len(crashes)          # many inputs ran in children that did not crash
+    for c in crashes:
+        data = (crash_dir / c).read_bytes()
+        rep = json.loads((crash_dir / (c + ".emsan.json")).read_text())["reports"][0]   # never a SIGSEGV
+        assert (rep["bug_type"], rep["access"], rep["function"]) == ("slab-out-of-bounds", "read", "handle")
+        # the object is the input itself: exactly its size, read just past its end or beyond
+        assert rep["object"]["size"] == len(data) and rep["object"]["offset"] >= len(data)
+        assert data[:4] == b"FUZZ" and 5 + data[4] > len(data)
+    p = emsan("triage", "--quiet", "--json", str(tmp_path / "t.json"), str(out), timeout=240)
+    assert p.returncode == 99, p.stderr.decode()
+    (bug,) = json.loads((tmp_path / "t.json").read_text())["bugs"]
+    assert bug["key"][:2] == ["slab-out-of-bounds", "handle"] and len(bug["inputs"]) == len(crashes)

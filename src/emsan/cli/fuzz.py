@@ -26,6 +26,7 @@ from emsan.session.fuzz import FuzzConfig, input_id
 
 CONFIG = "emsan-fuzz.json"
 OWN = {"-i": True, "-o": True, "--input": True, "--entry": True, "--cover": True, "-x": True, "-t": True,
+       "--persistent": True, "--persistent-iterations": True,
        "-E": True, "-V": True, "-s": True, "--afl-arg": True, "--resume": False, "--quiet": False,
        "--no-compcov": False, "--no-cmplog": False}
 # Environment for afl-fuzz: no curses UI (emsan shows progress), no CPU pinning (machines are
@@ -41,9 +42,15 @@ def add_parser(sub, add_run_options) -> None:
                                    "is a crash, saved with its text and JSON report next to the input.")
     p.add_argument("-i", dest="seeds", required=True, metavar="SEEDS", help="directory of seed inputs")
     p.add_argument("-o", dest="out", required=True, metavar="OUT", help="AFL++'s output directory")
-    p.add_argument("--input", choices=("stdin", "file", "arg"),
-                   help="how the program takes an input: stdin, a file (@@ in ARGS is its path) or an argument "
-                        "(@@ in ARGS is the input itself); default: file when an argument holds @@, else stdin")
+    p.add_argument("--input", choices=("stdin", "file", "arg", "buffer"),
+                   help="how the program takes an input: stdin, a file (@@ in ARGS is its path), an argument "
+                        "(@@ in ARGS is the input itself), or a buffer passed to the --persistent function; "
+                        "default: buffer with --persistent, else file when an argument holds @@, else stdin")
+    p.add_argument("--persistent", metavar="FUNCTION",
+                   help="persistent mode: call FUNCTION(buf, len) once per input, the input in a buffer from the "
+                        "guest's malloc (emsan's heap, exact redzones), registers and memory restored in between")
+    p.add_argument("--persistent-iterations", dest="iterations", type=int, default=1000, metavar="N",
+                   help="inputs per forked child in persistent mode (default 1000)")
     p.add_argument("--entry", default="main", metavar="FUNCTION",
                    help="where the fork server starts, once the program is loaded and linked (default: main)")
     p.add_argument("--cover", choices=("program", "all"), default="program",
@@ -171,9 +178,13 @@ def run_fuzz(argv: list[str], ns: argparse.Namespace) -> int:
         ns.program = found
     program = os.path.abspath(ns.program)
     has_placeholder = any("@@" in a for a in ns.args)
-    mode = ns.input or ("file" if has_placeholder else "stdin")
+    mode = ns.input or ("buffer" if ns.persistent else "file" if has_placeholder else "stdin")
     if mode in ("file", "arg") and not has_placeholder:
         raise EmsanError(f"--input {mode}: put @@ in the program's arguments where the input goes")
+    if (mode == "buffer") != bool(ns.persistent):
+        raise EmsanError("--persistent FUNCTION takes its input as --input buffer, and only it does")
+    if ns.iterations < 1:
+        raise EmsanError("--persistent-iterations must be at least 1")
     seeds = sorted(os.path.join(ns.seeds, n) for n in os.listdir(ns.seeds)) if os.path.isdir(ns.seeds) else []
     seeds = [s for s in seeds if os.path.isfile(s)]
     if not ns.resume and not seeds:
@@ -182,7 +193,8 @@ def run_fuzz(argv: list[str], ns: argparse.Namespace) -> int:
     if os.path.exists(os.path.join(out, "default", "fuzzer_stats")) and not ns.resume:
         raise EmsanError(f"-o {ns.out}: holds an earlier campaign (--resume continues it)")
     os.makedirs(os.path.join(out, ".emsan", "reports"), exist_ok=True)
-    cfg = FuzzConfig(program, list(ns.args), mode, forwarded_options(argv, ns), ns.entry, out, ns.cover, ns.compcov)
+    cfg = FuzzConfig(program, list(ns.args), mode, forwarded_options(argv, ns), ns.entry, out, ns.cover, ns.compcov,
+                     ns.persistent, ns.iterations)
     cfg_path = os.path.join(out, CONFIG)
     with open(cfg_path, "w") as f:
         json.dump(cfg.__dict__, f, indent=2)

@@ -34,6 +34,9 @@ class RunJob:
     input_mode: str = "none"            # none / stdin / file (@@ = its path) / arg (@@ = its bytes)
     timeout: float | None = None        # give up on a run stuck in emsan itself
     name: str = ""                      # what the caller calls this job (an input's file name)
+    # An `emsan fuzz` configuration (emsan-fuzz.json): the input then runs as it did under AFL++
+    # (same fork point, same input placement, persistent function), `options` added to its own.
+    fuzz_config: dict | None = None
 
 
 def arg_value(data: bytes) -> str:
@@ -61,6 +64,17 @@ def report_texts(stderr: str) -> list[str]:
     return out
 
 
+def fuzz_target_command(job: RunJob, tmp: str, json_path: str) -> list[str]:
+    """The fuzz target (emsan.session.fuzz) run once on the job's input, without AFL++."""
+    cfg = {**job.fuzz_config, "out": tmp, "run_options": [*job.fuzz_config["run_options"], *job.options]}
+    cp, ip = os.path.join(tmp, "emsan-fuzz.json"), os.path.join(tmp, "input")
+    with open(cp, "w") as f:
+        json.dump(cfg, f)
+    with open(ip, "wb") as f:
+        f.write(job.input or b"")
+    return [sys.executable, "-m", "emsan.session.fuzz", cp, ip, "--json", json_path]
+
+
 def run_emsan(job: RunJob) -> dict:
     """Run one job with `python -m emsan run ... --json`; its status, reports and report text.
     Runs on whichever machine executes the job (a Dask worker imports this function)."""
@@ -68,7 +82,9 @@ def run_emsan(job: RunJob) -> dict:
     with tempfile.TemporaryDirectory(prefix="emsan-job-") as tmp:
         jp = os.path.join(tmp, "reports.json")
         args, stdin = list(job.args), None
-        if job.input is not None and job.input_mode in ("stdin", "file"):
+        if job.fuzz_config is not None:
+            cmd = fuzz_target_command(job, tmp, jp)
+        elif job.input is not None and job.input_mode in ("stdin", "file"):
             ip = os.path.join(tmp, "input")
             with open(ip, "wb") as f:
                 f.write(job.input)
@@ -78,7 +94,8 @@ def run_emsan(job: RunJob) -> dict:
                 stdin = open(ip, "rb")
         elif job.input is not None and job.input_mode == "arg":
             args = substitute(args, arg_value(job.input))
-        cmd = [sys.executable, "-m", "emsan", "run", *job.options, "--json", jp, job.program, *args]
+        if job.fuzz_config is None:
+            cmd = [sys.executable, "-m", "emsan", "run", *job.options, "--json", jp, job.program, *args]
         try:
             p = subprocess.run(cmd, stdin=stdin or subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, timeout=job.timeout)

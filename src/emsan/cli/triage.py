@@ -101,18 +101,19 @@ def forwarded_options(argv: list[str], ns: argparse.Namespace) -> list[str]:
     return out
 
 
-def target(argv: list[str], ns: argparse.Namespace) -> tuple[list[str], str, list[str], str]:
-    """(run options, program, args, input mode) from the command line or the fuzz config."""
+def target(argv: list[str], ns: argparse.Namespace) -> tuple[list[str], str, list[str], str, dict | None]:
+    """(run options, program, args, input mode, fuzz config) from the command line, or from the
+    `emsan fuzz` that made CRASHES (whose inputs then run as they ran under AFL++)."""
     if ns.program:
         program = os.path.abspath(ns.program) if "/" in ns.program else ns.program
         mode = ns.input or ("file" if any("@@" in a for a in ns.args) else "stdin")
-        return forwarded_options(argv, ns), program, list(ns.args), mode
+        return forwarded_options(argv, ns), program, list(ns.args), mode, None
     path = find_config(ns.crashes)
     if path is None:
         raise EmsanError(f"{ns.crashes}: no {CONFIG} above it (not made by emsan fuzz): give -- PROGRAM ARGS")
     with open(path) as f:
         cfg = json.load(f)
-    return list(cfg["run_options"]) + forwarded_options(argv, ns), cfg["program"], list(cfg["args"]), cfg["input"]
+    return forwarded_options(argv, ns), cfg["program"], list(cfg["args"]), cfg["input"], cfg
 
 
 def first_bug(res: dict) -> dict | None:
@@ -154,7 +155,7 @@ def run_triage(argv: list[str], ns: argparse.Namespace) -> int:
 
     if ns.jobs < 1 or ns.frames < 1:
         raise EmsanError("--jobs and --frames must be at least 1", EXIT_BAD_INPUT)
-    opts, program, args, mode = target(argv, ns)
+    opts, program, args, mode, fuzz_cfg = target(argv, ns)
     inputs = crash_inputs(ns.crashes)
     if not inputs:
         raise EmsanError(f"{ns.crashes}: no inputs to triage")
@@ -164,7 +165,9 @@ def run_triage(argv: list[str], ns: argparse.Namespace) -> int:
     jobs = []
     for path in inputs:
         with open(path, "rb") as f:
-            jobs.append(RunJob(opts, program, args, f.read(), mode, run_timeout, os.path.basename(path)))
+            jobs.append(RunJob(opts, program, args, f.read(), mode, run_timeout, os.path.basename(path), fuzz_cfg))
+    if fuzz_cfg is not None:                # what the inputs ran with: the campaign's options, then these
+        opts = [*fuzz_cfg["run_options"], *opts]
 
     console = make_console()
     results: dict[int, dict] = {}
@@ -185,7 +188,7 @@ def run_triage(argv: list[str], ns: argparse.Namespace) -> int:
     groups, quiet = group(inputs, results, ns.frames)
 
     table = Table(title=f"emsan triage: {len(inputs)} inputs of {os.path.basename(program)} "
-                        f"({' '.join(opts) or 'default options'}): {len(groups)} distinct bugs")
+                        f"({' '.join(opts) or 'default options'}): {len(groups)} distinct bug{'' if len(groups) == 1 else 's'}")
     table.add_column("#", justify="right")
     table.add_column("bug")
     table.add_column("location")
@@ -210,6 +213,7 @@ def run_triage(argv: list[str], ns: argparse.Namespace) -> int:
     command = " ".join([program, *args])
     summary = {"tool": "emsan", "command": "triage", "crashes": os.path.abspath(ns.crashes), "program": program,
                "args": args, "input": mode, "options": opts, "frames": ns.frames, "inputs": len(inputs),
+               "persistent": fuzz_cfg.get("persistent") if fuzz_cfg else None,
                "wall_s": wall, "bugs": groups, "not_reproduced": quiet}
     with open(json_path, "w") as f:
         json.dump(summary, f, indent=2)

@@ -11,6 +11,8 @@ heap between inputs.
 """
 from __future__ import annotations
 
+import ctypes
+
 from unicorn import unicorn_const as uconst
 
 from emsan.machine import native
@@ -84,3 +86,19 @@ class ForkServer:
 
     def map_bytes(self) -> bytes:
         return bytes(self.ffi.buffer(self.lib.emsan_afl_map(self.a), 1 << 16))
+
+
+def snapshot(machine):
+    """CPU registers and guest memory as they are now, for the persistent loop to go back to
+    after each input (Unicorn's copy-on-write context with UC_CTL_CONTEXT_MEMORY). Memory emsan
+    maps from its own host buffers (its heap, whose allocator state lives in C) is not rolled
+    back, and need not be: objects keep their shadow and their allocator state."""
+    uc = machine.uc
+    uc.ctl(uconst.UC_CTL_CONTEXT_MODE, uconst.UC_CTL_IO_WRITE,
+           ctypes.c_int(uconst.UC_CTL_CONTEXT_CPU | uconst.UC_CTL_CONTEXT_MEMORY))
+    return uc.context_save()
+
+
+def restore(machine, snap) -> None:
+    machine.uc.context_restore(snap)
+

@@ -218,6 +218,10 @@ class Machine:
             cb()
         box.append(self.hook(uconst.UC_HOOK_CODE, fire, addr, addr))
 
+    def hook_code(self, addr: int, cb: Callable[[], None]) -> int:
+        """A Python callback every time the instruction at `addr` runs."""
+        return self.hook(uconst.UC_HOOK_CODE, lambda uc, address, size, ud: cb(), addr, addr)
+
     def use_virtual_tlb(self, fill_cfunc, user_data) -> int:
         """Switch to Unicorn's virtual-TLB mode, with a C UC_HOOK_TLB_FILL callback choosing each
         page's physical address (memory and PROT hooks then see physical addresses)."""

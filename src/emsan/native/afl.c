@@ -104,13 +104,22 @@ static void cmp_log(struct emsan_afl *a, uint64_t cur, uint64_t arg1, uint64_t a
 
 /* CompCov: one map entry per leading byte the two operands share (the last byte is the
  * branch's own business). */
+static inline int width(uint64_t v)
+{
+    return v < 0x100 ? 1 : v < 0x10000 ? 2 : v < 0x100000000ULL ? 4 : 8;
+}
+
 static void cmp_cb(void *uc, uint64_t address, uint64_t arg1, uint64_t arg2, uint32_t bits, void *ud)
 {
     struct emsan_afl *a = ud;
     (void)uc;
     uint64_t x = arg1 ^ arg2, cur = loc_hash(address ^ 0x5bd1e995u);
-    int bytes = bits / 8;
-    if (a->cmp != NULL && x != 0 && bytes > 1)
+    /* TCG compares registers (32 or 64 bits) whatever the instruction's operand size: a byte
+     * compare is a 64-bit one of zero-extended values. The operands' magnitude stands in. */
+    int bytes = width(arg1 > arg2 ? arg1 : arg2);
+    if (bytes > (int)bits / 8)
+        bytes = bits / 8;
+    if (a->cmp != NULL && x != 0)
         cmp_log(a, cur, arg1, arg2, bytes);
     for (int i = bytes - 1; i >= 1; i--) {
         if ((x >> (8 * i)) & 0xff)
