@@ -55,10 +55,11 @@ ARCHES = {
 class Machine:
     """A Unicorn engine for one architecture, with fast register access and the hooks emsan uses."""
 
-    def __init__(self, arch: str):
+    def __init__(self, arch: str, uc: unicorn.Uc | None = None):
+        """A new engine, or (uc) one the user made: emsan then leaves its CPU configuration alone."""
         uc_arch, uc_mode, regs = ARCHES[arch]
         self.arch = arch
-        self.uc = unicorn.Uc(uc_arch, uc_mode)
+        self.uc = uc if uc is not None else unicorn.Uc(uc_arch, uc_mode)
         self.handle = self.uc._uch
         self.handle_int: int = self.uc._uch.value
         self.reg_ids = regs
@@ -73,7 +74,7 @@ class Machine:
         # arm64 guests may hand the kernel tagged pointers (the tagged-address ABI): emsan's own
         # reads and writes of guest memory ignore the top byte, as the MMU does with TBI.
         self.addr_mask = 0x00FF_FFFF_FFFF_FFFF if arch == "arm64" else 0xFFFF_FFFF_FFFF_FFFF
-        if arch == "arm64":
+        if arch == "arm64" and uc is None:
             self._setup_arm64()
         self.pc_id = regs["rip"] if arch == "x86_64" else regs["pc"]
         self.sp_id = regs["rsp"] if arch == "x86_64" else regs["sp"]

@@ -1,0 +1,159 @@
+"""The attach API (`import emsan; emsan.attach(uc, ...)`) on harnesses written with unicorn's own
+API: examples/attach_shared_lib.py (a bare function in a shared library, its malloc/free imports
+pointed at emsan) and examples/attach_firmware.py (a raw firmware-like blob with its own
+allocator), on both architectures, by hand and under afl-fuzz.
+
+Oracles: the source line of the faulty access (found in the C source by its text), the sizes
+the inputs declare, and the firmware's symbol table as `nm` prints it."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import COMPILERS, have
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+OBJCOPY = {"x86_64": "objcopy", "arm64": "aarch64-linux-gnu-objcopy"}
+NM = {"x86_64": "nm", "arm64": "aarch64-linux-gnu-nm"}
+
+
+def source_line(src: str, text: str) -> int:
+    lines = (EXAMPLES / src).read_text().splitlines()
+    return next(i for i, ln in enumerate(lines, 1) if text in ln)
+
+
+def shared_lib(arch: str, tmp_path) -> str:
+    out = tmp_path / f"libattach-{arch}.so"
+    subprocess.run([COMPILERS[arch], "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer", "-o", str(out),
+                    str(EXAMPLES / "attach_lib.c")], check=True, capture_output=True)
+    return str(out)
+
+
+def firmware(arch: str, tmp_path) -> tuple[str, str]:
+    elf, blob = tmp_path / f"fw-{arch}.elf", tmp_path / f"fw-{arch}.bin"
+    subprocess.run([COMPILERS[arch], "-O1", "-g", "-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie",
+                    "-Wl,-Ttext=0x10000", "-Wl,-e,handle_packet", "-Wl,--build-id=none", "-o", str(elf),
+                    str(EXAMPLES / "attach_fw.c")], check=True, capture_output=True)
+    if not have(OBJCOPY[arch]):
+        pytest.skip(f"{OBJCOPY[arch]} is not installed")
+    subprocess.run([OBJCOPY[arch], "-O", "binary", str(elf), str(blob)], check=True)
+    return str(blob), str(elf)
+
+
+def example(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, timeout=timeout)
+
+
+def harness_module():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import attach_shared_lib
+    finally:
+        sys.path.pop(0)
+    return attach_shared_lib
+
+
+def test_shared_library_harness(arch, tmp_path):
+    lib = shared_lib(arch, tmp_path)
+    ok, bad = tmp_path / "ok", tmp_path / "bad"
+    ok.write_bytes(b"\x04abcd")                   # declares 4 bytes, sends 4
+    bad.write_bytes(b"\x04abcdef")                # declares 4 bytes, sends 6
+    p = example("attach_shared_lib.py", lib, str(ok))
+    assert p.returncode == 0, p.stderr.decode()
+    p = example("attach_shared_lib.py", lib, str(bad))
+    err = p.stderr.decode()
+    assert p.returncode == 99, err
+    line = source_line("attach_lib.c", "body[i] = buf[1 + i];")
+    assert re.search(rf"BUG: KASAN: slab-out-of-bounds in parse_message\+0x[0-9a-f]+/0x[0-9a-f]+ attach_lib.c:{line}\n"
+                     r"Write of size 1 at addr ", err), err
+    assert "allocated 4-byte region" in err and "located 0 bytes to the right of" in err
+    assert f"parse_message+" in err.split("Allocated by task")[1].split("\n\n")[0]
+
+
+def test_attach_api_objects(arch, tmp_path):
+    """In process: ReportError with a Report object; on_report for every bad access instead."""
+    import emsan
+    mod = harness_module()
+    lib = shared_lib(arch, tmp_path)
+    h = mod.Harness(lib)
+    h.parse(b"\x08" + b"x" * 8)                    # fits: no report
+    buf = h.san.place(b"\x02abc")                  # 3 bytes arrive after a 2-byte declaration
+    with pytest.raises(emsan.ReportError) as ei:
+        h.call("parse_message", buf, 4)
+    r = ei.value.report
+    assert (r.bug_type, r.access, r.size, r.function) == ("slab-out-of-bounds", "write", 1, "parse_message")
+    assert r.json["object"]["size"] == 2 and r.json["object"]["offset"] == 2
+    assert r.frames[0]["function"] == "parse_message" and r.text.startswith("=" * 66)
+    h.parse(b"\x03abc")                            # the engine goes on after a report
+    assert len(h.san.reports) == 1
+
+    seen = []
+    h2 = mod.Harness.__new__(mod.Harness)
+    h2.uc = mod.make_engine(lib)
+    h2.arch, h2.exports, h2.code = mod.load_library(h2.uc, lib)
+    h2.san = emsan.attach(h2.uc, h2.arch, allocator={"malloc": mod.STUBS, "free": mod.STUBS + 0x10},
+                          modules=[(lib, mod.LIB_BASE)], on_report=seen.append)
+    h2.parse(b"\x01abc")                           # two bytes too many: reported as they happen, run goes on
+    assert [x.bug_type for x in seen] == ["slab-out-of-bounds"] * 2
+    assert [x.json["object"]["offset"] for x in seen] == [1, 2]
+
+
+def test_firmware_blob(arch, tmp_path):
+    blob, elf = firmware(arch, tmp_path)
+    syms = {ln.split()[2]: int(ln.split()[0], 16) for ln in
+            subprocess.run([NM[arch], elf], capture_output=True, text=True, check=True).stdout.splitlines()
+            if len(ln.split()) == 3}
+    packets = tmp_path / "packets"
+    packets.write_text("4f\n4b" + "11" * 16 + "\n")            # open, key: fine
+    p = example("attach_firmware.py", blob, elf, str(packets))
+    assert p.returncode == 0, p.stderr.decode()
+    packets.write_text("4f\n43\n4b" + "11" * 16 + "\n")        # open, close, key: use after free
+    p = example("attach_firmware.py", blob, elf, str(packets))
+    err = p.stderr.decode()
+    assert p.returncode == 99, err
+    use = source_line("attach_fw.c", "current->key[i] = pkt[1 + i];")
+    alloc = source_line("attach_fw.c", "current = fw_alloc(sizeof *current);")
+    free = source_line("attach_fw.c", "fw_free(current);")
+    assert re.search(rf"BUG: KASAN: slab-use-after-free in handle_packet\+0x[0-9a-f]+/0x[0-9a-f]+ attach_fw.c:{use}\n"
+                     r"Write of size 1 at addr [0-9a-f]+ by task firmware/", err), err
+    assert f"attach_fw.c:{alloc}" in err.split("Allocated by task")[1].split("\n\n")[0]
+    assert f"attach_fw.c:{free}" in err.split("Freed by task")[1].split("\n\n")[0]
+    assert "located 4 bytes inside of" in err and "freed 20-byte region" in err
+    pc = int(re.search(r"handle_packet\+0x([0-9a-f]+)/", err).group(1), 16) + syms["handle_packet"]
+    assert syms["handle_packet"] < pc < syms["handle_packet"] + 0x200
+
+
+@pytest.mark.skipif(not have("afl-fuzz"), reason="AFL++ (afl-fuzz) is not installed")
+def test_attach_harness_under_afl(tmp_path):
+    """A report in a harness of one's own is a crash for AFL++, and it finds it."""
+    from emsan.cli.fuzz import AFL_ENV
+    lib = shared_lib("x86_64", tmp_path)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    (seeds / "a").write_bytes(b"\x04abcd")
+    out = tmp_path / "out"
+    cmd = ["afl-fuzz", "-i", str(seeds), "-o", str(out), "-m", "none", "-t", "5000", "-E", "400", "-V", "60",
+           "-s", "1", "--", sys.executable, str(EXAMPLES / "attach_shared_lib.py"), lib]
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, **AFL_ENV}, start_new_session=True)
+    try:
+        p.wait(timeout=180)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    stats = (out / "default" / "fuzzer_stats").read_text()
+    crashes = [c for c in os.listdir(out / "default" / "crashes") if c.startswith("id:")]
+    assert crashes, stats
+    for c in crashes:                            # each reproduces by hand as a report
+        data = (out / "default" / "crashes" / c).read_bytes()
+        assert len(data) - 1 > data[0]           # more bytes than declared: the overflow
+        r = example("attach_shared_lib.py", lib, str(out / "default" / "crashes" / c))
+        assert r.returncode == 99 and b"slab-out-of-bounds in parse_message" in r.stderr
