@@ -1,6 +1,7 @@
 """Fuzzing benchmark: AFL++ executions per second on one target (tests/guest/fuzz_target.c) with
-emsan as the sanitizer (`emsan fuzz --mode none|generic|kfence`), against a plain Unicorn harness
-with no sanitizer (bench/fuzz_harness.py, the unicornafl-style baseline) and against AFL++'s own
+emsan as the sanitizer (`emsan fuzz --mode none|generic|kfence`, and generic in persistent mode on
+parse()), against a plain Unicorn harness with no sanitizer (bench/fuzz_harness.py, the
+unicornafl-style baseline, forking per input and persistent) and against AFL++'s own
 compiler instrumentation with ASan on the source (afl-clang-fast, AFL_USE_ASAN=1: the ceiling);
 and the time to the first crash of each of the target's two bugs (a heap overflow behind a
 4-byte magic, a use-after-free behind a length check) with each tool's default settings.
@@ -9,7 +10,7 @@ Every configuration runs afl-fuzz for the same time from the same seed and AFL++
 configurations are interleaved round by round, and ratios are paired within a round, so a
 machine under load affects all of them alike. Figures go to stdout and JSON, never asserted.
 
-    python3 bench/fuzz.py                 # both architectures, 3 rounds of 15 s, about 9 minutes
+    python3 bench/fuzz.py                 # both architectures, 3 rounds of 15 s, about 13 minutes
     python3 bench/fuzz.py --quick         # 2 rounds of 8 s
 """
 from __future__ import annotations
@@ -92,9 +93,12 @@ def run_afl(cmd_target: list[str], seeds: Path, out: Path, seconds: int, seed: i
     return afl_stats(out)
 
 
-def run_emsan(exe: Path, mode: str, seeds: Path, out: Path, seconds: int, seed: int, cmplog: bool) -> dict:
+def run_emsan(exe: Path, mode: str, seeds: Path, out: Path, seconds: int, seed: int, cmplog: bool,
+              persistent: bool = False) -> dict:
     cmd = [PY, "-m", "emsan", "fuzz", "--quiet", "--mode", mode, "-V", str(seconds), "-s", str(seed),
            "-t", "5000", "-i", str(seeds), "-o", str(out)]
+    if persistent:
+        cmd += ["--persistent", "parse"]
     if not cmplog:
         cmd.append("--no-cmplog")
     p = subprocess.run([*cmd, "--", str(exe)], capture_output=True, text=True, timeout=seconds + 600)
@@ -111,8 +115,10 @@ def configs(arches, targets) -> list[tuple[str, str, object]]:
     out = []
     for arch in arches:
         for mode in ("none", "generic", "kfence"):
-            out.append((f"emsan {mode}", arch, ("emsan", targets[arch], mode)))
-        out.append(("plain Unicorn harness", arch, ("harness", targets[arch])))
+            out.append((f"emsan {mode}", arch, ("emsan", targets[arch], mode, False)))
+        out.append(("plain Unicorn harness", arch, ("harness", targets[arch], 1)))
+        out.append(("emsan generic, persistent parse()", arch, ("emsan", targets[arch], "generic", True)))
+        out.append(("plain Unicorn harness, persistent", arch, ("harness", targets[arch], 1000)))
     if "x86_64" in arches:
         out.append(("AFL++ afl-clang-fast + ASan (native)", "x86_64", ("native", BUILD / "fuzz_target-afl-asan")))
     return out
@@ -168,9 +174,10 @@ def run_bench(args, say) -> dict:
                 out = Path(tmp) / f"r{r}-c{i}"
                 say(f"round {r + 1}/{reps}: {name} ({arch}), {seconds} s")
                 if how[0] == "emsan":
-                    st = run_emsan(how[1], how[2], seeds, out, seconds, 1, cmplog=False)
+                    st = run_emsan(how[1], how[2], seeds, out, seconds, 1, cmplog=False, persistent=how[3])
                 elif how[0] == "harness":
-                    st = run_afl([PY, str(BENCH / "fuzz_harness.py"), str(how[1])], seeds, out, seconds, 1)
+                    st = run_afl([PY, str(BENCH / "fuzz_harness.py"), str(how[1]), "--persistent", str(how[2])],
+                                 seeds, out, seconds, 1)
                 else:
                     st = run_afl([str(how[1])], seeds, out, seconds, 1)
                 rates[i].append(execs_per_sec(st))

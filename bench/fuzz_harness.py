@@ -4,7 +4,10 @@ allocator at malloc/free (Python hooks on their entry), no sanitizer, no OS. It 
 "plain unicornafl harness" baseline; the AFL++ side is emsan's fork server (emsan.machine.afl),
 because the PyPI unicornafl (2.1.0) faults on its first block.
 
-    afl-fuzz -i SEEDS -o OUT -- python3 bench/fuzz_harness.py PROGRAM [INPUT]
+    afl-fuzz -i SEEDS -o OUT -- python3 bench/fuzz_harness.py PROGRAM [INPUT] [--persistent N]
+
+With --persistent N each forked child runs N inputs (parse() keeps no state between calls, and
+the bump allocator starts over for each input).
 """
 from __future__ import annotations
 
@@ -105,6 +108,11 @@ class Harness:
 def main(argv: list[str]) -> int:
     from emsan.machine.afl import CHILD, FINISHED, ForkServer
 
+    iterations = 1
+    if "--persistent" in argv:
+        i = argv.index("--persistent")
+        iterations = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
     h = Harness(argv[0])
     server = ForkServer(h.uc._uch.value, h.arch)
     for lo, hi in h.code:
@@ -112,7 +120,13 @@ def main(argv: list[str]) -> int:
     role = server.serve()
     if role == FINISHED:
         os._exit(0)
-    crashed = h.run(server.input(argv[1] if len(argv) > 1 else None))
+    crashed = False
+    for n in range(iterations if role == CHILD else 1):
+        if n and not server.next():
+            break
+        crashed = h.run(server.input(argv[1] if len(argv) > 1 else None))
+        if crashed:
+            break
     if role == CHILD:
         if crashed:
             os.abort()
