@@ -15,7 +15,6 @@ machine under load affects all of them alike. Figures go to stdout and JSON, nev
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -27,7 +26,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import BENCH, PY, ROOT, BenchError, paired_ratio, rotate, run_meta, spread, summary
+from common import (BENCH, PY, ROOT, BenchError, paired_ratio, rotate, run_and_report, run_meta, spread,
+                    standard_parser, summary)
 
 TARGET_SRC = ROOT / "tests" / "guest" / "fuzz_target.c"
 BUILD = BENCH / "build" / "fuzz"
@@ -207,7 +207,7 @@ def run_bench(args, say) -> dict:
                         ("-c", str(BUILD / "fuzz_target-afl-asan-cmplog")))
                 ttfc.append({"tool": "AFL++ afl-clang-fast + ASan (CmpLog)", "arch": "x86_64", "seed": seed,
                              "bugs": first_crashes(out, asan_bug)})
-    meta = run_meta(argparse.Namespace(quick=args.quick, scale=1.0), arches, reps, started, load_before,
+    meta = run_meta(args, arches, reps, started, load_before,
                     seconds_per_run=seconds, crash_cap_seconds=cap, afl=_afl_version())
     return {"schema": "emsan-bench-fuzz/1", "meta": meta, "execs": table, "time_to_first_crash": ttfc}
 
@@ -244,26 +244,10 @@ def render(res: dict, console) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="2 rounds of 8 s")
-    p.add_argument("--arch", choices=("x86_64", "arm64", "all"), default="all")
-    p.add_argument("--reps", type=int, help="rounds (and seeds for time to first crash)")
+    p = standard_parser(__doc__.split("\n\n")[0], BENCH / "results" / "fuzz.json", ())
     p.add_argument("--seconds", type=int, help="seconds of fuzzing per configuration and round")
     p.add_argument("--crash-seconds", type=int, default=60, help="cap on each time-to-first-crash run (default 60)")
-    p.add_argument("--json", type=Path, default=BENCH / "results" / "fuzz.json")
-    args = p.parse_args(argv)
-    from rich.console import Console
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    try:
-        res = run_bench(args, console.print)
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2) + "\n")
-    render(res, console)
-    console.print(f"JSON written to {args.json}")
-    return 0
+    return run_and_report(p, argv, run_bench, render, 140)
 
 
 if __name__ == "__main__":

@@ -51,23 +51,8 @@ def add_parser(sub, add_run_options) -> None:
 
 def forwarded_options(argv: list[str], ns: argparse.Namespace) -> list[str]:
     """The run options given to `fleet`, as `emsan run` takes them."""
-    tail = 1 + len(ns.args)               # the program and its arguments end argv
-    opts = argv[:len(argv) - tail]
-    out: list[str] = []
-    i = 0
-    while i < len(opts):
-        tok = opts[i]
-        name = tok.split("=", 1)[0]
-        if tok == "fleet" and not out and i == 0:
-            pass
-        elif tok == "--":
-            pass
-        elif name in OWN:
-            if OWN[name] and "=" not in tok:
-                i += 1
-        else:
-            out.append(tok)
-        i += 1
+    from emsan.cli.main import run_option_tokens
+    out = run_option_tokens(argv[:len(argv) - 1 - len(ns.args)], "fleet", OWN)
     if not any(t == "--mode" or t.startswith("--mode=") for t in out):
         out = ["--mode", ns.mode, *out]
     return out

@@ -75,21 +75,8 @@ def add_parser(sub, add_run_options) -> None:
 
 def forwarded_options(argv: list[str], ns: argparse.Namespace) -> list[str]:
     """The run options given to `fuzz`, as `emsan run` takes them (the targets and triage use them)."""
-    opts = argv[:len(argv) - 1 - len(ns.args)]
-    out: list[str] = []
-    i = 0
-    while i < len(opts):
-        tok = opts[i]
-        name = tok.split("=", 1)[0]
-        if (i == 0 and tok == "fuzz") or tok == "--":
-            pass
-        elif name in OWN:
-            if OWN[name] and "=" not in tok:
-                i += 1
-        else:
-            out.append(tok)
-        i += 1
-    return out
+    from emsan.cli.main import run_option_tokens
+    return run_option_tokens(argv[:len(argv) - 1 - len(ns.args)], "fuzz", OWN)
 
 
 def stats(out: str) -> dict[str, str]:

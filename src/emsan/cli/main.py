@@ -39,6 +39,25 @@ def _positive(text: str) -> int:
     return v
 
 
+def run_option_tokens(head: list[str], command: str, own: dict[str, bool], positional=()) -> list[str]:
+    """The `emsan run` options among the tokens before a fleet/fuzz/triage's program: everything
+    but the command's own options (name -> takes a value), its positionals and `--`."""
+    out: list[str] = []
+    i = 0
+    while i < len(head):
+        tok = head[i]
+        name = tok.split("=", 1)[0]
+        if (i == 0 and tok == command) or tok == "--" or tok in positional:
+            pass
+        elif name in own:
+            if own[name] and "=" not in tok:
+                i += 1
+        else:
+            out.append(tok)
+        i += 1
+    return out
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=MODES, default="generic",
                    help="sanitizer mode (default: generic; compiler-assisted for a program built with "

@@ -82,23 +82,10 @@ def find_config(path: str) -> str | None:
 
 def forwarded_options(argv: list[str], ns: argparse.Namespace) -> list[str]:
     """The run options given to `triage`, as `emsan run` takes them."""
-    positional = {ns.crashes, *([ns.program] if ns.program else [])}
+    from emsan.cli.main import run_option_tokens
     tail = len(ns.args) + (1 if ns.program else 0)
-    opts = argv[:len(argv) - tail] if tail else list(argv)
-    out: list[str] = []
-    i = 0
-    while i < len(opts):
-        tok = opts[i]
-        name = tok.split("=", 1)[0]
-        if (i == 0 and tok == "triage") or tok == "--" or (tok in positional and not tok.startswith("-")):
-            pass
-        elif name in OWN or name in ("--json", "--sarif"):
-            if OWN.get(name, True) and "=" not in tok:
-                i += 1
-        else:
-            out.append(tok)
-        i += 1
-    return out
+    head = argv[:len(argv) - tail] if tail else list(argv)
+    return run_option_tokens(head, "triage", OWN, {ns.crashes, *([ns.program] if ns.program else [])})
 
 
 def target(argv: list[str], ns: argparse.Namespace) -> tuple[list[str], str, list[str], str, dict | None]:
