@@ -74,7 +74,7 @@ def test_shared_library_harness(arch, tmp_path):
     assert re.search(rf"BUG: KASAN: slab-out-of-bounds in parse_message\+0x[0-9a-f]+/0x[0-9a-f]+ attach_lib.c:{line}\n"
                      r"Write of size 1 at addr ", err), err
     assert "allocated 4-byte region" in err and "located 0 bytes to the right of" in err
-    assert f"parse_message+" in err.split("Allocated by task")[1].split("\n\n")[0]
+    assert "parse_message+" in err.split("Allocated by task")[1].split("\n\n")[0]
 
 
 def test_attach_api_objects(arch, tmp_path):
