@@ -21,7 +21,6 @@ from typing import Callable
 
 from emsan.errors import EXIT_BAD_INPUT, EmsanError
 
-PLACEHOLDER = "@@"        # as AFL++ spells it: the input file's path (or, with --input arg, its bytes)
 RULE = "=" * 66           # the line that opens and closes every text report
 
 
@@ -39,12 +38,9 @@ class RunJob:
     fuzz_config: dict | None = None
 
 
-def arg_value(data: bytes) -> str:
-    """An input as one argument: up to its first NUL, as the kernel copies argv strings."""
-    return data.split(b"\0", 1)[0].decode(errors="surrogateescape")
-
-
 def substitute(args: list[str], value: str) -> list[str]:
+    """@@, as AFL++ spells it, replaced by the input file's path (or, with --input arg, its bytes)."""
+    from emsan.session.fuzz import PLACEHOLDER
     return [a.replace(PLACEHOLDER, value) for a in args]
 
 
@@ -93,6 +89,7 @@ def run_emsan(job: RunJob) -> dict:
             else:
                 stdin = open(ip, "rb")
         elif job.input is not None and job.input_mode == "arg":
+            from emsan.session.fuzz import arg_value
             args = substitute(args, arg_value(job.input))
         if job.fuzz_config is None:
             cmd = [sys.executable, "-m", "emsan", "run", *job.options, "--json", jp, job.program, *args]

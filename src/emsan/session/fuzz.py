@@ -40,7 +40,7 @@ class FuzzConfig:
     """What `emsan fuzz` writes to OUT/emsan-fuzz.json, for its targets and for triage."""
     program: str
     args: list[str]
-    input: str                          # stdin / file / arg
+    input: str                          # stdin / file / arg / buffer (persistent)
     run_options: list[str] = field(default_factory=list)
     entry: str = "main"
     out: str = ""
@@ -58,6 +58,11 @@ class FuzzConfig:
 
 def input_id(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
+
+
+def arg_value(data: bytes) -> str:
+    """An input as one argument: up to its first NUL, as the kernel copies argv strings."""
+    return data.split(b"\0", 1)[0].decode(errors="surrogateescape")
 
 
 class FuzzTarget:
@@ -165,7 +170,6 @@ class FuzzTarget:
     def place_arg(self, data: bytes) -> None:
         """argv[i] of the guest's main points at the input (up to its first NUL) with the rest of
         the argument around it, the NUL on the region's last byte."""
-        from emsan.cli.jobs import arg_value
         if self.arg_index is None:
             return
         s = self.s
