@@ -22,7 +22,6 @@ import time
 
 from emsan.cli.jobs import console as make_console
 from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
-from emsan.session.fuzz import FuzzConfig, input_id
 
 CONFIG = "emsan-fuzz.json"
 OWN = {"-i": True, "-o": True, "--input": True, "--entry": True, "--cover": True, "-x": True, "-t": True,
@@ -115,6 +114,7 @@ def crash_files(out: str) -> list[str]:
 
 def link_reports(out: str, done: set[str]) -> list[str]:
     """Put each crash's report next to it; the crashes whose report is not there yet."""
+    from emsan.session.fuzz import input_id
     missing = []
     reports = os.path.join(out, ".emsan", "reports")
     for path in crash_files(out):
@@ -180,6 +180,7 @@ def run_fuzz(argv: list[str], ns: argparse.Namespace) -> int:
     if os.path.exists(os.path.join(out, "default", "fuzzer_stats")) and not ns.resume:
         raise EmsanError(f"-o {ns.out}: holds an earlier campaign (--resume continues it)")
     os.makedirs(os.path.join(out, ".emsan", "reports"), exist_ok=True)
+    from emsan.session.fuzz import FuzzConfig
     cfg = FuzzConfig(program, list(ns.args), mode, forwarded_options(argv, ns), ns.entry, out, ns.cover, ns.compcov,
                      ns.persistent, ns.iterations)
     cfg_path = os.path.join(out, CONFIG)

@@ -16,12 +16,11 @@ import json
 import os
 import time
 
+from emsan.cli.fuzz import CONFIG     # emsan-fuzz.json, written by `emsan fuzz` into its OUT directory
 from emsan.cli.jobs import RunJob, run_jobs
 from emsan.cli.jobs import console as make_console
 from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
 from emsan.report import sarif
-
-CONFIG = "emsan-fuzz.json"             # written by `emsan fuzz` into its OUT directory
 SIDECARS = (".emsan.txt", ".emsan.json")   # reports `emsan fuzz` saves next to a crashing input
 OWN = {"--jobs": True, "--scheduler": True, "--json": True, "--sarif": True, "--frames": True,
        "--input": True, "--quiet": False}
