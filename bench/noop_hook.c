@@ -1,7 +1,7 @@
 /* Native memory hooks for bench/probe.py (built by bench/kasan.py into build/host/libnoop_hook.so).
  * bench_noop_mem_cb does nothing, for the `emsan-memhook` target: what Unicorn itself costs when
  * every guest load and store calls a native hook (the floor under any per-access check).
- * Same signature as emsan_mem_cb (src/emsan/native/shadow.c). */
+ * Same signature as the generic check of a memory hook (generic_access_cb, src/emsan/native/generic.c). */
 #include <stdint.h>
 
 void bench_noop_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)

@@ -7,9 +7,11 @@ TARGET  emsan          runs `emsan run --mode none PROGRAM ARGS...` through emsa
         emsan-generic  the same with `--mode generic`; the sanitizer's counters (what `--stats`
                        prints: allocs, frees, intercepted...) are read from the mode object
                        after the run and written to STATS_JSON as "sanitizer_stats"
+        emsan-hook, emsan-kfence, emsan-sw-tags, emsan-hw-tags
+                       the same with `--mode generic --checks hook`, kfence, sw-tags, hw-tags
         emsan-memhook  `--mode none` plus a native memory hook that does nothing
                        (bench/noop_hook.c, built by the runner into NOOP_HOOK_LIB) over the whole
-                       address space, as the generic mode registers its check: Unicorn's own
+                       address space, as `--checks hook` registers its check: Unicorn's own
                        per-access cost
         bare           runs bench/bare_unicorn.py PROGRAM ARGS...
 MODE    time    sums the wall time spent inside Uc.emu_start (emulation, syscall hooks included)
@@ -23,7 +25,8 @@ MODE    time    sums the wall time spent inside Uc.emu_start (emulation, syscall
                 native memory hook over all addresses (bench_count_mem_cb in NOOP_HOOK_LIB)
 
 The same wrapper around `unicorn.Uc.emu_start` is installed for both targets, so whatever it
-costs is paid by both. Timestamps are CLOCK_MONOTONIC, which is system-wide on Linux and can be
+costs is paid by both. $EMSAN_BENCH_HEAP_SHIFT=N first mallocs N bytes (bench/ab.py varies the
+memory layout with it). Timestamps are CLOCK_MONOTONIC, which is system-wide on Linux and can be
 compared with the runner's clock. Results go to STATS_JSON; the exit status is the guest's.
 """
 import time
@@ -33,6 +36,22 @@ T_START = time.clock_gettime(time.CLOCK_MONOTONIC)   # first thing: the interpre
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+
+
+def _shift_heap() -> None:
+    """$EMSAN_BENCH_HEAP_SHIFT bytes of malloc'd memory before anything else: everything the
+    engine and emsan allocate later moves by that much. How fast Unicorn walks its hook lists
+    depends on where they land (by several per cent), so bench/ab.py compares two installs
+    over several such layouts instead of the one each happens to get."""
+    n = int(os.environ.get("EMSAN_BENCH_HEAP_SHIFT", "0") or 0)
+    if n > 0:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc(ctypes.c_size_t(n))
+
+
+_shift_heap()
 
 STATE = {"t_probe_start": T_START, "t_emu_first_call": None, "t_first_insn": None,
          "emu_s": 0.0, "emu_cpu_s": 0.0, "emu_calls": 0}
@@ -66,7 +85,10 @@ def _install(first_insn: bool) -> None:
     Uc.emu_start = emu_start
 
 
-EMSAN_MODES = {"emsan": "none", "emsan-generic": "generic", "emsan-memhook": "none"}
+EMSAN_MODES = {"emsan": "none", "emsan-generic": "generic", "emsan-memhook": "none",
+               "emsan-hook": "generic", "emsan-kfence": "kfence", "emsan-sw-tags": "sw-tags",
+               "emsan-hw-tags": "hw-tags"}
+EXTRA_ARGS = {"emsan-hook": ["--checks", "hook"]}
 NOOP_HOOK_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build", "host", "libnoop_hook.so")
 
 
@@ -94,17 +116,21 @@ def _add_noop_mem_hook() -> None:
 
 
 def _watch_modes() -> list:
-    """Keep every generic-mode object created, to read its counters after the run."""
-    from emsan.sanitizer.generic import GenericMode
+    """Keep every sanitizer mode a session attaches, to read its counters after the run (none
+    with an emsan older than emsan.session.sanitizer: bench/ab.py times those too)."""
+    try:
+        from emsan.session.sanitizer import Sanitizer
+    except ImportError:
+        return []
 
     modes = []
-    init = GenericMode.__init__
+    init = Sanitizer.__init__
 
     def __init__(self, *a, **kw):
         init(self, *a, **kw)
-        modes.append(self)
+        modes.append(self.mode)
 
-    GenericMode.__init__ = __init__
+    Sanitizer.__init__ = __init__
     return modes
 
 
@@ -156,7 +182,8 @@ def main() -> int:
                 modes = _watch_modes()
                 if target == "emsan-memhook":
                     _add_noop_mem_hook()
-                status = emsan_main(["run", "--mode", EMSAN_MODES[target], program, *args])
+                status = emsan_main(["run", "--mode", EMSAN_MODES[target], *EXTRA_ARGS.get(target, []),
+                                     program, *args])
                 _record_stats(modes)
             else:
                 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Shadow memory benchmark: per-page shadow (seeds/002) against full shadow.
+"""Shadow memory benchmark: per-page shadow (as Joonsoo Kim's "mm/kasan: support per-page shadow
+memory to reduce memory consumption" proposed for the kernel) against full shadow.
 
     python3 bench/shadow_memory.py [--quick] [--json FILE] [--arch x86_64|arm64|all] [--reps N]
                                    [--workloads alloc,bigalloc,mmapheavy] [--scale F]

@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
-"""Stack-collection cost under emulation: the structure of the table in seeds/001 (Andrey
-Konovalov's "collect stack traces from Shadow Call Stack", Generic KASAN boot time with no stack
-traces / the unwinder / no stack depot / SCS), reproduced with emsan's collectors.
+"""Stack-collection cost under emulation: the structure of the table in Andrey Konovalov's series
+"kasan, arm64, scs: collect stack traces from Shadow Call Stack" (v3, April 2022: Generic KASAN
+boot time with no stack traces / the unwinder / no stack depot / SCS), reproduced with emsan's
+collectors.
 
 Workloads (tests/guest/stacks_chain.c, built -O2 -static with frame pointers):
   allocs  allocation-heavy: objects allocated and freed through short call chains, no bug;
   boot    a program that starts, allocates and frees many objects through deep call chains
           (4..27 frames), then hits a deliberate use-after-free and stops (exit 99), like the
-          seed's boot-until-panic measurement.
+          series' boot-until-panic measurement.
 Each is run with --stacks none, fp, fp --no-depot, cfi, scs, interleaved (one round runs every
 configuration once, in rotated order), and printed as whole-run time relative to --stacks none.
 On arm64 the program is built by clang with -fsanitize=shadow-call-stack (when clang can) and
---stacks x18 is measured too: it is the seed's own collector (copying the SCS at x18); scs is
+--stacks x18 is measured too: it is the series' own collector (copying the SCS at x18); scs is
 emsan's emulator-maintained shadow call stack.
 
     python3 bench/stacks.py [--arch x86_64 arm64] [--reps 5] [--json FILE]
@@ -35,13 +36,13 @@ CONFIGS = [("none", ["--stacks", "none"]), ("fp", ["--stacks", "fp"]),
            ("fp --no-depot", ["--stacks", "fp", "--no-depot"]), ("cfi", ["--stacks", "cfi"]),
            ("scs", ["--stacks", "scs"])]
 WORKLOADS = {"allocs": ["allocs", "20000"], "boot": ["boot", "3000"]}
-# seeds/001 (Generic KASAN, QEMU TCG -cpu max), and Mark Rutland's re-measurements (seeds/000).
+# That series' cover letter (Generic KASAN, QEMU TCG -cpu max), and Mark Rutland's reply re-measuring it.
 SEED = {"none": ("8.03 s", "1.92 s"), "fp": ("+43.8%", "+18.2%"), "fp --no-depot": ("+43.5%", "+15.6%"),
         "cfi": ("-", "-"), "scs": ("+3.4%", "+7.3%"), "x18": ("+3.4%", "+7.3%")}
 TARGETS = {"scs": 0.05, "cfi": 0.30}
-CAVEAT = ("seeds/000 (Mark Rutland, arm64 maintainer): \"QEMU TCG mode is *in no way* representative of HW "
+CAVEAT = ("Mark Rutland (arm64 maintainer), replying to that series: \"QEMU TCG mode is *in no way* representative of HW "
           "performance, and has drastically different performance characteristics compared to real HW\"; "
-          "the seed's +43.8% came mostly from TCG's slow pointer authentication (PACIASP/AUTIASP), and on "
+          "the series' +43.8% came mostly from TCG's slow pointer authentication (PACIASP/AUTIASP), and on "
           "KVM hardware stack collection was ~1.6-9% of boot. Unicorn is QEMU's TCG: the ratios below "
           "describe emsan under emulation, not what these collectors cost on hardware.")
 

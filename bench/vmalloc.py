@@ -3,7 +3,8 @@
 
     python3 bench/vmalloc.py [--quick] [--json FILE] [--arch x86_64|arm64|all] [--reps N] [--scale F]
 
-bench/workloads/vmalloc.c ports the eight lib/test_vmalloc.c tests of seeds/003 to mmap/munmap
+bench/workloads/vmalloc.c ports the eight test_vmalloc tests of the kernel's "kasan: support backing
+vmalloc space with real shadow memory" series to mmap/munmap
 patterns and times each test inside the guest (CLOCK_MONOTONIC). It runs under three
 configurations, as the seed's table compares them:
 

@@ -35,18 +35,18 @@ int handle_packet(const unsigned char *pkt, size_t len)
         return -1;
     switch (pkt[0]) {
     case 'O':                                    /* open */
-        current = fw_alloc(sizeof *current);
+        current = fw_alloc(sizeof *current);  /* @alloc */
         if (current)
             current->state = 1;
         return 0;
     case 'C':                                    /* close: `current` is left dangling */
-        fw_free(current);
+        fw_free(current);  /* @free */
         return 0;
     case 'K':                                    /* key */
         if (current == NULL || len < 1 + sizeof current->key)
             return -1;
         for (size_t i = 0; i < sizeof current->key; i++)
-            current->key[i] = pkt[1 + i];
+            current->key[i] = pkt[1 + i];  /* @uaf */
         return current->state;
     }
     return -1;

@@ -12,7 +12,7 @@ int parse_message(const unsigned char *buf, size_t len)
     if (body == NULL)
         return -1;
     for (size_t i = 0; i + 1 < len; i++)         /* heap overflow when more arrived than declared */
-        body[i] = buf[1 + i];
+        body[i] = buf[1 + i];  /* @overflow */
     int sum = 0;
     for (size_t i = 0; i < declared; i++)
         sum += body[i];

@@ -1,14 +1,21 @@
-"""Shared fixtures: guest programs built from tests/guest/*.c, and running emsan on them."""
+"""Shared fixtures and runners: guest programs built from tests/guest/*.c, emsan run on them, and
+the independent facts reports are checked against. tests/README.md says how a test here proves
+a feature (an oracle that is not emsan: the native or qemu run, the kernel's expectations, the
+guest's source, addr2line) and what each helper guarantees."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).parent.parent
 GUEST = Path(__file__).parent / "guest"
 BUILD = GUEST / "build"
 BENCH_WORKLOADS = Path(__file__).parent.parent / "bench" / "workloads"
@@ -17,6 +24,12 @@ ARM64_SYSROOT = "/usr/aarch64-linux-gnu"
 COMPILERS = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
 CXX = {"x86_64": "g++", "arm64": "aarch64-linux-gnu-g++"}
 LINK = {"static": ["-static"], "dynamic": [], "static-pie": ["-static-pie"], "pie": ["-pie", "-fPIE"]}
+
+EXIT_INTERNAL = 70                      # emsan's status for a bug in itself (README, exit status)
+# What a bug in emsan prints: the CLI's one line, or a traceback (EMSAN_DEBUG=1, or one that
+# escaped the CLI). Either fails every test that runs emsan through the helpers below.
+INTERNAL_ERROR = re.compile(rb"^emsan: internal error|^Traceback \(most recent call last\)", re.M)
+REPORT_TITLE = re.compile(rb"^BUG: (KASAN|KFENCE): ", re.M)
 
 
 def have(tool: str) -> bool:
@@ -44,11 +57,69 @@ def build(name: str, arch: str = "x86_64", link: str = "static", flags: tuple[st
     return str(out)
 
 
+def tail(res: subprocess.CompletedProcess, n: int = 3000) -> str:
+    """The end of a run's stderr, for assertion messages."""
+    return (res.stderr or b"").decode(errors="replace")[-n:]
+
+
+def assert_no_internal_error(res: subprocess.CompletedProcess) -> None:
+    """emsan did not fail inside itself: no `emsan: internal error` line, no traceback, and not
+    its internal-error status with either (a guest may exit with 70 itself)."""
+    out = (res.stderr or b"") + (res.stdout or b"")
+    m = INTERNAL_ERROR.search(out)
+    assert m is None, "emsan failed inside itself:\n" + out[m.start():m.start() + 3000].decode(errors="replace")
+
+
 def emsan(*args: str, input: bytes | None = None, cwd: str | None = None, timeout: float = 300,
-          env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m emsan ARGS...`, capturing bytes."""
-    return subprocess.run([sys.executable, "-m", "emsan", *args], input=input, cwd=cwd, capture_output=True,
-                          timeout=timeout, env=env)
+          env: dict | None = None, status: int | None = None, merge_stderr: bool = False
+          ) -> subprocess.CompletedProcess:
+    """Run `python -m emsan ARGS...`, capturing bytes. Always asserts that emsan did not fail
+    inside itself; with `status`, that it exited with that status. merge_stderr: stderr goes
+    into stdout, in order (res.stderr is then None)."""
+    res = subprocess.run([sys.executable, "-m", "emsan", *args], input=input, cwd=cwd, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, timeout=timeout, env=env)
+    assert_no_internal_error(res)
+    if status is not None:
+        assert res.returncode == status, f"exit status {res.returncode}, expected {status}:\n{tail(res)}"
+    return res
+
+
+def run_report(json_path, *args: str, status: int = 0, **kw) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`emsan run --json json_path ARGS...` (ARGS: options, program, its arguments): asserts the
+    exit status, that the JSON file was written (emsan writes it even when nothing is reported:
+    a missing file is a failure, never "no reports"), and that the text has one report title per
+    JSON report. Returns the process and the reports."""
+    json_path = Path(json_path)
+    if json_path.exists():
+        json_path.unlink()
+    res = emsan("run", "--json", str(json_path), *args, status=status, **kw)
+    assert json_path.exists(), f"no JSON written to {json_path}:\n{tail(res)}"
+    reports = json.loads(json_path.read_text())["reports"]
+    text = res.stdout if kw.get("merge_stderr") else res.stderr
+    assert len(REPORT_TITLE.findall(text)) == len(reports), tail(res)
+    return res, reports
+
+
+@cache
+def _markers(path: Path) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for i, text in enumerate(path.read_text().splitlines(), 1):
+        for name in re.findall(r"/\*[^*]*?@([\w.-]+)[^*]*\*/|//.*?@([\w.-]+)", text):
+            found.setdefault(name[0] or name[1], []).append(i)
+    return found
+
+
+def source_line(file: str, marker: str, arch: str | None = None) -> int:
+    """The line of tests/guest/<file> carrying the comment marker `@marker` (e.g. `/* @oob_1 */`),
+    which must occur exactly once: where a report must point, read from the guest's source. With
+    `arch`, a marker `@marker.arch` (code under #if for that architecture) is preferred. A file
+    named with a directory (examples/attach_lib.c) is the repository's."""
+    found = _markers(ROOT / file if "/" in file else GUEST / file)
+    if arch is not None and f"{marker}.{arch}" in found:
+        marker = f"{marker}.{arch}"
+    lines = found.get(marker, [])
+    assert len(lines) == 1, f"marker @{marker} occurs {len(lines)} times in tests/guest/{file}"
+    return lines[0]
 
 
 def native(binary: str, *args: str, arch: str = "x86_64", input: bytes | None = None, cwd: str | None = None,

@@ -16,17 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMPILERS, have
+from conftest import COMPILERS, assert_no_internal_error, have, source_line
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 OBJCOPY = {"x86_64": "objcopy", "arm64": "aarch64-linux-gnu-objcopy"}
 NM = {"x86_64": "nm", "arm64": "aarch64-linux-gnu-nm"}
-
-
-def source_line(src: str, text: str) -> int:
-    lines = (EXAMPLES / src).read_text().splitlines()
-    return next(i for i, ln in enumerate(lines, 1) if text in ln)
 
 
 def shared_lib(arch: str, tmp_path) -> str:
@@ -47,8 +42,12 @@ def firmware(arch: str, tmp_path) -> tuple[str, str]:
     return str(blob), str(elf)
 
 
-def example(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, timeout=timeout)
+def example(name: str, *args: str, status: int, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run an example harness; it must not fail inside emsan and must exit with `status`."""
+    p = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, timeout=timeout)
+    assert_no_internal_error(p)
+    assert p.returncode == status, p.stderr.decode(errors="replace")[-3000:]
+    return p
 
 
 def harness_module():
@@ -65,12 +64,9 @@ def test_shared_library_harness(arch, tmp_path):
     ok, bad = tmp_path / "ok", tmp_path / "bad"
     ok.write_bytes(b"\x04abcd")                   # declares 4 bytes, sends 4
     bad.write_bytes(b"\x04abcdef")                # declares 4 bytes, sends 6
-    p = example("attach_shared_lib.py", lib, str(ok))
-    assert p.returncode == 0, p.stderr.decode()
-    p = example("attach_shared_lib.py", lib, str(bad))
-    err = p.stderr.decode()
-    assert p.returncode == 99, err
-    line = source_line("attach_lib.c", "body[i] = buf[1 + i];")
+    example("attach_shared_lib.py", lib, str(ok), status=0)
+    err = example("attach_shared_lib.py", lib, str(bad), status=99).stderr.decode()
+    line = source_line("examples/attach_lib.c", "overflow")
     assert re.search(rf"BUG: KASAN: slab-out-of-bounds in parse_message\+0x[0-9a-f]+/0x[0-9a-f]+ attach_lib.c:{line}\n"
                      r"Write of size 1 at addr ", err), err
     assert "allocated 4-byte region" in err and "located 0 bytes to the right of" in err
@@ -112,15 +108,12 @@ def test_firmware_blob(arch, tmp_path):
             if len(ln.split()) == 3}
     packets = tmp_path / "packets"
     packets.write_text("4f\n4b" + "11" * 16 + "\n")            # open, key: fine
-    p = example("attach_firmware.py", blob, elf, str(packets))
-    assert p.returncode == 0, p.stderr.decode()
+    example("attach_firmware.py", blob, elf, str(packets), status=0)
     packets.write_text("4f\n43\n4b" + "11" * 16 + "\n")        # open, close, key: use after free
-    p = example("attach_firmware.py", blob, elf, str(packets))
-    err = p.stderr.decode()
-    assert p.returncode == 99, err
-    use = source_line("attach_fw.c", "current->key[i] = pkt[1 + i];")
-    alloc = source_line("attach_fw.c", "current = fw_alloc(sizeof *current);")
-    free = source_line("attach_fw.c", "fw_free(current);")
+    err = example("attach_firmware.py", blob, elf, str(packets), status=99).stderr.decode()
+    use = source_line("examples/attach_fw.c", "uaf")
+    alloc = source_line("examples/attach_fw.c", "alloc")
+    free = source_line("examples/attach_fw.c", "free")
     assert re.search(rf"BUG: KASAN: slab-use-after-free in handle_packet\+0x[0-9a-f]+/0x[0-9a-f]+ attach_fw.c:{use}\n"
                      r"Write of size 1 at addr [0-9a-f]+ by task firmware/", err), err
     assert f"attach_fw.c:{alloc}" in err.split("Allocated by task")[1].split("\n\n")[0]
@@ -155,5 +148,5 @@ def test_attach_harness_under_afl(tmp_path):
     for c in crashes:                            # each reproduces by hand as a report
         data = (out / "default" / "crashes" / c).read_bytes()
         assert len(data) - 1 > data[0]           # more bytes than declared: the overflow
-        r = example("attach_shared_lib.py", lib, str(out / "default" / "crashes" / c))
-        assert r.returncode == 99 and b"slab-out-of-bounds in parse_message" in r.stderr
+        r = example("attach_shared_lib.py", lib, str(out / "default" / "crashes" / c), status=99)
+        assert b"slab-out-of-bounds in parse_message" in r.stderr

@@ -69,9 +69,8 @@ def test_fleet_on_dask_matches_local(cluster, tmp_path):
     runs = []
     for where in ([], ["--scheduler", addr]):
         js = tmp_path / f"fleet{len(runs)}.json"
-        p = emsan("fleet", "--runs", "4", "--jobs", "2", "--seed", "5", "--sample-interval", "1", "--quiet",
-                  *where, "--json", str(js), "--", exe, "use_after_free_read")
-        assert p.returncode == 99, p.stderr.decode()
+        emsan("fleet", "--runs", "4", "--jobs", "2", "--seed", "5", "--sample-interval", "1", "--quiet",
+              *where, "--json", str(js), "--", exe, "use_after_free_read", status=99)
         runs.append(json.loads(js.read_text()))
     local, remote = runs
     strip = [{k: v for k, v in b.items() if k != "example"} for b in local["bugs"]]
@@ -93,9 +92,8 @@ def test_triage_on_dask_matches_local(cluster, tmp_path):
     out = []
     for where in ([], ["--scheduler", addr]):
         js = tmp_path / f"t{len(out)}.json"
-        p = emsan("triage", "--quiet", *where, "--json", str(js), "--sarif", str(tmp_path / "t.sarif"), str(d),
-                  "--", exe)
-        assert p.returncode == 99, p.stderr.decode()
+        emsan("triage", "--quiet", *where, "--json", str(js), "--sarif", str(tmp_path / "t.sarif"), str(d),
+              "--", exe, status=99)
         out.append(json.loads(js.read_text()))
     local, remote = out
     key = lambda s: sorted((b["key"], sorted(i["input"] for i in b["inputs"]), b["smallest"]) for b in s["bugs"])
@@ -109,6 +107,5 @@ def test_unreachable_scheduler(tmp_path):
     exe = build("hello", "x86_64")
     t0 = time.monotonic()
     p = emsan("fleet", "--runs", "1", "--quiet", "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--", exe,
-              timeout=120)
-    assert p.returncode == 2 and b"cannot reach the Dask scheduler" in p.stderr, p.stderr
-    assert b"Traceback" not in p.stderr and time.monotonic() - t0 < 90
+              timeout=120, status=2)
+    assert b"cannot reach the Dask scheduler" in p.stderr and time.monotonic() - t0 < 90

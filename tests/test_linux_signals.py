@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import build, emsan, native
+from conftest import build, emsan, native, source_line
 
 LINKS = ["static", "dynamic"]
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -17,7 +17,6 @@ def test_handlers_masks_longjmp_alarm_match_native(arch, link):
     exe = build("os_signals", arch, link)
     ref = native(exe, "handlers", arch=arch, env=ENV)
     got = emsan("run", "--mode", "none", exe, "handlers", env=ENV)
-    assert b"Traceback" not in got.stderr
     assert got.stderr == b""
     assert got.stdout == ref.stdout
     assert got.returncode == ref.returncode == 60
@@ -36,9 +35,7 @@ def test_handlers_masks_longjmp_alarm_match_native(arch, link):
 
 
 def _oops_lines(stderr: bytes) -> list[str]:
-    text = stderr.decode()
-    assert "Traceback" not in text
-    return text.splitlines()
+    return stderr.decode().splitlines()
 
 
 @pytest.mark.parametrize("link", LINKS)
@@ -70,7 +67,7 @@ def test_null_write_is_sigsegv_139_naming_the_function(arch, link, case, functio
     assert "#PF: user write access, page not present" in lines
     pc_line = next(line for line in lines if line.startswith("PC is at "))
     assert pc_line.startswith(f"PC is at {function}+0x"), pc_line
-    assert "os_signals.c:" in pc_line                    # DWARF line of the faulting store
+    assert pc_line.endswith(f" os_signals.c:{source_line('os_signals.c', case)}"), pc_line   # the faulting store
 
 
 @pytest.mark.parametrize("case, status", [("segv-blocked", 139), ("sigpipe", 141)])

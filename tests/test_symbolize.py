@@ -3,13 +3,12 @@ call trace expands the PC into the chain of inlined functions, innermost first, 
 function, with the same functions and source lines as `addr2line -i -f`."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 
 import pytest
 
-from conftest import build, emsan, have
+from conftest import build, have, run_report, source_line
 
 
 def addr2line_chain(exe: str, pc: str) -> list[tuple[str, str, int]]:
@@ -28,15 +27,15 @@ def test_inlined_frames(dwarf, tmp_path):
         pytest.skip("addr2line is not installed")
     exe = build("inline_chain", "x86_64", "static", ("-O2", dwarf))
     out = tmp_path / "r.json"
-    res = emsan("run", "--json", str(out), exe)
+    res, (rep,) = run_report(out, exe, status=99)
     err = res.stderr.decode(errors="replace")
-    assert "Traceback" not in err
-    rep = json.loads(out.read_text())["reports"][0]
     assert rep["bug_type"] == "slab-out-of-bounds" and rep["access"] == "write", err
     assert rep["function"] == "write_past_end"       # the title names the real function
     stack = rep["stack"]
     want = addr2line_chain(exe, rep["pc"])
     assert [w[0] for w in want] == ["poke_byte", "fill_tail", "write_past_end"], want
+    # addr2line agrees with the source: the store, the call of poke_byte, the call of fill_tail
+    assert [w[2] for w in want] == [source_line("inline_chain.c", m) for m in ("store", "poke", "fill")], want
     got = [(f["function"], f["file"], f["line"]) for f in stack[:3]]
     assert got == want, (got, want)
     assert [f["inlined"] for f in stack[:3]] == [True, True, False]

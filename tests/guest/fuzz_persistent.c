@@ -21,7 +21,7 @@ __attribute__((noinline)) int handle(const unsigned char *buf, size_t len)
     if (len >= 5 && *(const unsigned *)buf == MAGIC) {
         size_t n = buf[4];
         for (size_t i = 0; i < n; i++)       /* trusts the length byte */
-            sum += buf[5 + i];
+            sum += buf[5 + i];  /* @overread */
     }
     memcpy(last, buf, len < sizeof last ? len : sizeof last);
     return sum;

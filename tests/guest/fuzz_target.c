@@ -21,7 +21,7 @@ __attribute__((noinline)) int parse_header(const unsigned char *d, size_t n)
     unsigned char *body = malloc(16);
     int sum = 0;
     for (size_t i = 0; i <= 16; i++)       /* off by one: writes body[16] */
-        body[i] = d[4 + i % (n - 4)];
+        body[i] = d[4 + i % (n - 4)];  /* @overflow */
     for (size_t i = 0; i < 16; i++)
         sum += body[i];
     free(body);
@@ -36,7 +36,7 @@ __attribute__((noinline)) int parse_records(const unsigned char *d, size_t n)
         r->data[i] = d[i];
     if (n > 32)                            /* too long for one record: dropped... */
         free(r);
-    int v = r->data[0] + r->len;           /* ...and used anyway */
+    int v = r->data[0] + r->len;           /* @uaf: ...and used anyway */
     if (n <= 32)
         free(r);
     return v;

@@ -10,13 +10,13 @@ volatile int sink;
 
 static ALWAYS_INLINE void poke_byte(volatile char *p, size_t i, char v)
 {
-    p[i] = v;                                   /* the out-of-bounds write */
+    p[i] = v;                                   /* the out-of-bounds write @store */
 }
 
 static ALWAYS_INLINE void fill_tail(char *p, size_t n)
 {
     sink++;
-    poke_byte(p, n, 'x');
+    poke_byte(p, n, 'x');                       /* @poke */
     sink++;
 }
 
@@ -24,7 +24,7 @@ NOINLINE void write_past_end(size_t n)
 {
     char *p = malloc(n);
     sink++;
-    fill_tail(p, n);
+    fill_tail(p, n);                            /* @fill */
     sink++;
     free(p);
 }

@@ -1,4 +1,5 @@
-// alloc-dealloc-mismatch: allocation and deallocation families must match.
+// alloc-dealloc-mismatch: allocation and deallocation families must match. A comment marker
+// `@name` names the line a report must point at.
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -6,9 +7,9 @@
 #define NOINLINE __attribute__((noinline))
 static void *volatile keep;
 
-NOINLINE void new_then_free() { int *p = new int(3); keep = p; free(p); }
-NOINLINE void new_array_then_delete() { int *p = new int[8]; keep = p; delete p; }
-NOINLINE void malloc_then_delete_array() { char *p = (char *)malloc(16); keep = p; delete[] p; }
+NOINLINE void new_then_free() { int *p = new int(3); keep = p; free(p); }  // @new_then_free
+NOINLINE void new_array_then_delete() { int *p = new int[8]; keep = p; delete p; }  // @new_array_then_delete
+NOINLINE void malloc_then_delete_array() { char *p = (char *)malloc(16); keep = p; delete[] p; }  // @malloc_then_delete_array
 NOINLINE void matched()
 {
     int *a = new int(1); delete a;

@@ -24,14 +24,14 @@ NOINLINE void kasan_global_oob_right(void)
 {
     char *volatile array = global_array;
     char *p = &array[ARRAY_SIZE(global_array) + 3];
-    sink = *(volatile char *)p;
+    sink = *(volatile char *)p;                   /* @kasan_global_oob_right */
 }
 
 NOINLINE void kasan_global_oob_left(void)
 {
     char *volatile array = global_array;
     char *p = array - 3;
-    sink = *(volatile char *)p;
+    sink = *(volatile char *)p;                   /* @kasan_global_oob_left */
 }
 
 NOINLINE void kasan_stack_oob(void)
@@ -39,7 +39,7 @@ NOINLINE void kasan_stack_oob(void)
     char stack_array[10];
     char *volatile array = stack_array;
     char *p = &array[ARRAY_SIZE(stack_array) + OOB_TAG_OFF];
-    sink = *(volatile char *)p;
+    sink = *(volatile char *)p;                   /* @kasan_stack_oob */
 }
 
 NOINLINE void kasan_alloca_oob_left(void)
@@ -47,7 +47,7 @@ NOINLINE void kasan_alloca_oob_left(void)
     volatile int i = 10;
     char alloca_array[i];
     char *p = alloca_array - 1;
-    sink = *(volatile char *)p;
+    sink = *(volatile char *)p;                   /* @kasan_alloca_oob_left */
 }
 
 NOINLINE void kasan_alloca_oob_right(void)
@@ -55,7 +55,7 @@ NOINLINE void kasan_alloca_oob_right(void)
     volatile int i = 10;
     char alloca_array[i];
     char *p = alloca_array + i;
-    sink = *(volatile char *)p;
+    sink = *(volatile char *)p;                   /* @kasan_alloca_oob_right */
 }
 
 NOINLINE void kasan_stack_oob_write(void)          /* a write, two objects in the frame */
@@ -63,7 +63,7 @@ NOINLINE void kasan_stack_oob_write(void)          /* a write, two objects in th
     char name[16];
     int counts[4];
     volatile int n = 4;
-    for (int k = 0; k <= n; k++) counts[k] = k;     /* one past the end */
+    for (int k = 0; k <= n; k++) counts[k] = k;     /* one past the end @kasan_stack_oob_write */
     snprintf(name, sizeof name, "%d", counts[0]);
     sink = name[0];
 }

@@ -5,7 +5,8 @@
  * Usage: kfence_cases [CASE...]   (no argument: all cases)
  * For each case it prints "CASE <name>", and before each access or free that must be reported,
  * "EXPECT <title words>|<function>|<second line prefix> 0x<address>" (kfence_test's
- * report_matches() compares exactly those). "FAIL <what>" marks a failed check in the guest. */
+ * report_matches() compares exactly those). "FAIL <what>" marks a failed check in the guest.
+ * A comment marker `@name` names the line a report must point at. */
 #include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -55,18 +56,18 @@ static NOINLINE char *test_alloc(size_t size, enum placement where)
     exit(1);
 }
 
-static NOINLINE void test_free(void *p) { free(p); }
+static NOINLINE void test_free(void *p) { free(p); }  /* @test_free */
 
 static NOINLINE void test_out_of_bounds_read(void)
 {
     size_t size = 32;
     char *buf = test_alloc(size, ALLOCATE_LEFT);
     expect("out-of-bounds read", __func__, "Out-of-bounds read at", buf - 1);
-    READ_ONCE(buf[-1]);
+    READ_ONCE(buf[-1]);  /* @oob_read.left */
     test_free(buf);
     buf = test_alloc(size, ALLOCATE_RIGHT);
     expect("out-of-bounds read", __func__, "Out-of-bounds read at", buf + size);
-    READ_ONCE(buf[size]);
+    READ_ONCE(buf[size]);  /* @oob_read.right */
     test_free(buf);
 }
 
@@ -75,7 +76,7 @@ static NOINLINE void test_out_of_bounds_write(void)
     size_t size = 32;
     char *buf = test_alloc(size, ALLOCATE_LEFT);
     expect("out-of-bounds write", __func__, "Out-of-bounds write at", buf - 1);
-    WRITE_ONCE(buf[-1], 42);
+    WRITE_ONCE(buf[-1], 42);  /* @oob_write */
     test_free(buf);
 }
 
@@ -85,7 +86,7 @@ static NOINLINE void test_use_after_free_read(void)
     char *buf = test_alloc(size, ALLOCATE_ANY);
     test_free(buf);
     expect("use-after-free read", __func__, "Use-after-free read at", buf);
-    READ_ONCE(buf[0]);
+    READ_ONCE(buf[0]);  /* @uaf_read */
 }
 
 static NOINLINE void test_double_free(void)
@@ -94,7 +95,7 @@ static NOINLINE void test_double_free(void)
     char *buf = test_alloc(size, ALLOCATE_ANY);
     test_free(buf);
     expect("invalid free", __func__, "Invalid free of", buf);
-    free(buf);
+    free(buf);  /* @double_free */
 }
 
 static NOINLINE void test_invalid_addr_free(void)
@@ -102,7 +103,7 @@ static NOINLINE void test_invalid_addr_free(void)
     size_t size = 32;
     char *buf = test_alloc(size, ALLOCATE_ANY);
     expect("invalid free", __func__, "Invalid free of", buf + 1);
-    free(buf + 1);
+    free(buf + 1);  /* @invalid_addr_free */
     test_free(buf);                    /* the real one: no report */
 }
 
@@ -112,11 +113,11 @@ static NOINLINE void test_corruption(void)
     char *buf = test_alloc(size, ALLOCATE_LEFT);
     WRITE_ONCE(buf[size], 42);
     expect("memory corruption", "test_free", "Corrupted memory at", buf + size);
-    test_free(buf);
+    test_free(buf);  /* @corruption.left */
     buf = test_alloc(size, ALLOCATE_RIGHT);
     WRITE_ONCE(buf[-1], 42);
     expect("memory corruption", "test_free", "Corrupted memory at", buf - 1);
-    test_free(buf);
+    test_free(buf);  /* @corruption.right */
 }
 
 static NOINLINE void test_free_bulk(void)
@@ -142,7 +143,7 @@ static NOINLINE void test_kmalloc_aligned_oob_read(void)
     READ_ONCE(buf[-1]);                /* canary bytes on the object's own page: no report */
     READ_ONCE(buf[size]);              /* the alignment gap: same page, no report */
     expect("out-of-bounds read", __func__, "Out-of-bounds read at", buf + size + ALIGN);
-    READ_ONCE(buf[size + ALIGN]);
+    READ_ONCE(buf[size + ALIGN]);  /* @aligned_oob_read */
     test_free(buf);
 }
 
@@ -152,7 +153,7 @@ static NOINLINE void test_kmalloc_aligned_oob_write(void)
     char *buf = test_alloc(size, ALLOCATE_RIGHT);
     WRITE_ONCE(buf[size], 42);         /* no immediate report: found at free */
     expect("memory corruption", "test_free", "Corrupted memory at", buf + size);
-    test_free(buf);
+    test_free(buf);  /* @aligned_oob_write */
 }
 
 static NOINLINE void test_invalid_access(void)
@@ -162,7 +163,7 @@ static NOINLINE void test_invalid_access(void)
     char *buf = test_alloc(32, ALLOCATE_LEFT);
     test_free(buf);
     expect("invalid read", __func__, "Invalid read at", buf + PAGE + 10);
-    READ_ONCE(buf[PAGE + 10]);
+    READ_ONCE(buf[PAGE + 10]);  /* @invalid_access */
 }
 
 static NOINLINE void test_gfpzero(void)
@@ -202,7 +203,7 @@ static NOINLINE void test_krealloc(void)
     buf = realloc(buf, 0);                            /* free */
     CHECK(buf == NULL);
     expect("use-after-free read", __func__, "Use-after-free read at", first);
-    READ_ONCE(first[0]);
+    READ_ONCE(first[0]);  /* @krealloc */
 }
 
 /* Not a kernel case: sampled and unsampled objects mixed through every allocator entry

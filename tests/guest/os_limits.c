@@ -22,7 +22,7 @@ volatile unsigned long spins;
 __attribute__((noinline)) void spin_forever(void)
 {
     for (;;)
-        spins++;
+        spins++;                                    /* @spin */
 }
 
 static void *thread_body(void *arg)

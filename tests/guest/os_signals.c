@@ -233,7 +233,7 @@ static int handlers(void)
 
 __attribute__((noinline)) void write_through_null(volatile int *p, int v)
 {
-    *p = v;
+    *p = v;                                         /* @null-func */
 }
 
 int main(int argc, char **argv)
@@ -248,7 +248,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(what, "null-main") == 0) {
         printf("about to write through NULL in main\n");
-        *(volatile int *)(intptr_t)(argc - 2) = 42;
+        *(volatile int *)(intptr_t)(argc - 2) = 42;     /* @null-main */
         return 0;
     }
     if (strcmp(what, "null-func") == 0) {

@@ -15,7 +15,7 @@ NOINLINE char *alloc_b(int n) { char *p = alloc_c(n); sink++; return p; }
 NOINLINE char *alloc_a(int n) { char *p = alloc_b(n); sink++; return p; }
 NOINLINE void free_b(char *p) { free(p); sink++; }
 NOINLINE void free_a(char *p) { free_b(p); sink++; }
-NOINLINE int use_b(char *p) { int v = p[3]; sink++; return v; }
+NOINLINE int use_b(char *p) { int v = p[3]; sink++; return v; }     /* @use */
 NOINLINE int use_a(char *p) { int v = use_b(p); sink++; return v; }
 
 /* chain: allocated in alloc_c <- alloc_b <- alloc_a, freed in free_b <- free_a, used after free

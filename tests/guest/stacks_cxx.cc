@@ -15,7 +15,7 @@ NOINLINE int *obj_b() { int *p = obj_c(); sink++; return p; }
 NOINLINE int *obj_a() { int *p = obj_b(); sink++; return p; }
 NOINLINE void drop_b(int *p) { delete[] p; sink++; }
 NOINLINE void drop_a(int *p) { drop_b(p); sink++; }
-NOINLINE int read_b(int *p) { int v = p[2]; sink++; return v; }
+NOINLINE int read_b(int *p) { int v = p[2]; sink++; return v; }     // @use
 NOINLINE int read_a(int *p) { int v = read_b(p); sink++; return v; }
 
 int main()

@@ -2,7 +2,8 @@
  * KASAN_GRANULE_SIZE = 16 and OOB_TAG_OFF = 16), ported to userspace like kasan_cases.c:
  * one function per kernel case, run as `tags_cases CASE`. kmalloc/kfree/krealloc/ksize are
  * malloc/free/realloc/malloc_usable_size; kasan_poison() of a granule is HWASan's
- * __hwasan_tag_memory(), which emsan stands in for. Built with -fno-builtin. */
+ * __hwasan_tag_memory(), which emsan stands in for. Built with -fno-builtin. A comment marker
+ * `@name` names the line a report must point at (tests/conftest.py source_line). */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <stdint.h>
@@ -41,22 +42,22 @@ NOINLINE void kmalloc_oob_right(void)
 {
     size_t size = 128 - GRANULE - 5;
     char *p = malloc(size);
-    WR(p, size + 5, 'y');                            /* the first granule past the object */
-    RD(p, size + GRANULE + 5);                       /* past the kmalloc-128 slot */
+    WR(p, size + 5, 'y');                            /* the first granule past the object @oob_right.1 */
+    RD(p, size + GRANULE + 5);                       /* past the kmalloc-128 slot @oob_right.2 */
     free(p);
 }
 
-NOINLINE void kmalloc_oob_left(void) { char *p = malloc(15); RD(p, -1); free(p); }
-NOINLINE void kmalloc_node_oob_right(void) { char *p = malloc(4096); RD(p, 4096); free(p); }
+NOINLINE void kmalloc_oob_left(void) { char *p = malloc(15); RD(p, -1); free(p); }  /* @oob_left */
+NOINLINE void kmalloc_node_oob_right(void) { char *p = malloc(4096); RD(p, 4096); free(p); }  /* @node_oob_right */
 
 NOINLINE void kmalloc_track_caller_oob_right(void)
 {
     size_t size = 128 - GRANULE;
     char *p = malloc(size);
-    WR(p, size + OOB_TAG_OFF, 'y');
+    WR(p, size + OOB_TAG_OFF, 'y');  /* @track_caller.1 */
     free(p);
     p = realloc(NULL, size);
-    WR(p, size + OOB_TAG_OFF, 'y');
+    WR(p, size + OOB_TAG_OFF, 'y');  /* @track_caller.2 */
     free(p);
 }
 
@@ -64,7 +65,7 @@ NOINLINE void kmalloc_big_oob_right(void)
 {
     size_t size = KMALLOC_MAX_CACHE_SIZE - 256;
     char *p = malloc(size);
-    WR(p, size, 0);
+    WR(p, size, 0);  /* @big_oob_right */
     free(p);
 }
 
@@ -72,22 +73,22 @@ NOINLINE void kmalloc_large_oob_right(void)
 {
     size_t size = KMALLOC_MAX_CACHE_SIZE + 10;
     char *p = malloc(size);
-    WR(p, size + OOB_TAG_OFF, 0);
+    WR(p, size + OOB_TAG_OFF, 0);  /* @large_oob_right */
     free(p);
 }
 
-NOINLINE void kmalloc_large_uaf(void) { char *p = malloc(KMALLOC_MAX_CACHE_SIZE + 10); free(p); RD(p, 0); }
-NOINLINE void kmalloc_large_invalid_free(void) { char *p = malloc(KMALLOC_MAX_CACHE_SIZE + 10); free(p + 1); free(p); }
+NOINLINE void kmalloc_large_uaf(void) { char *p = malloc(KMALLOC_MAX_CACHE_SIZE + 10); free(p); RD(p, 0); }  /* @large_uaf */
+NOINLINE void kmalloc_large_invalid_free(void) { char *p = malloc(KMALLOC_MAX_CACHE_SIZE + 10); free(p + 1); free(p); }  /* @large_invalid_free */
 
 NOINLINE void page_alloc_oob_right(void)             /* alloc_pages(order 4) -> valloc of 16 pages */
 {
     size_t size = 16 * 4096;
     char *p = valloc(size);
-    RD(p, size);
+    RD(p, size);  /* @page_alloc_oob_right */
     free(p);
 }
 
-NOINLINE void page_alloc_uaf(void) { char *p = valloc(16 * 4096); free(p); RD(p, 0); }
+NOINLINE void page_alloc_uaf(void) { char *p = valloc(16 * 4096); free(p); RD(p, 0); }  /* @page_alloc_uaf */
 
 static void krealloc_more(size_t size1, size_t size2)
 {
@@ -98,7 +99,7 @@ static void krealloc_more(size_t size1, size_t size2)
     WR(p2, size1, 'x');
     WR(p2, middle, 'x');
     WR(p2, size2 - 1, 'x');
-    WR(p2, (size2 + GRANULE - 1) & ~(size_t)(GRANULE - 1), 'x');
+    WR(p2, (size2 + GRANULE - 1) & ~(size_t)(GRANULE - 1), 'x');  /* @more.round_up */
     free(p2);
 }
 
@@ -108,10 +109,10 @@ static void krealloc_less(size_t size1, size_t size2)
     char *p2 = realloc(p1, size2);
     size_t middle = size2 + (size1 - size2) / 2;
     WR(p2, size2 - 1, 'x');
-    WR(p2, (size2 + GRANULE - 1) & ~(size_t)(GRANULE - 1), 'x');
-    WR(p2, middle, 'x');
-    WR(p2, size1 - 1, 'x');
-    WR(p2, size1, 'x');
+    WR(p2, (size2 + GRANULE - 1) & ~(size_t)(GRANULE - 1), 'x');  /* @less.1 */
+    WR(p2, middle, 'x');  /* @less.2 */
+    WR(p2, size1 - 1, 'x');  /* @less.3 */
+    WR(p2, size1, 'x');  /* @less.4 */
     free(p2);
 }
 
@@ -124,9 +125,9 @@ NOINLINE void krealloc_uaf(void)
 {
     char *p1 = malloc(201);
     free(p1);
-    char *p2 = realloc(p1, 235);
+    char *p2 = realloc(p1, 235);  /* @krealloc_uaf.1 */
     if (p2 != NULL) { printf("realloc of a freed object returned %p\n", (void *)p2); exit(3); }
-    RD(p1, 0);
+    RD(p1, 0);  /* @krealloc_uaf.2 */
 }
 
 struct s16 { uint64_t words[2]; };
@@ -136,25 +137,25 @@ NOINLINE void kmalloc_uaf_16(void)
     struct s16 *p1 = malloc(sizeof(struct s16));
     struct s16 *p2 = malloc(sizeof(struct s16));
     free(p2);
-    *(volatile struct s16 *)p1 = *(volatile struct s16 *)p2;
+    *(volatile struct s16 *)p1 = *(volatile struct s16 *)p2;  /* @uaf_16 */
     free(p1);
 }
 
 #define MEMSET_CASE(name, off, n) \
     NOINLINE void name(void) { size_t size = 128 - GRANULE; char *p = malloc(size); vsize = n; \
                                memset(p + (off), 0, vsize); free(p); }
-MEMSET_CASE(kmalloc_oob_in_memset, 0, 128)
-MEMSET_CASE(kmalloc_oob_memset_2, size - 1, 2)
-MEMSET_CASE(kmalloc_oob_memset_4, size - 3, 4)
-MEMSET_CASE(kmalloc_oob_memset_8, size - 7, 8)
-MEMSET_CASE(kmalloc_oob_memset_16, size - 15, 16)
+MEMSET_CASE(kmalloc_oob_in_memset, 0, 128)  /* @oob_in_memset */
+MEMSET_CASE(kmalloc_oob_memset_2, size - 1, 2)  /* @memset_2 */
+MEMSET_CASE(kmalloc_oob_memset_4, size - 3, 4)  /* @memset_4 */
+MEMSET_CASE(kmalloc_oob_memset_8, size - 7, 8)  /* @memset_8 */
+MEMSET_CASE(kmalloc_oob_memset_16, size - 15, 16)  /* @memset_16 */
 
 NOINLINE void kmalloc_memmove_negative_size(void)
 {
     char *p = malloc(64);
     memset(p, 0, 64);
     vsize = (size_t)-2;
-    memmove(p, p + 4, vsize);
+    memmove(p, p + 4, vsize);  /* @memmove_negative */
     free(p);
 }
 
@@ -163,18 +164,18 @@ NOINLINE void kmalloc_memmove_invalid_size(void)
     char *p = malloc(64);
     memset(p, 0, 64);
     vsize = 64;
-    memmove(p, p + 4, vsize);
+    memmove(p, p + 4, vsize);  /* @memmove_invalid */
     free(p);
 }
 
-NOINLINE void kmalloc_uaf(void) { char *p = malloc(10); free(p); RD(p, 8); }
+NOINLINE void kmalloc_uaf(void) { char *p = malloc(10); free(p); RD(p, 8); }  /* @uaf */
 
 NOINLINE void kmalloc_uaf2(void)
 {
     char *p1 = malloc(43);
     free(p1);
     char *p2 = malloc(43);
-    RD(p1, 40);
+    RD(p1, 40);  /* @uaf2 */
     if (p1 == p2) { printf("the reused object kept its tag\n"); exit(3); }
     free(p2);
 }
@@ -185,7 +186,7 @@ NOINLINE void kmalloc_uaf3(void)
     free(p1);
     char *p2 = malloc(100);
     free(p2);
-    RD(p1, 8);
+    RD(p1, 8);  /* @uaf3 */
 }
 
 NOINLINE void kmalloc_double_kzfree(void)
@@ -193,8 +194,8 @@ NOINLINE void kmalloc_double_kzfree(void)
     char *p = malloc(16);
     explicit_bzero(p, malloc_usable_size(p));
     free(p);
-    explicit_bzero(p, 16);
-    free(p);
+    explicit_bzero(p, 16);  /* @kzfree.1 */
+    free(p);  /* @kzfree.2 */
 }
 
 NOINLINE void ksize_unpoisons_memory(void)
@@ -205,7 +206,7 @@ NOINLINE void ksize_unpoisons_memory(void)
     if (real < size) exit(3);
     RD(p, 0);
     RD(p, size - 1);
-    RD(p, size + 5);
+    RD(p, size + 5);  /* @ksize.1 */
     RD(p, real - 1);
     free(p);
 }
@@ -214,14 +215,14 @@ NOINLINE void ksize_uaf(void)
 {
     char *p = malloc(128 - GRANULE);
     free(p);
-    if (malloc_usable_size(p) != 0) exit(3);
-    RD(p, 0);
-    RD(p, 128 - GRANULE);
+    if (malloc_usable_size(p) != 0) exit(3);  /* @ksize_uaf.1 */
+    RD(p, 0);  /* @ksize_uaf.2 */
+    RD(p, 128 - GRANULE);  /* @ksize_uaf.3 */
 }
 
-NOINLINE void kmem_cache_oob(void) { char *p = malloc(200); RD(p, 200 + OOB_TAG_OFF); free(p); }
-NOINLINE void kmem_cache_double_free(void) { char *p = malloc(200); free(p); free(p); }
-NOINLINE void kmem_cache_invalid_free(void) { char *p = malloc(200); free(p + 1); free(p); }
+NOINLINE void kmem_cache_oob(void) { char *p = malloc(200); RD(p, 200 + OOB_TAG_OFF); free(p); }  /* @kmem_cache_oob */
+NOINLINE void kmem_cache_double_free(void) { char *p = malloc(200); free(p); free(p); }  /* @kmem_cache_double_free */
+NOINLINE void kmem_cache_invalid_free(void) { char *p = malloc(200); free(p + 1); free(p); }  /* @kmem_cache_invalid_free */
 
 NOINLINE void kmem_cache_bulk(void)
 {
@@ -236,7 +237,7 @@ NOINLINE void kasan_memchr(void)
     size_t size = 24 + OOB_TAG_OFF - 24 % OOB_TAG_OFF;   /* round_up(24, OOB_TAG_OFF) */
     char *p = calloc(1, size);
     vsize = size + 1;
-    sink = memchr(p, '1', vsize) != NULL;
+    sink = memchr(p, '1', vsize) != NULL;  /* @memchr */
     free(p);
 }
 
@@ -247,7 +248,7 @@ NOINLINE void kasan_memcmp(void)
     memset(arr, 0, sizeof arr);
     char *p = calloc(1, size);
     vsize = size + 1;
-    sink = (char)memcmp(p, arr, vsize);
+    sink = (char)memcmp(p, arr, vsize);  /* @memcmp */
     free(p);
 }
 
@@ -258,22 +259,22 @@ NOINLINE void kasan_strings(void)
     p[127 - GRANULE] = 0;
     free(p);
     char *q = opaque(p + 16);
-    sink = strchr(q, '1') != NULL;
-    sink = strrchr(q, '1') != NULL;
-    sink = (char)strcmp(q, "2");
-    sink = (char)strncmp(q, "2", 1);
-    sink = (char)strlen(q);
-    sink = (char)strnlen(q, 1);
+    sink = strchr(q, '1') != NULL;  /* @strings.strchr */
+    sink = strrchr(q, '1') != NULL;  /* @strings.strrchr */
+    sink = (char)strcmp(q, "2");  /* @strings.strcmp */
+    sink = (char)strncmp(q, "2", 1);  /* @strings.strncmp */
+    sink = (char)strlen(q);  /* @strings.strlen */
+    sink = (char)strnlen(q, 1);  /* @strings.strnlen */
 }
 
 NOINLINE void kasan_bitops_tags(void)
 {
     char *p = calloc(1, 48);                         /* kmalloc-64: granules 48..63 are invalid */
     volatile long *w = (volatile long *)opaque(p + 48);
-    __atomic_fetch_or(w, 1L, __ATOMIC_RELAXED);      /* set_bit */
-    __atomic_fetch_and(w, ~1L, __ATOMIC_RELAXED);    /* clear_bit */
-    __atomic_fetch_xor(w, 1L, __ATOMIC_RELAXED);     /* change_bit */
-    sink = (char)(*w & 1);                           /* test_bit */
+    __atomic_fetch_or(w, 1L, __ATOMIC_RELAXED);      /* set_bit @bitops.set */
+    __atomic_fetch_and(w, ~1L, __ATOMIC_RELAXED);    /* clear_bit @bitops.clear */
+    __atomic_fetch_xor(w, 1L, __ATOMIC_RELAXED);     /* change_bit @bitops.change */
+    sink = (char)(*w & 1);                           /* test_bit @bitops.test */
     free(p);
 }
 
@@ -281,14 +282,14 @@ NOINLINE void kasan_atomics(void)
 {
     char *p = calloc(1, 48);
     volatile int *a = (volatile int *)opaque(p + 48);
-    sink = (char)*a;
-    *a = 1;
-    sink = (char)__atomic_load_n(a, __ATOMIC_ACQUIRE);
-    __atomic_store_n(a, 2, __ATOMIC_RELEASE);
-    __atomic_fetch_add(a, 1, __ATOMIC_SEQ_CST);
+    sink = (char)*a;  /* @atomics.read_once */
+    *a = 1;  /* @atomics.write_once */
+    sink = (char)__atomic_load_n(a, __ATOMIC_ACQUIRE);  /* @atomics.load_acquire */
+    __atomic_store_n(a, 2, __ATOMIC_RELEASE);  /* @atomics.store_release */
+    __atomic_fetch_add(a, 1, __ATOMIC_SEQ_CST);  /* @atomics.add */
     int expected = 0;
-    __atomic_compare_exchange_n(a, &expected, 5, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-    __atomic_exchange_n(a, 7, __ATOMIC_SEQ_CST);
+    __atomic_compare_exchange_n(a, &expected, 5, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);  /* @atomics.cmpxchg */
+    __atomic_exchange_n(a, 7, __ATOMIC_SEQ_CST);  /* @atomics.xchg */
     free(p);
 }
 
@@ -326,7 +327,7 @@ NOINLINE void match_all_mem_tag(void)
         if (tag_min == 0 && tag >= 8 && tag <= TAG_KERNEL - 8) continue;   /* as the kernel: a few only */
         if (tag == ptag) continue;
         __hwasan_tag_memory(p, (unsigned char)tag, GRANULE);
-        WR(p, 0, 0);                                 /* must be reported, once per memory tag */
+        WR(p, 0, 0);                                 /* must be reported, once per memory tag @match_all_mem_tag */
     }
     __hwasan_tag_memory(p, (unsigned char)ptag, GRANULE);
     free(p);
@@ -342,9 +343,9 @@ NOINLINE void copy_user_test_oob(void)
     memset(buf, 'u', sizeof buf);
     if (write(fds[1], buf, size + 1) != (ssize_t)size + 1) exit(3);
     vsize = size + 1;
-    if (read(fds[0], p, vsize) != (ssize_t)size + 1) exit(3);
+    if (read(fds[0], p, vsize) != (ssize_t)size + 1) exit(3);  /* @copy_user.read */
     vsize = size + 1;
-    if (write(fds[1], p, vsize) != (ssize_t)size + 1) exit(3);
+    if (write(fds[1], p, vsize) != (ssize_t)size + 1) exit(3);  /* @copy_user.write */
     free(p);
 }
 

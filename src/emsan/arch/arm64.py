@@ -16,6 +16,11 @@ class ARM64(Arch):
     gprs = tuple(f"x{i}" for i in range(29)) + ("x29", "x30", "sp")
 
     _SIZE_BY_REG = {"x": 8, "w": 4, "q": 16, "d": 8, "s": 4, "h": 2, "b": 1, "v": 16}
+    # The LSE atomics, and their aliases without a result register (STADD is LDADD into xzr).
+    _LSE_ATOMICS = tuple(p + op for op in ("add", "clr", "eor", "set", "smax", "smin", "umax", "umin")
+                         for p in ("ld", "st")) + ("swp", "cas")
+    _LOAD_EXCLUSIVE = ("ldxr", "ldaxr", "ldxp", "ldaxp")
+    _STORE_EXCLUSIVE = ("stxr", "stlxr", "stxp", "stlxp")
 
     def memory_operands(self, insn, regs: dict[str, int]) -> list[tuple[int, int, int]]:
         from capstone import arm64 as ca
@@ -51,10 +56,26 @@ class ARM64(Arch):
             elif name.startswith(("ld1", "st1", "ld2", "st2", "ld3", "st3", "ld4", "st4")):
                 size = 16 * max(1, len(regs_used))
         # capstone marks a store's memory operand read-write: judge by the instruction instead.
-        rmw = name.startswith(("ldadd", "ldclr", "ldeor", "ldset", "ldsmax", "ldsmin", "ldumax", "ldumin",
-                               "swp", "cas"))
-        access = 3 if rmw else 2 if name.startswith("st") else 1
+        access = 3 if name.startswith(self._LSE_ATOMICS) else 2 if name.startswith("st") else 1
         return [(ea & 0x00FF_FFFF_FFFF_FFFF, size, access)]
+
+    def atomic_rmw(self, m, pc: int) -> bool:
+        """The LSE atomics, and a load-exclusive that opens a load/store-exclusive loop (a
+        store-exclusive follows before the code leaves it): the guest's own atomic operation, or
+        libgcc's outline atomics on a CPU without LSE."""
+        code = m.try_read(pc, 64) or m.try_read(pc, 4) or b""
+        insns = self.disassembler.disasm(code, pc)
+        first = next(insns, None)
+        if first is None or first.mnemonic.startswith(self._LSE_ATOMICS):
+            return first is not None
+        if not first.mnemonic.startswith(self._LOAD_EXCLUSIVE):
+            return False
+        for insn in insns:
+            if insn.mnemonic.startswith(self._STORE_EXCLUSIVE):
+                return True
+            if insn.mnemonic in ("ret", "bl", "blr", "br", "b", "svc"):
+                return False
+        return False
 
     def return_address(self, m) -> int:
         return m.reg("lr") & 0x0000_FFFF_FFFF_FFFF

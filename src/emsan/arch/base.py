@@ -37,33 +37,87 @@ class Arch:
         instruction, given the registers before it executes."""
         raise NotImplementedError
 
+    def block_instructions(self, m, block: int, regs: dict[str, int], limit: int = 0):
+        """(capstone instruction, its memory operands) from `block` to the end of its basic block
+        (`limit` instructions at most when given), memory operands as memory_operands() gives them
+        (none where a register is unknown)."""
+        code = m.try_read(block, 512) or m.try_read(block, 64)
+        if not code:
+            return
+        for insn in self.disassembler.disasm(code, block):
+            try:
+                ops = self.memory_operands(insn, regs)
+            except KeyError:
+                ops = []
+            yield insn, ops
+            if limit:                   # look at that many instructions only
+                limit -= 1
+                if not limit:
+                    return
+            # jump, call, ret, interrupt (syscall), branch_relative: the block ends
+            if insn.group(1) or insn.group(2) or insn.group(3) or insn.group(4) or insn.group(7):
+                return
+
     def locate_access(self, m, block: int, regs: dict[str, int], addr: int,
                       is_write: bool, first_only: int = 0) -> tuple[int, int, int] | None:
         """The instruction of the block at `block` whose memory operand covers `addr` (a load or
         a store as asked, else any), given the registers when it accessed memory (those before
         it ran, also for the instructions before it, whose own effects are not undone):
         (pc, address, size)."""
-        code = m.try_read(block, 512) or m.try_read(block, 64)
-        if not code:
-            return None
         want = 2 if is_write else 1                   # CS_AC_WRITE / CS_AC_READ
         fallback = None
-        for insn in self.disassembler.disasm(code, block):
-            try:
-                for ea, size, access in self.memory_operands(insn, regs):
-                    if ea <= addr < ea + size:
-                        if access & want or not access:
-                            return insn.address, ea, size
-                        fallback = fallback or (insn.address, ea, size)
-            except KeyError:
-                pass
-            if first_only:              # look at that many instructions only
-                first_only -= 1
-                if not first_only:
-                    break
-            if insn.group(1) or insn.group(2) or insn.group(3) or insn.group(7):   # jump, call, ret, branch_relative
-                break
+        for insn, ops in self.block_instructions(m, block, regs, first_only):
+            for ea, size, access in ops:
+                if ea <= addr < ea + size:
+                    if access & want or not access:
+                        return insn.address, ea, size
+                    fallback = fallback or (insn.address, ea, size)
         return fallback
+
+    def locate(self, m, candidates: list[int], synced_pc: int, regs: dict[str, int], addr: int,
+               is_write: bool) -> tuple[int, int, int] | None:
+        """The instruction behind an access seen without its PC (an MMIO callback): one of the
+        first two instructions at a candidate PC QEMU gave (the access or the one before it),
+        else within eight instructions of the lowest candidate (the access is at or just after
+        them), else in the block at the PC Unicorn last synced. (pc, address, size) or None."""
+        for c in candidates:
+            found = self.locate_access(m, c, regs, addr, is_write, first_only=2)
+            if found is not None:
+                return found
+        if candidates:
+            found = self.locate_access(m, min(candidates), regs, addr, is_write, first_only=8)
+            if found is not None:
+                return found
+        return self.locate_access(m, synced_pc, regs, addr, is_write)
+
+    def hooked_access_pcs(self, m, pc: int, addr: int, is_write: bool) -> list[int]:
+        """The instructions that may have made an access a memory hook saw at `pc`: [pc] if the
+        instruction there makes it. Unicorn syncs the PC before the loads and stores it
+        translates one by one, not before x86's atomic read-modify-writes, whose hook calls
+        carry the last PC it synced: the access is then made by one of the atomic instructions
+        after it in the block that touch `addr`, in order; [] if none does."""
+        regs = {r: m.reg(r) for r in self.gprs}
+        want = 2 if is_write else 1
+        found = []
+        for insn, ops in self.block_instructions(m, pc, regs):
+            if any(ea <= addr < ea + size and (access & want or not access) for ea, size, access in ops):
+                if insn.address == pc:
+                    return [pc]
+                if self.atomic_rmw(m, insn.address):
+                    found.append(insn.address)
+        return found
+
+    # Access kinds as the kernel prints them.
+    def atomic_rmw(self, m, pc: int) -> bool:
+        """Is the instruction at pc an atomic read-modify-write of memory?"""
+        return False
+
+    def access_kind(self, m, pc: int, is_write: bool) -> str:
+        """"read" or "write" as the kernel prints the access of the instruction at pc: an atomic
+        read-modify-write is a write whichever half of it the emulator showed first (the
+        kernel's instrument_atomic_read_write() calls kasan_check_write(), and compilers
+        instrument atomicrmw and cmpxchg as stores)."""
+        return "write" if is_write or self.atomic_rmw(m, pc) else "read"
 
     # Calling convention, used by interceptors that stand in for a whole function.
     def return_address(self, m) -> int:

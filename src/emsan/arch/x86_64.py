@@ -33,6 +33,14 @@ class X86_64(Arch):
             out.append((ea & 0xFFFF_FFFF_FFFF_FFFF, op.size, op.access))
         return out
 
+    def atomic_rmw(self, m, pc: int) -> bool:
+        """lock-prefixed read-modify-writes, and xchg with memory (locked without the prefix)."""
+        from capstone import x86 as cx
+        insn = next(self.disassembler.disasm(m.try_read(pc, 15) or b"", pc, 1), None)
+        if insn is None or not any(op.type == cx.X86_OP_MEM for op in insn.operands):
+            return False
+        return insn.prefix[0] == cx.X86_PREFIX_LOCK or insn.mnemonic == "xchg"
+
     def return_address(self, m) -> int:
         return m.read_u64(m.sp)
 

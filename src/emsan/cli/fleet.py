@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
-from emsan.cli.jobs import RunJob, run_jobs
+from emsan.cli.jobs import RunJob, internal_errors, run_jobs
 from emsan.cli.jobs import console as make_console
-from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
+from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 
 # Options of `fleet` itself, never forwarded to the runs: name -> takes a value
 OWN = {"--runs": True, "--jobs": True, "--seed": True, "--json": True, "--quiet": False, "--scheduler": True}
@@ -125,10 +126,9 @@ def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
         table.add_row("(no bug found)", "", "0", "0.0%", "")
     console.print(table)
     console.print("runs: " + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items())) + f"; {wall:.1f} s wall")
-    for res in results.values():
-        if res["internal_error"]:
-            console.print(f"seed {res['seed']}: {res['internal_error']}", markup=False)
-            break
+    failed = internal_errors(list(results.values()))
+    if failed:
+        print(failed, file=sys.stderr)
 
     if ns.json_path:
         summary = {"tool": "emsan", "command": "fleet", "program": ns.program, "args": ns.args,
@@ -141,4 +141,4 @@ def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
                                for i in sorted(results)]}
         with open(ns.json_path, "w") as f:
             json.dump(summary, f, indent=2)
-    return EXIT_REPORT if bugs else 0
+    return EXIT_INTERNAL if failed else EXIT_REPORT if bugs else 0

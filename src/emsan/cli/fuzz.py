@@ -6,7 +6,8 @@ and run up to `main` (or --entry FUNCTION) once, and each input runs in a fork o
 for AFL++; its report (text and JSON) is saved next to the crashing input in OUT/*/crashes/ as
 NAME.emsan.txt and NAME.emsan.json. `emsan triage OUT` groups the crashes into bugs.
 
-Exit status: 99 when AFL++ saved crashes, 0 when it saved none, 2 when it could not start.
+Exit status: 99 when AFL++ saved crashes, 0 when it saved none, 2 when it could not start, 70 when
+emsan failed inside itself on some input (OUT/.emsan/errors.log).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import sys
 import time
 
 from emsan.cli.jobs import console as make_console
-from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
+from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 
 CONFIG = "emsan-fuzz.json"
 OWN = {"-i": True, "-o": True, "--input": True, "--entry": True, "--cover": True, "-x": True, "-t": True,
@@ -147,10 +148,12 @@ def preflight(cfg_path: str, seed: str) -> None:
         p = subprocess.run([sys.executable, "-m", "emsan.session.fuzz", cfg_path, seed], stdin=f,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
     err = p.stderr.decode(errors="replace").strip()
-    if p.returncode in (EXIT_BAD_INPUT, 70) or "Traceback" in err:
+    if p.returncode == EXIT_INTERNAL or "Traceback" in err:
+        print(err, file=sys.stderr)
+        raise EmsanError("the target failed inside emsan on the first seed (above)", EXIT_INTERNAL)
+    if p.returncode == EXIT_BAD_INPUT:
         last = err.splitlines()[-1] if err else f"exit status {p.returncode}"
-        raise EmsanError(f"the target does not start under emsan: {last.removeprefix('emsan: ')}",
-                         p.returncode if p.returncode in (EXIT_BAD_INPUT, 70) else EXIT_BAD_INPUT)
+        raise EmsanError(f"the target does not start under emsan: {last.removeprefix('emsan: ')}")
 
 
 def run_fuzz(argv: list[str], ns: argparse.Namespace) -> int:
@@ -250,6 +253,14 @@ def run_fuzz(argv: list[str], ns: argparse.Namespace) -> int:
                       f"{afl_time_ms(first, 'execs')} executions: {first}", markup=False)
         console.print(f"reports are next to each input (NAME.emsan.txt, NAME.emsan.json); "
                       f"group them with: emsan triage {ns.out}", markup=False)
+    errors = os.path.join(out, ".emsan", "errors.log")
+    if os.path.exists(errors):
+        with open(errors, errors="replace") as f:
+            logged = f.read()
+        failed = sum(ln.startswith("input ") for ln in logged.splitlines())
+        print(f"emsan: internal error in the target on {failed} inputs (they count as no crash); the last: "
+              f"{logged.strip().splitlines()[-1]} (see {errors})", file=sys.stderr)
+        return EXIT_INTERNAL
     return EXIT_REPORT if crashes else 0
 
 

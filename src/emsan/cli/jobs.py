@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable
 
-from emsan.errors import EXIT_BAD_INPUT, EmsanError
+from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EmsanError
 
 RULE = "=" * 66           # the line that opens and closes every text report
 
@@ -109,10 +109,20 @@ def run_emsan(job: RunJob) -> dict:
         except (OSError, ValueError):
             pass
     tail = err.strip().splitlines()[-1] if err.strip() else None
+    failed = status == EXIT_INTERNAL or "Traceback (most recent call last)" in err
     return {"status": status, "reports": doc.get("reports", []), "crash": doc.get("crash"),
             "texts": report_texts(err), "seconds": time.monotonic() - t0,
             "runner": f"{socket.gethostname()}:{os.getpid()}",          # which process ran it (a Dask worker's)
-            "internal_error": tail if status == 70 else None}
+            "internal_error": (tail or f"exit status {status}") if failed else None}
+
+
+def internal_errors(results: list[dict]) -> str | None:
+    """The line saying that emsan failed inside itself in some runs (None if it never did): such
+    a run's verdict means nothing, and the command exits with EXIT_INTERNAL."""
+    failed = [r["internal_error"] for r in results if r["internal_error"]]
+    if not failed:
+        return None
+    return f"emsan: internal error in {len(failed)} of {len(results)} runs; the first: {failed[0]}"
 
 
 def console():

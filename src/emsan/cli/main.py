@@ -4,11 +4,30 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable
 
 from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 from emsan.session.options import RunOptions
 
-MODES = ("none", "generic", "sw-tags", "hw-tags", "kfence", "compiler-assisted")
+
+
+class ModeNames:
+    """--mode's choices: none, and the modes registered in emsan.sanitizer.modes, imported only
+    when a mode other than none is checked or the choices are listed (help, a bad choice)."""
+
+    def _names(self) -> list[str]:
+        from emsan.sanitizer.modes import mode_names
+        return ["none", *mode_names()]
+
+    def __contains__(self, name: object) -> bool:
+        from emsan.sanitizer.modes import mode_class
+        try:
+            return name == "none" or (isinstance(name, str) and mode_class(name) is not None)
+        except KeyError:
+            return False
+
+    def __iter__(self):
+        return iter(self._names())
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -59,9 +78,9 @@ def run_option_tokens(head: list[str], command: str, own: dict[str, bool], posit
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=MODES, default="generic",
-                   help="sanitizer mode (default: generic; compiler-assisted for a program built with "
-                        "clang $(emsan cflags))")
+    p.add_argument("--mode", choices=ModeNames(), default="generic", metavar="MODE",
+                   help="sanitizer mode: %(choices)s (default: generic; compiler-assisted for a program built "
+                        "with clang $(emsan cflags))")
     p.add_argument("--sysroot", metavar="DIR", help="root for the guest's libraries (arm64 default: "
                                                      "Debian's cross root /usr/aarch64-linux-gnu)")
     p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V", help="set a guest variable")
@@ -128,33 +147,44 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       stacks=ns.stacks, no_depot=ns.no_depot)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+def guarded(body: Callable[[], int]) -> int:
+    """body()'s exit status, or the status of how it failed: bad input (one line, its own status),
+    an interrupt, or a bug in emsan (one `emsan: internal error` line, the traceback only with
+    EMSAN_DEBUG=1)."""
     try:
-        if ns.command == "run":
-            from emsan.session.run import run
-            return run(run_options(ns))
-        if ns.command == "cflags":
-            from emsan.runtime import cflags
-            print(" ".join(cflags(ns.arch, ns.outline)))
-            return 0
-        if ns.command == "fleet":
-            from emsan.cli.fleet import run_fleet
-            return run_fleet(list(sys.argv[1:] if argv is None else argv), ns)
-        if ns.command == "fuzz":
-            from emsan.cli.fuzz import run_fuzz
-            return run_fuzz(list(sys.argv[1:] if argv is None else argv), ns)
-        if ns.command == "triage":
-            from emsan.cli.triage import run_triage
-            return run_triage(list(sys.argv[1:] if argv is None else argv), ns)
+        return body()
     except EmsanError as e:
         print(f"emsan: {e}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # a bug in emsan: one line, the traceback only on request
+    except Exception as e:  # a bug in emsan
         if os.environ.get("EMSAN_DEBUG"):
             raise
         print(f"emsan: internal error: {type(e).__name__}: {e} (set EMSAN_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    return guarded(lambda: command(ns, list(sys.argv[1:] if argv is None else argv)))
+
+
+def command(ns: argparse.Namespace, argv: list[str]) -> int:
+    if ns.command == "run":
+        from emsan.session.run import run
+        return run(run_options(ns))
+    if ns.command == "cflags":
+        from emsan.runtime import cflags
+        print(" ".join(cflags(ns.arch, ns.outline)))
+        return 0
+    if ns.command == "fleet":
+        from emsan.cli.fleet import run_fleet
+        return run_fleet(argv, ns)
+    if ns.command == "fuzz":
+        from emsan.cli.fuzz import run_fuzz
+        return run_fuzz(argv, ns)
+    if ns.command == "triage":
+        from emsan.cli.triage import run_triage
+        return run_triage(argv, ns)
     return EXIT_BAD_INPUT

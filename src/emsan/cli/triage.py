@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 from emsan.cli.fuzz import CONFIG     # emsan-fuzz.json, written by `emsan fuzz` into its OUT directory
-from emsan.cli.jobs import RunJob, run_jobs
+from emsan.cli.jobs import RunJob, internal_errors, run_jobs
 from emsan.cli.jobs import console as make_console
-from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
+from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 from emsan.report import sarif
 SIDECARS = (".emsan.txt", ".emsan.json")   # reports `emsan fuzz` saves next to a crashing input
 OWN = {"--jobs": True, "--scheduler": True, "--json": True, "--sarif": True, "--frames": True,
@@ -187,10 +188,9 @@ def run_triage(argv: list[str], ns: argparse.Namespace) -> int:
         table.add_row("-", "(not reproduced)", "", str(len(quiet)), "")
     console.print(table)
     console.print(f"{len(inputs) - len(quiet)} of {len(inputs)} inputs reproduced; {wall:.1f} s wall")
-    for res in results.values():
-        if res["internal_error"]:
-            console.print(f"an emsan run failed: {res['internal_error']}", markup=False)
-            break
+    failed = internal_errors(list(results.values()))
+    if failed:
+        print(failed, file=sys.stderr)
 
     cfg = find_config(ns.crashes)           # emsan fuzz's OUT, else beside the crash directory
     base = os.path.dirname(cfg) if cfg else os.path.dirname(os.path.abspath(ns.crashes.rstrip("/")))
@@ -209,4 +209,4 @@ def run_triage(argv: list[str], ns: argparse.Namespace) -> int:
     with open(sarif_path, "w") as f:
         json.dump(sarif.log(results_sarif, [g["report"] for g in groups], command, [program]), f, indent=2)
     console.print(f"wrote {json_path} and {sarif_path}", markup=False)
-    return EXIT_REPORT if groups else 0
+    return EXIT_INTERNAL if failed else EXIT_REPORT if groups else 0

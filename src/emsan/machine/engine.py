@@ -2,7 +2,7 @@
 
 Register and memory access on the paths Python takes per syscall or per allocation goes
 straight through libunicorn's C API (the binding's wrappers rebuild ctypes objects on every
-call and cost 3-5x more, reference/emulator-arm64.md §5).
+call and cost 3-5x more, measured on this project's machines).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class Machine:
     """A Unicorn engine for one architecture, with fast register access and the hooks emsan uses."""
 
     def __init__(self, arch: str, uc: unicorn.Uc | None = None):
-        """A new engine, or (uc) one the user made: emsan then leaves its CPU configuration alone."""
+        """A new engine, or `uc`, one a harness made and configured itself (then left as it is)."""
         uc_arch, uc_mode, regs = ARCHES[arch]
         self.arch = arch
         self.uc = uc if uc is not None else unicorn.Uc(uc_arch, uc_mode)
@@ -68,8 +68,8 @@ class Machine:
         self._keep: list = []            # callbacks and buffers Unicorn points at
         self.fault: MachineFault | None = None
         self.stop_reason: str | None = None   # set by whoever calls stop()
-        # arm64 exception number -> handler(pc) returning True when it dealt with it (e.g. MTE emulation)
-        self.arm64_exception_handlers: dict[int, Callable[[int], bool]] = {}
+        # handler(pc) for an undefined instruction, True when it emulated it (see emulate_undefined)
+        self._undefined_handler: Callable[[int], bool] | None = None
         self._syscall_pc_bias = 0
         # arm64 guests may hand the kernel tagged pointers (the tagged-address ABI): emsan's own
         # reads and writes of guest memory ignore the top byte, as the MMU does with TBI.
@@ -83,7 +83,7 @@ class Machine:
         uc = self.uc
         uc.ctl_set_cpu_model(arm64_const.UC_CPU_ARM64_MAX)
         # QEMU believes EL1 is AArch32 until SCR_EL3.RW and HCR_EL2.RW say otherwise, and then
-        # silently ignores TCR_EL1.TBI0 (reference/emulator-arm64.md §2). Top-Byte-Ignore is on
+        # silently ignores TCR_EL1.TBI0 (found by experiment with the pinned Unicorn). Top-Byte-Ignore is on
         # for every arm64 guest, as on Linux.
         uc.cpr_write(3, 6, 1, 1, 0, 0x401)      # SCR_EL3 = NS | RW
         uc.cpr_write(3, 4, 1, 1, 0, 1 << 31)    # HCR_EL2.RW
@@ -272,12 +272,19 @@ class Machine:
         self.fault = MachineFault(self._X86_INTR.get(intno, "ill"), self.pc)
         self.stop("fault")
 
+    _ARM64_SVC, _ARM64_UDEF = 2, 1       # QEMU's EXCP_SWI and EXCP_UDEF, Unicorn's interrupt numbers
+
+    def emulate_undefined(self, handler: Callable[[int], bool]) -> None:
+        """handler(pc) runs when the guest executes an instruction the engine does not implement
+        (arm64: MTE's); it returns True when it did the instruction's work and advanced the PC."""
+        self._undefined_handler = handler
+
     def _arm64_intr(self, intno: int, syscall_cb: Callable[[], None]) -> None:
-        if intno == 2:
+        if intno == self._ARM64_SVC:
             syscall_cb()
             return
-        handler = self.arm64_exception_handlers.get(intno)
-        if handler is not None and handler(self.pc):
+        handler = self._undefined_handler
+        if intno == self._ARM64_UDEF and handler is not None and handler(self.pc):
             return
         self.fault = MachineFault(self._ARM64_INTR.get(intno, "ill"), self.pc)
         self.stop("fault")
@@ -321,6 +328,21 @@ class Machine:
         if max_insns:
             return "max-instructions"
         return "returned"
+
+    def save_context(self):
+        """The CPU state (registers), to be put back by restore_context()."""
+        return self.uc.context_save()
+
+    def restore_context(self, ctx) -> None:
+        self.uc.context_restore(ctx)
+
+    def pc_recovery(self) -> tuple[int, int] | None:
+        """Addresses of the QEMU internals that map a host address in translated code back to a
+        guest PC (qemu_get_cpu_<arch>, cpu_restore_state_<arch>), exported by the pinned
+        libunicorn; None when this build lacks them."""
+        suffix = {"x86_64": "x86_64", "arm64": "aarch64"}[self.arch]
+        get_cpu, restore = native.fnptr(f"qemu_get_cpu_{suffix}"), native.fnptr(f"cpu_restore_state_{suffix}")
+        return (get_cpu, restore) if get_cpu and restore else None
 
     def call(self, arch, addr: int, args: list[int], max_insns: int = 1_000_000) -> int | None:
         """Run the guest function at `addr` to its return, between two runs, and give back its

@@ -19,7 +19,9 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "internal.h"
+#include "engine.h"
+
+#define EXPORT __attribute__((visibility("default")))
 
 #define FORKSRV_FD 198                       /* AFL++: control in, FORKSRV_FD + 1: status out */
 #define FS_OPT_ENABLED 0x80000001u
@@ -46,11 +48,6 @@ struct cmp_map {
     struct cmp_header headers[CMP_MAP_W];
     struct cmp_operands log[CMP_MAP_W][CMP_MAP_H];
 };
-
-typedef int (*hook_add_var_fn)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
-typedef int (*ctl_fn)(void *, int, ...);
-
-struct uc_tb_view { uint64_t pc; uint16_t icount; uint16_t size; };   /* Unicorn's uc_tb */
 
 struct emsan_afl {
     void *uc;
@@ -128,7 +125,7 @@ static void cmp_cb(void *uc, uint64_t address, uint64_t arg1, uint64_t arg2, uin
     }
 }
 
-static void new_block_cb(void *uc, struct uc_tb_view *cur, struct uc_tb_view *prev, void *ud)
+static void new_block_cb(void *uc, engine_tb *cur, engine_tb *prev, void *ud)
 {
     struct emsan_afl *a = ud;
     (void)uc; (void)prev;
@@ -187,19 +184,19 @@ EXPORT uint8_t *emsan_afl_map(struct emsan_afl *a) { return a->map; }
 EXPORT int emsan_afl_cover(struct emsan_afl *a, int block_type, uint64_t begin, uint64_t end)
 {
     size_t hh;
-    return ((hook_add_var_fn)emsan_uc.uc_hook_add)(a->uc, &hh, block_type, (void *)block_cb, a, begin, end);
+    return ((engine_hook_add_fn)emsan_uc.uc_hook_add)(a->uc, &hh, block_type, (void *)block_cb, a, begin, end);
 }
 
 EXPORT int emsan_afl_compcov(struct emsan_afl *a, int opcode_type, int op, int flags, uint64_t begin, uint64_t end)
 {
     size_t hh;
-    return ((hook_add_var_fn)emsan_uc.uc_hook_add)(a->uc, &hh, opcode_type, (void *)cmp_cb, a, begin, end, op, flags);
+    return ((engine_hook_add_fn)emsan_uc.uc_hook_add)(a->uc, &hh, opcode_type, (void *)cmp_cb, a, begin, end, op, flags);
 }
 
 EXPORT int emsan_afl_share_cache(struct emsan_afl *a, int edge_type)
 {
     size_t hh;
-    return ((hook_add_var_fn)emsan_uc.uc_hook_add)(a->uc, &hh, edge_type, (void *)new_block_cb, a, 1, 0);
+    return ((engine_hook_add_fn)emsan_uc.uc_hook_add)(a->uc, &hh, edge_type, (void *)new_block_cb, a, 1, 0);
 }
 
 /* The child's input when AFL++ passes test cases in shared memory; NULL otherwise. */
@@ -227,7 +224,7 @@ static int serve_child(struct emsan_afl *a, int from_child)
             return 1;
         if (tag != 'T' || read(from_child, &pc, 8) != 8)
             return 0;
-        if (((ctl_fn)emsan_uc.uc_ctl)(a->uc, (int)a->ctl_request_cache, pc, NULL) == 0)
+        if (((engine_ctl_fn)emsan_uc.uc_ctl)(a->uc, (int)a->ctl_request_cache, pc, NULL) == 0)
             a->cached++;
     }
 }

@@ -13,8 +13,9 @@ CDEF = (HERE / "emsan_native.h").read_text()
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
-SOURCES = ["emsan_native.c", "shadow.c", "gshadow.c", "heap.c", "quarantine.c", "depot.c", "intercept.c", "scs.c",
-           "unwind.c", "kfence.c", "compiler.c", "tags.c", "mmio.c", "afl.c"]
+SOURCES = ["engine.c", "runtime.c", "calls.c", "depot.c", "scs.c", "unwind.c",
+           "kasan.c", "heap.c", "quarantine.c", "intercept.c", "shadow.c", "gshadow.c", "generic.c", "mmio.c",
+           "tags.c", "mte.c", "compiler.c", "kfence.c", "afl.c"]
 ffibuilder.set_source(
     "emsan.native._emsan_native",
     '#include <stdint.h>\n#include "emsan_native.h"\n',

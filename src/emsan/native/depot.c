@@ -1,7 +1,7 @@
-/* Stack collection (frame-pointer walk) and a deduplicating stack depot like the kernel's
- * lib/stackdepot.c: each trace is hashed, stored once in a pool and named by a 32-bit handle. */
+/* Stack collection (frame-pointer walk) and a deduplicating stack depot like the kernel's:
+ * each trace is hashed, stored once in a pool and named by a 32-bit handle. */
 #include <time.h>
-#include "internal.h"
+#include "runtime.h"
 
 static uint32_t hash_frames(const uint64_t *f, int n)
 {
@@ -30,15 +30,15 @@ static void depot_grow_table(struct depot *d)
     d->tsize = nsize;
 }
 
-uint32_t depot_save(heap_t *h, const uint64_t *frames, int n)
+uint32_t depot_save(rt_t *rt, const uint64_t *frames, int n)
 {
-    struct depot *d = &h->depot;
+    struct depot *d = &rt->depot;
     if (n <= 0) return 0;
-    if (!h->no_depot && (d->count + 1) * 10 >= d->tsize * 7)
+    if (!rt->no_depot && (d->count + 1) * 10 >= d->tsize * 7)
         depot_grow_table(d);
     uint32_t hv = hash_frames(frames, n);
     size_t j = d->tsize ? hv & (d->tsize - 1) : 0;
-    for (; !h->no_depot; j = (j + 1) & (d->tsize - 1)) {
+    for (; !rt->no_depot; j = (j + 1) & (d->tsize - 1)) {
         uint32_t hd = d->table[j];
         if (!hd) break;
         uint64_t head = d->pool[hd - 1];
@@ -56,18 +56,16 @@ uint32_t depot_save(heap_t *h, const uint64_t *frames, int n)
     d->pool[d->used] = ((uint64_t)hv << 32) | (uint32_t)n;
     memcpy(&d->pool[d->used + 1], frames, (size_t)n * 8);
     d->used += (size_t)n + 1;
-    if (!h->no_depot) {                  /* --no-depot: every trace stored separately */
+    if (!rt->no_depot) {                  /* --no-depot: every trace stored separately */
         d->table[j] = hd;
     }
     d->count++;
-    h->stats.depot_traces = d->count;
-    h->stats.depot_bytes = d->used * 8;
     return hd;
 }
 
-EXPORT int emsan_depot_get(emsan_heap *h, uint32_t handle, uint64_t *out, int max)
+int depot_get(rt_t *rt, uint32_t handle, uint64_t *out, int max)
 {
-    struct depot *d = &h->depot;
+    struct depot *d = &rt->depot;
     if (!handle || handle > d->used) return 0;
     int n = (int)(uint32_t)d->pool[handle - 1];
     if (n > max) n = max;
@@ -75,26 +73,31 @@ EXPORT int emsan_depot_get(emsan_heap *h, uint32_t handle, uint64_t *out, int ma
     return n;
 }
 
+EXPORT int emsan_depot_get(emsan_runtime *rt, uint32_t handle, uint64_t *out, int max)
+{
+    return depot_get(rt, handle, out, max);
+}
+
 /* The frame-pointer walk: `pc` first (if non-zero); at a function's entry the return address
  * comes from [sp] (x86-64) or LR (arm64); then the frame-pointer chain while it is sane. */
-int stack_fp(heap_t *h, uint64_t pc, int at_entry, uint64_t *frames)
+int stack_fp(rt_t *rt, uint64_t pc, int at_entry, uint64_t *frames)
 {
     int n = 0;
-    void *uc = h->uc;
+    void *uc = rt->uc;
     if (pc) frames[n++] = pc;
     /* At a function's entry the return address is certain; anywhere else it is only a
      * candidate (a leaf function may not have saved it yet), marked for Python to check. */
     uint64_t ret = 0;
-    if (h->arm64) ret = reg_get(uc, h->regs[EMSAN_REG_LR]) & 0x0000FFFFFFFFFFFFULL;
-    else mem_get(uc, reg_get(uc, h->regs[EMSAN_REG_SP]), &ret, 8);
+    if (rt->arm64) ret = reg_get(uc, rt->regs[EMSAN_REG_LR]) & RET_MASK;
+    else mem_get(uc, reg_get(uc, rt->regs[EMSAN_REG_SP]), &ret, 8);
     if (ret && at_entry) frames[n++] = ret;
     else if (ret && pc) frames[n++] = ret | EMSAN_CANDIDATE_FRAME;
-    uint64_t fp = reg_get(uc, h->regs[EMSAN_REG_FP]);
+    uint64_t fp = reg_get(uc, rt->regs[EMSAN_REG_FP]);
     while (n < EMSAN_STACK_DEPTH) {
         uint64_t rec[2];
-        if (fp < h->stack_lo || fp + 16 > h->stack_hi || (fp & 7) || mem_get(uc, fp, rec, 16))
+        if (fp < rt->stack_lo || fp + 16 > rt->stack_hi || (fp & 7) || mem_get(uc, fp, rec, 16))
             break;
-        uint64_t ret = rec[1] & 0x0000FFFFFFFFFFFFULL;
+        uint64_t ret = rec[1] & RET_MASK;
         if (!ret) break;
         frames[n++] = ret;
         if (rec[0] <= fp) break;
@@ -113,44 +116,37 @@ static inline uint64_t now_ns(void)
 /* The current call stack with the collector chosen by emsan_set_stacks(), saved in the depot.
  * pc == 0: an allocation or a free at the allocator's entry; with --stacks none those keep no
  * stack. Reports (pc != 0) always get one: the fp walk when no collector runs. */
-uint32_t stack_here(heap_t *h, uint64_t pc, int at_entry)
+uint32_t stack_here(rt_t *rt, uint64_t pc, int at_entry)
 {
-    int mode = h->stack_mode;
+    int mode = rt->stack_mode;
     if (mode == EMSAN_STACKS_NONE && !pc) return 0;
     uint64_t t0 = now_ns();
     uint64_t frames[EMSAN_STACK_DEPTH];
     int n;
     switch (mode) {
-    case EMSAN_STACKS_SCS: n = stack_scs(h, pc, frames); break;
-    case EMSAN_STACKS_CFI: n = stack_cfi(h, pc, at_entry, frames); break;
-    case EMSAN_STACKS_X18: n = stack_x18(h, pc, frames); break;
-    default: n = stack_fp(h, pc, at_entry, frames); break;
+    case EMSAN_STACKS_SCS: n = stack_scs(rt, pc, frames); break;
+    case EMSAN_STACKS_CFI: n = stack_cfi(rt, pc, at_entry, frames); break;
+    case EMSAN_STACKS_X18: n = stack_x18(rt, pc, frames); break;
+    default: n = stack_fp(rt, pc, at_entry, frames); break;
     }
-    uint32_t hd = depot_save(h, frames, n);
-    h->stack_saves++;
-    h->stack_ns += now_ns() - t0;
+    uint32_t hd = depot_save(rt, frames, n);
+    rt->stack_saves++;
+    rt->stack_ns += now_ns() - t0;
     return hd;
 }
 
-EXPORT void emsan_set_stacks(emsan_heap *h, int mode, int no_depot)
+EXPORT void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot)
 {
-    h->stack_mode = mode;
-    h->no_depot = no_depot;
+    rt->stack_mode = mode;
+    rt->no_depot = no_depot;
 }
 
-EXPORT void emsan_get_stack_stats(emsan_heap *h, emsan_stack_stats *out)
+EXPORT void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out)
 {
     memset(out, 0, sizeof *out);
-    out->saves = h->stack_saves;
-    out->collector_ns = h->stack_ns;
-    out->unique = h->depot.count;
-    out->bytes = h->depot.used * 8 + h->depot.tsize * sizeof(uint32_t);
-    scs_stats(h, out);
-}
-
-EXPORT void emsan_heap_free(emsan_heap *h)
-{
-    scs_destroy(h);
-    cfi_destroy(h);
-    emsan_heap_destroy(h);
+    out->saves = rt->stack_saves;
+    out->collector_ns = rt->stack_ns;
+    out->unique = rt->depot.count;
+    out->bytes = rt->depot.used * 8 + rt->depot.tsize * sizeof(uint32_t);
+    scs_stats(rt, out);
 }

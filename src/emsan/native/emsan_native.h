@@ -17,9 +17,12 @@ int emsan_hook_add(void *uc, size_t *hh, int type, void *cb, void *ud, uint64_t 
 /* Counting hook used by the benchmarks: one increment per executed instruction. */
 void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 
-/* ---- the generic-mode heap: allocator, shadow, quarantine, depot (heap.c, shadow.c, ...) ---- */
+/* ---- the runtime (runtime.c, calls.c, depot.c, scs.c, unwind.c): one per engine -------------
+ * What every detector shares: engine access, the registers it needs, the stack depot and
+ * collectors, and the queue of errors Python turns into reports. */
 
-/* Functions emsan stands in for (one hook per entry point, user data = emsan_heap_entry()). */
+/* Functions emsan stands in for (one hook per entry point, user data = emsan_kasan_entry() or
+ * emsan_kfence_entry()). */
 #define EMSAN_FN_MALLOC 1
 #define EMSAN_FN_FREE 2
 #define EMSAN_FN_CALLOC 3
@@ -69,18 +72,7 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_KIND_NEW 1
 #define EMSAN_KIND_NEW_ARRAY 2
 
-/* Object states. */
-#define EMSAN_OBJ_FREE 0
-#define EMSAN_OBJ_LIVE 1
-#define EMSAN_OBJ_QUARANTINED 2
-
-/* Errors handed to Python. */
-#define EMSAN_ERR_ACCESS 1
-#define EMSAN_ERR_DOUBLE_FREE 2
-#define EMSAN_ERR_INVALID_FREE 3
-#define EMSAN_ERR_MISMATCH 4
-
-/* Register ids the C side needs, in this order, from the Python arch layer. */
+/* Register ids the runtime needs, in this order, from the Python arch layer. */
 #define EMSAN_REG_ARG0 0
 #define EMSAN_REG_RET 6
 #define EMSAN_REG_SP 7
@@ -88,35 +80,147 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_REG_LR 9
 #define EMSAN_REG_FP 10
 #define EMSAN_NREGS 11
+/* At most this many general registers (the arch layer's gprs, in its order). */
+#define EMSAN_MAX_GPRS 40
 
 #define EMSAN_STACK_DEPTH 64
 /* Set on a stack entry that may be the caller's return address (see depot.c). */
 #define EMSAN_CANDIDATE_FRAME 0x8000000000000000
 
-typedef struct emsan_error {
-    int type;
-    int is_write;
+/* Error types. KASAN: */
+#define EMSAN_ERR_ACCESS 1
+#define EMSAN_ERR_DOUBLE_FREE 2
+#define EMSAN_ERR_INVALID_FREE 3
+#define EMSAN_ERR_MISMATCH 4
+/* KFENCE (the kernel's enum kfence_error_type): */
+#define EMSAN_ERR_KFENCE_OOB 5
+#define EMSAN_ERR_KFENCE_UAF 6
+#define EMSAN_ERR_KFENCE_CORRUPTION 7
+#define EMSAN_ERR_KFENCE_INVALID 8
+#define EMSAN_ERR_KFENCE_INVALID_FREE 9
+
+/* An access seen without its exact PC (an MMIO callback, --checks mmio): the registers when it
+ * was made, which locate the instruction, and the PCs QEMU recovers near it. */
+typedef struct emsan_access_site {
+    int nregs;              /* 0: the error's pc is exact */
+    int ncand;
+    uint64_t cand[4];
+    uint64_t regs[EMSAN_MAX_GPRS];
+} emsan_access_site;
+
+/* A KFENCE object as the report shows it, taken when the error happened. */
+typedef struct emsan_kfence_object {
+    int index;              /* kfence-#index, -1 if none */
+    int state;              /* 0 unused, 1 allocated, 2 freed */
     uint64_t addr;
     uint64_t size;
-    uint64_t pc;
-    uint32_t stack;        /* depot handle of the access (or free) stack */
-    int fn;                /* the function that was called (frees, interceptors), 0 for plain accesses */
-    int kind;              /* family of the deallocation used (mismatch) */
-} emsan_error;
-
-typedef struct emsan_obj_info {
-    int found;
-    int state;
-    int kind;
-    int large;
-    uint64_t start;
-    uint64_t size;         /* requested size */
-    uint64_t cache_size;   /* size class ("kmalloc-N") */
     uint32_t alloc_stack;
     uint32_t free_stack;
+    uint64_t alloc_ns;
+    uint64_t free_ns;
+    uint64_t now_ns;
+    int nbytes;             /* corruption: bytes shown from the error's address */
+    uint8_t bytes[16];
+    uint8_t intact[16];
+} emsan_kfence_object;
+
+typedef struct emsan_error {
+    int type;               /* EMSAN_ERR_* */
+    int is_write;
+    uint64_t addr;          /* accessed, freed, or (KFENCE) the corrupted byte */
+    uint64_t size;
+    uint64_t pc;            /* the access; frees: the allocator's entry (KFENCE: the caller) */
+    uint32_t stack;         /* depot handle of the access (or free) stack */
+    int fn;                 /* the function emsan stood in for (frees, interceptors), 0 for accesses */
+    int kind;               /* family of the deallocation used (mismatch) */
+    emsan_access_site site;
+    emsan_kfence_object kfence;
+} emsan_error;
+
+typedef struct emsan_runtime emsan_runtime;
+
+/* regs: EMSAN_NREGS ids (EMSAN_REG_*); gprs: ngprs ids of every general register. */
+emsan_runtime *emsan_runtime_new(void *uc, int is_arm64, const int *regs, const int *gprs, int ngprs);
+void emsan_runtime_destroy(emsan_runtime *rt);
+/* The stack the frame-pointer walks may read (the main thread's). */
+void emsan_runtime_set_stack(emsan_runtime *rt, uint64_t lo, uint64_t hi);
+int emsan_pop_error(emsan_runtime *rt, emsan_error *out);
+int emsan_errors_queued(emsan_runtime *rt);
+/* Called (from inside the engine's hook) after each error is queued; without it, the engine
+ * is stopped instead and the owner drains the queue after emu_start returns. */
+void emsan_set_error_callback(emsan_runtime *rt, void (*cb)(void));
+int emsan_depot_get(emsan_runtime *rt, uint32_t handle, uint64_t *out, int max);
+
+/* Stack collection. */
+#define EMSAN_STACKS_FP 0
+#define EMSAN_STACKS_NONE 1
+#define EMSAN_STACKS_CFI 2
+#define EMSAN_STACKS_SCS 3
+#define EMSAN_STACKS_X18 4
+typedef struct emsan_stack_stats {
+    uint64_t saves;            /* traces collected (alloc, free, errors) */
+    uint64_t collector_ns;     /* time spent collecting and saving them */
+    uint64_t unique;           /* traces held by the depot */
+    uint64_t bytes;            /* bytes the depot holds */
+    uint64_t scs_pushes;       /* shadow call stack: calls and returns tracked */
+    uint64_t scs_pops;
+    uint64_t scs_resyncs;      /* entries dropped by the stack-pointer resynchronization */
+} emsan_stack_stats;
+void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot);
+void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out);
+/* Shadow call stack: the block hook (user data: the runtime) and per-module tables of block
+ * ends. kinds[i] describes address lo + i: 1 a call ends there, 2 a return, 4 an indirect
+ * jump, 8 a function starts there. */
+void emsan_scs_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds);
+void emsan_scs_mark_intercept(emsan_runtime *rt, uint64_t addr);
+/* CFI unwinding: per-module rows sorted by pc (absolute addresses), from .eh_frame/.debug_frame. */
+typedef struct emsan_cfi_row {
+    uint64_t pc;
+    int32_t cfa_off;
+    int32_t ra_off;            /* RA saved at CFA + ra_off; 0: in LR (arm64), or no information */
+    int32_t fp_off;            /* FP saved at CFA + fp_off; 0: unchanged */
+    uint8_t cfa_reg;           /* 0 none (no rule here), 1 SP, 2 FP */
+    uint8_t pad[3];
+} emsan_cfi_row;
+void emsan_cfi_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const emsan_cfi_row *rows, size_t n);
+
+/* ---- KASAN (kasan.c, heap.c, quarantine.c, intercept.c; shadow.c, gshadow.c, generic.c,
+ * mmio.c; tags.c, mte.c): emsan's allocator with the generic or a tag-based mode behind one
+ * set of operations ---------------------------------------------------------------------------- */
+#define EMSAN_KASAN_GENERIC 0
+#define EMSAN_KASAN_SW_TAGS 1
+#define EMSAN_KASAN_HW_TAGS 2
+
+/* Object states. */
+#define EMSAN_OBJ_FREE 0
+#define EMSAN_OBJ_LIVE 1
+#define EMSAN_OBJ_QUARANTINED 2        /* freed (tag modes: the stack ring's last record is a free) */
+
+/* Bug types from the tag modes' stack ring, as the kernel's tag-mode reports classify them. */
+#define EMSAN_TAGBUG_INVALID 1
+#define EMSAN_TAGBUG_UAF 2
+#define EMSAN_TAGBUG_OOB 3
+
+/* What emsan knows about the heap object at an address, as the mode's report needs it. */
+typedef struct emsan_obj_info {
+    int found;             /* an object of emsan's heap is there */
+    int state;             /* EMSAN_OBJ_* */
+    int kind;              /* allocation family */
+    int large;
+    uint64_t start;
+    uint64_t size;         /* requested size (tag modes: the ring's allocation's, else the cache size) */
+    uint64_t cache_size;   /* size class ("kmalloc-N") */
+    uint32_t alloc_stack;  /* 0: none */
+    uint32_t free_stack;
+    /* tag modes: the first granule of the access whose tag does not match, its memory tag
+     * (-1: memory without tags) and the bug type the stack ring gives (0 in generic mode) */
+    uint64_t first_bad;
+    int mem_tag;
+    int tag_bug;
 } emsan_obj_info;
 
-typedef struct emsan_stats {
+typedef struct emsan_kasan_stats {
     uint64_t allocs;
     uint64_t frees;
     uint64_t live_bytes;
@@ -133,113 +237,63 @@ typedef struct emsan_stats {
     uint64_t depot_bytes;
     uint64_t intercepted;
     uint64_t errors;
-} emsan_stats;
+} emsan_kasan_stats;
 
-typedef struct emsan_heap emsan_heap;
+typedef struct emsan_kasan emsan_kasan;
 
-emsan_heap *emsan_heap_new(void *uc, int is_arm64, uint64_t base, uint64_t size, uint64_t quarantine_bytes,
-                           const int *regs);
-void emsan_heap_destroy(emsan_heap *h);
-void emsan_heap_set_stack(emsan_heap *h, uint64_t lo, uint64_t hi);
-void *emsan_heap_entry(emsan_heap *h, int fn);
-void emsan_set_string_checks(emsan_heap *h, int on);
-void emsan_shadow_full(emsan_heap *h);
+/* mode: EMSAN_KASAN_*; seed: the tag modes' random tags. */
+emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, uint64_t size, uint64_t quarantine_bytes,
+                             uint64_t seed);
+void emsan_kasan_destroy(emsan_kasan *k);
+/* Hook user data for a function emsan stands in for (emsan_kasan_entry_cb), NULL if none. */
+void *emsan_kasan_entry(emsan_kasan *k, int fn);
+void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+/* The mode's per-access check, for a memory hook over every address (user data: the kasan). */
+void *emsan_kasan_access_cb(emsan_kasan *k);
+/* A range some other agent touches on the guest's behalf (a system call's buffer); 1 if bad. */
+int emsan_kasan_check_range(emsan_kasan *k, uint64_t addr, uint64_t size, int is_write, uint64_t pc);
+/* Code in [lo, hi) may make aligned vector reads that straddle an object's end (optimized
+ * libc string routines); such a read is not a bug when one of its bytes is accessible. */
+void emsan_kasan_add_tolerant_range(emsan_kasan *k, uint64_t lo, uint64_t hi);
+int emsan_kasan_describe(emsan_kasan *k, uint64_t addr, uint64_t size, emsan_obj_info *out);
+void emsan_kasan_get_stats(emsan_kasan *k, emsan_kasan_stats *out);
+
+/* Shadow (generic encoding, one byte per 8 bytes, per-page; shadow.c). */
+void emsan_shadow_full(emsan_kasan *k);
+int emsan_shadow_byte(emsan_kasan *k, uint64_t addr);
 /* The mmap ("vmalloc") area: its shadow follows what the guest maps there, lazily. */
-void emsan_vm_area(emsan_heap *h, uint64_t lo, uint64_t hi);
-void emsan_vm_map(emsan_heap *h, uint64_t lo, uint64_t hi);
-void emsan_vm_unmap(emsan_heap *h, uint64_t lo, uint64_t hi);
-
+void emsan_vm_area(emsan_kasan *k, uint64_t lo, uint64_t hi);
+void emsan_vm_map(emsan_kasan *k, uint64_t lo, uint64_t hi);
+void emsan_vm_unmap(emsan_kasan *k, uint64_t lo, uint64_t hi);
 /* The shadow mapped into the guest (gshadow.c): shadow(addr) = (addr >> 3) + EMSAN_SHADOW_OFFSET,
  * served from the pool mapped at EMSAN_SHADOW_POOL_PA through Unicorn's virtual TLB. */
 #define EMSAN_SHADOW_OFFSET 0x100000000000
 #define EMSAN_SHADOW_POOL_PA 0x062000000000
-void *emsan_shadow_pool(emsan_heap *h);
+void *emsan_shadow_pool(emsan_kasan *k);
 uint64_t emsan_shadow_pool_bytes(void);
-void emsan_shadow_expose(emsan_heap *h);
+void emsan_shadow_expose(emsan_kasan *k);
 _Bool emsan_shadow_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
-void emsan_shadow_sync(emsan_heap *h);
 /* 1 if [addr, addr+size) is poisoned now; 0 if a guest check failed on a stale mapping. */
-int emsan_shadow_recheck(emsan_heap *h, uint64_t addr, uint64_t size);
-int emsan_pop_error(emsan_heap *h, emsan_error *out);
-/* Called (from inside the engine's hook) after each error is queued; without it, the engine
- * is stopped instead and the owner drains the queue after emu_start returns. */
-void emsan_set_error_callback(emsan_heap *h, void (*cb)(void));
-int emsan_describe(emsan_heap *h, uint64_t addr, emsan_obj_info *out);
-int emsan_shadow_byte(emsan_heap *h, uint64_t addr);
-int emsan_depot_get(emsan_heap *h, uint32_t handle, uint64_t *out, int max);
-void emsan_get_stats(emsan_heap *h, emsan_stats *out);
-int emsan_check_range_at(emsan_heap *h, uint64_t addr, uint64_t size, int is_write, uint64_t pc);
-/* Code in [lo, hi) may make aligned vector reads that straddle an object's end (optimized
- * libc string routines); such a read is not a bug when one of its bytes is accessible. */
-void emsan_add_tolerant_range(emsan_heap *h, uint64_t lo, uint64_t hi);
+int emsan_shadow_recheck(emsan_kasan *k, uint64_t addr, uint64_t size);
 
-/* Hooks registered with Unicorn (user data: the heap, or an emsan_heap_entry()). */
-void emsan_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud);
-void emsan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+/* --checks mmio (mmio.c): the heap checked through an MMIO view instead of a memory hook.
+ * Returns the host memory behind the heap, to be mapped at the heap's guest address. */
+void *emsan_mmio_init(emsan_kasan *k, uint64_t view_pa);
+_Bool emsan_mmio_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
+uint64_t emsan_mmio_read(void *uc, uint64_t offset, unsigned size, void *ud);
+void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud);
+/* QEMU internals of the pinned libunicorn (qemu_get_cpu_<arch>, cpu_restore_state_<arch>) that
+ * recover the exact PC of an access seen in an MMIO callback. */
+void emsan_mmio_set_pc_recovery(emsan_kasan *k, void *get_cpu, void *restore);
 
-/* ---- stack collection (depot.c, scs.c, unwind.c) ---- */
-#define EMSAN_STACKS_FP 0
-#define EMSAN_STACKS_NONE 1
-#define EMSAN_STACKS_CFI 2
-#define EMSAN_STACKS_SCS 3
-#define EMSAN_STACKS_X18 4
-typedef struct emsan_stack_stats {
-    uint64_t saves;            /* traces collected (alloc, free, errors) */
-    uint64_t collector_ns;     /* time spent collecting and saving them */
-    uint64_t unique;           /* traces held by the depot */
-    uint64_t bytes;            /* bytes the depot holds */
-    uint64_t scs_pushes;       /* shadow call stack: calls and returns tracked */
-    uint64_t scs_pops;
-    uint64_t scs_resyncs;      /* entries dropped by the stack-pointer resynchronization */
-} emsan_stack_stats;
-void emsan_set_stacks(emsan_heap *h, int mode, int no_depot);
-/* emsan_heap_destroy() plus the collectors' tables. */
-void emsan_heap_free(emsan_heap *h);
-void emsan_get_stack_stats(emsan_heap *h, emsan_stack_stats *out);
-/* Shadow call stack: the block hook (user data: the heap) and per-module tables of block ends.
- * kinds[i] describes address lo + i: 1 a call ends there, 2 a return, 4 an indirect jump,
- * 8 a function starts there. */
-void emsan_scs_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
-void emsan_scs_add_module(emsan_heap *h, uint64_t lo, uint64_t hi, const uint8_t *kinds);
-void emsan_scs_mark_intercept(emsan_heap *h, uint64_t addr);
-/* CFI unwinding: per-module rows sorted by pc (absolute addresses), from .eh_frame/.debug_frame. */
-typedef struct emsan_cfi_row {
-    uint64_t pc;
-    int32_t cfa_off;
-    int32_t ra_off;            /* RA saved at CFA + ra_off; 0: in LR (arm64), or no information */
-    int32_t fp_off;            /* FP saved at CFA + fp_off; 0: unchanged */
-    uint8_t cfa_reg;           /* 0 none (no rule here), 1 SP, 2 FP */
-    uint8_t pad[3];
-} emsan_cfi_row;
-void emsan_cfi_add_module(emsan_heap *h, uint64_t lo, uint64_t hi, const emsan_cfi_row *rows, size_t n);
+/* Tag-based modes (tags.c, mte.c). */
+int emsan_tag_at(emsan_kasan *k, uint64_t addr);
+/* hw-tags: 1 when the instruction at the PC was an MTE instruction, now done (PC advanced). */
+int emsan_mte_emulate(emsan_kasan *k);
+/* out[0..3]: private tag pages, MTE instructions emulated, foreign tagged pages, ring records */
+void emsan_tag_stats(emsan_kasan *k, uint64_t *out);
 
-/* ---- KFENCE mode (kfence.c): a sampled guard-page pool behind the virtual TLB ---- */
-#define EMSAN_KFENCE_OOB 1
-#define EMSAN_KFENCE_UAF 2
-#define EMSAN_KFENCE_CORRUPTION 3
-#define EMSAN_KFENCE_INVALID 4
-#define EMSAN_KFENCE_INVALID_FREE 5
-
-typedef struct emsan_kfence_error {
-    int type;
-    int is_write;
-    uint64_t addr;          /* the faulting address, the corrupted byte, or the pointer freed */
-    uint64_t pc;            /* access: the PC; frees: the caller's return address */
-    uint32_t stack;         /* depot handle */
-    int obj;                /* kfence-#obj, -1 if none */
-    uint64_t obj_addr;
-    uint64_t obj_size;
-    int obj_state;          /* 0 unused, 1 allocated, 2 freed */
-    uint32_t alloc_stack;
-    uint32_t free_stack;
-    uint64_t alloc_ns;
-    uint64_t free_ns;
-    uint64_t now_ns;
-    int nbytes;             /* corruption: bytes shown from addr */
-    uint8_t bytes[16];
-    uint8_t intact[16];
-} emsan_kfence_error;
-
+/* ---- KFENCE (kfence.c): a sampled guard-page pool behind the virtual TLB ------------------- */
 typedef struct emsan_kfence_stats {
     uint64_t calls;
     uint64_t allocated;
@@ -256,54 +310,19 @@ typedef struct emsan_kfence_stats {
 
 typedef struct emsan_kfence emsan_kfence;
 
-emsan_kfence *emsan_kfence_new(emsan_heap *h, uint64_t pool, uint32_t nobj, uint64_t trap, uint64_t arena_size,
+emsan_kfence *emsan_kfence_new(emsan_runtime *rt, uint64_t pool, uint32_t nobj, uint64_t trap, uint64_t arena_size,
                                uint64_t seed, uint64_t interval, uint64_t insn_interval, uint32_t skip_thresh_pct);
 void emsan_kfence_destroy(emsan_kfence *k);
+/* Hook user data for an allocator entry point (emsan_kfence_entry_cb), NULL for the functions
+ * KFENCE leaves to the guest. */
 void *emsan_kfence_entry(emsan_kfence *k, int fn);
-void emsan_kfence_set_error_callback(emsan_kfence *k, void (*cb)(void));
 void emsan_kfence_get_stats(emsan_kfence *k, emsan_kfence_stats *out);
-int emsan_kfence_pop_error(emsan_kfence *k, emsan_kfence_error *out);
-uint64_t emsan_kfence_pool(emsan_kfence *k);
 int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr);
 int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t size, int is_write);
 /* Unicorn callbacks: UC_HOOK_TLB_FILL, UC_HOOK_CODE at allocator entries, UC_HOOK_BLOCK. */
 _Bool emsan_kfence_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 void emsan_kfence_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_kfence_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
-
-/* ---- tag-based modes (tags.c): sw-tags and hw-tags on arm64 ---- */
-#define EMSAN_TAGS_SW 1
-#define EMSAN_TAGS_HW 2
-/* Bug types from the stack ring (report_tags.c) */
-#define EMSAN_TAGBUG_INVALID 1
-#define EMSAN_TAGBUG_UAF 2
-#define EMSAN_TAGBUG_OOB 3
-
-typedef struct emsan_tag_report {
-    int bug;                /* EMSAN_TAGBUG_* */
-    int found;              /* an object of emsan's heap lies at the address */
-    int large;
-    int ring_alloc;         /* the ring held the allocation / the free with the pointer's tag */
-    int ring_free;
-    int mem_tag;            /* the first bad granule's tag, -1 for memory without tags */
-    uint64_t first_bad;
-    uint64_t obj_start;
-    uint64_t obj_size;      /* the size the ring's allocation asked for, else the cache size */
-    uint64_t cache_size;
-    uint32_t alloc_stack;
-    uint32_t free_stack;
-} emsan_tag_report;
-
-/* Switch a heap to a tag mode before its first allocation; xregs: Unicorn ids of X0..X30, SP. */
-void emsan_tags_init(emsan_heap *h, int mode, uint64_t seed, const int *xregs);
-void emsan_tag_mem_cb(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud);
-int emsan_tag_at(emsan_heap *h, uint64_t addr);
-uint64_t emsan_tag_first_bad(emsan_heap *h, uint64_t tagged, uint64_t size);
-int emsan_tag_describe(emsan_heap *h, uint64_t tagged, uint64_t size, emsan_tag_report *out);
-void emsan_tag_memory(emsan_heap *h, uint64_t addr, uint8_t tag, uint64_t size);
-int emsan_mte_emulate(emsan_heap *h);
-/* out[0..3]: private tag pages, MTE instructions emulated, foreign tagged pages, ring records */
-void emsan_tag_stats(emsan_heap *h, uint64_t *out);
 
 /* ---- compiler-assisted mode (compiler.c): the guest checks itself (clang -fsanitize=kernel-address
  * with src/emsan/runtime/kasan_runtime.h); emsan stands in for its report and globals hooks ---- */
@@ -326,7 +345,7 @@ typedef struct emsan_cc_global {
 
 typedef struct emsan_cc emsan_cc;
 
-emsan_cc *emsan_cc_new(emsan_heap *h);
+emsan_cc *emsan_cc_new(emsan_kasan *k);
 void emsan_cc_destroy(emsan_cc *cc);
 void emsan_cc_get_stats(emsan_cc *cc, emsan_cc_stats *out);
 int emsan_cc_find_global(emsan_cc *cc, uint64_t addr, emsan_cc_global *out);
@@ -336,17 +355,6 @@ uint64_t emsan_cc_find_frame(emsan_cc *cc, uint64_t addr, uint64_t lo);
 void emsan_cc_report_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_cc_globals_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_cc_no_return_cb(void *uc, uint64_t address, uint32_t size, void *ud);
-
-/* ---- --checks mmio (mmio.c): the heap checked through an MMIO view instead of a memory hook ---- */
-/* Returns the host memory behind the heap, to be mapped at the heap's guest address. */
-void *emsan_mmio_init(emsan_heap *h, uint64_t view_pa, int nregs, const int *regs);
-_Bool emsan_mmio_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
-uint64_t emsan_mmio_read(void *uc, uint64_t offset, unsigned size, void *ud);
-void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud);
-int emsan_mmio_last_error(emsan_heap *h, uint64_t *block, uint64_t *regs, uint64_t *cands, int *ncand);
-/* QEMU internals of the pinned libunicorn (qemu_get_cpu_<arch>, cpu_restore_state_<arch>) that
- * recover the exact PC of an access seen in an MMIO callback. */
-void emsan_mmio_set_pc_recovery(emsan_heap *h, void *get_cpu, void *restore);
 
 /* ---- AFL++ target side: fork server, coverage, CompCov, shared translations (afl.c) ---- */
 struct emsan_afl;

@@ -3,33 +3,17 @@
  * so emsan checks exactly the range the function is entitled to touch, once, and performs
  * the function itself on guest memory with no per-access checks. If guest memory cannot be
  * read, the interceptor declines and the guest's own code runs (and faults as it would). */
-#include "internal.h"
+#include "kasan.h"
 
 #define CHUNK 256
 
 /* Guest memory through a pointer that may carry a tag (arm64 Top-Byte-Ignore). */
-static inline int gget(heap_t *h, uint64_t a, void *buf, size_t n) { return mem_get(h->uc, guest_addr(h, a), buf, n); }
-static inline int gput(heap_t *h, uint64_t a, const void *buf, size_t n) { return mem_put(h->uc, guest_addr(h, a), buf, n); }
+static inline int gget(kasan_t *k, uint64_t a, void *buf, size_t n) { return mem_get(k->rt->uc, guest_addr(k->rt, a), buf, n); }
+static inline int gput(kasan_t *k, uint64_t a, const void *buf, size_t n) { return mem_put(k->rt->uc, guest_addr(k->rt, a), buf, n); }
 
-/* Length of the string at s, looking at most max bytes; -1 if memory is unreadable. */
-static int64_t guest_strnlen(heap_t *h, uint64_t s, uint64_t max)
-{
-    uint8_t buf[CHUNK];
-    uint64_t n = 0;
-    while (n < max) {
-        uint64_t a = s + n;
-        size_t chunk = CHUNK - (a & (CHUNK - 1));          /* never cross a page in one read */
-        if (chunk > max - n) chunk = (size_t)(max - n);
-        if (gget(h, a, buf, chunk)) return -1;
-        uint8_t *z = memchr(buf, 0, chunk);
-        if (z) return (int64_t)(n + (uint64_t)(z - buf));
-        n += chunk;
-    }
-    return (int64_t)max;
-}
-
-/* First position of byte c in [s, s+max) (forward), or max; -1 if unreadable. */
-static int64_t guest_find(heap_t *h, uint64_t s, uint64_t max, int c, int stop_at_nul)
+/* First position of byte c in [s, s+max) (forward), or of a NUL too with stop_at_nul; max if
+ * none; -1 if memory is unreadable. Reads never cross a page. */
+static int64_t guest_find(kasan_t *k, uint64_t s, uint64_t max, int c, int stop_at_nul)
 {
     uint8_t buf[CHUNK];
     uint64_t n = 0;
@@ -37,22 +21,30 @@ static int64_t guest_find(heap_t *h, uint64_t s, uint64_t max, int c, int stop_a
         uint64_t a = s + n;
         size_t chunk = CHUNK - (a & (CHUNK - 1));
         if (chunk > max - n) chunk = (size_t)(max - n);
-        if (gget(h, a, buf, chunk)) return -1;
-        for (size_t i = 0; i < chunk; i++)
-            if (buf[i] == (uint8_t)c || (stop_at_nul && buf[i] == 0)) return (int64_t)(n + i);
+        if (gget(k, a, buf, chunk)) return -1;
+        if (!stop_at_nul || c == 0) {
+            const uint8_t *z = memchr(buf, c, chunk);
+            if (z) return (int64_t)(n + (uint64_t)(z - buf));
+        } else {
+            for (size_t i = 0; i < chunk; i++)
+                if (buf[i] == (uint8_t)c || buf[i] == 0) return (int64_t)(n + i);
+        }
         n += chunk;
     }
     return (int64_t)max;
 }
 
-static int read_block(heap_t *h, uint64_t a, uint64_t n, uint8_t **out)
+/* Length of the string at s, looking at most max bytes; -1 if memory is unreadable. */
+static int64_t guest_strnlen(kasan_t *k, uint64_t s, uint64_t max) { return guest_find(k, s, max, 0, 0); }
+
+static int read_block(kasan_t *k, uint64_t a, uint64_t n, uint8_t **out)
 {
     *out = malloc(n ? n : 1);
-    if (n && gget(h, a, *out, n)) { free(*out); *out = NULL; return -1; }
+    if (n && gget(k, a, *out, n)) { free(*out); *out = NULL; return -1; }
     return 0;
 }
 
-static int compare(heap_t *h, uint64_t a, uint64_t b, uint64_t max, int strings, uint64_t *used, int *res)
+static int compare(kasan_t *k, uint64_t a, uint64_t b, uint64_t max, int strings, uint64_t *used, int *res)
 {
     uint8_t x[CHUNK], y[CHUNK];
     uint64_t n = 0;
@@ -60,7 +52,7 @@ static int compare(heap_t *h, uint64_t a, uint64_t b, uint64_t max, int strings,
         size_t ca = CHUNK - ((a + n) & (CHUNK - 1)), cb = CHUNK - ((b + n) & (CHUNK - 1));
         size_t chunk = ca < cb ? ca : cb;
         if (chunk > max - n) chunk = (size_t)(max - n);
-        if (gget(h, a + n, x, chunk) || gget(h, b + n, y, chunk)) return -1;
+        if (gget(k, a + n, x, chunk) || gget(k, b + n, y, chunk)) return -1;
         for (size_t i = 0; i < chunk; i++) {
             if (x[i] != y[i] || (strings && x[i] == 0)) {
                 *used = n + i + 1;
@@ -75,117 +67,149 @@ static int compare(heap_t *h, uint64_t a, uint64_t b, uint64_t max, int strings,
     return 0;
 }
 
-void intercept_string_fn(heap_t *h, int fn)
+/* The arguments of an intercepted call (a, b, n: its first three) and the result it returns.
+ * Each handler checks the range its function may touch, does the function's work and returns
+ * 0, or -1 when guest memory could not be read (the guest's own code then runs). */
+struct scall { int fn; uint64_t a, b, n, r; };
+#define NO_LIMIT (~0ULL >> 1)
+
+/* strlen, strnlen */
+static int do_strlen(kasan_t *k, struct scall *c)
 {
-    void *uc = h->uc;
-    uint64_t a = reg_get(uc, h->regs[EMSAN_REG_ARG0]);
-    uint64_t b = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]);
-    uint64_t n = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 2]);
-    uint64_t r = 0;
-    int64_t len, len2;
+    uint64_t max = c->fn == EMSAN_FN_STRNLEN ? c->b : NO_LIMIT;
+    int64_t len = guest_strnlen(k, c->a, max);
+    if (len < 0) return -1;
+    check_range(k, c->a, (uint64_t)len < max ? (uint64_t)len + 1 : max, 0, c->fn);
+    c->r = (uint64_t)len;
+    return 0;
+}
+
+/* strchr, strchrnul, rawmemchr, memchr: the first c, looking no further than the function may */
+static int do_find(kasan_t *k, struct scall *c)
+{
+    int fn = c->fn, at_nul = fn == EMSAN_FN_STRCHR || fn == EMSAN_FN_STRCHRNUL;
+    uint64_t max = fn == EMSAN_FN_MEMCHR ? c->n : NO_LIMIT;
+    int64_t len = guest_find(k, c->a, max, (int)(c->b & 0xFF), at_nul);
+    if (len < 0) return -1;
+    check_range(k, c->a, (uint64_t)len < max ? (uint64_t)len + 1 : max, 0, fn);
+    uint8_t ch = (uint8_t)c->b;
+    if (at_nul) gget(k, c->a + (uint64_t)len, &ch, 1);
+    int found = (uint64_t)len < max && (ch == (uint8_t)c->b || fn == EMSAN_FN_STRCHRNUL);
+    c->r = found ? c->a + (uint64_t)len : 0;
+    return 0;
+}
+
+/* strrchr, memrchr: the last c */
+static int do_rfind(kasan_t *k, struct scall *c)
+{
+    uint64_t n = c->n;
     uint8_t *buf;
+    if (c->fn == EMSAN_FN_STRRCHR) {
+        int64_t len = guest_strnlen(k, c->a, NO_LIMIT);
+        if (len < 0) return -1;
+        n = (uint64_t)len + 1;
+        check_range(k, c->a, n, 0, c->fn);
+        if (read_block(k, c->a, n, &buf)) return -1;
+    } else {
+        if (read_block(k, c->a, n, &buf)) return -1;
+        check_range(k, c->a, n, 0, c->fn);
+    }
+    c->r = 0;
+    for (uint64_t i = n; i-- > 0;) if (buf[i] == (uint8_t)c->b) { c->r = c->a + i; break; }
+    free(buf);
+    return 0;
+}
+
+/* strcmp, strncmp, memcmp */
+static int do_compare(kasan_t *k, struct scall *c)
+{
+    uint64_t used;
+    int res;
+    uint64_t max = c->fn == EMSAN_FN_STRCMP ? NO_LIMIT : c->n;
+    if (compare(k, c->a, c->b, max, c->fn != EMSAN_FN_MEMCMP, &used, &res)) return -1;
+    uint64_t span = c->fn == EMSAN_FN_MEMCMP ? c->n : used;     /* memcmp may read all n bytes */
+    if (!check_range(k, c->a, span, 0, c->fn)) check_range(k, c->b, span, 0, c->fn);
+    c->r = (uint64_t)(int64_t)res;
+    return 0;
+}
+
+/* strcpy, stpcpy, strncpy, stpncpy */
+static int do_strcpy(kasan_t *k, struct scall *c)
+{
+    int bounded = c->fn == EMSAN_FN_STRNCPY || c->fn == EMSAN_FN_STPNCPY;
+    int64_t len = guest_strnlen(k, c->b, bounded ? c->n : NO_LIMIT);
+    if (len < 0) return -1;
+    /* strncpy pads with NULs to n; the others copy the string and its NUL */
+    uint64_t src = bounded && (uint64_t)len >= c->n ? c->n : (uint64_t)len + 1;
+    uint64_t dst = bounded ? c->n : (uint64_t)len + 1;
+    if (!check_range(k, c->b, src, 0, c->fn)) check_range(k, c->a, dst, 1, c->fn);
+    uint8_t *buf = calloc(dst ? dst : 1, 1);
+    size_t want = bounded ? (size_t)len : (size_t)len + 1;
+    if (want && gget(k, c->b, buf, want)) { free(buf); return -1; }
+    gput(k, c->a, buf, dst);
+    free(buf);
+    c->r = c->fn == EMSAN_FN_STPCPY || c->fn == EMSAN_FN_STPNCPY ? c->a + (uint64_t)len : c->a;
+    return 0;
+}
+
+/* strcat, strncat */
+static int do_strcat(kasan_t *k, struct scall *c)
+{
+    int bounded = c->fn == EMSAN_FN_STRNCAT;
+    int64_t len = guest_strnlen(k, c->a, NO_LIMIT), len2;
+    if (len < 0) return -1;
+    if ((len2 = guest_strnlen(k, c->b, bounded ? c->n : NO_LIMIT)) < 0) return -1;
+    if (!check_range(k, c->a, (uint64_t)len + 1, 0, c->fn) &&
+        !check_range(k, c->b, bounded && (uint64_t)len2 >= c->n ? c->n : (uint64_t)len2 + 1, 0, c->fn))
+        check_range(k, c->a + (uint64_t)len, (uint64_t)len2 + 1, 1, c->fn);
+    uint8_t *buf = calloc((size_t)len2 + 1, 1);
+    if (len2 && gget(k, c->b, buf, (size_t)len2)) { free(buf); return -1; }
+    gput(k, c->a + (uint64_t)len, buf, (size_t)len2 + 1);
+    free(buf);
+    c->r = c->a;
+    return 0;
+}
+
+/* memcpy, memmove, mempcpy, memset: as the kernel's checked versions, a bad range is reported
+ * and nothing is written. */
+static int do_memory(kasan_t *k, struct scall *c)
+{
+    int set = c->fn == EMSAN_FN_MEMSET;
+    c->r = 0;
+    if ((!set && check_range(k, c->b, c->n, 0, c->fn)) || check_range(k, c->a, c->n, 1, c->fn)) return 0;
+    uint8_t *buf;
+    if (set) {
+        buf = malloc(c->n ? c->n : 1);
+        memset(buf, (int)(c->b & 0xFF), c->n);
+    } else if (read_block(k, c->b, c->n, &buf)) {
+        return -1;
+    }
+    if (c->n) gput(k, c->a, buf, c->n);
+    free(buf);
+    c->r = c->fn == EMSAN_FN_MEMPCPY ? c->a + c->n : c->a;
+    return 0;
+}
+
+/* Each handler is called from one place: the compiler inlines it, and a call costs one switch. */
+void intercept_string_fn(kasan_t *k, int fn)
+{
+    rt_t *rt = k->rt;
+    struct scall c = {fn, reg(rt, EMSAN_REG_ARG0), reg(rt, EMSAN_REG_ARG0 + 1), reg(rt, EMSAN_REG_ARG0 + 2), 0};
+    int declined;
     switch (fn) {
-    case EMSAN_FN_STRLEN:
-        if ((len = guest_strnlen(h, a, ~0ULL >> 1)) < 0) return;
-        check_range(h, a, (uint64_t)len + 1, 0, fn);
-        r = (uint64_t)len;
-        break;
-    case EMSAN_FN_STRNLEN:
-        if ((len = guest_strnlen(h, a, b)) < 0) return;
-        check_range(h, a, (uint64_t)len < b ? (uint64_t)len + 1 : b, 0, fn);
-        r = (uint64_t)len;
-        break;
-    case EMSAN_FN_STRCHR: case EMSAN_FN_STRCHRNUL:
-        if ((len = guest_find(h, a, ~0ULL >> 1, (int)(b & 0xFF), 1)) < 0) return;
-        check_range(h, a, (uint64_t)len + 1, 0, fn);
-        {
-            uint8_t ch;
-            gget(h, a + (uint64_t)len, &ch, 1);
-            r = (ch == (uint8_t)b || fn == EMSAN_FN_STRCHRNUL) ? a + (uint64_t)len : 0;
-        }
-        break;
-    case EMSAN_FN_RAWMEMCHR:
-        if ((len = guest_find(h, a, ~0ULL >> 1, (int)(b & 0xFF), 0)) < 0) return;
-        check_range(h, a, (uint64_t)len + 1, 0, fn);
-        r = a + (uint64_t)len;
-        break;
-    case EMSAN_FN_STRRCHR:
-        if ((len = guest_strnlen(h, a, ~0ULL >> 1)) < 0) return;
-        check_range(h, a, (uint64_t)len + 1, 0, fn);
-        if (read_block(h, a, (uint64_t)len + 1, &buf)) return;
-        r = 0;
-        for (int64_t i = len; i >= 0; i--) if (buf[i] == (uint8_t)b) { r = a + (uint64_t)i; break; }
-        free(buf);
-        break;
-    case EMSAN_FN_MEMCHR:
-        if ((len = guest_find(h, a, n, (int)(b & 0xFF), 0)) < 0) return;
-        check_range(h, a, (uint64_t)len < n ? (uint64_t)len + 1 : n, 0, fn);
-        r = (uint64_t)len < n ? a + (uint64_t)len : 0;
-        break;
-    case EMSAN_FN_MEMRCHR:
-        if (read_block(h, a, n, &buf)) return;
-        check_range(h, a, n, 0, fn);
-        r = 0;
-        for (uint64_t i = n; i-- > 0;) if (buf[i] == (uint8_t)b) { r = a + i; break; }
-        free(buf);
-        break;
-    case EMSAN_FN_STRCMP: case EMSAN_FN_STRNCMP: case EMSAN_FN_MEMCMP: {
-        uint64_t used; int res;
-        uint64_t max = fn == EMSAN_FN_STRCMP ? ~0ULL >> 1 : n;
-        if (compare(h, a, b, max, fn != EMSAN_FN_MEMCMP, &used, &res)) return;
-        uint64_t span = fn == EMSAN_FN_MEMCMP ? n : used;     /* memcmp may read all n bytes */
-        if (!check_range(h, a, span, 0, fn)) check_range(h, b, span, 0, fn);
-        r = (uint64_t)(int64_t)res;
-        break;
+    case EMSAN_FN_STRLEN: case EMSAN_FN_STRNLEN: declined = do_strlen(k, &c); break;
+    case EMSAN_FN_STRCHR: case EMSAN_FN_STRCHRNUL: case EMSAN_FN_RAWMEMCHR: case EMSAN_FN_MEMCHR:
+        declined = do_find(k, &c); break;
+    case EMSAN_FN_STRRCHR: case EMSAN_FN_MEMRCHR: declined = do_rfind(k, &c); break;
+    case EMSAN_FN_STRCMP: case EMSAN_FN_STRNCMP: case EMSAN_FN_MEMCMP: declined = do_compare(k, &c); break;
+    case EMSAN_FN_STRCPY: case EMSAN_FN_STPCPY: case EMSAN_FN_STRNCPY: case EMSAN_FN_STPNCPY:
+        declined = do_strcpy(k, &c); break;
+    case EMSAN_FN_STRCAT: case EMSAN_FN_STRNCAT: declined = do_strcat(k, &c); break;
+    case EMSAN_FN_MEMCPY: case EMSAN_FN_MEMMOVE: case EMSAN_FN_MEMPCPY: case EMSAN_FN_MEMSET:
+        declined = do_memory(k, &c); break;
+    default: return;
     }
-    case EMSAN_FN_STRCPY: case EMSAN_FN_STPCPY:
-        if ((len = guest_strnlen(h, b, ~0ULL >> 1)) < 0) return;
-        if (!check_range(h, b, (uint64_t)len + 1, 0, fn)) check_range(h, a, (uint64_t)len + 1, 1, fn);
-        if (read_block(h, b, (uint64_t)len + 1, &buf)) return;
-        gput(h, a, buf, (size_t)len + 1);
-        free(buf);
-        r = fn == EMSAN_FN_STPCPY ? a + (uint64_t)len : a;
-        break;
-    case EMSAN_FN_STRNCPY: case EMSAN_FN_STPNCPY:
-        if ((len = guest_strnlen(h, b, n)) < 0) return;
-        if (!check_range(h, b, (uint64_t)len < n ? (uint64_t)len + 1 : n, 0, fn)) check_range(h, a, n, 1, fn);
-        buf = calloc(n ? n : 1, 1);
-        if (len && gget(h, b, buf, (size_t)len)) { free(buf); return; }
-        gput(h, a, buf, n);
-        free(buf);
-        r = fn == EMSAN_FN_STPNCPY ? a + (uint64_t)len : a;
-        break;
-    case EMSAN_FN_STRCAT: case EMSAN_FN_STRNCAT:
-        if ((len = guest_strnlen(h, a, ~0ULL >> 1)) < 0) return;
-        if ((len2 = guest_strnlen(h, b, fn == EMSAN_FN_STRCAT ? ~0ULL >> 1 : n)) < 0) return;
-        if (!check_range(h, a, (uint64_t)len + 1, 0, fn) &&
-            !check_range(h, b, fn == EMSAN_FN_STRNCAT && (uint64_t)len2 >= n ? n : (uint64_t)len2 + 1, 0, fn))
-            check_range(h, a + (uint64_t)len, (uint64_t)len2 + 1, 1, fn);
-        buf = calloc((size_t)len2 + 1, 1);
-        if (len2 && gget(h, b, buf, (size_t)len2)) { free(buf); return; }
-        gput(h, a + (uint64_t)len, buf, (size_t)len2 + 1);
-        free(buf);
-        r = a;
-        break;
-    case EMSAN_FN_MEMCPY: case EMSAN_FN_MEMMOVE: case EMSAN_FN_MEMPCPY:
-        /* As the kernel's checked memmove(): a bad range is reported and nothing is copied. */
-        if (check_range(h, b, n, 0, fn) || check_range(h, a, n, 1, fn)) { r = 0; break; }
-        if (read_block(h, b, n, &buf)) return;
-        if (n) gput(h, a, buf, n);
-        free(buf);
-        r = fn == EMSAN_FN_MEMPCPY ? a + n : a;
-        break;
-    case EMSAN_FN_MEMSET:
-        if (check_range(h, a, n, 1, fn)) { r = 0; break; }
-        buf = malloc(n ? n : 1);
-        memset(buf, (int)(b & 0xFF), n);
-        if (n) gput(h, a, buf, n);
-        free(buf);
-        r = a;
-        break;
-    default:
-        return;
-    }
-    h->stats.intercepted++;
-    return_to_caller(h, r);
+    if (declined) return;
+    k->stats.intercepted++;
+    return_to_caller(rt, c.r);
 }

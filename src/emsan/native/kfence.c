@@ -1,4 +1,4 @@
-/* KFENCE mode: a sampled guard-page allocator (mm/kfence/core.c, in user space).
+/* KFENCE mode: a sampled guard-page allocator (the kernel's KFENCE, in user space).
  *
  * No per-access hook. A pool of (N+1)*2 pages: pages 0 and 1 are guards, object k lives on
  * page 2k+2 and its right guard is page 2k+3. Page protection goes through Unicorn's
@@ -12,7 +12,7 @@
  * one subtraction and one compare away from the guest's allocator too. Right after the pool
  * lies a small "spill" arena: a pool object realloc'ed beyond a page (or while the pool is full)
  * moves there, so that libc never sees a pointer it did not hand out. */
-#include "internal.h"
+#include "runtime.h"
 #include <time.h>
 
 #define KF_UNUSED 0
@@ -29,10 +29,8 @@ struct kf_meta {
     uint8_t state;
 };
 
-struct kf_entry { struct emsan_kfence *k; int fn; };
-
 struct emsan_kfence {
-    heap_t *h;                         /* registers, stack collection and the depot */
+    rt_t *rt;
     uint64_t pool, pool_size, trap, span, arena, arena_pages;
     uint32_t nobj, npages;
     uint8_t *page_ok;
@@ -50,12 +48,9 @@ struct emsan_kfence {
     uint32_t *arena_run;               /* per arena page: run length at its first page */
     uint64_t arena_bump;
     struct vec64 arena_free;           /* (page << 24 | npages) */
-    emsan_kfence_error errs[ERR_RING]; unsigned err_head, err_count;
     emsan_kfence_stats stats;
-    struct kf_entry *entries[64];
     uint8_t canary[PAGE_SIZE];
     struct timespec t0;
-    void (*on_error)(void);
 };
 
 typedef struct emsan_kfence kf_t;
@@ -77,20 +72,18 @@ static uint64_t now_ns(kf_t *k)
 
 static inline void flush_tlb(kf_t *k)
 {
-    typedef int (*ctl_fn)(void *, int, ...);
-    /* UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) */
-    ((ctl_fn)emsan_uc.uc_ctl)(k->h->uc, 11 | (1 << 30));
+    tlb_flush(k->rt->uc);
     k->flush_pending = 0;
     k->stats.tlb_flushes++;
 }
 
 static inline uint64_t page_addr(kf_t *k, uint32_t idx) { return k->pool + ((uint64_t)idx * 2 + 2) * PAGE_SIZE; }
 
-EXPORT emsan_kfence *emsan_kfence_new(emsan_heap *h, uint64_t pool, uint32_t nobj, uint64_t trap, uint64_t arena_size,
+EXPORT emsan_kfence *emsan_kfence_new(emsan_runtime *rt, uint64_t pool, uint32_t nobj, uint64_t trap, uint64_t arena_size,
                                       uint64_t seed, uint64_t interval, uint64_t insn_interval, uint32_t skip_thresh_pct)
 {
     kf_t *k = calloc(1, sizeof *k);
-    k->h = h;
+    k->rt = rt;
     k->pool = pool;
     k->nobj = nobj;
     k->npages = (nobj + 1) * 2;
@@ -125,57 +118,40 @@ EXPORT emsan_kfence *emsan_kfence_new(emsan_heap *h, uint64_t pool, uint32_t nob
     return k;
 }
 
+/* Touches nothing of the runtime's, which may be gone already. */
 EXPORT void emsan_kfence_destroy(emsan_kfence *k)
 {
-    for (int i = 0; i < 64; i++) free(k->entries[i]);
     free(k->page_ok); free(k->meta); free(k->fifo); free(k->covered); free(k->arena_size); free(k->arena_run);
     free(k->arena_free.v);
     free(k);
 }
 
+/* Every allocator entry point but valloc and pvalloc (left to the guest, as before emsan). */
 EXPORT void *emsan_kfence_entry(emsan_kfence *k, int fn)
 {
-    if (fn <= 0 || fn >= 64) return NULL;
-    if (!k->entries[fn]) {
-        k->entries[fn] = malloc(sizeof(struct kf_entry));
-        k->entries[fn]->k = k;
-        k->entries[fn]->fn = fn;
-    }
-    return k->entries[fn];
+    if (call_op(fn) == CALL_NONE || call_op(fn) == CALL_TAG_MEMORY || fn == EMSAN_FN_VALLOC || fn == EMSAN_FN_PVALLOC)
+        return NULL;
+    return rt_entry(k->rt, k, fn);
 }
-
-EXPORT void emsan_kfence_set_error_callback(emsan_kfence *k, void (*cb)(void)) { k->on_error = cb; }
 
 EXPORT void emsan_kfence_get_stats(emsan_kfence *k, emsan_kfence_stats *out)
 {
     *out = k->stats;
     out->guest_time = k->code_bytes >> 2;
+    out->errors = k->rt->errors;
 }
-
-EXPORT int emsan_kfence_pop_error(emsan_kfence *k, emsan_kfence_error *out)
-{
-    if (!k->err_count) return 0;
-    *out = k->errs[k->err_head];
-    k->err_head = (k->err_head + 1) % ERR_RING;
-    k->err_count--;
-    return 1;
-}
-
-EXPORT uint64_t emsan_kfence_pool(emsan_kfence *k) { return k->pool; }
 
 /* ---- the TLB: live object pages 1:1, everything else in the pool to the trap twin ----------- */
-
-typedef struct { uint64_t paddr; int perms; } tlb_entry;
 
 EXPORT _Bool emsan_kfence_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud)
 {
     (void)uc; (void)type;
     kf_t *k = ud;
-    tlb_entry *e = entry;
+    engine_tlb_entry *e = entry;
     uint64_t off = vaddr - k->pool;
     if (UNLIKELY(off < k->pool_size) && !k->page_ok[off >> PAGE_SHIFT]) e->paddr = k->trap + off;
-    else e->paddr = k->h->arm64 ? vaddr & 0x00FFFFFFFFFFFFFFULL : vaddr;
-    e->perms = 7;                      /* the physical region's own protection still applies */
+    else e->paddr = guest_addr(k->rt, vaddr);
+    e->perms = ENGINE_PROT_ALL;        /* the physical region's own protection still applies */
     return 1;
 }
 
@@ -189,36 +165,20 @@ EXPORT void emsan_kfence_block_cb(void *uc, uint64_t address, uint32_t size, voi
 
 /* ---- errors ------------------------------------------------------------------------------------ */
 
-static void fill_object(kf_t *k, emsan_kfence_error *e, int idx)
+/* A new error, with the object as it is now (the report shows that state). */
+static emsan_error *new_error(kf_t *k, int type, uint64_t addr, int is_write, uint64_t pc, uint32_t stack, int idx)
 {
-    e->obj = idx;
-    if (idx < 0) return;
-    struct kf_meta *m = &k->meta[idx];
-    e->obj_addr = m->addr; e->obj_size = m->size; e->obj_state = m->state;
-    e->alloc_stack = m->alloc_stack; e->free_stack = m->free_stack;
-    e->alloc_ns = m->alloc_ns; e->free_ns = m->free_ns;
-}
-
-static emsan_kfence_error *new_error(kf_t *k, int type, uint64_t addr, int is_write, uint64_t pc, uint32_t stack, int idx)
-{
-    k->stats.errors++;
-    static emsan_kfence_error dropped;
-    emsan_kfence_error *e = &dropped;
-    if (k->err_count < ERR_RING) {
-        e = &k->errs[(k->err_head + k->err_count) % ERR_RING];
-        k->err_count++;
+    emsan_error *e = error_new(k->rt, type, addr, 0, is_write, pc, stack);
+    emsan_kfence_object *o = &e->kfence;
+    o->now_ns = now_ns(k);
+    o->index = idx;
+    if (idx >= 0) {
+        struct kf_meta *m = &k->meta[idx];
+        o->addr = m->addr; o->size = m->size; o->state = m->state;
+        o->alloc_stack = m->alloc_stack; o->free_stack = m->free_stack;
+        o->alloc_ns = m->alloc_ns; o->free_ns = m->free_ns;
     }
-    memset(e, 0, sizeof *e);
-    e->type = type; e->addr = addr; e->is_write = is_write; e->pc = pc; e->stack = stack;
-    e->now_ns = now_ns(k);
-    fill_object(k, e, idx);
     return e;
-}
-
-static void raise_errors(kf_t *k)
-{
-    if (k->on_error) k->on_error();    /* Python reports now (multi-shot) */
-    else emu_stop(k->h->uc);           /* Python reports once the engine stops */
 }
 
 /* A fault in the pool (type: a UC_MEM_*_PROT value; addr: physical, in the trap twin, or
@@ -232,9 +192,9 @@ EXPORT int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr)
     uint64_t vaddr = k->pool + off;
     uint32_t page = (uint32_t)(off >> PAGE_SHIFT);
     if (k->page_ok[page]) return 1;    /* opened by an earlier report; its TLB flush is pending */
-    int is_write = type == 22;         /* UC_MEM_WRITE_PROT */
-    heap_t *h = k->h;
-    uint64_t pc = reg_get(h->uc, h->regs[EMSAN_REG_PC]);
+    int is_write = type == ENGINE_MEM_WRITE_PROT;
+    rt_t *rt = k->rt;
+    uint64_t pc = reg(rt, EMSAN_REG_PC);
     int kind, idx = -1;
     if (page & 1) {                    /* a guard page: out of bounds of the closer live neighbour */
         int64_t dist = 0;
@@ -246,20 +206,20 @@ EXPORT int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr)
         if (r >= 0 && (uint32_t)r < k->nobj && k->meta[r].state == KF_ALLOCATED &&
             (idx < 0 || dist > (int64_t)(k->meta[r].addr - vaddr)))
             idx = r;
-        kind = idx >= 0 ? EMSAN_KFENCE_OOB : EMSAN_KFENCE_INVALID;
+        kind = idx >= 0 ? EMSAN_ERR_KFENCE_OOB : EMSAN_ERR_KFENCE_INVALID;
         if (idx >= 0) k->meta[idx].unprotected_page = k->pool + ((uint64_t)page << PAGE_SHIFT);
     } else if (page >= 2 && k->meta[page / 2 - 1].state != KF_UNUSED) {
         idx = (int)page / 2 - 1;
-        kind = EMSAN_KFENCE_UAF;
+        kind = EMSAN_ERR_KFENCE_UAF;
     } else {
-        kind = EMSAN_KFENCE_INVALID;
+        kind = EMSAN_ERR_KFENCE_INVALID;
     }
-    new_error(k, kind, vaddr, is_write, pc, stack_here(h, pc, 0), idx);
+    new_error(k, kind, vaddr, is_write, pc, stack_here(rt, pc, 0), idx);
     /* Unprotect and let the access proceed. The TLB cannot be flushed in the middle of an
      * access: this access goes to the twin, and the flush happens at the next allocator call. */
     k->page_ok[page] = 1;
     k->flush_pending = 1;
-    raise_errors(k);
+    error_raise(rt);
     return 1;
 }
 
@@ -268,7 +228,7 @@ EXPORT int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr)
 static uint32_t stack_hash(kf_t *k, uint32_t handle)
 {
     uint64_t frames[KF_STACK_HASH_DEPTH];
-    int n = emsan_depot_get(k->h, handle, frames, KF_STACK_HASH_DEPTH);
+    int n = depot_get(k->rt, handle, frames, KF_STACK_HASH_DEPTH);
     uint64_t x = 0xCBF29CE484222325ULL;
     for (int i = 0; i < n; i++) { x ^= frames[i]; x *= 0x100000001B3ULL; x ^= x >> 29; }
     return (uint32_t)(x ^ (x >> 32));
@@ -303,10 +263,10 @@ static uint64_t kf_place(kf_t *k, uint64_t size, uint64_t align, int zero, uint3
     m->alloc_stack = stack; m->free_stack = 0; m->alloc_ns = now_ns(k); m->free_ns = 0;
     m->hash = hash;
     covered_add(k, hash, 1);
-    mem_put(k->h->uc, page, k->canary, PAGE_SIZE);      /* canaries around the object */
+    mem_put(k->rt->uc, page, k->canary, PAGE_SIZE);      /* canaries around the object */
     if (zero && size) {
         static const uint8_t zeros[PAGE_SIZE];
-        mem_put(k->h->uc, addr, zeros, size);
+        mem_put(k->rt->uc, addr, zeros, size);
     }
     k->page_ok[(page - k->pool) >> PAGE_SHIFT] = 1;
     flush_tlb(k);
@@ -334,7 +294,7 @@ static uint64_t kf_maybe_alloc(kf_t *k, uint64_t size, uint64_t align, int zero)
     if (!gate_open(k)) return 0;
     if (!size || size > PAGE_SIZE || align > PAGE_SIZE) { k->stats.skipped_incompat++; return 0; }
     gate_close(k);
-    uint32_t stack = stack_here(k->h, 0, 1);
+    uint32_t stack = stack_here(k->rt, 0, 1);
     uint32_t hash = stack_hash(k, stack);
     if (k->skip_thresh_pct && k->stats.allocated * 100 > (uint64_t)k->skip_thresh_pct * k->nobj &&
         covered_contains(k, hash)) {
@@ -344,12 +304,13 @@ static uint64_t kf_maybe_alloc(kf_t *k, uint64_t size, uint64_t align, int zero)
     return kf_place(k, size, align < 16 ? 16 : align, zero, stack, hash);
 }
 
-static void report_free_error(kf_t *k, int type, uint64_t ptr, int idx)
+/* A bad free is reported at the allocator's caller. */
+static emsan_error *report_free_error(kf_t *k, int type, uint64_t ptr, int idx)
 {
-    uint32_t stack = stack_here(k->h, 0, 1);
+    uint32_t stack = stack_here(k->rt, 0, 1);
     uint64_t frames[1];
-    uint64_t caller = emsan_depot_get(k->h, stack, frames, 1) ? frames[0] : 0;
-    new_error(k, type, ptr, 0, caller, stack, idx);
+    uint64_t caller = depot_get(k->rt, stack, frames, 1) ? frames[0] : 0;
+    return new_error(k, type, ptr, 0, caller, stack, idx);
 }
 
 /* kfence_guarded_free(): validate, check the canaries, protect, append to the freelist. */
@@ -359,37 +320,35 @@ static void kf_free(kf_t *k, uint64_t ptr)
     int64_t idx = (int64_t)(off / (2 * PAGE_SIZE)) - 1;
     struct kf_meta *m = idx >= 0 && idx < k->nobj ? &k->meta[idx] : NULL;
     if (!m || m->state != KF_ALLOCATED || m->addr != ptr) {
-        report_free_error(k, EMSAN_KFENCE_INVALID_FREE, ptr, m && m->state != KF_UNUSED ? (int)idx : -1);
-        raise_errors(k);
+        report_free_error(k, EMSAN_ERR_KFENCE_INVALID_FREE, ptr, m && m->state != KF_UNUSED ? (int)idx : -1);
+        error_raise(k->rt);
         return;
     }
-    m->free_stack = stack_here(k->h, 0, 1);
+    m->free_stack = stack_here(k->rt, 0, 1);
     m->free_ns = now_ns(k);
     m->state = KF_FREED;
     uint64_t page = ptr & ~(PAGE_SIZE - 1);
     uint8_t buf[PAGE_SIZE];
-    mem_get(k->h->uc, page, buf, PAGE_SIZE);
+    mem_get(k->rt->uc, page, buf, PAGE_SIZE);
     uint64_t lo = ptr - page, hi = lo + m->size, bad = PAGE_SIZE;
     for (uint64_t i = 0; i < lo; i++) if (buf[i] != k->canary[i]) { bad = i; break; }
     if (bad == PAGE_SIZE)
         for (uint64_t i = hi; i < PAGE_SIZE; i++) if (buf[i] != k->canary[i]) { bad = i; break; }
     if (bad != PAGE_SIZE) {
-        report_free_error(k, EMSAN_KFENCE_CORRUPTION, page + bad, (int)idx);
-        emsan_kfence_error *e = k->err_count ? &k->errs[(k->err_head + k->err_count - 1) % ERR_RING] : NULL;
-        if (e) {                       /* print_diff_canary(): up to 16 bytes, not into the object */
-            uint64_t end = bad < lo ? lo : PAGE_SIZE;
-            if (end > bad + 16) end = bad + 16;
-            e->nbytes = (int)(end - bad);
-            for (uint64_t i = bad; i < end; i++) {
-                e->bytes[i - bad] = buf[i];
-                e->intact[i - bad] = buf[i] == k->canary[i];
-            }
+        emsan_kfence_object *o = &report_free_error(k, EMSAN_ERR_KFENCE_CORRUPTION, page + bad, (int)idx)->kfence;
+        /* print_diff_canary(): up to 16 bytes, not into the object */
+        uint64_t end = bad < lo ? lo : PAGE_SIZE;
+        if (end > bad + 16) end = bad + 16;
+        o->nbytes = (int)(end - bad);
+        for (uint64_t i = bad; i < end; i++) {
+            o->bytes[i - bad] = buf[i];
+            o->intact[i - bad] = buf[i] == k->canary[i];
         }
     }
     k->page_ok[off >> PAGE_SHIFT] = 0;
     if (m->unprotected_page) {         /* a guard page an OOB report opened: zero and close */
         static const uint8_t zeros[PAGE_SIZE];
-        mem_put(k->h->uc, m->unprotected_page, zeros, PAGE_SIZE);
+        mem_put(k->rt->uc, m->unprotected_page, zeros, PAGE_SIZE);
         k->page_ok[(m->unprotected_page - k->pool) >> PAGE_SHIFT] = 0;
         m->unprotected_page = 0;
     }
@@ -399,7 +358,7 @@ static void kf_free(kf_t *k, uint64_t ptr)
     k->stats.allocated--;
     k->stats.total_frees++;
     flush_tlb(k);
-    if (bad != PAGE_SIZE) raise_errors(k);
+    if (bad != PAGE_SIZE) error_raise(k->rt);
 }
 
 /* ---- the spill arena ------------------------------------------------------------------------- */
@@ -408,16 +367,7 @@ static uint64_t arena_alloc(kf_t *k, uint64_t size)
 {
     uint64_t n = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
     if (!n) n = 1;
-    uint64_t page = UINT64_MAX;
-    for (size_t i = 0; i < k->arena_free.n; i++) {
-        uint64_t r = k->arena_free.v[i], p = r >> 24, cnt = r & 0xFFFFFF;
-        if (cnt >= n) {
-            if (cnt == n) k->arena_free.v[i] = k->arena_free.v[--k->arena_free.n];
-            else k->arena_free.v[i] = ((p + n) << 24) | (cnt - n);
-            page = p;
-            break;
-        }
-    }
+    uint64_t page = take_run(&k->arena_free, n);
     if (page == UINT64_MAX) {
         if (n >= (1 << 24) || k->arena_bump + n > k->arena_pages) return 0;
         page = k->arena_bump;
@@ -445,15 +395,11 @@ static void arena_free(kf_t *k, uint64_t ptr)
     k->arena_run[page] = 0;
 }
 
-static void copy_guest(kf_t *k, uint64_t dst, uint64_t src, uint64_t n)
+/* The live pool object at exactly ptr, or -1. */
+static int64_t pool_object(kf_t *k, uint64_t ptr)
 {
-    uint8_t buf[PAGE_SIZE];
-    for (uint64_t done = 0; done < n;) {
-        size_t chunk = n - done < sizeof buf ? (size_t)(n - done) : sizeof buf;
-        mem_get(k->h->uc, src + done, buf, chunk);
-        mem_put(k->h->uc, dst + done, buf, chunk);
-        done += chunk;
-    }
+    int64_t idx = (int64_t)((ptr - k->pool) / (2 * PAGE_SIZE)) - 1;
+    return idx >= 0 && idx < k->nobj && k->meta[idx].state == KF_ALLOCATED && k->meta[idx].addr == ptr ? idx : -1;
 }
 
 /* free() of one of emsan's pointers (pool or arena). */
@@ -461,22 +407,21 @@ static void own_free(kf_t *k, uint64_t ptr)
 {
     if (ptr - k->pool < k->pool_size) { kf_free(k, ptr); return; }
     if (arena_object(k, ptr) >= 0) { arena_free(k, ptr); return; }
-    report_free_error(k, EMSAN_KFENCE_INVALID_FREE, ptr, -1);
-    raise_errors(k);
+    report_free_error(k, EMSAN_ERR_KFENCE_INVALID_FREE, ptr, -1);
+    error_raise(k->rt);
 }
 
 /* Size of one of emsan's live objects at exactly ptr, or -1 (after reporting an invalid free). */
 static int64_t own_size(kf_t *k, uint64_t ptr)
 {
     if (ptr - k->pool < k->pool_size) {
-        int64_t idx = (int64_t)((ptr - k->pool) / (2 * PAGE_SIZE)) - 1;
-        if (idx >= 0 && idx < k->nobj && k->meta[idx].state == KF_ALLOCATED && k->meta[idx].addr == ptr)
-            return (int64_t)k->meta[idx].size;
+        int64_t idx = pool_object(k, ptr);
+        if (idx >= 0) return (int64_t)k->meta[idx].size;
         kf_free(k, ptr);               /* reports the invalid (or double) free */
         return -1;
     }
     int64_t n = arena_object(k, ptr);
-    if (n < 0) { report_free_error(k, EMSAN_KFENCE_INVALID_FREE, ptr, -1); raise_errors(k); }
+    if (n < 0) { report_free_error(k, EMSAN_ERR_KFENCE_INVALID_FREE, ptr, -1); error_raise(k->rt); }
     return n;
 }
 
@@ -487,93 +432,57 @@ static uint64_t own_realloc(kf_t *k, uint64_t ptr, uint64_t size)
     if (!size) { own_free(k, ptr); return 0; }
     uint64_t p = 0;
     if (size <= PAGE_SIZE) {           /* stays sampled: a fresh pool object, as krealloc would */
-        uint32_t stack = stack_here(k->h, 0, 1);
+        uint32_t stack = stack_here(k->rt, 0, 1);
         p = kf_place(k, size, 16, 0, stack, stack_hash(k, stack));
     }
     if (!p) p = arena_alloc(k, size);
     if (!p) return 0;                  /* ENOMEM: the old object stays */
-    copy_guest(k, p, ptr, (uint64_t)old < size ? (uint64_t)old : size);
+    guest_copy(k->rt, p, ptr, (uint64_t)old < size ? (uint64_t)old : size);
     own_free(k, ptr);
     return p;
 }
 
-static int is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
-
-/* Unicorn UC_HOOK_CODE callback on the first instruction of each allocator entry point. */
+/* Unicorn UC_HOOK_CODE callback on the first instruction of each allocator entry point:
+ * unsampled allocations and pointers that are not emsan's go on to the guest's allocator. */
 EXPORT void emsan_kfence_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
 {
-    (void)address; (void)size;
-    struct kf_entry *en = ud;
-    kf_t *k = en->k;
-    heap_t *h = k->h;
+    (void)uc; (void)address; (void)size;
+    struct entry *en = ud;
+    kf_t *k = en->owner;
+    rt_t *rt = k->rt;
     if (UNLIKELY(k->flush_pending)) flush_tlb(k);
-    uint64_t a0 = reg_get(uc, h->regs[EMSAN_REG_ARG0]), r;
     k->stats.calls++;
-    switch (en->fn) {
-    case EMSAN_FN_FREE: case EMSAN_FN_DELETE: case EMSAN_FN_DELETE_ARRAY:
-        if (LIKELY(a0 - k->pool >= k->span)) return;             /* is_kfence_address() */
-        own_free(k, a0);
-        return_to_caller(h, 0);
-        return;
-    case EMSAN_FN_MALLOC: case EMSAN_FN_NEW: case EMSAN_FN_NEW_NOTHROW: case EMSAN_FN_NEW_ARRAY:
-    case EMSAN_FN_NEW_ARRAY_NOTHROW:
-        if (LIKELY(!k->insn_interval && k->countdown > 1)) { k->countdown--; return; }
-        r = kf_maybe_alloc(k, a0, 16, 0);
-        break;
-    case EMSAN_FN_NEW_ALIGNED: case EMSAN_FN_NEW_ALIGNED_NOTHROW: case EMSAN_FN_NEW_ARRAY_ALIGNED:
-    case EMSAN_FN_NEW_ARRAY_ALIGNED_NOTHROW: {
-        uint64_t al = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]);
-        if (!is_pow2(al)) return;
-        r = kf_maybe_alloc(k, a0, al, 0);
-        break;
-    }
-    case EMSAN_FN_CALLOC: {
-        uint64_t a1 = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]);
-        unsigned __int128 total = (unsigned __int128)a0 * a1;
-        if (total >> 64) return;
-        r = kf_maybe_alloc(k, (uint64_t)total, 16, 1);
-        break;
-    }
-    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC: {
-        if (!is_pow2(a0)) return;
-        r = kf_maybe_alloc(k, reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]), a0, 0);
-        break;
-    }
-    case EMSAN_FN_POSIX_MEMALIGN: {
-        uint64_t al = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]);
-        if (!is_pow2(al) || al % 8) return;
-        r = kf_maybe_alloc(k, reg_get(uc, h->regs[EMSAN_REG_ARG0 + 2]), al, 0);
-        if (!r) return;
-        mem_put(uc, a0, &r, 8);
-        return_to_caller(h, 0);
-        return;
-    }
-    case EMSAN_FN_REALLOC: case EMSAN_FN_REALLOCARRAY: {
-        if (LIKELY(a0 - k->pool >= k->span)) return;             /* not ours: libc's realloc */
-        uint64_t n = reg_get(uc, h->regs[EMSAN_REG_ARG0 + 1]);
-        if (en->fn == EMSAN_FN_REALLOCARRAY) {
-            unsigned __int128 total = (unsigned __int128)n * reg_get(uc, h->regs[EMSAN_REG_ARG0 + 2]);
-            if (total >> 64) { return_to_caller(h, 0); return; }
-            n = (uint64_t)total;
+    struct alloc_call c;
+    decode_alloc_call(rt, en->fn, &c);
+    if (c.op == CALL_ALLOC) {
+        if (LIKELY(!k->insn_interval && k->countdown > 1) && !c.bad) { k->countdown--; return; }   /* the fast path */
+        uint64_t r = c.bad ? 0 : kf_maybe_alloc(k, c.size, c.align, c.zero);
+        if (!r) return;                /* not sampled: the guest's allocator runs */
+        if (c.out) {                   /* posix_memalign */
+            mem_put(rt->uc, c.out, &r, 8);
+            r = 0;
         }
-        return_to_caller(h, own_realloc(k, a0, n));
+        return_to_caller(rt, r);
         return;
     }
-    case EMSAN_FN_USABLE_SIZE: {
-        if (LIKELY(a0 - k->pool >= k->span)) return;
-        int64_t n = a0 - k->pool < k->pool_size ? -1 : arena_object(k, a0);
-        if (a0 - k->pool < k->pool_size) {
-            int64_t idx = (int64_t)((a0 - k->pool) / (2 * PAGE_SIZE)) - 1;
-            if (idx >= 0 && idx < k->nobj && k->meta[idx].state == KF_ALLOCATED && k->meta[idx].addr == a0)
-                n = (int64_t)k->meta[idx].size;          /* ksize() of a KFENCE object: exact */
-        }
-        return_to_caller(h, n < 0 ? 0 : (uint64_t)n);
-        return;
+    if (LIKELY(c.ptr - k->pool >= k->span)) return;          /* is_kfence_address(): not ours */
+    switch (c.op) {
+    case CALL_FREE:
+        own_free(k, c.ptr);
+        return_to_caller(rt, 0);
+        break;
+    case CALL_REALLOC:
+        return_to_caller(rt, c.bad ? 0 : own_realloc(k, c.ptr, c.size));
+        break;
+    case CALL_USABLE_SIZE: {                                   /* ksize() of a KFENCE object: exact */
+        int64_t n = c.ptr - k->pool < k->pool_size ? -1 : arena_object(k, c.ptr), idx = pool_object(k, c.ptr);
+        if (idx >= 0) n = (int64_t)k->meta[idx].size;
+        return_to_caller(rt, n < 0 ? 0 : (uint64_t)n);
+        break;
     }
     default:
-        return;
+        break;
     }
-    if (r) return_to_caller(h, r);     /* sampled; otherwise the guest's allocator runs */
 }
 
 /* A range touched on the guest's behalf (a system call's buffer): a protected pool page in it
@@ -586,6 +495,6 @@ EXPORT int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t siz
     if (lo < k->pool) lo = k->pool;
     for (uint64_t a = lo; a < hi && a < k->pool + k->pool_size; a = (a | (PAGE_SIZE - 1)) + 1)
         if (!k->page_ok[(a - k->pool) >> PAGE_SHIFT])
-            return emsan_kfence_fault(k, is_write ? 22 : 23, a);
+            return emsan_kfence_fault(k, is_write ? ENGINE_MEM_WRITE_PROT : ENGINE_MEM_READ_PROT, a);
     return 0;
 }

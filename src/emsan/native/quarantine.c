@@ -1,30 +1,24 @@
 /* The quarantine: freed objects stay poisoned in a FIFO bounded in bytes before their memory
  * is reused, so a use-after-free is caught as long as the object is in here. */
-#include "internal.h"
+#include "kasan.h"
 
-static uint64_t q_bytes_of(heap_t *h, uint64_t handle)
+void quarantine_put(kasan_t *k, uint64_t handle, uint64_t bytes)
 {
-    struct slab *s = &h->slabs[handle >> 24];
-    return s->slot;
-}
-
-void quarantine_put(heap_t *h, uint64_t handle, uint64_t bytes)
-{
-    if (h->q_len == h->q_cap) {
-        size_t ncap = h->q_cap ? h->q_cap * 2 : 1024;
+    if (k->q_len == k->q_cap) {
+        size_t ncap = k->q_cap ? k->q_cap * 2 : 1024;
         uint64_t *nq = malloc(ncap * sizeof *nq);
-        for (size_t i = 0; i < h->q_len; i++) nq[i] = h->q[(h->q_head + i) % h->q_cap];
-        free(h->q);
-        h->q = nq; h->q_cap = ncap; h->q_head = 0;
+        for (size_t i = 0; i < k->q_len; i++) nq[i] = k->q[(k->q_head + i) % k->q_cap];
+        free(k->q);
+        k->q = nq; k->q_cap = ncap; k->q_head = 0;
     }
-    h->q[(h->q_head + h->q_len) % h->q_cap] = handle;
-    h->q_len++;
-    h->q_bytes += bytes;
-    while (h->q_bytes > h->q_limit && h->q_len) {
-        uint64_t old = h->q[h->q_head];
-        h->q_head = (h->q_head + 1) % h->q_cap;
-        h->q_len--;
-        h->q_bytes -= q_bytes_of(h, old);
-        release_object(h, old);
+    k->q[(k->q_head + k->q_len) % k->q_cap] = handle;
+    k->q_len++;
+    k->q_bytes += bytes;
+    while (k->q_bytes > k->q_limit && k->q_len) {
+        uint64_t old = k->q[k->q_head];
+        k->q_head = (k->q_head + 1) % k->q_cap;
+        k->q_len--;
+        k->q_bytes -= slab_of(k, old)->slot;
+        release_object(k, old);
     }
 }

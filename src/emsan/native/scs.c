@@ -10,9 +10,8 @@
  * intercepted entry is treated as returning at once. Collection copies the entries: O(depth).
  *
  * --stacks x18 reads the arm64 guest's own shadow call stack instead (-fsanitize=shadow-call-stack). */
-#include "internal.h"
+#include "runtime.h"
 
-#define UC_ARM64_REG_X18_ID 217     /* unicorn 2.1 arm64_const.UC_ARM64_REG_X18 */
 
 #define K_CALL 1
 #define K_RET 2
@@ -39,43 +38,36 @@ struct scs_state {
     uint64_t pushes, pops, resyncs;
 };
 
-static struct scs_state *scs_get(heap_t *h)
+static struct scs_state *scs_get(rt_t *rt)
 {
-    if (!h->scs) {
-        h->scs = calloc(1, sizeof *h->scs);
-        h->scs->cap = 1 << 14;
-        h->scs->st = malloc(h->scs->cap * sizeof *h->scs->st);
+    if (!rt->scs) {
+        rt->scs = calloc(1, sizeof *rt->scs);
+        rt->scs->cap = 1 << 14;
+        rt->scs->st = malloc(rt->scs->cap * sizeof *rt->scs->st);
     }
-    return h->scs;
+    return rt->scs;
 }
 
-void scs_destroy(heap_t *h)
+void scs_destroy(rt_t *rt)
 {
-    struct scs_state *s = h->scs;
+    struct scs_state *s = rt->scs;
     if (!s) return;
     for (size_t i = 0; i < s->nmods; i++) free(s->mods[i].kinds);
     free(s->mods); free(s->st); free(s->marks.v); free(s);
-    h->scs = NULL;
+    rt->scs = NULL;
 }
 
-void scs_stats(heap_t *h, emsan_stack_stats *out)
+void scs_stats(rt_t *rt, emsan_stack_stats *out)
 {
-    if (!h->scs) return;
-    out->scs_pushes = h->scs->pushes;
-    out->scs_pops = h->scs->pops;
-    out->scs_resyncs = h->scs->resyncs;
+    if (!rt->scs) return;
+    out->scs_pushes = rt->scs->pushes;
+    out->scs_pops = rt->scs->pops;
+    out->scs_resyncs = rt->scs->resyncs;
 }
 
 static inline struct scs_mod *mod_of(struct scs_state *s, uint64_t a)
 {
-    size_t lo = 0, hi = s->nmods;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (a < s->mods[mid].lo) hi = mid;
-        else if (a >= s->mods[mid].hi) lo = mid + 1;
-        else return &s->mods[mid];
-    }
-    return NULL;
+    return range_find(s->mods, s->nmods, sizeof *s->mods, a);
 }
 
 static inline uint8_t *kind_ptr(struct scs_state *s, uint64_t a)
@@ -90,9 +82,9 @@ static inline uint8_t kind_at(struct scs_state *s, uint64_t a)
     return p ? *p : 0;
 }
 
-EXPORT void emsan_scs_add_module(emsan_heap *h, uint64_t lo, uint64_t hi, const uint8_t *kinds)
+EXPORT void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds)
 {
-    struct scs_state *s = scs_get(h);
+    struct scs_state *s = scs_get(rt);
     if (hi <= lo) return;
     for (size_t i = 0; i < s->nmods; i++)
         if (s->mods[i].lo < hi && lo < s->mods[i].hi) return;     /* already known */
@@ -112,9 +104,9 @@ EXPORT void emsan_scs_add_module(emsan_heap *h, uint64_t lo, uint64_t hi, const 
     s->marks.n = keep;
 }
 
-EXPORT void emsan_scs_mark_intercept(emsan_heap *h, uint64_t addr)
+EXPORT void emsan_scs_mark_intercept(emsan_runtime *rt, uint64_t addr)
 {
-    struct scs_state *s = scs_get(h);
+    struct scs_state *s = scs_get(rt);
     uint8_t *p = kind_ptr(s, addr);
     if (p) *p |= K_INTERCEPT;
     else vec_push(&s->marks, addr);
@@ -163,15 +155,15 @@ static inline int pop_to(struct scs_state *s, uint64_t addr)
 
 EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
-    heap_t *h = ud;
-    struct scs_state *s = h->scs;
+    rt_t *rt = ud;
+    struct scs_state *s = rt->scs;
     if (UNLIKELY(!s)) return;
     switch (s->pending) {
     case P_NONE: break;
     case P_CALL: {
         /* the call did happen (the engine may have stopped before it, and run other code) */
-        uint64_t sp = reg_get(uc, h->regs[EMSAN_REG_SP]), ret = 0;
-        if (h->arm64) ret = reg_get(uc, h->regs[EMSAN_REG_LR]) & 0x0000FFFFFFFFFFFFULL;
+        uint64_t sp = reg_get(uc, rt->regs[EMSAN_REG_SP]), ret = 0;
+        if (rt->arm64) ret = reg_get(uc, rt->regs[EMSAN_REG_LR]) & RET_MASK;
         else mem_get(uc, sp, &ret, 8);
         if (ret != s->pend_ret) break;
         resync(s, sp, 1);
@@ -182,15 +174,15 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
         if (s->depth && s->st[s->depth - 1].ret == addr) { s->depth--; s->pops++; }
         break;
     case P_RET:
-        if (!pop_to(s, addr)) resync(s, reg_get(uc, h->regs[EMSAN_REG_SP]), h->arm64);
+        if (!pop_to(s, addr)) resync(s, reg_get(uc, rt->regs[EMSAN_REG_SP]), rt->arm64);
         break;
     case P_JMP:
-        if (h->arm64) {
+        if (rt->arm64) {
             /* br: a tail call or a PLT stub (to a function's start), a switch, or longjmp */
             if (!pop_to(s, addr) && !(kind_at(s, addr) & K_FUNC))
-                resync(s, reg_get(uc, h->regs[EMSAN_REG_SP]), 1);
+                resync(s, reg_get(uc, rt->regs[EMSAN_REG_SP]), 1);
         } else {
-            resync(s, reg_get(uc, h->regs[EMSAN_REG_SP]), 0);
+            resync(s, reg_get(uc, rt->regs[EMSAN_REG_SP]), 0);
         }
         break;
     }
@@ -209,9 +201,9 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
     else if (k & K_JMP) s->pending = P_JMP;
 }
 
-int stack_scs(heap_t *h, uint64_t pc, uint64_t *frames)
+int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames)
 {
-    struct scs_state *s = h->scs;
+    struct scs_state *s = rt->scs;
     int n = 0;
     if (pc) frames[n++] = pc;
     if (!s) return n;
@@ -224,15 +216,16 @@ int stack_scs(heap_t *h, uint64_t pc, uint64_t *frames)
  * it. At an allocator's entry LR is the return into the caller, [x18 - 8] the caller's own return
  * address, and so on down to the region's zero-filled start (or an unmapped page). Pointer-
  * authentication bits are stripped (user addresses are below 2^48). */
-int stack_x18(heap_t *h, uint64_t pc, uint64_t *frames)
+int stack_x18(rt_t *rt, uint64_t pc, uint64_t *frames)
 {
     int n = 0;
-    void *uc = h->uc;
+    void *uc = rt->uc;
     if (pc) frames[n++] = pc;
-    uint64_t lr = reg_get(uc, h->regs[EMSAN_REG_LR]) & 0x0000FFFFFFFFFFFFULL;
+    uint64_t lr = reg_get(uc, rt->regs[EMSAN_REG_LR]) & RET_MASK;
     if (lr) frames[n++] = lr;
-    uint64_t top = reg_get(uc, UC_ARM64_REG_X18_ID);
-    if (!h->arm64 || (top & 7) || top < 4096) return n;
+    if (!rt->arm64 || rt->ngprs <= 18) return n;
+    uint64_t top = reg_get(uc, rt->gprs[18]);            /* x18 */
+    if ((top & 7) || top < 4096) return n;
     /* page by page from the top: the page holding [x18 - 8] is mapped, the one below may not be */
     uint64_t a = top, buf[512];
     while (n < EMSAN_STACK_DEPTH && a > 4096) {
@@ -242,7 +235,7 @@ int stack_x18(heap_t *h, uint64_t pc, uint64_t *frames)
         if (mem_get(uc, lo, buf, cnt * 8)) break;
         for (uint64_t i = cnt; i > 0; i--) {
             if (!buf[i - 1]) return n;       /* the region's zero-filled start */
-            frames[n++] = buf[i - 1] & 0x0000FFFFFFFFFFFFULL;
+            frames[n++] = buf[i - 1] & RET_MASK;
         }
         a = lo;
     }

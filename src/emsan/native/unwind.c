@@ -1,7 +1,7 @@
 /* --stacks cfi: unwinding from .eh_frame/.debug_frame tables, for code built without frame
  * pointers. Python (sanitizer/stacks.py) turns each module's CFI into sorted rows once (and
  * caches them on disk); here each frame costs one binary search and one or two guest reads. */
-#include "internal.h"
+#include "runtime.h"
 
 struct cfi_mod { uint64_t lo, hi; emsan_cfi_row *rows; size_t n; };
 #define CACHE 4096
@@ -10,19 +10,19 @@ struct cfi_state {
     struct { uint64_t pc; const emsan_cfi_row *row; } cache[CACHE];     /* pc -> row, direct-mapped */
 };
 
-void cfi_destroy(heap_t *h)
+void cfi_destroy(rt_t *rt)
 {
-    struct cfi_state *c = h->cfi;
+    struct cfi_state *c = rt->cfi;
     if (!c) return;
     for (size_t i = 0; i < c->nmods; i++) free(c->mods[i].rows);
     free(c->mods); free(c);
-    h->cfi = NULL;
+    rt->cfi = NULL;
 }
 
-EXPORT void emsan_cfi_add_module(emsan_heap *h, uint64_t lo, uint64_t hi, const emsan_cfi_row *rows, size_t n)
+EXPORT void emsan_cfi_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const emsan_cfi_row *rows, size_t n)
 {
-    if (!h->cfi) h->cfi = calloc(1, sizeof *h->cfi);
-    struct cfi_state *c = h->cfi;
+    if (!rt->cfi) rt->cfi = calloc(1, sizeof *rt->cfi);
+    struct cfi_state *c = rt->cfi;
     for (size_t i = 0; i < c->nmods; i++)
         if (c->mods[i].lo < hi && lo < c->mods[i].hi) return;
     memset(c->cache, 0, sizeof c->cache);     /* row pointers move */
@@ -49,16 +49,9 @@ static const emsan_cfi_row *find_row(struct cfi_state *c, uint64_t pc)
 
 static const emsan_cfi_row *search_row(struct cfi_state *c, uint64_t pc)
 {
-    size_t lo = 0, hi = c->nmods;
-    struct cfi_mod *m = NULL;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (pc < c->mods[mid].lo) hi = mid;
-        else if (pc >= c->mods[mid].hi) lo = mid + 1;
-        else { m = &c->mods[mid]; break; }
-    }
+    struct cfi_mod *m = range_find(c->mods, c->nmods, sizeof *c->mods, pc);
     if (!m || !m->n || pc < m->rows[0].pc) return NULL;
-    lo = 0; hi = m->n;                       /* last row with row.pc <= pc */
+    size_t lo = 0, hi = m->n;                /* last row with row.pc <= pc */
     while (hi - lo > 1) {
         size_t mid = (lo + hi) / 2;
         if (m->rows[mid].pc <= pc) lo = mid; else hi = mid;
@@ -66,7 +59,6 @@ static const emsan_cfi_row *search_row(struct cfi_state *c, uint64_t pc)
     return m->rows[lo].cfa_reg ? &m->rows[lo] : NULL;
 }
 
-#define ADDR_MASK 0x0000FFFFFFFFFFFFULL
 
 /* The stack above sp is read in 256-byte chunks, each at most once per trace (a guest read
  * costs the same for 8 bytes as for 256); reads beyond the window go to the engine. */
@@ -89,23 +81,23 @@ static inline int rd(void *uc, struct window *w, uint64_t a, uint64_t *out)
     return mem_get(uc, a, out, 8);
 }
 
-int stack_cfi(heap_t *h, uint64_t pc, int at_entry, uint64_t *frames)
+int stack_cfi(rt_t *rt, uint64_t pc, int at_entry, uint64_t *frames)
 {
-    void *uc = h->uc;
+    void *uc = rt->uc;
     int n = 0;
-    uint64_t sp = reg_get(uc, h->regs[EMSAN_REG_SP]);
+    uint64_t sp = reg_get(uc, rt->regs[EMSAN_REG_SP]);
     struct window w;
     w.lo = sp & ~(uint64_t)(CHUNK - 1);
     w.loaded = 0;
-    uint64_t fp = reg_get(uc, h->regs[EMSAN_REG_FP]);
-    uint64_t lr = h->arm64 ? reg_get(uc, h->regs[EMSAN_REG_LR]) & ADDR_MASK : 0;
-    uint64_t cur = pc ? pc : reg_get(uc, h->regs[EMSAN_REG_PC]);
+    uint64_t fp = reg_get(uc, rt->regs[EMSAN_REG_FP]);
+    uint64_t lr = rt->arm64 ? reg_get(uc, rt->regs[EMSAN_REG_LR]) & RET_MASK : 0;
+    uint64_t cur = pc ? pc : reg_get(uc, rt->regs[EMSAN_REG_PC]);
     if (pc) frames[n++] = pc;
     if (at_entry) {
         /* At a function's first instruction the return address is certain whatever the table
          * says: [sp] on x86-64 (the CFA is sp + 8), LR on arm64. */
         uint64_t ret = lr;
-        if (!h->arm64) { rd(uc, &w, sp, &ret); sp += 8; }
+        if (!rt->arm64) { rd(uc, &w, sp, &ret); sp += 8; }
         if (!ret) return n;
         frames[n++] = ret;
         cur = ret;
@@ -113,13 +105,13 @@ int stack_cfi(heap_t *h, uint64_t pc, int at_entry, uint64_t *frames)
     int first = !at_entry;
     while (n < EMSAN_STACK_DEPTH) {
         /* a return address points after the call: look up the call itself */
-        const emsan_cfi_row *r = find_row(h->cfi, first ? cur : cur - 1);
+        const emsan_cfi_row *r = find_row(rt->cfi, first ? cur : cur - 1);
         uint64_t ret = 0, cfa;
         if (r) {
             cfa = (r->cfa_reg == 2 ? fp : sp) + (int64_t)r->cfa_off;
             if (r->ra_off) {
                 if (rd(uc, &w, cfa + (int64_t)r->ra_off, &ret)) break;
-            } else if (h->arm64 && first) {
+            } else if (rt->arm64 && first) {
                 ret = lr;                    /* a leaf: the return address is still in LR */
             } else {
                 break;
@@ -132,13 +124,13 @@ int stack_cfi(heap_t *h, uint64_t pc, int at_entry, uint64_t *frames)
         } else {
             /* no table: a frame record, as --stacks fp would read it */
             uint64_t rec[2];
-            if (fp < h->stack_lo || fp + 16 > h->stack_hi || (fp & 7) || rd(uc, &w, fp, &rec[0]) || rd(uc, &w, fp + 8, &rec[1])) break;
+            if (fp < rt->stack_lo || fp + 16 > rt->stack_hi || (fp & 7) || rd(uc, &w, fp, &rec[0]) || rd(uc, &w, fp + 8, &rec[1])) break;
             cfa = fp + 16;
             ret = rec[1];
             fp = rec[0];
         }
-        ret &= ADDR_MASK;
-        if (!ret || cfa < sp || cfa > h->stack_hi) break;
+        ret &= RET_MASK;
+        if (!ret || cfa < sp || cfa > rt->stack_hi) break;
         frames[n++] = ret;
         sp = cfa;
         cur = ret;

@@ -1,22 +1,36 @@
-"""Reports as JSON: the same data as the text, with symbolized frames."""
+"""Reports as JSON: the same data as the text, with symbolized frames. Every report has the same
+leading fields; each kind adds its own."""
 from __future__ import annotations
 
+from emsan.report.model import CompilerReport, KfenceReport, Report
 from emsan.report.symbolize import Symbolizer
-from emsan.sanitizer.report import Report
+from emsan.report.text import kfence_description, title_frame
 
 
-def to_json(rep: Report, sym: Symbolizer) -> dict:
+def to_json(rep: Report | KfenceReport, sym: Symbolizer) -> dict:
     def frames(addrs: list[int], first_is_pc: bool) -> list[dict]:
         return [f.to_json() for f in sym.stack(addrs, first_is_pc)]
 
-    title = sym.frame(rep.stack[rep.title_frame], is_return_address=rep.title_frame > 0) if rep.stack else None
+    title = title_frame(rep, sym)
     d = {
         "tool": "emsan", "mode": rep.mode, "bug_type": rep.bug_type, "access": rep.access,
         "address": f"{rep.addr:#x}", "size": rep.size, "pc": f"{rep.pc:#x}",
         "function": title.function if title else None,
-        "task": {"comm": rep.comm, "pid": rep.pid},
-        "stack": frames(rep.stack, True), "notes": rep.notes,
+        "task": {"comm": rep.task.comm, "pid": rep.task.pid},
+        "stack": frames(rep.stack, rep.first_is_pc), "notes": rep.notes,
     }
+    if isinstance(rep, KfenceReport):
+        d["description"] = kfence_description(rep)
+        o = rep.obj
+        if o is not None:
+            d["object"] = {
+                "index": o.index, "start": f"{o.start:#x}", "size": o.size, "cache": o.cache, "state": o.state,
+                "offset": rep.addr - o.start,
+                "alloc_stack": frames(o.alloc_stack, False), "free_stack": frames(o.free_stack, False),
+            }
+        if rep.kind == "memory corruption":
+            d["corrupted_bytes"] = rep.corrupted
+        return d
     o = rep.obj
     if o is not None:
         d["object"] = {
@@ -33,4 +47,14 @@ def to_json(rep: Report, sym: Symbolizer) -> dict:
     elif rep.shadow_rows:
         d["shadow"] = [{"addr": f"{start:#x}", "bytes": vals} for start, vals in rep.shadow_rows]
         d["first_bad_address"] = f"{rep.first_bad:#x}"
+    if isinstance(rep, CompilerReport):
+        if rep.variable is not None:
+            d["variable"] = rep.variable
+        if rep.on_stack:
+            d["stack_object"] = None
+            if rep.frame is not None:
+                f = rep.frame
+                d["stack_object"] = {
+                    "offset": f.offset, "frame": sym.frame(f.pc).to_json(),
+                    "objects": [{"start": o.start, "end": o.end, "name": o.name} for o in f.objects]}
     return d

@@ -1,6 +1,6 @@
 """SARIF 2.1.0 (OASIS) rendering of reports, for code-scanning dashboards.
 
-Works on the JSON renderings (emsan.report.json, kfence_text.to_json) so that `emsan run --sarif`
+Works on the JSON renderings (emsan.report.json) so that `emsan run --sarif`
 and `emsan triage` (which collects JSON from many runs) share it. One result per report, or per
 group of reports when triage deduplicated them; the rule is the bug type, the location the frame
 the report's title names, and the access, allocation and free stacks are SARIF stacks.

@@ -1,13 +1,26 @@
-"""Kernel KASAN report layout (mm/kasan/report.c), with user-space words where kernel words
-make no sense (task = process, cache = size class)."""
+"""Reports in the kernel's text layouts: KASAN's report and KFENCE's, with user-space words where
+kernel words make no sense (task = process, cache = size class). Addresses are printed in full
+(the kernel's no_hash_pointers), and corrupted bytes with their values."""
 from __future__ import annotations
 
 from emsan import __version__
 from emsan.machine import UNICORN_VERSION
-from emsan.report.symbolize import Symbolizer
-from emsan.sanitizer.report import ROW_GRANULES, Report
+from emsan.report.model import ROW_GRANULES, KfenceReport, Report
+from emsan.report.symbolize import Frame, Symbolizer
 
 RULE = "=" * 66
+
+
+def render(rep: Report | KfenceReport, sym: Symbolizer, arch: str) -> str:
+    return kfence_text(rep, sym, arch) if isinstance(rep, KfenceReport) else kasan_text(rep, sym, arch)
+
+
+def title_frame(rep: Report | KfenceReport, sym: Symbolizer) -> Frame | None:
+    """The frame the title names: the access's, or the caller of a free or interceptor."""
+    if not rep.stack:
+        return None
+    i = rep.title_frame
+    return sym.frame(rep.stack[i], is_return_address=i > 0 or not rep.first_is_pc)
 
 
 def frames_text(sym: Symbolizer, addrs: list[int], first_is_pc: bool) -> list[str]:
@@ -16,27 +29,31 @@ def frames_text(sym: Symbolizer, addrs: list[int], first_is_pc: bool) -> list[st
     return [f" {f}" for f in sym.stack(addrs, first_is_pc)]
 
 
-def render(rep: Report, sym: Symbolizer, arch: str) -> str:
-    title = sym.frame(rep.stack[rep.title_frame], is_return_address=rep.title_frame > 0) if rep.stack else None
+def machine_lines(rep: Report | KfenceReport, arch: str) -> list[str]:
+    return [f"CPU: 0 PID: {rep.task.pid} Comm: {rep.task.comm} emsan {__version__} ({rep.mode} mode)",
+            f"Hardware name: Unicorn {UNICORN_VERSION} {arch}"]
+
+
+def kasan_text(rep: Report, sym: Symbolizer, arch: str) -> str:
+    title = title_frame(rep, sym)
     out = [RULE, f"BUG: KASAN: {rep.bug_type} in {title if title else f'{rep.pc:#x}'}"]
     if rep.access == "free":
-        out.append(f"Free of addr {rep.addr:016x} by task {rep.comm}/{rep.pid}")
+        out.append(f"Free of addr {rep.addr:016x} by task {rep.task}")
     else:
-        out.append(f"{rep.access.capitalize()} of size {rep.size} at addr {rep.addr:016x} by task {rep.comm}/{rep.pid}")
+        out.append(f"{rep.access.capitalize()} of size {rep.size} at addr {rep.addr:016x} by task {rep.task}")
     if rep.pointer_tag is not None:
         mem = "--" if rep.memory_tag is None else f"{rep.memory_tag:02x}"
         out.append(f"Pointer tag: [{rep.pointer_tag:02x}], memory tag: [{mem}]")
-    out += ["", f"CPU: 0 PID: {rep.pid} Comm: {rep.comm} emsan {__version__} ({rep.mode} mode)",
-            f"Hardware name: Unicorn {UNICORN_VERSION} {arch}", "Call Trace:"]
+    out += ["", *machine_lines(rep, arch), "Call Trace:"]
     out += frames_text(sym, rep.stack, True)
     out.append("")
     o = rep.obj
     if o is not None:
-        out.append(f"Allocated by task {rep.pid}:")
+        out.append(f"Allocated by task {rep.task.pid}:")
         out += frames_text(sym, o.alloc_stack, False)
         out.append("")
         if o.state == "freed" or o.free_stack:
-            out.append(f"Freed by task {rep.pid}:")
+            out.append(f"Freed by task {rep.task.pid}:")
             out += frames_text(sym, o.free_stack, False)
             out.append("")
         cache = f"kmalloc-{o.cache_size}" if not o.large else "kmalloc-large"
@@ -70,4 +87,45 @@ def render(rep: Report, sym: Symbolizer, arch: str) -> str:
                 col = 1 + 16 + 2 + ((rep.first_bad - start) // rep.granule) * 3
                 out.append(" " * col + "^")
     out.append(RULE)
+    return "\n".join(out)
+
+
+def kfence_description(rep: KfenceReport) -> str:
+    """The line after a KFENCE title: what happened where (the line kfence_test matches)."""
+    o = rep.obj
+    rw = rep.access
+    if rep.kind == "out-of-bounds":
+        left = rep.addr < o.start
+        dist = o.start - rep.addr if left else rep.addr - o.start
+        return (f"Out-of-bounds {rw} at {rep.addr:#x} ({dist}B {'left' if left else 'right'} "
+                f"of kfence-#{o.index}):")
+    if rep.kind == "use-after-free":
+        return f"Use-after-free {rw} at {rep.addr:#x} (in kfence-#{o.index}):"
+    if rep.kind == "memory corruption":
+        shown = " ".join("." if b is None else f"0x{b:02x}" for b in rep.corrupted)
+        return f"Corrupted memory at {rep.addr:#x} [ {shown} ] (in kfence-#{o.index}):"
+    if rep.kind == "invalid":
+        return f"Invalid {rw} at {rep.addr:#x}:"
+    where = f" (in kfence-#{o.index})" if o is not None else ""
+    return f"Invalid free of {rep.addr:#x}{where}:"
+
+
+def _track(what: str, pid: int, t: float, now: float) -> str:
+    return f"{what} by task {pid} on cpu 0 at {t:.6f}s ({max(now - t, 0.0):.6f}s ago):"
+
+
+def kfence_text(rep: KfenceReport, sym: Symbolizer, arch: str) -> str:
+    title = title_frame(rep, sym)
+    out = [RULE, f"BUG: KFENCE: {rep.bug_type} in {title if title else f'{rep.pc:#x}'}", "",
+           kfence_description(rep)]
+    out += frames_text(sym, rep.stack, rep.first_is_pc)
+    o = rep.obj
+    if o is not None:
+        out += ["", f"kfence-#{o.index}: {o.start:#x}-{o.start + o.size - 1:#x}, size={o.size}, cache={o.cache}", "",
+                _track("allocated", rep.task.pid, o.alloc_s, rep.now_s)]
+        out += frames_text(sym, o.alloc_stack, False)
+        if o.state == "freed":
+            out += ["", _track("freed", rep.task.pid, o.free_s, rep.now_s)]
+            out += frames_text(sym, o.free_stack, False)
+    out += ["", *machine_lines(rep, arch), RULE]
     return "\n".join(out)

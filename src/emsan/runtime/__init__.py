@@ -22,7 +22,7 @@ def host_arch() -> str:
 
 def cflags(arch: str | None = None, outline: bool = False) -> list[str]:
     """clang flags for a guest emsan runs in compiler-assisted mode (the kernel's CFLAGS_KASAN
-    for clang, scripts/Makefile.kasan, with emsan's shadow offset and runtime)."""
+    for clang, with emsan's shadow offset and runtime)."""
     arch = arch or host_arch()
     flags = [] if arch == host_arch() else [f"--target={TARGETS[arch]}"]
     flags += ["-fsanitize=kernel-address",

@@ -8,7 +8,7 @@
  * (one native hook at each first instruction). Nothing here is instrumented itself.
  *
  * The shadow follows the kernel's generic KASAN: one byte per 8 bytes at (addr >> 3) + offset,
- * 0 = accessible, 1..7 = that many leading bytes accessible, negative = poisoned (mm/kasan). */
+ * 0 = accessible, 1..7 = that many leading bytes accessible, negative = poisoned (the kernel's generic KASAN encoding). */
 #ifndef EMSAN_KASAN_RUNTIME_H
 #define EMSAN_KASAN_RUNTIME_H
 
@@ -38,7 +38,7 @@ EMSAN_INLINE signed char emsan_shadow(unsigned long addr)
     return *(volatile signed char *)((addr >> 3) + EMSAN_SHADOW_OFFSET);
 }
 
-/* mm/kasan/generic.c memory_is_poisoned_n(): is any byte of [addr, addr+size) poisoned? */
+/* The kernel's memory_is_poisoned_n(): is any byte of [addr, addr+size) poisoned? */
 EMSAN_INLINE int emsan_poisoned(unsigned long addr, unsigned long size)
 {
     if (size == 0)
@@ -90,26 +90,16 @@ EMSAN_ACCESS(4)
 EMSAN_ACCESS(8)
 EMSAN_ACCESS(16)
 
-EMSAN_RT void __asan_loadN_noabort(unsigned long addr, unsigned long size)
-{
-    if (emsan_poisoned(addr, size))
-        __emsan_kasan_report(addr, size, 0, EMSAN_RET_IP);
-}
-EMSAN_RT void __asan_storeN_noabort(unsigned long addr, unsigned long size)
-{
-    if (emsan_poisoned(addr, size))
-        __emsan_kasan_report(addr, size, 1, EMSAN_RET_IP);
-}
-EMSAN_RT void __asan_loadN(unsigned long addr, unsigned long size)
-{
-    if (emsan_poisoned(addr, size))
-        __emsan_kasan_report(addr, size, 0, EMSAN_RET_IP);
-}
-EMSAN_RT void __asan_storeN(unsigned long addr, unsigned long size)
-{
-    if (emsan_poisoned(addr, size))
-        __emsan_kasan_report(addr, size, 1, EMSAN_RET_IP);
-}
+#define EMSAN_ACCESS_N(name, is_write)                                                             \
+    EMSAN_RT void name(unsigned long addr, unsigned long size)                                     \
+    {                                                                                              \
+        if (emsan_poisoned(addr, size))                                                            \
+            __emsan_kasan_report(addr, size, is_write, EMSAN_RET_IP);                              \
+    }
+EMSAN_ACCESS_N(__asan_loadN_noabort, 0)
+EMSAN_ACCESS_N(__asan_storeN_noabort, 1)
+EMSAN_ACCESS_N(__asan_loadN, 0)
+EMSAN_ACCESS_N(__asan_storeN, 1)
 
 /* Inline instrumentation: the check failed in the caller. */
 #define EMSAN_REPORT(size)                                                                         \
@@ -189,7 +179,7 @@ EMSAN_INLINE void emsan_unpoison(unsigned long addr, unsigned long size)
         *(volatile unsigned char *)(((addr + (size & ~7UL)) >> 3) + EMSAN_SHADOW_OFFSET) = (unsigned char)(size & 7);
 }
 
-/* Dynamic allocas (VLAs, alloca()): mm/kasan/generic.c, 32-byte redzones 0xCA left, 0xCB right. */
+/* Dynamic allocas (VLAs, alloca()): as the kernel's generic KASAN, 32-byte redzones 0xCA left, 0xCB right. */
 EMSAN_RT void __asan_alloca_poison(unsigned long addr, unsigned long size)
 {
     unsigned long rounded_up = (size + 7) & ~7UL;

@@ -21,9 +21,9 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from emsan.errors import EmsanError
+from emsan.sanitizer.entrypoints import STT_FUNC, function_symbols
 
 COLLECTORS = ("auto", "fp", "cfi", "scs", "x18", "none")
-UC_HOOK_BLOCK = 1 << 3          # unicorn_const.UC_HOOK_BLOCK
 K_CALL, K_RET, K_JMP, K_FUNC = 1, 2, 4, 8
 CACHE_VERSION = b"emsan-stacks-2"
 ROW = struct.Struct("<QiiiB3x")     # emsan_cfi_row
@@ -202,14 +202,7 @@ def keeps_frame_pointers(path: str, arm64: bool) -> bool:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             secs = _exec_sections(elf)
-            funcs = set()
-            for secname in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(secname)
-                if sec is None:
-                    continue
-                for sym in sec.iter_symbols():
-                    if sym["st_info"]["type"] == "STT_FUNC" and sym["st_size"] >= 24 and sym["st_value"]:
-                        funcs.add(sym["st_value"])
+            funcs = {value for value, size, kind, _name in function_symbols(path) if kind == STT_FUNC and size >= 24}
             yes = total = 0
             for addr in sorted(funcs):
                 for s in secs:
@@ -235,11 +228,11 @@ def _fp_prologue(code: bytes, arm64: bool) -> bool:
 
 
 class Stacks:
-    """Sets up the chosen collector on a NativeHeap and feeds it every module as it loads."""
+    """Sets up the chosen collector on the runtime and feeds it every module as it loads."""
 
-    def __init__(self, machine, heap, arm64: bool, collector: str, no_depot: bool):
-        self.machine, self.heap, self.arm64 = machine, heap, arm64
-        self.lib, self.ffi = heap.lib, heap.ffi
+    def __init__(self, machine, runtime, arm64: bool, collector: str, no_depot: bool):
+        self.machine, self.runtime, self.arm64 = machine, runtime, arm64
+        self.lib, self.ffi = runtime.lib, runtime.ffi
         self.collector = collector
         self.no_depot = no_depot
         self._hooked = False
@@ -250,11 +243,10 @@ class Stacks:
     def set(self, collector: str) -> None:
         self.collector = collector
         mode = getattr(self.lib, "EMSAN_STACKS_" + collector.upper())
-        self.lib.emsan_set_stacks(self.heap.h, mode, int(self.no_depot))
+        self.lib.emsan_set_stacks(self.runtime.rt, mode, int(self.no_depot))
         if collector == "scs" and not self._hooked:
             self._hooked = True
-            self.machine.hook_native(UC_HOOK_BLOCK, self.ffi.addressof(self.lib, "emsan_scs_block_cb"),
-                                     self.heap.h, 1, 0)
+            self.machine.hook_block_native(self.ffi.addressof(self.lib, "emsan_scs_block_cb"), self.runtime.rt)
 
     def module_loaded(self, path: str, bias: int) -> None:
         try:
@@ -268,7 +260,7 @@ class Stacks:
             lo, hi = struct.unpack_from("<QQ", data)
             if hi > lo:
                 kinds = self.ffi.from_buffer(data, require_writable=False)
-                self.lib.emsan_scs_add_module(self.heap.h, lo + bias, hi + bias, self.ffi.cast("uint8_t *", kinds) + 16)
+                self.lib.emsan_scs_add_module(self.runtime.rt, lo + bias, hi + bias, self.ffi.cast("uint8_t *", kinds) + 16)
         elif self.collector == "cfi":
             data = _relocate_rows(_cached(path, f"cfi-{self.arm64}", lambda: _cfi_rows(path, self.arm64)), bias)
             n = len(data) // ROW.size
@@ -277,15 +269,11 @@ class Stacks:
                     rng = exec_range(ELFFile(f))
                 lo, hi = rng if rng else (0, 0)
                 rows = self.ffi.from_buffer("emsan_cfi_row[]", bytearray(data))
-                self.lib.emsan_cfi_add_module(self.heap.h, lo + bias, hi + bias + 1, rows, n)
-
-    def intercepted(self, addr: int) -> None:
-        """The allocator's entry `addr` never runs its own code (nor its ret)."""
-        self.lib.emsan_scs_mark_intercept(self.heap.h, addr)
+                self.lib.emsan_cfi_add_module(self.runtime.rt, lo + bias, hi + bias + 1, rows, n)
 
     def stats(self) -> dict[str, int | str]:
         st = self.ffi.new("emsan_stack_stats *")
-        self.lib.emsan_get_stack_stats(self.heap.h, st)
+        self.lib.emsan_get_stack_stats(self.runtime.rt, st)
         out: dict[str, int | str] = {"stacks": self.collector, "depot": int(not self.no_depot),
                                      "stack_traces": st.saves, "stack_unique": st.unique,
                                      "stack_depot_bytes": st.bytes, "stack_collector_us": st.collector_ns // 1000}

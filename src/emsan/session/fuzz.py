@@ -82,17 +82,7 @@ class FuzzTarget:
             opts.checks = "hook"
         self.opts = opts
         self.s = Session(opts)
-        self.texts: list[str] = []
         self.data = b""
-        san = self.s.sanitizer
-        if san is not None and hasattr(san, "render_text"):
-            render = san.render_text
-
-            def keep(rep, sym, arch):     # the child saves what it printed
-                text = render(rep, sym, arch)
-                self.texts.append(text)
-                return text
-            san.render_text = keep
 
     # --- before the fork ------------------------------------------------------------------------
     def run_to_fork_point(self) -> None:
@@ -184,16 +174,12 @@ class FuzzTarget:
     def run_one(self) -> bool:
         """Run the guest on from the fork point; True when it crashed (a report or a fatal signal)."""
         s = self.s
-        try:
-            return self.verdict(s.process.run(s.machine.pc, None, self.opts.max_instructions), 0)
-        except Exception:
-            self.log_error()
-            return False
+        return self.verdict(s.process.run(s.machine.pc, None, self.opts.max_instructions), 0)
 
     def verdict(self, info, reports_before: int) -> bool:
         """Did the run crash? If so, save its report (text and JSON) by input hash."""
         s = self.s
-        reports = list(getattr(s.sanitizer, "reports", []))[reports_before:]
+        reports = s.reports[reports_before:]
         crash_json = crash_text = None
         if info is not None and info.kind == "signal" and info.signal in CORE_SIGNALS:
             crash_json = oops_json(s.process, info, s.symbolizer)
@@ -201,11 +187,12 @@ class FuzzTarget:
         if not reports and crash_json is None:
             return False
         self.last = (reports, crash_json)
-        self.save(reports, crash_json, "\n".join(self.texts + ([crash_text] if crash_text else [])))
+        self.save(reports, crash_json, "\n".join(s.texts[reports_before:] + ([crash_text] if crash_text else [])))
         return True
 
     def log_error(self) -> None:
-        """An emsan bug: logged, never a crash of the target."""
+        """An emsan bug in a child of the fork server: logged (emsan fuzz says so at the end),
+        never a crash of the target."""
         with open(os.path.join(self.cfg.out, ".emsan", "errors.log"), "a") as f:
             f.write(f"input {input_id(self.data)}:\n{traceback.format_exc()}\n")
 
@@ -224,25 +211,35 @@ class FuzzTarget:
         this child can take no more inputs)."""
         from emsan.machine.afl import restore
         s = self.s
-        self.data, self.texts = data, []
-        before = len(getattr(s.sanitizer, "reports", []))
-        try:
-            buf = self.call(self.malloc, [len(data)])
-            if not isinstance(buf, int) or buf == 0:
-                raise RuntimeError(f"malloc({len(data)}) for the input failed: {buf}")
-            s.machine.write(buf, data)
-            ret = self.call(self.fn, [buf, len(data)])
-            if isinstance(ret, int):
-                ret = self.call(self.free, [buf])
-            if not isinstance(ret, int):
-                return "crash" if self.verdict(ret, before) else "ended"
-            if self.verdict(None, before):
-                return "crash"
-            restore(s.machine, self.snap)
-            return "ok"
-        except Exception:
-            self.log_error()
-            return "ended"
+        self.data = data
+        before = len(s.reports)
+        buf = self.call(self.malloc, [len(data)])
+        if not isinstance(buf, int) or buf == 0:
+            raise RuntimeError(f"malloc({len(data)}) for the input failed: {buf}")
+        s.machine.write(buf, data)
+        ret = self.call(self.fn, [buf, len(data)])
+        if isinstance(ret, int):
+            ret = self.call(self.free, [buf])
+        if not isinstance(ret, int):
+            return "crash" if self.verdict(ret, before) else "ended"
+        if self.verdict(None, before):
+            return "crash"
+        restore(s.machine, self.snap)
+        return "ok"
+
+    def run_inputs(self, server, input_path: str | None, many: bool) -> bool:
+        """This child's inputs (persistent mode: up to cfg.iterations of them when `many`);
+        True when one crashed."""
+        if not self.cfg.persistent:
+            self.place_input(server.input(input_path), 0)
+            return self.run_one()
+        for i in range(self.cfg.iterations if many else 1):
+            if i and not server.next():
+                break
+            outcome = self.run_persistent(server.input(input_path))
+            if outcome != "ok":
+                return outcome == "crash"
+        return False
 
     def save(self, reports: list[dict], crash: dict | None, text: str) -> None:
         base = os.path.join(self.reports_dir, input_id(self.data))
@@ -263,40 +260,38 @@ def main(argv: list[str] | None = None) -> int:
     Inputs come through AFL++'s shared memory (or the file INPUT); without AFL++ it runs INPUT
     once (triage does that), writes the reports to FILE, and exits as `emsan run` would."""
     import argparse
-    from emsan.cli.main import build_parser, run_options
-    from emsan.machine.afl import CHILD, FINISHED, NO_AFL, ForkServer
+    from emsan.cli.main import guarded
 
     ap = argparse.ArgumentParser(prog="python -m emsan.session.fuzz")
     ap.add_argument("config")
     ap.add_argument("input", nargs="?")
     ap.add_argument("--json", dest="json_path")
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = FuzzConfig.load(a.config)
+    return guarded(lambda: serve(FuzzConfig.load(a.config), a.input, a.json_path))
+
+
+def serve(cfg: FuzzConfig, input_path: str | None, json_path: str | None) -> int:
+    """Run to the fork point and serve AFL++ from there (each child runs its inputs and exits);
+    without AFL++, run the input in input_path once."""
+    from emsan.cli.main import build_parser, run_options
+    from emsan.machine.afl import CHILD, FINISHED, NO_AFL, ForkServer
+
     ns = build_parser().parse_args(["run", *cfg.run_options, cfg.program, *cfg.args])
-    try:
-        target = FuzzTarget(cfg, run_options(ns))
-        target.run_to_fork_point()
-        server = ForkServer(target.s.machine.handle_int, target.s.arch.name)
-        for lo, hi in target.cover_ranges():
-            server.cover(lo, hi - 1, cfg.compcov)
-    except EmsanError as e:
-        print(f"emsan: {e}", file=sys.stderr)
-        return e.status
+    target = FuzzTarget(cfg, run_options(ns))
+    target.run_to_fork_point()
+    server = ForkServer(target.s.machine.handle_int, target.s.arch.name)
+    for lo, hi in target.cover_ranges():
+        server.cover(lo, hi - 1, cfg.compcov)
     role = server.serve()
     if role == FINISHED:
         os._exit(0)
-    if cfg.persistent:
+    try:
+        crashed = target.run_inputs(server, input_path, role == CHILD)
+    except Exception:
+        if role != CHILD:
+            raise                       # the internal error of a run by hand
+        target.log_error()
         crashed = False
-        for i in range(cfg.iterations if role == CHILD else 1):
-            if i and not server.next():
-                break
-            outcome = target.run_persistent(server.input(a.input))
-            if outcome != "ok":
-                crashed = outcome == "crash"
-                break
-    else:
-        target.place_input(server.input(a.input), 0)
-        crashed = target.run_one()
     sys.stdout.flush()
     sys.stderr.flush()
     if role == CHILD:
@@ -305,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(0)                     # no interpreter teardown: the next child is waiting
     assert role == NO_AFL
     reports, crash = getattr(target, "last", ([], None))
-    if a.json_path:
-        with open(a.json_path, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump({"tool": "emsan", "reports": reports, **({"crash": crash} if crash else {})}, f, indent=2)
     if not crashed:
         return 0

@@ -20,6 +20,7 @@ from emsan.session.outputs import write_outputs
 # end the run as quietly as a shell would show them.
 CORE_SIGNALS = {3, 4, 5, 6, 7, 8, 11, 24, 25, 31}
 DEBIAN_ARM64_SYSROOT = "/usr/aarch64-linux-gnu"
+BARE_SHADOW = "bare-shadow"      # --mode none on an instrumented program: its shadow and nothing else
 
 
 def find_program(name: str) -> str:
@@ -47,7 +48,7 @@ def choose_mode(mode: str, path: str, data: bytes) -> str:
 
     instrumented = False
     if REPORT_SYMBOL.encode() + b"\0" in data:         # the file's bytes first: no ELF parsing for most
-        from emsan.sanitizer.compiler import is_instrumented
+        from emsan.sanitizer.modes.compiler import is_instrumented
         instrumented = is_instrumented(path)
     if mode == "compiler-assisted" and not instrumented:
         raise EmsanError(f"{path}: not built for compiler-assisted mode (build it with clang $(emsan cflags))")
@@ -56,7 +57,7 @@ def choose_mode(mode: str, path: str, data: bytes) -> str:
     if mode == "kfence":
         raise EmsanError(f"{path}: built for compiler-assisted mode (clang $(emsan cflags)); "
                          "it runs with --mode generic or none, not kfence")
-    return {"generic": "compiler-assisted", "none": "bare-shadow"}.get(mode, mode)
+    return {"generic": "compiler-assisted", "none": BARE_SHADOW}.get(mode, mode)
 
 
 class Session:
@@ -83,26 +84,29 @@ class Session:
         self.process = Process(self.machine, self.arch, self.mem, os.path.abspath(path), sysroot,
                                opts.seed, opts.trace_syscalls)
         self.symbolizer = Symbolizer(self.mem)
-        self.sanitizer = None
         self.mode = choose_mode(opts.mode, path, image.data)
-        if self.mode == "compiler-assisted":
-            from emsan.session.compiler import CompilerSanitizer
-            self.sanitizer = CompilerSanitizer(self)
-        elif self.mode == "bare-shadow":
-            from emsan.session.compiler import BareShadow
-            self.sanitizer = BareShadow(self)
-        elif self.mode == "generic":
-            from emsan.session.sanitize import LinuxSanitizer
-            self.sanitizer = LinuxSanitizer(self)
-        elif opts.mode in ("sw-tags", "hw-tags"):
-            from emsan.session.tags import TagSanitizer
-            self.sanitizer = TagSanitizer(self)
-        elif opts.mode == "kfence":
-            from emsan.session.kfence import KfenceSanitizer
-            self.sanitizer = KfenceSanitizer(self)
+        self.sanitizer = None
+        if self.mode == BARE_SHADOW:
+            from emsan.os.linux.memory import SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE
+            from emsan.sanitizer.modes.compiler import BareShadow
+            self.sanitizer = BareShadow(self.machine, self.arch, opts.stats, (SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE))
+        elif self.mode != "none":
+            from emsan.sanitizer.modes import mode_class
+            from emsan.session.sanitizer import Sanitizer
+            self.sanitizer = Sanitizer(self, mode_class(self.mode))
 
     def run(self) -> ExitInfo:
         return self.process.run(self.loaded.entry, self.opts.timeout, self.opts.max_instructions)
+
+    @property
+    def reports(self) -> list[dict]:
+        """The JSON of every report so far (none without a reporting mode)."""
+        return getattr(self.sanitizer, "reports", [])
+
+    @property
+    def texts(self) -> list[str]:
+        """The text of every report so far, as printed (the same order)."""
+        return getattr(self.sanitizer, "texts", [])
 
 
 def run(opts: RunOptions) -> int:
@@ -110,14 +114,11 @@ def run(opts: RunOptions) -> int:
     info = s.run()
     sys.stdout.flush()
     fatal = info.kind == "signal" and info.signal in CORE_SIGNALS
-    crash = oops_json(s.process, info, s.symbolizer) if fatal and (opts.json_path or opts.sarif_path) else None
-    if hasattr(s.sanitizer, "reports"):          # the modes that report (LinuxSanitizer)
-        s.sanitizer.finish(crash)
-    else:
-        if s.sanitizer is not None:
-            s.sanitizer.finish()
-        if opts.json_path or opts.sarif_path:
-            write_outputs(opts, [], crash)
+    if s.sanitizer is not None:
+        s.sanitizer.finish()
+    if opts.json_path or opts.sarif_path:
+        # a fatal signal is a record there too (what triage groups when no report was made)
+        write_outputs(opts, s.reports, oops_json(s.process, info, s.symbolizer) if fatal else None)
     if fatal:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
     elif info.kind == "timeout":

@@ -112,7 +112,7 @@ class Signals:
         p = self.process
         m = p.machine
         arch = p.arch.name
-        ctx = m.uc.context_save()
+        ctx = m.save_context()
         sp = m.sp
         ss_sp, ss_flags, _pad, ss_size = self.altstack
         if flags & SA_ONSTACK and not ss_flags & SS_DISABLE and not ss_sp <= sp < ss_sp + ss_size:
@@ -186,7 +186,7 @@ class Signals:
         except MemoryError:
             p.kill(11, None)
             return
-        m.uc.context_restore(ctx)
+        m.restore_context(ctx)
         self.mask = mask & ~UNBLOCKABLE
         apply_registers(m, p.arch.name, regs)
 

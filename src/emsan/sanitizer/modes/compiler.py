@@ -4,16 +4,19 @@ it. No memory hook: emsan's allocator (the generic mode's, at the same entry poi
 shadow, global redzones are poisoned when the guest registers its globals, and the compiler's
 own code poisons stack and alloca redzones. Failed checks reach emsan through one native hook
 (src/emsan/native/compiler.c); reports describe stack frames and global variables as the
-kernel's do (mm/kasan/report_generic.c)."""
+kernel's generic KASAN reports do."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import sys
 
+from emsan.report.model import CompilerReport, FrameObject, StackFrame, Task
 from emsan.runtime import GLOBALS_SYMBOL, NO_RETURN_SYMBOL, REPORT_SYMBOL
 from emsan.sanitizer.entrypoints import function_symbols
-from emsan.sanitizer.generic import GenericMode
-from emsan.sanitizer.native_heap import Error
-from emsan.sanitizer.report import Report
+from emsan.sanitizer.kasan import Kasan, KasanMode
+from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target
+from emsan.sanitizer.modes import register
+from emsan.sanitizer.modes.generic import shadow_report
+from emsan.sanitizer.runtime import Error, Runtime
 
 FRAME_MAGIC = 0x41B58AB3
 STACK_BUGS = ("stack-out-of-bounds", "alloca-out-of-bounds", "stack-use-after-scope")
@@ -29,33 +32,6 @@ def runtime_symbols(path: str) -> dict[str, int]:
 def is_instrumented(path: str) -> bool:
     """Was this program built with emsan's compiler-assisted runtime (`emsan cflags`)?"""
     return REPORT_SYMBOL in runtime_symbols(path)
-
-
-@dataclass
-class FrameObject:
-    start: int
-    end: int
-    name: str
-
-
-@dataclass
-class StackFrame:
-    """The instrumented frame a stack address belongs to (decoded from its left redzone)."""
-    offset: int                           # of the address from the frame's start
-    pc: int                               # the function's address
-    objects: list[FrameObject]
-
-
-@dataclass
-class CompilerReport(Report):
-    """A Report plus where a stack or global address belongs (the kernel's address description)."""
-    variable: dict | None = None          # name, offset, size, address, module, file, line
-    frame: StackFrame | None = None
-    on_stack: bool = False
-
-    @classmethod
-    def of(cls, rep: Report) -> "CompilerReport":
-        return cls(**{f.name: getattr(rep, f.name) for f in fields(Report)})
 
 
 def parse_frame_descr(text: str) -> list[FrameObject]:
@@ -74,46 +50,51 @@ def parse_frame_descr(text: str) -> list[FrameObject]:
         return []
 
 
-class CompilerMode(GenericMode):
-    name = "compiler-assisted"
+@register
+class CompilerMode(KasanMode):
+    """The guest checks itself; emsan is its runtime."""
 
-    def __init__(self, machine, arch, heap_base: int, heap_size: int, quarantine_bytes: int,
-                 is_call_return=lambda pc, ret: False, stack_of=lambda addr: None,
-                 symbolize=lambda pc: f"{pc:#x}"):
-        # stack_of(addr): (lo, hi) of the stack mapping holding addr, or None;
-        # symbolize(pc): the kernel's %pS of a code address.
-        super().__init__(machine, arch, heap_base, heap_size, quarantine_bytes, is_call_return,
-                         check_accesses=False)
-        ffi, lib = self.heap.ffi, self.heap.lib
-        self.cc = ffi.gc(lib.emsan_cc_new(self.heap.h), lib.emsan_cc_destroy)
+    name = "compiler-assisted"
+    # The instrumented code keeps frame records (`emsan cflags` has -fno-omit-frame-pointer): the
+    # frame-pointer walk gives its allocation and free stacks without the shadow call stack's
+    # per-block hook, which alone would cost more than the whole runtime's budget (5% over the
+    # bare instrumented binary, bench/compiler.py). Code without frame records (a static libc)
+    # may lose a frame of the stacks it allocates from. Holes of the mmap area: the guest's own
+    # checks report them before the fault.
+    caps = Capabilities(default_stacks="fp", reports_mmap_faults=False)
+
+    def __init__(self, target: Target):
+        super().__init__(target)
+        self.map_heap()
+        ffi, lib = self.runtime.ffi, self.runtime.lib
+        self.cc = ffi.gc(lib.emsan_cc_new(self.kasan.k), lib.emsan_cc_destroy)
         self._callbacks = {REPORT_SYMBOL: ffi.addressof(lib, "emsan_cc_report_cb"),
                            GLOBALS_SYMBOL: ffi.addressof(lib, "emsan_cc_globals_cb"),
                            NO_RETURN_SYMBOL: ffi.addressof(lib, "emsan_cc_no_return_cb")}
         self._global = ffi.new("emsan_cc_global *")
-        self.stack_of = stack_of
-        self.symbolize = symbolize
-        self.heap.expose_shadow(machine)
+        self.kasan.expose_shadow()
 
-    def runtime_loaded(self, path: str, base: int) -> None:
-        """Stand in for the runtime functions of a module that defines them."""
-        for name, value in runtime_symbols(path).items():
-            addr = value + base
-            if addr in self.hooked:
+    def module_loaded(self, module: ModuleInfo) -> None:
+        """Also stand in for the runtime functions of a module that defines them."""
+        super().module_loaded(module)
+        for name, value in runtime_symbols(module.path).items():
+            addr = value + module.base
+            if addr in self.kasan.hooked:
                 continue
-            self.hooked[addr] = name
-            if self.stacks is not None:
-                self.stacks.intercepted(addr)
+            self.kasan.hooked[addr] = name
+            self.runtime.intercepted(addr)
             self.machine.hook_code_native(self._callbacks[name], self.cc, addr)
 
     # --- reports ----------------------------------------------------------------------------------
-    def build(self, e: Error, comm: str, pid: int) -> CompilerReport:
-        rep = CompilerReport.of(super().build(e, comm, pid))
+    def build(self, e: Error, task: Task) -> CompilerReport:
+        rep = CompilerReport.of(shadow_report(self, e, task))
         if rep.obj is not None or rep.access == "free":
             return rep
-        if rep.bug_type == "vmalloc-out-of-bounds" and self.stack_of(rep.addr):
+        stack_of = self.target.stack_of
+        if rep.bug_type == "vmalloc-out-of-bounds" and stack_of(rep.addr):
             rep.bug_type = "stack-use-after-scope"     # 0xF8 on a stack: -mllvm -asan-use-after-scope=1
-        if rep.bug_type in STACK_BUGS or (rep.bug_type != "global-out-of-bounds" and self.stack_of(rep.addr)):
-            self._describe_stack(rep, comm, pid)
+        if rep.bug_type in STACK_BUGS or (rep.bug_type != "global-out-of-bounds" and stack_of(rep.addr)):
+            self._describe_stack(rep)
         else:
             rep.variable = self._variable(rep.addr)
             if rep.variable is not None:
@@ -123,7 +104,7 @@ class CompilerMode(GenericMode):
 
     def _variable(self, addr: int) -> dict | None:
         g = self._global
-        if not self.heap.lib.emsan_cc_find_global(self.cc, addr, g):
+        if not self.runtime.lib.emsan_cc_find_global(self.cc, addr, g):
             return None
         m = self.machine
         out = {"name": _cstr(m, g.name), "offset": addr - g.beg, "size": g.size, "address": f"{g.beg:#x}",
@@ -135,15 +116,15 @@ class CompilerMode(GenericMode):
                 out["line"] = int.from_bytes(loc[8:12], "little")
         return out
 
-    def _describe_stack(self, rep: CompilerReport, comm: str, pid: int) -> None:
+    def _describe_stack(self, rep: CompilerReport) -> None:
         """kasan_print_address_stack_frame()."""
-        rng = self.stack_of(rep.addr)
+        rng = self.target.stack_of(rep.addr)
         if rng is None:
             return
         rep.on_stack = True
-        lines = [f"The buggy address belongs to stack of task {comm}/{pid}"]
+        lines = [f"The buggy address belongs to stack of task {rep.task}"]
         lo = max(rng[0], rep.addr - MAX_FRAME_WALK)
-        frame = int(self.heap.lib.emsan_cc_find_frame(self.cc, rep.addr, lo))
+        frame = int(self.runtime.lib.emsan_cc_find_frame(self.cc, rep.addr, lo))
         words = self.machine.try_read(frame, 24) if frame else None
         if words:
             descr_ptr = int.from_bytes(words[8:16], "little")
@@ -151,7 +132,7 @@ class CompilerMode(GenericMode):
             objects = parse_frame_descr(_cstr(self.machine, descr_ptr)) if descr_ptr else []
             rep.frame = StackFrame(rep.addr - frame, pc, objects)
             lines.append(f" and is located at offset {rep.addr - frame} in frame:")
-            lines.append(f" {self.symbolize(pc)}")
+            lines.append(f" {self.target.symbolize(pc)}")
             if objects:
                 lines.append("")
                 lines.append(f"This frame has {len(objects)} {'object' if len(objects) == 1 else 'objects'}:")
@@ -160,10 +141,27 @@ class CompilerMode(GenericMode):
 
     def stats(self) -> dict[str, int]:
         st = super().stats()
-        cs = self.heap.ffi.new("emsan_cc_stats *")
-        self.heap.lib.emsan_cc_get_stats(self.cc, cs)
-        st.update({f"cc_{f}": getattr(cs, f) for f in dir(cs)})
+        cc = self.runtime.counters("emsan_cc_stats", self.runtime.lib.emsan_cc_get_stats, self.cc)
+        st.update({f"cc_{k}": v for k, v in cc.items()})
         return st
+
+
+class BareShadow:
+    """The benchmark baseline for compiler-assisted mode (`--mode none` on an instrumented
+    program): the shadow mapped into the guest so that the instrumented code runs, and nothing
+    else of emsan: no allocator, no quarantine, no interceptors, no reports (a failed check
+    runs the runtime's empty report function and goes on)."""
+
+    def __init__(self, machine, arch, stats: bool, heap: tuple[int, int]):
+        self.kasan = Kasan(Runtime(machine, arch), "generic", heap[0], heap[1], 0)
+        self.kasan.expose_shadow()
+        self.print_stats = stats
+
+    def finish(self) -> None:
+        if self.print_stats:
+            st = self.kasan.stats()
+            print("emsan: stats: " + ", ".join(f"{k}={st[k]}" for k in ("shadow_pages", "tlb_flushes")),
+                  file=sys.stderr)
 
 
 def _cstr(machine, addr: int, limit: int = 512) -> str:

@@ -1,0 +1,72 @@
+/* The engine boundary of emsan's C code: everything it knows about Unicorn is here.
+ *
+ * The C code does not link against libunicorn: machine/native.py hands over the few entry
+ * points it calls (emsan_set_api, engine.c), taken from the very copy the binding loaded. The
+ * constants and the TLB entry layout below are those of the pinned Unicorn (2.1.3, include/
+ * unicorn/unicorn.h); nothing else in native/ may spell a Unicorn number. */
+#ifndef EMSAN_ENGINE_H
+#define EMSAN_ENGINE_H
+#include <stddef.h>
+#include <stdint.h>
+#include "emsan_native.h"
+
+/* uc_mem_type: the access a memory or fault callback reports. */
+#define ENGINE_MEM_READ 16
+#define ENGINE_MEM_WRITE 17
+#define ENGINE_MEM_WRITE_PROT 22
+#define ENGINE_MEM_READ_PROT 23
+
+/* uc_prot bits, as a TLB entry's permissions. */
+#define ENGINE_PROT_READ 1
+#define ENGINE_PROT_RW 3
+#define ENGINE_PROT_ALL 7
+
+/* uc_tlb_entry: what a UC_HOOK_TLB_FILL callback fills in for a virtual page. */
+typedef struct engine_tlb_entry {
+    uint64_t paddr;
+    int perms;
+} engine_tlb_entry;
+
+/* uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0)): forget every virtual-TLB mapping. */
+#define ENGINE_CTL_TLB_FLUSH (11 | (1 << 30))
+
+extern emsan_api emsan_uc;
+
+/* QEMU internals of the pinned libunicorn (qemu_get_cpu_<arch>, cpu_restore_state_<arch>,
+ * found by machine/engine.py) that map a host address in translated code to a guest PC. */
+typedef struct engine_pc_recovery { void *get_cpu, *restore; } engine_pc_recovery;
+/* From inside a memory callback: guest PCs at or near the instruction making the access (at
+ * most max, 0 without the internals); pc_reg: the engine's id of the PC register. */
+int engine_access_pcs(void *uc, const engine_pc_recovery *r, int pc_reg, uint64_t *out, int max);
+
+typedef int (*engine_reg_read_fn)(void *, int, void *);
+typedef int (*engine_reg_write_fn)(void *, int, const void *);
+typedef int (*engine_mem_read_fn)(void *, uint64_t, void *, size_t);
+typedef int (*engine_mem_write_fn)(void *, uint64_t, const void *, size_t);
+typedef int (*engine_emu_stop_fn)(void *);
+typedef int (*engine_ctl_fn)(void *, int, ...);
+typedef int (*engine_hook_add_fn)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
+
+/* uc_tb: the translation block a UC_HOOK_EDGE_GENERATED callback is given. */
+typedef struct engine_tb { uint64_t pc; uint16_t icount; uint16_t size; } engine_tb;
+
+static inline uint64_t reg_get(void *uc, int id)
+{
+    uint64_t v = 0;
+    ((engine_reg_read_fn)emsan_uc.uc_reg_read)(uc, id, &v);
+    return v;
+}
+static inline void reg_set(void *uc, int id, uint64_t v) { ((engine_reg_write_fn)emsan_uc.uc_reg_write)(uc, id, &v); }
+/* Guest memory; nonzero when [a, a+n) is not all mapped. */
+static inline int mem_get(void *uc, uint64_t a, void *buf, size_t n)
+{
+    return ((engine_mem_read_fn)emsan_uc.uc_mem_read)(uc, a, buf, n);
+}
+static inline int mem_put(void *uc, uint64_t a, const void *buf, size_t n)
+{
+    return ((engine_mem_write_fn)emsan_uc.uc_mem_write)(uc, a, buf, n);
+}
+static inline void emu_stop(void *uc) { ((engine_emu_stop_fn)emsan_uc.uc_emu_stop)(uc); }
+static inline void tlb_flush(void *uc) { ((engine_ctl_fn)emsan_uc.uc_ctl)(uc, ENGINE_CTL_TLB_FLUSH); }
+
+#endif

@@ -1,0 +1,131 @@
+/* What every KASAN mode shares around its allocator: creation, the hooks at the functions emsan
+ * stands in for, range checks on the guest's behalf, and what a report asks about an address. */
+#include "kasan.h"
+
+static const struct kasan_ops *const modes[] = {
+    [EMSAN_KASAN_GENERIC] = &kasan_generic_ops,
+    [EMSAN_KASAN_SW_TAGS] = &kasan_sw_tags_ops,
+    [EMSAN_KASAN_HW_TAGS] = &kasan_hw_tags_ops,
+};
+
+EXPORT emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, uint64_t size,
+                                    uint64_t quarantine_bytes, uint64_t seed)
+{
+    if (mode < 0 || mode > EMSAN_KASAN_HW_TAGS) return NULL;
+    kasan_t *k = calloc(1, sizeof *k);
+    k->rt = rt;
+    k->ops = modes[mode];
+    k->base = base;
+    k->size = size;
+    k->npages = size >> PAGE_SHIFT;
+    k->bump = 1;                         /* page 0 stays a guard */
+    k->q_limit = quarantine_bytes;
+    if (!shadow_init(k, 1)) { free(k); return NULL; }
+    k->page_slab = calloc(k->npages, sizeof *k->page_slab);
+    if (k->ops->init && !k->ops->init(k, seed)) { emsan_kasan_destroy(k); return NULL; }
+    return k;
+}
+
+/* Touches nothing of the runtime's, which may be gone already. */
+EXPORT void emsan_kasan_destroy(emsan_kasan *k)
+{
+    if (k->ops->destroy) k->ops->destroy(k);
+    mmio_destroy(k);
+    shadow_destroy(k);
+    for (size_t i = 0; i < k->nslabs; i++) free(k->slabs[i].objs);
+    for (int i = 0; i < NCLASSES; i++) free(k->freelist[i].v);
+    free(k->free_runs.v); free(k->tolerant.v); free(k->slabs); free(k->page_slab); free(k->q);
+    free(k);
+}
+
+EXPORT void *emsan_kasan_entry(emsan_kasan *k, int fn)
+{
+    if (fn <= 0) return NULL;
+    if (fn == EMSAN_FN_TAG_MEMORY && !k->ops->tag_memory) return NULL;
+    return rt_entry(k->rt, k, fn);
+}
+
+/* Unicorn UC_HOOK_CODE callback on the first instruction of each function emsan stands in for. */
+EXPORT void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
+{
+    (void)uc; (void)address; (void)size;
+    struct entry *e = ud;
+    kasan_t *k = e->owner;
+    if (e->op != CALL_NONE) {
+        kasan_call(k, e->fn);
+        shadow_sync(k, 0);               /* compiler-assisted mode: the guest sees the new shadow */
+    } else {
+        intercept_string_fn(k, e->fn);
+    }
+}
+
+EXPORT void *emsan_kasan_access_cb(emsan_kasan *k) { return (void *)k->ops->access_cb; }
+
+int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn)
+{
+    if (!size) return 0;
+    if (addr + size >= addr && !k->ops->range_bad(k, addr, size)) return 0;
+    /* bad, or a negative size: always a bug */
+    rt_t *rt = k->rt;
+    uint64_t pc = reg(rt, EMSAN_REG_PC);
+    report_error(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 1), fn, 0);
+    return 1;
+}
+
+EXPORT int emsan_kasan_check_range(emsan_kasan *k, uint64_t addr, uint64_t size, int is_write, uint64_t pc)
+{
+    if (!size || addr + size < addr || !k->ops->range_bad(k, addr, size)) return 0;
+    report_error(k->rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(k->rt, pc, 0), 0, 0);
+    return 1;
+}
+
+/* ---- libc string code's aligned over-reads ---------------------------------------------------- */
+
+int in_tolerant_range(kasan_t *k, uint64_t pc)
+{
+    for (size_t i = 0; i + 1 < k->tolerant.n; i += 2)
+        if (pc >= k->tolerant.v[i] && pc < k->tolerant.v[i + 1]) return 1;
+    return 0;
+}
+
+EXPORT void emsan_kasan_add_tolerant_range(emsan_kasan *k, uint64_t lo, uint64_t hi)
+{
+    vec_push(&k->tolerant, lo);
+    vec_push(&k->tolerant, hi);
+}
+
+/* ---- reports -------------------------------------------------------------------------------- */
+
+EXPORT int emsan_kasan_describe(emsan_kasan *k, uint64_t addr, uint64_t size, emsan_obj_info *out)
+{
+    memset(out, 0, sizeof *out);
+    out->first_bad = addr;
+    out->mem_tag = -1;
+    int64_t handle = find_object(k, guest_addr(k->rt, addr));
+    if (handle >= 0) {
+        struct slab *s = slab_of(k, (uint64_t)handle);
+        struct obj *o = obj_of(k, (uint64_t)handle);
+        out->found = 1;
+        out->state = o->state;
+        out->kind = o->kind;
+        out->large = s->cls == LARGE_CLASS;
+        out->start = obj_addr(k, (uint64_t)handle);
+        out->size = o->size;
+        out->cache_size = cache_size(s);
+        out->alloc_stack = o->alloc_stack;
+        out->free_stack = o->free_stack;
+    }
+    if (k->ops->describe) k->ops->describe(k, addr, size, out);
+    return out->found;
+}
+
+EXPORT void emsan_kasan_get_stats(emsan_kasan *k, emsan_kasan_stats *out)
+{
+    *out = k->stats;
+    out->quarantine_bytes = k->q_bytes;
+    out->quarantine_objects = k->q_len;
+    out->heap_pages = k->bump;
+    out->depot_traces = k->rt->depot.count;
+    out->depot_bytes = k->rt->depot.used * 8;
+    out->errors = k->rt->errors;
+}

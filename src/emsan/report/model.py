@@ -1,0 +1,144 @@
+"""Reports as data: what a mode found (bug type, access, call stacks as addresses, the object,
+the shadow or tag window), before any rendering. report.text and report.json render them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+GRANULE = 8                   # bytes per shadow byte (generic); tag modes: 16 per memory tag
+UNTAG_MASK = (1 << 56) - 1
+ROW_GRANULES = 16             # granules per row of the memory state window
+
+
+@dataclass(frozen=True)
+class Task:
+    """Who made the access: the guest process (the kernel's task)."""
+
+    comm: str
+    pid: int
+
+    def __str__(self) -> str:
+        return f"{self.comm}/{self.pid}"
+
+
+@dataclass
+class ObjectInfo:
+    start: int
+    size: int                 # requested size
+    cache_size: int           # size class
+    state: str                # allocated / freed
+    large: bool
+    alloc_stack: list[int]
+    free_stack: list[int]
+    kind: str                 # malloc / new / new[]
+
+
+@dataclass
+class Report:
+    """A KASAN report (generic, tag-based and compiler-assisted modes)."""
+
+    mode: str
+    bug_type: str
+    access: str               # read / write / free
+    addr: int
+    size: int
+    pc: int
+    task: Task
+    stack: list[int]          # innermost first; stack[0] is the PC
+    title_frame: int          # which frame names the bug (the caller for frees and interceptors)
+    obj: ObjectInfo | None
+    first_bad: int
+    shadow_rows: list[tuple[int, list[int | None]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # tag-based modes: the pointer's tag and the first bad granule's; the rows then hold
+    # memory tags, one per 16-byte granule
+    pointer_tag: int | None = None
+    memory_tag: int | None = None
+    granule: int = GRANULE
+    first_is_pc = True        # stack[0] is the faulting PC, not a return address
+
+    @property
+    def untagged_addr(self) -> int:
+        return self.addr & UNTAG_MASK if self.pointer_tag is not None else self.addr
+
+
+@dataclass
+class FrameObject:
+    start: int
+    end: int
+    name: str
+
+
+@dataclass
+class StackFrame:
+    """The instrumented frame a stack address belongs to (decoded from its left redzone)."""
+
+    offset: int               # of the address from the frame's start
+    pc: int                   # the function's address
+    objects: list[FrameObject]
+
+
+@dataclass
+class CompilerReport(Report):
+    """A Report plus where a stack or global address belongs (the kernel's address description)."""
+
+    variable: dict | None = None          # name, offset, size, address, module, file, line
+    frame: StackFrame | None = None
+    on_stack: bool = False
+
+    @classmethod
+    def of(cls, rep: Report) -> "CompilerReport":
+        return cls(**{f.name: getattr(rep, f.name) for f in fields(Report)})
+
+
+# The kmalloc caches a size would come from (cache=kmalloc-N in KFENCE reports).
+KMALLOC_CACHES = (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096)
+
+
+def cache_name(size: int) -> str:
+    for c in KMALLOC_CACHES:
+        if size <= c:
+            return f"kmalloc-{c}"
+    return "kmalloc-large"
+
+
+@dataclass
+class KfenceObject:
+    index: int
+    start: int
+    size: int
+    state: str
+    alloc_stack: list[int]
+    free_stack: list[int]
+    alloc_s: float
+    free_s: float
+
+    @property
+    def cache(self) -> str:
+        return cache_name(self.size)
+
+
+@dataclass
+class KfenceReport:
+    """A KFENCE report."""
+
+    mode: str
+    kind: str                 # out-of-bounds, use-after-free, memory corruption, invalid, invalid free
+    access: str               # read / write / free
+    addr: int
+    pc: int
+    task: Task
+    stack: list[int]          # innermost first
+    first_is_pc: bool         # stack[0] is the faulting PC (accesses), not a return address (frees)
+    obj: KfenceObject | None
+    now_s: float
+    corrupted: list[int | None] = field(default_factory=list)   # shown bytes, None = intact canary
+    notes: list[str] = field(default_factory=list)
+    title_frame = 0
+    size = 0
+
+    @property
+    def bug_type(self) -> str:
+        """The title's bug words: "out-of-bounds read", "invalid free", "memory corruption"..."""
+        if self.kind in ("out-of-bounds", "use-after-free", "invalid"):
+            return f"{self.kind} {self.access}"
+        return self.kind

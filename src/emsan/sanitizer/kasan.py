@@ -1,0 +1,208 @@
+"""Native KASAN (native/kasan.h): emsan's allocator with the generic or a tag-based mode behind
+it, its shadow (or memory tags), quarantine and string interceptors; and KasanMode, what the
+three KASAN modes (generic, tag-based, compiler-assisted) share."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from emsan.report.model import ObjectInfo, Report
+from emsan.sanitizer.entrypoints import has_symtab, module_entry_points, string_code_ranges
+from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target
+from emsan.sanitizer.runtime import Error, Runtime
+from emsan.sanitizer.stacks import confirm_candidate
+
+STATES = {0: "free", 1: "allocated", 2: "freed"}
+KINDS = {0: "malloc", 1: "new", 2: "new[]"}
+MODES = {"generic": "EMSAN_KASAN_GENERIC", "sw-tags": "EMSAN_KASAN_SW_TAGS", "hw-tags": "EMSAN_KASAN_HW_TAGS"}
+
+
+class Kasan:
+    def __init__(self, runtime: Runtime, mode: str, base: int, size: int, quarantine_bytes: int, seed: int = 0):
+        self.runtime = runtime
+        self.ffi, self.lib = ffi, lib = runtime.ffi, runtime.lib
+        self.machine = runtime.machine
+        self.base, self.size = base, size
+        k = lib.emsan_kasan_new(runtime.rt, getattr(lib, MODES[mode]), base, size, quarantine_bytes,
+                                seed & (2**64 - 1))
+        if k == ffi.NULL:
+            raise MemoryError("no host memory for emsan's shadow")
+        self.k = ffi.gc(k, lib.emsan_kasan_destroy)
+        self._entry_cb = ffi.addressof(lib, "emsan_kasan_entry_cb")
+        self._obj = ffi.new("emsan_obj_info *")
+        self.hooked: dict[int, str] = {}
+
+    # --- wiring ----------------------------------------------------------------------------------
+    def intercept(self, addr: int, fn: str) -> None:
+        """Stand in for the function at `addr` (an allocator entry point or a string function)."""
+        if addr in self.hooked:
+            return
+        entry = self.lib.emsan_kasan_entry(self.k, self.runtime.fn_id(fn))
+        if entry == self.ffi.NULL:
+            return
+        self.hooked[addr] = fn
+        self.runtime.intercepted(addr)
+        self.machine.hook_code_native(self._entry_cb, entry, addr)
+
+    def check_accesses(self) -> None:
+        """The mode's native check on every guest load and store (a memory hook)."""
+        self.machine.hook_mem_access_native(self.lib.emsan_kasan_access_cb(self.k), self.k, 1, 0)
+
+    def check_range(self, addr: int, size: int, is_write: bool, pc: int) -> None:
+        """A range touched on the guest's behalf (a system call's buffer), checked as one access."""
+        self.lib.emsan_kasan_check_range(self.k, addr, size, int(is_write), pc)
+
+    def tolerate_overreads(self, lo: int, hi: int) -> None:
+        self.lib.emsan_kasan_add_tolerant_range(self.k, lo, hi)
+
+    # --- shadow ------------------------------------------------------------------------------
+    def full_shadow(self) -> None:
+        """Give every written chunk its own shadow page (the ablation of per-page shadow)."""
+        self.lib.emsan_shadow_full(self.k)
+
+    def shadow_mmap_area(self, lo: int, hi: int) -> None:
+        """Shadow [lo, hi) as the kernel shadows vmalloc space: from what is mapped, lazily."""
+        self.lib.emsan_vm_area(self.k, lo, hi)
+
+    def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None:
+        (self.lib.emsan_vm_map if mapped else self.lib.emsan_vm_unmap)(self.k, lo, hi)
+
+    def expose_shadow(self) -> None:
+        """Map the shadow into the guest at EMSAN_SHADOW_OFFSET (compiler-instrumented guests read
+        it themselves); switches the engine to its virtual TLB."""
+        pool = int(self.ffi.cast("uintptr_t", self.lib.emsan_shadow_pool(self.k)))
+        self.machine.map_ptr(self.lib.EMSAN_SHADOW_POOL_PA, self.lib.emsan_shadow_pool_bytes(), 3, pool)
+        self.lib.emsan_shadow_expose(self.k)
+        self.machine.use_virtual_tlb(self.ffi.addressof(self.lib, "emsan_shadow_tlb_cb"), self.k)
+
+    def shadow_byte(self, addr: int) -> int | None:
+        v = self.lib.emsan_shadow_byte(self.k, addr)
+        return None if v < 0 else v
+
+    def tag_at(self, addr: int) -> int | None:
+        v = self.lib.emsan_tag_at(self.k, addr)
+        return None if v < 0 else v
+
+    # --- --checks mmio ------------------------------------------------------------------------
+    def check_through_mmio(self, view_pa: int, map_memory) -> None:
+        """Check heap accesses in an MMIO view of the heap instead of a memory hook (mmio.c).
+        map_memory(lo, hi, prot, name, host) maps the heap's host memory at its guest address."""
+        lib, ffi, m = self.lib, self.ffi, self.machine
+        host = lib.emsan_mmio_init(self.k, view_pa)
+        if host == ffi.NULL:
+            raise MemoryError("no host memory for emsan's heap")
+        map_memory(self.base, self.base + self.size, 3, "[emsan-heap]", int(ffi.cast("uintptr_t", host)))
+        m.mmio_map(view_pa, self.size, ffi.addressof(lib, "emsan_mmio_read"), ffi.addressof(lib, "emsan_mmio_write"),
+                   self.k)
+        m.use_virtual_tlb(ffi.addressof(lib, "emsan_mmio_tlb_cb"), self.k)
+        recovery = m.pc_recovery()
+        if recovery is not None:
+            get_cpu, restore = recovery
+            lib.emsan_mmio_set_pc_recovery(self.k, ffi.cast("void *", get_cpu), ffi.cast("void *", restore))
+
+    # --- reports ----------------------------------------------------------------------------------
+    def describe(self, addr: int, size: int = 0):
+        """What the mode knows about the object at addr (emsan_obj_info; tag modes also about the
+        access [addr, addr+size)): the native record, valid until the next call."""
+        self.lib.emsan_kasan_describe(self.k, addr, size, self._obj)
+        return self._obj
+
+    def object_info(self, info) -> ObjectInfo | None:
+        """The report's object from an emsan_obj_info."""
+        if not info.found:
+            return None
+        stack = self.runtime.stack
+        return ObjectInfo(info.start, info.size, info.cache_size, STATES[info.state], bool(info.large),
+                          stack(info.alloc_stack), stack(info.free_stack), KINDS[info.kind])
+
+    def stats(self) -> dict[str, int]:
+        return self.runtime.counters("emsan_kasan_stats", self.lib.emsan_kasan_get_stats, self.k)
+
+
+# How a report names the deallocation used (alloc-dealloc-mismatch)
+FREE_NAMES = {"FREE": "free", "DELETE": "operator delete", "DELETE_ARRAY": "operator delete[]",
+              "REALLOC": "realloc", "REALLOCARRAY": "reallocarray"}
+ALLOC_NAMES = {"malloc": "malloc()", "new": "operator new", "new[]": "operator new[]"}
+
+
+class KasanMode:
+    """The part of a KASAN mode that does not depend on how accesses are checked: emsan's
+    allocator at the guest's allocator entry points, the string interceptors (with libc's
+    over-read tolerance), the mmap area's shadow, and the parts of a report every mode has."""
+
+    name: ClassVar[str]
+    caps: ClassVar[Capabilities]
+    native_mode: ClassVar[str] = "generic"     # the native operations behind the allocator (MODES)
+    tag_functions: ClassVar[bool] = False      # also stand in for __hwasan_tag_memory
+    hooks_accesses: bool = False               # a memory hook sees the accesses (its PC may be stale)
+
+    def __init__(self, target: Target, seed: int = 0):
+        self.target = target
+        self.runtime = target.runtime
+        self.machine, self.arch = target.machine, target.arch
+        layout = target.layout
+        self.kasan = Kasan(self.runtime, self.native_mode, layout.heap, layout.heap_size,
+                           target.options.quarantine_size, seed)
+        if target.options.shadow == "full":
+            self.kasan.full_shadow()
+        lib = self.runtime.lib
+        self.access_error = lib.EMSAN_ERR_ACCESS
+        self.free_bugs = {lib.EMSAN_ERR_DOUBLE_FREE: "double-free", lib.EMSAN_ERR_INVALID_FREE: "invalid-free",
+                          lib.EMSAN_ERR_MISMATCH: "alloc-dealloc-mismatch"}
+
+    def map_heap(self) -> None:
+        layout = self.target.layout
+        self.target.map_memory(layout.heap, layout.heap + layout.heap_size, 3, "[emsan-heap]", None)
+
+    # --- wiring ---------------------------------------------------------------------------------
+    def module_loaded(self, module: ModuleInfo) -> None:
+        for ep in module_entry_points(module.path, module.base, strings=self.caps.string_interceptors,
+                                      tags=self.tag_functions):
+            self.kasan.intercept(ep.addr, ep.fn)
+        if not has_symtab(module.path):
+            # A stripped library (Debian's libc): its string variants have no names, so all of
+            # its code may make the aligned over-reads they make.
+            self.kasan.tolerate_overreads(module.start, module.end)
+        else:
+            for lo, hi in string_code_ranges(module.path, module.base):
+                self.kasan.tolerate_overreads(lo, hi)
+
+    def intercept(self, addr: int, fn: str) -> None:
+        self.kasan.intercept(addr, fn)
+
+    def check_range(self, addr: int, size: int, is_write: bool, pc: int) -> None:
+        self.kasan.check_range(addr, size, is_write, pc)
+
+    def shadow_byte(self, addr: int) -> int | None:
+        return self.kasan.shadow_byte(addr)
+
+    def shadow_mmap_area(self, lo: int, hi: int) -> None:
+        self.kasan.shadow_mmap_area(lo, hi)
+
+    def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None:
+        self.kasan.mapping_changed(lo, hi, mapped)
+
+    def report_key(self, report: Report) -> tuple:
+        return (report.bug_type, report.pc)
+
+    def stats(self) -> dict[str, int]:
+        return self.kasan.stats()
+
+    # --- reports ----------------------------------------------------------------------------------
+    def call_trace(self, e: Error) -> list[int]:
+        """The access's (or free's) call trace, innermost first."""
+        return confirm_candidate(self.runtime.stack(e.stack), self.target.is_call_return) or [e.pc]
+
+    def title_frame(self, e: Error, stack: list[int]) -> int:
+        """Which frame the title names: the caller, for frees and interceptors."""
+        return 1 if (e.fn or e.type != self.access_error) and len(stack) > 1 else 0
+
+    def add_notes(self, rep: Report, e: Error) -> None:
+        """What the kernel's layout has no line for: who made the access, a mismatched family."""
+        lib, obj, fn = self.runtime.lib, rep.obj, e.fn
+        if fn and e.type == lib.EMSAN_ERR_ACCESS:
+            rep.notes.append(f"The access was made by {fn.lower()}() on behalf of its caller.")
+        if e.type == lib.EMSAN_ERR_MISMATCH and obj is not None:
+            rep.notes.append(f"The object was allocated with {ALLOC_NAMES[obj.kind]} and freed with "
+                             f"{FREE_NAMES.get(fn, fn.lower())}.")
+        if e.type == lib.EMSAN_ERR_INVALID_FREE and obj is None:
+            rep.notes.append("The address is not in emsan's heap: it was never returned by an allocator.")

@@ -1,0 +1,131 @@
+"""The interface every sanitizer mode implements, and what a mode is attached with.
+
+A mode is one file in sanitizer/modes/: a class with a name, its capabilities and the methods
+of `Mode`, registered with @register. Whoever runs the guest (emsan's Linux session, or a
+harness with its own engine) creates the runtime, describes the guest in a `Target`, and from
+then on talks to the mode through this interface only; the capabilities say what to wire."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
+
+from emsan.report.model import Task
+from emsan.sanitizer.runtime import Error, Runtime
+
+if TYPE_CHECKING:
+    from emsan.arch import Arch
+    from emsan.machine import Machine
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    arches: tuple[str, ...] = ("x86_64", "arm64")
+    arch_note: str = ""                 # why, when not every architecture
+    string_interceptors: bool = True    # libc string functions are intercepted (their IFUNCs resolved too)
+    shadow: bool = True                 # has a shadow: the mmap area is shadowed like the kernel's vmalloc space
+    reports_mmap_faults: bool = True    # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
+    default_stacks: str = "auto"        # what --stacks auto means ("auto": the cheapest complete collector)
+    shadow_call_stack: bool = True      # --stacks scs may run beside it (else the frame-pointer walk)
+
+
+class ModeOptions(Protocol):
+    """The options modes read (emsan.session.options.RunOptions has them)."""
+
+    quarantine_size: int
+    seed: int | None
+    checks: str                         # generic mode: "mmio" or "hook"
+    shadow: str                         # "per-page" or "full"
+    kfence_objects: int
+    sample_interval: int
+    sample_instructions: int
+
+
+class ModuleInfo(Protocol):
+    """A loaded ELF module: its file, load bias and extent."""
+
+    path: str
+    base: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where emsan's own memory goes in the guest's address space, clear of the guest's own
+    (physical = virtual there, and below 2^44: arm64's physical range). The defaults sit above
+    the Linux session's heap and below its mmap area; a harness may move them."""
+
+    heap: int                           # emsan's allocator: [heap, heap + heap_size)
+    heap_size: int
+    mmio_view: int = 0x0640_0000_0000   # physical address of the heap's checking view (--checks mmio)
+    kfence_pool: int = 0x0680_0000_0000  # the KFENCE pool, its spill arena right after it
+    kfence_trap: int = 0x06C0_0000_0000  # the inaccessible twin guard and freed pages map to
+
+
+@dataclass
+class Target:
+    """What a mode attaches to: the engine, the guest's architecture, emsan's runtime on that
+    engine, the options, where emsan's memory goes, and what the guest's world can tell."""
+
+    machine: Machine
+    arch: Arch
+    runtime: Runtime
+    options: ModeOptions
+    # map_memory(lo, hi, prot, name, host): make [lo, hi) guest memory, backed by host memory
+    # emsan owns when host is not None
+    map_memory: Callable[[int, int, int, str, "int | None"], None]
+    layout: Layout
+    # is_call_return(pc, ret): does ret follow a call instruction, in another function than pc?
+    is_call_return: Callable[[int, int], bool] = lambda pc, ret: False
+    # stack_of(addr): (lo, hi) of the stack mapping holding addr, or None
+    stack_of: Callable[[int], "tuple[int, int] | None"] = lambda addr: None
+    # symbolize(pc): the kernel's %pS of a code address
+    symbolize: Callable[[int], str] = lambda pc: f"{pc:#x}"
+
+
+class Mode(Protocol):
+    """A sanitizer mode attached to one guest."""
+
+    name: ClassVar[str]
+    caps: ClassVar[Capabilities]
+
+    def __init__(self, target: Target) -> None: ...
+
+    def module_loaded(self, module: ModuleInfo) -> None:
+        """Stand in for the functions of a newly loaded module that the mode serves."""
+
+    def intercept(self, addr: int, fn: str) -> None:
+        """Stand in for the function at addr (fn: its native name, MALLOC, STRLEN...)."""
+
+    def check_range(self, addr: int, size: int, is_write: bool, pc: int) -> None:
+        """A range the kernel reads or writes on the guest's behalf (a system call's buffer)."""
+
+    def build(self, error: Error, task: Task):
+        """The report of a queued error (an emsan.report.model report)."""
+
+    def report_key(self, report) -> tuple:
+        """What makes a bug distinct: each is reported once."""
+
+    def stats(self) -> dict[str, int]:
+        """The counters --stats prints."""
+
+
+class ShadowMode(Mode, Protocol):
+    """A mode with Capabilities.shadow."""
+
+    def shadow_byte(self, addr: int) -> int | None: ...
+
+    def shadow_mmap_area(self, lo: int, hi: int) -> None:
+        """Shadow [lo, hi) as the kernel shadows vmalloc space: from what is mapped, lazily."""
+
+    def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None: ...
+
+
+def stream_seed(seed: int | None, stream: str) -> int:
+    """A mode's own random stream from --seed (which also drives the guest's randomness), hashed
+    so that consecutive seeds, a fleet's, give unrelated streams; random without --seed."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    return int.from_bytes(hashlib.blake2b(b"%s:%d" % (stream.encode(), seed), digest_size=8).digest(), "little")

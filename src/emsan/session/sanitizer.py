@@ -1,0 +1,222 @@
+"""The sanitizer of one run: a mode attached to a Linux guest (its memory, modules as they load,
+system-call buffers, libc's string IFUNCs), and its errors turned into printed reports, JSON
+and exit decisions. Nothing here depends on which mode runs: the mode's capabilities say what
+to wire (emsan.sanitizer.mode)."""
+from __future__ import annotations
+
+import sys
+from typing import cast
+
+import resource
+
+from emsan.errors import EmsanError
+from emsan.os.linux.loader import HWCAP
+from emsan.os.linux.memory import MMAP_BOTTOM, MMAP_TOP, PAGE, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, Module
+from emsan.os.linux.process import ExitInfo
+from emsan.report.json import to_json as render_json
+from emsan.report.text import render as render_text
+from emsan.report.model import Report, Task
+from emsan.sanitizer.entrypoints import has_symtab, string_function, string_ifuncs
+from emsan.sanitizer.mode import Layout, Mode, ShadowMode, Target
+from emsan.sanitizer.runtime import Runtime
+from emsan.sanitizer.shadow import shadow_window
+from emsan.sanitizer.stacks import Stacks, choose as choose_collector
+from emsan.session.crash import call_trace_pcs
+from emsan.session.outputs import write_outputs
+from emsan.session.unwind import is_call_return
+
+LAYOUT = Layout(heap=SANITIZER_HEAP_BASE, heap_size=SANITIZER_HEAP_SIZE)
+VMALLOC_INVALID = 0xF8       # the shadow of a hole in the mmap area
+
+
+class Sanitizer:
+    def __init__(self, session, mode_class: type[Mode]):
+        self.s = s = session
+        opts, mem, m = s.opts, s.mem, s.machine
+        caps = mode_class.caps
+        if s.arch.name not in caps.arches:
+            raise EmsanError(f"--mode {mode_class.name} needs an {' or '.join(caps.arches)} guest "
+                             f"({caps.arch_note}); {opts.program} is {s.arch.name}")
+        self.caps = caps
+        self.runtime = Runtime(m, s.arch)
+        self.runtime.set_stack(*mem.stack)
+        target = Target(machine=m, arch=s.arch, runtime=self.runtime, options=opts, map_memory=self.map_memory,
+                        layout=LAYOUT, is_call_return=self.is_call_return, stack_of=self.stack_of,
+                        symbolize=lambda pc: str(s.symbolizer.frame(pc)))
+        self.mode: Mode = mode_class(target)
+        # Capabilities.shadow: the mode is a ShadowMode
+        self.shadow = cast(ShadowMode, self.mode) if caps.shadow else None
+        if self.shadow is not None and opts.mmap_shadow:
+            self.watch_mmap_area(self.shadow)
+        self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot)
+        self.reports: list[dict] = []        # JSON renderings, in order
+        self.texts: list[str] = []           # the text of each, as printed
+        self.seen: set[tuple] = set()
+        self.last_addr: int | None = None
+        for mod in list(mem.modules):
+            self.module_loaded(mod)
+        mem.module_listeners.append(self.module_loaded)
+        self.resolved: set[str] = set()
+        self.want_ifuncs = False
+        if caps.string_interceptors:
+            # Once relocation is done (the program's entry), resolve libc's string IFUNCs.
+            m.hook_code_once(s.loaded.image.entry + s.loaded.bias, self.stop_for_ifuncs)
+        s.process.on_stop.append(self.on_stop)
+        if opts.keep_going:
+            # Multi-shot: report from inside the engine and let the guest run on, so the
+            # faulting instruction completes exactly once.
+            self.runtime.on_error(self.report_pending)
+        s.process.buffer_check = lambda addr, size, w: self.mode.check_range(addr, size, w, m.pc)
+
+    def collector(self, asked: str) -> str:
+        """The stack collector: --stacks, where the mode allows it."""
+        if asked == "auto":
+            asked = self.caps.default_stacks
+        if asked == "auto":
+            return choose_collector([mod.path for mod in self.s.mem.modules], self.s.arch.name == "arm64")
+        if asked == "scs" and not self.caps.shadow_call_stack:
+            return "fp"
+        return asked
+
+    # --- what the mode is told about the guest ---------------------------------------------------
+    def map_memory(self, lo: int, hi: int, prot: int, name: str, host: int | None) -> None:
+        if host is None:
+            self.s.mem.map(lo, hi, prot, name)
+        else:
+            self.s.mem.map_host(lo, hi, prot, name, host)
+
+    def is_call_return(self, pc: int, ret: int) -> bool:
+        s = self.s
+        return is_call_return(s.machine, s.arch, s.mem, s.symbolizer, pc, ret)
+
+    def stack_of(self, addr: int) -> tuple[int, int] | None:
+        """The stack mapping holding addr: the main thread's, or a thread's (an anonymous
+        mapping below the main stack's guard)."""
+        lo, hi = self.s.mem.stack
+        if lo <= addr < hi:
+            return lo, hi
+        mp = self.s.mem.find(addr)
+        if mp is not None and mp.name in ("[stack]", "[anon]") and mp.prot & 3 == 3:
+            return mp.start, mp.end
+        return None
+
+    def watch_mmap_area(self, mode: ShadowMode) -> None:
+        """Shadow the mmap area like the kernel's vmalloc space: mapped pages accessible, holes
+        KASAN_VMALLOC_INVALID, populated lazily and released lazily after munmap."""
+        mem = self.s.mem
+        mode.shadow_mmap_area(MMAP_BOTTOM, MMAP_TOP)
+        for mp in mem.mappings:
+            if MMAP_BOTTOM <= mp.start < MMAP_TOP:
+                mode.mapping_changed(mp.start, min(mp.end, MMAP_TOP), True)
+        mem.change_listeners.append(mode.mapping_changed)
+
+    def module_loaded(self, mod: Module) -> None:
+        self.stacks.module_loaded(mod.path, mod.base)
+        self.mode.module_loaded(mod)
+
+    def stop_for_ifuncs(self) -> None:
+        self.want_ifuncs = True
+        self.s.machine.stop("ifuncs")       # resolvers run between two engine runs
+
+    def resolve_ifuncs(self) -> None:
+        m, arch = self.s.machine, self.s.arch
+        hwcap = HWCAP[arch.name]
+        for mod in list(self.s.mem.modules):
+            if mod.path in self.resolved:
+                continue
+            self.resolved.add(mod.path)
+            if has_symtab(mod.path):
+                continue        # variants have names there, and resolvers may not be relocated yet
+            for resolver, name in string_ifuncs(mod.path, mod.base):
+                # glibc's aarch64 resolvers take (hwcap | _IFUNC_ARG_HWCAP, &arg); x86's take nothing.
+                impl = m.call(arch, resolver, [hwcap, 0])
+                fn = string_function(name)
+                if impl and fn:
+                    self.mode.intercept(impl, fn)
+
+    # --- reports ----------------------------------------------------------------------------------
+    def on_stop(self) -> ExitInfo | str | None:
+        if self.runtime.callback_error is not None:
+            raise self.runtime.callback_error
+        opts = self.s.opts
+        if self.shadow is not None and self.caps.reports_mmap_faults and opts.mmap_shadow and \
+                self.vmalloc_fault(self.shadow):
+            return None if opts.keep_going else ExitInfo("report", opts.error_exitcode)
+        if self.want_ifuncs:
+            self.want_ifuncs = False
+            self.resolve_ifuncs()
+            if not self.runtime.queued():
+                return "continue"
+        if opts.keep_going:
+            self.report_pending()
+            return None
+        if not self.report_pending():
+            return None
+        return ExitInfo("report", opts.error_exitcode)
+
+    @property
+    def task(self) -> Task:
+        return Task(self.s.process.comm, self.s.process.pid)
+
+    def vmalloc_fault(self, mode: ShadowMode) -> bool:
+        """A fault on a hole of the mmap area is the kernel's vmalloc-out-of-bounds: report it
+        (the fault itself is then delivered as usual with --continue)."""
+        f = self.s.machine.fault
+        if f is None or f.kind != "segv" or f.mapped or f.access == "fetch":
+            return False
+        if not MMAP_BOTTOM <= f.addr < MMAP_TOP or mode.shadow_byte(f.addr) != VMALLOC_INVALID:
+            return False
+        stack = call_trace_pcs(self.s.process, self.s.symbolizer)
+        rep = Report(mode.name, "vmalloc-out-of-bounds", f.access, f.addr, f.size, f.pc, self.task,
+                     stack, 0, None, f.addr)
+        rep.shadow_rows = shadow_window(mode.shadow_byte, f.addr)
+        below = [mp for mp in self.s.mem.mappings if mp.end <= f.addr and mp.end > f.addr - (1 << 20)]
+        if below:
+            mp = below[-1]
+            rep.notes.append(f"The buggy address is located {f.addr - mp.end} bytes to the right of the mapping "
+                             f"[{mp.start:#x}, {mp.end:#x}){' ' + mp.name if mp.name else ''}, in an unmapped hole "
+                             f"of the mmap area.")
+        self.emit(rep)
+        return True
+
+    def report_pending(self) -> bool:
+        """Print the queued errors' reports (each distinct bug once); True if any."""
+        errors = self.runtime.pending()
+        for e in errors:
+            if self.emit(self.mode.build(e, self.task)) and not self.s.opts.keep_going:
+                break
+        return bool(errors)
+
+    def is_store_exclusive(self, pc: int) -> bool:
+        if self.s.arch.name != "arm64":
+            return False
+        word = self.s.machine.try_read(pc, 4)
+        return bool(word) and int.from_bytes(word, "little") & 0x3FC00000 == 0x08000000   # STXR/STLXR/STXP
+
+    def emit(self, rep) -> bool:
+        """Print a report and add it to the JSON, unless this bug was reported already."""
+        # One bug per place (a loop reports once); an arm64 store-exclusive completing the
+        # load-exclusive just reported (one atomic operation) is the same bug.
+        key = self.mode.report_key(rep)
+        pair = self.is_store_exclusive(rep.pc) and self.last_addr == rep.addr
+        self.last_addr = rep.addr
+        if key in self.seen or pair:
+            return False
+        self.seen.add(key)
+        sys.stdout.flush()
+        text = render_text(rep, self.s.symbolizer, self.s.arch.name)
+        print(text, file=sys.stderr, flush=True)
+        self.texts.append(text)
+        self.reports.append(render_json(rep, self.s.symbolizer))
+        write_outputs(self.s.opts, self.reports)       # as it goes: a run killed later keeps them
+        return True
+
+    def finish(self) -> None:
+        """The run is over (the session writes the final JSON and SARIF)."""
+        if self.s.opts.stats:
+            st = self.mode.stats()
+            if "shadow_pages" in st:
+                st["shadow_resident_bytes"] = st["shadow_pages"] * PAGE
+            st["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            st.update(self.stacks.stats())
+            print("emsan: stats: " + ", ".join(f"{k}={v}" for k, v in st.items()), file=sys.stderr)

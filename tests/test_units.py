@@ -1,0 +1,225 @@
+"""Direct tests of the pure functions the subprocess tests reach only through whole runs: bug-type
+classification (the kernel's rules), the shadow window, frame descriptors, KFENCE's lines and
+caches, string-variant names, candidate frames, seeds, the mode table, and locating the
+instruction of an access seen without its PC (encodings from the GNU assembler's listing)."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from emsan.arch import ARCHES
+from emsan.machine import Machine
+from emsan.report.model import KfenceObject, KfenceReport, Task, cache_name
+from emsan.report.text import kfence_description
+from emsan.sanitizer.entrypoints import string_function
+from emsan.sanitizer.mode import Capabilities, stream_seed
+from emsan.sanitizer.modes import mode_class, mode_names
+from emsan.sanitizer.modes.compiler import parse_frame_descr
+from emsan.sanitizer.modes.tags import tag_bug_type
+from emsan.sanitizer.shadow import first_bad_addr, shadow_bug_type, shadow_window
+from emsan.sanitizer.stacks import CANDIDATE_FRAME, confirm_candidate
+
+
+def shadow_of(cells: dict[int, int], default: int | None = 0):
+    """A shadow_byte lookup: cells maps granule addresses to shadow bytes."""
+    return lambda addr: cells.get(addr & ~7, default)
+
+
+# --- generic KASAN: the kernel's get_shadow_bug_type() and find_first_bad_addr() ----------------
+@pytest.mark.parametrize("code, bug", [
+    (0xFC, "slab-out-of-bounds"), (0xFE, "slab-out-of-bounds"), (0xFB, "slab-use-after-free"),
+    (0xFA, "slab-use-after-free"), (0xFF, "use-after-free"), (0xF9, "global-out-of-bounds"),
+    (0xF1, "stack-out-of-bounds"), (0xF2, "stack-out-of-bounds"), (0xF3, "stack-out-of-bounds"),
+    (0xCA, "alloca-out-of-bounds"), (0xCB, "alloca-out-of-bounds"), (0xF8, "vmalloc-out-of-bounds"),
+    (0xE0, "unknown-crash"), (0x00, "out-of-bounds"),
+])
+def test_shadow_bug_type_of_each_code(code, bug):
+    assert shadow_bug_type(shadow_of({0x1000: code}), 0x1000) == bug
+
+
+def test_shadow_bug_type_looks_past_a_partial_granule():
+    # 5 accessible bytes, then a redzone: an access at byte 6 is a slab out-of-bounds
+    assert shadow_bug_type(shadow_of({0x1000: 5, 0x1008: 0xFC}), 0x1006) == "slab-out-of-bounds"
+    # ... and when what follows is accessible (a partial granule inside a live object), plain OOB
+    assert shadow_bug_type(shadow_of({0x1000: 5, 0x1008: 0}), 0x1006) == "out-of-bounds"
+    assert shadow_bug_type(shadow_of({}, default=None), 0x1000) == "wild-memory-access"
+
+
+def test_first_bad_addr():
+    shadow = shadow_of({0x1010: 0xFC})
+    assert first_bad_addr(shadow, 0x1000, 32) == 0x1010          # the first poisoned granule
+    assert first_bad_addr(shadow, 0x1004, 8) == 0x100B           # none in range: the access's last byte
+    assert first_bad_addr(shadow, 0x1010, 0) == 0x1010
+
+
+def test_shadow_window_rows():
+    rows = shadow_window(shadow_of({0x2040: 0xFB}), 0x2045)
+    assert [start for start, _ in rows] == [0x1F00, 0x1F80, 0x2000, 0x2080, 0x2100]
+    assert all(len(cells) == 16 for _, cells in rows)
+    assert rows[2][1][8] == 0xFB and rows[2][1][7] == 0
+    tags = shadow_window(lambda a: 0xF3 if a == 0x4010 else None, 0x4010, granule=16)
+    assert [start for start, _ in tags][2] == 0x4000 and tags[2][1][:2] == [None, 0xF3]
+
+
+# --- tag-based modes: the bug type from the stack ring ------------------------------------------
+def test_tag_bug_type():
+    p = 0xAB00_0000_1000_0000
+    assert tag_bug_type(p, 8, "free", large=False) == "slab-use-after-free"
+    assert tag_bug_type(p, 8, "free", large=True) == "use-after-free"
+    assert tag_bug_type(p, 8, "alloc", large=False) == "slab-out-of-bounds"
+    assert tag_bug_type(p, 8, "none", large=False) == "invalid-access"
+    assert tag_bug_type(p, 2**64 - 1, "alloc", large=False) == "out-of-bounds"   # a negative size
+
+
+# --- compiler-assisted mode: the compiler's frame descriptor --------------------------------------
+def test_parse_frame_descr():
+    objs = parse_frame_descr("2 32 10 11 stack_array:40 64 8 5 array")
+    assert [(o.start, o.end, o.name) for o in objs] == [(32, 42, "stack_array"), (64, 72, "array")]
+    assert parse_frame_descr("1 16 4 1 x") [0].name == "x"
+    assert parse_frame_descr("") == [] and parse_frame_descr("2 32 10") == [] and parse_frame_descr("x") == []
+
+
+# --- KFENCE: the lines kfence_test matches, and the caches ----------------------------------------
+def kfence_report(kind, access, addr, obj_start=0x7000, index=17, size=32, corrupted=()):
+    obj = KfenceObject(index, obj_start, size, "allocated", [], [], 0.0, 0.0) if index is not None else None
+    return KfenceReport("kfence", kind, access, addr, 0, Task("t", 1), [], True, obj, 0.0, list(corrupted))
+
+
+def test_kfence_description():
+    assert kfence_description(kfence_report("out-of-bounds", "read", 0x6FFF)) == \
+        "Out-of-bounds read at 0x6fff (1B left of kfence-#17):"
+    assert kfence_description(kfence_report("out-of-bounds", "write", 0x7040)) == \
+        "Out-of-bounds write at 0x7040 (64B right of kfence-#17):"
+    assert kfence_description(kfence_report("use-after-free", "read", 0x7008)) == \
+        "Use-after-free read at 0x7008 (in kfence-#17):"
+    assert kfence_description(kfence_report("memory corruption", "free", 0x7020, corrupted=[0x2A, None])) == \
+        "Corrupted memory at 0x7020 [ 0x2a . ] (in kfence-#17):"
+    assert kfence_description(kfence_report("invalid", "read", 0x5000, index=None)) == "Invalid read at 0x5000:"
+    assert kfence_description(kfence_report("invalid free", "free", 0x7001)) == \
+        "Invalid free of 0x7001 (in kfence-#17):"
+    assert kfence_report("out-of-bounds", "read", 0).bug_type == "out-of-bounds read"
+    assert kfence_report("memory corruption", "free", 0).bug_type == "memory corruption"
+
+
+@pytest.mark.parametrize("size, cache", [(1, "kmalloc-8"), (8, "kmalloc-8"), (9, "kmalloc-16"), (65, "kmalloc-96"),
+                                         (97, "kmalloc-128"), (129, "kmalloc-192"), (4096, "kmalloc-4096"),
+                                         (4097, "kmalloc-large")])
+def test_kmalloc_cache_of_a_size(size, cache):
+    assert cache_name(size) == cache
+
+
+# --- interceptors: glibc's variant names ---------------------------------------------------------
+@pytest.mark.parametrize("name, fn", [
+    ("strlen", "STRLEN"), ("__strlen_avx2", "STRLEN"), ("__memmove_avx_unaligned_erms", "MEMMOVE"),
+    ("__memcpy_generic", "MEMCPY"), ("bcmp", "MEMCMP"), ("__memcmpeq_evex", "MEMCMP"), ("__stpncpy_sse2", "STPNCPY"),
+    ("strnlen", "STRNLEN"), ("__memcpy_chk", None), ("__memcpy_chk_avx", None), ("strlen_ifunc", None),
+    ("wcslen", None), ("strlenx", None), ("my_strlen", None),
+])
+def test_string_function(name, fn):
+    assert string_function(name) == fn
+
+
+# --- stacks: a leaf function's unsaved return address ---------------------------------------------
+def test_confirm_candidate():
+    stack = [0x1000, 0x2000 | CANDIDATE_FRAME, 0x3000]
+    assert confirm_candidate(stack, lambda pc, ret: True) == [0x1000, 0x2000, 0x3000]
+    assert confirm_candidate(stack, lambda pc, ret: False) == [0x1000, 0x3000]
+    dup = [0x1000, 0x3000 | CANDIDATE_FRAME, 0x3000]          # already the next frame: kept once
+    assert confirm_candidate(dup, lambda pc, ret: True) == [0x1000, 0x3000]
+    assert confirm_candidate([0x1000, 0x2000], lambda pc, ret: False) == [0x1000, 0x2000]
+
+
+def test_stream_seed():
+    assert stream_seed(5, "tags") == stream_seed(5, "tags")
+    assert stream_seed(5, "tags") != stream_seed(5, "kfence") != stream_seed(6, "kfence")
+    assert 0 <= stream_seed(None, "tags") < 2**64
+
+
+# --- the mode table ---------------------------------------------------------------------------------
+def test_every_mode_declares_the_interface():
+    assert set(mode_names()) == {"generic", "sw-tags", "hw-tags", "kfence", "compiler-assisted"}
+    for name in mode_names():
+        cls = mode_class(name)
+        assert cls.name == name and isinstance(cls.caps, Capabilities)
+        for method in ("module_loaded", "intercept", "check_range", "build", "report_key", "stats"):
+            assert callable(getattr(cls, method)), (name, method)
+        if cls.caps.shadow:
+            for method in ("shadow_byte", "shadow_mmap_area", "mapping_changed"):
+                assert callable(getattr(cls, method)), (name, method)
+    assert mode_class("sw-tags").caps.arches == ("arm64",)
+    with pytest.raises(KeyError):
+        mode_class("none")
+
+
+# --- locating the instruction of an access seen without its PC (--checks mmio) ---------------------
+CODE, DATA = 0x10000, 0x200000
+X86_BLOCK = bytes.fromhex(
+    "b807000000"        # 0x00 mov eax, 7
+    "894304"            # 0x05 mov [rbx+4], eax
+    "8b4b08"            # 0x08 mov ecx, [rbx+8]
+    "f30f6f4310"        # 0x0b movdqu xmm0, [rbx+16]
+    "f0480104cb"        # 0x10 lock add [rbx+rcx*8], rax
+    "c3")               # 0x15 ret
+ARM64_BLOCK = struct.pack("<6I",
+                          0x38626820,   # 0x00 ldrb w0, [x1, x2]
+                          0xA9411023,   # 0x04 ldp x3, x4, [x1, #16]
+                          0x3D800820,   # 0x08 str q0, [x1, #32]
+                          0xB8E50026,   # 0x0c ldaddal w5, w6, [x1]
+                          0xC8077C28,   # 0x10 stxr w7, x8, [x1]
+                          0xD65F03C0)   # 0x14 ret
+
+
+def machine_with(arch: str, code: bytes) -> Machine:
+    m = Machine(arch)
+    m.map(CODE, 0x1000, 7)
+    m.write(CODE, code)
+    return m
+
+
+def x86_regs(**vals) -> dict[str, int]:
+    return {r: vals.get(r, 0) for r in ARCHES["x86_64"].gprs}
+
+
+def arm64_regs(**vals) -> dict[str, int]:
+    return {r: vals.get(r, 0) for r in ARCHES["arm64"].gprs}
+
+
+def test_x86_64_locate():
+    arch = ARCHES["x86_64"]
+    m = machine_with("x86_64", X86_BLOCK)
+    regs = x86_regs(rbx=DATA, rcx=3)
+    # the candidate is the access, or the instruction after it
+    assert arch.locate(m, [CODE + 0x05], CODE, regs, DATA + 4, True) == (CODE + 0x05, DATA + 4, 4)
+    assert arch.locate(m, [CODE + 0x0B], CODE, regs, DATA + 8, False) == (CODE + 0x08, DATA + 8, 4)
+    # a 16-byte access seen as one 8-byte piece is reported whole; a lock-prefixed RMW is a write
+    assert arch.locate(m, [CODE + 0x0B], CODE, regs, DATA + 24, False) == (CODE + 0x0B, DATA + 16, 16)
+    assert arch.locate(m, [], CODE, regs, DATA + 24 + 4, True) == (CODE + 0x10, DATA + 24, 8)
+    # no candidate covers it: decoded on from the PC Unicorn last synced, up to the block's end
+    assert arch.locate(m, [CODE + 0x15], CODE, regs, DATA + 4, True) == (CODE + 0x05, DATA + 4, 4)
+    assert arch.locate(m, [], CODE, regs, DATA + 0x100, False) is None
+
+
+def test_arm64_locate():
+    arch = ARCHES["arm64"]
+    m = machine_with("arm64", ARM64_BLOCK)
+    regs = arm64_regs(x1=DATA | (0x5A << 56), x2=7)        # a tagged base: the address is untagged
+    assert arch.locate(m, [CODE], CODE, regs, DATA + 7, False) == (CODE, DATA + 7, 1)
+    assert arch.locate(m, [CODE + 0x08], CODE, regs, DATA + 24, False) == (CODE + 0x04, DATA + 16, 16)
+    assert arch.locate(m, [CODE + 0x08], CODE, regs, DATA + 40, True) == (CODE + 0x08, DATA + 32, 16)
+    assert arch.locate(m, [], CODE, regs, DATA, True) == (CODE + 0x0C, DATA, 4)       # an atomic RMW writes
+    found = arch.locate(m, [CODE + 0x10], CODE + 0x10, regs, DATA, True)
+    assert found == (CODE + 0x10, DATA, 8)             # stxr: the status register is not the data
+
+
+def test_runtime_on_an_engine_a_harness_made():
+    """The runtime needs only a Machine, which may wrap the harness's own Uc."""
+    import unicorn
+    from emsan.sanitizer.runtime import Runtime
+
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    m = Machine("x86_64", uc)
+    uc.reg_write(unicorn.x86_const.UC_X86_REG_R12, 0x1234)
+    assert m.uc is uc and m.reg("r12") == 0x1234
+    rt = Runtime(m, ARCHES["x86_64"])
+    assert rt.pending() == [] and rt.stack(0) == [] and rt.queued() == 0
