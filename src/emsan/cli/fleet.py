@@ -52,9 +52,9 @@ def add_parser(sub, add_run_options) -> None:
 
 def forwarded_options(argv: list[str], ns: argparse.Namespace) -> list[str]:
     """The run options given to `fleet`, as `emsan run` takes them."""
-    from emsan.cli.main import run_option_tokens
+    from emsan.cli.main import has_option, run_option_tokens
     out = run_option_tokens(argv[:len(argv) - 1 - len(ns.args)], "fleet", OWN)
-    if not any(t == "--mode" or t.startswith("--mode=") for t in out):
+    if not has_option(out, "--mode"):
         out = ["--mode", ns.mode, *out]
     return out
 

@@ -73,10 +73,21 @@ def add_parser(sub, add_run_options) -> None:
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments; @@ stands for the input")
 
 
-def forwarded_options(argv: list[str], ns: argparse.Namespace) -> list[str]:
-    """The run options given to `fuzz`, as `emsan run` takes them (the targets and triage use them)."""
-    from emsan.cli.main import run_option_tokens
-    return run_option_tokens(argv[:len(argv) - 1 - len(ns.args)], "fuzz", OWN)
+def forwarded_options(argv: list[str], ns: argparse.Namespace, cfg_path: str) -> list[str]:
+    """The run options given to `fuzz`, as `emsan run` takes them (the targets and triage use
+    them), with a --seed: the campaign's (kept on --resume), from which each input's random
+    choices (KFENCE's sampling, tags, the guest's AT_RANDOM) follow, so that triage reproduces
+    them."""
+    from emsan.cli.main import has_option, run_option_tokens
+    out = run_option_tokens(argv[:len(argv) - 1 - len(ns.args)], "fuzz", OWN)
+    if has_option(out, "--seed"):
+        return out
+    seed = str(int.from_bytes(os.urandom(4), "little"))
+    if ns.resume and os.path.exists(cfg_path):
+        from emsan.session.fuzz import FuzzConfig
+        old = FuzzConfig.load(cfg_path).run_options
+        seed = next((old[i + 1] for i, t in enumerate(old[:-1]) if t == "--seed"), seed)
+    return [*out, "--seed", seed]
 
 
 def stats(out: str) -> dict[str, str]:
@@ -184,9 +195,9 @@ def run_fuzz(argv: list[str], ns: argparse.Namespace) -> int:
         raise EmsanError(f"-o {ns.out}: holds an earlier campaign (--resume continues it)")
     os.makedirs(os.path.join(out, ".emsan", "reports"), exist_ok=True)
     from emsan.session.fuzz import FuzzConfig
-    cfg = FuzzConfig(program, list(ns.args), mode, forwarded_options(argv, ns), ns.entry, out, ns.cover, ns.compcov,
-                     ns.persistent, ns.iterations)
     cfg_path = os.path.join(out, CONFIG)
+    cfg = FuzzConfig(program, list(ns.args), mode, forwarded_options(argv, ns, cfg_path), ns.entry, out, ns.cover,
+                     ns.compcov, ns.persistent, ns.iterations)
     with open(cfg_path, "w") as f:
         json.dump(cfg.__dict__, f, indent=2)
     if seeds:

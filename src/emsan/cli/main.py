@@ -77,6 +77,11 @@ def run_option_tokens(head: list[str], command: str, own: dict[str, bool], posit
     return out
 
 
+def has_option(tokens: list[str], name: str) -> bool:
+    """Is option `name` (--seed) among the tokens, as `--seed N` or `--seed=N`?"""
+    return any(t == name or t.startswith(name + "=") for t in tokens)
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=ModeNames(), default="generic", metavar="MODE",
                    help="sanitizer mode: %(choices)s (default: generic; compiler-assisted for a program built "

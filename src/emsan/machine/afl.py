@@ -1,6 +1,6 @@
 """AFL++'s Unicorn mode, natively (src/emsan/native/afl.c): the fork server, edge coverage from a
 C block hook over the code ranges asked for, CompCov for multi-byte comparisons, and blocks a
-child translated translated again in the fork server for the children after it.
+child translated are translated again in the fork server for the children after it.
 
 Why not unicornafl: its only PyPI release (2.1.0) cannot run a child. Its block hook indexes
 AFL++'s 64 KiB map with an unmasked 32-bit hash and the first block faults (fixed upstream
@@ -10,8 +10,6 @@ limited to the program (qemu mode's default), and a persistent loop that restore
 heap between inputs.
 """
 from __future__ import annotations
-
-import ctypes
 
 from unicorn import unicorn_const as uconst
 
@@ -86,19 +84,3 @@ class ForkServer:
 
     def map_bytes(self) -> bytes:
         return bytes(self.ffi.buffer(self.lib.emsan_afl_map(self.a), 1 << 16))
-
-
-def snapshot(machine):
-    """CPU registers and guest memory as they are now, for the persistent loop to go back to
-    after each input (Unicorn's copy-on-write context with UC_CTL_CONTEXT_MEMORY). Memory emsan
-    maps from its own host buffers (its heap, whose allocator state lives in C) is not rolled
-    back, and need not be: objects keep their shadow and their allocator state."""
-    uc = machine.uc
-    uc.ctl(uconst.UC_CTL_CONTEXT_MODE, uconst.UC_CTL_IO_WRITE,
-           ctypes.c_int(uconst.UC_CTL_CONTEXT_CPU | uconst.UC_CTL_CONTEXT_MEMORY))
-    return uc.context_save()
-
-
-def restore(machine, snap) -> None:
-    machine.uc.context_restore(snap)
-

@@ -66,6 +66,7 @@ class Machine:
         self._val = ctypes.c_uint64()
         self._pval = ctypes.byref(self._val)
         self._keep: list = []            # callbacks and buffers Unicorn points at
+        self.snapshotted = False         # a memory snapshot exists (see snapshot())
         self.fault: MachineFault | None = None
         self.stop_reason: str | None = None   # set by whoever calls stop()
         # handler(pc) for an undefined instruction, True when it emulated it (see emulate_undefined)
@@ -160,7 +161,22 @@ class Machine:
         return bytes(out)
 
     def map(self, addr: int, size: int, prot: int) -> None:
-        self.uc.mem_map(addr, size, prot)
+        if not self.snapshotted:
+            self.uc.mem_map(addr, size, prot)
+            return
+        # Pages an unmap left in the engine (see unmap()) are used again, zeroed as new ones are.
+        end = addr + size
+        for lo, last, _ in sorted(self.uc.mem_regions()):
+            lo, hi = max(lo, addr), min(last + 1, end)
+            if lo >= hi:
+                continue
+            if addr < lo:
+                self.uc.mem_map(addr, lo - addr, prot)
+            for a in range(lo, hi, 1 << 20):
+                self.uc.mem_write(a, bytes(min(1 << 20, hi - a)))
+            addr = hi
+        if addr < end:
+            self.uc.mem_map(addr, end - addr, prot)
 
     def map_ptr(self, addr: int, size: int, prot: int, host_ptr: int) -> None:
         """Map host memory the caller owns (and keeps alive) at guest physical `addr`."""
@@ -180,10 +196,17 @@ class Machine:
         self._keep.append((read_cfunc, write_cfunc, user_data))
 
     def unmap(self, addr: int, size: int) -> None:
-        self.uc.mem_unmap(addr, size)
+        # Under a memory snapshot Unicorn can unmap only whole regions, and one mapped since the
+        # snapshot and unmapped comes back when it is restored, where it may collide with the
+        # region it was split from. The pages stay until the restore drops them (the guest's
+        # memory map, not the engine, says what is mapped; a use after munmap goes unnoticed).
+        if not self.snapshotted:
+            self.uc.mem_unmap(addr, size)
 
     def protect(self, addr: int, size: int, prot: int) -> None:
-        self.uc.mem_protect(addr, size, prot)
+        # Unicorn refuses to change protections under a memory snapshot: they stay as they were.
+        if not self.snapshotted:
+            self.uc.mem_protect(addr, size, prot)
 
     # --- hooks --------------------------------------------------------------------------------
     def hook(self, htype: int, cb: Callable, begin: int = 1, end: int = 0, arg1: int = 0) -> int:
@@ -335,6 +358,31 @@ class Machine:
 
     def restore_context(self, ctx) -> None:
         self.uc.context_restore(ctx)
+
+    def snapshot(self):
+        """Registers and guest memory as they are now, for restore_snapshot() to go back to (a
+        persistent fuzzing loop): the engine's copy-on-write memory snapshot. From now on the
+        first write to a page gives it a private copy, also for memory mapped from a host buffer,
+        which then no longer holds what the guest sees (sanitizer modes know: Mode.checkpoint).
+        Unmapping and protection changes are not made in the engine from then on (unmap())."""
+        self._context_mode(uconst.UC_CTL_CONTEXT_CPU | uconst.UC_CTL_CONTEXT_MEMORY)
+        try:
+            snap = self.uc.context_save()
+        finally:
+            self._context_mode(uconst.UC_CTL_CONTEXT_CPU)
+        self.snapshotted = True
+        return snap
+
+    def restore_snapshot(self, snap) -> None:
+        self._context_mode(uconst.UC_CTL_CONTEXT_CPU | uconst.UC_CTL_CONTEXT_MEMORY)
+        try:
+            self.uc.context_restore(snap)
+        finally:
+            self._context_mode(uconst.UC_CTL_CONTEXT_CPU)
+
+    def _context_mode(self, what: int) -> None:
+        """What context_save/context_restore cover (an engine-wide setting, read by both)."""
+        self.uc.ctl(uconst.UC_CTL_CONTEXT_MODE, uconst.UC_CTL_IO_WRITE, ctypes.c_int(what))
 
     def pc_recovery(self) -> tuple[int, int] | None:
         """Addresses of the QEMU internals that map a host address in translated code back to a

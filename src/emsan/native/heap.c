@@ -118,6 +118,7 @@ static uint64_t do_alloc(kasan_t *k, uint64_t size, uint64_t align, int kind)
     while (size_classes[c] < size) c++;
     if (!k->freelist[c].n && !grow_class(k, c)) return 0;
     uint64_t handle = k->freelist[c].v[--k->freelist[c].n];
+    touch(k, handle);
     struct slab *s = slab_of(k, handle);
     uint64_t addr = obj_addr(k, handle);
     set_live(obj_of(k, handle), size, kind, stack);
@@ -131,6 +132,7 @@ void release_object(kasan_t *k, uint64_t handle)
 {
     struct slab *s = slab_of(k, handle);
     struct obj *o = obj_of(k, handle);
+    touch(k, handle);
     o->state = EMSAN_OBJ_FREE;
     if (s->cls == LARGE_CLASS) {
         uint64_t page = (s->start - k->base) >> PAGE_SHIFT;
@@ -165,6 +167,7 @@ static int64_t do_free(kasan_t *k, uint64_t ptr, int kind, int fn, uint64_t pc)
         return -1;
     }
     uint32_t stack = stack_here(rt, 0, 1);
+    touch(k, (uint64_t)handle);
     if (o->kind != kind)
         report_error(rt, EMSAN_ERR_MISMATCH, ptr, 0, 0, pc, stack_here(rt, pc, 1), fn, kind);
     struct slab *s = slab_of(k, (uint64_t)handle);

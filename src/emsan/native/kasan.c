@@ -30,6 +30,7 @@ EXPORT emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, 
 EXPORT void emsan_kasan_destroy(emsan_kasan *k)
 {
     if (k->ops->destroy) k->ops->destroy(k);
+    checkpoint_destroy(k);
     mmio_destroy(k);
     shadow_destroy(k);
     for (size_t i = 0; i < k->nslabs; i++) free(k->slabs[i].objs);

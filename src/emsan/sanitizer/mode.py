@@ -111,6 +111,18 @@ class Mode(Protocol):
     def stats(self) -> dict[str, int]:
         """The counters --stats prints."""
 
+    def reseed(self, seed: int) -> None:
+        """New random choices (KFENCE's sampling, memory tags) from `seed`: each input of a
+        fuzzing campaign gets its own (input_seed)."""
+
+    def checkpoint(self) -> None:
+        """The guest's registers and memory are saved now, to go back to after each input of a
+        persistent fuzzing loop (Machine.snapshot: guest memory is copy-on-write from here on);
+        save the mode's own state with them. EmsanError if the mode cannot go back."""
+
+    def rollback(self) -> None:
+        """Go back to the checkpoint's state (before the guest's memory does)."""
+
 
 class ShadowMode(Mode, Protocol):
     """A mode with Capabilities.shadow."""
@@ -121,6 +133,13 @@ class ShadowMode(Mode, Protocol):
         """Shadow [lo, hi) as the kernel shadows vmalloc space: from what is mapped, lazily."""
 
     def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None: ...
+
+
+def input_seed(seed: int | None, data: bytes) -> int:
+    """The seed of one fuzzing input: the modes' random choices differ from input to input, and
+    are the same whenever the input runs again under the same --seed (a KFENCE crash reproduces
+    when triage runs it)."""
+    return stream_seed(seed, "input:" + hashlib.sha1(data).hexdigest())
 
 
 def stream_seed(seed: int | None, stream: str) -> int:

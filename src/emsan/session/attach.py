@@ -258,42 +258,63 @@ class Sanitizer:
 
     # --- AFL++ -------------------------------------------------------------------------------------
     def fuzz(self, run_input: Callable[[bytes], object], cover: list[tuple[int, int]] = (),
-             input_file: str | None = None) -> bool:
+             input_file: str | None = None, persistent: int = 1) -> bool:
         """Serve AFL++ (`afl-fuzz ... -- python3 harness.py`) from the engine's state now: each
         forked child calls run_input(data), which places the input (place()) and runs the target
         (run()), and dies by SIGABRT, a crash for AFL++, on a report or an emulation error (as
         unicornafl counts them); any other exception is raised when run by hand and is a crash
-        (with its traceback) under AFL++. `cover`: code ranges whose edges AFL++ sees. Without AFL++ it
-        runs the input in `input_file` once and returns whether it crashed."""
+        (with its traceback) under AFL++. `cover`: code ranges whose edges AFL++ sees. With
+        `persistent` N > 1 each child runs up to N inputs, the engine's registers and memory and
+        the mode's state going back to what they are now after each. Every input gets its own
+        random choices (KFENCE's sampling, tags), the same whenever it runs again. Without
+        AFL++ it runs the input in `input_file` once and returns whether it crashed."""
         from emsan.machine.afl import CHILD, FINISHED, ForkServer
         server = ForkServer(self.machine.handle_int, self.arch.name)
         for lo, hi in cover:
             server.cover(lo, hi - 1)
+        snap = None
+        if persistent > 1:
+            snap = self.machine.snapshot()
+            self.mode.checkpoint()
         role = server.serve()
         if role == FINISHED:
             os._exit(0)
-        import unicorn
         crashed = False
-        try:
-            run_input(server.input(input_file))
-            self.check()
-        except ReportError as e:
-            crashed = True
-            print(e.report.text, file=sys.stderr)
-        except unicorn.UcError as e:
-            crashed = True
-            print(f"emsan: the input ended in an emulation error: {e}", file=sys.stderr)
-        except Exception:
-            if role != CHILD:
-                raise                   # by hand: the harness's (or emsan's) bug, with its traceback
-            traceback.print_exc()
-            crashed = True              # under AFL++: kept as a crash, where it can be seen
+        for i in range(persistent if role == CHILD else 1):
+            if i and not server.next():
+                break
+            crashed = self._fuzz_one(run_input, server.input(input_file), role == CHILD)
+            if crashed:
+                break
+            if snap is not None:
+                self.mode.rollback()
+                self.machine.restore_snapshot(snap)
         if role == CHILD:
             sys.stderr.flush()
             if crashed:
                 os.abort()
             os._exit(0)
         return crashed
+
+    def _fuzz_one(self, run_input: Callable[[bytes], object], data: bytes, in_child: bool) -> bool:
+        import unicorn
+        from emsan.sanitizer.mode import input_seed
+        self.mode.reseed(input_seed(self.options.seed, data))
+        try:
+            run_input(data)
+            self.check()
+        except ReportError as e:
+            print(e.report.text, file=sys.stderr)
+            return True
+        except unicorn.UcError as e:
+            print(f"emsan: the input ended in an emulation error: {e}", file=sys.stderr)
+            return True
+        except Exception:
+            if not in_child:
+                raise                   # by hand: the harness's (or emsan's) bug, with its traceback
+            traceback.print_exc()
+            return True                 # under AFL++: kept as a crash, where it can be seen
+        return False
 
 
 def attach(uc, arch: str, **kw) -> Sanitizer:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from emsan.errors import EmsanError
 from emsan.os.linux.process import FileDesc
+from emsan.sanitizer.mode import input_seed
 from emsan.session.crash import oops, oops_json
 from emsan.session.options import RunOptions
 from emsan.session.run import CORE_SIGNALS, Session
@@ -76,12 +77,9 @@ class FuzzTarget:
         if cfg.input == "file":
             opts.args = [a.replace(PLACEHOLDER, self.input_path) for a in opts.args]
             open(self.input_path, "wb").close()
-        if cfg.persistent and opts.mode == "generic" and opts.checks == "mmio":
-            # Unicorn's memory snapshots hide heap accesses from the MMIO checking view (measured:
-            # an out-of-bounds read of the input went unreported); the memory hook sees them.
-            opts.checks = "hook"
         self.opts = opts
         self.s = Session(opts)
+        self.mode = getattr(self.s.sanitizer, "mode", None)      # the sanitizer mode (None: --mode none)
         self.data = b""
 
     # --- before the fork ------------------------------------------------------------------------
@@ -117,7 +115,6 @@ class FuzzTarget:
         return None
 
     def prepare_persistent(self) -> None:
-        from emsan.machine.afl import snapshot
         s = self.s
         self.fn = self.function(self.cfg.persistent)
         if self.fn is None:
@@ -128,7 +125,13 @@ class FuzzTarget:
         s.mem.map(RETURN_PAGE, RETURN_PAGE + 0x1000, 5, "[emsan-return]")
         s.machine.hook_code(RETURN_PAGE, lambda: s.machine.stop("pause"))
         self.sp0 = s.machine.sp
-        self.snap = snapshot(s.machine)
+        # The guest's state and the mode's go back here after every input: objects allocated
+        # before this point and freed by one input are live again for the next.
+        self.snap = s.machine.snapshot()
+        self.mem_state = s.mem.save()
+        if self.mode is not None:
+            self.mode.checkpoint()
+
     def cover_ranges(self) -> list[tuple[int, int]]:
         """The code AFL++ sees: the program's executable mappings (qemu mode's default), or
         every module's with cover="all" (AFL_INST_LIBS)."""
@@ -137,8 +140,14 @@ class FuzzTarget:
         return [(mp.start, mp.end) for mp in mem.mappings if mp.prot & 4 and mp.name in paths]
 
     # --- in each child --------------------------------------------------------------------------
-    def place_input(self, data: bytes, rnd: int) -> bool:
+    def start_input(self, data: bytes) -> None:
+        """A new input: the mode's random choices (KFENCE's sampling, tags) become its own."""
         self.data = data
+        if self.mode is not None:
+            self.mode.reseed(input_seed(self.opts.seed, data))
+
+    def place_input(self, data: bytes) -> None:
+        self.start_input(data)
         mode = self.cfg.input
         if mode == "file":
             with open(self.input_path, "wb") as f:
@@ -155,7 +164,6 @@ class FuzzTarget:
                 fds[0] = FileDesc(fd, "<stdin>")
         elif mode == "arg":
             self.place_arg(data)
-        return True
 
     def place_arg(self, data: bytes) -> None:
         """argv[i] of the guest's main points at the input (up to its first NUL) with the rest of
@@ -209,9 +217,8 @@ class FuzzTarget:
     def run_persistent(self, data: bytes) -> str:
         """One input through FUNCTION(buf, len): "crash", "ok", or "ended" (the guest exited,
         this child can take no more inputs)."""
-        from emsan.machine.afl import restore
         s = self.s
-        self.data = data
+        self.start_input(data)
         before = len(s.reports)
         buf = self.call(self.malloc, [len(data)])
         if not isinstance(buf, int) or buf == 0:
@@ -224,14 +231,17 @@ class FuzzTarget:
             return "crash" if self.verdict(ret, before) else "ended"
         if self.verdict(None, before):
             return "crash"
-        restore(s.machine, self.snap)
+        if self.mode is not None:
+            self.mode.rollback()
+        s.machine.restore_snapshot(self.snap)
+        s.mem.restore(self.mem_state)
         return "ok"
 
     def run_inputs(self, server, input_path: str | None, many: bool) -> bool:
         """This child's inputs (persistent mode: up to cfg.iterations of them when `many`);
         True when one crashed."""
         if not self.cfg.persistent:
-            self.place_input(server.input(input_path), 0)
+            self.place_input(server.input(input_path))
             return self.run_one()
         for i in range(self.cfg.iterations if many else 1):
             if i and not server.next():

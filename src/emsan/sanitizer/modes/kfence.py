@@ -111,3 +111,12 @@ class KfenceMode:
 
     def stats(self) -> dict[str, int]:
         return self.runtime.counters("emsan_kfence_stats", self.runtime.lib.emsan_kfence_get_stats, self.k)
+
+    def reseed(self, seed: int) -> None:
+        self.runtime.lib.emsan_kfence_reseed(self.k, stream_seed(seed, "kfence"))
+
+    def checkpoint(self) -> None:
+        self.runtime.lib.emsan_kfence_checkpoint(self.k)
+
+    def rollback(self) -> None:
+        self.runtime.lib.emsan_kfence_rollback(self.k)
