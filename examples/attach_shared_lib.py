@@ -6,12 +6,16 @@ emsan's heap (exact redzones) and calls parse_message(buf, len).
     gcc -shared -fPIC -O1 -g -fno-omit-frame-pointer -o libattach.so examples/attach_lib.c
     python3 examples/attach_shared_lib.py libattach.so INPUT            # run one input
     afl-fuzz -i SEEDS -o OUT -- python3 examples/attach_shared_lib.py libattach.so   # fuzz it
+    afl-fuzz -i SEEDS -o OUT -- python3 examples/attach_shared_lib.py --persistent 1000 libattach.so
 
-A report is printed (kernel KASAN layout) and, under afl-fuzz, is a crash. Works the same for an
-arm64 library (aarch64-linux-gnu-gcc).
+A report is printed (kernel KASAN layout) and, under afl-fuzz, is a crash. With --persistent N
+each forked child runs N inputs, the engine and emsan going back to the fork point's state after
+each. --checks hook checks every access with a memory hook instead of emsan's MMIO view of its
+heap. Works the same for an arm64 library (aarch64-linux-gnu-gcc).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 import unicorn
@@ -72,12 +76,12 @@ def make_engine(path: str):
 
 
 class Harness:
-    def __init__(self, path: str):
+    def __init__(self, path: str, checks: str = "mmio"):
         self.uc = make_engine(path)
         arch, self.exports, self.code = load_library(self.uc, path)
         self.arch = arch
         self.san = emsan.attach(self.uc, arch, allocator={"malloc": STUBS, "free": STUBS + 0x10},
-                                modules=[(path, LIB_BASE)], stack=(STACK - STACK_SIZE, STACK))
+                                modules=[(path, LIB_BASE)], stack=(STACK - STACK_SIZE, STACK), checks=checks)
 
     def call(self, fn: str, *args: int) -> None:
         uc, sp = self.uc, STACK - 0x1000
@@ -103,10 +107,16 @@ class Harness:
 
 
 def main(argv: list[str]) -> int:
-    h = Harness(argv[0])
-    # Under afl-fuzz: a fork server from here, each child running one input (a report or an
+    ap = argparse.ArgumentParser(description="parse_message() of a shared library under emsan")
+    ap.add_argument("--persistent", type=int, default=1, metavar="N", help="inputs per forked child")
+    ap.add_argument("--checks", choices=("mmio", "hook"), default="mmio")
+    ap.add_argument("library")
+    ap.add_argument("input", nargs="?")
+    a = ap.parse_args(argv)
+    h = Harness(a.library, a.checks)
+    # Under afl-fuzz: a fork server from here, each child running its inputs (a report or an
     # emulation error is a crash). By hand: the one input named on the command line.
-    crashed = h.san.fuzz(h.parse, cover=h.code, input_file=argv[1] if len(argv) > 1 else None)
+    crashed = h.san.fuzz(h.parse, cover=h.code, input_file=a.input, persistent=a.persistent)
     return 99 if crashed else 0
 
 

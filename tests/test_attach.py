@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMPILERS, assert_no_internal_error, have, source_line
+from conftest import COMPILERS, ForkServerClient, assert_no_internal_error, have, source_line
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -59,13 +59,14 @@ def harness_module():
     return attach_shared_lib
 
 
-def test_shared_library_harness(arch, tmp_path):
+@pytest.mark.parametrize("checks", ["mmio", "hook"])
+def test_shared_library_harness(arch, checks, tmp_path):
     lib = shared_lib(arch, tmp_path)
     ok, bad = tmp_path / "ok", tmp_path / "bad"
     ok.write_bytes(b"\x04abcd")                   # declares 4 bytes, sends 4
     bad.write_bytes(b"\x04abcdef")                # declares 4 bytes, sends 6
-    example("attach_shared_lib.py", lib, str(ok), status=0)
-    err = example("attach_shared_lib.py", lib, str(bad), status=99).stderr.decode()
+    example("attach_shared_lib.py", "--checks", checks, lib, str(ok), status=0)
+    err = example("attach_shared_lib.py", "--checks", checks, lib, str(bad), status=99).stderr.decode()
     line = source_line("examples/attach_lib.c", "overflow")
     assert re.search(rf"BUG: KASAN: slab-out-of-bounds in parse_message\+0x[0-9a-f]+/0x[0-9a-f]+ attach_lib.c:{line}\n"
                      r"Write of size 1 at addr ", err), err
@@ -121,6 +122,93 @@ def test_firmware_blob(arch, tmp_path):
     assert "located 4 bytes inside of" in err and "freed 20-byte region" in err
     pc = int(re.search(r"handle_packet\+0x([0-9a-f]+)/", err).group(1), 16) + syms["handle_packet"]
     assert syms["handle_packet"] < pc < syms["handle_packet"] + 0x200
+
+
+def firmware_module():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import attach_firmware
+    finally:
+        sys.path.pop(0)
+    return attach_firmware
+
+
+# Every mode for each architecture, and the bug type of a use-after-free it reports (KFENCE's
+# title names the access)
+FIRMWARE_MODES = {"x86_64": [("generic", "slab-use-after-free"), ("generic-hook", "slab-use-after-free"),
+                             ("kfence", "use-after-free write")],
+                  "arm64": [("generic", "slab-use-after-free"), ("generic-hook", "slab-use-after-free"),
+                            ("sw-tags", "slab-use-after-free"), ("hw-tags", "slab-use-after-free"),
+                            ("kfence", "use-after-free write")]}
+
+
+@pytest.mark.parametrize("arch,mode,bug", [(a, m, b) for a, ms in FIRMWARE_MODES.items() for m, b in ms])
+def test_firmware_in_every_mode(arch, mode, bug, tmp_path):
+    """The attach API reaches every mode through the mode table: the firmware's use-after-free is
+    reported with its access, object and stacks at the lines the source marks, and the session
+    closed and reopened is no bug."""
+    import emsan
+    if not have(COMPILERS[arch]):
+        pytest.skip(f"{COMPILERS[arch]} is not installed")
+    blob, elf = firmware(arch, tmp_path)
+    fw = firmware_module().Firmware(blob, elf, mode)
+    key = b"K" + bytes(range(1, 17))
+    for pkt in (b"O", key, b"C", b"O", key):
+        fw.packet(pkt)
+    fw.packet(b"C")
+    with pytest.raises(emsan.ReportError) as ei:
+        fw.packet(key)
+    r = ei.value.report
+    assert (r.bug_type, r.access, r.function) == (bug, "write", "handle_packet")
+    assert r.frames[0]["line"] == source_line("examples/attach_fw.c", "uaf")
+    obj = r.json["object"]
+    assert obj["size"] == 20 and obj["offset"] == 4                 # key[0], after `int state`
+    assert obj["alloc_stack"][0]["line"] == source_line("examples/attach_fw.c", "alloc")
+    assert obj["free_stack"][0]["line"] == source_line("examples/attach_fw.c", "free")
+    assert r.text.startswith("=" * 66) and f"BUG: {'KFENCE' if mode == 'kfence' else 'KASAN'}: " in r.text
+    assert len(fw.san.reports) == 1
+
+
+def test_attach_refuses_what_cannot_work(tmp_path):
+    import unicorn
+    import emsan
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    for kw, msg in (({"mode": "sw-tags"}, "needs an arm64 engine"), ({"mode": "nope"}, "no mode 'nope'"),
+                    ({"mode": "kfence"}, "name its entry points"), ({"sample_rate": 3}, "no option sample_rate")):
+        with pytest.raises(emsan.EmsanError, match=msg):
+            emsan.attach(uc, "x86_64", **kw)
+
+
+FUZZ_MODES = {"x86_64": ["generic", "generic-hook", "kfence"], "arm64": ["generic", "sw-tags", "hw-tags", "kfence"]}
+
+
+@pytest.mark.parametrize("arch,mode", [(a, m) for a, ms in FUZZ_MODES.items() for m in ms])
+def test_firmware_fuzz_persistent(arch, mode, tmp_path):
+    """A harness's fuzz(persistent=N) under a fork server: one child takes many inputs, the engine
+    and emsan going back to the fork point after each. The session --setup opened before it
+    is open again after an input closed it (no false use-after-free, no false double free); a
+    close then a key in one input is the use-after-free, a crash; the next input runs in a new
+    child. Oracle: the firmware's source."""
+    if not have(COMPILERS[arch]):
+        pytest.skip(f"{COMPILERS[arch]} is not installed")
+    blob, elf = firmware(arch, tmp_path)
+    cur = tmp_path / "cur"
+    afl = ForkServerClient([sys.executable, str(EXAMPLES / "attach_firmware.py"), "--mode", mode, "--fuzz",
+                            "--persistent", "50", "--setup", "4f", blob, elf, str(cur)], cur)
+    key = b"K" + bytes(range(11, 27))
+    try:
+        runs = [afl.run(d) for d in (b"C", key, b"C", b"C", key, b"O\nC\nO", key)]
+        assert [s for _, s in runs] == [0] * len(runs) and len({p for p, _ in runs}) == 1
+        pid, status = afl.run(b"C\n" + key)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGABRT
+        pid2, status = afl.run(key)
+        assert pid2 != pid and status == 0
+        assert any(afl.map())                    # the children wrote coverage
+    finally:
+        afl.close()
+    err = afl.stderr()
+    assert "slab-use-after-free" in err or "use-after-free write" in err
+    assert f"attach_fw.c:{source_line('examples/attach_fw.c', 'uaf')}" in err
 
 
 @pytest.mark.skipif(not have("afl-fuzz"), reason="AFL++ (afl-fuzz) is not installed")

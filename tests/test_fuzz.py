@@ -8,12 +8,10 @@ group's smallest input: its bug kind, function and line must match emsan's repor
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import random
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build, emsan, have, native, source_line
+from conftest import ForkServerClient, build, emsan, have, native, source_line
 
 pytestmark = pytest.mark.skipif(not have("afl-fuzz"), reason="AFL++ (afl-fuzz) is not installed")
 
@@ -139,64 +137,9 @@ def test_persistent_mode(arch, tmp_path):
 
 # --- emsan's fork server driven input by input --------------------------------------------------
 
-IPC_PRIVATE, IPC_CREAT, IPC_RMID = 0, 0o1000, 0
-FS_OPT_ENABLED = 0x80000001
-
-
-class ForkServerClient:
-    """AFL++'s side of the fork-server protocol (a coverage map in System V shared memory, the
-    control pipe on descriptor 198 and the status pipe on 199), enough to run chosen inputs
-    through emsan's fork server one at a time and see each child's pid and wait status."""
-
-    def __init__(self, cfg_path: Path, input_path: Path, timeout: float = 120):
-        self.libc = ctypes.CDLL(None, use_errno=True)
-        self.libc.shmat.restype = ctypes.c_void_p
-        self.shm = self.libc.shmget(IPC_PRIVATE, 1 << 16, IPC_CREAT | 0o600)
-        assert self.shm >= 0, os.strerror(ctypes.get_errno())
-        self.input_path = input_path
-        ctl_r, self.ctl = os.pipe()
-        self.st, st_w = os.pipe()
-
-        def fds() -> None:
-            os.dup2(ctl_r, 198)
-            os.dup2(st_w, 199)
-        self.proc = subprocess.Popen([sys.executable, "-m", "emsan.session.fuzz", str(cfg_path), str(input_path)],
-                                     env={**os.environ, "__AFL_SHM_ID": str(self.shm)}, preexec_fn=fds,
-                                     close_fds=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        os.close(ctl_r)
-        os.close(st_w)
-        hello = self._read(timeout)
-        assert hello & FS_OPT_ENABLED == FS_OPT_ENABLED, hex(hello)
-
-    def _read(self, timeout: float = 60) -> int:
-        ready, _, _ = select.select([self.st], [], [], timeout)
-        data = os.read(self.st, 4) if ready else b""
-        if len(data) != 4:
-            self.close()
-            err = self.proc.stderr.read().decode(errors="replace")
-            raise AssertionError(f"the fork server went away:\n{err[-3000:]}")
-        return int.from_bytes(data, "little")
-
-    def run(self, data: bytes) -> tuple[int, int]:
-        """One input: (the pid of the child that ran it, its wait status)."""
-        self.input_path.write_bytes(data)
-        os.write(self.ctl, (0).to_bytes(4, "little"))
-        pid = self._read()
-        return pid, self._read()
-
-    def close(self) -> None:
-        for fd in (self.ctl, self.st):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.libc.shmctl(self.shm, IPC_RMID, None)
+def fuzz_target(cfg: Path, input_path: Path) -> ForkServerClient:
+    """emsan's fuzz target for a configuration, under a fork-server client."""
+    return ForkServerClient([sys.executable, "-m", "emsan.session.fuzz", str(cfg), str(input_path)], input_path)
 
 
 def fuzz_config(tmp_path, exe: str, *run_options: str, **kw) -> Path:
@@ -237,7 +180,7 @@ def test_persistent_rollback(arch, mode, tmp_path):
         assert native(exe, arch=arch, input=data).returncode in (0, 1)
     cfg = fuzz_config(tmp_path, exe, "--mode", *mode, "--seed", "1", input="buffer", entry="serve",
                       persistent="handle", iterations=100)
-    afl = ForkServerClient(cfg, tmp_path / "cur")
+    afl = fuzz_target(cfg, tmp_path / "cur")
     try:
         pids = set()
         for data in inputs * 3:
@@ -269,7 +212,7 @@ def test_kfence_samples_each_input_anew(tmp_path):
     cfg = fuzz_config(tmp_path, exe, "--mode", "kfence", "--sample-interval", "4", "--seed", "7")
     rng = random.Random(1)
     inputs = [bytes(rng.randrange(256) for _ in range(40)) for _ in range(48)]
-    afl = ForkServerClient(cfg, tmp_path / "cur")
+    afl = fuzz_target(cfg, tmp_path / "cur")
     try:
         verdicts = [afl.run(d)[1] for d in inputs]
         again = [afl.run(d)[1] for d in inputs[:12]]
@@ -294,7 +237,7 @@ def test_persistent_input_in_emsans_heap(checks, tmp_path):
     is reported, whatever inputs ran before in the same child. Oracle: the guest's source."""
     exe = build("fuzz_persistent", "x86_64")
     cfg = fuzz_config(tmp_path, exe, "--checks", checks, "--seed", "1", input="buffer", persistent="handle")
-    afl = ForkServerClient(cfg, tmp_path / "cur")
+    afl = fuzz_target(cfg, tmp_path / "cur")
     try:
         fine = [afl.run(d) for d in (b"FUZZ\x03abc", b"hello", b"FUZZ\x02ab", b"FUZZ\x00")]
         assert [s for _, s in fine] == [0] * 4 and len({p for p, _ in fine}) == 1

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 # The attach API for Unicorn engines made elsewhere (emsan.session.attach), imported on first
 # use so that `import emsan` stays cheap for the command line.
-_ATTACH = ("attach", "Sanitizer", "Report", "ReportError")
+_ATTACH = ("attach", "Sanitizer", "Report", "ReportError", "EmsanError")
 
 
 def __getattr__(name: str):

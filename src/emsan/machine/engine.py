@@ -67,6 +67,7 @@ class Machine:
         self._pval = ctypes.byref(self._val)
         self._keep: list = []            # callbacks and buffers Unicorn points at
         self.snapshotted = False         # a memory snapshot exists (see snapshot())
+        self._intr_hooked = False        # arm64: an interrupt hook of emsan's exists
         self.fault: MachineFault | None = None
         self.stop_reason: str | None = None   # set by whoever calls stop()
         # handler(pc) for an undefined instruction, True when it emulated it (see emulate_undefined)
@@ -83,13 +84,18 @@ class Machine:
     def _setup_arm64(self) -> None:
         uc = self.uc
         uc.ctl_set_cpu_model(arm64_const.UC_CPU_ARM64_MAX)
-        # QEMU believes EL1 is AArch32 until SCR_EL3.RW and HCR_EL2.RW say otherwise, and then
-        # silently ignores TCR_EL1.TBI0 (found by experiment with the pinned Unicorn). Top-Byte-Ignore is on
-        # for every arm64 guest, as on Linux.
+        self.top_byte_ignore()                  # on for every arm64 guest, as on Linux
+        uc.reg_write(arm64_const.UC_ARM64_REG_CPACR_EL1, 3 << 20)
+
+    def top_byte_ignore(self) -> None:
+        """arm64: the MMU ignores an address's top byte (TBI), where pointer tags live; also for
+        an engine a harness made (with or without its MMU on). QEMU believes EL1 is AArch32 until
+        SCR_EL3.RW and HCR_EL2.RW say otherwise, and then silently ignores TCR_EL1.TBI0 (found by
+        experiment with the pinned Unicorn)."""
+        uc = self.uc
         uc.cpr_write(3, 6, 1, 1, 0, 0x401)      # SCR_EL3 = NS | RW
         uc.cpr_write(3, 4, 1, 1, 0, 1 << 31)    # HCR_EL2.RW
-        uc.cpr_write(3, 0, 2, 0, 2, 1 << 37)    # TCR_EL1.TBI0
-        uc.reg_write(arm64_const.UC_ARM64_REG_CPACR_EL1, 3 << 20)
+        uc.cpr_write(3, 0, 2, 0, 2, uc.cpr_read(3, 0, 2, 0, 2) | 1 << 37)    # TCR_EL1.TBI0
 
     # --- registers (C API, no binding wrappers) -------------------------------------------
     def reg(self, name: str) -> int:
@@ -271,6 +277,7 @@ class Machine:
             self.hook(uconst.UC_HOOK_INSN, lambda uc, ud: self._x86_syscall(cb), arg1=x86_const.UC_X86_INS_SYSCALL)
             self.hook(uconst.UC_HOOK_INTR, self._x86_intr)
         else:
+            self._intr_hooked = True
             self.hook(uconst.UC_HOOK_INTR, lambda uc, intno, ud: self._arm64_intr(intno, cb))
         self.hook(uconst.UC_HOOK_MEM_INVALID, self._mem_invalid)
         self.hook(uconst.UC_HOOK_INSN_INVALID, self._insn_invalid)
@@ -301,13 +308,20 @@ class Machine:
         """handler(pc) runs when the guest executes an instruction the engine does not implement
         (arm64: MTE's); it returns True when it did the instruction's work and advanced the PC."""
         self._undefined_handler = handler
+        if self.arch == "arm64" and not self._intr_hooked:
+            # A harness's engine, whose interrupts are the harness's: only undefined instructions
+            # are looked at (one not emulated stops the engine with a fault, as with no hook).
+            self._intr_hooked = True
+            self.hook(uconst.UC_HOOK_INTR, lambda uc, intno, ud: self._arm64_intr(intno, None))
 
-    def _arm64_intr(self, intno: int, syscall_cb: Callable[[], None]) -> None:
-        if intno == self._ARM64_SVC:
+    def _arm64_intr(self, intno: int, syscall_cb: Callable[[], None] | None) -> None:
+        if intno == self._ARM64_SVC and syscall_cb is not None:
             syscall_cb()
             return
         handler = self._undefined_handler
         if intno == self._ARM64_UDEF and handler is not None and handler(self.pc):
+            return
+        if syscall_cb is None and intno != self._ARM64_UDEF:
             return
         self.fault = MachineFault(self._ARM64_INTR.get(intno, "ill"), self.pc)
         self.stop("fault")

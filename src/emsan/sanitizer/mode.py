@@ -24,6 +24,7 @@ class Capabilities:
     arches: tuple[str, ...] = ("x86_64", "arm64")
     arch_note: str = ""                 # why, when not every architecture
     string_interceptors: bool = True    # libc string functions are intercepted (their IFUNCs resolved too)
+    own_allocator: bool = True          # emsan's allocator serves every allocation (else it samples the guest's)
     shadow: bool = True                 # has a shadow: the mmap area is shadowed like the kernel's vmalloc space
     reports_mmap_faults: bool = True    # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
     default_stacks: str = "auto"        # what --stacks auto means ("auto": the cheapest complete collector)

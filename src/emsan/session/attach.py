@@ -42,7 +42,7 @@ LAYOUT = Layout(heap=0x60_0000_0000, heap_size=256 << 20, mmio_view=0x64_0000_00
 @dataclass
 class Options:
     """What a mode reads (emsan.sanitizer.mode.ModeOptions), with `emsan run`'s defaults but a
-    smaller quarantine."""
+    smaller quarantine; attach() takes them as keyword arguments."""
 
     quarantine_size: int = 16 << 20
     seed: int | None = None
@@ -100,8 +100,7 @@ class Sanitizer:
     def __init__(self, uc, arch: str, *, mode: str = "generic", heap: tuple[int, int] | None = None,
                  layout: Layout | None = None, allocator: dict[str, int] | None = None,
                  modules: list[tuple[str, int]] = (), stack: tuple[int, int] | None = None,
-                 quarantine: int | None = None, options: Options | None = None,
-                 on_report: Callable[[Report], None] | None = None, comm: str = "harness"):
+                 on_report: Callable[[Report], None] | None = None, comm: str = "harness", **options):
         from emsan.arch import ARCHES
         from emsan.sanitizer.modes import mode_class
         if arch not in ARCHES:
@@ -113,12 +112,16 @@ class Sanitizer:
         if arch not in cls.caps.arches:
             raise EmsanError(f"attach: mode {mode} needs an {' or '.join(cls.caps.arches)} engine "
                              f"({cls.caps.arch_note})")
+        if not cls.caps.own_allocator and not allocator:
+            raise EmsanError(f"attach: mode {mode} samples the target's allocator: name its entry points (allocator=)")
+        unknown = set(options) - set(Options.__dataclass_fields__)
+        if unknown:
+            raise EmsanError(f"attach: no option {', '.join(sorted(unknown))} (options: "
+                             f"{', '.join(Options.__dataclass_fields__)})")
         self.arch = ARCHES[arch]
         self.uc = uc
         self.machine = Machine(arch, uc)
-        self.options = options or Options()
-        if quarantine is not None:
-            self.options.quarantine_size = quarantine
+        self.options = Options(**options)
         layout = layout or LAYOUT
         if heap is not None:
             layout = Layout(heap[0], heap[1], layout.mmio_view, layout.kfence_pool, layout.kfence_trap)
@@ -247,8 +250,12 @@ class Sanitizer:
 
     def run(self, begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
         """uc.emu_start(), then check(): a bug stops the engine and raises ReportError."""
+        import unicorn
+        self.machine.fault = None
         self.uc.emu_start(begin, until, timeout, count)
         self.check()
+        if self.machine.fault is not None:       # an undefined instruction no mode emulates
+            raise unicorn.UcError(unicorn.UC_ERR_EXCEPTION)
 
     def text(self) -> str:
         return "\n".join(r.text for r in self.reports)

@@ -25,7 +25,7 @@ class KfenceMode:
     # Only sampled objects keep stacks, so the frame-pointer walk (or .eh_frame unwinding, on
     # request) is enough; the shadow call stack's per-block hook is not worth its cost here, and
     # its bookkeeping assumes every intercepted call is answered by emsan.
-    caps = Capabilities(string_interceptors=False, shadow=False, reports_mmap_faults=False,
+    caps = Capabilities(string_interceptors=False, own_allocator=False, shadow=False, reports_mmap_faults=False,
                         default_stacks="fp", shadow_call_stack=False)
 
     def __init__(self, target: Target):
