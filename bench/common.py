@@ -3,6 +3,7 @@ process, and the statistics of interleaved repetitions (bench/run.py, bench/kasa
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -77,13 +78,20 @@ class Runner:
         self.env = dict(os.environ)
         self.env.pop("EMSAN_DEBUG", None)
         self.last_stderr = b""
+        self.last_cpu = 0.0
 
-    def _run(self, cmd: list[str], what: str) -> tuple[float, float, bytes]:
-        """Run cmd; return (launch time, wall seconds, stdout). Fails loudly on a bad exit.
-        The run's stderr is kept in self.last_stderr."""
+    def _run(self, cmd: list[str], what: str, env: dict | None = None) -> tuple[float, float, bytes]:
+        """Run cmd (in self.env, or `env`); return (launch time, wall seconds, stdout). Fails loudly on
+        a bad exit. The run's stderr is kept in self.last_stderr."""
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = now()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=self.tmpdir)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or self.env,
+                              cwd=self.tmpdir)
         wall = now() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds (user + system, all threads) of that one child: unlike wall time, not
+        # stretched when other tenants load the machine.
+        self.last_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         self.last_stderr = proc.stderr
         if proc.returncode != 0:
             raise BenchError(f"{what}: exit status {proc.returncode}\n$ {' '.join(cmd)}\n"
@@ -114,9 +122,9 @@ class Runner:
                                  f"emsan --mode {mode} {exe.name}")
         return wall, out
 
-    def command(self, cmd: list[str], what: str) -> tuple[float, bytes]:
-        """Any other command (native runs, valgrind): (wall, stdout)."""
-        _, wall, out = self._run(cmd, what)
+    def command(self, cmd: list[str], what: str, env: dict | None = None) -> tuple[float, bytes]:
+        """Any other command (native runs, valgrind, qemu-user): (wall, stdout)."""
+        _, wall, out = self._run(cmd, what, env)
         return wall, out
 
     def python_floor(self) -> float:

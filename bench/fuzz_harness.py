@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
+import emsan  # noqa: F401  first: the unicorn binding loads emsan's engine (the fork server's)
 import unicorn
 from elftools.elf.elffile import ELFFile
 from unicorn import arm64_const as a64

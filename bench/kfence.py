@@ -42,6 +42,7 @@ TARGETS = {"compute": 1.03, "strings": 1.03, "alloc": 1.10}
 # --- one measured run (this file re-executed with --probe) -------------------------------------------
 def probe(stats_path: str, argv: list[str]) -> int:
     """Run `emsan ARGV` in this process, timing every Uc.emu_start; write the times as JSON."""
+    import emsan.machine  # noqa: F401  first: the binding must load emsan's engine
     from unicorn.unicorn_py3.unicorn import Uc
 
     state = {"emu_s": 0.0}

@@ -13,7 +13,8 @@ TARGET  emsan          runs `emsan run --mode none PROGRAM ARGS...` through emsa
                        (bench/noop_hook.c, built by the runner into NOOP_HOOK_LIB) over the whole
                        address space, as `--checks hook` registers its check: Unicorn's own
                        per-access cost
-        bare           runs bench/bare_unicorn.py PROGRAM ARGS...
+        bare           runs bench/bare_unicorn.py PROGRAM ARGS... on the library the binding finds
+                       (the unicorn wheel's own, or $LIBUNICORN_PATH's)
 MODE    time    sums the wall time spent inside Uc.emu_start (emulation, syscall hooks included)
                 as emu_s, and the CPU time of the calling thread over the same spans as emu_cpu_s
                 (the engine runs in that thread; CPU time is less sensitive to a loaded machine)
@@ -57,7 +58,9 @@ STATE = {"t_probe_start": T_START, "t_emu_first_call": None, "t_first_insn": Non
          "emu_s": 0.0, "emu_cpu_s": 0.0, "emu_calls": 0}
 
 
-def _install(first_insn: bool) -> None:
+def _install(first_insn: bool, emsan: bool) -> None:
+    if emsan:
+        import emsan.machine  # noqa: F401  first: the binding must load emsan's engine
     from unicorn import UC_HOOK_CODE
     from unicorn.unicorn_py3.unicorn import Uc
 
@@ -140,9 +143,8 @@ def _record_stats(modes: list) -> None:
 
 
 def _count(program: str, args: list[str], mode: str, mem: bool) -> int:
+    from emsan.machine import native      # first: the binding must load emsan's engine
     from unicorn import UC_HOOK_CODE
-
-    from emsan.machine import native
     from emsan.session.options import RunOptions
     from emsan.session.run import Session
 
@@ -176,7 +178,7 @@ def main() -> int:
                 raise SystemExit("probe: count mode runs emsan targets only")
             status = _count(program, args, EMSAN_MODES[target], mode == "count-mem")
         else:
-            _install(first_insn=(mode == "first"))
+            _install(first_insn=(mode == "first"), emsan=target in EMSAN_MODES)
             if target in EMSAN_MODES:
                 from emsan.cli.main import main as emsan_main
                 modes = _watch_modes()

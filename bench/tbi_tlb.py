@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Why many tags on one page slow Unicorn down (arm64, bare Unicorn, no emsan).
 
-    python3 bench/tbi_tlb.py [--iters N]
+    python3 bench/tbi_tlb.py [--iters N]            # on the unicorn wheel's library
+    LIBUNICORN_PATH=DIR python3 bench/tbi_tlb.py    # on another, e.g. emsan's engine (the directory
+                                                    # `emsan --version` shows)
 
 A 6-instruction loop loads a pointer from a table and reads through it; the 64 pointers all
 point into one page and carry 1..64 distinct top-byte tags. For three ways of turning on
@@ -58,9 +60,9 @@ def loop(uc: Uc, ntags: int, iters: int) -> float:
     uc.mem_write(TABLE, struct.pack("<64Q", *ptrs))
     for reg, v in ((UC_ARM64_REG_X0, TABLE), (UC_ARM64_REG_X3, 0), (UC_ARM64_REG_X6, 63), (UC_ARM64_REG_X5, iters)):
         uc.reg_write(reg, v)
-    t = time.perf_counter()
+    t = time.thread_time()             # CPU time: not stretched by other tenants' load
     uc.emu_start(CODE, LOOP_END)
-    return (time.perf_counter() - t) / iters * 1e9
+    return (time.thread_time() - t) / iters * 1e9
 
 
 def filled_addresses(variant: str) -> set[int]:
@@ -83,7 +85,9 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=1_000_000)
     args = p.parse_args()
     counts = (1, 2, 8, 9, 10, 16, 64)
-    print("ns per iteration by distinct tags on the page: " + " ".join(f"{n:>6}" for n in counts))
+    from unicorn.unicorn_py3.unicorn import uclib
+    print(f"library: {uclib._name}")
+    print("CPU ns per iteration by distinct tags on the page: " + " ".join(f"{n:>6}" for n in counts))
     for variant in VARIANTS:
         print(f"  {variant:22}" + " " * 25 + " ".join(f"{loop(engine(variant), n, args.iters):6.0f}" for n in counts))
     for variant in VARIANTS:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import emsan  # first: the unicorn binding must load emsan's engine, on which the Uc below runs
 import unicorn
 from elftools.elf.elffile import ELFFile
 from unicorn import arm64_const, x86_const
 
-import emsan
 
 LOAD = 0x10000                         # the blob's link address (-Ttext)
 RAM_END = 0x20_0000                    # code, data and bss

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import emsan  # first: the unicorn binding must load emsan's engine, on which the Uc below runs
 import unicorn
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from unicorn import arm64_const, x86_const
 
-import emsan
 
 LIB_BASE = 0x1000_0000
 STUBS = 0x2000_0000                       # malloc and free "live" here: emsan stands in for them

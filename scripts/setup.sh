@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
+# emsan's engine (engine/: Unicorn built at `pip install .` with our patches) needs cmake, make, patch, a C compiler.
+command -v cmake >/dev/null || need+=(cmake)
+command -v make >/dev/null || need+=(make)
+command -v patch >/dev/null || need+=(patch)
+command -v gcc >/dev/null || need+=(gcc)
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
 command -v clang >/dev/null || need+=(clang)

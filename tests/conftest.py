@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import emsan.machine  # noqa: F401  before any test imports unicorn: the binding must load emsan's engine
+
 ROOT = Path(__file__).parent.parent
 GUEST = Path(__file__).parent / "guest"
 BUILD = GUEST / "build"

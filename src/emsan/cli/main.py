@@ -122,8 +122,27 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-depot", action="store_true", help="store every stack trace separately (no dedup)")
 
 
+class _Version(argparse.Action):
+    """`emsan --version`: emsan's version and the engine build that runs (library, patches)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from emsan import __version__
+        try:
+            from emsan.machine import unicorn_lib
+            text = unicorn_lib.describe()
+        except EmsanError as e:
+            print(f"emsan {__version__}\nemsan: {e}", file=sys.stderr)
+            parser.exit(e.status)
+        print(f"emsan {__version__}\n{text}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emsan", description="Memory error detection for programs run under emulation")
+    parser.add_argument("--version", action=_Version, help="print emsan's version and its engine build, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run a Linux x86-64 or arm64 program under emsan")
     add_run_options(run_p)

@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from emsan.machine.unicorn_lib import uclib  # before unicorn: it makes the binding load emsan's engine
+
 import unicorn
 from unicorn import arm64_const, unicorn_const as uconst, x86_const
-from unicorn.unicorn_py3.unicorn import uclib
 
 from emsan.machine import native
 
@@ -95,7 +96,10 @@ class Machine:
         uc = self.uc
         uc.cpr_write(3, 6, 1, 1, 0, 0x401)      # SCR_EL3 = NS | RW
         uc.cpr_write(3, 4, 1, 1, 0, 1 << 31)    # HCR_EL2.RW
-        uc.cpr_write(3, 0, 2, 0, 2, uc.cpr_read(3, 0, 2, 0, 2) | 1 << 37)    # TCR_EL1.TBI0
+        # TBI1 as well: user code never reaches the upper half, and with both bits emsan's engine
+        # strips a tag with one sign extension per access instead of a compare and select
+        # (engine/patches/003; measured in bench/README.md, "Engine").
+        uc.cpr_write(3, 0, 2, 0, 2, uc.cpr_read(3, 0, 2, 0, 2) | 1 << 37 | 1 << 38)    # TCR_EL1.TBI0 | TBI1
 
     # --- registers (C API, no binding wrappers) -------------------------------------------
     def reg(self, name: str) -> int:

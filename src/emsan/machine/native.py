@@ -4,11 +4,11 @@ from __future__ import annotations
 import ctypes
 from functools import cache
 
-from unicorn.unicorn_py3.unicorn import uclib
+from emsan.machine.unicorn_lib import uclib
 
 
 def fnptr(name: str) -> int:
-    """Address of a libunicorn function, from the very copy the binding loaded."""
+    """Address of a libunicorn function, from the very copy the binding loaded (emsan's engine)."""
     return ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value or 0
 
 

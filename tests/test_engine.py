@@ -1,0 +1,509 @@
+"""emsan's own engine (engine/): the library emsan loads, what it exports, and each patch's effect.
+
+Each patch in engine/patches/ has tests here that fail on an engine built without it (checked by
+building such engines and swapping them into an installed copy):
+  without 001                    test_store_fast_path
+  001 without its TLB flush      test_exec_added_after_store[*-memhook], test_self_modifying_guest
+  001 without its snapshot case  test_snapshot_copy_on_write
+  without 002 (and stock 2.1.3)  test_wx_rewrite_bare (its rx->rw->rx and rwx->rw->rwx cases), test_self_modifying_guest
+  without 003                    test_tbi_one_tlb_entry_per_page
+  without 004                    test_sse_translated_inline
+The store fast path is checked white-box through QEMU's own TLB probe (tlb_vaddr_to_host), the SSE
+translation by disassembling the host code of a block, the arm64 tag stripping by the addresses QEMU's
+TLB fill receives, and the translation invalidations by running code that was rewritten, on bare engines
+and in guest programs compared with native/qemu-aarch64 runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from emsan.machine import Machine, unicorn_lib
+import unicorn
+from unicorn import arm64_const, unicorn_const as uc, x86_const
+
+from conftest import build, emsan, native
+
+REPO = Path(__file__).resolve().parent.parent
+PATCHES = REPO / "engine" / "patches"
+RW, RX, RWX = uc.UC_PROT_READ | uc.UC_PROT_WRITE, uc.UC_PROT_READ | uc.UC_PROT_EXEC, uc.UC_PROT_ALL
+ARCHES = ("x86_64", "arm64")
+
+
+# --- the library -----------------------------------------------------------------------------------------
+def test_loaded_library_is_emsans_engine():
+    assert unicorn_lib.loaded_path() == unicorn_lib.LIBRARY.resolve()
+    maps = Path("/proc/self/maps").read_text()
+    loaded = {line.split()[-1] for line in maps.splitlines() if "libunicorn" in line}
+    assert loaded == {str(unicorn_lib.LIBRARY.resolve())}, "another libunicorn is mapped in this process"
+
+
+def test_manifest_lists_this_repositorys_patches():
+    m = unicorn_lib.manifest()
+    want = [(p.stem, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(PATCHES.glob("*.patch"))]
+    assert want, "no patches in engine/patches"
+    assert [(p["name"], p["sha256"]) for p in m["patches"]] == want, "installed engine is stale: pip install ."
+    assert m["unicorn"] == "2.1.3"
+    assert m["sdist_sha256"] == "0c06456cf550c228f2003cc70366afa4aece2e6e7e4c32d8f4b22c717ba6b729"
+    assert set(m["arches"]) == {"x86", "arm", "aarch64"}
+
+
+def test_engine_exports_the_internals_emsan_calls():
+    """mmio.c recovers exact PCs with qemu_get_cpu_<arch> and cpu_restore_state_<arch>; the build must
+    export them (read from the ELF's dynamic symbol table, not through the loader)."""
+    with open(unicorn_lib.LIBRARY, "rb") as f:
+        dynsym = ELFFile(f).get_section_by_name(".dynsym")
+        exported = {s.name for s in dynsym.iter_symbols()
+                    if s["st_info"]["type"] == "STT_FUNC" and s["st_shndx"] != "SHN_UNDEF"
+                    and s["st_info"]["bind"] == "STB_GLOBAL"}
+    needed = set(unicorn_lib.INTERNALS) | {"qemu_get_cpu_arm", "cpu_restore_state_arm", "uc_open", "uc_mem_protect"}
+    assert needed <= exported, f"missing: {sorted(needed - exported)}"
+    for arch in ARCHES:
+        m = Machine(arch)
+        m.map(0x10000, 0x1000, RW)            # Unicorn creates its CPU on first use
+        assert _cpu(m), f"qemu_get_cpu_{_suffix(arch)} found no CPU"
+
+
+def test_version_names_the_engine_and_its_patches():
+    p = emsan("--version")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert f"library: {unicorn_lib.LIBRARY.resolve()}" in out
+    for patch in sorted(PATCHES.glob("*.patch")):
+        assert f"patch {patch.stem}: " in out
+    assert unicorn_lib.manifest()["build_id"] in out
+
+
+def test_other_libunicorn_first_is_refused():
+    """A harness that imported the stock binding first gets one clear error, not a mixed-up engine."""
+    p = subprocess.run([sys.executable, "-c", "import unicorn\nimport emsan.machine"], capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "unicorn was imported before emsan" in p.stderr and "import emsan.machine before unicorn" in p.stderr
+
+
+def test_libunicorn_path_of_the_user_does_not_win():
+    stock = Path(unicorn.__file__).parent / "lib"             # the wheel's own library
+    env = dict(os.environ, LIBUNICORN_PATH=str(stock))
+    p = emsan("--version", env=env)
+    assert p.returncode == 0, p.stderr
+    assert f"library: {unicorn_lib.LIBRARY.resolve()}" in p.stdout.decode()
+
+
+def test_missing_engine_is_one_clear_error(tmp_path):
+    """An emsan package without its engine (a broken install) stops with one line and status 70."""
+    pkg = Path(unicorn_lib.__file__).resolve().parent.parent
+    shutil.copytree(pkg, tmp_path / "emsan", ignore=shutil.ignore_patterns("_engine", "__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "emsan", "run", "--mode", "none", "/bin/true"], env=env,
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 70
+    assert p.stderr.count("\n") == 1 and "engine is not installed" in p.stderr, p.stderr
+
+
+# --- a guest driver on a bare engine ---------------------------------------------------------------------
+class Driver:
+    """A straight-line guest program assembled step by step: call the function at FUNC (its result is
+    kept in a callee-saved register), make a system call (the hook applies the next protection change
+    to the code page), rewrite FUNC's return value with a guest store, store into a data page."""
+
+    CODE, FUNC, DATA, STACK = 0x100000, 0x100100, 0x300000, 0x400000
+
+    def __init__(self, arch: str, memhook: bool = False):
+        self.arch, self.m = arch, Machine(arch)
+        self.driver = 0x200000
+        self.m.map(self.driver, 0x1000, RX)
+        self.m.map(self.STACK, 0x1000, RW)
+        self.actions: list[int | None] = []
+        self.on_syscall = None                  # also called from each system call, with the engine
+        if arch == "x86_64":
+            self.m.uc.hook_add(uc.UC_HOOK_INSN, lambda u, ud: self._action(), None, 1, 0, x86_const.UC_X86_INS_SYSCALL)
+        else:
+            self.m.uc.hook_add(uc.UC_HOOK_INTR, lambda u, intno, ud: intno == 2 and self._action())
+        if memhook:     # any memory hook over the code page (it suppresses TLB refreshes in tb_gen_code)
+            self.m.uc.hook_add(uc.UC_HOOK_MEM_WRITE, lambda *a: None, None, self.CODE, self.CODE + 0xFFF)
+        self.reset()
+
+    def reset(self, offset: int = 0) -> None:
+        """Start a new program at driver page + offset."""
+        self.base = self.driver + offset
+        self.words: list[bytes] = []
+        self.results = 0
+
+    def _action(self) -> None:
+        prot = self.actions.pop(0)
+        if prot is not None:
+            self.m.uc.mem_protect(self.CODE, 0x1000, prot)
+        if self.on_syscall is not None:
+            self.on_syscall(self.m.uc)
+
+    def _func(self, v: int) -> bytes:
+        if self.arch == "x86_64":
+            return b"\xb8" + struct.pack("<I", v) + b"\xc3"              # mov eax, v; ret
+        return struct.pack("<II", 0x52800000 | v << 5, 0xD65F03C0)      # movz w0, #v; ret
+
+    def _emit(self, code: bytes) -> None:
+        self.words.append(code)
+
+    def _here(self) -> int:
+        return self.base + sum(len(w) for w in self.words)
+
+    def _store32(self, addr: int, value: int) -> None:
+        if self.arch == "x86_64":      # movabs rdx, addr; mov ecx, value; mov [rdx], ecx
+            self._emit(b"\x48\xba" + struct.pack("<Q", addr) + b"\xb9" + struct.pack("<I", value) + b"\x89\x0a")
+        else:                          # movz/movk x1, addr; movz/movk w2, value; str w2, [x1]
+            self._emit(struct.pack("<5I", 0xD2800001 | (addr & 0xFFFF) << 5, 0xF2A00001 | (addr >> 16) << 5,
+                                   0x52800002 | (value & 0xFFFF) << 5, 0x72A00002 | (value >> 16) << 5, 0xB9000022))
+
+    def map_func(self, prot: int, v: int) -> None:
+        self.m.map(self.CODE, 0x1000, prot)
+        self.m.write(self.FUNC, self._func(v))
+
+    def map_data(self, prot: int) -> None:
+        self.m.map(self.DATA, 0x1000, prot)
+
+    def call(self) -> None:
+        at = self._here()
+        if self.arch == "x86_64":      # call FUNC; mov r12d..r15d, eax
+            self._emit(b"\xe8" + struct.pack("<i", self.FUNC - (at + 5)) + bytes((0x41, 0x89, 0xC4 + self.results)))
+        else:                          # bl FUNC; mov x19.., x0
+            self._emit(struct.pack("<II", 0x94000000 | ((self.FUNC - at) >> 2) & 0x3FFFFFF, 0xAA0003F3 + self.results))
+        self.results += 1
+
+    def syscall(self, prot: int | None) -> None:
+        self.actions.append(prot)
+        self._emit(b"\x0f\x05" if self.arch == "x86_64" else struct.pack("<I", 0xD4000001))
+
+    def rewrite_func(self, v: int) -> None:
+        if self.arch == "x86_64":
+            self._store32(self.FUNC + 1, v)                       # mov eax's immediate
+        else:
+            self._store32(self.FUNC, 0x52800000 | v << 5)         # the whole movz
+
+    def store_data(self, v: int) -> None:
+        self._store32(self.DATA, v)
+
+    def load_data(self) -> None:
+        if self.arch == "x86_64":      # movabs rdx, DATA; mov esi, [rdx]
+            self._emit(b"\x48\xba" + struct.pack("<Q", self.DATA) + b"\x8b\x32")
+        else:                          # movz/movk x1, DATA; ldr w3, [x1]
+            self._emit(struct.pack("<3I", 0xD2800001 | (self.DATA & 0xFFFF) << 5,
+                                   0xF2A00001 | (self.DATA >> 16) << 5, 0xB9400023))
+
+    def data(self) -> int:
+        return struct.unpack("<I", self.m.read(self.DATA, 4))[0]
+
+    def assemble(self) -> tuple[int, int, int]:
+        """Write the program into the engine: (begin, end, number of results)."""
+        end = self._here()
+        self.m.write(self.base, b"".join(self.words) + (b"\x90" if self.arch == "x86_64" else b"\x1f\x20\x03\xd5"))
+        return self.base, end, self.results
+
+    def execute(self, program: tuple[int, int, int]) -> tuple[int, ...]:
+        begin, end, results = program
+        self.m.sp = self.STACK + 0x800
+        self.m.uc.emu_start(begin, end)
+        regs = ("r12", "r13", "r14", "r15") if self.arch == "x86_64" else ("x19", "x20", "x21", "x22")
+        return tuple(self.m.reg(r) & 0xFFFFFFFF for r in regs[:results])
+
+    def run(self) -> tuple[int, ...]:
+        return self.execute(self.assemble())
+
+
+# --- 001: the store fast path ----------------------------------------------------------------------------
+def _suffix(arch: str) -> str:
+    return {"x86_64": "x86_64", "arm64": "aarch64"}[arch]
+
+
+def _fn(name: str, restype, *argtypes):
+    f = getattr(unicorn_lib.uclib, name)
+    f.restype, f.argtypes = restype, list(argtypes)
+    return f
+
+
+def _cpu(m: Machine) -> int:
+    """QEMU's CPUState of the engine, as mmio.c finds it (index 0, or -1: x86 CPUs have no index)."""
+    get_cpu = _fn(f"qemu_get_cpu_{_suffix(m.arch)}", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+    return get_cpu(m.handle_int, 0) or get_cpu(m.handle_int, -1) or 0
+
+
+MMU_DATA_LOAD, MMU_DATA_STORE = 0, 1
+
+
+class TlbProbe:
+    """QEMU's tlb_vaddr_to_host(env, addr, access, mmu_idx): the host address a load or store of `addr`
+    reaches straight from its TLB entry (filling it if needed), or NULL when the entry has flags that
+    send the access to the slow path (TLB_NOTDIRTY for stores). `env` is CPUState.env_ptr, found as the
+    pair (env_ptr, icount_decr_ptr) of CPUState: both point into the CPU object, a few bytes apart."""
+
+    def __init__(self, m: Machine):
+        cpu = _cpu(m)
+        words = (ctypes.c_uint64 * 2048).from_address(cpu)
+        pairs = [(words[i], words[i + 1]) for i in range(2047)]
+        self.env = next((e for e, ic in pairs if cpu < ic < e < cpu + (1 << 20) and e - ic <= 64), None)
+        assert self.env, "CPUState.env_ptr not found"
+        self.to_host = _fn(f"tlb_vaddr_to_host_{_suffix(m.arch)}", ctypes.c_void_p,
+                           ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_int)
+
+    def host(self, addr: int, access: int) -> int:
+        return self.to_host(self.env, addr, access, 0) or 0
+
+
+def _mapped_page(m: Machine, addr: int, prot: int) -> tuple[int, ctypes.Array]:
+    buf = ctypes.create_string_buffer(0x2000)
+    host = (ctypes.addressof(buf) + 0xFFF) & ~0xFFF
+    m.map_ptr(addr, 0x1000, prot, host)
+    return host, buf
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_store_fast_path(arch):
+    """A store to a writable, non-executable page goes from the TLB straight to host memory (with the
+    stock engine every writable page was TLB_NOTDIRTY: every store took the helper)."""
+    m = Machine(arch)
+    host, keep = _mapped_page(m, 0x200000, RW)
+    probe = TlbProbe(m)
+    assert probe.host(0x200010, MMU_DATA_LOAD) == host + 0x10, "the probe does not see this engine's TLB"
+    assert probe.host(0x200010, MMU_DATA_STORE) == host + 0x10
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_code_pages_keep_slow_path(arch):
+    """Executable pages stay TLB_NOTDIRTY: a store there must invalidate translations."""
+    m = Machine(arch)
+    host, keep = _mapped_page(m, 0x200000, RWX)
+    probe = TlbProbe(m)
+    assert probe.host(0x200010, MMU_DATA_LOAD) == host + 0x10
+    assert probe.host(0x200010, MMU_DATA_STORE) == 0
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_snapshot_copy_on_write(arch):
+    """uc_context_save with memory, taken from a hook while the guest runs: a store after the snapshot,
+    through the TLB entry a load filled after it (a store that misses the TLB copies the page anyway),
+    must still be undone by the restore."""
+    d = Driver(arch)
+    d.map_data(RW)
+    saved = []
+
+    def snapshot(uc_, *_):
+        uc_.ctl(uc.UC_CTL_CONTEXT_MODE, uc.UC_CTL_IO_WRITE, ctypes.c_int(uc.UC_CTL_CONTEXT_CPU | uc.UC_CTL_CONTEXT_MEMORY))
+        saved.append(uc_.context_save())
+    d.on_syscall = snapshot
+    d.store_data(0x11)
+    d.syscall(None)
+    d.load_data()
+    d.store_data(0x22)
+    d.run()
+    assert len(saved) == 1 and d.data() == 0x22
+    d.m.uc.context_restore(saved[0])
+    assert d.data() == 0x11
+
+
+# --- 001/002: translations follow rewritten code (bare engine, protection changes from a syscall) -------
+CASES = {                    # initial protection of the code page, the two protection changes
+    "rwx rewrite": (RWX, None, None),
+    "rx->rw->rx": (RX, RW, RX),
+    "rwx->rw->rwx": (RWX, RW, RWX),
+    "rx->rwx": (RX, RWX, None),
+}
+
+
+@pytest.mark.parametrize("memhook", [False, True], ids=["plain", "memhook"])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("arch", ARCHES)
+def test_wx_rewrite_bare(arch, case, memhook):
+    """call f; [protect]; the guest rewrites f; [protect]; call f: the second call runs the new code.
+    The protection changes happen inside one emu_start, from the guest's system call, as in emsan.
+    Stock Unicorn 2.1.3 runs the old code after rx->rw->rx (002)."""
+    init, p1, p2 = CASES[case]
+    d = Driver(arch, memhook=memhook)
+    d.map_func(init, 1)
+    d.call()
+    d.syscall(p1)
+    d.rewrite_func(2)
+    d.syscall(p2)
+    d.call()
+    assert d.run() == (1, 2)
+
+
+@pytest.mark.parametrize("memhook", [False, True], ids=["plain", "memhook"])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_exec_added_after_store(arch, memhook):
+    """The page is written while RW (its TLB entry has no TLB_NOTDIRTY), made RWX, run, rewritten and run
+    again: the rewrite must reach the translation (upstream Unicorn issue #2367 under a memory hook)."""
+    d = Driver(arch, memhook=memhook)
+    d.map_func(RW, 1)
+    d.rewrite_func(1)
+    d.syscall(RWX)
+    d.call()
+    d.rewrite_func(2)
+    d.call()
+    assert d.run() == (1, 2)
+
+
+# --- the same in real guest programs, compared with native / qemu-aarch64 ----------------------------------
+@pytest.mark.parametrize("mode", [("none",), ("generic",), ("generic", "--checks", "hook")],
+                         ids=["none", "generic", "generic-hook"])
+def test_self_modifying_guest(arch, mode):
+    exe = build("jit", arch)
+    ref = native(exe, "30", arch=arch)
+    assert ref.returncode == 0 and b"recycle 1 10" in ref.stdout, ref.stderr
+    p = emsan("run", "--mode", *mode, exe, "30")
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stdout == ref.stdout
+
+
+# --- 004: x86 SSE2 integer instructions translated inline ---------------------------------------------------
+def test_sse_ops_match_native():
+    """Every inlined instruction (register and memory operands, aliased operands, shift counts at and
+    beyond the element width) gives the results of the host CPU."""
+    exe = build("sse_ops", "x86_64")
+    ref = native(exe, "4000")
+    assert ref.returncode == 0 and ref.stdout.count(b"\n") == 50, ref.stderr
+    for mode in ("none", "generic"):
+        p = emsan("run", "--mode", mode, exe, "4000")
+        assert p.returncode == 0, p.stderr.decode()
+        assert p.stdout == ref.stdout, mode
+
+
+INLINED = ("paddl", "psrlq", "pshufd", "pmuludq", "punpckldq", "pcmpeqb", "pminub", "pmovmskb", "pxor")
+SSE_BLOCK = bytes.fromhex(
+    "660ffec1"      # paddd xmm0, xmm1
+    "660f73d021"    # psrlq xmm0, 33
+    "660f70c81b"    # pshufd xmm1, xmm0, 0x1b
+    "660ff4c1"      # pmuludq xmm0, xmm1
+    "660f62c1"      # punpckldq xmm0, xmm1
+    "660f74c1"      # pcmpeqb xmm0, xmm1
+    "660fdac1"      # pminub xmm0, xmm1
+    "660fefc8"      # pxor xmm1, xmm0
+    "660fd7c0"      # pmovmskb eax, xmm0
+    "660f73d803")   # psrldq xmm0, 3      (a byte shift: still a helper, the control)
+
+
+def _host_call_targets(m: Machine, pc: int) -> set[int]:
+    """The functions QEMU's translation of the block at `pc` calls: the block is translated with
+    uc_ctl_request_cache, found in CPUState.tb_jmp_cache (right after env_ptr and icount_decr_ptr),
+    and its host code (TranslationBlock.tc) disassembled with capstone."""
+    import capstone
+    from capstone import x86_const as cx
+
+    m.uc.ctl_request_cache(pc)
+    cpu = _cpu(m)
+    words = (ctypes.c_uint64 * 2048).from_address(cpu)
+    i = next(i for i in range(2047) if cpu < words[i + 1] < words[i] < cpu + (1 << 20) and words[i] - words[i + 1] <= 64)
+    t = pc ^ (pc >> 6)
+    tb = words[i + 2 + (((t >> 6) & 0xFC0) | (t & 0x3F))]
+    assert tb and ctypes.c_uint64.from_address(tb).value == pc, "translation block not found"
+    code_ptr, code_size = ctypes.c_uint64.from_address(tb + 32).value, ctypes.c_uint64.from_address(tb + 40).value
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    targets = set()
+    for insn in md.disasm(ctypes.string_at(code_ptr, code_size), code_ptr):
+        if insn.mnemonic != "call":
+            continue
+        op = insn.operands[0]
+        if op.type == cx.X86_OP_IMM:
+            targets.add(op.imm)
+        elif op.type == cx.X86_OP_MEM and op.mem.base == cx.X86_REG_RIP:
+            targets.add(ctypes.c_uint64.from_address(insn.address + insn.size + op.mem.disp).value)
+    return targets
+
+
+def test_sse_translated_inline():
+    m = Machine("x86_64")
+    m.map(0x10000, 0x1000, RX)
+    m.write(0x10000, SSE_BLOCK + b"\xf4")
+    calls = _host_call_targets(m, 0x10000)
+    helper = {n: ctypes.cast(getattr(unicorn_lib.uclib, f"helper_{n}_xmm_x86_64"), ctypes.c_void_p).value
+              for n in (*INLINED, "psrldq")}
+    assert helper["psrldq"] in calls, "the control helper is not seen: the inspection is broken"
+    assert not [n for n in INLINED if helper[n] in calls], "SSE instructions still call their helpers"
+
+
+# --- what emsan relies on: a stop takes effect right after the access that asked for it ---------------------
+STOP_CODE = {"x86_64": bytes.fromhex("8903" "41bc01000000" "90"),               # mov [rbx], eax; mov r12d, 1
+             "arm64": struct.pack("<3I", 0xB9000020, 0xD2800033, 0xD503201F)}  # str w0, [x1]; mov x19, #1
+
+
+@pytest.mark.parametrize("how", ["memhook", "mmio", "unmapped"])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_stop_right_after_the_access(arch, how):
+    """A stop requested during a store (a memory hook or an MMIO callback calling uc_emu_stop, or an
+    unmapped access) ends emulation before the next instruction runs."""
+    m = Machine(arch)
+    code, target = 0x10000, 0x300000
+    m.map(code, 0x1000, RX)
+    m.write(code, STOP_CODE[arch])
+    base, marker = ("rbx", "r12") if arch == "x86_64" else ("x1", "x19")
+    m.set_reg(base, target)
+    if how == "memhook":
+        m.map(target, 0x1000, RW)
+        m.uc.hook_add(uc.UC_HOOK_MEM_WRITE, lambda u, *a: u.emu_stop(), None, target, target + 3)
+    elif how == "mmio":
+        m.uc.mmio_map(target, 0x1000, lambda *a: 0, None, lambda u, *a: u.emu_stop(), None)
+    end = code + len(STOP_CODE[arch]) - (1 if arch == "x86_64" else 4)
+    try:
+        m.uc.emu_start(code, end)
+    except unicorn.UcError:
+        assert how == "unmapped"
+    assert m.reg(marker) == 0, "the instruction after the access ran"
+
+
+# --- 003: arm64 tags stripped before the TLB ----------------------------------------------------------------
+def test_tbi_one_tlb_entry_per_page():
+    """64 pointers with 64 different tags into one page: QEMU's TLB fill sees the untagged page once
+    (the stock engine filled the TLB with each tagged alias, and again whenever 9+ aliases evicted each
+    other)."""
+    m = Machine("arm64")                              # TCR_EL1.TBI0 on, as for every arm64 guest
+    code, table, data = 0x10000, 0x200000, 0x300000
+    # loop: ldr x2,[x0,x3,lsl #3]; ldr x4,[x2]; add x3,x3,#1; and x3,x3,x6; subs x5,x5,#1; b.ne loop
+    words = (0xF8637802, 0xF9400044, 0x91000463, 0x8A060063, 0xF10004A5, 0x54FFFF61)
+    m.map(code, 0x1000, RX)
+    m.map(table, 0x1000, RW)
+    m.map(data, 0x1000, RW)
+    m.write(code, struct.pack("<6I", *words))
+    m.write(table, struct.pack("<64Q", *((data + 16 * i) | ((0x10 + i) << 56) for i in range(64))))
+    fills: list[int] = []
+
+    def fill(uc_, vaddr, access, entry, ud):
+        if vaddr & ~0xFFF != code:
+            fills.append(vaddr)
+        entry.paddr = vaddr & 0x00FF_FFFF_FFFF_F000
+        entry.perms = 7
+        return True
+    m.uc.hook_add(uc.UC_HOOK_TLB_FILL, fill)
+    m.uc.ctl_set_tlb_mode(uc.UC_TLB_VIRTUAL)
+    for reg, v in (("x0", table), ("x3", 0), ("x6", 63), ("x5", 64 * 20)):
+        m.set_reg(reg, v)
+    m.uc.emu_start(code, code + 4 * len(words))
+    assert m.reg("x5") == 0
+    assert not [a for a in fills if a >> 56], "the TLB was filled with tagged addresses"
+    assert len([a for a in fills if a & ~0xFFF == data]) <= 2, f"{len(fills)} fills"
+
+
+# --- bench/engine.py ----------------------------------------------------------------------------------------
+def test_bench_engine_smoke(tmp_path):
+    """The engine benchmark runs and writes its JSON (figures are never asserted)."""
+    if shutil.which("qemu-x86_64") is None:
+        pytest.skip("qemu-x86_64 is not installed")
+    out = tmp_path / "engine.json"
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "engine.py"), "--reps", "1", "--scale", "0.002",
+                        "--arch", "x86_64", "--workloads", "compute", "--no-wheel", "--no-programs",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    assert res["meta"]["engine"] == unicorn_lib.manifest()["engine"]
+    (wl,) = res["workloads"]
+    assert wl["outputs_match"] and wl["name"] == "compute" and wl["arch"] == "x86_64"
+    assert set(wl["ratio_to_qemu_cpu"]) == {"bare-emsan", "emsan"}
+    assert all(len(v) == 1 and v[0] > 0 for v in wl["cpu"].values())
