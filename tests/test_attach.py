@@ -179,6 +179,25 @@ def test_attach_refuses_what_cannot_work(tmp_path):
             emsan.attach(uc, "x86_64", **kw)
 
 
+def test_import_emsan_first_gives_the_harness_emsans_engine():
+    """`import emsan; import unicorn`: the harness's Uc runs on emsan's libunicorn; the other order
+    is refused at attach with emsan's one-line error, not a run on the wheel's library."""
+    from emsan.machine import unicorn_lib
+    first = ("import emsan, unicorn\n"
+             "from unicorn.unicorn_py3.unicorn import uclib\n"
+             "print(uclib._name)")
+    p = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert Path(p.stdout.strip()).resolve() == unicorn_lib.LIBRARY.resolve()
+    late = ("import unicorn, emsan\n"
+            "uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)\n"
+            "try:\n    emsan.attach(uc, 'x86_64')\n"
+            "except emsan.EmsanError as e:\n    print('refused:', e)\n")
+    p = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert p.stdout.startswith("refused: unicorn was imported before emsan") and p.stdout.count("\n") == 1
+
+
 FUZZ_MODES = {"x86_64": ["generic", "generic-hook", "kfence"], "arm64": ["generic", "sw-tags", "hw-tags", "kfence"]}
 
 
