@@ -174,10 +174,10 @@ def test_compiler_bench_smoke(tmp_path):
 @pytest.mark.skipif(shutil.which("afl-fuzz") is None or shutil.which("afl-clang-fast") is None,
                     reason="AFL++ is not installed")
 def test_fuzz_bench_smoke(tmp_path):
-    """bench/fuzz.py: every configuration fuzzes (executions counted) and time to first crash runs."""
-    out = tmp_path / "fuzz.json"
+    """bench/afl_fuzz.py: every configuration fuzzes (executions counted) and time to first crash runs."""
+    out = tmp_path / "afl_fuzz.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "fuzz.py"), "--reps", "1", "--arch", "x86_64", "--seconds", "1",
+        [sys.executable, str(ROOT / "bench" / "afl_fuzz.py"), "--reps", "1", "--arch", "x86_64", "--seconds", "1",
          "--crash-seconds", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

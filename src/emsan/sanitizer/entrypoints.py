@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-from elftools.elf.elffile import ELFFile
+from emsan.report.elfsections import open_sections
 
 # Allocator entry points (C and C++), by symbol name -> native function id name.
 ALLOCATOR = {
@@ -72,8 +72,8 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     out = []
     try:
         with open(path, "rb") as f:
-            elf = ELFFile(f)
-            for secname in (".symtab", ".dynsym"):
+            elf = open_sections(f, path)
+            for secname in ((".symtab", ".dynsym") if elf is not None else ()):
                 sec = elf.get_section_by_name(secname)
                 if sec is None or sec["sh_entsize"] != _SYM.size:
                     continue
@@ -94,7 +94,8 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
 def has_symtab(path: str) -> bool:
     try:
         with open(path, "rb") as f:
-            return ELFFile(f).get_section_by_name(".symtab") is not None
+            elf = open_sections(f, path)
+            return elf is not None and elf.get_section_by_name(".symtab") is not None
     except Exception:
         return False
 

@@ -208,7 +208,8 @@ class Sanitizer:
         print(text, file=sys.stderr, flush=True)
         self.texts.append(text)
         self.reports.append(render_json(rep, self.s.symbolizer))
-        write_outputs(self.s.opts, self.reports)       # as it goes: a run killed later keeps them
+        # as it goes: a run killed later keeps them
+        write_outputs(self.s.opts, self.reports, warn=self.s.process.warn_once)
         return True
 
     def finish(self) -> None:
