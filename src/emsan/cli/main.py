@@ -116,7 +116,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sarif", dest="sarif_path", metavar="FILE",
                    help="also write reports as a SARIF 2.1.0 log to FILE (code-scanning dashboards)")
     p.add_argument("--error-exitcode", type=_integer(0, 255), default=EXIT_REPORT,
-                   help=f"exit status when a report stops the run (default {EXIT_REPORT})")
+                   help=f"exit status after a report: when it stops the run, or with --continue when the "
+                        f"guest exits after one (default {EXIT_REPORT})")
     p.add_argument("--continue", dest="keep_going", action="store_true",
                    help="keep running after a report (each distinct bug is reported once)")
     p.add_argument("--quarantine-size", type=_size, default=256 << 20, metavar="BYTES",

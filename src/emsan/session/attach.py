@@ -161,6 +161,11 @@ class Sanitizer:
         self.on_report = on_report
         if on_report is not None:
             self.runtime.on_error(self._report_now)
+        elif self.mode.report_in_engine:
+            # The mode may find no bug in an error after all (build() gives None: generic's MMIO
+            # view sees an unaligned load as the aligned loads around it): decide in the engine
+            # and stop it only for a real one, as the Linux session does.
+            self.runtime.on_error(self._stop_on_report)
 
     # --- what the mode is told about the harness -----------------------------------------------
     def _map(self, lo: int, hi: int, prot: int, name: str, host: int | None) -> None:
@@ -226,6 +231,8 @@ class Sanitizer:
         out = []
         for e in self.runtime.pending():
             rep = self.mode.build(e, self.task)
+            if rep is None:                     # no bug after all
+                continue
             d = to_json(rep, self.symbolizer)
             text = render(rep, self.symbolizer, self.arch.name)
             r = Report(d["bug_type"], d["access"], rep.addr, d["size"], rep.pc, d["function"], text, d, d["stack"],
@@ -237,6 +244,14 @@ class Sanitizer:
     def _report_now(self) -> None:
         for r in self._build():
             self.on_report(r)
+
+    def _stop_on_report(self) -> None:
+        if self._pending:                       # the engine has yet to stop after the report
+            self.runtime.pending()
+            return
+        self._pending += self._build()
+        if self._pending:
+            self.machine.stop("report")
 
     def check(self) -> None:
         """Raise ReportError if the engine stopped on a bug since the last check."""
