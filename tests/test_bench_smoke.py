@@ -191,3 +191,29 @@ def test_leaks_bench_smoke(tmp_path):
     if "lsan1" in scan["configs"]:
         assert scan["lsan_lost_objects"] == scan["valgrind_lost_objects"] == scan["made_lost"]
     assert _positive(cost["ratio_wall"]["median"]) and len(cost["runs"]["leaks"]) == 1
+
+
+@pytest.mark.skipif(shutil.which("afl-fuzz") is None or shutil.which("afl-clang-fast") is None,
+                    reason="AFL++ is not installed")
+def test_fuzz_bench_smoke(tmp_path):
+    """bench/afl_fuzz.py: every configuration fuzzes (executions counted) and time to first crash runs."""
+    out = tmp_path / "afl_fuzz.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "afl_fuzz.py"), "--reps", "1", "--arch", "x86_64", "--seconds", "1",
+         "--crash-seconds", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "executions per second" in proc.stdout and "Time to first crash" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["schema"] == "emsan-bench-fuzz/1" and res["meta"]["arches"] == ["x86_64"]
+    configs = {row["config"] for row in res["execs"]}
+    assert configs == {"emsan none", "emsan generic", "emsan kfence", "plain Unicorn harness",
+                       "emsan generic, persistent parse()", "plain Unicorn harness, persistent",
+                       "AFL++ afl-clang-fast + ASan (native)"}
+    for row in res["execs"]:
+        assert _positive(row["execs_per_sec"]["median"]), row
+        assert _positive(row["vs_emsan_none"]["median"]) and _positive(row["vs_plain_harness"]["median"])
+    assert {r["tool"] for r in res["time_to_first_crash"]} == {"emsan generic (CmpLog)",
+                                                              "AFL++ afl-clang-fast + ASan (CmpLog)"}
+    for r in res["time_to_first_crash"]:
+        assert set(r["bugs"]) <= {"slab-out-of-bounds", "slab-use-after-free"}

@@ -334,6 +334,11 @@ int emsan_kasan_check_range(emsan_kasan *k, uint64_t addr, uint64_t size, int is
 void emsan_kasan_add_tolerant_range(emsan_kasan *k, uint64_t lo, uint64_t hi);
 int emsan_kasan_describe(emsan_kasan *k, uint64_t addr, uint64_t size, emsan_obj_info *out);
 void emsan_kasan_get_stats(emsan_kasan *k, emsan_kasan_stats *out);
+/* A persistent fuzzing loop (checkpoint.c): save the allocator's state, go back to it after each
+ * input; and a new random stream (the tags) for each input. */
+void emsan_kasan_checkpoint(emsan_kasan *k);
+void emsan_kasan_rollback(emsan_kasan *k);
+void emsan_kasan_reseed(emsan_kasan *k, uint64_t seed);
 
 /* Shadow (generic encoding, one byte per 8 bytes, per-page; shadow.c). */
 void emsan_shadow_full(emsan_kasan *k);
@@ -365,6 +370,9 @@ void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, 
 /* QEMU internals of the pinned libunicorn (qemu_get_cpu_<arch>, cpu_restore_state_<arch>) that
  * recover the exact PC of an access seen in an MMIO callback. */
 void emsan_mmio_set_pc_recovery(emsan_kasan *k, void *get_cpu, void *restore);
+/* on: guest memory is copy-on-write now (the engine keeps a snapshot); the checking view then
+ * goes through the engine to the heap's current copy. */
+void emsan_mmio_copy_on_write(emsan_kasan *k, int on);
 
 /* Tag-based modes (tags.c, mte.c). */
 int emsan_tag_at(emsan_kasan *k, uint64_t addr);
@@ -399,6 +407,11 @@ void *emsan_kfence_entry(emsan_kfence *k, int fn);
 void emsan_kfence_get_stats(emsan_kfence *k, emsan_kfence_stats *out);
 int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr);
 int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t size, int is_write);
+/* A persistent fuzzing loop: save the pool's state, go back to it after each input; and a new
+ * sampling stream for each input. */
+void emsan_kfence_checkpoint(emsan_kfence *k);
+void emsan_kfence_rollback(emsan_kfence *k);
+void emsan_kfence_reseed(emsan_kfence *k, uint64_t seed);
 /* Unicorn callbacks: UC_HOOK_TLB_FILL, UC_HOOK_CODE at allocator entries, UC_HOOK_BLOCK. */
 _Bool emsan_kfence_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 void emsan_kfence_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);
@@ -510,3 +523,17 @@ void emsan_tick_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 /* ---- resource exhaustion (exhaust.c): what emsan's native state ran out of, or NULL ---- */
 const char *emsan_exhausted(void);
 void emsan_shadow_set_limit(emsan_kasan *k, uint64_t pages);
+
+/* ---- AFL++ target side: fork server, coverage, CompCov, shared translations (afl.c) ---- */
+struct emsan_afl;
+struct emsan_afl *emsan_afl_new(void *uc, uint32_t ctl_request_cache);
+int emsan_afl_has_afl(struct emsan_afl *a);
+int emsan_afl_cmplog(struct emsan_afl *a);
+uint64_t emsan_afl_cached(struct emsan_afl *a);
+uint8_t *emsan_afl_map(struct emsan_afl *a);
+int emsan_afl_cover(struct emsan_afl *a, int block_type, uint64_t begin, uint64_t end);
+int emsan_afl_compcov(struct emsan_afl *a, int opcode_type, int op, int flags, uint64_t begin, uint64_t end);
+int emsan_afl_share_cache(struct emsan_afl *a, int edge_type);
+const uint8_t *emsan_afl_input(struct emsan_afl *a, uint32_t *len);
+int emsan_afl_serve(struct emsan_afl *a);
+int emsan_afl_next(struct emsan_afl *a);

@@ -129,6 +129,7 @@ static uint64_t do_alloc(kasan_t *k, uint64_t size, uint64_t align, int kind, in
         while (size_classes[c] < size) c++;
         if (!k->freelist[c].n && !grow_class(k, c)) return 0;
         uint64_t handle = k->freelist[c].v[--k->freelist[c].n];
+        touch(k, handle);
         struct slab *s = slab_of(k, handle);
         uint64_t addr = obj_addr(k, handle);
         set_live(k, obj_of(k, handle), size, kind, align_log, stack);
@@ -160,6 +161,7 @@ void release_object(kasan_t *k, uint64_t handle)
 {
     struct slab *s = slab_of(k, handle);
     struct obj *o = obj_of(k, handle);
+    touch(k, handle);
     o->state = EMSAN_OBJ_FREE;
     if (s->cls == LARGE_CLASS) {
         uint64_t page = (s->start - k->base) >> PAGE_SHIFT;
@@ -212,6 +214,7 @@ static int64_t do_free(kasan_t *k, uint64_t ptr, int kind, int fn, uint64_t pc, 
         if (!rt->on_error) return -1;   /* the run stops here: the report shows the object as it is */
     }
     uint32_t stack = stack_here(rt, 0, 1);
+    touch(k, (uint64_t)handle);
     struct slab *s = slab_of(k, (uint64_t)handle);
     o->free_stack = stack;
     k->stats.frees++;

@@ -38,6 +38,7 @@ EXPORT void emsan_kasan_destroy(emsan_kasan *k)
 {
     if (k->ops->destroy) k->ops->destroy(k);
     leak_destroy(k);
+    checkpoint_destroy(k);
     mmio_destroy(k);
     shadow_destroy(k);
     for (size_t i = 0; i < k->nslabs; i++) free(k->slabs[i].objs);

@@ -108,6 +108,14 @@ struct kasan_ops {
     void (*tag_memory)(kasan_t *k, uint64_t addr, uint8_t tag, uint64_t size);
     /* the per-access check of a memory hook (user data: the kasan) */
     void (*access_cb)(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud);
+    /* a heap granule's state (generic: its shadow byte; tag modes: its memory tag), and setting
+     * [addr, addr+len) (granule aligned) back to one exactly: a rollback's (checkpoint.c) */
+    uint8_t (*state_at)(kasan_t *k, uint64_t addr);
+    void (*set_state)(kasan_t *k, uint64_t addr, uint64_t len, uint8_t v);
+    /* save (restore = 0) or put back (1) what else the mode keeps per allocation, or NULL */
+    void (*checkpoint)(kasan_t *k, int restore);
+    /* a new random stream (tag modes' tags), or NULL */
+    void (*reseed)(kasan_t *k, uint64_t seed);
 };
 
 extern const struct kasan_ops kasan_generic_ops, kasan_sw_tags_ops, kasan_hw_tags_ops;
@@ -132,6 +140,7 @@ struct emsan_kasan {
     uint64_t refusal_sp, refusal_ret;  /* the refused call whose nested calls are not reported again */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
+    struct checkpoint *cp;             /* a persistent loop's saved state (checkpoint.c), or NULL */
     emsan_kasan_stats stats;
     struct shadow_map sm;              /* every mode: the mmap area's shadow (last: see above) */
 };
@@ -165,6 +174,11 @@ void for_each_live_object(kasan_t *k, void (*fn)(kasan_t *, uint64_t, struct obj
 /* kmemleak.c */
 void leak_note_alloc(kasan_t *k, struct obj *o);
 void leak_destroy(kasan_t *k);
+
+/* checkpoint.c: the object at handle changes state; a rollback must put it back */
+void checkpoint_touch(kasan_t *k, uint64_t handle);
+static inline void touch(kasan_t *k, uint64_t handle) { if (UNLIKELY(k->cp != NULL)) checkpoint_touch(k, handle); }
+void checkpoint_destroy(kasan_t *k);
 
 /* quarantine.c */
 void quarantine_put(kasan_t *k, uint64_t handle, uint64_t bytes);
@@ -212,6 +226,7 @@ void shadow_sync(kasan_t *k, int now);
 /* mmio.c */
 void mmio_poisoned(kasan_t *k, uint64_t addr, uint64_t len);
 void mmio_destroy(kasan_t *k);
+void mmio_rollback(kasan_t *k);
 
 /* tags.c */
 uint64_t tag_rnd(struct tag_state *t);

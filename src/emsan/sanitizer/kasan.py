@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from emsan.report.model import AllocRequest, ObjectInfo, Report, Task
 from emsan.sanitizer.entrypoints import has_symtab, module_entry_points, string_code_ranges
-from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target
+from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target, stream_seed
 from emsan.sanitizer.runtime import Error, Runtime
 from emsan.sanitizer.stacks import confirm_candidate
 
@@ -100,6 +100,11 @@ class Kasan:
             get_cpu, restore = recovery
             lib.emsan_mmio_set_pc_recovery(self.k, ffi.cast("void *", get_cpu), ffi.cast("void *", restore))
 
+    def mmio_copy_on_write(self) -> None:
+        """Guest memory is copy-on-write from now on (Machine.snapshot): the checking view reads
+        and writes the heap's current copy through the engine, not emsan's host memory."""
+        self.lib.emsan_mmio_copy_on_write(self.k, 1)
+
     # --- reports ----------------------------------------------------------------------------------
     def describe(self, addr: int, size: int = 0):
         """What the mode knows about the object at addr (emsan_obj_info; tag modes also about the
@@ -117,6 +122,16 @@ class Kasan:
 
     def stats(self) -> dict[str, int]:
         return self.runtime.counters("emsan_kasan_stats", self.lib.emsan_kasan_get_stats, self.k)
+
+    # --- a persistent fuzzing loop (native/checkpoint.c) -------------------------------------------
+    def checkpoint(self) -> None:
+        self.lib.emsan_kasan_checkpoint(self.k)
+
+    def rollback(self) -> None:
+        self.lib.emsan_kasan_rollback(self.k)
+
+    def reseed(self, seed: int) -> None:
+        self.lib.emsan_kasan_reseed(self.k, seed & (2**64 - 1))
 
 
 # How a report names the functions emsan stands in for (C++ operators as demangled)
@@ -260,6 +275,15 @@ class KasanMode:
 
     def stats(self) -> dict[str, int]:
         return self.kasan.stats()
+
+    def reseed(self, seed: int) -> None:
+        self.kasan.reseed(stream_seed(seed, "tags"))
+
+    def checkpoint(self) -> None:
+        self.kasan.checkpoint()
+
+    def rollback(self) -> None:
+        self.kasan.rollback()
 
     # --- reports ----------------------------------------------------------------------------------
     def call_trace(self, e: Error) -> list[int]:

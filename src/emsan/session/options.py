@@ -23,6 +23,7 @@ class RunOptions:
     seed: int | None = None
     trace_syscalls: bool = False
     json_path: str | None = None
+    sarif_path: str | None = None     # --sarif: reports as a SARIF 2.1.0 log
     error_exitcode: int = EXIT_REPORT
     keep_going: bool = False          # --continue: the kernel's multi-shot
     quarantine_size: int = 256 << 20
@@ -45,7 +46,14 @@ class RunOptions:
 
     def outputs(self) -> list[tuple[str, str, bytes]]:
         """Every file a run writes: (option, path, what it holds before the first report)."""
-        return [("--json", self.json_path, EMPTY_JSON)] if self.json_path is not None else []
+        out = [("--json", self.json_path, EMPTY_JSON)] if self.json_path is not None else []
+        if self.sarif_path is not None:
+            import json
+
+            from emsan.report.sarif import from_reports
+            empty = from_reports([], " ".join([self.program, *self.args]), self.program)
+            out.append(("--sarif", self.sarif_path, (json.dumps(empty, indent=2) + "\n").encode()))
+        return out
 
     def check_outputs(self) -> None:
         """Open every output file and write its empty form before the guest runs, so that a path

@@ -4,7 +4,6 @@ and exit decisions. Nothing here depends on which mode runs: the mode's capabili
 to wire (emsan.sanitizer.mode)."""
 from __future__ import annotations
 
-import json
 import sys
 from typing import cast
 
@@ -26,6 +25,7 @@ from emsan.sanitizer.shadow import shadow_window
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
 from emsan.session.crash import call_trace_pcs
 from emsan.session.leaks import LeakCheck
+from emsan.session.outputs import write_outputs
 from emsan.session.unwind import is_call_return
 
 LAYOUT = Layout(heap=SANITIZER_HEAP_BASE, heap_size=SANITIZER_HEAP_SIZE)
@@ -77,7 +77,8 @@ class Sanitizer:
                                  f"guest for most allocations")
             self.leaks = LeakCheck(self, cast(KasanMode, self.mode).kasan)
         self.leak_scans: list[dict] = []
-        self.reports: list[dict] = []
+        self.reports: list[dict] = []        # JSON renderings, in order
+        self.texts: list[str] = []           # the text of each, as printed
         self.seen: set[tuple] = set()
         self.last_addr: int | None = None
         for mod in list(mem.modules):
@@ -267,9 +268,12 @@ class Sanitizer:
             return False
         self.seen.add(key)
         sys.stdout.flush()
-        print(render_text(rep, self.s.symbolizer, self.s.arch.name), file=sys.stderr, flush=True)
+        text = render_text(rep, self.s.symbolizer, self.s.arch.name)
+        print(text, file=sys.stderr, flush=True)
+        self.texts.append(text)
         self.reports.append(render_json(rep, self.s.symbolizer))
-        self.write_json()
+        # as it goes: a run killed later keeps them
+        write_outputs(self.s.opts, self.reports, warn=self.s.process.warn_once, extra=self.json_extra())
         return True
 
     def emit_leak(self, rep: LeakReport) -> None:
@@ -277,34 +281,28 @@ class Sanitizer:
         indirectly lost blocks only in its summary) and add it to the JSON."""
         if not rep.indirect:
             sys.stdout.flush()
-            print(render_text(rep, self.s.symbolizer, self.s.arch.name), file=sys.stderr, flush=True)
+            text = render_text(rep, self.s.symbolizer, self.s.arch.name)
+            print(text, file=sys.stderr, flush=True)
+            self.texts.append(text)
         self.reports.append(render_json(rep, self.s.symbolizer))
 
     def leak_scan_done(self, summary: dict) -> None:
         self.leak_scans.append(summary)
-        self.write_json()
+        write_outputs(self.s.opts, self.reports, warn=self.s.process.warn_once, extra=self.json_extra())
 
-    def write_json(self) -> None:
-        path = self.s.opts.json_path
-        if path:
-            doc: dict = {"tool": "emsan", "reports": self.reports}
-            if self.leaks is not None:
-                doc["leak_scans"] = self.leak_scans
-            try:
-                with open(path, "w") as f:
-                    json.dump(doc, f, indent=2)
-            except OSError as e:        # checked before the run; a full disk now loses it, not the status
-                self.s.process.warn_once("json", f"--json {path}: cannot write: {e.strerror}")
+    def json_extra(self) -> dict:
+        """What the JSON holds besides the reports: the leak scans' summaries."""
+        return {"leak_scans": self.leak_scans} if self.leaks is not None else {}
 
     def finish(self, info: ExitInfo) -> int:
-        """The guest has ended: the leak scan (unless a report stopped the run), the JSON, the
-        statistics; the exit status (--error-exitcode when leaks were found, as LeakSanitizer's)."""
+        """The guest has ended: the leak scan (unless a report stopped the run) and the
+        statistics (the session writes the final JSON and SARIF); the exit status
+        (--error-exitcode when leaks were found, as LeakSanitizer's)."""
         status = info.status
         if self.leaks is not None and info.kind in ("exit", "signal"):
             self.leaks.at_exit()
             if self.leaks.leaks:
                 status = self.s.opts.error_exitcode
-        self.write_json()
         if self.s.opts.stats:
             st = self.mode.stats()
             if "shadow_pages" in st:

@@ -40,7 +40,7 @@ class FileDesc:
 
 @dataclass
 class ExitInfo:
-    kind: str                     # exit / signal / timeout / max-instructions / stopped
+    kind: str                     # exit / signal / timeout / max-instructions / stopped / paused
     status: int
     signal: int = 0
     fault: MachineFault | None = None
@@ -335,6 +335,10 @@ class Process:
                     self.signals.deliver(FAULT_SIGNAL[fault.kind], fault)
                     pc = m.pc
                     continue
+                if reason == "pause":
+                    # Stopped to be resumed by run(m.pc, ...) later (the fork server at main): the
+                    # process, its descriptors included, stays as it is.
+                    return ExitInfo("paused", 0)
                 if reason == "timeout" or (deadline and time.monotonic() >= deadline):
                     self.exit_info = ExitInfo("timeout", EXIT_TIMEOUT)
                 elif reason == "tick-hook":     # the machine installed its timer hook

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from emsan.errors import EmsanError
 from emsan.report.model import CompilerReport, FrameObject, StackFrame, Task
 from emsan.runtime import GLOBALS_SYMBOL, NO_RETURN_SYMBOL, REPORT_SYMBOL
 from emsan.sanitizer.entrypoints import function_symbols
@@ -84,6 +85,13 @@ class CompilerMode(KasanMode):
             self.kasan.hooked[addr] = name
             self.runtime.intercepted(addr)
             self.machine.hook_code_native(self._callbacks[name], self.cc, addr)
+
+    def checkpoint(self) -> None:
+        # The guest writes its stack and global shadow itself, into emsan's host pages: under a
+        # memory snapshot those writes land in the engine's private copies of them, which
+        # emsan's own checks never read.
+        raise EmsanError("compiler-assisted mode cannot go back to a checkpoint (persistent fuzzing): the guest "
+                         "writes its shadow itself; fuzz it without --persistent")
 
     # --- reports ----------------------------------------------------------------------------------
     def build(self, e: Error, task: Task) -> CompilerReport:

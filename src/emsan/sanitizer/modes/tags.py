@@ -40,6 +40,7 @@ class TagMode(KasanMode):
 
     def __init__(self, target: Target):
         super().__init__(target, stream_seed(target.options.seed, "tags"))
+        target.machine.top_byte_ignore()      # pointers carry their tags (a harness's engine too)
         self.map_heap()
         self.kasan.check_accesses()
         lib = self.runtime.lib
