@@ -152,7 +152,9 @@ def test_real_programs_no_return_reports(prog, args, stdin):
         pytest.skip(f"{path} is not installed")
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
     ref = subprocess.run([path, *args], input=stdin, capture_output=True, env=env, timeout=120)
-    p = emsan("run", "--continue", "--stats", "--stack-checks", "ret", path, *args, input=stdin, env=env)
+    # --no-leaks: perl and python3 leave objects allocated at exit, which is not this test's subject
+    p = emsan("run", "--continue", "--no-leaks", "--stats", "--stack-checks", "ret", path, *args, input=stdin,
+              env=env)
     err = p.stderr.decode(errors="replace")
     assert p.stdout == ref.stdout and p.returncode == ref.returncode, err
     assert "return address of" not in err, err
