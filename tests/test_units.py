@@ -122,7 +122,7 @@ def test_kmalloc_cache_of_a_size(size, cache):
     ("strlen", "STRLEN"), ("__strlen_avx2", "STRLEN"), ("__memmove_avx_unaligned_erms", "MEMMOVE"),
     ("__memcpy_generic", "MEMCPY"), ("bcmp", "MEMCMP"), ("__memcmpeq_evex", "MEMCMP"), ("__stpncpy_sse2", "STPNCPY"),
     ("strnlen", "STRNLEN"), ("strlen_ifunc", None),
-    ("strlenx", None), ("my_strlen", None),
+    ("strlenx", None), ("my_strlen", None), ("strlen_utf8", None), ("memcpy_foo", None), ("strcasecmp_l", "STRCASECMP"),
     # _FORTIFY_SOURCE's checked variants of the copying functions (glibc's names only)
     ("__memcpy_chk", "MEMCPY_CHK"), ("__memmove_chk_avx_unaligned_erms", "MEMMOVE_CHK"), ("__strncat_chk", "STRNCAT_CHK"),
     ("memcpy_chk", None), ("__strlen_chk", None), ("__wmemcpy_chk", None), ("__memcpy_chk_ifunc", None),

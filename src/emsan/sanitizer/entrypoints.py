@@ -68,6 +68,8 @@ def string_function(name: str) -> str | None:
         return None
     if m.group(2):             # glibc's own names only: a program's memcpy_chk() is its own
         return STRINGS[m.group(1)] + "_CHK" if m.group(1) in FORTIFIED and name.startswith("__") else None
+    if m.group(3) and m.group(3) != "_l" and not name.startswith("__"):
+        return None            # glibc's variants are __-prefixed: a program's strlen_utf8() is its own
     return STRINGS[m.group(1)]
 
 
