@@ -9,6 +9,7 @@ typedef struct emsan_api {
     void *uc_emu_stop;      /* uc_err uc_emu_stop(uc_engine *) */
     void *uc_hook_add;      /* uc_err uc_hook_add(uc_engine *, size_t *, int, void *, void *, uint64_t, uint64_t, ...) */
     void *uc_ctl;           /* uc_err uc_ctl(uc_engine *, int, ...) */
+    void *uc_emsan_host_ptr;    /* void *(uc_engine *, uint64_t, size_t, bool): engine/patches/005 */
 } emsan_api;
 
 void emsan_set_api(const emsan_api *api);
