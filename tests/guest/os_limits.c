@@ -21,7 +21,7 @@ volatile unsigned long spins;
 
 __attribute__((noinline)) void spin_forever(void)
 {
-    for (;;)
+    for (;;)                                        /* @spin_loop */
         spins++;                                    /* @spin */
 }
 
