@@ -6,8 +6,6 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-from elftools.elf.elffile import ELFFile
-
 # Allocator entry points (C and C++), by symbol name -> native function id name.
 ALLOCATOR = {
     "malloc": "MALLOC", "free": "FREE", "cfree": "FREE", "calloc": "CALLOC", "realloc": "REALLOC",
@@ -60,7 +58,52 @@ class EntryPoint:
 
 
 _SYM = struct.Struct("<IBBHQQ")          # Elf64_Sym
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
+_SHDR = struct.Struct("<IIQQQQIIQQ")      # Elf64_Shdr
 STT_FUNC, STT_GNU_IFUNC = 2, 10
+
+
+@dataclass(frozen=True)
+class _Section:
+    name: str
+    type: int
+    offset: int
+    size: int
+    link: int
+    entsize: int
+
+
+@lru_cache(maxsize=None)
+def _sections(path: str) -> tuple[_Section, ...]:
+    """The section headers of a little-endian ELF64 file, in index order; () for anything else.
+
+    Read with struct: pyelftools parses every header with construct to find one by name, 20-40 ms
+    per libc at every start-up."""
+    with open(path, "rb") as f:
+        head = f.read(_EHDR.size)
+        if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            return ()
+        shoff, shentsize, shnum, shstrndx = (_EHDR.unpack(head)[i] for i in (6, 11, 12, 13))
+        if not shoff or shentsize != _SHDR.size or shstrndx >= shnum:
+            return ()
+        f.seek(shoff)
+        table = f.read(shnum * shentsize)
+        hdrs = [_SHDR.unpack_from(table, i * shentsize) for i in range(len(table) // shentsize)]
+        if shstrndx >= len(hdrs):
+            return ()
+        f.seek(hdrs[shstrndx][4])
+        names = f.read(hdrs[shstrndx][5])
+    out = []
+    for name_off, typ, _flags, _addr, offset, size, link, _info, _align, entsize in hdrs:
+        end = names.find(b"\0", name_off)
+        out.append(_Section(names[name_off:end if end >= 0 else None].decode(errors="replace"),
+                            typ, offset, size, link, entsize))
+    return tuple(out)
+
+
+def _read(f, sec: _Section) -> bytes:
+    f.seek(sec.offset)
+    return f.read(sec.size)
 
 
 @lru_cache(maxsize=None)
@@ -71,14 +114,14 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     program, most of a short run's start-up."""
     out = []
     try:
+        secs = _sections(path)
         with open(path, "rb") as f:
-            elf = ELFFile(f)
             for secname in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(secname)
-                if sec is None or sec["sh_entsize"] != _SYM.size:
+                sec = next((s for s in secs if s.name == secname), None)
+                if sec is None or sec.entsize != _SYM.size or sec.link >= len(secs):
                     continue
-                strtab = elf.get_section(sec["sh_link"]).data()
-                data = sec.data()
+                strtab = _read(f, secs[sec.link])
+                data = _read(f, sec)
                 for off in range(0, len(data) - _SYM.size + 1, _SYM.size):
                     name_off, info, _other, shndx, value, size = _SYM.unpack_from(data, off)
                     kind = info & 0xF
@@ -93,8 +136,7 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
 
 def has_symtab(path: str) -> bool:
     try:
-        with open(path, "rb") as f:
-            return ELFFile(f).get_section_by_name(".symtab") is not None
+        return any(s.name == ".symtab" for s in _sections(path))
     except Exception:
         return False
 
