@@ -31,6 +31,8 @@ class Arch:
 
     # Locating the instruction behind an access seen without its PC (--checks mmio).
     gprs: ClassVar[tuple[str, ...]] = ()   # the registers an effective address can use
+    # Unicorn syncs no PC before this architecture's atomic read-modify-writes (x86-64).
+    stale_atomic_pc: ClassVar[bool] = False
 
     def memory_operands(self, insn, regs: dict[str, int]) -> list[tuple[int, int, int]]:
         """(effective address, size, capstone access bits) of each memory operand of a capstone
@@ -95,15 +97,17 @@ class Arch:
         instruction there makes it. Unicorn syncs the PC before the loads and stores it
         translates one by one, not before x86's atomic read-modify-writes, whose hook calls
         carry the last PC it synced: the access is then made by one of the atomic instructions
-        after it in the block that touch `addr`, in order; [] if none does."""
+        at or after it in the block that touch `addr`, in order; [] if none does. A synced PC
+        that is itself such an atomic (a TLB fill syncs it) does not tell which of them it was."""
         regs = {r: m.reg(r) for r in self.gprs}
         want = 2 if is_write else 1
         found = []
         for insn, ops in self.block_instructions(m, pc, regs):
             if any(ea <= addr < ea + size and (access & want or not access) for ea, size, access in ops):
-                if insn.address == pc:
+                atomic = self.atomic_rmw(m, insn.address)
+                if insn.address == pc and not (atomic and self.stale_atomic_pc):
                     return [pc]
-                if self.atomic_rmw(m, insn.address):
+                if atomic:
                     found.append(insn.address)
         return found
 
@@ -120,6 +124,29 @@ class Arch:
         return "write" if is_write or self.atomic_rmw(m, pc) else "read"
 
     # Calling convention, used by interceptors that stand in for a whole function.
+    def fault_access(self, m, pc: int, page: int, is_write: bool, page_size: int = 0x1000) -> tuple[int, int] | None:
+        """The first address and the size of the access the instruction at pc made to `page`
+        (a fault seen through the TLB knows only the page): (address, size), or None."""
+        code = m.try_read(pc, 16)
+        insn = next(self.disassembler.disasm(code, pc, 1), None) if code else None
+        if insn is None:
+            return None
+        regs = {r: m.reg(r) for r in self.gprs}
+        want = 2 if is_write else 1                   # CS_AC_WRITE / CS_AC_READ
+        other = None
+        try:
+            operands = self.memory_operands(insn, regs)
+        except KeyError:
+            return None
+        for ea, size, access in operands:
+            ea &= m.addr_mask
+            if ea < page + page_size and page < ea + max(size, 1):
+                found = (max(ea, page), size)
+                if access & want or not access:
+                    return found
+                other = other or found
+        return other
+
     def return_address(self, m) -> int:
         raise NotImplementedError
 

@@ -15,6 +15,7 @@ class X86_64(Arch):
 
     gprs = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+    stale_atomic_pc = True
 
     def memory_operands(self, insn, regs: dict[str, int]) -> list[tuple[int, int, int]]:
         from capstone import x86 as cx

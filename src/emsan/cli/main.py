@@ -37,23 +37,40 @@ def _env_pair(text: str) -> tuple[str, str]:
 
 
 def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().rstrip("b")
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
+        value = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if not 0 <= value < 1 << 63:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return value
 
 
-def _positive(text: str) -> int:
+def _integer(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}: {text!r}")
+        return v
+    return parse
+
+
+_positive = _integer(1, (1 << 63) - 1)
+
+
+def _seconds(text: str) -> float:
     try:
-        v = int(text, 0)
+        v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < v < 1e9:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return v
 
 
@@ -65,12 +82,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                                                      "Debian's cross root /usr/aarch64-linux-gnu)")
     p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="K=V", help="set a guest variable")
     p.add_argument("--unset-env", action="append", default=[], metavar="K", help="remove a guest variable")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this wall time")
-    p.add_argument("--max-instructions", type=int, metavar="N", help="stop the guest after N instructions")
-    p.add_argument("--seed", type=int, help="seed for guest randomness (AT_RANDOM, getrandom), sampling and tags")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="stop the guest after this wall time")
+    p.add_argument("--max-instructions", type=_positive, metavar="N", help="stop the guest after N instructions")
+    p.add_argument("--seed", type=_integer(0, (1 << 64) - 1),
+                   help="seed for guest randomness (AT_RANDOM, getrandom), sampling and tags")
     p.add_argument("--trace-syscalls", action="store_true", help="print each system call on stderr")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="also write reports as JSON to FILE")
-    p.add_argument("--error-exitcode", type=int, default=EXIT_REPORT,
+    p.add_argument("--error-exitcode", type=_integer(0, 255), default=EXIT_REPORT,
                    help=f"exit status when a report stops the run (default {EXIT_REPORT})")
     p.add_argument("--continue", dest="keep_going", action="store_true",
                    help="keep running after a report (each distinct bug is reported once)")
@@ -84,15 +102,17 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "every access in a memory hook")
     p.add_argument("--no-mmap-shadow", dest="mmap_shadow", action="store_false",
                    help="no vmalloc-like shadow for the mmap area (holes then fault without a KASAN report)")
-    p.add_argument("--kfence-objects", type=_positive, default=255, metavar="N",
+    p.add_argument("--kfence-objects", type=_integer(1, 65535), default=255, metavar="N",
                    help="kfence: objects in the guarded pool, (N+1)*2 pages (default 255)")
-    p.add_argument("--sample-interval", type=_positive, default=100, metavar="N",
+    p.add_argument("--sample-interval", type=_integer(1, (1 << 31) - 1), default=100, metavar="N",
                    help="kfence: send every Nth allocation to the pool (default 100)")
     p.add_argument("--sample-instructions", type=_positive, default=0, metavar="N",
                    help="kfence: sample by guest time instead: one allocation per N guest instructions")
     p.add_argument("--stacks", choices=("auto", "fp", "cfi", "scs", "x18", "none"), default="auto",
                    help="allocation/free stack collector (default: auto, the cheapest complete one)")
     p.add_argument("--no-depot", action="store_true", help="store every stack trace separately (no dedup)")
+    p.add_argument("--shadow-limit", type=_size, metavar="BYTES",
+                   help="private shadow emsan may use before it stops the run (default and most: 4G)")
 
 
 class _Version(argparse.Action):
@@ -138,15 +158,49 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       quarantine_size=ns.quarantine_size, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
                       kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,
                       sample_instructions=ns.sample_instructions,
-                      stacks=ns.stacks, no_depot=ns.no_depot)
+                      stacks=ns.stacks, no_depot=ns.no_depot, shadow_limit=ns.shadow_limit)
+
+
+def one_line(text: str) -> str:
+    """A message on one line whatever a file's bytes put in it (a path with a newline, control
+    characters, bytes that are not UTF-8): those are shown escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
+class LossyStream:
+    """emsan's own diagnostics on stderr: when the stream cannot take them (a full disk, a closed
+    pipe, a file-size limit), they are lost, not the run and its exit status."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError:
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not isinstance(sys.stderr, LossyStream):
+        sys.stderr = LossyStream(sys.stderr)
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "run":
             from emsan.session.run import run
-            return run(run_options(ns))
+            opts = run_options(ns)
+            opts.check_outputs()
+            return run(opts)
         if ns.command == "cflags":
             from emsan.runtime import cflags
             print(" ".join(cflags(ns.arch, ns.outline)))
@@ -155,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             from emsan.cli.fleet import run_fleet
             return run_fleet(list(sys.argv[1:] if argv is None else argv), ns)
     except EmsanError as e:
-        print(f"emsan: {e}", file=sys.stderr)
+        print(f"emsan: {one_line(str(e))}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug in emsan: one line, the traceback only on request
         if os.environ.get("EMSAN_DEBUG"):
             raise
-        print(f"emsan: internal error: {type(e).__name__}: {e} (set EMSAN_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"emsan: internal error: {type(e).__name__}: {one_line(str(e))} (set EMSAN_DEBUG=1 for a traceback)",
+              file=sys.stderr)
         return EXIT_INTERNAL
     return EXIT_BAD_INPUT

@@ -7,6 +7,7 @@ call and cost 3-5x more, measured on this project's machines).
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -22,6 +23,7 @@ UNICORN_VERSION = unicorn.__version__
 UC_PROT = {"r": uconst.UC_PROT_READ, "w": uconst.UC_PROT_WRITE, "x": uconst.UC_PROT_EXEC}
 PAGE = 0x1000
 UNTIL = 0xFFFF_FFFF_FFFF_FFF0  # an address no guest executes: emu_start never stops there
+CALL_RETURN = 0x7FFF_FFFF_F000   # where call() makes a guest function return to: no guest memory
 
 _ACCESS = {
     uconst.UC_MEM_READ_UNMAPPED: "read", uconst.UC_MEM_WRITE_UNMAPPED: "write",
@@ -40,6 +42,7 @@ class MachineFault:
     access: str = ""     # read / write / fetch
     mapped: bool = False  # the page exists but its protection forbids the access
     size: int = 0        # bytes of the faulting data access
+    page_only: bool = False  # addr is the page the access touched (the TLB knows no more)
 
 
 def _reg_table(module, prefix: str) -> dict[str, int]:
@@ -51,6 +54,52 @@ ARCHES = {
     "x86_64": (uconst.UC_ARCH_X86, uconst.UC_MODE_64, _reg_table(x86_const, "UC_X86_REG_")),
     "arm64": (uconst.UC_ARCH_ARM64, uconst.UC_MODE_ARM, _reg_table(arm64_const, "UC_ARM64_REG_")),
 }
+
+
+class Waker:
+    """Stops the engine when a moment of wall-clock time comes, from a host thread that sleeps
+    until the earliest moment asked for (no polling; nothing runs per block until a tick is
+    first asked for).
+
+    Two kinds of moments. A tick (a guest timer expires) must let the guest resume exactly where
+    it was: the thread only raises a flag, and a native block hook (native/vmem.c, installed the
+    first time a tick is asked for) stops the engine at the next block start, where the PC is
+    exact. A stop (--timeout) ends the run: the thread stops the engine at once, and again every
+    RETRY seconds until the run is over (a stop that came between two runs would be lost)."""
+
+    RETRY = 0.001
+
+    def __init__(self, machine: "Machine"):
+        self.machine = machine
+        self.tick_at: float | None = None
+        self.stop_at: float | None = None
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.flag = None                 # int[2] the block hook reads: asked, done
+
+    def set(self, tick_at: float | None, stop_at: float | None) -> None:
+        with self.cond:
+            if (tick_at, stop_at) == (self.tick_at, self.stop_at):
+                return
+            self.tick_at, self.stop_at = tick_at, stop_at
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="emsan-waker", daemon=True)
+                self.thread.start()
+            self.cond.notify()
+
+    def _loop(self) -> None:
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                if self.stop_at is not None and now >= self.stop_at:
+                    self.machine.wake()
+                    self.cond.wait(self.RETRY)
+                    continue
+                if self.tick_at is not None and now >= self.tick_at and self.flag is not None:
+                    self.flag[0] = 1
+                    self.tick_at = None          # asked once; the next moment comes with set()
+                moments = [t for t in (self.tick_at, self.stop_at) if t is not None]
+                self.cond.wait(max(0.0, min(moments) - now) if moments else None)
 
 
 class Machine:
@@ -72,6 +121,9 @@ class Machine:
         # handler(pc) for an undefined instruction, True when it emulated it (see emulate_undefined)
         self._undefined_handler: Callable[[int], bool] | None = None
         self._syscall_pc_bias = 0
+        self.space = None      # the guest's page table and arenas (machine.vmem), once an OS sets them up
+        self.running = False
+        self.waker = Waker(self)
         # arm64 guests may hand the kernel tagged pointers (the tagged-address ABI): emsan's own
         # reads and writes of guest memory ignore the top byte, as the MMU does with TBI.
         self.addr_mask = 0x00FF_FFFF_FFFF_FFFF if arch == "arm64" else 0xFFFF_FFFF_FFFF_FFFF
@@ -225,7 +277,12 @@ class Machine:
 
     def use_virtual_tlb(self, fill_cfunc, user_data) -> int:
         """Switch to Unicorn's virtual-TLB mode, with a C UC_HOOK_TLB_FILL callback choosing each
-        page's physical address (memory and PROT hooks then see physical addresses)."""
+        page's physical address (memory and PROT hooks then see physical addresses). With a guest
+        page table (machine.vmem), the callback is consulted for the pages the table allows."""
+        if self.space is not None:
+            self.space.set_inner(fill_cfunc, user_data)
+            self._keep.append((fill_cfunc, user_data))
+            return 0
         h = self.hook_native(uconst.UC_HOOK_TLB_FILL, fill_cfunc, user_data)
         self.uc.ctl_set_tlb_mode(uconst.UC_TLB_VIRTUAL)
         return h
@@ -307,24 +364,60 @@ class Machine:
             self.stop_reason = reason
         self.uc.emu_stop()
 
-    def run(self, begin: int, timeout: float | None = None, max_insns: int | None = None) -> str:
-        """Run from `begin` until a stop() (reason returned), a fault, or a limit."""
+    def wake_at(self, tick_at: float | None, stop_at: float | None = None) -> None:
+        """Stop the engine (reason "wake") when time.monotonic() reaches tick_at, at a block start,
+        resumable; or at stop_at, at once, to end the run (None: never)."""
+        if tick_at is not None and self.waker.flag is None:
+            if self.running:             # installed between two runs (the run stops here)
+                self.stop("tick-hook")
+            else:
+                self._install_tick_hook()
+        self.waker.set(tick_at, stop_at)
+
+    def _install_tick_hook(self) -> None:
+        """The block hook that stops the engine when the waker raises its flag; blocks translated
+        before have no hook, so the translation cache starts afresh (between two runs only)."""
+        ffi, lib = native.load()
+        flag = ffi.new("int[2]")
+        self.hook_block_native(ffi.addressof(lib, "emsan_tick_cb"), flag)
+        self.uc.ctl_flush_tb()
+        self.waker.flag = flag
+
+    def wake(self) -> None:
+        """Called by the waker's thread to end the run: stop the engine if it runs (uc_emu_stop is
+        thread-safe; Unicorn's own emu_start timeout works the same way)."""
+        if self.running:
+            if self.stop_reason is None:
+                self.stop_reason = "wake"
+            uclib.uc_emu_stop(self.handle)
+
+    def run(self, begin: int, max_insns: int | None = None) -> str:
+        """Run from `begin` until a stop() (reason returned; "wake" for the waker's), a fault, or
+        the instruction limit."""
         self.stop_reason = None
-        start = time.monotonic()
+        if self.space is not None:
+            self.space.clear_fault()
+        if self.waker.tick_at is not None and self.waker.flag is None:
+            self._install_tick_hook()
+        self.running = True
         try:
-            self.uc.emu_start(begin, UNTIL, int(timeout * 1e6) if timeout else 0, max_insns or 0)
+            self.uc.emu_start(begin, UNTIL, 0, max_insns or 0)
         except unicorn.UcError as e:
             if self.stop_reason is not None:
                 return self.stop_reason
             if self.fault is None:
                 self.fault = self._fault_from_error(e)
             return "fault"
+        finally:
+            self.running = False
         if self.stop_reason is not None:
             return self.stop_reason
+        flag = self.waker.flag
+        if flag is not None and flag[1]:
+            flag[1] = 0
+            return "wake"
         if self.fault is not None:
             return "fault"
-        if timeout and time.monotonic() - start >= timeout * 0.99:
-            return "timeout"
         if max_insns:
             return "max-instructions"
         return "returned"
@@ -347,20 +440,38 @@ class Machine:
     def call(self, arch, addr: int, args: list[int], max_insns: int = 1_000_000) -> int | None:
         """Run the guest function at `addr` to its return, between two runs, and give back its
         return value; every register is restored afterwards. None if it did not return."""
-        sentinel = 0x1000                          # never mapped: the call ends when it returns here
+        sentinel = CALL_RETURN                     # never mapped: the call ends when it returns here
         ctx = self.uc.context_save()
+        flag = self.waker.flag
+        ticked = False
         try:
             arch.setup_call(self, args, sentinel)
-            self.uc.emu_start(addr, sentinel, 0, max_insns)
+            pc = addr
+            while True:
+                self.uc.emu_start(pc, sentinel, 0, max_insns)
+                if self.pc == sentinel or flag is None or not flag[1]:
+                    break
+                flag[1], ticked, pc = 0, True, self.pc      # a guest timer's tick: not for the call
             return self.reg(arch.ret) if self.pc == sentinel else None
         except unicorn.UcError:
             return None
         finally:
             self.fault = None
             self.uc.context_restore(ctx)
+            if ticked:
+                flag[0] = 1                         # the guest gets its tick at its next block
 
     def _fault_from_error(self, e: unicorn.UcError) -> MachineFault:
         errno = e.errno
+        refused = self.space.fault() if self.space is not None and errno == uconst.UC_ERR_EXCEPTION else None
+        if refused is not None:                 # the guest page table said no (machine.vmem)
+            page, mem_type, mapped = refused
+            kind = {uconst.UC_MEM_WRITE: "write", uconst.UC_MEM_FETCH: "fetch"}.get(mem_type, "read")
+            pc = self.pc
+            if kind == "fetch":                 # a jump to the page: the PC is the address
+                addr = pc if pc & self.addr_mask & ~(PAGE - 1) == page else page
+                return MachineFault("segv", addr, addr, kind, mapped)
+            return MachineFault("segv", pc, page, kind, mapped, page_only=True)
         if errno == uconst.UC_ERR_INSN_INVALID:
             return MachineFault("ill", self.pc)
         if errno == uconst.UC_ERR_EXCEPTION:

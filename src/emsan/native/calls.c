@@ -66,7 +66,14 @@ void decode_alloc_call(rt_t *rt, int fn, struct alloc_call *c)
         c->size = product(c, arg(rt, 0), arg(rt, 1));
         c->zero = 1;
         break;
-    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC:
+    case EMSAN_FN_MEMALIGN:             /* glibc rounds an alignment up to a power of two */
+        c->align = arg(rt, 0);
+        c->size = arg(rt, 1);
+        c->bad = c->align > (1ULL << 63);
+        while (!c->bad && !is_pow2(c->align) && c->align > 16) c->align += c->align & -c->align;
+        if (c->align <= 16) c->align = 16;
+        break;
+    case EMSAN_FN_ALIGNED_ALLOC:
         c->align = arg(rt, 0);
         c->size = arg(rt, 1);
         c->bad = !is_pow2(c->align);
@@ -82,9 +89,10 @@ void decode_alloc_call(rt_t *rt, int fn, struct alloc_call *c)
         c->size = arg(rt, 0);
         c->align = PAGE_SIZE;
         break;
-    case EMSAN_FN_PVALLOC: {
+    case EMSAN_FN_PVALLOC: {            /* the round-up must not wrap: pvalloc(SIZE_MAX) is NULL */
         uint64_t n = arg(rt, 0);
-        c->size = round_up(n ? n : 1, PAGE_SIZE);
+        c->bad = n > -PAGE_SIZE;
+        c->size = c->bad ? 0 : round_up(n ? n : 1, PAGE_SIZE);
         c->align = PAGE_SIZE;
         break;
     }

@@ -13,10 +13,13 @@ static uint32_t hash_frames(const uint64_t *f, int n)
     return (uint32_t)(x ^ (x >> 31)) | 1;
 }
 
-static void depot_grow_table(struct depot *d)
+#define DEPOT_MAX_WORDS (1ULL << 27)      /* 1 GiB of frames: past it, the run ends (exhaust.c) */
+
+static int depot_grow_table(struct depot *d)
 {
     size_t nsize = d->tsize ? d->tsize * 2 : 4096;
     uint32_t *nt = calloc(nsize, sizeof *nt);
+    if (!nt) return 0;
     for (size_t i = 0; i < d->tsize; i++) {
         uint32_t hd = d->table[i];
         if (!hd) continue;
@@ -28,14 +31,18 @@ static void depot_grow_table(struct depot *d)
     free(d->table);
     d->table = nt;
     d->tsize = nsize;
+    return 1;
 }
 
 uint32_t depot_save(rt_t *rt, const uint64_t *frames, int n)
 {
     struct depot *d = &rt->depot;
-    if (n <= 0) return 0;
-    if (!rt->no_depot && (d->count + 1) * 10 >= d->tsize * 7)
-        depot_grow_table(d);
+    if (n <= 0 || emsan_out_of) return 0;
+    if (!rt->no_depot && (d->count + 1) * 10 >= d->tsize * 7 && !depot_grow_table(d)) {
+        out_of("host memory for the stack depot");
+        emu_stop(rt->uc);
+        return 0;
+    }
     uint32_t hv = hash_frames(frames, n);
     size_t j = d->tsize ? hv & (d->tsize - 1) : 0;
     for (; !rt->no_depot; j = (j + 1) & (d->tsize - 1)) {
@@ -46,12 +53,19 @@ uint32_t depot_save(rt_t *rt, const uint64_t *frames, int n)
             memcmp(&d->pool[hd], frames, (size_t)n * 8) == 0)
             return hd;
     }
-    if (d->used + (size_t)n + 1 > d->cap) {
-        d->cap = d->cap ? d->cap * 2 : 1 << 16;
-        while (d->cap < d->used + (size_t)n + 1) d->cap *= 2;
-        d->pool = realloc(d->pool, d->cap * 8);
+    if (d->used + (size_t)n + 1 > DEPOT_MAX_WORDS) {          /* (handles are 32-bit, too) */
+        out_of("stack depot space");
+        emu_stop(rt->uc);
+        return 0;
     }
-    if (d->used + (size_t)n + 1 >= 0xFFFFFFFFu) return 0;      /* handles are 32-bit */
+    if (d->used + (size_t)n + 1 > d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 1 << 16;
+        while (cap < d->used + (size_t)n + 1) cap *= 2;
+        uint64_t *pool = realloc(d->pool, cap * 8);
+        if (!pool) { out_of("host memory for the stack depot"); emu_stop(rt->uc); return 0; }
+        d->pool = pool;
+        d->cap = cap;
+    }
     uint32_t hd = (uint32_t)d->used + 1;
     d->pool[d->used] = ((uint64_t)hv << 32) | (uint32_t)n;
     memcpy(&d->pool[d->used + 1], frames, (size_t)n * 8);

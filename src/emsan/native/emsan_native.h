@@ -357,3 +357,21 @@ uint64_t emsan_cc_find_frame(emsan_cc *cc, uint64_t addr, uint64_t lo);
 void emsan_cc_report_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_cc_globals_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_cc_no_return_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+
+/* ---- the guest's page table (vmem.c, machine/vmem.py): protections the engine's TLB fill reads ---- */
+typedef struct emsan_vm emsan_vm;
+#define EMSAN_VM_PRESENT 8
+emsan_vm *emsan_vm_new(int arm64, uint64_t task_size);
+void emsan_vm_free(emsan_vm *vm);
+int emsan_vm_set(emsan_vm *vm, uint64_t lo, uint64_t hi, int prot);
+int emsan_vm_get(emsan_vm *vm, uint64_t va);
+uint64_t emsan_vm_tables(emsan_vm *vm);
+void emsan_vm_set_inner(emsan_vm *vm, void *fill, void *ud);
+int emsan_vm_fault(emsan_vm *vm, uint64_t *addr, int *type);
+void emsan_vm_clear_fault(emsan_vm *vm);
+_Bool emsan_vm_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
+void emsan_tick_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+
+/* ---- resource exhaustion (exhaust.c): what emsan's native state ran out of, or NULL ---- */
+const char *emsan_exhausted(void);
+void emsan_shadow_set_limit(emsan_kasan *k, uint64_t pages);

@@ -25,8 +25,11 @@ static uint64_t take_pages(kasan_t *k, uint64_t n)
 static struct slab *new_slab(kasan_t *k, uint64_t page, uint32_t npages, int cls)
 {
     if (k->nslabs == k->slabs_cap) {
-        k->slabs_cap = k->slabs_cap ? k->slabs_cap * 2 : 256;
-        k->slabs = realloc(k->slabs, k->slabs_cap * sizeof *k->slabs);
+        size_t cap = k->slabs_cap ? k->slabs_cap * 2 : 256;
+        struct slab *slabs = realloc(k->slabs, cap * sizeof *slabs);
+        if (!slabs) { out_of("host memory for the heap's slabs"); emu_stop(k->rt->uc); return NULL; }
+        k->slabs = slabs;
+        k->slabs_cap = cap;
     }
     size_t id = k->nslabs++;
     struct slab *s = &k->slabs[id];
@@ -49,10 +52,12 @@ static int grow_class(kasan_t *k, int c)
     uint64_t page = take_pages(k, npages);
     if (!page) return 0;
     struct slab *s = new_slab(k, page, npages, c);
+    if (!s) return 0;
     s->slot = slot;
     s->first = s->start + round_up(rz, 16);
     s->nobj = (uint32_t)((s->start + ((uint64_t)npages << PAGE_SHIFT) - s->first) / slot);
     s->objs = calloc(s->nobj, sizeof *s->objs);
+    if (!s->objs) { out_of("host memory for the heap's objects"); emu_stop(k->rt->uc); return 0; }
     k->ops->poison(k, s->start, (uint64_t)npages << PAGE_SHIFT, KASAN_SLAB_REDZONE);
     size_t id = (size_t)(s - k->slabs);
     for (uint32_t i = s->nobj; i-- > 0;) vec_push(&k->freelist[c], ((uint64_t)id << 24) | i);
@@ -91,11 +96,13 @@ static uint64_t alloc_large(kasan_t *k, uint64_t size, uint64_t align, int kind,
     uint64_t page = take_pages(k, npages);
     if (!page) return 0;
     struct slab *s = new_slab(k, page, (uint32_t)npages, LARGE_CLASS);
+    if (!s) return 0;
     uint64_t start = s->start + PAGE_SIZE;
     s->first = round_up(start, align > PAGE_SIZE ? align : PAGE_SIZE);
     s->slot = (uint32_t)(obj_pages << PAGE_SHIFT);
     s->nobj = 1;
     s->objs = calloc(1, sizeof *s->objs);
+    if (!s->objs) { out_of("host memory for the heap's objects"); emu_stop(k->rt->uc); return 0; }
     set_live(&s->objs[0], size, kind, stack);
     k->ops->poison(k, s->start, npages << PAGE_SHIFT, KASAN_SLAB_REDZONE);
     uint64_t end = round_up(s->first + size, PAGE_SIZE);

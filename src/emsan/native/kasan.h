@@ -66,6 +66,7 @@ struct slab {
 struct shadow_map {
     uint8_t *pool;                     /* SHADOW_POOL_PAGES host pages; the guest may map them */
     uint32_t next;                     /* next never-used pool page */
+    uint32_t limit;                    /* pages of the pool emsan may use (--shadow-limit) */
     struct vec64 spare;                /* released pool pages */
     int share;                         /* 0: every written chunk gets a private page (full shadow) */
     int exposed;                       /* mapped into the guest (gshadow.c) */

@@ -22,10 +22,20 @@
 static inline uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
 static inline int is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
 
+/* Resource exhaustion (exhaust.c): what emsan ran out of first, or NULL. The run then ends with
+ * one line and its own exit status; the metadata that could not be kept is simply not kept. */
+extern const char *emsan_out_of;
+static inline void out_of(const char *what) { if (!emsan_out_of) emsan_out_of = what; }
+
 struct vec64 { uint64_t *v; size_t n, cap; };
 static inline void vec_push(struct vec64 *a, uint64_t x)
 {
-    if (a->n == a->cap) { a->cap = a->cap ? a->cap * 2 : 64; a->v = realloc(a->v, a->cap * sizeof *a->v); }
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        uint64_t *v = realloc(a->v, cap * sizeof *v);
+        if (!v) { out_of("host memory"); return; }
+        a->v = v; a->cap = cap;
+    }
     a->v[a->n++] = x;
 }
 

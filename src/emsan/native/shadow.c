@@ -27,6 +27,7 @@ int shadow_init(kasan_t *k, int share)
     for (uint32_t i = 1; i < SHADOW_FIRST_REAL; i++)
         memset(sm->pool + ((uint64_t)i << PAGE_SHIFT), shared_value[i], PAGE_SIZE);
     sm->next = SHADOW_FIRST_REAL;
+    sm->limit = SHADOW_POOL_PAGES;
     sm->share = share;
     return 1;
 }
@@ -43,8 +44,10 @@ void shadow_destroy(kasan_t *k)
 
 static uint32_t *slot_of(kasan_t *k, uint64_t chunk)
 {
+    static uint32_t lost;              /* the slot of a chunk whose directory leaf could not be made */
     uint32_t **leaf = &k->sm.dir[chunk >> SHADOW_LEAF_SHIFT];
     if (UNLIKELY(!*leaf)) *leaf = calloc(SHADOW_LEAF_SIZE, sizeof **leaf);
+    if (UNLIKELY(!*leaf)) { out_of("host memory for shadow"); emu_stop(k->rt->uc); lost = SHADOW_ZERO; return &lost; }
     return &(*leaf)[chunk & (SHADOW_LEAF_SIZE - 1)];
 }
 
@@ -65,8 +68,8 @@ static uint32_t new_page(kasan_t *k, uint32_t copy_of)
     struct shadow_map *sm = &k->sm;
     uint32_t pg;
     if (sm->spare.n) pg = (uint32_t)sm->spare.v[--sm->spare.n];
-    else if (sm->next < SHADOW_POOL_PAGES) pg = sm->next++;
-    else return 0;
+    else if (sm->next < sm->limit) pg = sm->next++;
+    else { out_of("shadow memory"); emu_stop(k->rt->uc); return 0; }
     memcpy(shadow_page(k, pg), shadow_page(k, copy_of), PAGE_SIZE);
     k->stats.shadow_pages++;
     if (k->stats.shadow_pages > k->stats.shadow_pages_peak) k->stats.shadow_pages_peak = k->stats.shadow_pages;
@@ -295,6 +298,13 @@ void shadow_release(kasan_t *k)
     }
     sm->release.n = 0;
     sm->remapped = 1;
+}
+
+/* At most `pages` pool pages (4 KiB each) for private shadow (--shadow-limit). */
+EXPORT void emsan_shadow_set_limit(emsan_kasan *k, uint64_t pages)
+{
+    k->sm.limit = pages < SHADOW_FIRST_REAL + 1 ? SHADOW_FIRST_REAL + 1 : pages > SHADOW_POOL_PAGES ? SHADOW_POOL_PAGES
+                                                                                                    : (uint32_t)pages;
 }
 
 EXPORT int emsan_shadow_byte(emsan_kasan *k, uint64_t addr)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
-from elftools.elf.elffile import ELFFile
+from emsan.report.elfsections import open_sections
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,10 @@ class ModuleSymbols:
         self._dwarf_ok = True
         try:
             self._f = open(path, "rb")
-            self.elf = ELFFile(self._f)
+            self.elf = open_sections(self._f, path)
         except Exception:
             self.elf = None
+        if self.elf is None:                # no readable section table: addresses, no names
             return
         seen: dict[int, tuple[int, int, str]] = {}
         for secname in (".symtab", ".dynsym"):

@@ -6,6 +6,8 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
+from emsan.report.elfsections import sections_usable
+
 # Allocator entry points (C and C++), by symbol name -> native function id name.
 ALLOCATOR = {
     "malloc": "MALLOC", "free": "FREE", "cfree": "FREE", "calloc": "CALLOC", "realloc": "REALLOC",
@@ -75,10 +77,14 @@ class _Section:
 
 @lru_cache(maxsize=None)
 def _sections(path: str) -> tuple[_Section, ...]:
-    """The section headers of a little-endian ELF64 file, in index order; () for anything else.
+    """The section headers of a little-endian ELF64 file, in index order; () for anything else,
+    and for a file whose section-header table is unusable (report/elfsections.py: then the file
+    runs without its sections).
 
     Read with struct: pyelftools parses every header with construct to find one by name, 20-40 ms
     per libc at every start-up."""
+    if not sections_usable(path):
+        return ()
     with open(path, "rb") as f:
         head = f.read(_EHDR.size)
         if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:

@@ -33,10 +33,14 @@ def shadow_bug_type(shadow_byte: ShadowLookup, first_bad: int) -> str:
     return SHADOW_BUG_TYPES.get(s, "unknown-crash")
 
 
+MAX_WALK = 1 << 20      # granules looked at: an access of 2**63 bytes must not take forever
+
+
 def first_bad_addr(shadow_byte: ShadowLookup, addr: int, size: int) -> int:
-    """find_first_bad_addr(): the first granule of the access whose shadow is not zero."""
-    p = addr
-    while p < addr + size and shadow_byte(p) == 0:
+    """find_first_bad_addr(): the first granule of the access whose shadow is not zero (within
+    the first MAX_WALK granules)."""
+    p, end = addr, addr + min(size, MAX_WALK * GRANULE)
+    while p < end and shadow_byte(p) == 0:
         p += GRANULE
     return min(p, addr + size - 1) if size else addr
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
+from emsan.report.elfsections import open_sections
+
 from emsan.errors import EmsanError
 from emsan.sanitizer.entrypoints import STT_FUNC, function_symbols
 
@@ -82,8 +84,8 @@ def exec_range(elf: ELFFile) -> tuple[int, int] | None:
 def _kinds(path: str, arm64: bool) -> bytes:
     """kinds[i] for link address lo + i (header: lo, hi as two u64)."""
     with open(path, "rb") as f:
-        elf = ELFFile(f)
-        rng = exec_range(elf)
+        elf = open_sections(f, path)
+        rng = exec_range(elf) if elf is not None else None
         if rng is None:
             return struct.pack("<QQ", 0, 0)
         lo, hi = rng
@@ -140,8 +142,8 @@ def _cfi_rows(path: str, arm64: bool) -> bytes:
     ra_reg, fp_reg, sp_reg = (30, 29, 31) if arm64 else (16, 6, 7)
     rows: list[tuple[int, int, int, int, int, int]] = []
     with open(path, "rb") as f:
-        elf = ELFFile(f)
-        if not elf.has_dwarf_info():
+        elf = open_sections(f, path)
+        if elf is None or not elf.has_dwarf_info():
             return b""
         dw = elf.get_dwarf_info(relocate_dwarf_sections=False)
         if dw.has_EH_CFI():
@@ -200,7 +202,9 @@ def keeps_frame_pointers(path: str, arm64: bool) -> bool:
     """Do most of the module's functions set up a frame record? (sampled prologues)"""
     def measure() -> bytes:
         with open(path, "rb") as f:
-            elf = ELFFile(f)
+            elf = open_sections(f, path)
+            if elf is None:
+                return b"0"
             secs = _exec_sections(elf)
             funcs = {value for value, size, kind, _name in function_symbols(path) if kind == STT_FUNC and size >= 24}
             yes = total = 0
@@ -269,7 +273,8 @@ class Stacks:
             n = len(data) // ROW.size
             if n:
                 with open(path, "rb") as f:
-                    rng = exec_range(ELFFile(f))
+                    elf = open_sections(f, path)
+                    rng = exec_range(elf) if elf is not None else None
                 lo, hi = rng if rng else (0, 0)
                 rows = self.ffi.from_buffer("emsan_cfi_row[]", bytearray(data))
                 self.lib.emsan_cfi_add_module(self.runtime.rt, lo + bias, hi + bias + 1, rows, n)

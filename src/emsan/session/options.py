@@ -1,9 +1,13 @@
 """Everything a run can be told, independent of how the CLI spells it."""
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
 
-from emsan.errors import EXIT_REPORT
+from emsan.errors import EXIT_REPORT, EmsanError
+
+EMPTY_JSON = b'{"tool": "emsan", "reports": []}\n'
 
 
 @dataclass
@@ -31,3 +35,26 @@ class RunOptions:
     kfence_objects: int = 255         # --kfence-objects: pool size (CONFIG_KFENCE_NUM_OBJECTS)
     sample_interval: int = 100        # --sample-interval: every Nth allocation goes to the pool
     sample_instructions: int = 0      # --sample-instructions: or one per N guest instructions
+    shadow_limit: int | None = None   # --shadow-limit: bytes of private shadow emsan may use
+
+    def outputs(self) -> list[tuple[str, str, bytes]]:
+        """Every file a run writes: (option, path, what it holds before the first report)."""
+        return [("--json", self.json_path, EMPTY_JSON)] if self.json_path is not None else []
+
+    def check_outputs(self) -> None:
+        """Open every output file and write its empty form before the guest runs, so that a path
+        that cannot take it (missing directory, a directory, no permission, a full device, a
+        FIFO nobody reads) is one clear error now, not a report lost at the end."""
+        for option, path, empty in self.outputs():
+            if not path:
+                raise EmsanError(f"{option}: empty file name")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+                try:
+                    if os.write(fd, empty) != len(empty):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                why = "no process reads that FIFO" if e.errno == errno.ENXIO else e.strerror
+                raise EmsanError(f"{option} {path}: cannot write: {why}") from None

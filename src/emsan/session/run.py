@@ -5,7 +5,7 @@ import os
 import shutil
 import sys
 
-from emsan.errors import EmsanError
+from emsan.errors import EXIT_RESOURCES, EmsanError
 from emsan.machine import Machine
 from emsan.os.linux.elf import open_elf
 from emsan.os.linux.loader import load_program
@@ -93,6 +93,25 @@ class Session:
             from emsan.sanitizer.modes import mode_class
             from emsan.session.sanitizer import Sanitizer
             self.sanitizer = Sanitizer(self, mode_class(self.mode))
+        self.limit_resources()
+
+    def limit_resources(self) -> None:
+        """--shadow-limit, and the end of the run when emsan's own state runs out (native/exhaust.c):
+        one line and EXIT_RESOURCES, not a guest that meets a half-built shadow."""
+        from emsan.machine import native
+        ffi, lib = native.load()
+        kasan = getattr(getattr(self.sanitizer, "mode", None), "kasan", None) or getattr(self.sanitizer, "kasan", None)
+        if self.opts.shadow_limit is not None and kasan is not None:
+            lib.emsan_shadow_set_limit(kasan.k, self.opts.shadow_limit >> 12)
+
+        def exhausted():
+            what = lib.emsan_exhausted()
+            if what == ffi.NULL:
+                return None
+            self.out_of = ffi.string(what).decode()
+            return ExitInfo("resources", EXIT_RESOURCES)
+        self.out_of = ""
+        self.process.on_stop.insert(0, exhausted)
 
     def run(self) -> ExitInfo:
         return self.process.run(self.loaded.entry, self.opts.timeout, self.opts.max_instructions)
@@ -104,7 +123,11 @@ def run(opts: RunOptions) -> int:
     sys.stdout.flush()
     if s.sanitizer is not None:
         s.sanitizer.finish()
-    if info.kind == "signal" and info.signal in CORE_SIGNALS:
+    if info.kind == "resources":
+        limit = f" (--shadow-limit {opts.shadow_limit})" if s.out_of == "shadow memory" and opts.shadow_limit else ""
+        print(f"emsan: out of {s.out_of}{limit}: the run stops here, at {s.symbolizer.frame(s.machine.pc)}",
+              file=sys.stderr)
+    elif info.kind == "signal" and info.signal in CORE_SIGNALS:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
     elif info.kind == "timeout":
         print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped at {s.symbolizer.frame(s.machine.pc)}",

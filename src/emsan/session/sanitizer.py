@@ -212,8 +212,11 @@ class Sanitizer:
     def write_json(self) -> None:
         path = self.s.opts.json_path
         if path:
-            with open(path, "w") as f:
-                json.dump({"tool": "emsan", "reports": self.reports}, f, indent=2)
+            try:
+                with open(path, "w") as f:
+                    json.dump({"tool": "emsan", "reports": self.reports}, f, indent=2)
+            except OSError as e:        # checked before the run; a full disk now loses it, not the status
+                self.s.process.warn_once("json", f"--json {path}: cannot write: {e.strerror}")
 
     def finish(self) -> None:
         self.write_json()

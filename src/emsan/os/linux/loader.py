@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from emsan.errors import EmsanError
 from emsan.os.linux.elf import ElfImage, open_elf
 from emsan.os.linux.libsearch import check_libraries
-from emsan.os.linux.memory import (PAGE, PIE_BASE, STACK_SIZE, STACK_TOP, MemoryMap, Module,
-                                   page_down, page_up)
+from emsan.os.linux.memory import (EMSAN_BAND, MMAP_MIN_ADDR, PAGE, PIE_BASE, STACK_SIZE, STACK_TOP, MemoryMap,
+                                   Module, page_down, page_up)
 
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
@@ -40,26 +40,45 @@ def resolve_guest_path(path: str, sysroot: str | None) -> str:
     return path
 
 
-def map_image(mem: MemoryMap, image: ElfImage, bias: int) -> None:
-    """Map PT_LOAD segments with their protections; pages shared by two segments get both."""
-    pages: dict[int, int] = {}
+def segment_pages(image: ElfImage, bias: int) -> list[tuple[int, int, int]]:
+    """(start, end, prot) page runs of the PT_LOAD segments; a page two segments share gets both
+    protections. A sweep over the segments' edges: the cost does not grow with their sizes."""
+    edges: list[tuple[int, int, int]] = []       # (address, +1/-1, prot)
     for s in image.segments:
         prot = (1 if s.flags & 4 else 0) | (2 if s.flags & 2 else 0) | (4 if s.flags & 1 else 0)
-        for pg in range(page_down(bias + s.vaddr), page_up(bias + s.vaddr + s.memsz), PAGE):
-            pages[pg] = pages.get(pg, 0) | prot
-    run_start = None
-    ordered = sorted(pages)
-    for i, pg in enumerate(ordered):
-        if run_start is None:
-            run_start = pg
-        nxt = ordered[i + 1] if i + 1 < len(ordered) else None
-        if nxt != pg + PAGE or pages[nxt] != pages[pg]:
-            mem.map(run_start, pg + PAGE, pages[pg], image.path)
-            run_start = None
+        edges.append((page_down(bias + s.vaddr), 1, prot))
+        edges.append((page_up(bias + s.vaddr + s.memsz), -1, prot))
+    edges.sort()
+    counts = {1: 0, 2: 0, 4: 0}
+    covering = 0                                  # segments over this address (PROT_NONE ones too)
+    runs: list[tuple[int, int, int]] = []
+    for i, (addr, step, prot) in enumerate(edges):
+        covering += step
+        for bit in counts:
+            if prot & bit:
+                counts[bit] += step
+        nxt = edges[i + 1][0] if i + 1 < len(edges) else addr
+        if nxt > addr and covering:
+            cur = sum(bit for bit, n in counts.items() if n)
+            if runs and runs[-1][1] == addr and runs[-1][2] == cur:
+                runs[-1] = (runs[-1][0], nxt, cur)
+            else:
+                runs.append((addr, nxt, cur))
+    return runs
+
+
+def map_image(mem: MemoryMap, image: ElfImage, bias: int) -> None:
+    """Map PT_LOAD segments with their protections (as binfmt_elf does), or refuse the file."""
+    lo, hi = image.span
+    if mem.usable(lo + bias, hi + bias) or not mem.is_free(lo + bias, hi + bias):
+        raise EmsanError(f"{image.path}: segments at [{lo + bias:#x}, {hi + bias:#x}) lie outside the addresses "
+                         f"a program may use (from {MMAP_MIN_ADDR:#x} to {mem.task_size:#x}, not emsan's "
+                         f"[{EMSAN_BAND[0]:#x}, {EMSAN_BAND[1]:#x}) nor the stack)")
+    for start, end, prot in segment_pages(image, bias):
+        mem.guest_map(start, end, prot, image.path)
     for s in image.segments:
         if s.filesz:
             mem.machine.write(bias + s.vaddr, image.data[s.offset:s.offset + s.filesz])
-    lo, hi = image.span
     mem.register_module(Module(image.path, bias, lo + bias, hi + bias))
 
 
@@ -72,6 +91,9 @@ def load_program(mem: MemoryMap, arch_name: str, path: str, argv: list[str], env
     if arch.name != arch_name:
         raise EmsanError(f"{path}: architecture mismatch ({arch.name}, expected {arch_name})")
     bias = PIE_BASE if image.is_pie else 0
+    stack_lo = STACK_TOP - STACK_SIZE
+    mem.guest_map(stack_lo, STACK_TOP, 3, "[stack]")
+    mem.stack = (stack_lo, STACK_TOP)
     map_image(mem, image, bias)
     lo, hi = image.span
     mem.brk_start = mem.brk_end = hi + bias
@@ -87,13 +109,13 @@ def load_program(mem: MemoryMap, arch_name: str, path: str, argv: list[str], env
             raise EmsanError(f"{ipath}: interpreter is for another architecture")
         check_libraries(image, path, arch_name, env, interp, lambda gpath: resolve_guest_path(gpath, sysroot))
         ilo, ihi = interp.span
-        interp_bias = mem.find_free(ihi - ilo) - ilo
+        try:
+            interp_bias = mem.find_free(ihi - ilo) - ilo
+        except MemoryError:
+            raise EmsanError(f"{ipath}: interpreter segments span {ihi - ilo:#x} bytes: no room for them") from None
         map_image(mem, interp, interp_bias)
 
-    entry = (interp.entry + interp_bias) if interp else (image.entry + bias)
-    stack_lo = STACK_TOP - STACK_SIZE
-    mem.map(stack_lo, STACK_TOP, 3, "[stack]")
-    mem.stack = (stack_lo, STACK_TOP)
+    entry = ((interp.entry + interp_bias) if interp else (image.entry + bias)) & 0xFFFF_FFFF_FFFF_FFFF
     sp = build_stack(mem, arch_name, image, bias, interp_bias if interp else 0, argv, env, path, rand)
     return LoadedProgram(image, bias, entry, interp, interp_bias, sp)
 
@@ -112,6 +134,10 @@ def build_stack(mem: MemoryMap, arch_name: str, image: ElfImage, bias: int, inte
     execfn_p = push_bytes(os.fsencode(execfn) + b"\0")
     env_p = [push_bytes(os.fsencode(e) + b"\0") for e in reversed(env)][::-1]
     argv_p = [push_bytes(os.fsencode(a) + b"\0") for a in reversed(argv)][::-1]
+    # The strings lie back to back: argv's, then the environment's, then execfn.
+    args_end = env_p[0] if env_p else execfn_p
+    mem.arg_range = (argv_p[0] if argv_p else args_end, args_end)
+    mem.env_range = (args_end, execfn_p)
     platform_p = push_bytes({"x86_64": b"x86_64\0", "arm64": b"aarch64\0"}[arch_name])
     sp &= ~15
     random_p = push_bytes(rand[:16])
@@ -124,6 +150,8 @@ def build_stack(mem: MemoryMap, arch_name: str, image: ElfImage, bias: int, inte
     if arch_name == "arm64":
         auxv.append((AT_MINSIGSTKSZ, 5120))
     auxv.append((AT_NULL, 0))
+    auxv = [(k, v & 0xFFFF_FFFF_FFFF_FFFF) for k, v in auxv]      # a file's addresses wrap as the kernel's do
+    mem.auxv = b"".join(struct.pack("<QQ", k, v) for k, v in auxv)
     words = [len(argv), *argv_p, 0, *env_p, 0]
     for k, v in auxv:
         words += [k, v]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import resource
 import select
 import sys
 import time
@@ -12,10 +13,12 @@ from typing import Callable
 
 from emsan.errors import EXIT_MAX_INSNS, EXIT_SIGNAL_BASE, EXIT_TIMEOUT
 from emsan.machine import Machine, MachineFault
+from emsan.os.linux import procfs
 from emsan.os.linux.loader import resolve_guest_path
 from emsan.os.linux.memory import MemoryMap
-from emsan.os.linux.signals import FAULT_SIGNAL, Signals
+from emsan.os.linux.signals import FAULT_SIGNAL, TICK, Signals
 from emsan.os.linux.syscalls import HANDLERS, NAMES, NO_RETURN, load_all
+from emsan.os.linux.uaccess import MAX_RW_COUNT, UserMemory
 
 load_all()
 
@@ -31,6 +34,8 @@ class FileDesc:
     cloexec: bool = False
     dir_entries: list | None = None
     dir_pos: int = 0
+    node: procfs.Node | None = None       # one of the guest's own /proc files (its host fd: a memfd)
+    mem: procfs.MemFile | None = None     # /proc/PID/mem: reads and writes of guest memory
 
 
 @dataclass
@@ -67,8 +72,11 @@ class Process:
     def __post_init__(self) -> None:
         self.comm = os.path.basename(self.exe_path)[:15]
         self.signals = Signals(self)
+        self.user = UserMemory(self.machine, self.mem)
+        self.start_time = time.time()
         self._rng = random.Random(self.seed) if self.seed is not None else None
         self.cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.cwd_node: procfs.Node | None = None      # the working directory is in the guest's /proc
         for fd in (0, 1, 2):
             try:
                 self.fds[fd] = FileDesc(os.dup(fd), f"<std{fd}>")
@@ -88,48 +96,92 @@ class Process:
             raise OSError(errno.EBADF, "bad file descriptor")
         return f
 
-    def alloc_fd(self, host: int, path: str, cloexec: bool, at: int | None = None, lowest: int = 0) -> int:
-        fd = at if at is not None else next(i for i in range(lowest, 1 << 20) if i not in self.fds)
-        self.fds[fd] = FileDesc(host, path, cloexec)
-        return fd
+    def fd_limit(self) -> int:
+        """RLIMIT_NOFILE: guest descriptors are below it."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return min(soft if soft != resource.RLIM_INFINITY else 1 << 20, 1 << 20)
+
+    def alloc_fd(self, host: int, path: str, cloexec: bool, at: int | None = None, lowest: int = 0,
+                 node: procfs.Node | None = None, mem: procfs.MemFile | None = None) -> int:
+        if at is None:
+            limit = self.fd_limit()
+            at = next((i for i in range(lowest, limit) if i not in self.fds), None)
+            if at is None:
+                os.close(host)
+                raise OSError(errno.EMFILE, "too many open files")
+        self.fds[at] = FileDesc(host, path, cloexec, node=node, mem=mem)
+        return at
+
+    def dup_fd(self, f: FileDesc, cloexec: bool, at: int | None = None, lowest: int = 0) -> int:
+        return self.alloc_fd(os.dup(f.host), f.path, cloexec, at, lowest, f.node, f.mem)
 
     def close_fd(self, fd: int) -> None:
         f = self.fd(fd)
         del self.fds[fd & 0xFFFFFFFF]
         os.close(f.host)
 
-    def path_at(self, dirfd: int, gpath: str) -> tuple[int | None, str]:
+    def fstat(self, f: FileDesc):
+        if f.node is not None:
+            return f.node.stat(self)
+        if f.mem is not None:
+            return f.mem.stat(self)
+        return os.stat(f.host)
+
+    def lookup(self, dirfd: int, gpath: str, follow: bool = True):
+        """What a guest path names: one of the guest's own /proc files (a procfs.Node), or
+        (dir_fd, path) for the host's file functions, resolved as the kernel resolves it."""
         if not gpath:
             raise OSError(errno.ENOENT, "empty path")
+        if gpath.startswith("/"):
+            start: procfs.Node | str = "/"
+        elif dirfd == -100:
+            start = self.cwd_node if self.cwd_node is not None else self.cwd
+        else:
+            f = self.fd(dirfd)
+            if f.node is not None:
+                start = f.node
+            elif f.mem is not None or not os.path.isdir(f"/proc/self/fd/{f.host}"):
+                raise OSError(errno.ENOTDIR, "not a directory")
+            else:
+                start = os.readlink(f"/proc/self/fd/{f.host}")
+        found = procfs.resolve(self, start, gpath, follow)
+        if found is not None:
+            return found
         if gpath.startswith("/"):
             return None, resolve_guest_path(gpath, self.sysroot)
         if dirfd == -100:
             return self.cwd_fd, gpath
         return self.fd(dirfd).host, gpath
 
+    def path_at(self, dirfd: int, gpath: str, follow: bool = False) -> tuple[int | None, str]:
+        """A host (dir_fd, path) for calls that change the file system; the guest's /proc is
+        read-only to them."""
+        found = self.lookup(dirfd, gpath, follow)
+        if isinstance(found, procfs.Node):
+            raise OSError(errno.EACCES, "the guest's /proc is read-only")
+        return found
+
     @property
     def cwd(self) -> str:
+        """The working directory's host path (when it is not in the guest's /proc)."""
         return os.readlink(f"/proc/self/fd/{self.cwd_fd}")
 
-    def set_cwd(self, host_fd: int) -> None:
+    def guest_cwd(self) -> str:
+        return self.cwd_node.path(self) if self.cwd_node is not None else self.cwd
+
+    def stat_cwd(self):
+        return self.cwd_node.stat(self) if self.cwd_node is not None else os.stat(self.cwd_fd)
+
+    def chdir(self, target) -> None:
+        if isinstance(target, procfs.Node):
+            if not target.is_dir:
+                raise OSError(errno.ENOTDIR, "not a directory")
+            self.cwd_node = target
+            return
+        dfd, hpath = target
+        fd = os.open(hpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
         os.close(self.cwd_fd)
-        self.cwd_fd = host_fd
-
-    def special_file(self, gpath: str) -> int | None:
-        """Files under /proc/self that must describe the guest, not emsan."""
-        if gpath in ("/proc/self/maps", f"/proc/{self.pid}/maps"):
-            fd = os.memfd_create("maps", os.MFD_CLOEXEC)
-            os.write(fd, self.mem.describe().encode())
-            os.lseek(fd, 0, 0)
-            return fd
-        if gpath in ("/proc/self/exe", f"/proc/{self.pid}/exe"):
-            return os.open(self.exe_path, os.O_RDONLY | os.O_CLOEXEC)
-        return None
-
-    def special_stat(self, gpath: str) -> os.stat_result | None:
-        if gpath in ("/proc/self/exe", f"/proc/{self.pid}/exe"):
-            return os.stat(self.exe_path)
-        return None
+        self.cwd_fd, self.cwd_node = fd, None
 
     def random_bytes(self, n: int) -> bytes:
         return self._rng.randbytes(n) if self._rng else os.urandom(n)
@@ -150,15 +202,35 @@ class Process:
         return True
 
     def wait_readable(self, host_fd: int) -> bool:
-        """Before a read that could block: False (and the run stops) if nothing arrives in time."""
-        if self.deadline is None or not os.get_blocking(host_fd):
+        """Before a read that could block: False if --timeout ended the run meanwhile or a timer
+        signal came first (the caller returns -EINTR; the handler runs on the way back)."""
+        return self._wait(host_fd, select.POLLIN)
+
+    def wait_writable(self, host_fd: int) -> bool:
+        """Before a write that could block (see wait_readable)."""
+        return self._wait(host_fd, select.POLLOUT)
+
+    def _wait(self, host_fd: int, event: int) -> bool:
+        from emsan.os.linux.syscalls.events import wait_limit
+        if not os.get_blocking(host_fd):
             return True
         poller = select.poll()
-        poller.register(host_fd, select.POLLIN)
-        if poller.poll(max(0, int((self.deadline - time.monotonic()) * 1000))):
-            return True
-        self.machine.stop("timeout")
-        return False
+        poller.register(host_fd, event)
+        while True:
+            limit, cut_by = wait_limit(self, None)
+            if cut_by == "alarm" and not self.signals.would_interrupt(14):
+                # the timer's signal would not end the wait: only --timeout can
+                limit, cut_by = (None, "") if self.deadline is None else \
+                    (max(0, int((self.deadline - time.monotonic()) * 1000)), "timeout")
+            if poller.poll(limit):
+                return True
+            if cut_by == "timeout":
+                self.machine.stop("timeout")
+                return False
+            if cut_by == "alarm":
+                self.signals.check_alarm()
+                if self.signals.pending:
+                    return False            # -EINTR; the handler runs on the way back
 
     # --- system calls -----------------------------------------------------------------------------
     def on_syscall(self) -> None:
@@ -172,16 +244,7 @@ class Process:
             ret = -errno.ENOSYS
         else:
             self.current_syscall = name
-            if self.buffer_check is not None and name in BUFFER_READ:
-                self.buffer_check(args[1], args[2], False)      # the kernel reads count bytes
-            try:
-                ret = handler(self, *args)
-                if self.buffer_check is not None and name in BUFFER_WRITE and isinstance(ret, int) and ret > 0:
-                    self.buffer_check(args[1], ret, True)       # ...or writes what it returned
-            except OSError as e:
-                ret = -(e.errno or errno.EIO)
-            except MemoryError:
-                ret = -errno.EFAULT
+            ret = self.call_handler(handler, name, args)
         if self.trace_syscalls:
             shown = "" if ret is NO_RETURN else f" = {ret:#x}" if isinstance(ret, int) and ret > 4096 else f" = {ret}"
             print(f"emsan: syscall {name}({', '.join(hex(a) for a in args[:4])}){shown}", file=sys.stderr)
@@ -190,6 +253,30 @@ class Process:
             if ret == -errno.EPIPE and name in ("write", "writev", "pwrite64", "pwritev", "sendfile"):
                 self.signals.raise_signal(13, code=0)     # SIGPIPE (SI_USER), as the kernel sends with EPIPE
         self.signals.after_syscall()
+
+    def call_handler(self, handler, name: str, args: list[int]):
+        """Run one handler: its value, -errno for an OSError, and never a Python exception. A bug
+        in a handler is named on stderr (once per call) and the guest gets -EINVAL: the run goes
+        on, as a kernel's WARN_ON does, instead of ending in an internal error."""
+        try:
+            if self.buffer_check is not None and name in BUFFER_READ and self.user.access_ok(args[1], args[2]):
+                self.buffer_check(args[1], min(args[2], MAX_RW_COUNT), False)   # the kernel reads count bytes
+            ret = handler(self, *args)
+            if self.buffer_check is not None and name in BUFFER_WRITE and isinstance(ret, int) and ret > 0:
+                self.buffer_check(args[1], ret, True)       # ...or writes what it returned
+            return ret
+        except OSError as e:
+            return -(e.errno or errno.EIO)
+        except MemoryError:               # the host could not give what the call needed
+            return -errno.ENOMEM
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - the last-resort guard the docstring describes
+            if os.environ.get("EMSAN_DEBUG"):
+                raise
+            self.warn_once(f"bug:{name}", f"internal error in system call {name}: {type(e).__name__}: {e} "
+                                          f"(returning -EINVAL; EMSAN_DEBUG=1 shows the traceback)")
+            return -errno.EINVAL
 
     # --- lifetime --------------------------------------------------------------------------------
     def exit(self, status: int) -> None:
@@ -200,36 +287,68 @@ class Process:
         self.exit_info = ExitInfo("signal", EXIT_SIGNAL_BASE + sig, sig, fault)
         self.machine.stop("signal")
 
+    def exact_fault(self, fault: MachineFault) -> MachineFault:
+        """A data fault the page table refused carries only its page: the faulting instruction
+        says which byte (si_addr, cr2) and how many."""
+        found = self.arch.fault_access(self.machine, fault.pc, fault.addr, fault.access == "write")
+        if found is None:
+            return fault
+        addr, size = found
+        return MachineFault(fault.kind, fault.pc, addr, fault.access, fault.mapped, size)
+
+    def next_tick(self) -> float | None:
+        """When the engine must stop to let time-driven events in: the guest's timer, or a tick
+        from now while a deliverable signal waits."""
+        moments = [self.signals.timer_due_at()]
+        if self.signals.pending and self.signals.deliverable():
+            moments.append(time.monotonic() + TICK)
+        return min((t for t in moments if t is not None), default=None)
+
+    def update_wake(self) -> None:
+        self.machine.wake_at(self.next_tick(), self.deadline)
+
     def run(self, entry: int, timeout: float | None, max_insns: int | None) -> ExitInfo:
         m = self.machine
         deadline = time.monotonic() + timeout if timeout else None
         self.deadline = deadline
         pc = entry
-        while self.exit_info is None:
-            left = max(deadline - time.monotonic(), 0.001) if deadline else None
-            reason = m.run(pc, left, max_insns)
-            verdicts = [v for v in (cb() for cb in self.on_stop) if v is not None]
-            ended = next((v for v in verdicts if isinstance(v, ExitInfo)), None)
-            if ended is not None and self.exit_info is None:
-                self.exit_info = ended
-            if self.exit_info is not None:
-                break
-            if "continue" in verdicts and reason != "fault":
-                pc = m.pc
-                continue
-            if reason == "fault" and m.fault is not None:
-                fault, m.fault = m.fault, None
-                self.signals.deliver(FAULT_SIGNAL[fault.kind], fault)
-                pc = m.pc
-                continue
-            if reason == "timeout" or (deadline and time.monotonic() >= deadline):
-                self.exit_info = ExitInfo("timeout", EXIT_TIMEOUT)
-            elif reason == "max-instructions":
-                self.exit_info = ExitInfo("max-instructions", EXIT_MAX_INSNS)
-            elif reason == "returned":
-                self.exit_info = ExitInfo("exit", 0)
-            else:
-                self.exit_info = ExitInfo("stopped", 0)
+        try:
+            while self.exit_info is None:
+                self.update_wake()
+                reason = m.run(pc, max_insns)
+                if reason == "fault" and m.fault is not None and m.fault.page_only:
+                    m.fault = self.exact_fault(m.fault)
+                verdicts = [v for v in (cb() for cb in self.on_stop) if v is not None]
+                ended = next((v for v in verdicts if isinstance(v, ExitInfo)), None)
+                if ended is not None and self.exit_info is None:
+                    self.exit_info = ended
+                if self.exit_info is not None:
+                    break
+                if "continue" in verdicts and reason != "fault":
+                    pc = m.pc
+                    continue
+                if reason == "fault" and m.fault is not None:
+                    fault, m.fault = m.fault, None
+                    self.signals.deliver(FAULT_SIGNAL[fault.kind], fault)
+                    pc = m.pc
+                    continue
+                if reason == "timeout" or (deadline and time.monotonic() >= deadline):
+                    self.exit_info = ExitInfo("timeout", EXIT_TIMEOUT)
+                elif reason == "tick-hook":     # the machine installed its timer hook
+                    pc = m.pc
+                elif reason == "wake":          # a timer expired while the guest computed
+                    self.signals.check_alarm()
+                    if self.signals.pending:
+                        self.signals.deliver_pending()
+                    pc = m.pc
+                elif reason == "max-instructions":
+                    self.exit_info = ExitInfo("max-instructions", EXIT_MAX_INSNS)
+                elif reason == "returned":
+                    self.exit_info = ExitInfo("exit", 0)
+                else:
+                    self.exit_info = ExitInfo("stopped", 0)
+        finally:
+            m.wake_at(None, None)
         for f in self.fds.values():
             try:
                 os.close(f.host)

@@ -28,6 +28,7 @@ SIGRTMIN = 32
 UNBLOCKABLE = (1 << 8) | (1 << 18)         # SIGKILL, SIGSTOP
 SS_DISABLE = 2
 MAX_NESTED = 256
+TICK = 0.001        # timer resolution (a HZ=1000 kernel without high-resolution timers)
 # si_code of hardware faults other than SIGSEGV, as each architecture's trap handlers set it
 FAULT_CODE = {("x86_64", "ill"): 2, ("arm64", "ill"): 1, ("x86_64", "fpe"): 1, ("arm64", "fpe"): 1,
               ("x86_64", "trap"): SI_KERNEL, ("arm64", "trap"): 1, ("x86_64", "bus"): 2, ("arm64", "bus"): 1}
@@ -47,6 +48,10 @@ class Signals:
     alarm_interval: float = 0.0                         # setitimer's it_interval: re-arm after firing
     suspended_mask: int | None = None                   # the mask rt_sigsuspend replaced, until a handler runs
     trampoline: int = 0                                 # arm64 return path when no SA_RESTORER
+    # After rt_sigreturn the interrupted code runs for at least a TICK before the timer fires
+    # again, whatever its interval: a handler re-armed as fast as it returns (a 1 us interval
+    # timer) cannot starve the program.
+    timer_hold: float = 0.0
 
     def pending_mask(self) -> int:
         return sum(1 << (s - 1) for s in set(self.pending))
@@ -65,6 +70,12 @@ class Signals:
             return
         self.deliver(sig, fault)
 
+    def would_interrupt(self, sig: int) -> bool:
+        """Would `sig` end a blocking call now (not blocked, not ignored)?"""
+        handler = self.actions.get(sig, (SIG_DFL, 0, 0, 0))[0]
+        ignored = handler == SIG_IGN or (handler == SIG_DFL and sig in DEFAULT_IGNORE)
+        return not self.mask & (1 << (sig - 1)) and not ignored
+
     def deliverable(self) -> bool:
         return any(not self.mask & (1 << (sig - 1)) for sig in self.pending)
 
@@ -82,12 +93,13 @@ class Signals:
         self.mask = mask & ~UNBLOCKABLE
 
     def after_syscall(self) -> None:
-        """On the way back to the program: fire a due alarm, run a deliverable handler."""
+        """On the way back to the program: fire a due alarm, run one deliverable handler."""
         self.check_alarm()
         if self.pending and self.process.exit_info is None:
             self.deliver_pending()
         if self.suspended_mask is not None:       # no handler ran: sigsuspend's mask ends here
             self.mask, self.suspended_mask = self.suspended_mask, None
+        self.process.update_wake()
 
     def deliver_pending(self) -> None:
         for sig in list(self.pending):
@@ -134,14 +146,14 @@ class Signals:
         # Inside an x86 syscall hook the PC is still at the `syscall`: the program resumes after it.
         resume = m.pc + m.syscall_pc_bias
         try:
-            m.write(info, siginfo.ljust(128, b"\0"))
+            p.user.write(info, siginfo.ljust(128, b"\0"))
             # the mask the handler returns to: the one rt_sigsuspend replaced, if it did
             back_to = self.mask if self.suspended_mask is None else self.suspended_mask
-            m.write(uctx, build_ucontext(m, arch, resume, back_to, self.altstack, fault))
+            p.user.write(uctx, build_ucontext(m, arch, resume, back_to, self.altstack, fault))
             if arch == "x86_64":
                 sp -= 8
-                m.write(sp, struct.pack("<Q", restorer))
-        except MemoryError:
+                p.user.write(sp, struct.pack("<Q", restorer))
+        except OSError:
             p.kill(11, fault)               # no room for the frame: the kernel forces SIGSEGV
             return
         if arch == "x86_64":
@@ -163,11 +175,15 @@ class Signals:
         m.sp = sp
         m.pc = handler
 
+    def min_altstack(self) -> int:
+        """MINSIGSTKSZ: the smallest alternate stack sigaltstack accepts."""
+        return 5120 if self.process.arch.name == "arm64" else 2048
+
     def arm64_trampoline(self) -> int:
         if not self.trampoline:
             p = self.process
             addr = p.mem.find_free(0x1000)
-            p.mem.map(addr, addr + 0x1000, 5, "[sigpage]")
+            p.mem.guest_map(addr, addr + 0x1000, 5, "[sigpage]")
             p.machine.write(addr, ARM64_SIGRETURN_TRAMPOLINE)
             self.trampoline = addr
         return self.trampoline
@@ -182,28 +198,39 @@ class Signals:
         ctx, uctx = self.saved.pop()
         m = p.machine
         try:
-            regs, mask = read_ucontext(m, p.arch.name, uctx)
-        except MemoryError:
+            regs, mask = read_ucontext(p.user, p.arch.name, uctx)
+        except OSError:
             p.kill(11, None)
             return
         m.restore_context(ctx)
         self.mask = mask & ~UNBLOCKABLE
         apply_registers(m, p.arch.name, regs)
+        self.timer_hold = time.monotonic() + TICK
 
     # --- alarm(2): checked at system calls, the only points Python runs -----------------------
     def alarm_left(self) -> float:
         return max(0.0, self.alarm_at - time.monotonic()) if self.alarm_at else 0.0
 
     def set_alarm(self, seconds: float, interval: float = 0.0) -> float:
-        """Arm (or with 0, disarm) the real-time timer; the seconds that were left."""
+        """Arm (or with 0, disarm) the real-time timer, at TICK resolution; the seconds that were
+        left. The engine is stopped when it expires (Process.update_wake)."""
         left = self.alarm_left()
-        self.alarm_at = time.monotonic() + seconds if seconds > 0 else 0.0
-        self.alarm_interval = interval if seconds > 0 else 0.0
+        self.alarm_at = time.monotonic() + max(seconds, TICK) if seconds > 0 else 0.0
+        self.alarm_interval = max(interval, TICK) if seconds > 0 and interval > 0 else 0.0
         return left
 
+    def timer_due_at(self) -> float | None:
+        """When the timer will fire (not before the hold after a handler returned), or None."""
+        return max(self.alarm_at, self.timer_hold) if self.alarm_at else None
+
     def check_alarm(self) -> None:
-        if self.alarm_at and time.monotonic() >= self.alarm_at:
-            self.alarm_at = time.monotonic() + self.alarm_interval if self.alarm_interval else 0.0
+        now = time.monotonic()
+        if self.alarm_at and now >= self.alarm_at and now >= self.timer_hold:
+            if self.alarm_interval:         # expirations missed meanwhile make one SIGALRM (overrun)
+                nxt = self.alarm_at + self.alarm_interval
+                self.alarm_at = nxt if nxt > now else now + self.alarm_interval
+            else:
+                self.alarm_at = 0.0
             self.raise_signal(14, code=SI_KERNEL)
 
     def wait_for_alarm(self) -> bool:

@@ -56,8 +56,10 @@ def forever_alone(p, ms: int | None, watched: bool) -> bool:
 def _timespec_ms(p, ptr: int) -> int | None:
     if not ptr:
         return None
-    sec, nsec = struct.unpack("<qq", p.machine.read(ptr, 16))
-    return sec * 1000 + (nsec + 999_999) // 10**6
+    sec, nsec = p.user.unpack("<qq", ptr)
+    if sec < 0 or not 0 <= nsec < 10**9:
+        raise OSError(errno.EINVAL, "bad timespec")
+    return min(sec * 1000 + (nsec + 999_999) // 10**6, 2**31 - 1)
 
 
 def poll_host(p, wanted: dict[int, int], ms: int | None) -> dict[int, int] | int:
@@ -77,7 +79,10 @@ def poll_host(p, wanted: dict[int, int], ms: int | None) -> dict[int, int] | int
 # --- poll ------------------------------------------------------------------------------------------
 @syscall("poll", "ppoll")
 def sys_poll(p, fds, nfds, timeout, *_):
-    raw = p.machine.read(fds, 8 * nfds) if nfds else b""
+    nfds &= 0xFFFFFFFF                     # unsigned int
+    if nfds > p.fd_limit():
+        return -errno.EINVAL
+    raw = p.user.read(fds, 8 * nfds) if nfds else b""
     entries = [struct.unpack_from("<ihh", raw, 8 * i) for i in range(nfds)]
     wanted: dict[int, int] = {}
     for fd, events, _r in entries:
@@ -87,16 +92,19 @@ def sys_poll(p, fds, nfds, timeout, *_):
         ms = _timespec_ms(p, timeout)
     else:
         ms = None if s32(timeout) < 0 else s32(timeout)
-    ready = poll_host(p, wanted, ms)
+    host = {fd: ev for fd, ev in wanted.items() if p.fds[fd].node is None and p.fds[fd].mem is None}
+    ready = poll_host(p, host, 0 if len(host) < len(wanted) else ms)   # /proc files: ready at once
     if isinstance(ready, int):
         return ready
     out, n = bytearray(), 0
     for fd, events, _r in entries:
+        if fd in p.fds and fd not in ready:          # the guest's /proc files are always ready
+            ready[fd] = POLLIN | POLLOUT
         rev = (ready[fd] & (events | POLLERR | POLLHUP | POLLNVAL)) if fd in p.fds else (POLLNVAL if fd >= 0 else 0)
         n += bool(rev)
         out += struct.pack("<ihh", fd, events, rev)
     if out:
-        p.machine.write(fds, bytes(out))
+        p.user.write(fds, bytes(out))
     return n
 
 
@@ -104,43 +112,52 @@ def sys_poll(p, fds, nfds, timeout, *_):
 def _fdset(p, ptr: int, nfds: int) -> set[int]:
     if not ptr:
         return set()
-    raw = int.from_bytes(p.machine.read(ptr, 8 * ((nfds + 63) // 64)), "little")
+    raw = int.from_bytes(p.user.read(ptr, 8 * ((nfds + 63) // 64)), "little")
     return {fd for fd in range(nfds) if raw >> fd & 1}
 
 
 def _put_fdset(p, ptr: int, nfds: int, fds: set[int]) -> None:
     if ptr:
         bits = sum(1 << fd for fd in fds)
-        p.machine.write(ptr, bits.to_bytes(8 * ((nfds + 63) // 64), "little"))
+        p.user.write(ptr, bits.to_bytes(8 * ((nfds + 63) // 64), "little"))
 
 
 @syscall("select", "pselect6")
 def sys_select(p, nfds, rptr, wptr, eptr, timeout, *_):
     nfds = s32(nfds)
-    if not 0 <= nfds <= 1 << 16:
+    if nfds < 0:
         return -errno.EINVAL
+    # The kernel looks no further than its descriptor table: 64 entries, doubled as needed.
+    nfds = min(nfds, max(64, 1 << max(p.fds, default=0).bit_length()))
     sets = [_fdset(p, ptr, nfds) for ptr in (rptr, wptr, eptr)]
     wanted: dict[int, int] = {}
+    always = False
     for fds, events in zip(sets, (SELECT_IN, SELECT_OUT, SELECT_EX)):
         for fd in fds:
             if fd not in p.fds:
                 return -errno.EBADF
-            wanted[fd] = wanted.get(fd, 0) | events
+            if p.fds[fd].node is None and p.fds[fd].mem is None:
+                wanted[fd] = wanted.get(fd, 0) | events
+            else:
+                always = True
     if p.current_syscall == "pselect6":
         ms = _timespec_ms(p, timeout)
     elif timeout:
-        sec, usec = struct.unpack("<qq", p.machine.read(timeout, 16))
-        ms = sec * 1000 + (usec + 999) // 1000
+        sec, usec = p.user.unpack("<qq", timeout)
+        if sec < 0 or not 0 <= usec < 10**6:
+            return -errno.EINVAL
+        ms = min(sec * 1000 + (usec + 999) // 1000, 2**31 - 1)
     else:
         ms = None
-    ready = poll_host(p, wanted, ms)
+    ready = poll_host(p, wanted, 0 if always else ms)
     if isinstance(ready, int):
         return ready
-    found = [{fd for fd in fds if ready[fd] & events} for fds, events in zip(sets, (SELECT_IN, SELECT_OUT, SELECT_EX))]
+    found = [{fd for fd in fds if ready.get(fd, POLLIN | POLLOUT) & events}
+             for fds, events in zip(sets, (SELECT_IN, SELECT_OUT, SELECT_EX))]
     for ptr, fds in zip((rptr, wptr, eptr), found):
         _put_fdset(p, ptr, nfds, fds)
     if timeout and p.current_syscall == "select" and not any(found):
-        p.machine.write(timeout, bytes(16))        # Linux reports the time left: none
+        p.user.write(timeout, bytes(16))        # Linux reports the time left: none
     return sum(len(f) for f in found)
 
 
@@ -168,9 +185,11 @@ def sys_epoll_create(p, arg, *_):
 @syscall("epoll_ctl")
 def sys_epoll_ctl(p, epfd, op, fd, event, *_):
     ep, target = p.fd(epfd), p.fd(fd)
+    if target.node is not None or target.mem is not None:
+        return -errno.EPERM                     # like regular files: not pollable
     events = data = 0
     if op != EPOLL_CTL_DEL:
-        raw = p.machine.read(event, _epoll_event_size(p))
+        raw = p.user.read(event, _epoll_event_size(p))
         events = struct.unpack_from("<I", raw)[0]
         data = struct.unpack_from("<Q", raw, 4 if len(raw) == 12 else 8)[0]
     host_event = struct.pack("<IQ", events, data)     # the host is x86-64: packed; data passes through
@@ -183,6 +202,8 @@ def sys_epoll_wait(p, epfd, events, maxevents, timeout, *_):
     maxevents = s32(maxevents)
     if not 0 < maxevents <= 1 << 16:
         return -errno.EINVAL
+    if not p.user.access_ok(events, maxevents * _epoll_event_size(p)):
+        return -errno.EFAULT
     if p.current_syscall == "epoll_pwait2":
         ms = _timespec_ms(p, timeout)
     else:
@@ -198,7 +219,7 @@ def sys_epoll_wait(p, epfd, events, maxevents, timeout, *_):
         ev, data = struct.unpack_from("<IQ", buf.raw, 12 * i)
         out += struct.pack("<IQ", ev, data) if size == 12 else struct.pack("<I4xQ", ev, data)
     if out:
-        p.machine.write(events, bytes(out))
+        p.user.write(events, bytes(out))
     return n
 
 

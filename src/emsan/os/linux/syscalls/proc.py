@@ -9,7 +9,9 @@ import time
 
 from emsan.os.linux import structs
 from emsan.os.linux.syscalls import NO_RETURN, syscall
+from emsan.os.linux.syscalls.events import wait_limit
 from emsan.os.linux.syscalls.fs import s32
+from emsan.os.linux.uaccess import MAX_RW_COUNT
 
 CLONE_VM, CLONE_THREAD, CLONE_VFORK = 0x100, 0x10000, 0x4000
 ARCH_SET_GS, ARCH_SET_FS, ARCH_GET_FS, ARCH_GET_GS = 0x1001, 0x1002, 0x1003, 0x1004
@@ -65,17 +67,20 @@ def sys_getegid(p, *_):
 def sys_getresuid(p, a, b, c, *_):
     v = os.getuid() if p.current_syscall == "getresuid" else os.getgid()
     for ptr in (a, b, c):
-        p.machine.write(ptr, struct.pack("<I", v))
+        p.user.put_u32(ptr, v)
     return 0
 
 
 @syscall("getgroups")
 def sys_getgroups(p, size, lst, *_):
     groups = os.getgroups()
+    size = s32(size)
+    if size < 0:
+        return -errno.EINVAL
     if size:
         if size < len(groups):
             return -errno.EINVAL
-        p.machine.write(lst, struct.pack(f"<{len(groups)}I", *groups))
+        p.user.write(lst, struct.pack(f"<{len(groups)}I", *groups))
     return len(groups)
 
 
@@ -86,24 +91,26 @@ def sys_setid(p, *_):
 
 @syscall("uname")
 def sys_uname(p, buf, *_):
-    p.machine.write(buf, structs.pack_utsname(p.arch.platform))
+    p.user.write(buf, structs.pack_utsname(p.arch.platform))
     return 0
 
 
 @syscall("sysinfo")
 def sys_sysinfo(p, buf, *_):
-    p.machine.write(buf, structs.pack_sysinfo())
+    p.user.write(buf, structs.pack_sysinfo())
     return 0
 
 
 @syscall("arch_prctl")
 def sys_arch_prctl(p, code, addr, *_):
+    if code in (ARCH_SET_FS, ARCH_SET_GS) and addr >= p.mem.task_size:
+        return -errno.EPERM                   # not a user address, as do_arch_prctl_64 says
     if code == ARCH_SET_FS:
         p.machine.set_reg("fs_base", addr)
     elif code == ARCH_SET_GS:
         p.machine.set_reg("gs_base", addr)
     elif code in (ARCH_GET_FS, ARCH_GET_GS):
-        p.machine.write(addr, struct.pack("<Q", p.machine.reg("fs_base" if code == ARCH_GET_FS else "gs_base")))
+        p.user.put_u64(addr, p.machine.reg("fs_base" if code == ARCH_GET_FS else "gs_base"))
     else:
         return -errno.EINVAL
     return 0
@@ -128,11 +135,13 @@ def sys_rseq(p, *_):
 @syscall("prctl")
 def sys_prctl(p, option, arg2, *_):
     PR_SET_NAME, PR_GET_NAME = 15, 16
+    option = s32(option)
     if option == PR_SET_NAME:
-        p.comm = p.machine.read_cstr(arg2, 16).decode(errors="replace")
+        name = p.user.read(arg2, p.user.readable(arg2, 16) or 16)
+        p.comm = name.split(b"\0", 1)[0][:15].decode(errors="replace")
         return 0
     if option == PR_GET_NAME:
-        p.machine.write(arg2, p.comm.encode()[:15].ljust(16, b"\0"))
+        p.user.write(arg2, p.comm.encode()[:15].ljust(16, b"\0"))
         return 0
     PR_SET_TAGGED_ADDR_CTRL, PR_GET_TAGGED_ADDR_CTRL = 55, 56
     if p.arch.name == "arm64" and option == PR_SET_TAGGED_ADDR_CTRL:
@@ -145,8 +154,17 @@ def sys_prctl(p, option, arg2, *_):
 
 @syscall("getrandom")
 def sys_getrandom(p, buf, count, flags, *_):
-    count = min(count, 1 << 20)
-    p.machine.write(buf, p.random_bytes(count))
+    if flags & ~7:                          # GRND_NONBLOCK | GRND_RANDOM | GRND_INSECURE
+        return -errno.EINVAL
+    count = min(count, MAX_RW_COUNT, 1 << 20)
+    if not count:
+        return 0
+    if not p.user.access_ok(buf, count):
+        return -errno.EFAULT
+    count = p.user.writable(buf, count)
+    if not count:
+        return -errno.EFAULT
+    p.user.write(buf, p.random_bytes(count))
     return count
 
 
@@ -154,7 +172,12 @@ def sys_getrandom(p, buf, count, flags, *_):
 RLIM_INF = 0xFFFF_FFFF_FFFF_FFFF
 
 
+RLIM_NLIMITS = 16
+
+
 def _rlimit(resource_id: int) -> tuple[int, int]:
+    if not 0 <= resource_id < RLIM_NLIMITS:
+        raise OSError(errno.EINVAL, "no such resource")
     try:
         soft, hard = resource.getrlimit(resource_id)
     except (ValueError, OSError):
@@ -166,29 +189,40 @@ def _rlimit(resource_id: int) -> tuple[int, int]:
 
 @syscall("prlimit64")
 def sys_prlimit64(p, pid, res, new, old, *_):
+    if s32(pid) not in (0, p.pid):
+        return -errno.ESRCH
+    limits = _rlimit(res & 0xFFFFFFFF)
+    if new:
+        soft, hard = p.user.unpack("<QQ", new)
+        if soft > hard:
+            return -errno.EINVAL
     if old:
-        p.machine.write(old, struct.pack("<QQ", *_rlimit(res)))
+        p.user.pack(old, "<QQ", *limits)
     return 0
 
 
 @syscall("getrlimit")
 def sys_getrlimit(p, res, old, *_):
-    p.machine.write(old, struct.pack("<QQ", *_rlimit(res)))
+    p.user.pack(old, "<QQ", *_rlimit(res & 0xFFFFFFFF))
     return 0
 
 
 @syscall("setrlimit")
-def sys_setrlimit(p, *_):
-    return 0
+def sys_setrlimit(p, res, new, *_):
+    _rlimit(res & 0xFFFFFFFF)
+    soft, hard = p.user.unpack("<QQ", new)
+    return -errno.EINVAL if soft > hard else 0
 
 
 @syscall("getrusage")
 def sys_getrusage(p, who, buf, *_):
+    if s32(who) not in (0, -1, 1):            # RUSAGE_SELF, RUSAGE_CHILDREN, RUSAGE_THREAD
+        return -errno.EINVAL
     ru = resource.getrusage(resource.RUSAGE_SELF)
     tv = lambda s: struct.pack("<qq", int(s), int((s % 1) * 1e6))   # noqa: E731
     body = tv(ru.ru_utime) + tv(ru.ru_stime) + struct.pack("<14q", ru.ru_maxrss, 0, 0, 0, ru.ru_minflt, ru.ru_majflt,
                                                           0, 0, 0, 0, 0, 0, ru.ru_nvcsw, ru.ru_nivcsw)
-    p.machine.write(buf, body)
+    p.user.write(buf, body)
     return 0
 
 
@@ -196,15 +230,17 @@ def sys_getrusage(p, who, buf, *_):
 def sys_times(p, buf, *_):
     t = os.times()
     if buf:
-        p.machine.write(buf, struct.pack("<qqqq", int(t.user * 100), int(t.system * 100), 0, 0))
+        p.user.pack(buf, "<qqqq", int(t.user * 100), int(t.system * 100), 0, 0)
     return int(time.monotonic() * 100)
 
 
 @syscall("sched_getaffinity")
 def sys_sched_getaffinity(p, pid, size, mask, *_):
-    if size < 8:
+    if s32(pid) not in (0, p.pid):
+        return -errno.ESRCH
+    if size < 8 or size & 7:
         return -errno.EINVAL
-    p.machine.write(mask, struct.pack("<Q", 1))     # one CPU: the guest is single-threaded
+    p.user.put_u64(mask, 1)     # one CPU: the guest is single-threaded
     return 8
 
 
@@ -217,12 +253,14 @@ def sys_sched_yield(p, *_):
 def sys_getcpu(p, cpu, node, *_):
     for ptr in (cpu, node):
         if ptr:
-            p.machine.write(ptr, b"\0\0\0\0")
+            p.user.put_u32(ptr, 0)
     return 0
 
 
 @syscall("getpriority")
 def sys_getpriority(p, which, who, *_):
+    if which > 2:
+        return -errno.EINVAL
     if who and who != p.pid:
         return -errno.ESRCH
     return 20 - os.getpriority(which, 0)     # the kernel's biased value: glibc turns it back into a nice
@@ -230,9 +268,12 @@ def sys_getpriority(p, which, who, *_):
 
 @syscall("setpriority")
 def sys_setpriority(p, which, who, prio, *_):
+    if which > 2:
+        return -errno.EINVAL
     if who and who != p.pid:
         return -errno.ESRCH
-    os.setpriority(which, 0, s32(prio))
+    if which == 0:                  # PRIO_PROCESS: the guest is emsan's process; the host's group and
+        os.setpriority(0, 0, max(-20, min(19, s32(prio))))      # user are none of its business
     return 0
 
 
@@ -243,7 +284,11 @@ def sys_sched_getscheduler(p, pid, *_):
 
 @syscall("sched_getparam")
 def sys_sched_getparam(p, pid, param, *_):
-    p.machine.write(param, bytes(4))
+    if s32(pid) < 0 or not param:
+        return -errno.EINVAL
+    if s32(pid) not in (0, p.pid):
+        return -errno.ESRCH
+    p.user.write(param, bytes(4))
     return 0
 
 
@@ -266,28 +311,36 @@ def sys_personality(p, persona, *_):
 
 # --- time -------------------------------------------------------------------------------------
 @syscall("clock_gettime")
+def _clock(clk: int) -> int:
+    """A clockid_t the host knows (the kernel's own ids; per-process CPU clocks of others are
+    EINVAL here), or EINVAL."""
+    clk = s32(clk)
+    if not 0 <= clk < 12 or clk in (10,):
+        raise OSError(errno.EINVAL, "bad clock id")
+    return clk
+
+
+@syscall("clock_gettime")
 def sys_clock_gettime(p, clk, tp, *_):
-    try:
-        ns = time.clock_gettime_ns(clk)
-    except OSError:
-        return -errno.EINVAL
-    p.machine.write(tp, structs.pack_timespec(ns))
+    ns = time.clock_gettime_ns(_clock(clk))
+    p.user.write(tp, structs.pack_timespec(ns))
     return 0
 
 
 @syscall("clock_getres")
 def sys_clock_getres(p, clk, tp, *_):
+    _clock(clk)
     if tp:
-        p.machine.write(tp, structs.pack_timespec(1))
+        p.user.write(tp, structs.pack_timespec(1))
     return 0
 
 
 @syscall("gettimeofday")
 def sys_gettimeofday(p, tv, tz, *_):
     if tv:
-        p.machine.write(tv, structs.pack_timeval(time.time_ns()))
+        p.user.write(tv, structs.pack_timeval(time.time_ns()))
     if tz:
-        p.machine.write(tz, bytes(8))
+        p.user.write(tz, bytes(8))
     return 0
 
 
@@ -295,20 +348,35 @@ def sys_gettimeofday(p, tv, tz, *_):
 def sys_time(p, tloc, *_):
     t = int(time.time())
     if tloc:
-        p.machine.write(tloc, struct.pack("<q", t))
+        p.user.pack(tloc, "<q", t)
     return t
 
 
 @syscall("nanosleep", "clock_nanosleep")
 def sys_nanosleep(p, *a):
-    req = a[0] if p.current_syscall == "nanosleep" else a[2]
-    if p.current_syscall == "clock_nanosleep" and a[1] & 1:     # TIMER_ABSTIME
-        sec, nsec = struct.unpack("<qq", p.machine.read(req, 16))
-        delay = (sec * 10**9 + nsec - time.clock_gettime_ns(a[0])) / 1e9
-    else:
-        sec, nsec = struct.unpack("<qq", p.machine.read(req, 16))
-        delay = sec + nsec / 1e9
-    if delay > 0 and not p.sleep(delay):
+    absolute = p.current_syscall == "clock_nanosleep" and a[1] & 1          # TIMER_ABSTIME
+    req, rem = (a[0], a[1]) if p.current_syscall == "nanosleep" else (a[2], a[3])
+    if p.current_syscall == "clock_nanosleep":
+        clk = _clock(a[0])
+        if a[1] & ~1:
+            return -errno.EINVAL
+    sec, nsec = p.user.unpack("<qq", req)
+    if sec < 0 or not 0 <= nsec < 10**9:
+        return -errno.EINVAL
+    delay = (sec * 10**9 + nsec - time.clock_gettime_ns(clk)) / 1e9 if absolute else sec + nsec / 1e9
+    if delay <= 0:
+        return 0
+    # A timer that expires first interrupts the sleep (its handler runs on the way back).
+    limit, cut_by = wait_limit(p, min(int(delay * 1000) + 1, 2**62))
+    sigs = p.signals
+    if cut_by == "alarm" and limit < delay * 1000 and sigs.would_interrupt(14):
+        p.sleep(limit / 1000)
+        p.signals.check_alarm()
+        if rem and not absolute:
+            left = max(0.0, delay - limit / 1000)
+            p.user.pack(rem, "<qq", int(left), int((left % 1) * 1e9))
+        return -errno.EINTR
+    if not p.sleep(delay):
         return -errno.EINTR     # --timeout ended the run during the sleep
     return 0
 
@@ -317,7 +385,7 @@ def sys_nanosleep(p, *a):
 @syscall("clone", "clone3", "fork", "vfork")
 def sys_clone(p, flags=0, *_):
     if p.current_syscall == "clone3":
-        flags = struct.unpack("<Q", p.machine.read(flags, 8))[0]
+        flags = p.user.u64(flags)
     if p.current_syscall in ("clone", "clone3") and flags & CLONE_THREAD:
         p.warn_once("threads", "threads are not supported (clone with CLONE_THREAD): returning -EAGAIN")
         return -errno.EAGAIN
@@ -328,10 +396,7 @@ def sys_clone(p, flags=0, *_):
 @syscall("execve", "execveat")
 def sys_execve(p, *a):
     ptr = a[0] if p.current_syscall == "execve" else a[1]
-    try:
-        target = p.machine.read_cstr(ptr).decode(errors="replace")
-    except MemoryError:
-        return -errno.EFAULT
+    target = p.user.path(ptr)
     p.warn_once("exec", f"running another program is not supported ({p.current_syscall} {target}): "
                         "returning -ENOSYS")
     return -errno.ENOSYS
@@ -346,8 +411,10 @@ def sys_wait4(p, *_):
 def sys_futex(p, uaddr, op, val, *_):
     FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET = 0, 1, 9
     cmd = op & 0x7F
+    if uaddr & 3:
+        return -errno.EINVAL
     if cmd in (FUTEX_WAIT, FUTEX_WAIT_BITSET):
-        cur = struct.unpack("<I", p.machine.read(uaddr, 4))[0]
+        cur = p.user.u32(uaddr)
         if cur != val & 0xFFFFFFFF:
             return -errno.EAGAIN
         # Nobody else could ever wake a single-threaded waiter.

@@ -15,22 +15,24 @@ ITIMER_REAL = 0
 
 @syscall("rt_sigaction")
 def sys_rt_sigaction(p, sig, act, oldact, sigsetsize, *_):
-    if not 1 <= sig <= 64 or (act and sig in (SIGKILL, SIGSTOP)):
+    if sigsetsize != 8 or not 1 <= sig <= 64 or (act and sig in (SIGKILL, SIGSTOP)):
         return -errno.EINVAL
     old = p.signals.actions.get(sig, (0, 0, 0, 0))
-    if act:
-        p.signals.actions[sig] = struct.unpack("<QQQQ", p.machine.read(act, 32))
+    new = p.user.unpack("<QQQQ", act) if act else None
     if oldact:
-        p.machine.write(oldact, struct.pack("<QQQQ", *old))
+        p.user.pack(oldact, "<QQQQ", *old)
+    if new is not None:
+        p.signals.actions[sig] = new
     return 0
 
 
 @syscall("rt_sigprocmask")
-def sys_rt_sigprocmask(p, how, set_, oldset, *_):
-    if oldset:
-        p.machine.write(oldset, struct.pack("<Q", p.signals.mask))
+def sys_rt_sigprocmask(p, how, set_, oldset, sigsetsize=8, *_):
+    if sigsetsize != 8 or (set_ and how & 0xFFFFFFFF > 2):
+        return -errno.EINVAL
+    old = p.signals.mask
     if set_:
-        s = struct.unpack("<Q", p.machine.read(set_, 8))[0]
+        s = p.user.u64(set_)
         if how == 0:
             p.signals.mask |= s
         elif how == 1:
@@ -40,12 +42,16 @@ def sys_rt_sigprocmask(p, how, set_, oldset, *_):
         else:
             return -errno.EINVAL
         p.signals.mask &= ~((1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1)))
+    if oldset:
+        p.user.put_u64(oldset, old)
     return 0
 
 
 @syscall("rt_sigpending")
-def sys_rt_sigpending(p, set_, *_):
-    p.machine.write(set_, struct.pack("<Q", p.signals.pending_mask()))
+def sys_rt_sigpending(p, set_, sigsetsize=8, *_):
+    if sigsetsize > 8:
+        return -errno.EINVAL
+    p.user.write(set_, struct.pack("<Q", p.signals.pending_mask())[:sigsetsize])
     return 0
 
 
@@ -57,11 +63,23 @@ def sys_rt_sigreturn(p, *_):
 
 @syscall("sigaltstack")
 def sys_sigaltstack(p, ss, old, *_):
+    SS_ONSTACK, SS_DISABLE, SS_AUTODISARM = 1, 2, 1 << 31
+    cur = p.signals.altstack
+    on_it = not cur[1] & SS_DISABLE and cur[0] <= p.machine.sp < cur[0] + cur[3]
+    new = p.user.unpack("<QiiQ", ss) if ss else None
+    if new is not None:
+        sp, flags, _pad, size = new
+        if on_it:
+            return -errno.EPERM
+        mode = flags & ~SS_AUTODISARM & 0xFFFFFFFF
+        if mode not in (0, SS_ONSTACK, SS_DISABLE):
+            return -errno.EINVAL
+        if mode != SS_DISABLE and size < p.signals.min_altstack():
+            return -errno.ENOMEM
     if old:
-        p.machine.write(old, struct.pack("<QiiQ", *p.signals.altstack))
-    if ss:
-        sp, flags, _pad, size = struct.unpack("<QiiQ", p.machine.read(ss, 24))
-        p.signals.altstack = (sp, flags, 0, size)
+        p.user.pack(old, "<QiiQ", cur[0], cur[1] | (SS_ONSTACK if on_it else 0), 0, cur[3])
+    if new is not None:
+        p.signals.altstack = (0, SS_DISABLE, 0, 0) if mode == SS_DISABLE else (sp, 0, 0, size)
     return 0
 
 
@@ -100,15 +118,25 @@ def _pack_itimer(interval: float, value: float) -> bytes:
     return struct.pack("<qqqq", *tv(interval), *tv(value))
 
 
+def _check_timeval(raw: bytes, at: int) -> None:
+    sec, usec = struct.unpack_from("<qq", raw, at)
+    if sec < 0 or not 0 <= usec < 10**6:
+        raise OSError(errno.EINVAL, "bad timeval")
+
+
 @syscall("setitimer")
 def sys_setitimer(p, which, new, old, *_):
+    if which & 0xFFFFFFFF > 2:
+        return -errno.EINVAL
     if which != ITIMER_REAL:
         return -errno.EINVAL          # ITIMER_VIRTUAL/PROF would need CPU-time accounting
+    raw = p.user.read(new, 32) if new else bytes(32)
+    _check_timeval(raw, 0)
+    _check_timeval(raw, 16)
     interval = p.signals.alarm_interval
-    raw = p.machine.read(new, 32) if new else bytes(32)
-    left = p.signals.set_alarm(_timeval(raw, 16), _timeval(raw, 0))
     if old:
-        p.machine.write(old, _pack_itimer(interval, left))
+        p.user.write(old, _pack_itimer(interval, p.signals.alarm_left()))
+    p.signals.set_alarm(_timeval(raw, 16), _timeval(raw, 0))
     return 0
 
 
@@ -116,15 +144,17 @@ def sys_setitimer(p, which, new, old, *_):
 def sys_getitimer(p, which, cur, *_):
     if which != ITIMER_REAL:
         return -errno.EINVAL
-    p.machine.write(cur, _pack_itimer(p.signals.alarm_interval, p.signals.alarm_left()))
+    p.user.write(cur, _pack_itimer(p.signals.alarm_interval, p.signals.alarm_left()))
     return 0
 
 
 @syscall("pause", "rt_sigsuspend")
-def sys_pause(p, mask_ptr=0, *_):
+def sys_pause(p, mask_ptr=0, sigsetsize=8, *_):
     sigs = p.signals
     if p.current_syscall == "rt_sigsuspend":
-        sigs.suspend(struct.unpack("<Q", p.machine.read(mask_ptr, 8))[0])
+        if sigsetsize != 8:
+            return -errno.EINVAL
+        sigs.suspend(p.user.u64(mask_ptr))
     # Returns -EINTR; the handler runs on the way back (Process.on_syscall).
     if not sigs.deliverable() and not sigs.wait_for_alarm():
         p.warn_once("pause", f"{p.current_syscall} with no signal that could ever arrive")
@@ -132,14 +162,18 @@ def sys_pause(p, mask_ptr=0, *_):
 
 
 @syscall("rt_sigtimedwait")
-def sys_rt_sigtimedwait(p, set_, info, timeout, *_):
-    wanted = struct.unpack("<Q", p.machine.read(set_, 8))[0]
+def sys_rt_sigtimedwait(p, set_, info, timeout, sigsetsize=8, *_):
+    if sigsetsize != 8:
+        return -errno.EINVAL
+    wanted = p.user.u64(set_)
     got = p.signals.take_pending(wanted)
     if got is None:
         ms = None
         if timeout:
-            sec, nsec = struct.unpack("<qq", p.machine.read(timeout, 16))
-            ms = sec * 1000 + (nsec + 999_999) // 10**6
+            sec, nsec = p.user.unpack("<qq", timeout)
+            if sec < 0 or not 0 <= nsec < 10**9:
+                return -errno.EINVAL
+            ms = min(sec * 1000 + (nsec + 999_999) // 10**6, 2**31 - 1)
         limit, cut_by = wait_limit(p, ms)
         if limit is None:
             p.warn_once("pause", "rt_sigtimedwait with no signal that could ever arrive")
@@ -152,5 +186,5 @@ def sys_rt_sigtimedwait(p, set_, info, timeout, *_):
             return -errno.EINTR if cut_by == "alarm" else -errno.EAGAIN
     sig, code = got
     if info:
-        p.machine.write(info, struct.pack("<iii4xiI", sig, 0, code, p.pid, os.getuid()).ljust(128, b"\0"))
+        p.user.write(info, struct.pack("<iii4xiI", sig, 0, code, p.pid, os.getuid()).ljust(128, b"\0"))
     return sig
