@@ -21,8 +21,8 @@ volatile unsigned long spins;
 
 __attribute__((noinline)) void spin_forever(void)
 {
-    for (;;)                                        /* @spin_loop */
-        spins++;                                    /* @spin */
+    /* One line: wherever the instruction limit stops the loop, the PC is on the marked line. */
+    for (;;) spins++;                               /* @spin */
 }
 
 static void *thread_body(void *arg)

@@ -1,12 +1,13 @@
 """Which guest functions emsan stands in for, found by symbol name in each loaded module."""
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-from emsan.report.elfsections import sections_usable
+from emsan.report.elfsections import open_sections, sections_usable
 
 # Allocator entry points (C and C++), by symbol name -> native function id name.
 ALLOCATOR = {
@@ -36,17 +37,27 @@ STRINGS = {
     "strcpy": "STRCPY", "strncpy": "STRNCPY", "stpcpy": "STPCPY", "stpncpy": "STPNCPY", "strcat": "STRCAT",
     "strncat": "STRNCAT", "memcpy": "MEMCPY", "memmove": "MEMMOVE", "mempcpy": "MEMPCPY", "memset": "MEMSET",
     "rawmemchr": "RAWMEMCHR", "strchrnul": "STRCHRNUL", "memrchr": "MEMRCHR",
+    # the wide-character family, spans, searches, case-insensitive compares, duplicates
+    "wcslen": "WCSLEN", "wcsnlen": "WCSNLEN", "wcschr": "WCSCHR", "wmemchr": "WMEMCHR", "wcsrchr": "WCSRCHR",
+    "wcscmp": "WCSCMP", "wcsncmp": "WCSNCMP", "wmemcmp": "WMEMCMP", "wcscpy": "WCSCPY", "wcpcpy": "WCPCPY",
+    "wcsncpy": "WCSNCPY", "wcpncpy": "WCPNCPY", "wcscat": "WCSCAT", "wcsncat": "WCSNCAT", "wmemcpy": "WMEMCPY",
+    "wmemmove": "WMEMMOVE", "wmempcpy": "WMEMPCPY", "wmemset": "WMEMSET", "wcsdup": "WCSDUP",
+    "strspn": "STRSPN", "strcspn": "STRCSPN", "strpbrk": "STRPBRK", "strstr": "STRSTR", "memmem": "MEMMEM",
+    "strcasecmp": "STRCASECMP", "strncasecmp": "STRNCASECMP", "strdup": "STRDUP", "strndup": "STRNDUP",
 }
 
-# glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic...
-_VARIANT = re.compile(r"^_*(" + "|".join(sorted(STRINGS, key=len, reverse=True)) + r")(_[a-z0-9_]+)?$")
+# glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic, and
+# its internal aliases (__GI_strlen, which on arm64 is a copy no IFUNC leads to).
+_VARIANT = re.compile(r"^(?:__GI_)?_*(" + "|".join(sorted(STRINGS, key=len, reverse=True)) + r")(_[a-z0-9_]+)?$")
+# Old helpers with their own signatures (__strspn_c2(s, a1, a2), __strcpy_small(d, w0, w1...)).
+_NOT_VARIANT = re.compile(r"_(c[123]|1c|small|g)$")
 # Code that legally reads past a string's end with aligned vector loads.
-STRING_CODE = re.compile(r"^_*(str|mem|stp|wcs|wmem|rawmem|bcmp)")
+STRING_CODE = re.compile(r"^(?:__GI_)?_*(str|mem|stp|wcs|wmem|wcp|rawmem|bcmp|index|rindex)")
 
 
 def string_function(name: str) -> str | None:
     """Native id name for a symbol that implements one of the intercepted functions."""
-    if name.endswith(("_chk", "_ifunc")) or "_chk_" in name:
+    if name.endswith(("_chk", "_ifunc")) or "_chk_" in name or _NOT_VARIANT.search(name):
         return None            # fortify wrappers jump to the real code; *_ifunc are resolvers
     m = _VARIANT.match(name)
     return STRINGS[m.group(1)] if m else None
@@ -75,23 +86,29 @@ class _Section:
     entsize: int
 
 
-@lru_cache(maxsize=None)
-def _sections(path: str) -> tuple[_Section, ...]:
-    """The section headers of a little-endian ELF64 file, in index order; () for anything else,
-    and for a file whose section-header table is unusable (report/elfsections.py: then the file
-    runs without its sections).
+def _sections(path: str) -> tuple[_Section, ...] | None:
+    """The section headers of a little-endian ELF64 file, in index order; () when its section-header
+    table is unusable (report/elfsections.py: then the file runs without its sections); None for any
+    other file (the callers let pyelftools read it).
 
     Read with struct: pyelftools parses every header with construct to find one by name, 20-40 ms
     per libc at every start-up."""
-    if not sections_usable(path):
-        return ()
+    st = os.stat(path)
+    return _sections_of(path, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=512)
+def _sections_of(path: str, _size: int, _mtime_ns: int) -> tuple[_Section, ...] | None:
     with open(path, "rb") as f:
         head = f.read(_EHDR.size)
-        if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-            return ()
-        shoff, shentsize, shnum, shstrndx = (_EHDR.unpack(head)[i] for i in (6, 11, 12, 13))
-        if not shoff or shentsize != _SHDR.size or shstrndx >= shnum:
-            return ()
+    if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return None
+    if not sections_usable(path):
+        return ()
+    shoff, shentsize, shnum, shstrndx = (_EHDR.unpack(head)[i] for i in (6, 11, 12, 13))
+    if not shoff or shentsize != _SHDR.size or shstrndx >= shnum:
+        return ()
+    with open(path, "rb") as f:
         f.seek(shoff)
         table = f.read(shnum * shentsize)
         hdrs = [_SHDR.unpack_from(table, i * shentsize) for i in range(len(table) // shentsize)]
@@ -120,7 +137,7 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     program, most of a short run's start-up."""
     out = []
     try:
-        secs = _sections(path)
+        secs = _sections(path) or ()          # (32-bit and big-endian files: entsize is not 24)
         with open(path, "rb") as f:
             for secname in (".symtab", ".dynsym"):
                 sec = next((s for s in secs if s.name == secname), None)
@@ -140,11 +157,21 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     return tuple(out)
 
 
-def has_symtab(path: str) -> bool:
+def has_section(path: str, name: str) -> bool:
+    """Does the ELF file at path have a section called name (False if it cannot be read)?"""
     try:
-        return any(s.name == ".symtab" for s in _sections(path))
+        secs = _sections(path)
+        if secs is not None:
+            return any(s.name == name for s in secs)
+        with open(path, "rb") as f:
+            elf = open_sections(f, path)
+            return elf is not None and elf.get_section_by_name(name) is not None
     except Exception:
         return False
+
+
+def has_symtab(path: str) -> bool:
+    return has_section(path, ".symtab")
 
 
 def module_entry_points(path: str, base: int, strings: bool = True, tags: bool = False) -> list[EntryPoint]:
@@ -171,6 +198,6 @@ def string_ifuncs(path: str, base: int) -> list[tuple[int, str]]:
 
 
 def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
-    """Address ranges of string-routine code in a module (for the aligned-overread tolerance)."""
+    """Address ranges of string-routine code in a module (whose read-ahead kasan.c tolerates)."""
     return [(value + base, value + base + size) for value, size, _kind, name in function_symbols(path)
             if size and STRING_CODE.match(name)]
