@@ -240,11 +240,16 @@ def _fp_prologue(code: bytes, arm64: bool) -> bool:
 class Stacks:
     """Sets up the chosen collector on the runtime and feeds it every module as it loads."""
 
-    def __init__(self, machine, runtime, arm64: bool, collector: str, no_depot: bool, ret_checks: bool = False):
+    def __init__(self, machine, runtime, arm64: bool, collector: str, no_depot: bool, timed: bool = False,
+                 ret_checks: bool = False):
+        """timed: measure the collectors' time (stats' stack_collector_us; --stats only, it costs two
+        clock reads per trace). ret_checks: --stack-checks ret (the shadow call stack
+        compares every return)."""
         self.machine, self.runtime, self.arm64 = machine, runtime, arm64
         self.lib, self.ffi = runtime.lib, runtime.ffi
         self.collector = collector
         self.no_depot = no_depot
+        self.timed = timed
         self._hooked = False
         self.ret_checks = ret_checks
         if collector == "x18" and not arm64:
@@ -254,7 +259,7 @@ class Stacks:
     def set(self, collector: str) -> None:
         self.collector = collector
         mode = getattr(self.lib, "EMSAN_STACKS_" + collector.upper())
-        self.lib.emsan_set_stacks(self.runtime.rt, mode, int(self.no_depot))
+        self.lib.emsan_set_stacks(self.runtime.rt, mode, int(self.no_depot), int(self.timed))
         if self.ret_checks:
             self.lib.emsan_scs_set_ret_checks(self.runtime.rt, 1)
         if (collector == "scs" or self.ret_checks) and not self._hooked:

@@ -77,7 +77,7 @@ class Sanitizer:
             # costs at most +5%; the hook alone costs +5-29% (bench/stack_checks.py)
             self.stack_checks = caps.default_stack_checks if collector == "scs" else "none"
         self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", collector, opts.no_depot,
-                             ret_checks=self.stack_checks == "ret")
+                             timed=opts.stats, ret_checks=self.stack_checks == "ret")
         self.leaks: LeakCheck | None = None
         if opts.leaks or (opts.leaks is None and caps.leaks):
             if not caps.leaks:
