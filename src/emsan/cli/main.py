@@ -142,6 +142,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="kfence: sample by guest time instead: one allocation per N guest instructions")
     p.add_argument("--stacks", choices=("auto", "fp", "cfi", "scs", "x18", "none"), default="auto",
                    help="allocation/free stack collector (default: auto, the cheapest complete one)")
+    p.add_argument("--stack-checks", choices=("auto", "none", "ret"), default="auto",
+                   help="ret: keep each call's return address and report a return through an overwritten "
+                        "one (default auto: ret where the scs stack collector runs, except in the kfence and "
+                        "compiler-assisted modes)")
     p.add_argument("--no-depot", action="store_true", help="store every stack trace separately (no dedup)")
     p.add_argument("--leaks", action="store_true", default=None,
                    help="find leaks when the guest ends, as kmemleak does (default: on in every mode with "
@@ -202,7 +206,7 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       quarantine_size=ns.quarantine_size, allocator_errors=ns.allocator_errors, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
                       kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,
                       sample_instructions=ns.sample_instructions,
-                      stacks=ns.stacks, no_depot=ns.no_depot, leaks=True if ns.leaks_scan_every else ns.leaks,
+                      stacks=ns.stacks, stack_checks=ns.stack_checks, no_depot=ns.no_depot, leaks=True if ns.leaks_scan_every else ns.leaks,
                       suppress=ns.suppress, leaks_scan_every=ns.leaks_scan_every,
                       leaks_ignore_before_main=ns.leaks_ignore_before_main,
                       shadow_limit=ns.shadow_limit)

@@ -167,6 +167,11 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 /* The largest request the allocator accepts (ASan's kMaxAllowedMallocSize on 64-bit targets). */
 #define EMSAN_MAX_ALLOCATION 0x10000000000
 
+/* The shadow call stack's return check (scs.c): a return through an overwritten return address.
+ * addr: where the call left it (x86-64: its slot; arm64: the stack pointer at the call), pc: the
+ * end of the block that returned, ret_expected/ret_target: where it should have gone and went. */
+#define EMSAN_ERR_RET_OVERWRITE 12
+
 /* An access seen without its exact PC (an MMIO callback, --checks mmio): the registers when it
  * was made, which locate the instruction, and the PCs QEMU recovers near it. */
 typedef struct emsan_access_site {
@@ -205,6 +210,8 @@ typedef struct emsan_error {
                              * element's); out of memory: the bytes the guest's limits leave
                              * the heap (0: no limit), addr: the bytes it holds */
     uint64_t align;         /* alignment asked for (allocations) or passed (aligned delete) */
+    uint64_t ret_expected;  /* EMSAN_ERR_RET_OVERWRITE: the call's return address */
+    uint64_t ret_target;    /* ... and where the return went */
     emsan_access_site site;
     emsan_kfence_object kfence;
 } emsan_error;
@@ -237,6 +244,8 @@ typedef struct emsan_stack_stats {
     uint64_t scs_pushes;       /* shadow call stack: calls and returns tracked */
     uint64_t scs_pops;
     uint64_t scs_resyncs;      /* entries dropped by the stack-pointer resynchronization */
+    uint64_t ret_checks;       /* --stack-checks: returns compared with the call's return address */
+    uint64_t ret_mismatches;
 } emsan_stack_stats;
 /* timed: measure the collectors' time (--stats); two clock reads per trace are wasted otherwise */
 void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot, int timed);
@@ -247,6 +256,11 @@ void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out);
 void emsan_scs_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds);
 void emsan_scs_mark_intercept(emsan_runtime *rt, uint64_t addr);
+/* --stack-checks ret: compare every tracked return with the call's return address. */
+void emsan_scs_set_ret_checks(emsan_runtime *rt, int on);
+/* The engine stopped on fetching `pc`: if the block before ended in a return, check that return
+ * (a corrupted one that went to unmapped or non-executable memory); 1 if it queued an error. */
+int emsan_scs_check_fetch(emsan_runtime *rt, uint64_t pc);
 /* CFI unwinding: per-module rows sorted by pc (absolute addresses), from .eh_frame/.debug_frame. */
 typedef struct emsan_cfi_row {
     uint64_t pc;

@@ -9,6 +9,16 @@
  * pointer is dead. The interception of malloc never executes its `ret`: a block starting at an
  * intercepted entry is treated as returning at once. Collection copies the entries: O(depth).
  *
+ * --stack-checks ret compares each return with the entry of the call it returns from, as a
+ * hardware shadow stack does: the entry whose stack pointer says "this is the frame being
+ * popped" (x86-64: the slot the call pushed its return address to, which `ret` pops; arm64: the
+ * caller's stack pointer at the `bl`, which a return restores). A return to another address from
+ * that very frame is a return through an overwritten return address, reported before any code at
+ * the target runs. Everything else that moves the stack pointer (longjmp, unwinders, signal
+ * frames, swapcontext, code emsan has no table for) pops from a slot no live entry holds: the
+ * stack-pointer resynchronization handles it and nothing is compared, so those never report.
+ * Tail calls reuse the caller's entry (same frame, same return address).
+ *
  * --stacks x18 reads the arm64 guest's own shadow call stack instead (-fsanitize=shadow-call-stack). */
 #include "runtime.h"
 
@@ -33,9 +43,11 @@ struct scs_state {
     struct scs_mod *last;              /* the module of the previous block */
     struct scs_ent *st; size_t depth, cap;
     uint64_t overflow;                 /* pushes beyond cap, still balanced by pops */
-    int pending; uint64_t pend_ret;
+    int pending; uint64_t pend_ret;    /* P_CALL: the return address; P_RET: the block's end */
     struct vec64 marks;                /* intercepts outside any table yet */
     uint64_t pushes, pops, resyncs;
+    int ret_checks;                    /* --stack-checks ret */
+    uint64_t checks, mismatches;
 };
 
 static struct scs_state *scs_get(rt_t *rt)
@@ -63,7 +75,11 @@ void scs_stats(rt_t *rt, emsan_stack_stats *out)
     out->scs_pushes = rt->scs->pushes;
     out->scs_pops = rt->scs->pops;
     out->scs_resyncs = rt->scs->resyncs;
+    out->ret_checks = rt->scs->checks;
+    out->ret_mismatches = rt->scs->mismatches;
 }
+
+EXPORT void emsan_scs_set_ret_checks(emsan_runtime *rt, int on) { scs_get(rt)->ret_checks = on; }
 
 static inline struct scs_mod *mod_of(struct scs_state *s, uint64_t a)
 {
@@ -153,6 +169,69 @@ static inline int pop_to(struct scs_state *s, uint64_t addr)
     return 0;
 }
 
+/* The address of the return instruction a block ending at `end` ends with. */
+static uint64_t ret_insn(rt_t *rt, uint64_t end)
+{
+    if (rt->arm64) return end - 4;
+    uint8_t b[3];
+    if (mem_get(rt->uc, end - 3, b, 3)) return end - 1;
+    if (b[2] == 0xC3) return end - 1 - (b[1] == 0xF2 || b[1] == 0xF3);     /* ret, bnd/rep ret */
+    return b[0] == 0xC2 ? end - 3 : end - 1;                                 /* ret imm16 */
+}
+
+static void report_ret(rt_t *rt, struct scs_state *s, size_t k, uint64_t target)
+{
+    uint64_t frames[EMSAN_STACK_DEPTH];
+    int n = 0;
+    uint64_t pc = ret_insn(rt, s->pend_ret);
+    frames[n++] = pc;
+    for (size_t j = k; j > 0 && n < EMSAN_STACK_DEPTH; j--) frames[n++] = s->st[j - 1].ret;
+    emsan_error *e = error_new(rt, EMSAN_ERR_RET_OVERWRITE, s->st[k - 1].sp, 8, 0, pc, depot_save(rt, frames, n));
+    e->ret_expected = s->st[k - 1].ret;
+    e->ret_target = target;
+    s->mismatches++;
+    error_raise(rt);
+}
+
+/* A return landed on `addr` (the block before ended in one): compare it with the entry of the
+ * frame it pops. 1: handled (popped or reported); 0: not a tracked frame, resynchronize. */
+static int check_ret(rt_t *rt, struct scs_state *s, uint64_t addr)
+{
+    if (s->overflow) return 0;
+    uint64_t sp = reg_get(rt->uc, rt->regs[EMSAN_REG_SP]);
+    uint64_t key = rt->arm64 ? sp : sp - 8;
+    while (s->depth && s->st[s->depth - 1].sp < key) { s->depth--; s->resyncs++; }    /* dead frames */
+    if (!s->depth || s->st[s->depth - 1].sp != key) return 0;
+    s->checks++;
+    size_t k = s->depth;
+    for (; k > 0 && s->st[k - 1].sp == key; k--)
+        if (s->st[k - 1].ret == addr) {
+            s->resyncs += s->depth - k;
+            s->depth = k - 1;
+            s->pops++;
+            return 1;
+        }
+    /* Was it the return at all, not emsan moving the PC (a signal delivered in between)? */
+    uint64_t target = 0;
+    if (rt->arm64) target = reg_get(rt->uc, rt->regs[EMSAN_REG_LR]);      /* what the guest returned to */
+    else if (mem_get(rt->uc, sp - 8, &target, 8)) return 0;
+    if ((target ^ addr) & RET_MASK) return 0;
+    k = s->depth;
+    s->depth--;                     /* reported once; the guest goes on (--continue) from its caller's view */
+    report_ret(rt, s, k, target);
+    return 1;
+}
+
+EXPORT int emsan_scs_check_fetch(emsan_runtime *rt, uint64_t pc)
+{
+    struct scs_state *s = rt->scs;
+    if (!s || !s->ret_checks || s->pending != P_RET) return 0;
+    s->pending = P_NONE;
+    uint64_t before = s->mismatches;
+    check_ret(rt, s, pc);
+    return s->mismatches != before;
+}
+
 EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     rt_t *rt = ud;
@@ -166,7 +245,10 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
         if (rt->arm64) ret = reg_get(uc, rt->regs[EMSAN_REG_LR]) & RET_MASK;
         else mem_get(uc, sp, &ret, 8);
         if (ret != s->pend_ret) break;
-        resync(s, sp, 1);
+        /* x86-64: an entry in the slot this call just wrote is dead. arm64: an entry with this
+         * stack pointer may be the frameless caller's own (swapcontext keeps x30 in x22 around
+         * its `bl`), and a return checks it. */
+        resync(s, sp, !rt->arm64);
         push(s, s->pend_ret, sp);
         break;
     }
@@ -174,6 +256,7 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
         if (s->depth && s->st[s->depth - 1].ret == addr) { s->depth--; s->pops++; }
         break;
     case P_RET:
+        if (s->ret_checks && check_ret(rt, s, addr)) break;
         if (!pop_to(s, addr)) resync(s, reg_get(uc, rt->regs[EMSAN_REG_SP]), rt->arm64);
         break;
     case P_JMP:
@@ -197,7 +280,7 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
     uint8_t k = end <= m->hi ? m->kinds[end - m->lo] : kind_at(s, end);
     if (!k) return;
     if (k & K_CALL) { s->pending = P_CALL; s->pend_ret = end; }
-    else if (k & K_RET) s->pending = P_RET;
+    else if (k & K_RET) { s->pending = P_RET; s->pend_ret = end; }
     else if (k & K_JMP) s->pending = P_JMP;
 }
 

@@ -175,9 +175,15 @@ int shadow_bad(kasan_t *k, uint64_t addr, uint64_t size)
 }
 
 /* Is any byte of [lo, hi) poisoned where shadow says something: emsan's heap and the mmap
- * area (elsewhere all memory is accessible)? */
+ * area (elsewhere all memory is accessible, unless the guest poisons its own)? */
 int shadow_range_bad(kasan_t *k, uint64_t lo, uint64_t hi)
 {
+    /* A guest that sees the shadow (compiler-assisted mode) poisons its stack, alloca and
+     * global redzones there itself: interceptors and system calls check all of it. */
+    if (k->sm.exposed) {
+        if (hi > SHADOW_VA_LIMIT) hi = SHADOW_VA_LIMIT;
+        return lo < hi && shadow_bad(k, lo, hi - lo);
+    }
     const uint64_t area[2][2] = {{k->base, k->base + k->size}, {k->sm.vm_lo, k->sm.vm_lo + k->sm.vm_size}};
     for (int i = 0; i < 2; i++) {
         uint64_t a = lo > area[i][0] ? lo : area[i][0], b = hi < area[i][1] ? hi : area[i][1];

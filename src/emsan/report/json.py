@@ -2,7 +2,7 @@
 leading fields; each kind adds its own."""
 from __future__ import annotations
 
-from emsan.report.model import CompilerReport, KfenceReport, LeakReport, Report
+from emsan.report.model import CompilerReport, KfenceReport, LeakReport, Report, ReturnReport
 from emsan.report.symbolize import Symbolizer
 from emsan.report.text import kfence_description, title_frame
 
@@ -54,6 +54,11 @@ def to_json(rep: Report | KfenceReport | LeakReport, sym: Symbolizer) -> dict:
     elif rep.shadow_rows:
         d["shadow"] = [{"addr": f"{start:#x}", "bytes": vals} for start, vals in rep.shadow_rows]
         d["first_bad_address"] = f"{rep.first_bad:#x}"
+    if isinstance(rep, ReturnReport):
+        d["return_address"] = {
+            "function": sym.frame(rep.function).function, "slot": f"{rep.addr:#x}" if rep.slot_known else None,
+            "expected": sym.frame(rep.expected, is_return_address=True).to_json(),
+            "target": sym.frame(rep.target).to_json()}
     if isinstance(rep, CompilerReport):
         if rep.variable is not None:
             d["variable"] = rep.variable

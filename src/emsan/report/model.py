@@ -168,6 +168,17 @@ class KfenceReport:
 
 
 @dataclass
+class ReturnReport(Report):
+    """A return through an overwritten return address (--stack-checks ret): which function's
+    return address, where it was kept, where the return should have gone and where it went."""
+
+    function: int = 0          # an address inside the function that returned (its ret)
+    expected: int = 0          # the call's return address, as emsan kept it
+    target: int = 0            # where the return went
+    slot_known: bool = True    # addr is the overwritten slot (else the frame's stack pointer)
+
+
+@dataclass
 class LeakReport:
     """A kmemleak report: the unreferenced objects of one allocation stack (the first one
     allocated shown in full), with the objects reachable only through them."""

@@ -29,6 +29,7 @@ class Capabilities:
     reports_mmap_faults: bool = True    # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
     default_stacks: str = "auto"        # what --stacks auto means ("auto": the cheapest complete collector)
     shadow_call_stack: bool = True      # --stacks scs may run beside it (else the frame-pointer walk)
+    default_stack_checks: str = "ret"   # what --stack-checks auto means (ret: the shadow call stack's block hook)
     leaks: bool = True                  # owns every allocation (emsan's allocator): leaks can be found
     heap: bool = True                   # serves every allocation from its own heap (bounded by the guest's limits)
 

@@ -27,7 +27,7 @@ from emsan.sanitizer.entrypoints import STT_FUNC, function_symbols
 
 COLLECTORS = ("auto", "fp", "cfi", "scs", "x18", "none")
 K_CALL, K_RET, K_JMP, K_FUNC = 1, 2, 4, 8
-CACHE_VERSION = b"emsan-stacks-2"
+CACHE_VERSION = b"emsan-stacks-3"
 ROW = struct.Struct("<QiiiB3x")     # emsan_cfi_row
 
 
@@ -105,7 +105,8 @@ def _kinds(path: str, arm64: bool) -> bytes:
 
 
 def _sweep_arm64(data: bytes, off: int, kinds: bytearray) -> None:
-    for i, (w,) in enumerate(struct.iter_unpack("<I", data[:len(data) & ~3])):
+    words = [w for (w,) in struct.iter_unpack("<I", data[:len(data) & ~3])]
+    for i, w in enumerate(words):
         top = w >> 24
         if top & 0xFC == 0x94:                              # bl
             kinds[off + 4 * i + 4] |= K_CALL
@@ -114,7 +115,12 @@ def _sweep_arm64(data: bytes, off: int, kinds: bytearray) -> None:
             if op == 0xD63F0000 or w & 0xFFFFF800 == 0xD63F0800:        # blr, blraa/blrab(z)
                 kinds[off + 4 * i + 4] |= K_CALL
             elif op == 0xD65F0000 or w in (0xD65F0BFF, 0xD65F0FFF):     # ret, retaa, retab
-                kinds[off + 4 * i + 4] |= K_RET
+                # After `add sp, sp, xN` or `mov sp, xN` the ret is a jump into another frame
+                # (the unwinder's __builtin_eh_return lands in a handler in the frame of a live
+                # call, libunwind's resume), or a very large frame's return: never checked.
+                prev = words[i - 1] if i else 0
+                stack_switch = (prev & 0xFFE0FFFF == 0x8B2063FF or prev & 0xFFFFFC1F == 0x9100001F)
+                kinds[off + 4 * i + 4] |= K_JMP if stack_switch else K_RET
             elif (op == 0xD61F0000 or w & 0xFFFFF800 == 0xD61F0800) and (w >> 5) & 31 not in (16, 17):
                 kinds[off + 4 * i + 4] |= K_JMP     # br, braa/brab(z); not x16/x17 (PLT stubs, veneers)
 
@@ -234,15 +240,18 @@ def _fp_prologue(code: bytes, arm64: bool) -> bool:
 class Stacks:
     """Sets up the chosen collector on the runtime and feeds it every module as it loads."""
 
-    def __init__(self, machine, runtime, arm64: bool, collector: str, no_depot: bool, timed: bool = False):
+    def __init__(self, machine, runtime, arm64: bool, collector: str, no_depot: bool, timed: bool = False,
+                 ret_checks: bool = False):
         """timed: measure the collectors' time (stats' stack_collector_us; --stats only, it costs two
-        clock reads per trace)."""
+        clock reads per trace). ret_checks: --stack-checks ret (the shadow call stack
+        compares every return)."""
         self.machine, self.runtime, self.arm64 = machine, runtime, arm64
         self.lib, self.ffi = runtime.lib, runtime.ffi
         self.collector = collector
         self.no_depot = no_depot
         self.timed = timed
         self._hooked = False
+        self.ret_checks = ret_checks
         if collector == "x18" and not arm64:
             raise EmsanError("--stacks x18 needs an arm64 guest (built with -fsanitize=shadow-call-stack)")
         self.set(collector)
@@ -251,7 +260,9 @@ class Stacks:
         self.collector = collector
         mode = getattr(self.lib, "EMSAN_STACKS_" + collector.upper())
         self.lib.emsan_set_stacks(self.runtime.rt, mode, int(self.no_depot), int(self.timed))
-        if collector == "scs" and not self._hooked:
+        if self.ret_checks:
+            self.lib.emsan_scs_set_ret_checks(self.runtime.rt, 1)
+        if (collector == "scs" or self.ret_checks) and not self._hooked:
             self._hooked = True
             self.machine.hook_block_native(self.ffi.addressof(self.lib, "emsan_scs_block_cb"), self.runtime.rt)
 
@@ -262,13 +273,13 @@ class Stacks:
             print(f"emsan: stacks: no {self.collector} table for {path}: {e}", file=sys.stderr)
 
     def _module_loaded(self, path: str, bias: int) -> None:
-        if self.collector == "scs":
+        if self.collector == "scs" or self.ret_checks:
             data = _cached(path, f"kinds-{self.arm64}", lambda: _kinds(path, self.arm64))
             lo, hi = struct.unpack_from("<QQ", data)
             if hi > lo:
                 kinds = self.ffi.from_buffer(data, require_writable=False)
                 self.lib.emsan_scs_add_module(self.runtime.rt, lo + bias, hi + bias, self.ffi.cast("uint8_t *", kinds) + 16)
-        elif self.collector == "cfi":
+        if self.collector == "cfi":
             data = _relocate_rows(_cached(path, f"cfi-{self.arm64}", lambda: _cfi_rows(path, self.arm64)), bias)
             n = len(data) // ROW.size
             if n:
@@ -285,8 +296,11 @@ class Stacks:
         out: dict[str, int | str] = {"stacks": self.collector, "depot": int(not self.no_depot),
                                      "stack_traces": st.saves, "stack_unique": st.unique,
                                      "stack_depot_bytes": st.bytes, "stack_collector_us": st.collector_ns // 1000}
-        if self.collector == "scs":
+        if self.collector == "scs" or self.ret_checks:
             out.update(scs_pushes=st.scs_pushes, scs_pops=st.scs_pops, scs_resyncs=st.scs_resyncs)
+        out["stack_checks"] = "ret" if self.ret_checks else "none"
+        if self.ret_checks:
+            out.update(ret_checks=st.ret_checks, ret_mismatches=st.ret_mismatches)
         return out
 
 

@@ -61,8 +61,9 @@ class CompilerMode(KasanMode):
     # per-block hook, which alone would cost more than the whole runtime's budget (5% over the
     # bare instrumented binary, bench/compiler.py). Code without frame records (a static libc)
     # may lose a frame of the stacks it allocates from. Holes of the mmap area: the guest's own
-    # checks report them before the fault.
-    caps = Capabilities(default_stacks="fp", reports_mmap_faults=False)
+    # checks report them before the fault. For the same reason no return-address checks by
+    # default (the compiler's stack redzones catch the overflows; --stack-checks ret adds them).
+    caps = Capabilities(default_stacks="fp", reports_mmap_faults=False, default_stack_checks="none")
 
     def __init__(self, target: Target):
         super().__init__(target)

@@ -26,7 +26,8 @@ class KfenceMode:
     # request) is enough; the shadow call stack's per-block hook is not worth its cost here, and
     # its bookkeeping assumes every intercepted call is answered by emsan.
     caps = Capabilities(string_interceptors=False, own_allocator=False, shadow=False, reports_mmap_faults=False,
-                        default_stacks="fp", shadow_call_stack=False, leaks=False, heap=False)
+                        default_stacks="fp", shadow_call_stack=False, leaks=False, heap=False,
+                        default_stack_checks="none")
     report_in_engine = False
 
     def __init__(self, target: Target):
