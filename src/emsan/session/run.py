@@ -13,7 +13,9 @@ from emsan.os.linux.memory import MemoryMap
 from emsan.os.linux.process import ExitInfo, Process
 from emsan.report.symbolize import Symbolizer
 from emsan.session.crash import oops
+from emsan.session import processes
 from emsan.session.options import RunOptions
+from emsan.os.linux.execve import read_env
 
 # Signals whose default action dumps core: a crash worth a report. Others (SIGPIPE, SIGTERM...)
 # end the run as quietly as a shell would show them.
@@ -59,6 +61,15 @@ def choose_mode(mode: str, path: str, data: bytes) -> str:
     return {"generic": "compiler-assisted", "none": BARE_SHADOW}.get(mode, mode)
 
 
+def quiet_std_fds() -> None:
+    """An image after exec: the guest's descriptors are its own copies now; the host's 0, 1, 2
+    become /dev/null, so that the guest closing one closes it (emsan writes to --log-fd)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
 class Session:
     """Everything one run of one guest needs, built in the order the layers depend on each other."""
 
@@ -77,11 +88,16 @@ class Session:
         self.machine = Machine(self.arch.name)
         self.mem = MemoryMap(self.machine)
         seed_bytes = (opts.seed or 0).to_bytes(16, "little") if opts.seed is not None else os.urandom(16)
-        self.loaded = load_program(self.mem, self.arch.name, path, [opts.program, *opts.args],
-                                   guest_env(opts), sysroot, seed_bytes)
+        env = guest_env(opts) if opts.env_fd is None else read_env(opts.env_fd)
+        argv0 = opts.program if opts.argv0 is None else opts.argv0
+        self.loaded = load_program(self.mem, self.arch.name, path, [argv0, *opts.args], env, sysroot, seed_bytes)
         self.machine.sp = self.loaded.sp
         self.process = Process(self.machine, self.arch, self.mem, os.path.abspath(path), sysroot,
-                               opts.seed, opts.trace_syscalls)
+                               opts.seed, opts.trace_syscalls, inherit_fds=opts.guest_fds)
+        if opts.guest_fds is not None:
+            quiet_std_fds()
+        processes.attach(self)
+        processes.adopt_signals(self.process, *opts.signals)
         self.symbolizer = Symbolizer(self.mem)
         self.mode = choose_mode(opts.mode, path, image.data)
         self.sanitizer = None
@@ -129,6 +145,8 @@ def run(opts: RunOptions) -> int:
               file=sys.stderr)
     elif info.kind == "signal" and info.signal in CORE_SIGNALS:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
+    if info.kind == "signal" and s.process.is_child:
+        processes.die_like(info.signal)
     elif info.kind == "timeout":
         print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped at {s.symbolizer.frame(s.machine.pc)}",
               file=sys.stderr)

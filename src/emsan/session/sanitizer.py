@@ -50,6 +50,11 @@ class Sanitizer:
             self.watch_mmap_area(self.shadow)
         self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot)
         self.reports: list[dict] = []
+        self.json_lazy = False        # a child's file (session/processes.py): written at its first report
+        if opts.json_append and opts.json_path:
+            from emsan.session.processes import load_reports
+            self.reports, existed = load_reports(opts.json_path)
+            self.json_lazy = not existed
         self.seen: set[tuple] = set()
         self.last_addr: int | None = None
         for mod in list(mem.modules):
@@ -210,7 +215,7 @@ class Sanitizer:
 
     def write_json(self) -> None:
         path = self.s.opts.json_path
-        if path:
+        if path and (self.reports or not self.json_lazy):
             try:
                 with open(path, "w") as f:
                     json.dump({"tool": "emsan", "reports": self.reports}, f, indent=2)

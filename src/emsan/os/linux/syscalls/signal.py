@@ -90,12 +90,15 @@ def sys_kill(p, *a):
     else:
         target, sig = a[0], a[1]
     target = struct.unpack("<i", struct.pack("<I", target & 0xFFFFFFFF))[0]
-    if target not in (p.pid, 0, -1, -p.pid):
-        return -errno.ESRCH
+    if not 0 <= sig <= 64:
+        return -errno.EINVAL
+    if target not in (p.pid, -1) and (p.current_syscall == "kill" or target > 0):
+        from emsan.os.linux.children import send_signal
+        return send_signal(p, target, sig)       # another process, or a process group (the host's)
+    if target not in (p.pid, -1):
+        return -errno.EINVAL if target <= 0 else -errno.ESRCH
     if sig == 0:
         return 0
-    if not 1 <= sig <= 64:
-        return -errno.EINVAL
     p.signals.raise_signal(sig, code=SI_USER if p.current_syscall == "kill" else SI_TKILL)
     return 0
 
