@@ -67,9 +67,10 @@ def exec_image(session, path: str, argv: list[str], envp: list[str]) -> None:
         session.sanitizer.finish()           # the reports so far, and --stats of this image
     os.fchdir(p.cwd_fd)
     if not opts.follow_exec:
+        env = dict(e.encode(errors="surrogateescape").split(b"=", 1) for e in envp if "=" in e)
         execve.hand_over_fds(p, [])
         execve.host_signal_state(p)
-        _exec(lambda: os.execve(path, argv, envp))
+        _exec(lambda: os.execve(path, argv or [path], env))
     env_fd = execve.env_memfd(envp)
     try:
         log_fd = sys.stderr.fileno()
@@ -90,8 +91,8 @@ def _exec(call) -> None:
     SIGKILL after a failed exec is."""
     try:
         call()
-    except OSError as e:
-        os.write(2, f"emsan: exec failed after the point of no return: {e.strerror}\n".encode())
+    except (OSError, ValueError, TypeError) as e:
+        os.write(2, f"emsan: exec failed after the point of no return: {e}\n".encode())
     os._exit(127)
 
 
