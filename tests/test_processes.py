@@ -35,6 +35,7 @@ def test_fork_pipes_wait_kill_groups_match_native(arch, mode):
     assert "child 2 reaped 1: exited 12\n" in out and "sleeper: killed by signal 15\n" in out
     assert "leader: killed by signal 10\nmember: killed by signal 10\n" in out
     assert "shared offset: parent1 child parent2\n" in out
+    assert "catcher: SIGUSR1 handled in pause 1\ncatcher: read returned -1, EINTR 1, handled 11\n" in out
     _no_reports(got)
     # the child that wrote through a null pointer: its own oops, with its own pid (not the parent's)
     oops = re.findall(rb"emsan: os_procs/(\d+) killed by SIGSEGV", got.stderr)

@@ -17,6 +17,10 @@ static volatile sig_atomic_t chld_seen;
 
 static void on_chld(int sig) { (void)sig; chld_seen++; }
 
+static volatile sig_atomic_t usr_seen;
+
+static void on_usr(int sig) { usr_seen += sig == SIGUSR1 ? 1 : 10; }
+
 static void status_line(const char *what, int st) {
     if (WIFEXITED(st))
         printf("%s: exited %d\n", what, WEXITSTATUS(st));
@@ -117,6 +121,36 @@ static int pipes(void) {
     if (v == 0) _exit(42);
     waitpid(v, &st, 0);
     status_line("vfork child", st);
+
+    /* Signals from the parent reach the child's handlers: one in pause, one in a blocking read
+     * (no SA_RESTART: read fails with EINTR). */
+    int ready[2], hold[2];
+    pipe(ready);
+    pipe(hold);
+    pid_t catcher = fork();
+    if (catcher == 0) {
+        struct sigaction sa = {0};
+        sa.sa_handler = on_usr;
+        sigaction(SIGUSR1, &sa, NULL);
+        sigaction(SIGUSR2, &sa, NULL);
+        write(ready[1], "r", 1);
+        while (!usr_seen) pause();
+        printf("catcher: SIGUSR1 handled in pause %d\n", usr_seen);
+        write(ready[1], "r", 1);
+        char c;
+        ssize_t r2 = read(hold[0], &c, 1);
+        printf("catcher: read returned %zd, EINTR %d, handled %d\n", r2, errno == EINTR, usr_seen);
+        fflush(stdout);
+        _exit(0);
+    }
+    char c;
+    read(ready[0], &c, 1);
+    kill(catcher, SIGUSR1);
+    read(ready[0], &c, 1);
+    usleep(100000);          /* the catcher is in its read */
+    kill(catcher, SIGUSR2);
+    waitpid(catcher, &st, 0);
+    status_line("catcher", st);
 
     /* A process group of two children, killed together. */
     pid_t leader = fork();

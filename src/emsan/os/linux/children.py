@@ -29,17 +29,26 @@ SIGCHLD = 17
 WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
 WAIT_EXTRA = 0x20000000 | 0x40000000 | 0x80000000        # __WNOTHREAD, __WALL, __WCLONE
 
+# Signals another process may send that reach the guest's own handler (the rest are emsan's:
+# faults, the timers emsan emulates, SIGPIPE that emsan raises itself on EPIPE, SIGCHLD below).
+FORWARDED = set(range(1, 32)) - {9, 19, 4, 5, 7, 8, 11, 31, 13, 14, 26, 27, 17}
+
+
 class ChildEvents:
-    """SIGCHLD from the host, turned into a wake-up a blocking wait can poll, and into the
-    guest's own SIGCHLD at its next system call."""
+    """Signals from the host (SIGCHLD; those the guest has handlers for), turned into a wake-up a
+    blocking call can poll, and into the guest's own signals at its next system call."""
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.seen = False
-        signal.signal(signal.SIGCHLD, self._on_sigchld)
+        self.forwarded: list[int] = []
+        signal.signal(signal.SIGCHLD, self.on_signal)
 
-    def _on_sigchld(self, signum, frame) -> None:
-        self.seen = True
+    def on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGCHLD:
+            self.seen = True
+        else:
+            self.forwarded.append(signum)
         try:
             os.write(self.write_fd, b"c")
         except OSError:
@@ -52,10 +61,13 @@ class ChildEvents:
         except OSError:
             pass
 
-    def close(self) -> None:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    def renew(self) -> None:
+        """In a forked child: a wake-up pipe of its own, and nothing of the parent's pending."""
         for fd in (self.read_fd, self.write_fd):
             os.close(fd)
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.seen = False
+        self.forwarded = []
 
 
 def events(p) -> ChildEvents:
@@ -64,12 +76,61 @@ def events(p) -> ChildEvents:
     return p.child_events
 
 
-def pass_sigchld(p) -> None:
-    """At the end of each system call: a child changed state since the last one."""
+def pass_host_signals(p) -> None:
+    """At the end of each system call: a child changed state, or another process signalled."""
     ev = p.child_events
-    if ev is not None and ev.seen:
+    if ev is None:
+        return
+    if ev.seen:
         ev.seen = False
         p.signals.raise_signal(SIGCHLD, code=1)        # CLD_EXITED
+    while ev.forwarded:
+        p.signals.raise_signal(ev.forwarded.pop(0), code=0)    # SI_USER
+
+
+def mirror(p, sig: int) -> None:
+    """The host's disposition of `sig` follows the guest's: ignored, default, or caught and
+    passed to the guest's handler (kill from another process then does what it does natively)."""
+    from emsan.os.linux.signals import SIG_DFL, SIG_IGN
+    if sig not in FORWARDED:
+        return
+    handler = p.signals.actions.get(sig, (SIG_DFL,))[0]
+    host = signal.SIG_IGN if handler == SIG_IGN else signal.SIG_DFL if handler == SIG_DFL else events(p).on_signal
+    try:
+        signal.signal(sig, host)
+    except (OSError, ValueError):
+        pass
+
+
+def host_signal_interrupts(p) -> bool:
+    """After the wake-up pipe woke a blocking call: pass the host's signals to the guest; True if
+    one of them ends the call (-EINTR: a handler without SA_RESTART; with it, the call goes on and
+    the handler runs when it returns, as a restarted call would look)."""
+    from emsan.os.linux.signals import SA_RESTART
+    p.child_events.drain()
+    pass_host_signals(p)
+    sigs = p.signals
+    return any(not sigs.mask >> (s - 1) & 1 and sigs.would_interrupt(s)
+               and not sigs.actions.get(s, (0, 0))[1] & SA_RESTART for s in sigs.pending)
+
+
+def wait_for_signal(p) -> bool:
+    """pause/sigsuspend when no timer of the guest's can end it: a process that has children or
+    catches signals from others waits for them (False: nothing could ever come)."""
+    if p.child_events is None and not p.is_child:
+        return False
+    ev = events(p)
+    while not p.signals.deliverable():
+        if host_signal_interrupts(p) or p.signals.deliverable():
+            break
+        if _block(p, ev) is not None:
+            break
+    return True
+
+
+def wake_fd(p) -> int | None:
+    """The descriptor a blocking call also polls: readable when a host signal came."""
+    return None if p.child_events is None else p.child_events.read_fd
 
 
 # --- fork ------------------------------------------------------------------------------------------
@@ -116,9 +177,8 @@ def _in_child(p, flags: int, stack: int, child_tid: int, tls: int, vfork_w: int)
     if p.vfork_fd >= 0:                       # a vfork child's own children do not hold its parent
         os.close(p.vfork_fd)
     p.vfork_fd = vfork_w
-    if p.child_events is not None:     # the parent's children are not the child's
-        p.child_events.close()
-        p.child_events = None
+    if p.child_events is not None:     # the parent's children and signals are not the child's
+        p.child_events.renew()
     _restart_waker(p.machine)
     _reopen_own_files({f.host for f in p.fds.values()} | {p.cwd_fd, vfork_w})
     m = p.machine
@@ -173,7 +233,7 @@ def _block(p, ev: ChildEvents) -> str | None:
     poller = select.poll()
     poller.register(ev.read_fd, select.POLLIN)
     if poller.poll(limit):
-        return None
+        return None                    # the caller looks again (a child, then the signals)
     if cut_by == "timeout":
         p.machine.stop("timeout")
         return "timeout"
@@ -203,7 +263,7 @@ def wait4(p, pid: int, options: int, rusage: int):
                 from emsan.os.linux.structs import pack_rusage
                 p.user.write(rusage, pack_rusage(ru))
             return cpid, status
-        if _block(p, ev) is not None:
+        if host_signal_interrupts(p) or _block(p, ev) is not None:
             return -errno.EINTR
 
 
@@ -223,7 +283,7 @@ def waitid(p, idtype: int, ident: int, options: int):
             return -(e.errno or errno.EINVAL)
         if got is not None or options & WNOHANG:
             return got
-        if _block(p, ev) is not None:
+        if host_signal_interrupts(p) or _block(p, ev) is not None:
             return -errno.EINTR
 
 

@@ -233,13 +233,23 @@ class Process:
             return True
         poller = select.poll()
         poller.register(host_fd, event)
+        wake = children.wake_fd(self)
+        if wake is not None:        # a signal from another process ends the wait as the timer's does
+            poller.register(wake, select.POLLIN)
         while True:
             limit, cut_by = wait_limit(self, None)
             if cut_by == "alarm" and not self.signals.would_interrupt(14):
                 # the timer's signal would not end the wait: only --timeout can
                 limit, cut_by = (None, "") if self.deadline is None else \
                     (max(0, int((self.deadline - time.monotonic()) * 1000)), "timeout")
-            if poller.poll(limit):
+            ready = poller.poll(limit)
+            if wake is not None and any(fd == wake for fd, _ in ready):
+                if children.host_signal_interrupts(self):
+                    return False            # -EINTR; the handler runs on the way back
+                ready = [r for r in ready if r[0] != wake]
+                if not ready:
+                    continue
+            if ready:
                 return True
             if cut_by == "timeout":
                 self.machine.stop("timeout")
@@ -270,7 +280,7 @@ class Process:
             if ret == -errno.EPIPE and name in ("write", "writev", "pwrite64", "pwritev", "sendfile"):
                 self.signals.raise_signal(13, code=0)     # SIGPIPE (SI_USER), as the kernel sends with EPIPE
         if self.child_events is not None:
-            children.pass_sigchld(self)
+            children.pass_host_signals(self)
         self.signals.after_syscall()
 
     def call_handler(self, handler, name: str, args: list[int]):

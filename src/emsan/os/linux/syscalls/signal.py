@@ -23,6 +23,8 @@ def sys_rt_sigaction(p, sig, act, oldact, sigsetsize, *_):
         p.user.pack(oldact, "<QQQQ", *old)
     if new is not None:
         p.signals.actions[sig] = new
+        from emsan.os.linux.children import mirror
+        mirror(p, sig)             # a signal from another process reaches this handler (os/linux/children.py)
     return 0
 
 
@@ -159,7 +161,8 @@ def sys_pause(p, mask_ptr=0, sigsetsize=8, *_):
             return -errno.EINVAL
         sigs.suspend(p.user.u64(mask_ptr))
     # Returns -EINTR; the handler runs on the way back (Process.on_syscall).
-    if not sigs.deliverable() and not sigs.wait_for_alarm():
+    from emsan.os.linux.children import wait_for_signal
+    if not sigs.deliverable() and not sigs.wait_for_alarm() and not wait_for_signal(p):
         p.warn_once("pause", f"{p.current_syscall} with no signal that could ever arrive")
     return -errno.EINTR
 
