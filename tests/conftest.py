@@ -27,6 +27,7 @@ CXX = {"x86_64": "g++", "arm64": "aarch64-linux-gnu-g++"}
 LINK = {"static": ["-static"], "dynamic": [], "static-pie": ["-static-pie"], "pie": ["-pie", "-fPIE"]}
 
 EXIT_INTERNAL = 70                      # emsan's status for a bug in itself (README, exit status)
+EXIT_REPORT = 99                        # a report stopped the run, or (--continue) the run reported
 # What a bug in emsan prints: the CLI's one line, or a traceback (EMSAN_DEBUG=1, or one that
 # escaped the CLI). Either fails every test that runs emsan through the helpers below.
 INTERNAL_ERROR = re.compile(rb"^emsan: internal error|^Traceback \(most recent call last\)", re.M)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILD, GUEST, emsan, have, run_report, source_line
+from conftest import BUILD, EXIT_REPORT, GUEST, emsan, have, run_report, source_line
 from test_bad_input import assert_bad_input
-from test_kasan import EXPECTED, SUAF, VIA, R, W, check_case
+from test_kasan import EXPECTED, SUAF, VIA, R, W, check_case, status_after
 
 RUNTIME = Path(__file__).resolve().parent.parent / "src" / "emsan" / "runtime" / "kasan_runtime.h"
 VARIANTS = [("x86_64", "inline"), ("x86_64", "outline"), ("arm64", "inline"), ("arm64", "outline")]
@@ -51,13 +51,15 @@ def build_cc(name: str, arch: str, variant: str = "inline", link: str = "static"
     return str(out)
 
 
-def run_case(exe: str, case: str, tmp: Path, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    return run_report(tmp / f"{Path(exe).parent.name}-{case}.json", "--continue", *extra, exe, case)
+def run_case(exe: str, case: str, tmp: Path, *extra: str, status: int = 0
+             ) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    return run_report(tmp / f"{Path(exe).parent.name}-{case}.json", "--continue", *extra, exe, case, status=status)
 
 
-def run_all(exe: str, cases, tmp: Path) -> dict:
+def run_all(exe: str, cases, tmp: Path, expected: dict) -> dict:
+    """Each case run once (--continue), with the exit status its expected reports give."""
     with ThreadPoolExecutor(2) as pool:
-        futs = {c: pool.submit(run_case, exe, c, tmp) for c in cases}
+        futs = {c: pool.submit(run_case, exe, c, tmp, status=status_after(expected[c])) for c in cases}
         return {c: f.result() for c, f in futs.items()}
 
 
@@ -89,7 +91,7 @@ def stack_global(tmp_path_factory):
         if (arch, variant) not in cache:
             exe = build_cc("kasan_stack_global", arch, variant)
             out = tmp_path_factory.mktemp(f"sg-{arch}-{variant}") / "r.json"
-            res, reports = run_report(out, "--continue", exe, *STACK_GLOBAL)
+            res, reports = run_report(out, "--continue", exe, *STACK_GLOBAL, status=EXIT_REPORT)
             text = res.stderr.decode(errors="replace")
             assert res.stdout.startswith(b"clean ")
             # one report per bug case, in order, and the text has exactly those
@@ -181,7 +183,7 @@ def heap_results(tmp_path_factory):
     def get(arch: str, variant: str, cases: list[str]):
         if (arch, variant) not in cache:
             exe = build_cc("kasan_cases", arch, variant, flags=("-fno-builtin",))
-            cache[arch, variant] = run_all(exe, cases, tmp_path_factory.mktemp(f"heap-{arch}-{variant}"))
+            cache[arch, variant] = run_all(exe, cases, tmp_path_factory.mktemp(f"heap-{arch}-{variant}"), CC_HEAP)
         return cache[arch, variant]
     return get
 
@@ -216,7 +218,7 @@ def test_dynamic_x86_64(tmp_path):
     exe = build_cc("kasan_stack_global", "x86_64", link="dynamic")
     got = {}
     for case in ("kasan_stack_oob", "kasan_global_oob_right", "clean_run"):
-        res, reports = run_case(exe, case, tmp_path)
+        res, reports = run_case(exe, case, tmp_path, status=status_after(STACK_GLOBAL[case]))
         got[case] = [(r["bug_type"], r["access"], r["function"], r["stack"][0]["line"]) for r in reports]
     line = lambda case: source_line("kasan_stack_global.c", case)     # noqa: E731
     assert got == {"kasan_stack_oob": [("stack-out-of-bounds", "read", "kasan_stack_oob", line("kasan_stack_oob"))],
@@ -224,7 +226,7 @@ def test_dynamic_x86_64(tmp_path):
                                                line("kasan_global_oob_right"))],
                    "clean_run": []}
     exe = build_cc("kasan_cases", "x86_64", link="dynamic", flags=("-fno-builtin",))
-    res, reports = run_case(exe, "kmalloc_uaf", tmp_path)
+    res, reports = run_case(exe, "kmalloc_uaf", tmp_path, status=EXIT_REPORT)
     check_case("x86_64", "kmalloc_uaf", res, reports, EXPECTED["kmalloc_uaf"])
 
 
@@ -269,7 +271,7 @@ def test_stale_shadow_mapping_is_rechecked(arch):
     page the guest's TLB still maps; the failed check is re-checked against the current shadow,
     not reported."""
     exe = build_cc("stale_shadow", arch)
-    res = emsan("run", "--continue", "--stats", exe, status=0)
+    res = emsan("run", "--continue", "--stats", exe, status=EXIT_REPORT)
     text = res.stderr.decode(errors="replace")
     assert res.stdout == b"new object 0\n"
     assert text.count("BUG: KASAN: ") == 1, text

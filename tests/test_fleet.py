@@ -35,7 +35,7 @@ def test_fleet_continue_and_clean_runs(tmp_path):
     s = json.loads(js.read_text())
     assert {(b["bug_type"], b["function"], b["runs"]) for b in s["bugs"]} == {
         ("invalid free", "test_double_free", 2), ("invalid free", "test_invalid_addr_free", 2)}
-    assert s["statuses"] == {"clean": 2}          # --continue: the guest ran to its end
+    assert s["statuses"] == {"report": 2}         # --continue: the guest ran to its end, then the error status
 
     p = emsan("fleet", "--runs", "2", "--jobs", "2", "--sample-interval", "5", "--", exe, "mixed", status=0)
     err = p.stderr.decode()

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import build, have, run_report, source_line, tail
+from conftest import EXIT_REPORT, build, have, run_report, source_line, tail
 
 SOOB, SUAF, UAF = "slab-out-of-bounds", "slab-use-after-free", "use-after-free"
 LARGE = 8192
@@ -168,8 +168,14 @@ def check_case(arch: str, case: str, res, reports: list[dict], want: list[tuple]
             assert r["object"]["state"] == "freed" and r["object"]["free_stack"]
 
 
-def run_case(exe: str, case: str, tmp_path, *options: str) -> tuple[object, list[dict]]:
-    return run_report(tmp_path / f"{case}.json", *options, "--continue", exe, case)
+def run_case(exe: str, case: str, tmp_path, *options: str, status: int = 0) -> tuple[object, list[dict]]:
+    return run_report(tmp_path / f"{case}.json", *options, "--continue", exe, case, status=status)
+
+
+def status_after(want) -> int:
+    """The exit status of a --continue run that must report `want` (ends with the error status
+    when anything was reported, as Valgrind's --error-exitcode)."""
+    return EXIT_REPORT if want else 0
 
 
 def case_results(tmp_path_factory, *options: str):
@@ -181,7 +187,8 @@ def case_results(tmp_path_factory, *options: str):
             exe = build("kasan_cases", arch, "static", ("-fno-builtin",))
             tmp = tmp_path_factory.mktemp(f"kasan-{arch}")
             with ThreadPoolExecutor(2) as pool:
-                futs = {c: pool.submit(run_case, exe, c, tmp, *options) for c in EXPECTED}
+                futs = {c: pool.submit(run_case, exe, c, tmp, *options, status=status_after(EXPECTED[c]))
+                        for c in EXPECTED}
                 cache[arch] = {c: f.result() for c, f in futs.items()}
         return cache[arch]
     return get
@@ -264,7 +271,7 @@ def test_report_text_layout_and_exit_status():
     ("malloc_then_delete_array", "alloc-dealloc-mismatch"), ("matched", None)])
 def test_alloc_dealloc_mismatch(case, expected, tmp_path):
     exe = build("kasan_mismatch", "x86_64", "static", cxx=True)
-    res, reports = run_report(tmp_path / "r.json", "--continue", exe, case, status=0)
+    res, reports = run_report(tmp_path / "r.json", "--continue", exe, case, status=status_after(expected))
     assert [r["bug_type"] for r in reports] == ([expected] if expected else []), tail(res)
     text = res.stderr.decode()
     if expected:
@@ -307,8 +314,9 @@ ACCESS_SHAPES_MMIO = {**ACCESS_SHAPES, "simd_load": [R(16, "simd_load", 16)]}
 @pytest.mark.parametrize("case", list(ACCESS_SHAPES))
 def test_access_shapes(arch, case, checks, tmp_path):
     exe = build("kasan_access", arch, "static")
-    res, reports = run_report(tmp_path / "r.json", "--checks", checks, "--continue", exe, case)
     want = (ACCESS_SHAPES_MMIO if checks == "mmio" else ACCESS_SHAPES)[case]
+    res, reports = run_report(tmp_path / "r.json", "--checks", checks, "--continue", exe, case,
+                              status=status_after(want))
     got = [(r["bug_type"], r["access"], r["size"], r["object"]["offset"], r["stack"][0]["function"],
             r["stack"][0]["line"]) for r in reports]
     assert got == [w[:4] + (case, source_line("kasan_access.c", w[4], arch)) for w in want], tail(res)

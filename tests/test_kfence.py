@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import build, emsan, run_report, source_line
+from conftest import EXIT_REPORT, build, emsan, run_report, source_line
 
 CASES = ["out_of_bounds_read", "out_of_bounds_write", "use_after_free_read", "double_free", "invalid_addr_free",
          "corruption", "free_bulk", "kmalloc_aligned_oob_read", "kmalloc_aligned_oob_write", "invalid_access",
@@ -56,7 +56,7 @@ def run_all(arch: str, tmp_path_factory) -> tuple[subprocess.CompletedProcess, l
         js = tmp_path_factory.mktemp("kfence") / "reports.json"
         # stderr into stdout: the guest's EXPECT lines and emsan's reports, in order
         _runs[arch] = run_report(js, "--mode", "kfence", "--sample-interval", "1", "--continue", "--seed", "1", exe,
-                                 merge_stderr=True, status=0)
+                                 merge_stderr=True, status=EXIT_REPORT)
     return _runs[arch]
 
 

@@ -34,6 +34,17 @@ def test_handlers_masks_longjmp_alarm_match_native(arch, link):
     assert "pause returned -1, alarm handler saw signal 14" in out
 
 
+@pytest.mark.parametrize("link", LINKS)
+def test_alternate_stack_of_the_advertised_minimum(arch, link):
+    """A handler on an alternate stack of exactly sysconf(_SC_MINSIGSTKSZ) bytes, an inaccessible
+    page below it: the signal frame fits in what the process is told (AT_MINSIGSTKSZ)."""
+    exe = build("os_signals", arch, link)
+    ref = native(exe, "minsigstksz", arch=arch, env=ENV)
+    assert ref.stdout == b"small alternate stack: handled 1, failures 0\n" and ref.returncode == 0
+    got = emsan("run", "--mode", "none", exe, "minsigstksz", env=ENV, status=0)
+    assert got.stdout == ref.stdout and got.stderr == b""
+
+
 def _oops_lines(stderr: bytes) -> list[str]:
     return stderr.decode().splitlines()
 

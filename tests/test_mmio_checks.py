@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import build, run_report
-from test_kasan import EXPECTED, SUAF, R, W, case_results, check_case
+from test_kasan import EXPECTED, SUAF, R, W, case_results, check_case, status_after
 
 MMIO_EXPECTED = {
     "x86_64": EXPECTED,
@@ -39,7 +39,8 @@ def test_same_pcs_as_the_hook(arch_name, results, tmp_path):
     """The PC of each report is the hook's (whose PCs Unicorn syncs before these accesses)."""
     exe = build("kasan_cases", arch_name, "static", ("-fno-builtin",))
     for case in SAME_PC_CASES:
-        _, hook = run_report(tmp_path / f"{case}.json", "--checks", "hook", "--continue", exe, case)
+        _, hook = run_report(tmp_path / f"{case}.json", "--checks", "hook", "--continue", exe, case,
+                             status=status_after(EXPECTED[case]))
         _, mmio = results(arch_name)[case]
         pcs = [[r["pc"] for r in reps] for reps in (hook, mmio)]
         assert len(pcs[0]) == len(EXPECTED[case]) and all(pcs[0]), (case, pcs)

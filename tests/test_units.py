@@ -17,7 +17,7 @@ from emsan.sanitizer.mode import Capabilities, stream_seed
 from emsan.sanitizer.modes import mode_class, mode_names
 from emsan.sanitizer.modes.compiler import parse_frame_descr
 from emsan.sanitizer.modes.tags import tag_bug_type
-from emsan.sanitizer.shadow import first_bad_addr, shadow_bug_type, shadow_window
+from emsan.sanitizer.shadow import accessible, first_bad_addr, shadow_bug_type, shadow_window
 from emsan.sanitizer.stacks import CANDIDATE_FRAME, confirm_candidate
 
 
@@ -51,6 +51,14 @@ def test_first_bad_addr():
     assert first_bad_addr(shadow, 0x1000, 32) == 0x1010          # the first poisoned granule
     assert first_bad_addr(shadow, 0x1004, 8) == 0x100B           # none in range: the access's last byte
     assert first_bad_addr(shadow, 0x1010, 0) == 0x1010
+
+
+def test_accessible():
+    shadow = shadow_of({0x1008: 5, 0x1010: 0xFC})           # 13 accessible bytes from 0x1000
+    assert accessible(shadow, 0x1000, 13) and accessible(shadow, 0x1009, 4) and accessible(shadow, 0x1004, 8)
+    assert not accessible(shadow, 0x1000, 14) and not accessible(shadow, 0x100D, 1)
+    assert not accessible(shadow, 0x1010, 1) and not accessible(shadow_of({}, default=None), 0x1000, 1)
+    assert not accessible(shadow_of({0x1000: 5}), 0x1000, 16)   # a partial granule before an accessible one
 
 
 def test_shadow_window_rows():
@@ -114,7 +122,12 @@ def test_kmalloc_cache_of_a_size(size, cache):
     ("strlen", "STRLEN"), ("__strlen_avx2", "STRLEN"), ("__memmove_avx_unaligned_erms", "MEMMOVE"),
     ("__memcpy_generic", "MEMCPY"), ("bcmp", "MEMCMP"), ("__memcmpeq_evex", "MEMCMP"), ("__stpncpy_sse2", "STPNCPY"),
     ("strnlen", "STRNLEN"), ("__memcpy_chk", None), ("__memcpy_chk_avx", None), ("strlen_ifunc", None),
-    ("wcslen", None), ("strlenx", None), ("my_strlen", None),
+    ("strlenx", None), ("my_strlen", None),
+    # the wide family and the other narrow ones (issue 13), glibc's internal copies (__GI_), and
+    # old helpers with their own signatures, which are no variants
+    ("wcslen", "WCSLEN"), ("__wcsnlen_sse4_1", "WCSNLEN"), ("__wmemset_chk", None), ("wcslenx", None),
+    ("__GI_strlen", "STRLEN"), ("__strcasecmp_l_avx", "STRCASECMP"), ("__strstr_sse2_unaligned", "STRSTR"),
+    ("__strspn_c2", None), ("__strcpy_small", None), ("__strcspn_g", None),
 ])
 def test_string_function(name, fn):
     assert string_function(name) == fn
@@ -144,6 +157,7 @@ def test_every_mode_declares_the_interface():
         assert cls.name == name and isinstance(cls.caps, Capabilities)
         for method in ("module_loaded", "intercept", "check_range", "build", "report_key", "stats"):
             assert callable(getattr(cls, method)), (name, method)
+        assert isinstance(cls.report_in_engine, bool), name
         if cls.caps.shadow:
             for method in ("shadow_byte", "shadow_mmap_area", "mapping_changed"):
                 assert callable(getattr(cls, method)), (name, method)
@@ -198,6 +212,18 @@ def test_x86_64_locate():
     # no candidate covers it: decoded on from the PC Unicorn last synced, up to the block's end
     assert arch.locate(m, [CODE + 0x15], CODE, regs, DATA + 4, True) == (CODE + 0x05, DATA + 4, 4)
     assert arch.locate(m, [], CODE, regs, DATA + 0x100, False) is None
+
+
+def test_x86_64_locate_a_piece_of_an_unaligned_load():
+    """QEMU performs an unaligned 8-byte load from MMIO as the two aligned 8-byte loads around
+    it: either piece locates the instruction, with the operand's own address and size."""
+    arch = ARCHES["x86_64"]
+    m = machine_with("x86_64", bytes.fromhex("488b4333" "c3"))      # mov rax, [rbx+0x33]; ret
+    regs = x86_regs(rbx=DATA)
+    for piece in (DATA + 0x30, DATA + 0x38):
+        assert arch.locate(m, [CODE], CODE, regs, piece, False, 8) == (CODE, DATA + 0x33, 8)
+    assert arch.locate(m, [CODE], CODE, regs, DATA + 0x40, False, 8) is None
+    assert arch.locate(m, [CODE], CODE, regs, DATA + 0x28, False, 8) is None
 
 
 def test_arm64_locate():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import build, emsan, run_report, source_line, tail
+from conftest import EXIT_REPORT, build, emsan, run_report, source_line, tail
 
 
 def stats(stderr: bytes) -> dict[str, int]:
@@ -79,7 +79,7 @@ def test_chunks_populated_lazily_and_released(arch):
     one report (one bug), every fault resolves a chunk to a private page, and the pages go back
     to the pool in batches after munmap."""
     exe = build("vmalloc_shadow", arch)
-    res = emsan("run", "--stats", "--continue", exe, "faults", status=0)
+    res = emsan("run", "--stats", "--continue", exe, "faults", status=EXIT_REPORT)
     text = res.stderr.decode(errors="replace")
     assert text.count("BUG: KASAN: vmalloc-out-of-bounds in read_after") == 1
     assert res.stdout.decode().startswith("cycles wrote 3145728, faults 256")

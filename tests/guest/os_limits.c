@@ -20,8 +20,8 @@ volatile unsigned long spins;
 
 __attribute__((noinline)) void spin_forever(void)
 {
-    for (;;)
-        spins++;                                    /* @spin */
+    /* One line: wherever the instruction limit stops the loop, the PC is on the marked line. */
+    for (;;) spins++;                               /* @spin */
 }
 
 static void *thread_body(void *arg)

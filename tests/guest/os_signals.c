@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -236,12 +237,42 @@ __attribute__((noinline)) void write_through_null(volatile int *p, int v)
     *p = v;                                         /* @null-func */
 }
 
+static volatile sig_atomic_t small_stack_handled;
+
+static void on_usr1_small_stack(int sig)
+{
+    (void)sig;
+    small_stack_handled = 1;
+}
+
+/* A handler on an alternate stack of exactly sysconf(_SC_MINSIGSTKSZ) bytes (AT_MINSIGSTKSZ when
+ * the kernel gives it), with an inaccessible page right below: the signal frame fits. */
+static int small_alternate_stack(void)
+{
+    long size = sysconf(_SC_MINSIGSTKSZ), page = sysconf(_SC_PAGESIZE);
+    long span = (size + page - 1) / page * page;
+    char *area = mmap(NULL, (size_t)(span + page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(area != MAP_FAILED && mprotect(area, (size_t)page, PROT_NONE) == 0);
+    stack_t ss = {.ss_sp = area + page, .ss_size = (size_t)size, .ss_flags = 0};
+    CHECK(sigaltstack(&ss, NULL) == 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1_small_stack;
+    sa.sa_flags = SA_ONSTACK;
+    CHECK(sigaction(SIGUSR1, &sa, NULL) == 0);
+    CHECK(raise(SIGUSR1) == 0);
+    printf("small alternate stack: handled %d, failures %d\n", (int)small_stack_handled, failures);
+    return failures;
+}
+
 int main(int argc, char **argv)
 {
     const char *what = argc > 1 ? argv[1] : "";
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (strcmp(what, "handlers") == 0)
         return handlers();
+    if (strcmp(what, "minsigstksz") == 0)
+        return small_alternate_stack();
     if (strcmp(what, "abort") == 0) {
         printf("about to abort\n");
         abort();
@@ -280,6 +311,6 @@ int main(int argc, char **argv)
         printf("not reached\n");
         return 0;
     }
-    fprintf(stderr, "usage: os_signals handlers|abort|null-main|null-func|segv-blocked|sigpipe\n");
+    fprintf(stderr, "usage: os_signals handlers|minsigstksz|abort|null-main|null-func|segv-blocked|sigpipe\n");
     return 2;
 }

@@ -61,36 +61,41 @@ class Arch:
                 return
 
     def locate_access(self, m, block: int, regs: dict[str, int], addr: int,
-                      is_write: bool, first_only: int = 0) -> tuple[int, int, int] | None:
-        """The instruction of the block at `block` whose memory operand covers `addr` (a load or
-        a store as asked, else any), given the registers when it accessed memory (those before
-        it ran, also for the instructions before it, whose own effects are not undone):
+                      is_write: bool, first_only: int = 0, size: int = 1) -> tuple[int, int, int] | None:
+        """The instruction of the block at `block` whose memory operand overlaps [addr, addr+size)
+        (a load or a store as asked, else any), given the registers when it accessed memory (those
+        before it ran, also for the instructions before it, whose own effects are not undone):
         (pc, address, size)."""
         want = 2 if is_write else 1                   # CS_AC_WRITE / CS_AC_READ
         fallback = None
         for insn, ops in self.block_instructions(m, block, regs, first_only):
-            for ea, size, access in ops:
-                if ea <= addr < ea + size:
+            for ea, n, access in ops:
+                # QEMU performs an unaligned load from MMIO as the aligned loads around it
+                # (of up to 8 bytes each): the piece seen may lie beside the operand.
+                w = min(n, 8) if n & (n - 1) == 0 else 1
+                lo, hi = ea & ~(w - 1), (ea + n + w - 1) & ~(w - 1)
+                if lo < addr + size and addr < hi:
                     if access & want or not access:
-                        return insn.address, ea, size
-                    fallback = fallback or (insn.address, ea, size)
+                        return insn.address, ea, n
+                    fallback = fallback or (insn.address, ea, n)
         return fallback
 
     def locate(self, m, candidates: list[int], synced_pc: int, regs: dict[str, int], addr: int,
-               is_write: bool) -> tuple[int, int, int] | None:
-        """The instruction behind an access seen without its PC (an MMIO callback): one of the
-        first two instructions at a candidate PC QEMU gave (the access or the one before it),
-        else within eight instructions of the lowest candidate (the access is at or just after
-        them), else in the block at the PC Unicorn last synced. (pc, address, size) or None."""
+               is_write: bool, size: int = 1) -> tuple[int, int, int] | None:
+        """The instruction behind an access to [addr, addr+size) seen without its PC (an MMIO
+        callback): one of the first two instructions at a candidate PC QEMU gave (the access or
+        the one before it), else within eight instructions of the lowest candidate (the access is
+        at or just after them), else in the block at the PC Unicorn last synced. (pc, address,
+        size) or None."""
         for c in candidates:
-            found = self.locate_access(m, c, regs, addr, is_write, first_only=2)
+            found = self.locate_access(m, c, regs, addr, is_write, 2, size)
             if found is not None:
                 return found
         if candidates:
-            found = self.locate_access(m, min(candidates), regs, addr, is_write, first_only=8)
+            found = self.locate_access(m, min(candidates), regs, addr, is_write, 8, size)
             if found is not None:
                 return found
-        return self.locate_access(m, synced_pc, regs, addr, is_write)
+        return self.locate_access(m, synced_pc, regs, addr, is_write, 0, size)
 
     def hooked_access_pcs(self, m, pc: int, addr: int, is_write: bool) -> list[int]:
         """The instructions that may have made an access a memory hook saw at `pc`: [pc] if the

@@ -19,7 +19,9 @@ class X86_64(Arch):
 
     def memory_operands(self, insn, regs: dict[str, int]) -> list[tuple[int, int, int]]:
         from capstone import x86 as cx
-        out = []
+        out: list[tuple[int, int, int]] = []
+        if insn.mnemonic == "lea" or insn.mnemonic.startswith(("nop", "prefetch")):
+            return out                  # an address operand that reads nothing
         for op in insn.operands:
             if op.type != cx.X86_OP_MEM or op.mem.segment not in (0, cx.X86_REG_DS, cx.X86_REG_SS, cx.X86_REG_ES):
                 continue

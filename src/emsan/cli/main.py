@@ -89,7 +89,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-syscalls", action="store_true", help="print each system call on stderr")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="also write reports as JSON to FILE")
     p.add_argument("--error-exitcode", type=_integer(0, 255), default=EXIT_REPORT,
-                   help=f"exit status when a report stops the run (default {EXIT_REPORT})")
+                   help=f"exit status after a report: when it stops the run, or with --continue when the "
+                        f"guest exits after one (default {EXIT_REPORT})")
     p.add_argument("--continue", dest="keep_going", action="store_true",
                    help="keep running after a report (each distinct bug is reported once)")
     p.add_argument("--quarantine-size", type=_size, default=256 << 20, metavar="BYTES",

@@ -182,6 +182,41 @@ class Machine:
     def sp(self, value: int) -> None:
         self.set_reg_id(self.sp_id, value)
 
+    def sysreg(self, op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+        """An arm64 system register by its encoding (the ID registers have no named constant)."""
+        return self.uc.cpr_read(op0, op1, crn, crm, op2)
+
+    def set_sysreg(self, op0: int, op1: int, crn: int, crm: int, op2: int, value: int) -> None:
+        self.uc.cpr_write(op0, op1, crn, crm, op2, value)
+
+    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        """What the x86 guest's CPUID instruction returns (eax, ebx, ecx, edx): the engine's CPU
+        model has no query API, so one CPUID runs on a scratch page outside every mapping (a
+        page of the guest's page table when an OS set one up: the engine's TLB fill reads it)."""
+        ctx = self.uc.context_save()
+        if self.space is not None:
+            space = self.space
+            page = next(a for a in range(1 << 24, space.task_size, 1 << 24) if not space.prot_at(a))
+            space.map(page, page + PAGE, uconst.UC_PROT_READ | uconst.UC_PROT_EXEC)
+            release = lambda: space.unmap(page, page + PAGE, True)      # noqa: E731
+        else:
+            taken = list(self.uc.mem_regions())
+            page = next(a for a in range(PAGE, 1 << 32, 1 << 24)
+                        if all(end < a or begin >= a + PAGE for begin, end, _prot in taken))
+            self.uc.mem_map(page, PAGE, uconst.UC_PROT_READ | uconst.UC_PROT_EXEC)
+            release = lambda: self.uc.mem_unmap(page, PAGE)             # noqa: E731
+        try:
+            self.uc.mem_write(page, b"\x0f\xa2")                # cpuid
+            self.set_reg("rax", leaf)
+            self.set_reg("rcx", subleaf)
+            # Stopped by the address after it, not by an instruction count: a count installs the
+            # engine's counting hook, which later runs of the guest then trip over.
+            self.uc.emu_start(page, page + 2)
+            return tuple(self.reg(r) & 0xFFFF_FFFF for r in ("rax", "rbx", "rcx", "rdx"))   # type: ignore[return-value]
+        finally:
+            release()
+            self.uc.context_restore(ctx)
+
     # --- memory -----------------------------------------------------------------------------
     def read(self, addr: int, size: int) -> bytes:
         buf = ctypes.create_string_buffer(size)

@@ -66,6 +66,36 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_STRCHRNUL 58
 #define EMSAN_FN_MEMRCHR 59
 #define EMSAN_FN_STPNCPY 60
+/* The wide-character functions (WCSLEN..WCSDUP: intercept.c takes that range as wchar_t's), then
+ * spans, searches, case-insensitive compares and duplicates. */
+#define EMSAN_FN_WCSLEN 61
+#define EMSAN_FN_WCSNLEN 62
+#define EMSAN_FN_WCSCHR 63
+#define EMSAN_FN_WMEMCHR 64
+#define EMSAN_FN_WCSRCHR 65
+#define EMSAN_FN_WCSCMP 66
+#define EMSAN_FN_WCSNCMP 67
+#define EMSAN_FN_WMEMCMP 68
+#define EMSAN_FN_WCSCPY 69
+#define EMSAN_FN_WCPCPY 70
+#define EMSAN_FN_WCSNCPY 71
+#define EMSAN_FN_WCPNCPY 72
+#define EMSAN_FN_WCSCAT 73
+#define EMSAN_FN_WCSNCAT 74
+#define EMSAN_FN_WMEMCPY 75
+#define EMSAN_FN_WMEMMOVE 76
+#define EMSAN_FN_WMEMPCPY 77
+#define EMSAN_FN_WMEMSET 78
+#define EMSAN_FN_WCSDUP 79
+#define EMSAN_FN_STRSPN 80
+#define EMSAN_FN_STRCSPN 81
+#define EMSAN_FN_STRPBRK 82
+#define EMSAN_FN_STRSTR 83
+#define EMSAN_FN_MEMMEM 84
+#define EMSAN_FN_STRCASECMP 85
+#define EMSAN_FN_STRNCASECMP 86
+#define EMSAN_FN_STRDUP 87
+#define EMSAN_FN_STRNDUP 88
 
 /* Allocation families, for alloc-dealloc-mismatch. */
 #define EMSAN_KIND_MALLOC 0

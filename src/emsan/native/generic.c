@@ -28,20 +28,6 @@ static int generic_range_bad(kasan_t *k, uint64_t addr, uint64_t size)
     return shadow_range_bad(k, addr, addr + size);
 }
 
-/* Optimized libc string code reads aligned vector blocks that may straddle an object's end.
- * Unicorn hands a 16- or 32-byte vector load over as 8-byte pieces, so judge the aligned
- * 32-byte block the piece belongs to: tolerated when any byte of it is accessible. */
-int shadow_tolerated(kasan_t *k, uint64_t pc, uint64_t addr, uint64_t size)
-{
-    if (!in_tolerant_range(k, pc)) return 0;
-    uint64_t blk = size > 32 ? size : 32;
-    for (uint64_t g = addr & ~(blk - 1); g < (addr & ~(blk - 1)) + blk; g += GRANULE) {
-        if (g - k->base < k->size && shadow_at(k, g) >= 0)
-            return 1;
-    }
-    return 0;
-}
-
 /* --checks hook: called by Unicorn for every load and store. Unbounded on purpose: unicorn
  * 2.1.3 syncs the PC before a memory hook only when the hook covers every address
  * (tests/test_machine.py); the range test here costs the same. */
@@ -56,7 +42,7 @@ static void generic_access_cb(void *uc, int type, uint64_t addr, int size, int64
     rt_t *rt = k->rt;
     int is_write = type == ENGINE_MEM_WRITE;
     uint64_t pc = reg_get(uc, rt->regs[EMSAN_REG_PC]);
-    if (!is_write && size >= 8 && (addr & ((uint64_t)size - 1)) == 0 && shadow_tolerated(k, pc, addr, (uint64_t)size))
+    if (!is_write && size >= 8 && read_ahead(k, pc, addr, (uint64_t)size))
         return;
     report_error(rt, EMSAN_ERR_ACCESS, addr, (uint64_t)size, is_write, pc, stack_here(rt, pc, 0), 0, 0);
 }

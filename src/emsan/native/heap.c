@@ -133,6 +133,9 @@ static uint64_t do_alloc(kasan_t *k, uint64_t size, uint64_t align, int kind)
     return ptr;
 }
 
+/* malloc() for the interceptors that allocate (strdup), at the intercepted function's entry. */
+uint64_t heap_malloc(kasan_t *k, uint64_t size) { return do_alloc(k, size, 16, EMSAN_KIND_MALLOC); }
+
 /* Back to reusable once it leaves the quarantine (its memory stays poisoned until reuse). */
 void release_object(kasan_t *k, uint64_t handle)
 {

@@ -120,7 +120,7 @@ struct emsan_kasan {
     struct vec64 free_runs;            /* large-object page runs ready for reuse: (page << 24 | npages) */
     /* quarantine: FIFO of handles, bounded in bytes */
     uint64_t *q; size_t q_head, q_len, q_cap; uint64_t q_bytes, q_limit;
-    struct vec64 tolerant;             /* pairs lo, hi: code that may over-read (see kasan.c) */
+    struct vec64 tolerant;             /* pairs lo, hi: code that may read ahead (see kasan.c) */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
     emsan_kasan_stats stats;
@@ -132,9 +132,13 @@ struct emsan_kasan {
  * check_range): one report for the whole range; nonzero if it was bad. */
 int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn);
 int in_tolerant_range(kasan_t *k, uint64_t pc);
+/* A load of [ptr, ptr+size) by string code that is the read-ahead of a terminated string. */
+int read_ahead(kasan_t *k, uint64_t pc, uint64_t ptr, uint64_t size);
+#define READAHEAD 64            /* bytes a string routine's last loads may reach past its NUL */
 
 /* heap.c */
 void kasan_call(kasan_t *k, int fn);
+uint64_t heap_malloc(kasan_t *k, uint64_t size);
 int64_t find_object(kasan_t *k, uint64_t addr);
 void release_object(kasan_t *k, uint64_t handle);
 static inline struct slab *slab_of(kasan_t *k, uint64_t handle) { return &k->slabs[handle >> 24]; }
@@ -186,9 +190,6 @@ static inline int shadow_access_bad(kasan_t *k, uint64_t addr, uint64_t size)
 /* gshadow.c: make the guest see the current shadow pages (now: even when only shared pages
  * moved) */
 void shadow_sync(kasan_t *k, int now);
-
-/* generic.c */
-int shadow_tolerated(kasan_t *k, uint64_t pc, uint64_t addr, uint64_t size);
 
 /* mmio.c */
 void mmio_poisoned(kasan_t *k, uint64_t addr, uint64_t len);

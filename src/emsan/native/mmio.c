@@ -104,8 +104,8 @@ static void bad_access(kasan_t *k, uint64_t addr, unsigned size, int is_write)
     int ncand = engine_access_pcs(rt->uc, &k->mm->pcr, rt->regs[EMSAN_REG_PC], cand, 4);
     /* Without a candidate, the PC Unicorn last synced (a block of this function or before it). */
     uint64_t pc = ncand ? cand[0] : reg(rt, EMSAN_REG_PC);
-    /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (see generic.c). */
-    if (!is_write && size >= 4 && (addr & (size - 1)) == 0 && shadow_tolerated(k, pc, addr, size))
+    /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (kasan.c, read_ahead). */
+    if (!is_write && size >= 4 && read_ahead(k, pc, addr, size))
         return;
     emsan_error *e = error_new(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 0));
     /* Registers are synced before every memory access: they locate the instruction. */

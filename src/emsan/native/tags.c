@@ -176,21 +176,6 @@ static uint64_t tag_first_bad(kasan_t *k, uint64_t tagged, uint64_t size)
     return a;
 }
 
-/* libc string code may read aligned blocks past a string's end: tolerated when the block's
- * first granule is the pointer's (the same rule as generic mode's, in granules of 16). */
-static int tag_tolerated(kasan_t *k, uint64_t pc, uint64_t tagged, uint64_t size)
-{
-    if (!in_tolerant_range(k, pc)) return 0;
-    uint64_t blk = size > 32 ? size : 32;
-    uint64_t a = tagged & UNTAG_MASK;
-    uint8_t ptag = (uint8_t)(tagged >> TAG_SHIFT);
-    for (uint64_t g = a & ~(blk - 1); g < (a & ~(blk - 1)) + blk; g += TAG_GRANULE) {
-        int mt = tag_at(k, g);
-        if (mt >= 0 && tag_matches(k, ptag, (uint8_t)mt)) return 1;
-    }
-    return 0;
-}
-
 /* ---- the stack ring (the kernel's save_stack_info()) --------------------------------------------- */
 
 static void tags_save_track(kasan_t *k, uint64_t tagged, uint64_t size, uint64_t cache_size, uint32_t stack,
@@ -323,7 +308,7 @@ static void tags_access_cb(void *uc, int type, uint64_t addr, int size, int64_t 
         if (!tag_bad(k, tagged, (uint64_t)size)) return;  /* the access spans granules */
     }
     int is_write = type == ENGINE_MEM_WRITE;
-    if (!is_write && tag_tolerated(k, pc, tagged, (uint64_t)size)) return;
+    if (!is_write && read_ahead(k, pc, tagged, (uint64_t)size)) return;
     report_error(rt, EMSAN_ERR_ACCESS, tagged, (uint64_t)size, is_write, pc, stack_here(rt, pc, 0), 0, 0);
 }
 

@@ -1,4 +1,9 @@
-"""Address -> function+offset/size (and file:line when DWARF has it), cached per module."""
+"""Address -> function+offset/size (and file:line when DWARF has it), cached per module.
+
+Symbols come from the module's .symtab/.dynsym and from its separate debug file when one is
+installed (report/debuginfo.py); lines and inlined frames from DWARF, decoded lazily per compile
+unit and cached on disk (report/dwarf.py). A frame with no symbol is named by its module and the
+offset addr2line takes (`libc.so.6+0x175587`)."""
 from __future__ import annotations
 
 import bisect
@@ -7,8 +12,13 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
+from emsan.cache import file_key
+from emsan.report.debuginfo import build_id, find_debug_file
+from emsan.report.dwarf import DwarfIndex, Inline
 from emsan.report.elfsections import open_sections
+from emsan.sanitizer.entrypoints import function_symbols, has_section
+
+__all__ = ["Frame", "Inline", "ModuleSymbols", "Symbolizer", "demangle", "module_symbols"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,7 @@ class Frame:
     file: str | None = None
     line: int | None = None
     inlined: bool = False       # code of `function` inlined into the next frame (same address)
+    module_offset: int | None = None    # addr - the module's load bias: what addr2line -e MODULE takes
 
     def __str__(self) -> str:
         if self.inlined:
@@ -31,61 +42,57 @@ class Frame:
                 s += f" {self.file}:{self.line}"
             return s + " (inlined)"
         if self.function is None:
-            where = f"{self.addr:#x}"
-            if self.module:
-                where += f" ({os.path.basename(self.module)})"
-            return where
-        s = f"{self.function}+{self.offset:#x}/{self.size:#x}"
+            if self.module and self.module_offset is not None:
+                s = f"{os.path.basename(self.module)}+{self.module_offset:#x}"
+            else:
+                s = f"{self.addr:#x}"
+        else:
+            s = f"{self.function}+{self.offset:#x}/{self.size:#x}"
         if self.file:
             s += f" {self.file}:{self.line}"
         return s
 
     def to_json(self) -> dict:
         return {"addr": f"{self.addr:#x}", "function": self.function, "offset": self.offset,
-                "size": self.size, "module": self.module, "file": self.file, "line": self.line,
-                "inlined": self.inlined}
-
-
-@dataclass(frozen=True)
-class Inline:
-    """One DW_TAG_inlined_subroutine: the inlined function and where it was inlined."""
-    function: str
-    call_file: str | None
-    call_line: int | None
+                "size": self.size, "module": self.module,
+                "module_offset": None if self.module_offset is None else f"{self.module_offset:#x}",
+                "file": self.file, "line": self.line, "inlined": self.inlined}
 
 
 class ModuleSymbols:
-    """Symbols and line table of one ELF file, addresses relative to its link address."""
+    """Symbols and DWARF of one ELF file (and its separate debug file), addresses relative to
+    its link address."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, roots: tuple[str, ...] = ("/",)):
         self.path = path
-        self.starts: list[int] = []
-        self.syms: list[tuple[int, int, str]] = []
-        self._lines: tuple[list[int], list[tuple[str, int]]] | None = None
-        self._inlines: tuple[list[int], list[tuple[Inline, ...]]] | None = None
-        self._dwarf_ok = True
+        self.debug_path: str | None = None
+        self.dwarf: DwarfIndex | None = None
+        bid, has_dwarf = None, False
         try:
-            self._f = open(path, "rb")
-            self.elf = open_sections(self._f, path)
+            with open(path, "rb") as f:
+                elf = open_sections(f, path)
+                if elf is not None:         # no readable section table: addresses, no names
+                    bid = build_id(elf)
+                    has_dwarf = elf.get_section_by_name(".debug_info") is not None
+                    self.debug_path = find_debug_file(path, elf, roots)
         except Exception:
-            self.elf = None
-        if self.elf is None:                # no readable section table: addresses, no names
-            return
+            bid, has_dwarf, self.debug_path = None, False, None
+        found = list(function_symbols(path))
+        dwarf_path = path if has_dwarf else None
+        if self.debug_path is not None:
+            found += function_symbols(self.debug_path)
+            if dwarf_path is None and has_section(self.debug_path, ".debug_info"):
+                dwarf_path = self.debug_path
         seen: dict[int, tuple[int, int, str]] = {}
-        for secname in (".symtab", ".dynsym"):
-            sec = self.elf.get_section_by_name(secname)
-            if sec is None:
-                continue
-            for sym in sec.iter_symbols():
-                if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC", "STT_LOOS", "STT_OBJECT") or not sym["st_value"]:
-                    continue
-                addr, size, name = sym["st_value"], sym["st_size"], sym.name
-                prev = seen.get(addr)
-                # Among aliases prefer the public name (malloc over __libc_malloc), then the sized one.
-                if prev is None or (prev[2].startswith("_") and not name.startswith("_")) or (not prev[1] and size):
-                    seen[addr] = (addr, size, name)
+        for addr, size, _kind, name in found:
+            prev = seen.get(addr)
+            # Among aliases prefer the public name (malloc over __libc_malloc), then the sized one.
+            if prev is None or (prev[2].startswith("_") and not name.startswith("_")) or (not prev[1] and size):
+                seen[addr] = (addr, size, name)
         self.syms = sorted(seen.values())
         self.starts = [s[0] for s in self.syms]
+        if dwarf_path is not None:
+            self.dwarf = DwarfIndex(dwarf_path, file_key(path, bid), demangle)
 
     def lookup(self, rel: int) -> tuple[str, int, int] | None:
         i = bisect.bisect_right(self.starts, rel) - 1
@@ -96,189 +103,13 @@ class ModuleSymbols:
             return None
         return name, rel - addr, size
 
-    def address_of(self, name: str) -> int | None:
-        for addr, _size, n in self.syms:
-            if n == name:
-                return addr
-        return None
-
     def line(self, rel: int) -> tuple[str, int] | None:
-        if self._lines is None:
-            self._lines = self._load_lines()
-        addrs, rows = self._lines
-        i = bisect.bisect_right(addrs, rel) - 1
-        return rows[i] if i >= 0 and rows[i][1] else None
-
-    def _load_lines(self) -> tuple[list[int], list[tuple[str, int]]]:
-        if self.elf is None or not self.elf.has_dwarf_info():
-            return [], []
-        try:
-            dwarf = self.elf.get_dwarf_info()
-            entries: list[tuple[int, str, int]] = []
-            for cu in dwarf.iter_CUs():
-                lp = dwarf.line_program_for_CU(cu)
-                if lp is None:
-                    continue
-                files = lp["file_entry"]
-                base = 1 if lp.header["version"] < 5 else 0
-                for e in lp.get_entries():
-                    st = e.state
-                    if st is None:
-                        continue
-                    if st.end_sequence:
-                        entries.append((st.address, "", 0))
-                        continue
-                    idx = st.file - base
-                    fname = files[idx].name.decode(errors="replace") if 0 <= idx < len(files) else "?"
-                    entries.append((st.address, fname, st.line))
-            entries.sort(key=lambda t: t[0])
-            return [e[0] for e in entries], [(e[1], e[2]) for e in entries]
-        except Exception:
-            return [], []
-
+        return self.dwarf.line(rel) if self.dwarf is not None else None
 
     def inlined(self, rel: int) -> tuple[Inline, ...]:
         """The inlined subroutines whose code contains `rel`, innermost first (empty when DWARF
         has none, or is missing or unreadable)."""
-        if self._inlines is None:
-            try:
-                self._inlines = self._load_inlines()
-            except Exception:
-                self._inlines = ([], [])
-        starts, chains = self._inlines
-        i = bisect.bisect_right(starts, rel) - 1
-        return chains[i] if i >= 0 else ()
-
-    def _load_inlines(self) -> tuple[list[int], list[tuple[Inline, ...]]]:
-        """DW_TAG_inlined_subroutine DIEs as elementary address intervals, each with its chain of
-        nested inlines (innermost first)."""
-        if self.elf is None or not self.elf.has_dwarf_info():
-            return [], []
-        dwarf = self.elf.get_dwarf_info()
-        intervals: list[tuple[int, int, int, Inline]] = []     # lo, hi, depth, what
-        for cu in dwarf.iter_CUs():
-            try:
-                self._cu_inlines(dwarf, cu, intervals)
-            except Exception:
-                continue                    # one bad CU loses its own inline info only
-        if not intervals:
-            return [], []
-        # Sweep the interval boundaries: between two consecutive boundaries the set of
-        # enclosing inlines is constant.
-        events: dict[int, list[tuple[int, int, int, Inline]]] = {}
-        for iv in intervals:
-            events.setdefault(iv[0], [])
-            events.setdefault(iv[1], [])
-        bounds = sorted(events)
-        by_lo: dict[int, list[tuple[int, int, int, Inline]]] = {}
-        for iv in intervals:
-            by_lo.setdefault(iv[0], []).append(iv)
-        active: list[tuple[int, int, int, Inline]] = []
-        starts: list[int] = []
-        chains: list[tuple[Inline, ...]] = []
-        for b in bounds:
-            active = [iv for iv in active if iv[1] > b] + by_lo.get(b, [])
-            chain = tuple(iv[3] for iv in sorted(active, key=lambda iv: -iv[2]))
-            if chains and chains[-1] == chain:
-                continue
-            starts.append(b)
-            chains.append(chain)
-        return starts, chains
-
-    def _cu_inlines(self, dwarf, cu, out: list) -> None:
-        top = cu.get_top_DIE()
-        lp = dwarf.line_program_for_CU(cu)
-        files = lp["file_entry"] if lp is not None else []
-        base = 1 if (lp is None or lp.header["version"] < 5) else 0
-        cu_low = top.attributes.get("DW_AT_low_pc")
-        cu_base = cu_low.value if cu_low is not None else 0
-        names: dict[int, str] = {}
-
-        def file_name(idx) -> str | None:
-            i = idx - base
-            if 0 <= i < len(files):
-                return os.path.basename(files[i].name.decode(errors="replace"))
-            return None
-
-        # Depth-first over the CU's DIE tree, counting inlined_subroutine ancestors.
-        stack = [(top, 0)]
-        while stack:
-            die, depth = stack.pop()
-            for child in die.iter_children():
-                if child.tag == "DW_TAG_inlined_subroutine":
-                    try:
-                        name = self._origin_name(child, names)
-                        at = child.attributes
-                        cf = at.get("DW_AT_call_file")
-                        cl = at.get("DW_AT_call_line")
-                        what = Inline(name, file_name(cf.value) if cf is not None else None,
-                                      cl.value if cl is not None else None)
-                        for lo, hi in self._die_ranges(dwarf, cu, child, cu_base):
-                            if hi > lo:
-                                out.append((lo, hi, depth + 1, what))
-                    except Exception:
-                        pass
-                    stack.append((child, depth + 1))
-                elif child.has_children:
-                    stack.append((child, depth))
-
-    @staticmethod
-    def _origin_name(die, cache: dict[int, str]) -> str:
-        """DW_AT_abstract_origin (then DW_AT_specification) to the subprogram's name, demangled
-        when there is a linkage name."""
-        key = die.offset
-        if key in cache:
-            return cache[key]
-        d = die
-        name = None
-        for _ in range(8):
-            at = d.attributes
-            for a in ("DW_AT_linkage_name", "DW_AT_MIPS_linkage_name"):
-                if a in at:
-                    name = demangle(at[a].value.decode(errors="replace"))
-                    break
-            if name is None and "DW_AT_name" in at:
-                name = at["DW_AT_name"].value.decode(errors="replace")
-            if name is not None:
-                break
-            nxt = next((a for a in ("DW_AT_abstract_origin", "DW_AT_specification") if a in at), None)
-            if nxt is None:
-                break
-            d = d.get_DIE_from_attribute(nxt)
-        name = name or "??"
-        cache[key] = name
-        return name
-
-    @staticmethod
-    def _die_ranges(dwarf, cu, die, cu_base: int) -> list[tuple[int, int]]:
-        at = die.attributes
-        if "DW_AT_low_pc" in at:
-            lo = at["DW_AT_low_pc"].value
-            hi_at = at.get("DW_AT_high_pc")
-            if hi_at is None:
-                return [(lo, lo + 1)]
-            # DWARF 4+: a constant-class high_pc is a length, an address-class one is the end.
-            hi = hi_at.value if hi_at.form in ("DW_FORM_addr", "DW_FORM_addrx", "DW_FORM_addrx1",
-                                               "DW_FORM_addrx2", "DW_FORM_addrx3", "DW_FORM_addrx4",
-                                               "DW_FORM_GNU_addr_index") else lo + hi_at.value
-            return [(lo, hi)]
-        if "DW_AT_ranges" in at:
-            rl = dwarf.range_lists()
-            if rl is None:
-                return []
-            # pyelftools resolves DW_FORM_rnglistx to an offset into .debug_rnglists.
-            entries = rl.get_range_list_at_offset(at["DW_AT_ranges"].value, cu=cu)
-            base, out = cu_base, []
-            for e in entries:
-                if isinstance(e, BaseAddressEntry):
-                    base = e.base_address
-                elif isinstance(e, RangeEntry):
-                    if e.is_absolute:
-                        out.append((e.begin_offset, e.end_offset))
-                    else:
-                        out.append((base + e.begin_offset, base + e.end_offset))
-            return out
-        return []
+        return self.dwarf.inlined(rel) if self.dwarf is not None else ()
 
 
 @lru_cache(maxsize=1)
@@ -312,21 +143,23 @@ def demangle(name: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def module_symbols(path: str) -> ModuleSymbols:
-    return ModuleSymbols(path)
+def module_symbols(path: str, roots: tuple[str, ...] = ("/",)) -> ModuleSymbols:
+    return ModuleSymbols(path, roots)
 
 
 class Symbolizer:
     """Symbolizes guest addresses using the memory map's list of loaded modules."""
 
-    def __init__(self, mem):
+    def __init__(self, mem, sysroot: str | None = None):
         self.mem = mem
+        # Where separate debug files are looked for: the guest's root first.
+        self.roots = (sysroot, "/") if sysroot else ("/",)
 
     def frame(self, addr: int, is_return_address: bool = False) -> Frame:
         mod = self.mem.module_at(addr)
         if mod is None:
             return Frame(addr)
-        syms = module_symbols(mod.path)
+        syms = module_symbols(mod.path, self.roots)
         rel = addr - mod.base
         # A return address points after the call (past the end of the caller when the callee
         # never returns): look up the call instruction instead.
@@ -337,9 +170,9 @@ class Symbolizer:
         line = syms.line(probe)
         file, lineno = (os.path.basename(line[0]), line[1]) if line else (None, None)
         if hit is None:
-            return Frame(addr, None, 0, 0, mod.path, file, lineno)
+            return Frame(addr, None, 0, 0, mod.path, file, lineno, module_offset=rel)
         name, off, size = hit
-        return Frame(addr, demangle(name), off, size, mod.path, file, lineno)
+        return Frame(addr, demangle(name), off, size, mod.path, file, lineno, module_offset=rel)
 
     def frames(self, addr: int, is_return_address: bool = False) -> list[Frame]:
         """frame(), preceded by the functions inlined at that address, innermost first (as
@@ -352,7 +185,7 @@ class Symbolizer:
         rel = addr - mod.base
         probe = rel - 1 if is_return_address else rel
         try:
-            chain = module_symbols(mod.path).inlined(probe)
+            chain = module_symbols(mod.path, self.roots).inlined(probe)
         except Exception:
             chain = ()
         if not chain:
@@ -360,7 +193,7 @@ class Symbolizer:
         out = []
         file, line = real.file, real.line           # the line table's row: innermost location
         for inl in chain:
-            out.append(Frame(addr, inl.function, 0, 0, mod.path, file, line, inlined=True))
+            out.append(Frame(addr, inl.function, 0, 0, mod.path, file, line, inlined=True, module_offset=rel))
             file, line = inl.call_file, inl.call_line
         out.append(dataclasses.replace(real, file=file, line=line))
         return out

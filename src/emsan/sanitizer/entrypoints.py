@@ -36,17 +36,27 @@ STRINGS = {
     "strcpy": "STRCPY", "strncpy": "STRNCPY", "stpcpy": "STPCPY", "stpncpy": "STPNCPY", "strcat": "STRCAT",
     "strncat": "STRNCAT", "memcpy": "MEMCPY", "memmove": "MEMMOVE", "mempcpy": "MEMPCPY", "memset": "MEMSET",
     "rawmemchr": "RAWMEMCHR", "strchrnul": "STRCHRNUL", "memrchr": "MEMRCHR",
+    # the wide-character family, spans, searches, case-insensitive compares, duplicates
+    "wcslen": "WCSLEN", "wcsnlen": "WCSNLEN", "wcschr": "WCSCHR", "wmemchr": "WMEMCHR", "wcsrchr": "WCSRCHR",
+    "wcscmp": "WCSCMP", "wcsncmp": "WCSNCMP", "wmemcmp": "WMEMCMP", "wcscpy": "WCSCPY", "wcpcpy": "WCPCPY",
+    "wcsncpy": "WCSNCPY", "wcpncpy": "WCPNCPY", "wcscat": "WCSCAT", "wcsncat": "WCSNCAT", "wmemcpy": "WMEMCPY",
+    "wmemmove": "WMEMMOVE", "wmempcpy": "WMEMPCPY", "wmemset": "WMEMSET", "wcsdup": "WCSDUP",
+    "strspn": "STRSPN", "strcspn": "STRCSPN", "strpbrk": "STRPBRK", "strstr": "STRSTR", "memmem": "MEMMEM",
+    "strcasecmp": "STRCASECMP", "strncasecmp": "STRNCASECMP", "strdup": "STRDUP", "strndup": "STRNDUP",
 }
 
-# glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic...
-_VARIANT = re.compile(r"^_*(" + "|".join(sorted(STRINGS, key=len, reverse=True)) + r")(_[a-z0-9_]+)?$")
+# glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic, and
+# its internal aliases (__GI_strlen, which on arm64 is a copy no IFUNC leads to).
+_VARIANT = re.compile(r"^(?:__GI_)?_*(" + "|".join(sorted(STRINGS, key=len, reverse=True)) + r")(_[a-z0-9_]+)?$")
+# Old helpers with their own signatures (__strspn_c2(s, a1, a2), __strcpy_small(d, w0, w1...)).
+_NOT_VARIANT = re.compile(r"_(c[123]|1c|small|g)$")
 # Code that legally reads past a string's end with aligned vector loads.
-STRING_CODE = re.compile(r"^_*(str|mem|stp|wcs|wmem|rawmem|bcmp)")
+STRING_CODE = re.compile(r"^(?:__GI_)?_*(str|mem|stp|wcs|wmem|wcp|rawmem|bcmp|index|rindex)")
 
 
 def string_function(name: str) -> str | None:
     """Native id name for a symbol that implements one of the intercepted functions."""
-    if name.endswith(("_chk", "_ifunc")) or "_chk_" in name:
+    if name.endswith(("_chk", "_ifunc")) or "_chk_" in name or _NOT_VARIANT.search(name):
         return None            # fortify wrappers jump to the real code; *_ifunc are resolvers
     m = _VARIANT.match(name)
     return STRINGS[m.group(1)] if m else None
@@ -91,13 +101,18 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     return tuple(out)
 
 
-def has_symtab(path: str) -> bool:
+def has_section(path: str, name: str) -> bool:
+    """Does the ELF file at path have a section called name (False if it cannot be read)?"""
     try:
         with open(path, "rb") as f:
             elf = open_sections(f, path)
-            return elf is not None and elf.get_section_by_name(".symtab") is not None
+            return elf is not None and elf.get_section_by_name(name) is not None
     except Exception:
         return False
+
+
+def has_symtab(path: str) -> bool:
+    return has_section(path, ".symtab")
 
 
 def module_entry_points(path: str, base: int, strings: bool = True, tags: bool = False) -> list[EntryPoint]:
@@ -124,6 +139,6 @@ def string_ifuncs(path: str, base: int) -> list[tuple[int, str]]:
 
 
 def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
-    """Address ranges of string-routine code in a module (for the aligned-overread tolerance)."""
+    """Address ranges of string-routine code in a module (whose read-ahead kasan.c tolerates)."""
     return [(value + base, value + base + size) for value, size, _kind, name in function_symbols(path)
             if size and STRING_CODE.match(name)]

@@ -127,13 +127,14 @@ ALLOC_NAMES = {"malloc": "malloc()", "new": "operator new", "new[]": "operator n
 class KasanMode:
     """The part of a KASAN mode that does not depend on how accesses are checked: emsan's
     allocator at the guest's allocator entry points, the string interceptors (with libc's
-    over-read tolerance), the mmap area's shadow, and the parts of a report every mode has."""
+    read-ahead tolerance), the mmap area's shadow, and the parts of a report every mode has."""
 
     name: ClassVar[str]
     caps: ClassVar[Capabilities]
     native_mode: ClassVar[str] = "generic"     # the native operations behind the allocator (MODES)
     tag_functions: ClassVar[bool] = False      # also stand in for __hwasan_tag_memory
     hooks_accesses: bool = False               # a memory hook sees the accesses (its PC may be stale)
+    report_in_engine: bool = False             # (the Mode protocol)
 
     def __init__(self, target: Target, seed: int = 0):
         self.target = target
@@ -155,16 +156,24 @@ class KasanMode:
 
     # --- wiring ---------------------------------------------------------------------------------
     def module_loaded(self, module: ModuleInfo) -> None:
-        for ep in module_entry_points(module.path, module.base, strings=self.caps.string_interceptors,
-                                      tags=self.tag_functions):
-            self.kasan.intercept(ep.addr, ep.fn)
-        if not has_symtab(module.path):
-            # A stripped library (Debian's libc): its string variants have no names, so all of
-            # its code may make the aligned over-reads they make.
+        # A stripped library's own copies and variants (ld.so's strchr, libc's __GI_strlen) have
+        # names in its separate debug file, when one is installed (libc6-dbg).
+        debug = self.target.debug_file(module.path)
+        named = [module.path] + ([debug] if debug else [])
+        absent = self.target.absent_isa
+        for path in named:
+            for ep in module_entry_points(path, module.base, strings=self.caps.string_interceptors,
+                                          tags=self.tag_functions):
+                if not absent & set(ep.name.split("_")):
+                    self.kasan.intercept(ep.addr, ep.fn)
+        if not debug and not has_symtab(module.path):
+            # A stripped library without debug file (Debian's libc): its string variants have
+            # no names, so all of its code may make the read-ahead they make.
             self.kasan.tolerate_overreads(module.start, module.end)
         else:
-            for lo, hi in string_code_ranges(module.path, module.base):
-                self.kasan.tolerate_overreads(lo, hi)
+            for path in named:
+                for lo, hi in string_code_ranges(path, module.base):
+                    self.kasan.tolerate_overreads(lo, hi)
 
     def intercept(self, addr: int, fn: str) -> None:
         self.kasan.intercept(addr, fn)
@@ -182,7 +191,9 @@ class KasanMode:
         self.kasan.mapping_changed(lo, hi, mapped)
 
     def report_key(self, report: Report) -> tuple:
-        return (report.bug_type, report.pc)
+        # An interceptor's report is one per call site: its pc is the intercepted function's.
+        t = report.title_frame
+        return (report.bug_type, report.pc, report.stack[t] if t and len(report.stack) > t else 0)
 
     def stats(self) -> dict[str, int]:
         return self.kasan.stats()

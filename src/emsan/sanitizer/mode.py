@@ -83,6 +83,11 @@ class Target:
     stack_of: Callable[[int], "tuple[int, int] | None"] = lambda addr: None
     # symbolize(pc): the kernel's %pS of a code address
     symbolize: Callable[[int], str] = lambda pc: f"{pc:#x}"
+    # debug_file(path): the separate debug file of a module (its stripped copies' names), or None
+    debug_file: Callable[[str], "str | None"] = lambda path: None
+    # words in the names of string-routine variants for instruction sets the CPU lacks
+    # (__strlen_avx2: "avx2"): they never run, and are not stood in for
+    absent_isa: frozenset[str] = frozenset()
 
 
 class Mode(Protocol):
@@ -90,6 +95,9 @@ class Mode(Protocol):
 
     name: ClassVar[str]
     caps: ClassVar[Capabilities]
+    # Errors are built into reports from inside the engine as they are queued: build() may find
+    # one no bug (an MMIO piece of an unaligned load), and the access must not be made again.
+    report_in_engine: bool
 
     def __init__(self, target: Target) -> None: ...
 
@@ -103,7 +111,8 @@ class Mode(Protocol):
         """A range the kernel reads or writes on the guest's behalf (a system call's buffer)."""
 
     def build(self, error: Error, task: Task):
-        """The report of a queued error (an emsan.report.model report)."""
+        """The report of a queued error (an emsan.report.model report), or None when the error
+        is no bug after all."""
 
     def report_key(self, report) -> tuple:
         """What makes a bug distinct: each is reported once."""

@@ -45,6 +45,18 @@ def first_bad_addr(shadow_byte: ShadowLookup, addr: int, size: int) -> int:
     return min(p, addr + size - 1) if size else addr
 
 
+def accessible(shadow_byte: ShadowLookup, addr: int, size: int) -> bool:
+    """Is every byte of [addr, addr+size) accessible by the shadow (00, or a partial granule's
+    01-07 covering it)? The kernel's memory_is_poisoned(), negated."""
+    g = addr & ~(GRANULE - 1)
+    while g < addr + size:
+        s = shadow_byte(g)
+        if s is None or (s != 0 and not (s < GRANULE and addr + size - g <= s)):
+            return False
+        g += GRANULE
+    return True
+
+
 def shadow_window(shadow_byte: ShadowLookup, addr: int, granule: int = GRANULE) -> list[tuple[int, list[int | None]]]:
     row_bytes = ROW_GRANULES * granule
     row = (addr & ~(row_bytes - 1)) - ROWS_AROUND * row_bytes

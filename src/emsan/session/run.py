@@ -98,7 +98,7 @@ class Session:
             quiet_std_fds()
         processes.attach(self)
         processes.adopt_signals(self.process, *opts.signals)
-        self.symbolizer = Symbolizer(self.mem)
+        self.symbolizer = Symbolizer(self.mem, sysroot)
         self.mode = choose_mode(opts.mode, path, image.data)
         self.sanitizer = None
         if self.mode == BARE_SHADOW:
@@ -153,4 +153,8 @@ def run(opts: RunOptions) -> int:
     elif info.kind == "max-instructions":
         print(f"emsan: instruction limit of {opts.max_instructions} reached; guest stopped at "
               f"{s.symbolizer.frame(s.machine.pc)}", file=sys.stderr)
+    if info.kind == "exit" and getattr(s.sanitizer, "reports", None):
+        # --continue: a run that reported ends with the error status even though the guest
+        # exited on its own (Valgrind's --error-exitcode), so CI notices.
+        return opts.error_exitcode
     return info.status

@@ -11,9 +11,10 @@ from typing import cast
 import resource
 
 from emsan.errors import EmsanError
-from emsan.os.linux.loader import HWCAP
+from emsan.os.linux.cpu import missing_isa_words
 from emsan.os.linux.memory import MMAP_BOTTOM, MMAP_TOP, PAGE, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, Module
 from emsan.os.linux.process import ExitInfo
+from emsan.report.debuginfo import debug_file
 from emsan.report.json import to_json as render_json
 from emsan.report.text import render as render_text
 from emsan.report.model import Report, Task
@@ -42,7 +43,8 @@ class Sanitizer:
         self.runtime.set_stack(*mem.stack)
         target = Target(machine=m, arch=s.arch, runtime=self.runtime, options=opts, map_memory=self.map_memory,
                         layout=LAYOUT, is_call_return=self.is_call_return, stack_of=self.stack_of,
-                        symbolize=lambda pc: str(s.symbolizer.frame(pc)))
+                        symbolize=lambda pc: str(s.symbolizer.frame(pc)), debug_file=self.debug_file,
+                        absent_isa=missing_isa_words(m, s.arch.name, (s.loaded.hwcap, s.loaded.hwcap2)))
         self.mode: Mode = mode_class(target)
         # Capabilities.shadow: the mode is a ShadowMode
         self.shadow = cast(ShadowMode, self.mode) if caps.shadow else None
@@ -66,10 +68,12 @@ class Sanitizer:
             # Once relocation is done (the program's entry), resolve libc's string IFUNCs.
             m.hook_code_once(s.loaded.image.entry + s.loaded.bias, self.stop_for_ifuncs)
         s.process.on_stop.append(self.on_stop)
-        if opts.keep_going:
-            # Multi-shot: report from inside the engine and let the guest run on, so the
-            # faulting instruction completes exactly once.
-            self.runtime.on_error(self.report_pending)
+        self.stopped_by_report = False
+        if opts.keep_going or self.mode.report_in_engine:
+            # Report from inside the engine and let the faulting instruction complete exactly
+            # once: multi-shot goes on; an error the mode may find no bug after all (an MMIO
+            # piece of an unaligned load) must not have the guest run that access again.
+            self.runtime.on_error(self.report_in_engine)
         s.process.buffer_check = lambda addr, size, w: self.mode.check_range(addr, size, w, m.pc)
 
     def collector(self, asked: str) -> str:
@@ -118,18 +122,22 @@ class Sanitizer:
         self.stacks.module_loaded(mod.path, mod.base)
         self.mode.module_loaded(mod)
 
+    def debug_file(self, path: str) -> str | None:
+        """The separate debug file of a module (Debian's libc6-dbg), where found."""
+        return debug_file(path, self.s.symbolizer.roots)
+
     def stop_for_ifuncs(self) -> None:
         self.want_ifuncs = True
         self.s.machine.stop("ifuncs")       # resolvers run between two engine runs
 
     def resolve_ifuncs(self) -> None:
         m, arch = self.s.machine, self.s.arch
-        hwcap = HWCAP[arch.name]
+        hwcap = self.s.loaded.hwcap
         for mod in list(self.s.mem.modules):
             if mod.path in self.resolved:
                 continue
             self.resolved.add(mod.path)
-            if has_symtab(mod.path):
+            if has_symtab(mod.path) or self.debug_file(mod.path):
                 continue        # variants have names there, and resolvers may not be relocated yet
             for resolver, name in string_ifuncs(mod.path, mod.base):
                 # glibc's aarch64 resolvers take (hwcap | _IFUNC_ARG_HWCAP, &arg); x86's take nothing.
@@ -143,6 +151,8 @@ class Sanitizer:
         if self.runtime.callback_error is not None:
             raise self.runtime.callback_error
         opts = self.s.opts
+        if self.stopped_by_report:
+            return ExitInfo("report", opts.error_exitcode)
         if self.shadow is not None and self.caps.reports_mmap_faults and opts.mmap_shadow and \
                 self.vmalloc_fault(self.shadow):
             return None if opts.keep_going else ExitInfo("report", opts.error_exitcode)
@@ -183,13 +193,26 @@ class Sanitizer:
         self.emit(rep)
         return True
 
+    def report_in_engine(self) -> None:
+        if self.stopped_by_report:          # the engine has yet to stop after the report
+            self.runtime.pending()
+            return
+        if self.report_pending() and not self.s.opts.keep_going:
+            self.stopped_by_report = True
+            self.s.machine.stop("report")
+
     def report_pending(self) -> bool:
-        """Print the queued errors' reports (each distinct bug once); True if any."""
-        errors = self.runtime.pending()
-        for e in errors:
-            if self.emit(self.mode.build(e, self.task)) and not self.s.opts.keep_going:
+        """Print the queued errors' reports (each distinct bug once); True if any. An error the
+        mode finds no bug after all (build() gives None) is dropped."""
+        real = False
+        for e in self.runtime.pending():
+            rep = self.mode.build(e, self.task)
+            if rep is None:
+                continue
+            real = True
+            if self.emit(rep) and not self.s.opts.keep_going:
                 break
-        return bool(errors)
+        return real
 
     def is_store_exclusive(self, pc: int) -> bool:
         if self.s.arch.name != "arm64":

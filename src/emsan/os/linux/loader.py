@@ -10,15 +10,16 @@ import struct
 from dataclasses import dataclass
 
 from emsan.errors import EmsanError
+from emsan.os.linux.cpu import hwcaps, set_start_registers
 from emsan.os.linux.elf import ElfImage, open_elf
 from emsan.os.linux.libsearch import check_libraries
 from emsan.os.linux.memory import (EMSAN_BAND, MMAP_MIN_ADDR, PAGE, PIE_BASE, STACK_SIZE, STACK_TOP, MemoryMap,
                                    Module, page_down, page_up)
+from emsan.os.linux.sigframe import min_signal_stack
 
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
 AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
-HWCAP = {"x86_64": 0, "arm64": 0x3}    # arm64: FP | ASIMD, so glibc picks its generic string routines
 
 
 @dataclass
@@ -29,6 +30,8 @@ class LoadedProgram:
     interp: ElfImage | None
     interp_bias: int
     sp: int
+    hwcap: int = 0           # AT_HWCAP and AT_HWCAP2 as the process was told them
+    hwcap2: int = 0
 
 
 def resolve_guest_path(path: str, sysroot: str | None) -> str:
@@ -90,6 +93,8 @@ def load_program(mem: MemoryMap, arch_name: str, path: str, argv: list[str], env
     arch = BY_ELF_MACHINE[image.machine]
     if arch.name != arch_name:
         raise EmsanError(f"{path}: architecture mismatch ({arch.name}, expected {arch_name})")
+    caps = hwcaps(mem.machine, arch_name)
+    set_start_registers(mem.machine, arch_name)
     bias = PIE_BASE if image.is_pie else 0
     stack_lo = STACK_TOP - STACK_SIZE
     mem.guest_map(stack_lo, STACK_TOP, 3, "[stack]")
@@ -116,12 +121,12 @@ def load_program(mem: MemoryMap, arch_name: str, path: str, argv: list[str], env
         map_image(mem, interp, interp_bias)
 
     entry = ((interp.entry + interp_bias) if interp else (image.entry + bias)) & 0xFFFF_FFFF_FFFF_FFFF
-    sp = build_stack(mem, arch_name, image, bias, interp_bias if interp else 0, argv, env, path, rand)
-    return LoadedProgram(image, bias, entry, interp, interp_bias, sp)
+    sp = build_stack(mem, arch_name, image, bias, interp_bias if interp else 0, argv, env, path, rand, caps)
+    return LoadedProgram(image, bias, entry, interp, interp_bias, sp, *caps)
 
 
 def build_stack(mem: MemoryMap, arch_name: str, image: ElfImage, bias: int, interp_base: int,
-                argv: list[str], env: list[str], execfn: str, rand: bytes) -> int:
+                argv: list[str], env: list[str], execfn: str, rand: bytes, caps: tuple[int, int]) -> int:
     m = mem.machine
     sp = STACK_TOP
 
@@ -145,10 +150,9 @@ def build_stack(mem: MemoryMap, arch_name: str, image: ElfImage, bias: int, inte
     auxv = [(AT_PHDR, image.phdr_vaddr() + bias), (AT_PHENT, image.phentsize), (AT_PHNUM, image.phnum),
             (AT_PAGESZ, PAGE), (AT_BASE, interp_base), (AT_FLAGS, 0), (AT_ENTRY, image.entry + bias),
             (AT_UID, os.getuid()), (AT_EUID, os.geteuid()), (AT_GID, os.getgid()), (AT_EGID, os.getegid()),
-            (AT_PLATFORM, platform_p), (AT_HWCAP, HWCAP[arch_name]), (AT_HWCAP2, 0), (AT_CLKTCK, 100),
+            (AT_PLATFORM, platform_p), (AT_HWCAP, caps[0]), (AT_HWCAP2, caps[1]), (AT_CLKTCK, 100),
             (AT_SECURE, 0), (AT_RANDOM, random_p), (AT_EXECFN, execfn_p)]
-    if arch_name == "arm64":
-        auxv.append((AT_MINSIGSTKSZ, 5120))
+    auxv.append((AT_MINSIGSTKSZ, min_signal_stack(arch_name)))
     auxv.append((AT_NULL, 0))
     auxv = [(k, v & 0xFFFF_FFFF_FFFF_FFFF) for k, v in auxv]      # a file's addresses wrap as the kernel's do
     mem.auxv = b"".join(struct.pack("<QQ", k, v) for k, v in auxv)

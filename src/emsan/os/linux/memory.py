@@ -208,7 +208,10 @@ class MemoryMap:
             cb(mod)
 
     def drop_modules(self, start: int, end: int) -> None:
-        self.modules = [mod for mod in self.modules if mod.end <= start or end <= mod.start]
+        # A module goes when its first page (the ELF header, where ld.so maps it and unmaps it
+        # from) goes: the holes between 64 KiB-aligned segments are free address space that
+        # other mappings may use and unmap (as on Linux).
+        self.modules = [mod for mod in self.modules if not start <= mod.start < end]
 
     # --- bookkeeping -----------------------------------------------------------------------
     def _carve(self, start: int, end: int) -> list[Mapping]:

@@ -19,6 +19,22 @@ NZCV = 0xF000_0000
 # x86: the ucontext and glibc's 128-byte sigset; arm64: up to the end of sigcontext.__reserved.
 UCONTEXT_SIZE = {"x86_64": 1024, "arm64": ARM64_MCONTEXT + 288 + 4096}
 X86_TRAPNO = {"segv": 14, "ill": 6, "fpe": 0, "trap": 3, "bus": 17}
+SIGINFO_SIZE = 128
+# The kernel's MINSIGSTKSZ: the smallest alternate stack sigaltstack accepts.
+MINSIGSTKSZ = {"x86_64": 2048, "arm64": 5120}
+
+
+def frame_size(arch: str) -> int:
+    """The most stack a signal frame takes below where it starts (siginfo, ucontext, 16-byte
+    alignment, and on x86-64 the restorer's return address), rounded to 16 bytes."""
+    return (SIGINFO_SIZE + UCONTEXT_SIZE[arch] + 15 + (8 if arch == "x86_64" else 0) + 15) & ~15
+
+
+def min_signal_stack(arch: str) -> int:
+    """AT_MINSIGSTKSZ: an alternate stack this large takes emsan's signal frame and is one that
+    sigaltstack accepts (on x86-64 glibc would otherwise size it from CPUID's XSAVE area, which
+    emsan's frames do not carry; on arm64 this is the kernel's figure, above emsan's frame)."""
+    return max(frame_size(arch), MINSIGSTKSZ[arch])
 
 
 def build_ucontext(m, arch: str, resume_pc: int, mask: int, altstack: tuple[int, int, int, int],

@@ -12,7 +12,8 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from emsan.os.linux.sigframe import UCONTEXT_SIZE, apply_registers, build_ucontext, read_ucontext
+from emsan.os.linux.sigframe import (MINSIGSTKSZ, SIGINFO_SIZE, UCONTEXT_SIZE, apply_registers, build_ucontext,
+                                     read_ucontext)
 
 SIG_DFL, SIG_IGN = 0, 1
 SA_ONSTACK, SA_RESTART, SA_NODEFER, SA_RESETHAND, SA_RESTORER = 0x08000000, 0x10000000, 0x40000000, 0x80000000, 0x04000000
@@ -126,13 +127,13 @@ class Signals:
         arch = p.arch.name
         ctx = m.save_context()
         sp = m.sp
+        if arch == "x86_64":
+            sp -= 128                                   # the ABI's red zone (not on a fresh alternate stack)
         ss_sp, ss_flags, _pad, ss_size = self.altstack
         if flags & SA_ONSTACK and not ss_flags & SS_DISABLE and not ss_sp <= sp < ss_sp + ss_size:
             sp = ss_sp + ss_size
-        if arch == "x86_64":
-            sp -= 128                                   # the ABI's red zone
-        sp = (sp - 128 - UCONTEXT_SIZE[arch]) & ~15
-        info, uctx = sp, sp + 128
+        sp = (sp - SIGINFO_SIZE - UCONTEXT_SIZE[arch]) & ~15
+        info, uctx = sp, sp + SIGINFO_SIZE
         if fault is not None:
             code = FAULT_CODE.get((arch, fault.kind), 0)
             if fault.kind == "segv":
@@ -146,7 +147,7 @@ class Signals:
         # Inside an x86 syscall hook the PC is still at the `syscall`: the program resumes after it.
         resume = m.pc + m.syscall_pc_bias
         try:
-            p.user.write(info, siginfo.ljust(128, b"\0"))
+            p.user.write(info, siginfo.ljust(SIGINFO_SIZE, b"\0"))
             # the mask the handler returns to: the one rt_sigsuspend replaced, if it did
             back_to = self.mask if self.suspended_mask is None else self.suspended_mask
             p.user.write(uctx, build_ucontext(m, arch, resume, back_to, self.altstack, fault))
@@ -177,7 +178,7 @@ class Signals:
 
     def min_altstack(self) -> int:
         """MINSIGSTKSZ: the smallest alternate stack sigaltstack accepts."""
-        return 5120 if self.process.arch.name == "arm64" else 2048
+        return MINSIGSTKSZ[self.process.arch.name]
 
     def arm64_trampoline(self) -> int:
         if not self.trampoline:

@@ -10,7 +10,7 @@ from emsan.sanitizer.kasan import KasanMode
 from emsan.sanitizer.mode import Capabilities, Target
 from emsan.sanitizer.modes import register
 from emsan.sanitizer.runtime import Error
-from emsan.sanitizer.shadow import first_bad_addr, shadow_bug_type, shadow_window
+from emsan.sanitizer.shadow import accessible, first_bad_addr, shadow_bug_type, shadow_window
 
 
 @register
@@ -22,12 +22,20 @@ class GenericMode(KasanMode):
         super().__init__(target)
         if target.options.checks == "mmio":
             self.kasan.check_through_mmio(target.layout.mmio_view, target.map_memory)
+            self.report_in_engine = True        # build() may find an error no bug
         else:
             self.map_heap()
             self.kasan.check_accesses()
             self.hooks_accesses = True
 
-    def build(self, e: Error, task: Task) -> Report:
+    def build(self, e: Error, task: Task) -> Report | None:
+        if e.site is not None and not e.is_write:
+            # QEMU performs an unaligned load from MMIO as the aligned loads around it (of up to
+            # 8 bytes each): a piece that looked bad may reach past the bytes the instruction
+            # reads, and those are all accessible then.
+            found = self.arch.locate(self.machine, e.site.candidates, e.pc, e.site.regs, e.addr, False, e.size)
+            if found is not None and accessible(self.kasan.shadow_byte, found[1], found[2]):
+                return None
         return shadow_report(self, e, task)
 
 
@@ -39,7 +47,7 @@ def shadow_report(mode: KasanMode, e: Error, task: Task) -> Report:
     if e.site is not None:
         # Seen by the MMIO view: the size is that of one piece and the PC is not exact; the
         # instruction is found by decoding near the candidate PCs.
-        found = mode.arch.locate(mode.machine, e.site.candidates, e.pc, e.site.regs, e.addr, e.is_write)
+        found = mode.arch.locate(mode.machine, e.site.candidates, e.pc, e.site.regs, e.addr, e.is_write, e.size)
         if found is not None:
             pc, ea, size = found
             e = replace(e, pc=pc, addr=ea, size=size)

@@ -27,6 +27,7 @@ class KfenceMode:
     # its bookkeeping assumes every intercepted call is answered by emsan.
     caps = Capabilities(string_interceptors=False, shadow=False, reports_mmap_faults=False,
                         default_stacks="fp", shadow_call_stack=False)
+    report_in_engine = False
 
     def __init__(self, target: Target):
         self.target = target

@@ -67,7 +67,7 @@ class TagMode(KasanMode):
 
     def report_key(self, report: Report) -> tuple:
         # The same instruction meeting another memory tag is another finding (match_all_mem_tag).
-        return (report.bug_type, report.pc, report.memory_tag)
+        return super().report_key(report) + (report.memory_tag,)
 
     def stats(self) -> dict[str, int]:
         st = super().stats()
