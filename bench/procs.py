@@ -37,7 +37,7 @@ def configs(arch: str, exe: Path) -> dict[str, dict[str, list[str]]]:
     if arch == "x86_64":
         peers = {"native": [str(exe)], "qemu-user": ["qemu-x86_64", str(exe)]}
         if shutil.which("valgrind"):
-            peers["valgrind"] = ["valgrind", "-q", "--trace-children=yes", str(exe)]
+            peers["valgrind"] = ["valgrind", "-q", "--error-exitcode=0", "--trace-children=yes", str(exe)]
         return {"fork": {**peers, **emsan}, "exec": {**peers, **emsan}}
     qemu = {"qemu-user": ["qemu-aarch64", "-L", ARM64_SYSROOT, str(exe)]}
     return {"fork": {**qemu, **emsan}, "exec": emsan}

@@ -130,8 +130,6 @@ REAL = [
 def test_real_programs_that_start_others(name, cmd, stdin, mode):
     if not have(cmd[0]):
         pytest.skip(f"{cmd[0]} is not installed")
-    if name == "python-subprocess" and mode == "generic":
-        pytest.skip("python3 meets a report in libc's wcslen before it forks (issue of the string interceptors)")
     prog = shutil.which(cmd[0])
     ref = native(prog, *cmd[1:], input=stdin, env=ENV)
     got = emsan("run", "--mode", mode, "--timeout", "120", prog, *cmd[1:], input=stdin, env=ENV, timeout=200)

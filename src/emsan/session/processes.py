@@ -118,3 +118,14 @@ def die_like(sig: int) -> None:
         os.kill(os.getpid(), sig)
     except (OSError, ValueError):
         pass
+
+
+def leave(status: int) -> None:
+    """A child's end: its output flushed, then out without the interpreter's finalization (a
+    tenth of a second of tearing down modules and the engine that the process's exit does anyway)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(status & 0xFF)

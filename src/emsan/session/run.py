@@ -147,6 +147,8 @@ def run(opts: RunOptions) -> int:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
     if info.kind == "signal" and s.process.is_child:
         processes.die_like(info.signal)
+    if s.process.is_child:
+        processes.leave(info.status)
     elif info.kind == "timeout":
         print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped at {s.symbolizer.frame(s.machine.pc)}",
               file=sys.stderr)
