@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from conftest import build, emsan, have, native, source_line
+from conftest import ARM64_SYSROOT, build, emsan, have, native, source_line
 
 ENV = {"PATH": "/usr/bin:/bin"}
 MODES = ["none", "generic", "kfence"]
@@ -114,7 +114,7 @@ def test_system_matches_native(tmp_path):
 
 
 REAL = [
-    ("dash-pipeline", ["/bin/sh", "-c", "echo hi | cat; printf '%s\\n' a b | sort -r | tr a-z A-Z; (exit 3); echo $?"],
+    ("dash-pipeline", ["sh", "-c", "echo hi | cat; printf '%s\\n' a b | sort -r | tr a-z A-Z; (exit 3); echo $?"],
      None),
     ("xargs", ["xargs", "-n", "2", "echo", "x"], b"a b c d e\n"),
     ("perl-system", ["perl", "-e", 'system("echo", "from perl"); print "status $?\\n"; '
@@ -125,17 +125,55 @@ REAL = [
 ]
 
 
+def _in_root(name: str) -> str:
+    """An arm64 program of the root scripts/arm64-root.sh makes (python3 is python3.11 there)."""
+    from test_real_programs import arm64_root
+    root = arm64_root()
+    for cand in (name, name + ".11"):
+        for d in ("usr/bin", "bin"):
+            p = os.path.join(root, d, cand)
+            if os.path.exists(p):
+                return p
+    pytest.skip(f"{name} is not in the arm64 root (scripts/arm64-root.sh)")
+
+
 @pytest.mark.parametrize("mode", ["generic", "kfence"])
 @pytest.mark.parametrize("name, cmd, stdin", REAL, ids=[r[0] for r in REAL])
-def test_real_programs_that_start_others(name, cmd, stdin, mode):
-    if not have(cmd[0]):
-        pytest.skip(f"{cmd[0]} is not installed")
-    prog = shutil.which(cmd[0])
-    ref = native(prog, *cmd[1:], input=stdin, env=ENV)
-    got = emsan("run", "--mode", mode, "--timeout", "120", prog, *cmd[1:], input=stdin, env=ENV, timeout=200)
+def test_real_programs_that_start_others(arch, name, cmd, stdin, mode):
+    """Byte-identical to native (x86-64) or to qemu-aarch64 with the same root (arm64: emsan runs
+    the root's arm64 dash, cat, sort, echo...; qemu-user hands every exec to the host, which runs
+    its own: the output must not differ either way), with no report."""
+    if arch == "x86_64":
+        if not have(cmd[0]):
+            pytest.skip(f"{cmd[0]} is not installed")
+        prog, extra = shutil.which(cmd[0]), []
+        ref = native(prog, *cmd[1:], input=stdin, env=ENV)
+    else:
+        from test_real_programs import arm64_root
+        prog, extra = _in_root(cmd[0]), ["--sysroot", arm64_root()]
+        ref = native(prog, *cmd[1:], arch="arm64", input=stdin, env=ENV) if arm64_root() == ARM64_SYSROOT else \
+            _qemu(arm64_root(), prog, cmd[1:], stdin)
+    got = emsan("run", "--mode", mode, *extra, "--timeout", "120", prog, *cmd[1:], input=stdin, env=ENV,
+                timeout=200)
     assert got.stdout == ref.stdout, got.stderr.decode()[-3000:]
     assert got.returncode == ref.returncode
     assert got.stderr == ref.stderr
+    _no_reports(got)
+
+
+def _qemu(root: str, prog: str, args: list[str], stdin: bytes | None):
+    import subprocess
+    return subprocess.run(["qemu-aarch64", "-L", root, prog, *args], input=stdin, capture_output=True, timeout=120,
+                          env=ENV)
+
+
+def test_system_on_arm64_with_a_root():
+    """system() of an arm64 guest: the root's arm64 dash (and cat) under emsan."""
+    from test_real_programs import arm64_root
+    root = arm64_root()
+    exe = build("os_procs", "arm64", "dynamic")
+    got = emsan("run", "--sysroot", root, exe, "system", env=ENV)
+    assert got.stdout == b"system says 42\nsystem returned: 9\n"
     _no_reports(got)
 
 
