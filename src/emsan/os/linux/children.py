@@ -43,6 +43,12 @@ class ChildEvents:
         self.seen = False
         self.forwarded: list[int] = []
         signal.signal(signal.SIGCHLD, self.on_signal)
+        self._wake_on_signal()
+
+    def _wake_on_signal(self) -> None:
+        # Python runs a handler only between bytecodes: a signal that lands just before a poll()
+        # would wait for the next one. The C-level handler's write to the wake-up fd cannot be missed.
+        signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
 
     def on_signal(self, signum, frame) -> None:
         if signum == signal.SIGCHLD:
@@ -68,6 +74,7 @@ class ChildEvents:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.seen = False
         self.forwarded = []
+        self._wake_on_signal()
 
 
 def events(p) -> ChildEvents:
@@ -83,7 +90,8 @@ def pass_host_signals(p) -> None:
         return
     if ev.seen:
         ev.seen = False
-        p.signals.raise_signal(SIGCHLD, code=1)        # CLD_EXITED
+        if p.signals.actions.get(SIGCHLD, (0,))[0] > 1:        # a handler (not SIG_DFL, SIG_IGN)
+            p.signals.raise_signal(SIGCHLD, code=1)        # CLD_EXITED
     while ev.forwarded:
         p.signals.raise_signal(ev.forwarded.pop(0), code=0)    # SI_USER
 
@@ -102,12 +110,14 @@ def mirror(p, sig: int) -> None:
         pass
 
 
-def host_signal_interrupts(p) -> bool:
-    """After the wake-up pipe woke a blocking call: pass the host's signals to the guest; True if
-    one of them ends the call (-EINTR: a handler without SA_RESTART; with it, the call goes on and
-    the handler runs when it returns, as a restarted call would look)."""
+def host_signal_interrupts(p, drain: bool = True) -> bool:
+    """Pass the host's signals to the guest (after the wake-up pipe woke a blocking call, which
+    drains it; a wait loop drains it itself, before it looks for a child); True if one of them
+    ends the call (-EINTR: a handler without SA_RESTART; with it, the call goes on and the handler
+    runs when it returns, as a restarted call would look)."""
     from emsan.os.linux.signals import SA_RESTART
-    p.child_events.drain()
+    if drain:
+        p.child_events.drain()
     pass_host_signals(p)
     sigs = p.signals
     return any(not sigs.mask >> (s - 1) & 1 and sigs.would_interrupt(s)
@@ -120,12 +130,10 @@ def wait_for_signal(p) -> bool:
     if p.child_events is None and not p.is_child:
         return False
     ev = events(p)
-    while not p.signals.deliverable():
-        if host_signal_interrupts(p) or p.signals.deliverable():
-            break
-        if _block(p, ev) is not None:
-            break
-    return True
+    while True:
+        ev.drain()
+        if host_signal_interrupts(p, drain=False) or p.signals.deliverable() or _block(p, ev) is not None:
+            return True
 
 
 def wake_fd(p) -> int | None:
@@ -263,7 +271,7 @@ def wait4(p, pid: int, options: int, rusage: int):
                 from emsan.os.linux.structs import pack_rusage
                 p.user.write(rusage, pack_rusage(ru))
             return cpid, status
-        if host_signal_interrupts(p) or _block(p, ev) is not None:
+        if host_signal_interrupts(p, drain=False) or _block(p, ev) is not None:
             return -errno.EINTR
 
 
@@ -283,7 +291,7 @@ def waitid(p, idtype: int, ident: int, options: int):
             return -(e.errno or errno.EINVAL)
         if got is not None or options & WNOHANG:
             return got
-        if host_signal_interrupts(p) or _block(p, ev) is not None:
+        if host_signal_interrupts(p, drain=False) or _block(p, ev) is not None:
             return -errno.EINTR
 
 
