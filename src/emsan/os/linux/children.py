@@ -188,6 +188,10 @@ def _in_child(p, flags: int, stack: int, child_tid: int, tls: int, vfork_w: int)
     if p.child_events is not None:     # the parent's children and signals are not the child's
         p.child_events.renew()
     _restart_waker(p.machine)
+    sigs = p.signals                   # no pending signals and no timers are inherited (fork(2))
+    sigs.pending.clear()
+    sigs.pending_code.clear()
+    sigs.alarm_at = sigs.alarm_interval = 0.0
     _reopen_own_files({f.host for f in p.fds.values()} | {p.cwd_fd, vfork_w})
     m = p.machine
     if stack:

@@ -55,7 +55,8 @@ def sys_setpgid(p, pid, pgid, *_):
 
 @syscall("setsid")
 def sys_setsid(p, *_):
-    return os.setsid()
+    os.setsid()
+    return os.getsid(0)
 
 
 @syscall("getuid")
