@@ -15,6 +15,7 @@ command -v ld.lld >/dev/null || need+=(lld)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v g++ >/dev/null || need+=(g++)
+command -v afl-fuzz >/dev/null || need+=(afl++)
 # The real programs tests/test_real_programs.py runs (python3, coreutils, grep, sed, tar, gzip and
 # iconv come with Debian itself), and the tools tests/test_report_frames.py compares with.
 for tool in sqlite3:sqlite3 jq:jq bc:bc lua5.4:lua5.4 xz:xz-utils bzip2:bzip2 perl:perl mawk:mawk \

@@ -169,3 +169,51 @@ def test_compiler_bench_smoke(tmp_path):
     assert d["cc_stats"]["cc_reports"] == 0
     row = res["targets"]["runtime"]["x86_64/compute"]
     assert _positive(row["cc_over_bare_emu_cpu"]) and isinstance(row["met_emu_cpu"], bool)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_leaks_bench_smoke(tmp_path):
+    """bench/leaks.py on a tiny heap: emsan's scan finds every object the workload lost (and so do
+    the peers when installed); the cost of --leaks is a ratio."""
+    out = tmp_path / "leaks.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "leaks.py"), "--reps", "1", "--arch", "x86_64",
+         "--workloads", "leaky,mallocfree", "--scale", "0.002", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Leak scan at exit" in proc.stdout and "--no-leaks" in proc.stdout
+    res = json.loads(out.read_text())
+    scan, cost = res["workloads"]
+    assert scan["name"] == "leaky" and cost["name"] == "mallocfree"
+    assert scan["made_lost"] == 200                  # 2,000 objects, one in 10 dropped
+    assert scan["heap"]["leaked"] + scan["heap"]["indirect"] == scan["made_lost"]
+    assert scan["heap"]["objects"] >= 2000 and _positive(scan["emsan_scan_s"]["median"])
+    if "lsan1" in scan["configs"]:
+        assert scan["lsan_lost_objects"] == scan["valgrind_lost_objects"] == scan["made_lost"]
+    assert _positive(cost["ratio_wall"]["median"]) and len(cost["runs"]["leaks"]) == 1
+
+
+@pytest.mark.skipif(shutil.which("afl-fuzz") is None or shutil.which("afl-clang-fast") is None,
+                    reason="AFL++ is not installed")
+def test_fuzz_bench_smoke(tmp_path):
+    """bench/afl_fuzz.py: every configuration fuzzes (executions counted) and time to first crash runs."""
+    out = tmp_path / "afl_fuzz.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "afl_fuzz.py"), "--reps", "1", "--arch", "x86_64", "--seconds", "1",
+         "--crash-seconds", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "executions per second" in proc.stdout and "Time to first crash" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["schema"] == "emsan-bench-fuzz/1" and res["meta"]["arches"] == ["x86_64"]
+    configs = {row["config"] for row in res["execs"]}
+    assert configs == {"emsan none", "emsan generic", "emsan kfence", "plain Unicorn harness",
+                       "emsan generic, persistent parse()", "plain Unicorn harness, persistent",
+                       "AFL++ afl-clang-fast + ASan (native)"}
+    for row in res["execs"]:
+        assert _positive(row["execs_per_sec"]["median"]), row
+        assert _positive(row["vs_emsan_none"]["median"]) and _positive(row["vs_plain_harness"]["median"])
+    assert {r["tool"] for r in res["time_to_first_crash"]} == {"emsan generic (CmpLog)",
+                                                              "AFL++ afl-clang-fast + ASan (CmpLog)"}
+    for r in res["time_to_first_crash"]:
+        assert set(r["bugs"]) <= {"slab-out-of-bounds", "slab-use-after-free"}

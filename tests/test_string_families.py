@@ -62,7 +62,9 @@ def test_correct_use_matches_reference(arch, link, mode, tmp_path):
 @pytest.mark.parametrize("link", LINKS)
 def test_one_past_the_end_reported_at_the_caller(arch, link, tmp_path):
     exe, env = setup(arch, link, tmp_path)
-    res, reports = run_report(tmp_path / "r.json", "--continue", exe, "over", env=env, status=EXIT_REPORT)
+    # (the overflowed strings are left to the exit: leaks are not this test's subject)
+    res, reports = run_report(tmp_path / "r.json", "--continue", "--no-leaks", exe, "over", env=env,
+                              status=EXIT_REPORT)
     assert res.stdout == b"over done\n", tail(res)
     got = {}
     for r in reports:

@@ -121,8 +121,11 @@ def test_kmalloc_cache_of_a_size(size, cache):
 @pytest.mark.parametrize("name, fn", [
     ("strlen", "STRLEN"), ("__strlen_avx2", "STRLEN"), ("__memmove_avx_unaligned_erms", "MEMMOVE"),
     ("__memcpy_generic", "MEMCPY"), ("bcmp", "MEMCMP"), ("__memcmpeq_evex", "MEMCMP"), ("__stpncpy_sse2", "STPNCPY"),
-    ("strnlen", "STRNLEN"), ("__memcpy_chk", None), ("__memcpy_chk_avx", None), ("strlen_ifunc", None),
+    ("strnlen", "STRNLEN"), ("strlen_ifunc", None),
     ("strlenx", None), ("my_strlen", None),
+    # _FORTIFY_SOURCE's checked variants of the copying functions (glibc's names only)
+    ("__memcpy_chk", "MEMCPY_CHK"), ("__memmove_chk_avx_unaligned_erms", "MEMMOVE_CHK"), ("__strncat_chk", "STRNCAT_CHK"),
+    ("memcpy_chk", None), ("__strlen_chk", None), ("__wmemcpy_chk", None), ("__memcpy_chk_ifunc", None),
     # the wide family and the other narrow ones (issue 13), glibc's internal copies (__GI_), and
     # old helpers with their own signatures, which are no variants
     ("wcslen", "WCSLEN"), ("__wcsnlen_sse4_1", "WCSNLEN"), ("__wmemset_chk", None), ("wcslenx", None),

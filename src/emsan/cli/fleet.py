@@ -5,23 +5,29 @@ picks different allocations each time), then a table of each distinct bug and ho
 caught it: KFENCE's "enough total uptime across a fleet" measured on one machine.
 
 Each run is a separate `emsan run` process writing its reports as JSON; the guest's own output
-is discarded. Exit status: 99 when some run reported a bug, 0 when none did.
+is discarded. The runs go to a thread pool here or, with --scheduler, to a Dask cluster
+(emsan.cli.jobs). Exit status: 99 when some run reported a bug, 0 when none did.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from emsan.errors import EXIT_BAD_INPUT, EXIT_REPORT, EmsanError
+from emsan.cli.jobs import RunJob, internal_errors, run_jobs
+from emsan.cli.jobs import console as make_console
+from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 
 # Options of `fleet` itself, never forwarded to the runs: name -> takes a value
-OWN = {"--runs": True, "--jobs": True, "--seed": True, "--json": True, "--quiet": False}
+OWN = {"--runs": True, "--jobs": True, "--seed": True, "--json": True, "--quiet": False, "--scheduler": True}
+
+
+def add_scheduler_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the jobs on this Dask cluster (dask.distributed, e.g. tcp://host:8786) instead of "
+                        "on this machine; the program must be at the same path on every worker")
 
 
 def add_parser(sub, add_run_options) -> None:
@@ -32,6 +38,7 @@ def add_parser(sub, add_run_options) -> None:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="J",
                    help="runs at a time (default: the number of CPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_scheduler_option(p)
     add_run_options(p)
     p.set_defaults(mode="kfence")
     for a in p._actions:                  # in a fleet --seed is the first run's and --json the summary's
@@ -45,44 +52,11 @@ def add_parser(sub, add_run_options) -> None:
 
 def forwarded_options(argv: list[str], ns: argparse.Namespace) -> list[str]:
     """The run options given to `fleet`, as `emsan run` takes them."""
-    tail = 1 + len(ns.args)               # the program and its arguments end argv
-    opts = argv[:len(argv) - tail]
-    out: list[str] = []
-    i = 0
-    while i < len(opts):
-        tok = opts[i]
-        name = tok.split("=", 1)[0]
-        if tok == "fleet" and not out and i == 0:
-            pass
-        elif tok == "--":
-            pass
-        elif name in OWN:
-            if OWN[name] and "=" not in tok:
-                i += 1
-        else:
-            out.append(tok)
-        i += 1
-    if not any(t == "--mode" or t.startswith("--mode=") for t in out):
+    from emsan.cli.main import has_option, run_option_tokens
+    out = run_option_tokens(argv[:len(argv) - 1 - len(ns.args)], "fleet", OWN)
+    if not has_option(out, "--mode"):
         out = ["--mode", ns.mode, *out]
     return out
-
-
-def _one(cmd: list[str], json_path: str, timeout: float | None) -> dict:
-    t0 = time.monotonic()
-    try:
-        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           timeout=timeout)
-        status, err = p.returncode, p.stderr.decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        status, err = -1, "fleet: run timed out"
-    reports = []
-    try:
-        with open(json_path) as f:
-            reports = json.load(f).get("reports", [])
-    except (OSError, ValueError):
-        pass
-    return {"status": status, "reports": reports, "seconds": time.monotonic() - t0,
-            "internal_error": err.strip().splitlines()[-1] if status == 70 and err.strip() else None}
 
 
 def bug_key(r: dict) -> tuple[str, str]:
@@ -90,7 +64,6 @@ def bug_key(r: dict) -> tuple[str, str]:
 
 
 def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -98,34 +71,30 @@ def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
         raise EmsanError("--runs and --jobs must be at least 1", EXIT_BAD_INPUT)
     if not os.path.exists(ns.program) and "/" in ns.program:
         raise EmsanError(f"{ns.program}: no such file", EXIT_BAD_INPUT)
+    if "/" in ns.program:
+        ns.program = os.path.abspath(ns.program)        # the same path on every worker
     base_seed = ns.seed if ns.seed is not None else 1
     fwd = forwarded_options(argv, ns)
-    console = Console(stderr=True)
+    console = make_console()
     # A run that outlives twice its own --timeout is stuck in emsan itself: give up on it.
     run_timeout = 2 * ns.timeout + 30 if ns.timeout else None
     results: dict[int, dict] = {}
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="emsan-fleet-") as tmp:
-        jobs = {}
-        with ThreadPoolExecutor(max_workers=ns.jobs) as pool, \
-                Progress(TextColumn("[bold]fleet[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                         TextColumn("{task.fields[bugs]} runs with bugs"), TimeElapsedColumn(),
-                         console=console, disable=ns.quiet) as progress:
-            task = progress.add_task(os.path.basename(ns.program), total=ns.runs, bugs=0)
-            for i in range(ns.runs):
-                seed = base_seed + i
-                jp = os.path.join(tmp, f"run{i}.json")
-                cmd = [sys.executable, "-m", "emsan", "run", *fwd, "--seed", str(seed), "--json", jp,
-                       ns.program, *ns.args]
-                jobs[pool.submit(_one, cmd, jp, run_timeout)] = (i, seed)
-            with_bugs = 0
-            for fut in as_completed(jobs):
-                i, seed = jobs[fut]
-                res = fut.result()
-                res["seed"] = seed
-                results[i] = res
-                with_bugs += bool(res["reports"])
-                progress.update(task, advance=1, bugs=with_bugs)
+    jobs = [RunJob([*fwd, "--seed", str(base_seed + i)], ns.program, ns.args, timeout=run_timeout)
+            for i in range(ns.runs)]
+    with Progress(TextColumn("[bold]fleet[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[bugs]} runs with bugs"), TimeElapsedColumn(),
+                  console=console, disable=ns.quiet) as progress:
+        task = progress.add_task(os.path.basename(ns.program), total=ns.runs, bugs=0)
+        with_bugs = 0
+
+        def done(i: int, res: dict) -> None:
+            nonlocal with_bugs
+            res["seed"] = base_seed + i
+            results[i] = res
+            with_bugs += bool(res["reports"])
+            progress.update(task, advance=1, bugs=with_bugs)
+        run_jobs(jobs, ns.jobs, ns.scheduler, done)
     wall = time.monotonic() - t0
 
     bugs: dict[tuple[str, str], dict] = {}
@@ -157,10 +126,9 @@ def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
         table.add_row("(no bug found)", "", "0", "0.0%", "")
     console.print(table)
     console.print("runs: " + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items())) + f"; {wall:.1f} s wall")
-    for res in results.values():
-        if res["internal_error"]:
-            console.print(f"seed {res['seed']}: {res['internal_error']}", markup=False)
-            break
+    failed = internal_errors(list(results.values()))
+    if failed:
+        print(failed, file=sys.stderr)
 
     if ns.json_path:
         summary = {"tool": "emsan", "command": "fleet", "program": ns.program, "args": ns.args,
@@ -169,7 +137,8 @@ def run_fleet(argv: list[str], ns: argparse.Namespace) -> int:
                    "bugs": [{k: v for k, v in b.items()} for b in sorted(bugs.values(), key=lambda b: -b["runs"])],
                    "per_run": [{"seed": results[i]["seed"], "status": results[i]["status"],
                                 "bugs": [list(bug_key(r)) for r in results[i]["reports"]],
-                                "seconds": round(results[i]["seconds"], 3)} for i in sorted(results)]}
+                                "seconds": round(results[i]["seconds"], 3), "runner": results[i]["runner"]}
+                               for i in sorted(results)]}
         with open(ns.json_path, "w") as f:
             json.dump(summary, f, indent=2)
-    return EXIT_REPORT if bugs else 0
+    return EXIT_INTERNAL if failed else EXIT_REPORT if bugs else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable
 
 from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_REPORT, EmsanError
 from emsan.session.options import RunOptions
@@ -74,6 +75,30 @@ def _seconds(text: str) -> float:
     return v
 
 
+def run_option_tokens(head: list[str], command: str, own: dict[str, bool], positional=()) -> list[str]:
+    """The `emsan run` options among the tokens before a fleet/fuzz/triage's program: everything
+    but the command's own options (name -> takes a value), its positionals and `--`."""
+    out: list[str] = []
+    i = 0
+    while i < len(head):
+        tok = head[i]
+        name = tok.split("=", 1)[0]
+        if (i == 0 and tok == command) or tok == "--" or tok in positional:
+            pass
+        elif name in own:
+            if own[name] and "=" not in tok:
+                i += 1
+        else:
+            out.append(tok)
+        i += 1
+    return out
+
+
+def has_option(tokens: list[str], name: str) -> bool:
+    """Is option `name` (--seed) among the tokens, as `--seed N` or `--seed=N`?"""
+    return any(t == name or t.startswith(name + "=") for t in tokens)
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=ModeNames(), default="generic", metavar="MODE",
                    help="sanitizer mode: %(choices)s (default: generic; compiler-assisted for a program built "
@@ -88,6 +113,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="seed for guest randomness (AT_RANDOM, getrandom), sampling and tags")
     p.add_argument("--trace-syscalls", action="store_true", help="print each system call on stderr")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="also write reports as JSON to FILE")
+    p.add_argument("--sarif", dest="sarif_path", metavar="FILE",
+                   help="also write reports as a SARIF 2.1.0 log to FILE (code-scanning dashboards)")
     p.add_argument("--error-exitcode", type=_integer(0, 255), default=EXIT_REPORT,
                    help=f"exit status after a report: when it stops the run, or with --continue when the "
                         f"guest exits after one (default {EXIT_REPORT})")
@@ -95,6 +122,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="keep running after a report (each distinct bug is reported once)")
     p.add_argument("--quarantine-size", type=_size, default=256 << 20, metavar="BYTES",
                    help="bytes of freed objects kept poisoned before reuse (default 256M)")
+    p.add_argument("--allocator-errors", choices=("report", "null"), default="report",
+                   help="KASAN modes: report an allocation the allocator refuses (size too big, overflow, "
+                        "invalid alignment, out of memory) as ASan does (default), or only fail it as the C "
+                        "library does (NULL and errno, std::bad_alloc)")
     p.add_argument("--stats", action="store_true", help="print sanitizer statistics at exit")
     p.add_argument("--shadow", choices=("per-page", "full"), default="per-page",
                    help="shadow pages shared where nothing needs its own (default), or private wherever written")
@@ -112,6 +143,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stacks", choices=("auto", "fp", "cfi", "scs", "x18", "none"), default="auto",
                    help="allocation/free stack collector (default: auto, the cheapest complete one)")
     p.add_argument("--no-depot", action="store_true", help="store every stack trace separately (no dedup)")
+    p.add_argument("--leaks", action="store_true", default=None,
+                   help="find leaks when the guest ends, as kmemleak does (default: on in every mode with "
+                        "emsan's allocator, i.e. all but kfence)")
+    p.add_argument("--no-leaks", dest="leaks", action="store_false", help="no leak scan")
+    p.add_argument("--suppress", metavar="FILE", help="leak suppressions, LeakSanitizer's leak:PATTERN lines")
+    p.add_argument("--leaks-scan-every", type=_positive, default=0, metavar="N",
+                   help="also scan for leaks every N guest instructions (only new leaks are reported)")
+    p.add_argument("--leaks-ignore-before-main", action="store_true",
+                   help="objects allocated before main() are never leaks")
     p.add_argument("--shadow-limit", type=_size, metavar="BYTES",
                    help="private shadow emsan may use before it stops the run (default and most: 4G)")
     p.add_argument("--no-follow-exec", dest="follow_exec", action="store_false",
@@ -154,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(run_p)
     run_p.add_argument("program", help="the ELF executable (searched in PATH if it has no slash)")
     run_p.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
-    from emsan.cli import fleet
+    from emsan.cli import fleet, fuzz, triage
     fleet.add_parser(sub, add_run_options)
+    fuzz.add_parser(sub, add_run_options)
+    triage.add_parser(sub, add_run_options, fleet.add_scheduler_option)
     cf = sub.add_parser("cflags", help="print the clang flags of compiler-assisted mode: clang $(emsan cflags) ...")
     cf.add_argument("--arch", choices=("x86_64", "arm64"), help="the guest's architecture (default: the host's)")
     cf.add_argument("--outline", action="store_true",
@@ -167,11 +209,15 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
     return RunOptions(program=ns.program, args=ns.args, env_set=dict(ns.env), env_unset=ns.unset_env,
                       sysroot=ns.sysroot, mode=ns.mode, timeout=ns.timeout, max_instructions=ns.max_instructions,
                       seed=ns.seed, trace_syscalls=ns.trace_syscalls, json_path=ns.json_path,
+                      sarif_path=ns.sarif_path,
                       error_exitcode=ns.error_exitcode, keep_going=ns.keep_going,
-                      quarantine_size=ns.quarantine_size, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
+                      quarantine_size=ns.quarantine_size, allocator_errors=ns.allocator_errors, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,
                       kfence_objects=ns.kfence_objects, sample_interval=ns.sample_interval,
                       sample_instructions=ns.sample_instructions,
-                      stacks=ns.stacks, no_depot=ns.no_depot, shadow_limit=ns.shadow_limit,
+                      stacks=ns.stacks, no_depot=ns.no_depot, leaks=True if ns.leaks_scan_every else ns.leaks,
+                      suppress=ns.suppress, leaks_scan_every=ns.leaks_scan_every,
+                      leaks_ignore_before_main=ns.leaks_ignore_before_main,
+                      shadow_limit=ns.shadow_limit,
                       follow_exec=ns.follow_exec, argv0=ns.argv0, env_fd=ns.env_fd, guest_fds=ns.guest_fds,
                       log_fd=ns.log_fd, signals=ns.signals, is_child=ns.is_child, json_base=ns.json_base,
                       json_append=ns.json_append)
@@ -207,36 +253,53 @@ class LossyStream:
         return getattr(self.stream, name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    if not isinstance(sys.stderr, LossyStream):
-        sys.stderr = LossyStream(sys.stderr)
-    ns = build_parser().parse_args(argv)
+def guarded(body: Callable[[], int]) -> int:
+    """body()'s exit status, or the status of how it failed: bad input (one line, its own status),
+    an interrupt, or a bug in emsan (one `emsan: internal error` line, the traceback only with
+    EMSAN_DEBUG=1)."""
     try:
-        if ns.command == "run":
-            from emsan.session.run import run
-            opts = run_options(ns)
-            if opts.log_fd is not None:
-                sys.stderr = LossyStream(os.fdopen(opts.log_fd, "w", buffering=1))
-                os.set_inheritable(opts.log_fd, False)
-            if not opts.json_append:
-                opts.check_outputs()
-            return run(opts)
-        if ns.command == "cflags":
-            from emsan.runtime import cflags
-            print(" ".join(cflags(ns.arch, ns.outline)))
-            return 0
-        if ns.command == "fleet":
-            from emsan.cli.fleet import run_fleet
-            return run_fleet(list(sys.argv[1:] if argv is None else argv), ns)
+        return body()
     except EmsanError as e:
         print(f"emsan: {one_line(str(e))}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # a bug in emsan: one line, the traceback only on request
+    except Exception as e:  # a bug in emsan
         if os.environ.get("EMSAN_DEBUG"):
             raise
         print(f"emsan: internal error: {type(e).__name__}: {one_line(str(e))} (set EMSAN_DEBUG=1 for a traceback)",
               file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    if not isinstance(sys.stderr, LossyStream):
+        sys.stderr = LossyStream(sys.stderr)
+    ns = build_parser().parse_args(argv)
+    return guarded(lambda: command(ns, list(sys.argv[1:] if argv is None else argv)))
+
+
+def command(ns: argparse.Namespace, argv: list[str]) -> int:
+    if ns.command == "run":
+        from emsan.session.run import run
+        opts = run_options(ns)
+        if opts.log_fd is not None:           # an image after a guest's execve (session/processes.py)
+            sys.stderr = LossyStream(os.fdopen(opts.log_fd, "w", buffering=1))
+            os.set_inheritable(opts.log_fd, False)
+        if not opts.json_append:
+            opts.check_outputs()
+        return run(opts)
+    if ns.command == "cflags":
+        from emsan.runtime import cflags
+        print(" ".join(cflags(ns.arch, ns.outline)))
+        return 0
+    if ns.command == "fleet":
+        from emsan.cli.fleet import run_fleet
+        return run_fleet(argv, ns)
+    if ns.command == "fuzz":
+        from emsan.cli.fuzz import run_fuzz
+        return run_fuzz(argv, ns)
+    if ns.command == "triage":
+        from emsan.cli.triage import run_triage
+        return run_triage(argv, ns)
     return EXIT_BAD_INPUT

@@ -116,6 +116,8 @@ class Machine:
         self._val = ctypes.c_uint64()
         self._pval = ctypes.byref(self._val)
         self._keep: list = []            # callbacks and buffers Unicorn points at
+        self.snapshotted = False         # a memory snapshot exists (see snapshot())
+        self._intr_hooked = False        # arm64: an interrupt hook of emsan's exists
         self.fault: MachineFault | None = None
         self.stop_reason: str | None = None   # set by whoever calls stop()
         # handler(pc) for an undefined instruction, True when it emulated it (see emulate_undefined)
@@ -135,16 +137,21 @@ class Machine:
     def _setup_arm64(self) -> None:
         uc = self.uc
         uc.ctl_set_cpu_model(arm64_const.UC_CPU_ARM64_MAX)
-        # QEMU believes EL1 is AArch32 until SCR_EL3.RW and HCR_EL2.RW say otherwise, and then
-        # silently ignores TCR_EL1.TBI0 (found by experiment with the pinned Unicorn). Top-Byte-Ignore is on
-        # for every arm64 guest, as on Linux.
+        self.top_byte_ignore()                  # on for every arm64 guest, as on Linux
+        uc.reg_write(arm64_const.UC_ARM64_REG_CPACR_EL1, 3 << 20)
+
+    def top_byte_ignore(self) -> None:
+        """arm64: the MMU ignores an address's top byte (TBI), where pointer tags live; also for
+        an engine a harness made (with or without its MMU on). QEMU believes EL1 is AArch32 until
+        SCR_EL3.RW and HCR_EL2.RW say otherwise, and then silently ignores TCR_EL1.TBI0 (found by
+        experiment with the pinned Unicorn)."""
+        uc = self.uc
         uc.cpr_write(3, 6, 1, 1, 0, 0x401)      # SCR_EL3 = NS | RW
         uc.cpr_write(3, 4, 1, 1, 0, 1 << 31)    # HCR_EL2.RW
         # TBI1 as well: user code never reaches the upper half, and with both bits emsan's engine
         # strips a tag with one sign extension per access instead of a compare and select
         # (engine/patches/003; measured in bench/README.md, "Engine").
-        uc.cpr_write(3, 0, 2, 0, 2, (1 << 37) | (1 << 38))    # TCR_EL1.TBI0 | TBI1
-        uc.reg_write(arm64_const.UC_ARM64_REG_CPACR_EL1, 3 << 20)
+        uc.cpr_write(3, 0, 2, 0, 2, uc.cpr_read(3, 0, 2, 0, 2) | 1 << 37 | 1 << 38)    # TCR_EL1.TBI0 | TBI1
 
     # --- registers (C API, no binding wrappers) -------------------------------------------
     def reg(self, name: str) -> int:
@@ -251,7 +258,22 @@ class Machine:
         return bytes(out)
 
     def map(self, addr: int, size: int, prot: int) -> None:
-        self.uc.mem_map(addr, size, prot)
+        if not self.snapshotted:
+            self.uc.mem_map(addr, size, prot)
+            return
+        # Pages an unmap left in the engine (see unmap()) are used again, zeroed as new ones are.
+        end = addr + size
+        for lo, last, _ in sorted(self.uc.mem_regions()):
+            lo, hi = max(lo, addr), min(last + 1, end)
+            if lo >= hi:
+                continue
+            if addr < lo:
+                self.uc.mem_map(addr, lo - addr, prot)
+            for a in range(lo, hi, 1 << 20):
+                self.uc.mem_write(a, bytes(min(1 << 20, hi - a)))
+            addr = hi
+        if addr < end:
+            self.uc.mem_map(addr, end - addr, prot)
 
     def map_ptr(self, addr: int, size: int, prot: int, host_ptr: int) -> None:
         """Map host memory the caller owns (and keeps alive) at guest physical `addr`."""
@@ -271,10 +293,17 @@ class Machine:
         self._keep.append((read_cfunc, write_cfunc, user_data))
 
     def unmap(self, addr: int, size: int) -> None:
-        self.uc.mem_unmap(addr, size)
+        # Under a memory snapshot Unicorn can unmap only whole regions, and one mapped since the
+        # snapshot and unmapped comes back when it is restored, where it may collide with the
+        # region it was split from. The pages stay until the restore drops them (the guest's
+        # memory map, not the engine, says what is mapped; a use after munmap goes unnoticed).
+        if not self.snapshotted:
+            self.uc.mem_unmap(addr, size)
 
     def protect(self, addr: int, size: int, prot: int) -> None:
-        self.uc.mem_protect(addr, size, prot)
+        # Unicorn refuses to change protections under a memory snapshot: they stay as they were.
+        if not self.snapshotted:
+            self.uc.mem_protect(addr, size, prot)
 
     # --- hooks --------------------------------------------------------------------------------
     def hook(self, htype: int, cb: Callable, begin: int = 1, end: int = 0, arg1: int = 0) -> int:
@@ -310,6 +339,10 @@ class Machine:
             cb()
         box.append(self.hook(uconst.UC_HOOK_CODE, fire, addr, addr))
 
+    def hook_code(self, addr: int, cb: Callable[[], None]) -> int:
+        """A Python callback every time the instruction at `addr` runs."""
+        return self.hook(uconst.UC_HOOK_CODE, lambda uc, address, size, ud: cb(), addr, addr)
+
     def use_virtual_tlb(self, fill_cfunc, user_data) -> int:
         """Switch to Unicorn's virtual-TLB mode, with a C UC_HOOK_TLB_FILL callback choosing each
         page's physical address (memory and PROT hooks then see physical addresses). With a guest
@@ -340,6 +373,7 @@ class Machine:
             self.hook(uconst.UC_HOOK_INSN, lambda uc, ud: self._x86_syscall(cb), arg1=x86_const.UC_X86_INS_SYSCALL)
             self.hook(uconst.UC_HOOK_INTR, self._x86_intr)
         else:
+            self._intr_hooked = True
             self.hook(uconst.UC_HOOK_INTR, lambda uc, intno, ud: self._arm64_intr(intno, cb))
         self.hook(uconst.UC_HOOK_MEM_INVALID, self._mem_invalid)
         self.hook(uconst.UC_HOOK_INSN_INVALID, self._insn_invalid)
@@ -370,13 +404,20 @@ class Machine:
         """handler(pc) runs when the guest executes an instruction the engine does not implement
         (arm64: MTE's); it returns True when it did the instruction's work and advanced the PC."""
         self._undefined_handler = handler
+        if self.arch == "arm64" and not self._intr_hooked:
+            # A harness's engine, whose interrupts are the harness's: only undefined instructions
+            # are looked at (one not emulated stops the engine with a fault, as with no hook).
+            self._intr_hooked = True
+            self.hook(uconst.UC_HOOK_INTR, lambda uc, intno, ud: self._arm64_intr(intno, None))
 
-    def _arm64_intr(self, intno: int, syscall_cb: Callable[[], None]) -> None:
-        if intno == self._ARM64_SVC:
+    def _arm64_intr(self, intno: int, syscall_cb: Callable[[], None] | None) -> None:
+        if intno == self._ARM64_SVC and syscall_cb is not None:
             syscall_cb()
             return
         handler = self._undefined_handler
         if intno == self._ARM64_UDEF and handler is not None and handler(self.pc):
+            return
+        if syscall_cb is None and intno != self._ARM64_UDEF:
             return
         self.fault = MachineFault(self._ARM64_INTR.get(intno, "ill"), self.pc)
         self.stop("fault")
@@ -463,6 +504,31 @@ class Machine:
 
     def restore_context(self, ctx) -> None:
         self.uc.context_restore(ctx)
+
+    def snapshot(self):
+        """Registers and guest memory as they are now, for restore_snapshot() to go back to (a
+        persistent fuzzing loop): the engine's copy-on-write memory snapshot. From now on the
+        first write to a page gives it a private copy, also for memory mapped from a host buffer,
+        which then no longer holds what the guest sees (sanitizer modes know: Mode.checkpoint).
+        Unmapping and protection changes are not made in the engine from then on (unmap())."""
+        self._context_mode(uconst.UC_CTL_CONTEXT_CPU | uconst.UC_CTL_CONTEXT_MEMORY)
+        try:
+            snap = self.uc.context_save()
+        finally:
+            self._context_mode(uconst.UC_CTL_CONTEXT_CPU)
+        self.snapshotted = True
+        return snap
+
+    def restore_snapshot(self, snap) -> None:
+        self._context_mode(uconst.UC_CTL_CONTEXT_CPU | uconst.UC_CTL_CONTEXT_MEMORY)
+        try:
+            self.uc.context_restore(snap)
+        finally:
+            self._context_mode(uconst.UC_CTL_CONTEXT_CPU)
+
+    def _context_mode(self, what: int) -> None:
+        """What context_save/context_restore cover (an engine-wide setting, read by both)."""
+        self.uc.ctl(uconst.UC_CTL_CONTEXT_MODE, uconst.UC_CTL_IO_WRITE, ctypes.c_int(what))
 
     def pc_recovery(self) -> tuple[int, int] | None:
         """Addresses of the QEMU internals that map a host address in translated code back to a

@@ -45,6 +45,15 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_DELETE 20
 #define EMSAN_FN_DELETE_ARRAY 21
 #define EMSAN_FN_TAG_MEMORY 22
+/* C++14 sized and C++17 aligned deallocation: the size and alignment they pass are checked */
+#define EMSAN_FN_DELETE_SIZED 23
+#define EMSAN_FN_DELETE_ARRAY_SIZED 24
+#define EMSAN_FN_DELETE_ALIGNED 25
+#define EMSAN_FN_DELETE_ARRAY_ALIGNED 26
+#define EMSAN_FN_DELETE_SIZED_ALIGNED 27
+#define EMSAN_FN_DELETE_ARRAY_SIZED_ALIGNED 28
+/* memalign and aligned_alloc at one entry (glibc before 2.38 aliases them): memalign's rules */
+#define EMSAN_FN_MEMALIGN_OR_ALIGNED_ALLOC 29
 #define EMSAN_FN_STRLEN 40
 #define EMSAN_FN_STRNLEN 41
 #define EMSAN_FN_STRCHR 42
@@ -96,6 +105,17 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_STRNCASECMP 86
 #define EMSAN_FN_STRDUP 87
 #define EMSAN_FN_STRNDUP 88
+/* _FORTIFY_SOURCE's checked variants of those (fortify.c): (..., size_t destlen) */
+#define EMSAN_FN_MEMCPY_CHK 90
+#define EMSAN_FN_MEMMOVE_CHK 91
+#define EMSAN_FN_MEMPCPY_CHK 92
+#define EMSAN_FN_MEMSET_CHK 93
+#define EMSAN_FN_STRCPY_CHK 94
+#define EMSAN_FN_STPCPY_CHK 95
+#define EMSAN_FN_STRNCPY_CHK 96
+#define EMSAN_FN_STPNCPY_CHK 97
+#define EMSAN_FN_STRCAT_CHK 98
+#define EMSAN_FN_STRNCAT_CHK 99
 
 /* Allocation families, for alloc-dealloc-mismatch. */
 #define EMSAN_KIND_MALLOC 0
@@ -128,6 +148,23 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_ERR_KFENCE_CORRUPTION 7
 #define EMSAN_ERR_KFENCE_INVALID 8
 #define EMSAN_ERR_KFENCE_INVALID_FREE 9
+/* KASAN's allocator: a request it refuses (kind: EMSAN_ALLOCERR_*; size, count, align: what
+ * was asked), and a sized or aligned delete of another size or alignment than the object's
+ * (size, align: what the delete passed, 0 when it passes none). */
+#define EMSAN_ERR_ALLOC 10
+#define EMSAN_ERR_DELETE_MISMATCH 11
+
+/* Why an allocation is refused (ASan's bug types, which tell them apart). */
+#define EMSAN_ALLOCERR_SIZE 1                /* allocation-size-too-big */
+#define EMSAN_ALLOCERR_CALLOC_OVERFLOW 2     /* calloc-overflow */
+#define EMSAN_ALLOCERR_REALLOCARRAY_OVERFLOW 3
+#define EMSAN_ALLOCERR_PVALLOC_OVERFLOW 4
+#define EMSAN_ALLOCERR_ALIGNMENT 5           /* invalid-allocation-alignment (memalign, aligned new) */
+#define EMSAN_ALLOCERR_ALIGNED_ALLOC 6       /* invalid-aligned-alloc-alignment */
+#define EMSAN_ALLOCERR_POSIX_MEMALIGN 7      /* invalid-posix-memalign-alignment */
+#define EMSAN_ALLOCERR_OOM 8                 /* out-of-memory: the heap or the guest's limit is exhausted */
+/* The largest request the allocator accepts (ASan's kMaxAllowedMallocSize on 64-bit targets). */
+#define EMSAN_MAX_ALLOCATION 0x10000000000
 
 /* An access seen without its exact PC (an MMIO callback, --checks mmio): the registers when it
  * was made, which locate the instruction, and the PCs QEMU recovers near it. */
@@ -162,7 +199,11 @@ typedef struct emsan_error {
     uint64_t pc;            /* the access; frees: the allocator's entry (KFENCE: the caller) */
     uint32_t stack;         /* depot handle of the access (or free) stack */
     int fn;                 /* the function emsan stood in for (frees, interceptors), 0 for accesses */
-    int kind;               /* family of the deallocation used (mismatch) */
+    int kind;               /* family of the deallocation used (mismatch); EMSAN_ALLOCERR_* */
+    uint64_t count;         /* allocation errors: calloc's and reallocarray's count (size: the
+                             * element's); out of memory: the bytes the guest's limits leave
+                             * the heap (0: no limit), addr: the bytes it holds */
+    uint64_t align;         /* alignment asked for (allocations) or passed (aligned delete) */
     emsan_access_site site;
     emsan_kfence_object kfence;
 } emsan_error;
@@ -241,6 +282,7 @@ typedef struct emsan_obj_info {
     uint64_t start;
     uint64_t size;         /* requested size (tag modes: the ring's allocation's, else the cache size) */
     uint64_t cache_size;   /* size class ("kmalloc-N") */
+    uint64_t align;        /* alignment an aligned operator new asked for, 0 for the others */
     uint32_t alloc_stack;  /* 0: none */
     uint32_t free_stack;
     /* tag modes: the first granule of the access whose tag does not match, its memory tag
@@ -275,6 +317,11 @@ typedef struct emsan_kasan emsan_kasan;
 emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, uint64_t size, uint64_t quarantine_bytes,
                              uint64_t seed);
 void emsan_kasan_destroy(emsan_kasan *k);
+/* Allocation errors (EMSAN_ERR_ALLOC) reported (1, the default) or not (0); either way the call
+ * then fails as the guest's C library makes it fail. */
+void emsan_kasan_set_allocator_errors(emsan_kasan *k, int report);
+/* Bytes of live objects the guest's resource limits leave the heap (~0: no limit). */
+void emsan_kasan_set_budget(emsan_kasan *k, uint64_t bytes);
 /* Hook user data for a function emsan stands in for (emsan_kasan_entry_cb), NULL if none. */
 void *emsan_kasan_entry(emsan_kasan *k, int fn);
 void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);
@@ -287,6 +334,11 @@ int emsan_kasan_check_range(emsan_kasan *k, uint64_t addr, uint64_t size, int is
 void emsan_kasan_add_tolerant_range(emsan_kasan *k, uint64_t lo, uint64_t hi);
 int emsan_kasan_describe(emsan_kasan *k, uint64_t addr, uint64_t size, emsan_obj_info *out);
 void emsan_kasan_get_stats(emsan_kasan *k, emsan_kasan_stats *out);
+/* A persistent fuzzing loop (checkpoint.c): save the allocator's state, go back to it after each
+ * input; and a new random stream (the tags) for each input. */
+void emsan_kasan_checkpoint(emsan_kasan *k);
+void emsan_kasan_rollback(emsan_kasan *k);
+void emsan_kasan_reseed(emsan_kasan *k, uint64_t seed);
 
 /* Shadow (generic encoding, one byte per 8 bytes, per-page; shadow.c). */
 void emsan_shadow_full(emsan_kasan *k);
@@ -306,6 +358,9 @@ _Bool emsan_shadow_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void 
 /* 1 if [addr, addr+size) is poisoned now; 0 if a guest check failed on a stale mapping. */
 int emsan_shadow_recheck(emsan_kasan *k, uint64_t addr, uint64_t size);
 
+/* The host memory behind the heap (emsan's), to be mapped at the heap's guest address. */
+void *emsan_kasan_heap_memory(emsan_kasan *k);
+
 /* --checks mmio (mmio.c): the heap checked through an MMIO view instead of a memory hook.
  * Returns the host memory behind the heap, to be mapped at the heap's guest address. */
 void *emsan_mmio_init(emsan_kasan *k, uint64_t view_pa);
@@ -315,6 +370,9 @@ void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, 
 /* QEMU internals of the pinned libunicorn (qemu_get_cpu_<arch>, cpu_restore_state_<arch>) that
  * recover the exact PC of an access seen in an MMIO callback. */
 void emsan_mmio_set_pc_recovery(emsan_kasan *k, void *get_cpu, void *restore);
+/* on: guest memory is copy-on-write now (the engine keeps a snapshot); the checking view then
+ * goes through the engine to the heap's current copy. */
+void emsan_mmio_copy_on_write(emsan_kasan *k, int on);
 
 /* Tag-based modes (tags.c, mte.c). */
 int emsan_tag_at(emsan_kasan *k, uint64_t addr);
@@ -349,6 +407,11 @@ void *emsan_kfence_entry(emsan_kfence *k, int fn);
 void emsan_kfence_get_stats(emsan_kfence *k, emsan_kfence_stats *out);
 int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr);
 int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t size, int is_write);
+/* A persistent fuzzing loop: save the pool's state, go back to it after each input; and a new
+ * sampling stream for each input. */
+void emsan_kfence_checkpoint(emsan_kfence *k);
+void emsan_kfence_rollback(emsan_kfence *k);
+void emsan_kfence_reseed(emsan_kfence *k, uint64_t seed);
 /* Unicorn callbacks: UC_HOOK_TLB_FILL, UC_HOOK_CODE at allocator entries, UC_HOOK_BLOCK. */
 _Bool emsan_kfence_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 void emsan_kfence_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud);
@@ -386,6 +449,63 @@ void emsan_cc_report_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_cc_globals_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_cc_no_return_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 
+/* ---- leak detection (kmemleak.c): kmemleak's scan over emsan's heap, for the KASAN modes ---- */
+typedef struct emsan_leaks emsan_leaks;
+
+/* Leaked objects of one allocation stack, found by the last scan and not reported before. */
+typedef struct emsan_leak_group {
+    uint32_t stack;            /* allocation stack (depot handle) */
+    uint32_t id;               /* index, for emsan_leaks_members() */
+    int indirect;              /* 1: reachable only from other leaked objects */
+    uint64_t count;            /* objects */
+    uint64_t bytes;            /* their requested sizes */
+    uint64_t indirect_count;   /* direct groups: objects reachable only through these */
+    uint64_t indirect_bytes;
+    uint64_t before_main;      /* objects allocated before main started */
+    uint64_t addr;             /* the first object allocated (the guest's pointer: tagged in tag modes) */
+    uint64_t size;
+    uint64_t first_seq;        /* its allocation number */
+    uint64_t jiffies;          /* its allocation time: ms since the scanner started */
+    uint32_t nhead;            /* its first bytes (at most 32) */
+    uint8_t head[32];
+} emsan_leak_group;
+
+typedef struct emsan_leak_stats {
+    uint64_t scans;
+    uint64_t objects;          /* live objects (last scan) */
+    uint64_t root_bytes;       /* guest memory scanned as roots (last scan) */
+    uint64_t object_bytes;     /* object memory scanned (last scan) */
+    uint64_t leaked;           /* new direct leaks, objects and bytes (last scan) */
+    uint64_t leaked_bytes;
+    uint64_t indirect;         /* new indirect leaks (last scan) */
+    uint64_t indirect_bytes;
+    uint64_t scan_ns;          /* last scan: wall time */
+    uint64_t scan_cpu_ns;      /* ... and the CPU time of emsan's thread */
+    uint64_t total_scan_ns;
+    uint64_t now_jiffies;      /* ms since the scanner started */
+} emsan_leak_stats;
+
+/* Objects allocated before main are roots (not reported). */
+#define EMSAN_LEAKS_IGNORE_BEFORE_MAIN 1
+
+/* The scanner of a KASAN heap (owned by it); allocation times count from now. */
+emsan_leaks *emsan_leaks_new(emsan_kasan *k);
+/* main() starts: allocations from now on are not "before main". */
+void emsan_leaks_main_started(emsan_leaks *l);
+/* Objects allocated by code in [lo, hi) (their first frame) are roots. */
+void emsan_leaks_ignore_callers(emsan_leaks *l, uint64_t lo, uint64_t hi);
+/* One scan. ranges: nranges pairs lo, hi of guest memory; words: register values. Returns the
+ * number of groups of new leaks (direct first, largest total first). */
+size_t emsan_leaks_scan(emsan_leaks *l, const uint64_t *ranges, size_t nranges, const uint64_t *words,
+                        size_t nwords, int flags);
+size_t emsan_leaks_groups(emsan_leaks *l, emsan_leak_group *out, size_t max);
+size_t emsan_leaks_members(emsan_leaks *l, size_t group, uint64_t *addrs, uint64_t *sizes, size_t max);
+void emsan_leaks_get_stats(emsan_leaks *l, emsan_leak_stats *out);
+/* Scans during the run: the block hook (user data: the scanner) stops the engine every
+ * `insns` guest instructions (code bytes / 4); emsan_leaks_take_due() says a scan is due. */
+void emsan_leaks_scan_every(emsan_leaks *l, uint64_t insns);
+void emsan_leaks_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+int emsan_leaks_take_due(emsan_leaks *l);
 /* ---- the guest's page table (vmem.c, machine/vmem.py): protections the engine's TLB fill reads ---- */
 typedef struct emsan_vm emsan_vm;
 #define EMSAN_VM_PRESENT 8
@@ -403,3 +523,17 @@ void emsan_tick_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 /* ---- resource exhaustion (exhaust.c): what emsan's native state ran out of, or NULL ---- */
 const char *emsan_exhausted(void);
 void emsan_shadow_set_limit(emsan_kasan *k, uint64_t pages);
+
+/* ---- AFL++ target side: fork server, coverage, CompCov, shared translations (afl.c) ---- */
+struct emsan_afl;
+struct emsan_afl *emsan_afl_new(void *uc, uint32_t ctl_request_cache);
+int emsan_afl_has_afl(struct emsan_afl *a);
+int emsan_afl_cmplog(struct emsan_afl *a);
+uint64_t emsan_afl_cached(struct emsan_afl *a);
+uint8_t *emsan_afl_map(struct emsan_afl *a);
+int emsan_afl_cover(struct emsan_afl *a, int block_type, uint64_t begin, uint64_t end);
+int emsan_afl_compcov(struct emsan_afl *a, int opcode_type, int op, int flags, uint64_t begin, uint64_t end);
+int emsan_afl_share_cache(struct emsan_afl *a, int edge_type);
+const uint8_t *emsan_afl_input(struct emsan_afl *a, uint32_t *len);
+int emsan_afl_serve(struct emsan_afl *a);
+int emsan_afl_next(struct emsan_afl *a);

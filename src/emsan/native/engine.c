@@ -8,8 +8,6 @@
 
 emsan_api emsan_uc;
 
-typedef int (*engine_hook_add_fn)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
-
 EXPORT void emsan_set_api(const emsan_api *a) { emsan_uc = *a; }
 
 EXPORT int emsan_hook_add(void *uc, size_t *hh, int type, void *cb, void *ud, uint64_t begin, uint64_t end)

@@ -45,6 +45,10 @@ typedef int (*engine_mem_read_fn)(void *, uint64_t, void *, size_t);
 typedef int (*engine_mem_write_fn)(void *, uint64_t, const void *, size_t);
 typedef int (*engine_emu_stop_fn)(void *);
 typedef int (*engine_ctl_fn)(void *, int, ...);
+typedef int (*engine_hook_add_fn)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
+
+/* uc_tb: the translation block a UC_HOOK_EDGE_GENERATED callback is given. */
+typedef struct engine_tb { uint64_t pc; uint16_t icount; uint16_t size; } engine_tb;
 
 static inline uint64_t reg_get(void *uc, int id)
 {

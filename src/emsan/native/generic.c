@@ -47,6 +47,8 @@ static void generic_access_cb(void *uc, int type, uint64_t addr, int size, int64
     report_error(rt, EMSAN_ERR_ACCESS, addr, (uint64_t)size, is_write, pc, stack_here(rt, pc, 0), 0, 0);
 }
 
+static uint8_t generic_state_at(kasan_t *k, uint64_t addr) { return (uint8_t)shadow_at(k, addr); }
+
 const struct kasan_ops kasan_generic_ops = {
     .granule = GRANULE,
     .quarantine = 1,
@@ -56,4 +58,6 @@ const struct kasan_ops kasan_generic_ops = {
     .accessible = generic_accessible,
     .range_bad = generic_range_bad,
     .access_cb = generic_access_cb,
+    .state_at = generic_state_at,
+    .set_state = shadow_fill,
 };

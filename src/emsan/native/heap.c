@@ -80,13 +80,15 @@ int64_t find_object(kasan_t *k, uint64_t addr)
     return (int64_t)(((uint64_t)(sid - 1) << 24) | idx);
 }
 
-static void set_live(struct obj *o, uint64_t size, int kind, uint32_t stack)
+static void set_live(kasan_t *k, struct obj *o, uint64_t size, int kind, int align_log, uint32_t stack)
 {
     o->size = size; o->kind = (uint8_t)kind; o->state = EMSAN_OBJ_LIVE; o->alloc_stack = stack; o->free_stack = 0;
+    o->align_log = (uint8_t)align_log;
+    leak_note_alloc(k, o);
 }
 
 /* Objects above 8 KiB and over-aligned ones: pages of their own between guard pages. */
-static uint64_t alloc_large(kasan_t *k, uint64_t size, uint64_t align, int kind, uint32_t stack)
+static uint64_t alloc_large(kasan_t *k, uint64_t size, uint64_t align, int kind, int align_log, uint32_t stack)
 {
     uint64_t extra = align > PAGE_SIZE ? align : 0;
     uint64_t obj_pages = round_up(size + extra, PAGE_SIZE) >> PAGE_SHIFT;
@@ -103,7 +105,7 @@ static uint64_t alloc_large(kasan_t *k, uint64_t size, uint64_t align, int kind,
     s->nobj = 1;
     s->objs = calloc(1, sizeof *s->objs);
     if (!s->objs) { out_of("host memory for the heap's objects"); emu_stop(k->rt->uc); return 0; }
-    set_live(&s->objs[0], size, kind, stack);
+    set_live(k, &s->objs[0], size, kind, align_log, stack);
     k->ops->poison(k, s->start, npages << PAGE_SHIFT, KASAN_SLAB_REDZONE);
     uint64_t end = round_up(s->first + size, PAGE_SIZE);
     if (end == s->first) end += PAGE_SIZE;
@@ -112,35 +114,54 @@ static uint64_t alloc_large(kasan_t *k, uint64_t size, uint64_t align, int kind,
     return ptr;
 }
 
-static uint64_t do_alloc(kasan_t *k, uint64_t size, uint64_t align, int kind)
+/* A new object, or 0 when the heap is full or the guest's limits leave no room for it (credit:
+ * bytes a realloc gives back). align_log: an aligned operator new's alignment, for its delete. */
+static uint64_t do_alloc(kasan_t *k, uint64_t size, uint64_t align, int kind, int align_log, uint64_t credit)
 {
-    if (size > (1ULL << 40)) return 0;
+    if (size > k->budget || k->stats.live_bytes - credit > k->budget - size) return 0;
     uint32_t stack = stack_here(k->rt, 0, 1);
-    k->stats.allocs++;
-    k->stats.live_bytes += size;
     if (align < 16) align = 16;
-    if (size > MAX_SMALL || align > 16)
-        return alloc_large(k, size, align, kind, stack);
-    int c = 0;
-    while (size_classes[c] < size) c++;
-    if (!k->freelist[c].n && !grow_class(k, c)) return 0;
-    uint64_t handle = k->freelist[c].v[--k->freelist[c].n];
-    struct slab *s = slab_of(k, handle);
-    uint64_t addr = obj_addr(k, handle);
-    set_live(obj_of(k, handle), size, kind, stack);
-    uint64_t ptr = k->ops->unpoison(k, addr, size, addr + s->slot, KASAN_SLAB_REDZONE);
-    if (k->ops->save_track) k->ops->save_track(k, ptr, size, size_classes[s->cls], stack, 0);
+    uint64_t ptr;
+    if (size > MAX_SMALL || align > 16) {
+        ptr = alloc_large(k, size, align, kind, align_log, stack);
+    } else {
+        int c = 0;
+        while (size_classes[c] < size) c++;
+        if (!k->freelist[c].n && !grow_class(k, c)) return 0;
+        uint64_t handle = k->freelist[c].v[--k->freelist[c].n];
+        touch(k, handle);
+        struct slab *s = slab_of(k, handle);
+        uint64_t addr = obj_addr(k, handle);
+        set_live(k, obj_of(k, handle), size, kind, align_log, stack);
+        ptr = k->ops->unpoison(k, addr, size, addr + s->slot, KASAN_SLAB_REDZONE);
+        if (k->ops->save_track) k->ops->save_track(k, ptr, size, size_classes[s->cls], stack, 0);
+    }
+    if (ptr) {
+        k->stats.allocs++;
+        k->stats.live_bytes += size;
+    }
     return ptr;
 }
 
+/* Every live object, slab by slab (a freed large object's slab keeps its one slot, not live). */
+void for_each_live_object(kasan_t *k, void (*fn)(kasan_t *, uint64_t, struct obj *, void *), void *ctx)
+{
+    for (size_t id = 0; id < k->nslabs; id++) {
+        struct slab *s = &k->slabs[id];
+        for (uint32_t i = 0; i < s->nobj; i++)
+            if (s->objs[i].state == EMSAN_OBJ_LIVE) fn(k, ((uint64_t)id << 24) | i, &s->objs[i], ctx);
+    }
+}
+
 /* malloc() for the interceptors that allocate (strdup), at the intercepted function's entry. */
-uint64_t heap_malloc(kasan_t *k, uint64_t size) { return do_alloc(k, size, 16, EMSAN_KIND_MALLOC); }
+uint64_t heap_malloc(kasan_t *k, uint64_t size) { return do_alloc(k, size, 16, EMSAN_KIND_MALLOC, 0, 0); }
 
 /* Back to reusable once it leaves the quarantine (its memory stays poisoned until reuse). */
 void release_object(kasan_t *k, uint64_t handle)
 {
     struct slab *s = slab_of(k, handle);
     struct obj *o = obj_of(k, handle);
+    touch(k, handle);
     o->state = EMSAN_OBJ_FREE;
     if (s->cls == LARGE_CLASS) {
         uint64_t page = (s->start - k->base) >> PAGE_SHIFT;
@@ -159,8 +180,17 @@ static int64_t object_at(kasan_t *k, uint64_t ptr)
     return handle >= 0 && obj_addr(k, (uint64_t)handle) == addr ? handle : -1;
 }
 
-/* Validate and free; returns the freed object's requested size, or -1 when nothing was freed. */
-static int64_t do_free(kasan_t *k, uint64_t ptr, int kind, int fn, uint64_t pc)
+/* A sized or aligned delete that does not match the object (C++14 and C++17 deallocation). */
+static int delete_mismatch(const struct obj *o, const struct alloc_call *c)
+{
+    if (!c) return 0;
+    uint64_t align = o->align_log ? 1ULL << o->align_log : 0;
+    return (c->sized && c->size != o->size) || (c->aligned && c->align != align);
+}
+
+/* Validate and free; returns the freed object's requested size, or -1 when nothing was freed.
+ * c: the deallocation call (its size and alignment are checked), NULL for realloc's free. */
+static int64_t do_free(kasan_t *k, uint64_t ptr, int kind, int fn, uint64_t pc, const struct alloc_call *c)
 {
     rt_t *rt = k->rt;
     if (!ptr) return 0;
@@ -174,9 +204,17 @@ static int64_t do_free(kasan_t *k, uint64_t ptr, int kind, int fn, uint64_t pc)
         report_error(rt, EMSAN_ERR_DOUBLE_FREE, ptr, 0, 0, pc, stack_here(rt, pc, 1), fn, kind);
         return -1;
     }
+    int mismatch = o->kind != kind ? EMSAN_ERR_MISMATCH : delete_mismatch(o, c) ? EMSAN_ERR_DELETE_MISMATCH : 0;
+    if (mismatch) {
+        emsan_error *e = error_new(rt, mismatch, ptr, c && c->sized ? c->size : 0, 0, pc, stack_here(rt, pc, 1));
+        e->fn = fn;
+        e->kind = kind;
+        e->align = c && c->aligned ? c->align : 0;
+        error_raise(rt);
+        if (!rt->on_error) return -1;   /* the run stops here: the report shows the object as it is */
+    }
     uint32_t stack = stack_here(rt, 0, 1);
-    if (o->kind != kind)
-        report_error(rt, EMSAN_ERR_MISMATCH, ptr, 0, 0, pc, stack_here(rt, pc, 1), fn, kind);
+    touch(k, (uint64_t)handle);
     struct slab *s = slab_of(k, (uint64_t)handle);
     o->free_stack = stack;
     k->stats.frees++;
@@ -208,21 +246,31 @@ static int freed_use(kasan_t *k, uint64_t ptr, int64_t handle, int fn)
     return 1;
 }
 
-static uint64_t do_realloc(kasan_t *k, uint64_t ptr, uint64_t size, int fn)
+/* realloc, reallocarray: the new object, or 0 (*oom set when the heap or the limits have no
+ * room: the old object stays). */
+static uint64_t do_realloc(kasan_t *k, uint64_t ptr, uint64_t size, int fn, int *oom)
 {
-    if (!ptr) return do_alloc(k, size, 16, EMSAN_KIND_MALLOC);
+    *oom = 0;
+    if (!ptr) {
+        uint64_t p = do_alloc(k, size, 16, EMSAN_KIND_MALLOC, 0, 0);
+        *oom = !p;
+        return p;
+    }
     int64_t handle = object_at(k, ptr);
     if (freed_use(k, ptr, handle, fn)) return 0;     /* and no reallocation */
     uint64_t pc = reg(k->rt, EMSAN_REG_PC);
     if (handle < 0 || !size) {
-        do_free(k, ptr, EMSAN_KIND_MALLOC, fn, pc);  /* reports the invalid free */
+        do_free(k, ptr, EMSAN_KIND_MALLOC, fn, pc, NULL);  /* reports the invalid free */
         return 0;
     }
     uint64_t old = obj_of(k, (uint64_t)handle)->size;
-    uint64_t p = do_alloc(k, size, 16, EMSAN_KIND_MALLOC);
-    if (!p) return 0;
+    uint64_t p = do_alloc(k, size, 16, EMSAN_KIND_MALLOC, 0, old);
+    if (!p) {
+        *oom = 1;
+        return 0;
+    }
     guest_copy(k->rt, p, ptr, old < size ? old : size);
-    do_free(k, ptr, EMSAN_KIND_MALLOC, fn, pc);
+    do_free(k, ptr, EMSAN_KIND_MALLOC, fn, pc, NULL);
     return p;
 }
 
@@ -236,32 +284,123 @@ static uint64_t usable_size(kasan_t *k, uint64_t ptr, int fn)
     return handle >= 0 ? obj_of(k, (uint64_t)handle)->size : 0;
 }
 
-/* An allocator entry point was called: do its work and return to its caller. */
+/* ---- requests the allocator refuses --------------------------------------------------------- */
+
+static uint64_t return_address(rt_t *rt, uint64_t sp)
+{
+    uint64_t ret = 0;
+    if (rt->arm64) return reg(rt, EMSAN_REG_LR) & RET_MASK;
+    mem_get(rt->uc, sp, &ret, 8);
+    return ret;
+}
+
+/* Is this refused call made from inside the refused call before it (the guest's operator new
+ * calling malloc, glibc's realloc calling malloc)? Then it is the same error, reported once.
+ * Nested means: below that call's entry stack pointer, while that call's return address is
+ * still where the call left it (x86-64: in the slot at its entry stack pointer; arm64: on the
+ * current call stack, when there is one to look at). */
+static int nested_refusal(kasan_t *k, uint64_t sp, uint32_t stack)
+{
+    rt_t *rt = k->rt;
+    if (!k->refusal_sp || sp >= k->refusal_sp) return 0;
+    if (!rt->arm64) return return_address(rt, k->refusal_sp) == k->refusal_ret;
+    uint64_t frames[EMSAN_STACK_DEPTH];
+    int n = depot_get(rt, stack, frames, EMSAN_STACK_DEPTH);
+    if (n <= 2) return 1;
+    for (int i = 1; i < n; i++)
+        if ((frames[i] & ~EMSAN_CANDIDATE_FRAME & RET_MASK) == k->refusal_ret) return 1;
+    return 0;
+}
+
+/* A request emsan's allocator refuses (ASan's allocation errors): reported, unless
+ * --allocator-errors null or nested in a refusal already reported; then the guest's own
+ * function runs, asked for something its C library refuses in the same way: the return value,
+ * errno and, for operator new, the new-handler loop and std::bad_alloc are the library's.
+ * Returns 0 when the C library accepts the request after all (glibc rounds a memalign
+ * alignment up to a power of two), so emsan serves it. */
+static int refuse(kasan_t *k, int fn, struct alloc_call *c, int error, uint64_t asked_align)
+{
+    rt_t *rt = k->rt;
+    uint64_t pc = reg(rt, EMSAN_REG_PC), sp = reg(rt, EMSAN_REG_SP);
+    uint32_t stack = stack_here(rt, pc, 1);
+    if (!nested_refusal(k, sp, stack)) {
+        k->refusal_sp = sp;
+        k->refusal_ret = return_address(rt, sp);
+        if (k->report_alloc_errors) {
+            int factors = error == EMSAN_ALLOCERR_CALLOC_OVERFLOW || error == EMSAN_ALLOCERR_REALLOCARRAY_OVERFLOW;
+            emsan_error *e = error_new(rt, EMSAN_ERR_ALLOC, 0, factors ? c->elem : c->size, 0, pc, stack);
+            e->fn = fn;
+            e->kind = error;
+            e->count = factors ? c->count : 0;
+            e->align = asked_align;
+            if (error == EMSAN_ALLOCERR_OOM) {
+                e->addr = k->stats.live_bytes;
+                e->count = k->budget == ~0ULL ? 0 : k->budget;
+            }
+            error_raise(rt);
+        }
+    }
+    if (error != EMSAN_ALLOCERR_OOM && !c->bad) return 0;
+    refuse_in_guest(rt, fn, c);
+    return 1;
+}
+
+/* The alignment the call asked for, before glibc's rounding (for the report). */
+static uint64_t asked_alignment(rt_t *rt, int fn)
+{
+    switch (fn) {
+    case EMSAN_FN_MEMALIGN: case EMSAN_FN_ALIGNED_ALLOC: case EMSAN_FN_MEMALIGN_OR_ALIGNED_ALLOC:
+        return reg(rt, EMSAN_REG_ARG0);
+    case EMSAN_FN_POSIX_MEMALIGN: case EMSAN_FN_NEW_ALIGNED: case EMSAN_FN_NEW_ARRAY_ALIGNED:
+    case EMSAN_FN_NEW_ALIGNED_NOTHROW: case EMSAN_FN_NEW_ARRAY_ALIGNED_NOTHROW:
+        return reg(rt, EMSAN_REG_ARG0 + 1);
+    default: return 0;
+    }
+}
+
+static int is_aligned_new(int fn)
+{
+    return fn == EMSAN_FN_NEW_ALIGNED || fn == EMSAN_FN_NEW_ARRAY_ALIGNED || fn == EMSAN_FN_NEW_ALIGNED_NOTHROW ||
+           fn == EMSAN_FN_NEW_ARRAY_ALIGNED_NOTHROW;
+}
+
+/* An allocator entry point was called: do its work and return to its caller (or, for a request
+ * refused, let the guest's own function fail it). */
 void kasan_call(kasan_t *k, int fn)
 {
     rt_t *rt = k->rt;
     struct alloc_call c;
     decode_alloc_call(rt, fn, &c);
     uint64_t r = 0;
-    if (c.bad) {
-        return_to_caller(rt, c.bad_ret);
+    if (UNLIKELY(k->refusal_sp) && reg(rt, EMSAN_REG_SP) >= k->refusal_sp)
+        k->refusal_sp = 0;                      /* the refused call is over */
+    if (UNLIKELY(c.error) && refuse(k, fn, &c, c.error, asked_alignment(rt, fn)))
         return;
-    }
     switch (c.op) {
     case CALL_ALLOC:
-        r = do_alloc(k, c.size, c.align, c.kind);
-        if (r && c.zero) guest_zero(rt, r, c.size);
+        r = do_alloc(k, c.size, c.align, c.kind, is_aligned_new(fn) ? __builtin_ctzll(c.align) : 0, 0);
+        if (!r) {
+            refuse(k, fn, &c, EMSAN_ALLOCERR_OOM, asked_alignment(rt, fn));
+            return;
+        }
+        if (c.zero) guest_zero(rt, r, c.size);
         if (c.out) {                            /* posix_memalign */
-            if (r) mem_put(rt->uc, guest_addr(rt, c.out), &r, 8);
-            r = r ? 0 : alloc_failed(&c);
+            mem_put(rt->uc, guest_addr(rt, c.out), &r, 8);
+            r = 0;
         }
         break;
     case CALL_FREE:
-        do_free(k, c.ptr, c.kind, fn, reg(rt, EMSAN_REG_PC));
+        do_free(k, c.ptr, c.kind, fn, reg(rt, EMSAN_REG_PC), &c);
         break;
-    case CALL_REALLOC:
-        r = do_realloc(k, c.ptr, c.size, fn);
+    case CALL_REALLOC: {
+        int oom;
+        r = do_realloc(k, c.ptr, c.size, fn, &oom);
+        if (oom) {
+            refuse(k, fn, &c, EMSAN_ALLOCERR_OOM, 0);
+            return;
+        }
         break;
+    }
     case CALL_USABLE_SIZE:
         r = usable_size(k, c.ptr, fn);
         break;

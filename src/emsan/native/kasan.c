@@ -1,5 +1,6 @@
 /* What every KASAN mode shares around its allocator: creation, the hooks at the functions emsan
  * stands in for, range checks on the guest's behalf, and what a report asks about an address. */
+#include <sys/mman.h>
 #include "kasan.h"
 
 static const struct kasan_ops *const modes[] = {
@@ -20,7 +21,13 @@ EXPORT emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, 
     k->npages = size >> PAGE_SHIFT;
     k->bump = 1;                         /* page 0 stays a guard */
     k->q_limit = quarantine_bytes;
-    if (!shadow_init(k, 1)) { free(k); return NULL; }
+    k->report_alloc_errors = 1;
+    k->budget = ~0ULL;
+    /* The heap's memory is emsan's (mapped into the guest by the caller): the leak scanner
+     * reads objects through it, and the MMIO view serves accesses from it. */
+    k->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (k->host == MAP_FAILED) { free(k); return NULL; }
+    if (!shadow_init(k, 1)) { munmap(k->host, size); free(k); return NULL; }
     k->page_slab = calloc(k->npages, sizeof *k->page_slab);
     if (k->ops->init && !k->ops->init(k, seed)) { emsan_kasan_destroy(k); return NULL; }
     return k;
@@ -30,13 +37,22 @@ EXPORT emsan_kasan *emsan_kasan_new(emsan_runtime *rt, int mode, uint64_t base, 
 EXPORT void emsan_kasan_destroy(emsan_kasan *k)
 {
     if (k->ops->destroy) k->ops->destroy(k);
+    leak_destroy(k);
+    checkpoint_destroy(k);
     mmio_destroy(k);
     shadow_destroy(k);
     for (size_t i = 0; i < k->nslabs; i++) free(k->slabs[i].objs);
     for (int i = 0; i < NCLASSES; i++) free(k->freelist[i].v);
     free(k->free_runs.v); free(k->tolerant.v); free(k->slabs); free(k->page_slab); free(k->q);
+    munmap(k->host, k->size);
     free(k);
 }
+
+EXPORT void *emsan_kasan_heap_memory(emsan_kasan *k) { return k->host; }
+
+EXPORT void emsan_kasan_set_allocator_errors(emsan_kasan *k, int report) { k->report_alloc_errors = report; }
+
+EXPORT void emsan_kasan_set_budget(emsan_kasan *k, uint64_t bytes) { k->budget = bytes; }
 
 EXPORT void *emsan_kasan_entry(emsan_kasan *k, int fn)
 {
@@ -54,6 +70,8 @@ EXPORT void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void
     if (e->op != CALL_NONE) {
         kasan_call(k, e->fn);
         shadow_sync(k, 0);               /* compiler-assisted mode: the guest sees the new shadow */
+    } else if (e->fn >= EMSAN_FN_MEMCPY_CHK && e->fn <= EMSAN_FN_STRNCAT_CHK) {
+        intercept_fortify_fn(k, e->fn);
     } else {
         intercept_string_fn(k, e->fn);
     }
@@ -134,6 +152,7 @@ EXPORT int emsan_kasan_describe(emsan_kasan *k, uint64_t addr, uint64_t size, em
         out->start = obj_addr(k, (uint64_t)handle);
         out->size = o->size;
         out->cache_size = cache_size(s);
+        out->align = o->align_log ? 1ULL << o->align_log : 0;
         out->alloc_stack = o->alloc_stack;
         out->free_stack = o->free_stack;
     }

@@ -46,6 +46,9 @@ struct obj {
     uint64_t size;          /* requested size */
     uint32_t alloc_stack, free_stack;
     uint8_t state, kind;
+    uint8_t leak;           /* the leak scanner's flags (kmemleak.c), 0 from allocation on */
+    uint8_t align_log;      /* aligned operator new: log2 of the alignment asked for, else 0 */
+    uint32_t seq;           /* allocation number (its order; kmemleak.c's time and "before main") */
 };
 
 /* A slab: pages holding objects of one size class, or one large object. */
@@ -105,6 +108,14 @@ struct kasan_ops {
     void (*tag_memory)(kasan_t *k, uint64_t addr, uint8_t tag, uint64_t size);
     /* the per-access check of a memory hook (user data: the kasan) */
     void (*access_cb)(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud);
+    /* a heap granule's state (generic: its shadow byte; tag modes: its memory tag), and setting
+     * [addr, addr+len) (granule aligned) back to one exactly: a rollback's (checkpoint.c) */
+    uint8_t (*state_at)(kasan_t *k, uint64_t addr);
+    void (*set_state)(kasan_t *k, uint64_t addr, uint64_t len, uint8_t v);
+    /* save (restore = 0) or put back (1) what else the mode keeps per allocation, or NULL */
+    void (*checkpoint)(kasan_t *k, int restore);
+    /* a new random stream (tag modes' tags), or NULL */
+    void (*reseed)(kasan_t *k, uint64_t seed);
 };
 
 extern const struct kasan_ops kasan_generic_ops, kasan_sw_tags_ops, kasan_hw_tags_ops;
@@ -113,6 +124,8 @@ struct emsan_kasan {
     rt_t *rt;
     const struct kasan_ops *ops;
     uint64_t base, size, npages;
+    uint8_t *host;                     /* the heap's memory, mapped at base in the guest */
+    struct emsan_leaks *leaks;          /* the leak scanner, when it runs (kmemleak.c) */
     uint64_t bump;                     /* next never-used page index */
     uint32_t *page_slab;               /* per heap page: slab id + 1, 0 = none */
     struct slab *slabs; size_t nslabs, slabs_cap;
@@ -121,8 +134,13 @@ struct emsan_kasan {
     /* quarantine: FIFO of handles, bounded in bytes */
     uint64_t *q; size_t q_head, q_len, q_cap; uint64_t q_bytes, q_limit;
     struct vec64 tolerant;             /* pairs lo, hi: code that may read ahead (see kasan.c) */
+    /* allocation errors (heap.c): reported, or only left to the C library's own behaviour */
+    int report_alloc_errors;
+    uint64_t budget;                   /* live bytes the guest's limits allow (RLIMIT_AS, _DATA) */
+    uint64_t refusal_sp, refusal_ret;  /* the refused call whose nested calls are not reported again */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
+    struct checkpoint *cp;             /* a persistent loop's saved state (checkpoint.c), or NULL */
     emsan_kasan_stats stats;
     struct shadow_map sm;              /* every mode: the mmap area's shadow (last: see above) */
 };
@@ -150,11 +168,25 @@ static inline uint64_t obj_addr(kasan_t *k, uint64_t handle)
 }
 uint64_t cache_size(const struct slab *s);
 
+/* Every live object: fn(k, handle, object, ctx); the leak scanner's walk over the heap. */
+void for_each_live_object(kasan_t *k, void (*fn)(kasan_t *, uint64_t, struct obj *, void *), void *ctx);
+
+/* kmemleak.c */
+void leak_note_alloc(kasan_t *k, struct obj *o);
+void leak_destroy(kasan_t *k);
+
+/* checkpoint.c: the object at handle changes state; a rollback must put it back */
+void checkpoint_touch(kasan_t *k, uint64_t handle);
+static inline void touch(kasan_t *k, uint64_t handle) { if (UNLIKELY(k->cp != NULL)) checkpoint_touch(k, handle); }
+void checkpoint_destroy(kasan_t *k);
+
 /* quarantine.c */
 void quarantine_put(kasan_t *k, uint64_t handle, uint64_t bytes);
 
 /* intercept.c */
 void intercept_string_fn(kasan_t *k, int fn);
+/* fortify.c */
+void intercept_fortify_fn(kasan_t *k, int fn);
 
 /* shadow.c */
 int shadow_init(kasan_t *k, int share);
@@ -194,6 +226,7 @@ void shadow_sync(kasan_t *k, int now);
 /* mmio.c */
 void mmio_poisoned(kasan_t *k, uint64_t addr, uint64_t len);
 void mmio_destroy(kasan_t *k);
+void mmio_rollback(kasan_t *k);
 
 /* tags.c */
 uint64_t tag_rnd(struct tag_state *t);

@@ -51,9 +51,12 @@ struct emsan_kfence {
     emsan_kfence_stats stats;
     uint8_t canary[PAGE_SIZE];
     struct timespec t0;
+    struct kf_saved *saved;            /* a persistent loop's checkpoint, or NULL */
 };
 
 typedef struct emsan_kfence kf_t;
+struct kf_saved;
+static void saved_free(struct kf_saved *s);
 
 static uint64_t rnd(kf_t *k)           /* splitmix64 */
 {
@@ -123,6 +126,7 @@ EXPORT void emsan_kfence_destroy(emsan_kfence *k)
 {
     free(k->page_ok); free(k->meta); free(k->fifo); free(k->covered); free(k->arena_size); free(k->arena_run);
     free(k->arena_free.v);
+    saved_free(k->saved);
     free(k);
 }
 
@@ -497,4 +501,90 @@ EXPORT int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t siz
         if (!k->page_ok[(a - k->pool) >> PAGE_SHIFT])
             return emsan_kfence_fault(k, is_write ? ENGINE_MEM_WRITE_PROT : ENGINE_MEM_READ_PROT, a);
     return 0;
+}
+
+/* ---- a persistent fuzzing loop: back to a checkpoint after each input ------------------------ */
+
+/* What an input may change: the objects, the freelist, the protections, the skip-covered
+ * filter, the spill arena (up to its bump) and the counters. The objects' pages are guest
+ * memory, which the loop restores itself; the sampling gate runs on (reseed() picks a new
+ * phase per input). */
+struct kf_saved {
+    struct kf_meta *meta;
+    uint32_t *fifo, fifo_head, fifo_len;
+    uint8_t *page_ok;
+    uint32_t *covered;
+    uint64_t arena_bump;
+    uint64_t *arena_size;
+    uint32_t *arena_run;
+    struct vec64 arena_free;
+    emsan_kfence_stats stats;
+};
+
+static void *dup_bytes(const void *p, size_t n)
+{
+    void *q = malloc(n ? n : 1);
+    memcpy(q, p, n);
+    return q;
+}
+
+static void saved_free(struct kf_saved *s)
+{
+    if (!s) return;
+    free(s->meta); free(s->fifo); free(s->page_ok); free(s->covered); free(s->arena_size); free(s->arena_run);
+    free(s->arena_free.v);
+    free(s);
+}
+
+EXPORT void emsan_kfence_checkpoint(emsan_kfence *k)
+{
+    saved_free(k->saved);
+    struct kf_saved *s = calloc(1, sizeof *s);
+    s->meta = dup_bytes(k->meta, k->nobj * sizeof *k->meta);
+    s->fifo = dup_bytes(k->fifo, k->nobj * sizeof *k->fifo);
+    s->fifo_head = k->fifo_head;
+    s->fifo_len = k->fifo_len;
+    s->page_ok = dup_bytes(k->page_ok, k->npages);
+    s->covered = dup_bytes(k->covered, (k->covered_mask + 1) * sizeof *k->covered);
+    s->arena_bump = k->arena_bump;
+    s->arena_size = dup_bytes(k->arena_size, k->arena_bump * sizeof *k->arena_size);
+    s->arena_run = dup_bytes(k->arena_run, k->arena_bump * sizeof *k->arena_run);
+    s->arena_free.v = dup_bytes(k->arena_free.v, k->arena_free.n * sizeof *k->arena_free.v);
+    s->arena_free.n = s->arena_free.cap = k->arena_free.n;
+    s->stats = k->stats;
+    k->saved = s;
+}
+
+EXPORT void emsan_kfence_rollback(emsan_kfence *k)
+{
+    struct kf_saved *s = k->saved;
+    if (!s) return;
+    memcpy(k->meta, s->meta, k->nobj * sizeof *k->meta);
+    memcpy(k->fifo, s->fifo, k->nobj * sizeof *k->fifo);
+    k->fifo_head = s->fifo_head;
+    k->fifo_len = s->fifo_len;
+    memcpy(k->page_ok, s->page_ok, k->npages);
+    memcpy(k->covered, s->covered, (k->covered_mask + 1) * sizeof *k->covered);
+    if (k->arena_bump > s->arena_bump) {
+        memset(k->arena_size + s->arena_bump, 0, (k->arena_bump - s->arena_bump) * sizeof *k->arena_size);
+        memset(k->arena_run + s->arena_bump, 0, (k->arena_bump - s->arena_bump) * sizeof *k->arena_run);
+    }
+    memcpy(k->arena_size, s->arena_size, s->arena_bump * sizeof *k->arena_size);
+    memcpy(k->arena_run, s->arena_run, s->arena_bump * sizeof *k->arena_run);
+    k->arena_bump = s->arena_bump;
+    k->arena_free.n = 0;
+    for (size_t i = 0; i < s->arena_free.n; i++) vec_push(&k->arena_free, s->arena_free.v[i]);
+    uint64_t flushes = k->stats.tlb_flushes;
+    k->stats = s->stats;
+    k->stats.tlb_flushes = flushes;
+    flush_tlb(k);
+}
+
+/* A new sampling stream: which allocation (or instant) is sampled first, and the placement of
+ * objects in their pages. */
+EXPORT void emsan_kfence_reseed(emsan_kfence *k, uint64_t seed)
+{
+    k->rng = seed;
+    k->countdown = 1 + rnd(k) % k->interval;
+    if (k->insn_interval) k->next_at = (k->code_bytes >> 2) + rnd(k) % k->insn_interval;
 }

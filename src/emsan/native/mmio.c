@@ -8,11 +8,10 @@
  * An MMIO callback does not know the exact PC (Unicorn syncs it only at block exits): a bad
  * access carries the registers and candidate PCs from the engine (engine_access_pcs), and the
  * report finds the instruction among them by decoding. */
-#include <sys/mman.h>
 #include "kasan.h"
 
 struct mmio_state {
-    uint8_t *host;                     /* the heap's memory, also mapped at its guest address */
+    int cow;                           /* guest memory is copy-on-write (a snapshot): see below */
     uint64_t view;                     /* physical address of the checking (MMIO) view */
     uint8_t *direct;                   /* per heap page: the TLB may map it straight to memory */
     engine_pc_recovery pcr;            /* how the engine finds the PC of an access */
@@ -21,21 +20,17 @@ struct mmio_state {
 /* Returns the host memory behind the heap (the caller maps it at the heap's address). */
 EXPORT void *emsan_mmio_init(emsan_kasan *k, uint64_t view_pa)
 {
-    void *host = mmap(NULL, k->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (host == MAP_FAILED) return NULL;
     struct mmio_state *m = calloc(1, sizeof *m);
-    m->host = host;
     m->view = view_pa;
     m->direct = calloc(k->npages / 8 + 1, 1);
     k->mm = m;
-    return host;
+    return k->host;
 }
 
 void mmio_destroy(kasan_t *k)
 {
     if (!k->mm) return;
     free(k->mm->direct);
-    munmap(k->mm->host, k->size);
     free(k->mm);
     k->mm = NULL;
 }
@@ -116,22 +111,38 @@ static void bad_access(kasan_t *k, uint64_t addr, unsigned size, int is_write)
     error_raise(rt);
 }
 
+/* Once the engine keeps a memory snapshot (a persistent fuzzing loop), the first write to a heap
+ * page, by the guest through the direct mapping or by anyone through the engine's API, gives the
+ * page a private copy that replaces emsan's host memory at that address until the snapshot is
+ * restored: emsan's copy no longer holds what the guest sees. The checking view then reads and
+ * writes through the engine, at the page's guest address, whichever copy is current there. */
+EXPORT void emsan_mmio_copy_on_write(emsan_kasan *k, int on) { if (k->mm) k->mm->cow = on; }
+
 EXPORT uint64_t emsan_mmio_read(void *uc, uint64_t offset, unsigned size, void *ud)
 {
-    (void)uc;
     kasan_t *k = ud;
     uint64_t addr = k->base + offset, v = 0;
     if (UNLIKELY(shadow_access_bad(k, addr, size))) bad_access(k, addr, size, 0);
-    memcpy(&v, k->mm->host + offset, size);
+    if (UNLIKELY(k->mm->cow)) mem_get(uc, addr, &v, size);
+    else memcpy(&v, k->host + offset, size);
     return v;
 }
 
 EXPORT void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud)
 {
-    (void)uc;
     kasan_t *k = ud;
     uint64_t addr = k->base + offset;
     if (UNLIKELY(shadow_access_bad(k, addr, size))) bad_access(k, addr, size, 1);
-    memcpy(k->mm->host + offset, &value, size);
+    if (UNLIKELY(k->mm->cow)) mem_put(uc, addr, &value, size);
+    else memcpy(k->host + offset, &value, size);
+}
+
+/* The allocator went back to a checkpoint: pages it mapped straight to memory may need checks
+ * again. */
+void mmio_rollback(kasan_t *k)
+{
+    if (!k->mm) return;
+    memset(k->mm->direct, 0, k->npages / 8 + 1);
+    tlb_flush(k->rt->uc);
 }
 

@@ -129,17 +129,25 @@ struct alloc_call {
     int op;                            /* CALL_* */
     int kind;                          /* EMSAN_KIND_*: allocation or deallocation family */
     int zero;                          /* calloc: the object starts zeroed */
-    int bad;                           /* the arguments ask for nothing valid (overflow, alignment) */
-    uint64_t bad_ret;                  /* ... and what the function returns then */
-    uint64_t size;                     /* bytes asked for */
-    uint64_t align;                    /* 0: the allocator's default */
+    int bad;                           /* the C library refuses the request (overflow, alignment, size) */
+    uint64_t bad_ret;                  /* ... and what the function returns then (posix_memalign) */
+    int error;                         /* EMSAN_ALLOCERR_*: what is wrong with the request, 0 if nothing */
+    int sized, aligned;                /* deallocation: passes the object's size, its alignment */
+    uint64_t size;                     /* bytes asked for (calloc, reallocarray: the product);
+                                        * sized delete: the size it passes */
+    uint64_t count, elem;              /* calloc, reallocarray: the two factors */
+    uint64_t align;                    /* allocations: 0 means the default (glibc rounds a memalign
+                                        * alignment that is not a power of two up, as here);
+                                        * aligned delete: the alignment it passes */
     uint64_t ptr;                      /* free, realloc, usable size: the pointer; tagging: the address */
     uint64_t out;                      /* posix_memalign: where the pointer goes (0: returned) */
     uint8_t tag;                       /* __hwasan_tag_memory's tag */
 };
 int call_op(int fn);
 void decode_alloc_call(rt_t *rt, int fn, struct alloc_call *c);
-uint64_t alloc_failed(const struct alloc_call *c);
+/* Rewrite a refused call's arguments into a request the C library refuses the same way (NULL
+ * with the same errno, or posix_memalign's code), for the guest's own function to run. */
+void refuse_in_guest(rt_t *rt, int fn, const struct alloc_call *c);
 /* Return from the function emsan stood in for, with `value`, as its own `ret` would. */
 void return_to_caller(rt_t *rt, uint64_t value);
 

@@ -21,15 +21,18 @@ static inline int page_shared(const uint8_t *p)
     return p == NULL || (p >= shared_fill[0] && p < shared_fill[0] + sizeof shared_fill);
 }
 
+/* The random stream of the tags (xorshift64*, never seeded 0). */
+static void tags_reseed(kasan_t *k, uint64_t seed) { k->tags->rng = seed ? seed : 0x9E3779B97F4A7C15ULL; }
+
 static int tags_init(kasan_t *k, uint64_t seed, int hw)
 {
     struct tag_state *t = calloc(1, sizeof *t);
+    k->tags = t;
     t->hw = hw;
     t->page = calloc(k->npages, sizeof *t->page);
-    t->rng = seed ? seed : 0x9E3779B97F4A7C15ULL;
+    tags_reseed(k, seed);
     t->ring = calloc(RING_SIZE, sizeof *t->ring);
     for (size_t i = 0; i < PCC_SIZE; i++) t->pcc[i].pc = ~0ULL;
-    k->tags = t;
     return 1;
 }
 
@@ -42,7 +45,7 @@ static void tags_destroy(kasan_t *k)
     if (!t) return;
     for (uint64_t i = 0; i < k->npages; i++) if (!page_shared(t->page[i])) free(t->page[i]);
     for (size_t i = 0; i < t->fp_cap; i++) free(t->fp[i].tags);
-    free(t->fp); free(t->page); free(t->ring); free(t);
+    free(t->fp); free(t->page); free(t->ring); free(t->saved_ring); free(t);
     k->tags = NULL;
 }
 
@@ -228,6 +231,30 @@ static void tags_describe(kasan_t *k, uint64_t tagged, uint64_t size, emsan_obj_
     if (!out->tag_bug) out->tag_bug = EMSAN_TAGBUG_INVALID;
 }
 
+/* ---- a persistent loop's rollback (checkpoint.c) ------------------------------------------------- */
+
+static uint8_t tags_state_at(kasan_t *k, uint64_t addr)
+{
+    int t = tag_at(k, addr);
+    return t < 0 ? TAG_INVALID : (uint8_t)t;
+}
+
+/* The stack ring as it was: records written since would tell a report about an object the
+ * rollback made live again that it was freed. */
+static void tags_checkpoint(kasan_t *k, int restore)
+{
+    struct tag_state *t = k->tags;
+    if (!restore) {
+        if (!t->saved_ring) t->saved_ring = malloc(RING_SIZE * sizeof *t->saved_ring);
+        memcpy(t->saved_ring, t->ring, RING_SIZE * sizeof *t->ring);
+        t->saved_pos = t->ring_pos;
+        return;
+    }
+    for (uint64_t p = t->saved_pos; p < t->ring_pos && p - t->saved_pos < RING_SIZE; p++)
+        t->ring[p % RING_SIZE] = t->saved_ring[p % RING_SIZE];
+    t->ring_pos = t->saved_pos;
+}
+
 EXPORT void emsan_tag_stats(emsan_kasan *k, uint64_t *out)
 {
     out[0] = k->tags->private_pages;
@@ -358,6 +385,8 @@ static void tags_tag_memory(kasan_t *k, uint64_t addr, uint8_t tag, uint64_t siz
         .redzone = tags_redzone, .poison = tags_poison, .unpoison = tags_unpoison,                 \
         .accessible = tags_accessible, .range_bad = tag_bad, .save_track = tags_save_track,        \
         .describe = tags_describe, .tag_memory = tags_tag_memory, .access_cb = tags_access_cb,     \
+        .state_at = tags_state_at, .set_state = tag_set, .checkpoint = tags_checkpoint,              \
+        .reseed = tags_reseed,                                                                       \
     }
 const struct kasan_ops kasan_sw_tags_ops = TAG_OPS(sw_tags_init);
 const struct kasan_ops kasan_hw_tags_ops = TAG_OPS(hw_tags_init);

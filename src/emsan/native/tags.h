@@ -24,6 +24,8 @@ struct tag_state {
     uint64_t rng;
     struct ring_entry *ring;
     uint64_t ring_pos;
+    struct ring_entry *saved_ring;       /* a checkpoint's ring (checkpoint.c), or NULL */
+    uint64_t saved_pos;
     struct pc_rn pcc[PCC_SIZE];
     struct foreign_page *fp;             /* tags set by guest MTE instructions outside the heap */
     size_t fp_cap, fp_n;

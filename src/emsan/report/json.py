@@ -2,14 +2,17 @@
 leading fields; each kind adds its own."""
 from __future__ import annotations
 
-from emsan.report.model import CompilerReport, KfenceReport, Report
+from emsan.report.model import CompilerReport, KfenceReport, LeakReport, Report
 from emsan.report.symbolize import Symbolizer
 from emsan.report.text import kfence_description, title_frame
 
 
-def to_json(rep: Report | KfenceReport, sym: Symbolizer) -> dict:
+def to_json(rep: Report | KfenceReport | LeakReport, sym: Symbolizer) -> dict:
     def frames(addrs: list[int], first_is_pc: bool) -> list[dict]:
         return [f.to_json() for f in sym.stack(addrs, first_is_pc)]
+
+    if isinstance(rep, LeakReport):
+        return leak_json(rep, frames(rep.stack, False))
 
     title = title_frame(rep, sym)
     d = {
@@ -31,11 +34,15 @@ def to_json(rep: Report | KfenceReport, sym: Symbolizer) -> dict:
         if rep.kind == "memory corruption":
             d["corrupted_bytes"] = rep.corrupted
         return d
+    if rep.request is not None:
+        q = rep.request
+        d["request"] = {"function": q.call, "size": q.size, "count": q.count, "alignment": q.align,
+                        "limit": q.limit, "in_use": q.in_use}
     o = rep.obj
     if o is not None:
         d["object"] = {
             "start": f"{o.start:#x}", "size": o.size, "cache": f"kmalloc-{o.cache_size}" if not o.large else "kmalloc-large",
-            "state": o.state, "allocated_with": o.kind, "offset": rep.untagged_addr - o.start,
+            "state": o.state, "allocated_with": o.kind, "alignment": o.align or None, "offset": rep.untagged_addr - o.start,
             "alloc_stack": frames(o.alloc_stack, False), "free_stack": frames(o.free_stack, False),
         }
     if rep.pointer_tag is not None:
@@ -58,3 +65,16 @@ def to_json(rep: Report | KfenceReport, sym: Symbolizer) -> dict:
                     "offset": f.offset, "frame": sym.frame(f.pc).to_json(),
                     "objects": [{"start": o.start, "end": o.end, "name": o.name} for o in f.objects]}
     return d
+
+
+def leak_json(rep: LeakReport, stack: list[dict]) -> dict:
+    return {
+        "tool": "emsan", "mode": rep.mode, "bug_type": rep.bug_type, "access": None,
+        "address": f"{rep.addr:#x}", "size": rep.size, "pc": None,
+        "function": stack[0]["function"] if stack else None,
+        "task": {"comm": rep.task.comm, "pid": rep.task.pid}, "stack": stack, "notes": [],
+        "jiffies": rep.jiffies, "age_ms": rep.age_ms, "hex_dump": rep.head.hex(),
+        "indirect": rep.indirect, "count": rep.count, "bytes": rep.bytes,
+        "indirect_count": rep.indirect_count, "indirect_bytes": rep.indirect_bytes,
+        "objects": [{"address": f"{a:#x}", "size": n} for a, n in rep.objects],
+    }

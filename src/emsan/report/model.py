@@ -30,6 +30,28 @@ class ObjectInfo:
     alloc_stack: list[int]
     free_stack: list[int]
     kind: str                 # malloc / new / new[]
+    align: int = 0            # the alignment an aligned operator new asked for (0: the default)
+
+
+@dataclass
+class AllocRequest:
+    """The allocator call a report is about: a refused allocation, or a sized or aligned delete
+    that does not match its object."""
+
+    call: str                 # "calloc", "operator delete(void*, unsigned long)"...
+    size: int | None = None   # bytes asked for (calloc, reallocarray: per element); a delete's size
+    count: int | None = None  # calloc, reallocarray: the number of elements
+    align: int | None = None  # the alignment asked for, or the one a delete passes
+    limit: int | None = None  # out of memory: the bytes the guest's limits leave the heap
+    in_use: int | None = None  # out of memory: the bytes the heap holds
+
+    def __str__(self) -> str:
+        """What was asked, for the report's second line ("Allocation of ... by task ...")."""
+        if self.count is not None:
+            return f"{self.count} * {self.size} bytes"
+        if self.align is not None:
+            return f"size {self.size} aligned to {self.align}"
+        return f"size {self.size}"
 
 
 @dataclass
@@ -38,7 +60,7 @@ class Report:
 
     mode: str
     bug_type: str
-    access: str               # read / write / free
+    access: str               # read / write / free / allocate
     addr: int
     size: int
     pc: int
@@ -54,6 +76,7 @@ class Report:
     pointer_tag: int | None = None
     memory_tag: int | None = None
     granule: int = GRANULE
+    request: AllocRequest | None = None     # allocation errors, sized and aligned delete
     first_is_pc = True        # stack[0] is the faulting PC, not a return address
 
     @property
@@ -142,3 +165,28 @@ class KfenceReport:
         if self.kind in ("out-of-bounds", "use-after-free", "invalid"):
             return f"{self.kind} {self.access}"
         return self.kind
+
+
+@dataclass
+class LeakReport:
+    """A kmemleak report: the unreferenced objects of one allocation stack (the first one
+    allocated shown in full), with the objects reachable only through them."""
+
+    mode: str
+    task: Task
+    addr: int                 # the first object allocated (the guest's pointer)
+    size: int
+    jiffies: int              # its allocation time, ms since the run started (HZ=1000)
+    age_ms: int               # at the scan
+    head: bytes               # its first (at most 32) bytes
+    stack: list[int]          # allocation stack, innermost first (return addresses)
+    count: int                # unreferenced objects with this stack
+    bytes: int
+    indirect_count: int       # objects reachable only through them
+    indirect_bytes: int
+    objects: list[tuple[int, int]]   # (address, size) of the first ones, allocation order
+    indirect: bool = False    # these objects are themselves reachable from a leak
+    suppressed_by: str = ""   # the suppression that matched (not printed then)
+    bug_type = "memory-leak"
+    first_is_pc = False
+    title_frame = 0

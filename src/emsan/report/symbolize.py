@@ -94,6 +94,13 @@ class ModuleSymbols:
         if dwarf_path is not None:
             self.dwarf = DwarfIndex(dwarf_path, file_key(path, bid), demangle)
 
+    def address_of(self, name: str) -> int | None:
+        """The link address of function `name` (emsan fuzz's --entry and --persistent)."""
+        for addr, _size, n in self.syms:
+            if n == name:
+                return addr
+        return None
+
     def lookup(self, rel: int) -> tuple[str, int, int] | None:
         i = bisect.bisect_right(self.starts, rel) - 1
         if i < 0:

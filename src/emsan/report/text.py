@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from emsan import __version__
 from emsan.machine import UNICORN_VERSION
-from emsan.report.model import ROW_GRANULES, KfenceReport, Report
+from emsan.report.model import ROW_GRANULES, KfenceReport, LeakReport, Report
 from emsan.report.symbolize import Frame, Symbolizer
 
 RULE = "=" * 66
 
 
-def render(rep: Report | KfenceReport, sym: Symbolizer, arch: str) -> str:
+def render(rep: Report | KfenceReport | LeakReport, sym: Symbolizer, arch: str) -> str:
+    if isinstance(rep, LeakReport):
+        return leak_text(rep, sym)
     return kfence_text(rep, sym, arch) if isinstance(rep, KfenceReport) else kasan_text(rep, sym, arch)
 
 
@@ -39,6 +41,8 @@ def kasan_text(rep: Report, sym: Symbolizer, arch: str) -> str:
     out = [RULE, f"BUG: KASAN: {rep.bug_type} in {title if title else f'{rep.pc:#x}'}"]
     if rep.access == "free":
         out.append(f"Free of addr {rep.addr:016x} by task {rep.task}")
+    elif rep.access == "allocate":
+        out.append(f"Allocation of {rep.request} by task {rep.task}")
     else:
         out.append(f"{rep.access.capitalize()} of size {rep.size} at addr {rep.addr:016x} by task {rep.task}")
     if rep.pointer_tag is not None:
@@ -128,4 +132,35 @@ def kfence_text(rep: KfenceReport, sym: Symbolizer, arch: str) -> str:
             out += ["", _track("freed", rep.task.pid, o.free_s, rep.now_s)]
             out += frames_text(sym, o.free_stack, False)
     out += ["", *machine_lines(rep, arch), RULE]
+    return "\n".join(out)
+
+
+def hex_dump(data: bytes, prefix: str = "    ") -> list[str]:
+    """The kernel's print_hex_dump() rows: 16 bytes each, bytes one by one, then the ASCII
+    column (at a fixed position, also on a short last row)."""
+    rows = []
+    for off in range(0, len(data), 16):
+        row = data[off:off + 16]
+        hexpart = " ".join(f"{b:02x}" for b in row)
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in row)
+        rows.append(f"{prefix}{hexpart:<49}{text}")
+    return rows
+
+
+def leak_text(rep: LeakReport, sym: Symbolizer) -> str:
+    """mm/kmemleak.c's print_unreferenced() for the first object of a group, then what the
+    kernel's layout has no line for: how many more objects the group has and how many are
+    reachable only through them."""
+    out = [f"unreferenced object 0x{rep.addr:08x} (size {rep.size}):",
+           f'  comm "{rep.task.comm}", pid {rep.task.pid}, jiffies {rep.jiffies} (age {rep.age_ms / 1000:.3f}s)',
+           f"  hex dump (first {len(rep.head)} bytes):", *hex_dump(rep.head), "  backtrace:"]
+    out += [f"    {f}" for f in sym.stack(rep.stack, False)] or ["    (stack is not available)"]
+    if rep.count > 1:
+        out.append(f"  {rep.count - 1} more unreferenced object{'s' if rep.count > 2 else ''} with this backtrace "
+                   f"({rep.bytes} bytes in {rep.count} objects)")
+    if rep.indirect_count:
+        out.append(f"  {rep.indirect_count} more object{'s' if rep.indirect_count > 1 else ''} "
+                   f"({rep.indirect_bytes} bytes) referenced only from {'them' if rep.count > 1 else 'it'}")
+    if rep.indirect:
+        out.append("  (referenced only from other unreferenced objects)")
     return "\n".join(out)

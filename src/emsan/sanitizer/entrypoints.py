@@ -19,12 +19,12 @@ ALLOCATOR = {
     "_ZnwmSt11align_val_t": "NEW_ALIGNED", "_ZnamSt11align_val_t": "NEW_ARRAY_ALIGNED",
     "_ZnwmSt11align_val_tRKSt9nothrow_t": "NEW_ALIGNED_NOTHROW",
     "_ZnamSt11align_val_tRKSt9nothrow_t": "NEW_ARRAY_ALIGNED_NOTHROW",
-    "_ZdlPv": "DELETE", "_ZdlPvm": "DELETE", "_ZdlPvSt11align_val_t": "DELETE",
-    "_ZdlPvmSt11align_val_t": "DELETE", "_ZdlPvRKSt9nothrow_t": "DELETE",
-    "_ZdlPvSt11align_val_tRKSt9nothrow_t": "DELETE",
-    "_ZdaPv": "DELETE_ARRAY", "_ZdaPvm": "DELETE_ARRAY", "_ZdaPvSt11align_val_t": "DELETE_ARRAY",
-    "_ZdaPvmSt11align_val_t": "DELETE_ARRAY", "_ZdaPvRKSt9nothrow_t": "DELETE_ARRAY",
-    "_ZdaPvSt11align_val_tRKSt9nothrow_t": "DELETE_ARRAY",
+    "_ZdlPv": "DELETE", "_ZdlPvRKSt9nothrow_t": "DELETE", "_ZdlPvm": "DELETE_SIZED",
+    "_ZdlPvSt11align_val_t": "DELETE_ALIGNED", "_ZdlPvSt11align_val_tRKSt9nothrow_t": "DELETE_ALIGNED",
+    "_ZdlPvmSt11align_val_t": "DELETE_SIZED_ALIGNED",
+    "_ZdaPv": "DELETE_ARRAY", "_ZdaPvRKSt9nothrow_t": "DELETE_ARRAY", "_ZdaPvm": "DELETE_ARRAY_SIZED",
+    "_ZdaPvSt11align_val_t": "DELETE_ARRAY_ALIGNED", "_ZdaPvSt11align_val_tRKSt9nothrow_t": "DELETE_ARRAY_ALIGNED",
+    "_ZdaPvmSt11align_val_t": "DELETE_ARRAY_SIZED_ALIGNED",
 }
 # Tag modes also stand in for HWASan's interface for tagging a range of memory.
 TAG_FUNCTIONS = {"__hwasan_tag_memory": "TAG_MEMORY"}
@@ -45,9 +45,14 @@ STRINGS = {
     "strcasecmp": "STRCASECMP", "strncasecmp": "STRNCASECMP", "strdup": "STRDUP", "strndup": "STRNDUP",
 }
 
-# glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic, and
-# its internal aliases (__GI_strlen, which on arm64 is a copy no IFUNC leads to).
-_VARIANT = re.compile(r"^(?:__GI_)?_*(" + "|".join(sorted(STRINGS, key=len, reverse=True)) + r")(_[a-z0-9_]+)?$")
+# _FORTIFY_SOURCE's checked variants (__memcpy_chk...) of those: glibc compares the length with the
+# destination's size the compiler passed, and aborts when it does not fit.
+FORTIFIED = ("memcpy", "memmove", "mempcpy", "memset", "strcpy", "stpcpy", "strncpy", "stpncpy", "strcat", "strncat")
+
+# glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic,
+# __memmove_chk_avx_unaligned_erms, and its internal aliases (__GI_strlen, which on arm64 is a copy
+# no IFUNC leads to).
+_VARIANT = re.compile(r"^(?:__GI_)?_*(" + "|".join(sorted(STRINGS, key=len, reverse=True)) + r")(_chk)?(_[a-z0-9_]+)?$")
 # Old helpers with their own signatures (__strspn_c2(s, a1, a2), __strcpy_small(d, w0, w1...)).
 _NOT_VARIANT = re.compile(r"_(c[123]|1c|small|g)$")
 # Code that legally reads past a string's end with aligned vector loads.
@@ -56,10 +61,14 @@ STRING_CODE = re.compile(r"^(?:__GI_)?_*(str|mem|stp|wcs|wmem|wcp|rawmem|bcmp|in
 
 def string_function(name: str) -> str | None:
     """Native id name for a symbol that implements one of the intercepted functions."""
-    if name.endswith(("_chk", "_ifunc")) or "_chk_" in name or _NOT_VARIANT.search(name):
-        return None            # fortify wrappers jump to the real code; *_ifunc are resolvers
+    if name.endswith("_ifunc") or _NOT_VARIANT.search(name):
+        return None            # resolvers; old helpers with their own signatures
     m = _VARIANT.match(name)
-    return STRINGS[m.group(1)] if m else None
+    if not m:
+        return None
+    if m.group(2):             # glibc's own names only: a program's memcpy_chk() is its own
+        return STRINGS[m.group(1)] + "_CHK" if m.group(1) in FORTIFIED and name.startswith("__") else None
+    return STRINGS[m.group(1)]
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,11 @@ def has_section(path: str, name: str) -> bool:
         return False
 
 
+# Two names of one function with different rules: glibc before 2.38 makes aligned_alloc an alias
+# of memalign, so one entry serves both (with memalign's rules: glibc's).
+SHARED = {frozenset(("MEMALIGN", "ALIGNED_ALLOC")): "MEMALIGN_OR_ALIGNED_ALLOC"}
+
+
 def has_symtab(path: str) -> bool:
     return has_section(path, ".symtab")
 
@@ -124,8 +138,13 @@ def module_entry_points(path: str, base: int, strings: bool = True, tags: bool =
             continue
         fn = ALLOCATOR.get(name) or (string_function(name) if strings else None) or \
             (TAG_FUNCTIONS.get(name) if tags else None)
-        if fn and value + base not in out:
+        if not fn:
+            continue
+        had = out.get(value + base)
+        if had is None:
             out[value + base] = EntryPoint(value + base, fn, name)
+        elif frozenset((had.fn, fn)) in SHARED:
+            out[value + base] = EntryPoint(value + base, SHARED[frozenset((had.fn, fn))], had.name)
     return list(out.values())
 
 

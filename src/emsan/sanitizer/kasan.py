@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from emsan.report.model import ObjectInfo, Report
+from emsan.report.model import AllocRequest, ObjectInfo, Report, Task
 from emsan.sanitizer.entrypoints import has_symtab, module_entry_points, string_code_ranges
-from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target
+from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target, stream_seed
 from emsan.sanitizer.runtime import Error, Runtime
 from emsan.sanitizer.stacks import confirm_candidate
 
@@ -27,6 +27,7 @@ class Kasan:
         if k == ffi.NULL:
             raise MemoryError("no host memory for emsan's shadow")
         self.k = ffi.gc(k, lib.emsan_kasan_destroy)
+        self.heap_memory = int(ffi.cast("uintptr_t", lib.emsan_kasan_heap_memory(k)))    # host address
         self._entry_cb = ffi.addressof(lib, "emsan_kasan_entry_cb")
         self._obj = ffi.new("emsan_obj_info *")
         self.hooked: dict[int, str] = {}
@@ -99,6 +100,11 @@ class Kasan:
             get_cpu, restore = recovery
             lib.emsan_mmio_set_pc_recovery(self.k, ffi.cast("void *", get_cpu), ffi.cast("void *", restore))
 
+    def mmio_copy_on_write(self) -> None:
+        """Guest memory is copy-on-write from now on (Machine.snapshot): the checking view reads
+        and writes the heap's current copy through the engine, not emsan's host memory."""
+        self.lib.emsan_mmio_copy_on_write(self.k, 1)
+
     # --- reports ----------------------------------------------------------------------------------
     def describe(self, addr: int, size: int = 0):
         """What the mode knows about the object at addr (emsan_obj_info; tag modes also about the
@@ -112,16 +118,79 @@ class Kasan:
             return None
         stack = self.runtime.stack
         return ObjectInfo(info.start, info.size, info.cache_size, STATES[info.state], bool(info.large),
-                          stack(info.alloc_stack), stack(info.free_stack), KINDS[info.kind])
+                          stack(info.alloc_stack), stack(info.free_stack), KINDS[info.kind], info.align)
 
     def stats(self) -> dict[str, int]:
         return self.runtime.counters("emsan_kasan_stats", self.lib.emsan_kasan_get_stats, self.k)
 
+    # --- a persistent fuzzing loop (native/checkpoint.c) -------------------------------------------
+    def checkpoint(self) -> None:
+        self.lib.emsan_kasan_checkpoint(self.k)
 
-# How a report names the deallocation used (alloc-dealloc-mismatch)
-FREE_NAMES = {"FREE": "free", "DELETE": "operator delete", "DELETE_ARRAY": "operator delete[]",
-              "REALLOC": "realloc", "REALLOCARRAY": "reallocarray"}
+    def rollback(self) -> None:
+        self.lib.emsan_kasan_rollback(self.k)
+
+    def reseed(self, seed: int) -> None:
+        self.lib.emsan_kasan_reseed(self.k, seed & (2**64 - 1))
+
+
+# How a report names the functions emsan stands in for (C++ operators as demangled)
+CALL_NAMES = {
+    "MALLOC": "malloc", "CALLOC": "calloc", "REALLOC": "realloc", "REALLOCARRAY": "reallocarray",
+    "MEMALIGN": "memalign", "ALIGNED_ALLOC": "aligned_alloc", "MEMALIGN_OR_ALIGNED_ALLOC": "memalign/aligned_alloc", "POSIX_MEMALIGN": "posix_memalign",
+    "VALLOC": "valloc", "PVALLOC": "pvalloc", "FREE": "free",
+    "NEW": "operator new(unsigned long)", "NEW_ARRAY": "operator new[](unsigned long)",
+    "NEW_ALIGNED": "operator new(unsigned long, std::align_val_t)",
+    "NEW_ARRAY_ALIGNED": "operator new[](unsigned long, std::align_val_t)",
+    "NEW_NOTHROW": "operator new(unsigned long, std::nothrow_t const&)",
+    "NEW_ARRAY_NOTHROW": "operator new[](unsigned long, std::nothrow_t const&)",
+    "NEW_ALIGNED_NOTHROW": "operator new(unsigned long, std::align_val_t, std::nothrow_t const&)",
+    "NEW_ARRAY_ALIGNED_NOTHROW": "operator new[](unsigned long, std::align_val_t, std::nothrow_t const&)",
+    "DELETE": "operator delete", "DELETE_ARRAY": "operator delete[]",
+    "DELETE_SIZED": "operator delete(void*, unsigned long)",
+    "DELETE_ARRAY_SIZED": "operator delete[](void*, unsigned long)",
+    "DELETE_ALIGNED": "operator delete(void*, std::align_val_t)",
+    "DELETE_ARRAY_ALIGNED": "operator delete[](void*, std::align_val_t)",
+    "DELETE_SIZED_ALIGNED": "operator delete(void*, unsigned long, std::align_val_t)",
+    "DELETE_ARRAY_SIZED_ALIGNED": "operator delete[](void*, unsigned long, std::align_val_t)",
+}
+# The calls that take an alignment (a report shows it, 0 included)
+ALIGNED_CALLS = {"MEMALIGN", "ALIGNED_ALLOC", "MEMALIGN_OR_ALIGNED_ALLOC", "POSIX_MEMALIGN", "NEW_ALIGNED", "NEW_ARRAY_ALIGNED",
+                 "NEW_ALIGNED_NOTHROW", "NEW_ARRAY_ALIGNED_NOTHROW"}
 ALLOC_NAMES = {"malloc": "malloc()", "new": "operator new", "new[]": "operator new[]"}
+# Allocation errors, by EMSAN_ALLOCERR_* suffix: ASan's bug types. The kernel has none (its
+# allocators WARN and return NULL), and these are the names users of user-space reports know.
+ALLOC_BUGS = {"SIZE": "allocation-size-too-big", "CALLOC_OVERFLOW": "calloc-overflow",
+              "REALLOCARRAY_OVERFLOW": "reallocarray-overflow", "PVALLOC_OVERFLOW": "pvalloc-overflow",
+              "ALIGNMENT": "invalid-allocation-alignment", "ALIGNED_ALLOC": "invalid-aligned-alloc-alignment",
+              "POSIX_MEMALIGN": "invalid-posix-memalign-alignment", "OOM": "out-of-memory"}
+
+
+def call_name(fn: str) -> str:
+    if fn.endswith("_CHK"):                     # _FORTIFY_SOURCE's: __memcpy_chk
+        return "__" + fn.lower()
+    return CALL_NAMES.get(fn, fn.lower())
+
+
+def allocation_error_note(bug: str, q: AllocRequest, heap_size: int, max_size: int) -> str:
+    """What was wrong with a refused request, in one sentence."""
+    c = q.call if "(" in q.call else q.call + "()"
+    if bug == "allocation-size-too-big":
+        return f"{c} asked for {q.size:#x} bytes, more than the largest allocation emsan supports ({max_size:#x})."
+    if bug in ("calloc-overflow", "reallocarray-overflow"):
+        args = f"{q.count}, {q.size}" if bug == "calloc-overflow" else f"ptr, {q.count}, {q.size}"
+        return f"{q.call}({args}): count * size cannot be represented in size_t."
+    if bug == "pvalloc-overflow":
+        return f"pvalloc({q.size:#x}): the size rounded up to the page size cannot be represented in size_t."
+    if bug == "invalid-posix-memalign-alignment":
+        return (f"posix_memalign(&ptr, {q.align}, {q.size}): the alignment must be a power of two and a "
+                f"multiple of sizeof(void *) (8).")
+    if bug in ("invalid-allocation-alignment", "invalid-aligned-alloc-alignment"):
+        return f"{c} was asked for alignment {q.align}, which is not a power of two."
+    if q.limit is not None:
+        return (f"{c} asked for {q.size} bytes; the guest's resource limits (RLIMIT_AS, RLIMIT_DATA) leave "
+                f"the heap {q.limit} bytes and it holds {q.in_use}.")
+    return f"{c} asked for {q.size} bytes, which emsan's heap ({heap_size} bytes, holding {q.in_use}) cannot give."
 
 
 class KasanMode:
@@ -148,11 +217,16 @@ class KasanMode:
         lib = self.runtime.lib
         self.access_error = lib.EMSAN_ERR_ACCESS
         self.free_bugs = {lib.EMSAN_ERR_DOUBLE_FREE: "double-free", lib.EMSAN_ERR_INVALID_FREE: "invalid-free",
-                          lib.EMSAN_ERR_MISMATCH: "alloc-dealloc-mismatch"}
+                          lib.EMSAN_ERR_MISMATCH: "alloc-dealloc-mismatch",
+                          lib.EMSAN_ERR_DELETE_MISMATCH: "new-delete-type-mismatch"}
+        self.alloc_error = lib.EMSAN_ERR_ALLOC
+        self.alloc_bugs = {getattr(lib, "EMSAN_ALLOCERR_" + k): v for k, v in ALLOC_BUGS.items()}
+        lib.emsan_kasan_set_allocator_errors(self.kasan.k, int(target.options.allocator_errors == "report"))
 
     def map_heap(self) -> None:
+        """Map the heap's memory, which emsan owns (the leak scanner reads objects through it)."""
         layout = self.target.layout
-        self.target.map_memory(layout.heap, layout.heap + layout.heap_size, 3, "[emsan-heap]", None)
+        self.target.map_memory(layout.heap, layout.heap + layout.heap_size, 3, "[emsan-heap]", self.kasan.heap_memory)
 
     # --- wiring ---------------------------------------------------------------------------------
     def module_loaded(self, module: ModuleInfo) -> None:
@@ -190,13 +264,26 @@ class KasanMode:
     def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None:
         self.kasan.mapping_changed(lo, hi, mapped)
 
+    def limit_heap(self, live_bytes: int | None) -> None:
+        self.runtime.lib.emsan_kasan_set_budget(self.kasan.k, 2**64 - 1 if live_bytes is None else max(live_bytes, 0))
+
     def report_key(self, report: Report) -> tuple:
-        # An interceptor's report is one per call site: its pc is the intercepted function's.
-        t = report.title_frame
-        return (report.bug_type, report.pc, report.stack[t] if t and len(report.stack) > t else 0)
+        # A bug at an allocator's or interceptor's entry is one per call site, not per function (a
+        # refused request that the guest's own C library then passes to another allocator entry).
+        where = report.stack[report.title_frame] if report.title_frame < len(report.stack) else report.pc
+        return (report.bug_type, where)
 
     def stats(self) -> dict[str, int]:
         return self.kasan.stats()
+
+    def reseed(self, seed: int) -> None:
+        self.kasan.reseed(stream_seed(seed, "tags"))
+
+    def checkpoint(self) -> None:
+        self.kasan.checkpoint()
+
+    def rollback(self) -> None:
+        self.kasan.rollback()
 
     # --- reports ----------------------------------------------------------------------------------
     def call_trace(self, e: Error) -> list[int]:
@@ -211,9 +298,40 @@ class KasanMode:
         """What the kernel's layout has no line for: who made the access, a mismatched family."""
         lib, obj, fn = self.runtime.lib, rep.obj, e.fn
         if fn and e.type == lib.EMSAN_ERR_ACCESS:
-            rep.notes.append(f"The access was made by {fn.lower()}() on behalf of its caller.")
+            rep.notes.append(f"The access was made by {call_name(fn)}() on behalf of its caller.")
         if e.type == lib.EMSAN_ERR_MISMATCH and obj is not None:
             rep.notes.append(f"The object was allocated with {ALLOC_NAMES[obj.kind]} and freed with "
-                             f"{FREE_NAMES.get(fn, fn.lower())}.")
+                             f"{call_name(fn)}.")
+        if e.type == lib.EMSAN_ERR_DELETE_MISMATCH:
+            rep.request = AllocRequest(call_name(fn), e.size or None, None, e.record.align or None)
+            if obj is not None:
+                rep.notes.append(self.delete_mismatch_note(e, obj))
         if e.type == lib.EMSAN_ERR_INVALID_FREE and obj is None:
             rep.notes.append("The address is not in emsan's heap: it was never returned by an allocator.")
+
+    def delete_mismatch_note(self, e: Error, obj) -> str:
+        """SLUB's "Wrong slab cache" for C++'s sized and aligned delete: what the delete said the
+        object was against what it is."""
+        name, rec = call_name(e.fn), e.record
+        alloc = ALLOC_NAMES[obj.kind] + (f" aligned to {obj.align}" if obj.align else "")
+        if rec.size and rec.size != obj.size:
+            return (f"Wrong size: {name} was given {rec.size} bytes, but the object is {obj.size} bytes "
+                    f"(allocated with {alloc}).")
+        have = f"aligned to {obj.align}" if obj.align else "default-aligned"
+        return f"Wrong alignment: {name} was given alignment {rec.align}, but the object is {have} (allocated with {alloc})."
+
+    def allocation_report(self, e: Error, task: Task) -> Report:
+        """A request the allocator refused: the call trace is where it was made (the allocation
+        stack), the title names the caller; there is no object and no shadow to show."""
+        rec, lib = e.record, self.runtime.lib
+        bug = self.alloc_bugs[rec.kind]
+        oom = rec.kind == lib.EMSAN_ALLOCERR_OOM
+        counted = bug in ("calloc-overflow", "reallocarray-overflow")
+        q = AllocRequest(call_name(e.fn), e.size, rec.count if counted else None,
+                         rec.align if e.fn in ALIGNED_CALLS else None,
+                         (rec.count or None) if oom else None, rec.addr if oom else None)
+        stack = self.call_trace(e)
+        rep = Report(self.name, bug, "allocate", 0, e.size, e.pc, task, stack,
+                     self.title_frame(e, stack), None, 0, request=q)
+        rep.notes.append(allocation_error_note(bug, q, self.kasan.size, lib.EMSAN_MAX_ALLOCATION))
+        return rep

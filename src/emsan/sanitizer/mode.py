@@ -24,16 +24,20 @@ class Capabilities:
     arches: tuple[str, ...] = ("x86_64", "arm64")
     arch_note: str = ""                 # why, when not every architecture
     string_interceptors: bool = True    # libc string functions are intercepted (their IFUNCs resolved too)
+    own_allocator: bool = True          # emsan's allocator serves every allocation (else it samples the guest's)
     shadow: bool = True                 # has a shadow: the mmap area is shadowed like the kernel's vmalloc space
     reports_mmap_faults: bool = True    # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
     default_stacks: str = "auto"        # what --stacks auto means ("auto": the cheapest complete collector)
     shadow_call_stack: bool = True      # --stacks scs may run beside it (else the frame-pointer walk)
+    leaks: bool = True                  # owns every allocation (emsan's allocator): leaks can be found
+    heap: bool = True                   # serves every allocation from its own heap (bounded by the guest's limits)
 
 
 class ModeOptions(Protocol):
     """The options modes read (emsan.session.options.RunOptions has them)."""
 
     quarantine_size: int
+    allocator_errors: str               # KASAN modes: "report" or "null"
     seed: int | None
     checks: str                         # generic mode: "mmio" or "hook"
     shadow: str                         # "per-page" or "full"
@@ -120,6 +124,18 @@ class Mode(Protocol):
     def stats(self) -> dict[str, int]:
         """The counters --stats prints."""
 
+    def reseed(self, seed: int) -> None:
+        """New random choices (KFENCE's sampling, memory tags) from `seed`: each input of a
+        fuzzing campaign gets its own (input_seed)."""
+
+    def checkpoint(self) -> None:
+        """The guest's registers and memory are saved now, to go back to after each input of a
+        persistent fuzzing loop (Machine.snapshot: guest memory is copy-on-write from here on);
+        save the mode's own state with them. EmsanError if the mode cannot go back."""
+
+    def rollback(self) -> None:
+        """Go back to the checkpoint's state (before the guest's memory does)."""
+
 
 class ShadowMode(Mode, Protocol):
     """A mode with Capabilities.shadow."""
@@ -130,6 +146,20 @@ class ShadowMode(Mode, Protocol):
         """Shadow [lo, hi) as the kernel shadows vmalloc space: from what is mapped, lazily."""
 
     def mapping_changed(self, lo: int, hi: int, mapped: bool) -> None: ...
+
+
+class HeapMode(Mode, Protocol):
+    """A mode with Capabilities.heap."""
+
+    def limit_heap(self, live_bytes: int | None) -> None:
+        """The live bytes the guest's resource limits leave the heap (None: no limit)."""
+
+
+def input_seed(seed: int | None, data: bytes) -> int:
+    """The seed of one fuzzing input: the modes' random choices differ from input to input, and
+    are the same whenever the input runs again under the same --seed (a KFENCE crash reproduces
+    when triage runs it)."""
+    return stream_seed(seed, "input:" + hashlib.sha1(data).hexdigest())
 
 
 def stream_seed(seed: int | None, stream: str) -> int:

@@ -47,3 +47,18 @@ def oops(proc, info, sym: Symbolizer) -> str:
     lines += [f" {f}" for f in frames]
     lines.append("==================================================================")
     return "\n".join(lines)
+
+
+def oops_json(proc, info, sym: Symbolizer) -> dict:
+    """The fatal signal as a report-like JSON record (the fields triage and SARIF read)."""
+    sig = info.signal
+    frames = call_trace(proc, sym)
+    d = {"tool": "emsan", "mode": "signal", "bug_type": SIGNAMES.get(sig, f"signal {sig}"),
+         "signal": sig, "pc": f"{frames[0].addr:#x}" if frames else None,
+         "function": frames[0].function if frames else None,
+         "task": {"comm": proc.comm, "pid": proc.pid}, "stack": [f.to_json() for f in frames], "notes": []}
+    f = info.fault
+    if f is not None and f.kind == "segv":
+        d.update(access=f.access, address=f"{f.addr:#x}", size=f.size)
+    return d
+

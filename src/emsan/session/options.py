@@ -23,9 +23,11 @@ class RunOptions:
     seed: int | None = None
     trace_syscalls: bool = False
     json_path: str | None = None
+    sarif_path: str | None = None     # --sarif: reports as a SARIF 2.1.0 log
     error_exitcode: int = EXIT_REPORT
     keep_going: bool = False          # --continue: the kernel's multi-shot
     quarantine_size: int = 256 << 20
+    allocator_errors: str = "report"  # --allocator-errors: report refused allocations, or only fail them
     stats: bool = False
     shadow: str = "per-page"          # --shadow: per-page (shared zero/black pages) or full
     checks: str = "mmio"              # --checks: heap accesses checked through MMIO, or by a memory hook
@@ -35,6 +37,11 @@ class RunOptions:
     kfence_objects: int = 255         # --kfence-objects: pool size (CONFIG_KFENCE_NUM_OBJECTS)
     sample_interval: int = 100        # --sample-interval: every Nth allocation goes to the pool
     sample_instructions: int = 0      # --sample-instructions: or one per N guest instructions
+    leaks: bool | None = None         # --leaks / --no-leaks: kmemleak's scan when the guest ends (None: the
+                                      # default, on where the mode owns every allocation)
+    suppress: str | None = None       # --suppress FILE: LeakSanitizer's leak:PATTERN lines
+    leaks_scan_every: int = 0         # --leaks-scan-every N: also a scan every N guest instructions
+    leaks_ignore_before_main: bool = False   # --leaks-ignore-before-main: objects allocated before main are roots
     shadow_limit: int | None = None   # --shadow-limit: bytes of private shadow emsan may use
     follow_exec: bool = True          # --no-follow-exec: a guest's execve runs the new image natively
     # A new image after a guest's execve (session/processes.py sets these on the command line it
@@ -47,6 +54,7 @@ class RunOptions:
     is_child: bool = False            # a child process: killed by a signal, emsan dies of it too
     json_base: str | None = None      # --json of the first process: children write json_base.PID
     json_append: bool = False         # keep the reports the file holds (the image before exec)
+    json_lazy: bool = False           # a child's files: written only if it has a report or a crash
 
     def to_argv(self, timeout: float | None) -> list[str]:
         """The command-line options of this run, as a new image after exec takes them again."""
@@ -67,11 +75,29 @@ class RunOptions:
         if self.json_path:
             a += ["--json", os.path.abspath(self.json_path), "--json-append",
                   "--json-base", os.path.abspath(self.json_base or self.json_path)]
+        if self.sarif_path:
+            a += ["--sarif", os.path.abspath(self.sarif_path)]
+        if self.leaks is not None:
+            a += ["--leaks" if self.leaks else "--no-leaks"]
+        if self.suppress:
+            a += ["--suppress", os.path.abspath(self.suppress)]
+        if self.leaks_scan_every:
+            a += ["--leaks-scan-every", str(self.leaks_scan_every)]
+        if self.leaks_ignore_before_main:
+            a += ["--leaks-ignore-before-main"]
+        a += ["--allocator-errors", self.allocator_errors]
         return a
 
     def outputs(self) -> list[tuple[str, str, bytes]]:
         """Every file a run writes: (option, path, what it holds before the first report)."""
-        return [("--json", self.json_path, EMPTY_JSON)] if self.json_path is not None else []
+        out = [("--json", self.json_path, EMPTY_JSON)] if self.json_path is not None else []
+        if self.sarif_path is not None:
+            import json
+
+            from emsan.report.sarif import from_reports
+            empty = from_reports([], " ".join([self.program, *self.args]), self.program)
+            out.append(("--sarif", self.sarif_path, (json.dumps(empty, indent=2) + "\n").encode()))
+        return out
 
     def check_outputs(self) -> None:
         """Open every output file and write its empty form before the guest runs, so that a path

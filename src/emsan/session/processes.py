@@ -25,6 +25,9 @@ def attach(session) -> None:
     p.exec_image = lambda path, argv, envp: exec_image(session, path, argv, envp)
     p.after_fork.append(lambda: forked(session))
     p.is_child = session.opts.is_child
+    opts = session.opts
+    if opts.json_append and opts.json_path:
+        opts.json_lazy = not os.path.exists(opts.json_path)
 
 
 def forked(session) -> None:
@@ -34,11 +37,15 @@ def forked(session) -> None:
         opts.json_base = opts.json_base or opts.json_path
         opts.json_path = f"{opts.json_base}.{os.getpid()}"
         opts.json_append = True
+    if opts.sarif_path:
+        opts.sarif_path = f"{opts.sarif_path}.{os.getpid()}"
+    opts.json_lazy = True
     san = session.sanitizer
     if san is not None and hasattr(san, "reports"):
         san.reports = []
         san.seen = set()
-        san.json_lazy = True
+        if getattr(san, "leaks", None) is not None:
+            san.leaks = None      # no leak scan at a forked child's end (LeakSanitizer's at _exit)
 
 
 def load_reports(path: str) -> tuple[list[dict], bool]:

@@ -12,10 +12,11 @@ from emsan.os.linux.loader import load_program
 from emsan.os.linux.memory import MemoryMap
 from emsan.os.linux.process import ExitInfo, Process
 from emsan.report.symbolize import Symbolizer
-from emsan.session.crash import oops
+from emsan.session.crash import oops, oops_json
+from emsan.os.linux.execve import read_env
 from emsan.session import processes
 from emsan.session.options import RunOptions
-from emsan.os.linux.execve import read_env
+from emsan.session.outputs import write_outputs
 
 # Signals whose default action dumps core: a crash worth a report. Others (SIGPIPE, SIGTERM...)
 # end the run as quietly as a shell would show them.
@@ -132,31 +133,52 @@ class Session:
     def run(self) -> ExitInfo:
         return self.process.run(self.loaded.entry, self.opts.timeout, self.opts.max_instructions)
 
+    @property
+    def reports(self) -> list[dict]:
+        """The JSON of every report so far (none without a reporting mode)."""
+        return getattr(self.sanitizer, "reports", [])
+
+    @property
+    def json_extra(self) -> dict:
+        """What the JSON holds besides the reports (the leak scans)."""
+        extra = getattr(self.sanitizer, "json_extra", None)
+        return extra() if extra is not None else {}
+
+    @property
+    def texts(self) -> list[str]:
+        """The text of every report so far, as printed (the same order)."""
+        return getattr(self.sanitizer, "texts", [])
+
 
 def run(opts: RunOptions) -> int:
     s = Session(opts)
     info = s.run()
     sys.stdout.flush()
-    if s.sanitizer is not None:
-        s.sanitizer.finish()
+    fatal = info.kind == "signal" and info.signal in CORE_SIGNALS
     if info.kind == "resources":
         limit = f" (--shadow-limit {opts.shadow_limit})" if s.out_of == "shadow memory" and opts.shadow_limit else ""
         print(f"emsan: out of {s.out_of}{limit}: the run stops here, at {s.symbolizer.frame(s.machine.pc)}",
               file=sys.stderr)
-    elif info.kind == "signal" and info.signal in CORE_SIGNALS:
+    elif fatal:
         print(oops(s.process, info, s.symbolizer), file=sys.stderr)
-    if info.kind == "signal" and s.process.is_child:
-        processes.die_like(info.signal)
-    if s.process.is_child:
-        processes.leave(info.status)
     elif info.kind == "timeout":
         print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped at {s.symbolizer.frame(s.machine.pc)}",
               file=sys.stderr)
     elif info.kind == "max-instructions":
         print(f"emsan: instruction limit of {opts.max_instructions} reached; guest stopped at "
               f"{s.symbolizer.frame(s.machine.pc)}", file=sys.stderr)
+    status = s.sanitizer.finish(info) if s.sanitizer is not None else info.status
+    if opts.json_path or opts.sarif_path:
+        # a fatal signal is a record there too (what triage groups when no report was made)
+        write_outputs(opts, s.reports, oops_json(s.process, info, s.symbolizer) if fatal else None,
+                      warn=s.process.warn_once, extra=s.json_extra)
     if info.kind == "exit" and getattr(s.sanitizer, "reports", None):
         # --continue: a run that reported ends with the error status even though the guest
         # exited on its own (Valgrind's --error-exitcode), so CI notices.
-        return opts.error_exitcode
+        status = opts.error_exitcode
+    if s.process.is_child:          # a child process: its parent's wait4 sees what it would natively
+        if info.kind == "signal":
+            processes.die_like(info.signal)
+        processes.leave(status)
+    return status
     return info.status

@@ -4,7 +4,6 @@ and exit decisions. Nothing here depends on which mode runs: the mode's capabili
 to wire (emsan.sanitizer.mode)."""
 from __future__ import annotations
 
-import json
 import sys
 from typing import cast
 
@@ -17,17 +16,37 @@ from emsan.os.linux.process import ExitInfo
 from emsan.report.debuginfo import debug_file
 from emsan.report.json import to_json as render_json
 from emsan.report.text import render as render_text
-from emsan.report.model import Report, Task
+from emsan.report.model import LeakReport, Report, Task
 from emsan.sanitizer.entrypoints import has_symtab, string_function, string_ifuncs
-from emsan.sanitizer.mode import Layout, Mode, ShadowMode, Target
+from emsan.sanitizer.kasan import KasanMode
+from emsan.sanitizer.mode import HeapMode, Layout, Mode, ShadowMode, Target
 from emsan.sanitizer.runtime import Runtime
 from emsan.sanitizer.shadow import shadow_window
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
 from emsan.session.crash import call_trace_pcs
+from emsan.session.leaks import LeakCheck
+from emsan.session.outputs import write_outputs
 from emsan.session.unwind import is_call_return
 
 LAYOUT = Layout(heap=SANITIZER_HEAP_BASE, heap_size=SANITIZER_HEAP_SIZE)
 VMALLOC_INVALID = 0xF8       # the shadow of a hole in the mmap area
+
+
+RLIMIT_DATA, RLIMIT_AS = 2, 9     # the same numbers on x86-64 and arm64
+RLIM_INF = 2**64 - 1
+
+
+def heap_budget(mappings, limits: dict[int, tuple[int, int]]) -> int | None:
+    """Bytes of objects the guest's limits leave emsan's heap: RLIMIT_AS less the guest's own
+    mappings, RLIMIT_DATA less its private writable ones (as Linux counts them); None if no limit."""
+    own = [mp for mp in mappings if not mp.name.startswith(("[emsan", "[kfence"))]
+    left = []
+    if limits.get(RLIMIT_AS, (RLIM_INF,))[0] != RLIM_INF:
+        left.append(limits[RLIMIT_AS][0] - sum(mp.end - mp.start for mp in own))
+    if limits.get(RLIMIT_DATA, (RLIM_INF,))[0] != RLIM_INF:
+        left.append(limits[RLIMIT_DATA][0] - sum(mp.end - mp.start for mp in own
+                                                 if mp.prot & 2 and mp.name != "[stack]"))
+    return min(left) if left else None
 
 
 class Sanitizer:
@@ -51,12 +70,18 @@ class Sanitizer:
         if self.shadow is not None and opts.mmap_shadow:
             self.watch_mmap_area(self.shadow)
         self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot)
-        self.reports: list[dict] = []
-        self.json_lazy = False        # a child's file (session/processes.py): written at its first report
-        if opts.json_append and opts.json_path:
+        self.leaks: LeakCheck | None = None
+        if opts.leaks or (opts.leaks is None and caps.leaks):
+            if not caps.leaks:
+                raise EmsanError(f"--leaks needs emsan's allocator, which --mode {mode_class.name} leaves to the "
+                                 f"guest for most allocations")
+            self.leaks = LeakCheck(self, cast(KasanMode, self.mode).kasan)
+        self.leak_scans: list[dict] = []
+        self.reports: list[dict] = []        # JSON renderings, in order
+        if opts.json_append and opts.json_path:      # the image before exec wrote these (session/processes.py)
             from emsan.session.processes import load_reports
-            self.reports, existed = load_reports(opts.json_path)
-            self.json_lazy = not existed
+            self.reports = load_reports(opts.json_path)[0]
+        self.texts: list[str] = []           # the text of each, as printed
         self.seen: set[tuple] = set()
         self.last_addr: int | None = None
         for mod in list(mem.modules):
@@ -75,6 +100,9 @@ class Sanitizer:
             # piece of an unaligned load) must not have the guest run that access again.
             self.runtime.on_error(self.report_in_engine)
         s.process.buffer_check = lambda addr, size, w: self.mode.check_range(addr, size, w, m.pc)
+        if caps.heap:
+            s.process.rlimit_listeners.append(self.limits_changed)
+            self.limited = False
 
     def collector(self, asked: str) -> str:
         """The stack collector: --stacks, where the mode allows it."""
@@ -118,9 +146,21 @@ class Sanitizer:
                 mode.mapping_changed(mp.start, min(mp.end, MMAP_TOP), True)
         mem.change_listeners.append(mode.mapping_changed)
 
+    def limits_changed(self) -> None:
+        """The guest set a resource limit: from now on the heap gets what RLIMIT_AS and
+        RLIMIT_DATA leave beside the guest's own mappings (emsan's regions not counted)."""
+        limits = self.s.process.rlimits
+        if not self.limited and any(r in limits for r in (RLIMIT_AS, RLIMIT_DATA)):
+            self.limited = True
+            self.s.mem.change_listeners.append(lambda lo, hi, mapped: self.limits_changed())
+        if self.limited:
+            cast(HeapMode, self.mode).limit_heap(heap_budget(self.s.mem.mappings, limits))
+
     def module_loaded(self, mod: Module) -> None:
         self.stacks.module_loaded(mod.path, mod.base)
         self.mode.module_loaded(mod)
+        if self.leaks is not None:
+            self.leaks.module_loaded(mod)
 
     def debug_file(self, path: str) -> str | None:
         """The separate debug file of a module (Debian's libc6-dbg), where found."""
@@ -231,26 +271,48 @@ class Sanitizer:
             return False
         self.seen.add(key)
         sys.stdout.flush()
-        print(render_text(rep, self.s.symbolizer, self.s.arch.name), file=sys.stderr, flush=True)
+        text = render_text(rep, self.s.symbolizer, self.s.arch.name)
+        print(text, file=sys.stderr, flush=True)
+        self.texts.append(text)
         self.reports.append(render_json(rep, self.s.symbolizer))
-        self.write_json()
+        # as it goes: a run killed later keeps them
+        write_outputs(self.s.opts, self.reports, warn=self.s.process.warn_once, extra=self.json_extra())
         return True
 
-    def write_json(self) -> None:
-        path = self.s.opts.json_path
-        if path and (self.reports or not self.json_lazy):
-            try:
-                with open(path, "w") as f:
-                    json.dump({"tool": "emsan", "reports": self.reports}, f, indent=2)
-            except OSError as e:        # checked before the run; a full disk now loses it, not the status
-                self.s.process.warn_once("json", f"--json {path}: cannot write: {e.strerror}")
+    def emit_leak(self, rep: LeakReport) -> None:
+        """Print a leak report (the indirect ones go to the JSON only, as Valgrind shows
+        indirectly lost blocks only in its summary) and add it to the JSON."""
+        if not rep.indirect:
+            sys.stdout.flush()
+            text = render_text(rep, self.s.symbolizer, self.s.arch.name)
+            print(text, file=sys.stderr, flush=True)
+            self.texts.append(text)
+        self.reports.append(render_json(rep, self.s.symbolizer))
 
-    def finish(self) -> None:
-        self.write_json()
+    def leak_scan_done(self, summary: dict) -> None:
+        self.leak_scans.append(summary)
+        write_outputs(self.s.opts, self.reports, warn=self.s.process.warn_once, extra=self.json_extra())
+
+    def json_extra(self) -> dict:
+        """What the JSON holds besides the reports: the leak scans' summaries."""
+        return {"leak_scans": self.leak_scans} if self.leaks is not None else {}
+
+    def finish(self, info: ExitInfo) -> int:
+        """The guest has ended: the leak scan (unless a report stopped the run) and the
+        statistics (the session writes the final JSON and SARIF); the exit status
+        (--error-exitcode when leaks were found, as LeakSanitizer's)."""
+        status = info.status
+        if self.leaks is not None and info.kind in ("exit", "signal"):
+            self.leaks.at_exit()
+            if self.leaks.leaks:
+                status = self.s.opts.error_exitcode
         if self.s.opts.stats:
             st = self.mode.stats()
             if "shadow_pages" in st:
                 st["shadow_resident_bytes"] = st["shadow_pages"] * PAGE
             st["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             st.update(self.stacks.stats())
+            if self.leaks is not None:
+                st.update({f"leak_{k}": v for k, v in self.leaks.kml.stats().items()})
             print("emsan: stats: " + ", ".join(f"{k}={v}" for k, v in st.items()), file=sys.stderr)
+        return status

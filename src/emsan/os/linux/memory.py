@@ -327,6 +327,24 @@ class MemoryMap:
     def count(self) -> int:
         return len(self.mappings)
 
+    # --- a persistent fuzzing loop: back to a saved state --------------------------------------
+    def save(self) -> tuple:
+        """The map as it is now (Mapping and Module records are never changed in place)."""
+        return list(self.mappings), list(self.modules), self.brk_end
+
+    def restore(self, saved: tuple) -> None:
+        """Back to a saved() state once the engine's memory went back to a snapshot taken with
+        it (which unmaps what was mapped since and maps again what was unmapped): the records,
+        and the listeners told which ranges came back and which went."""
+        mappings, modules, brk_end = saved
+        bounds = sorted({b for m in self.mappings + mappings for b in (m.start, m.end)})
+        for lo, hi in zip(bounds, bounds[1:]):
+            now, then = self.find(lo) is not None, any(m.start <= lo < m.end for m in mappings)
+            if now != then:
+                for cb in self.change_listeners:
+                    cb(lo, hi, then)
+        self.mappings, self.modules, self.brk_end = list(mappings), list(modules), brk_end
+
     def describe(self) -> str:
         """/proc/self/maps-style listing (for crash messages and the guest's /proc)."""
         lines = []

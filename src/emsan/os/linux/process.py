@@ -41,7 +41,7 @@ class FileDesc:
 
 @dataclass
 class ExitInfo:
-    kind: str                     # exit / signal / timeout / max-instructions / stopped
+    kind: str                     # exit / signal / timeout / max-instructions / stopped / paused
     status: int
     signal: int = 0
     fault: MachineFault | None = None
@@ -68,6 +68,9 @@ class Process:
     on_stop: list[Callable[[], "ExitInfo | str | None"]] = field(default_factory=list)
     # A sanitizer's check of guest buffers the kernel reads or writes: (addr, size, is_write).
     buffer_check: Callable[[int, int, bool], None] | None = None
+    # Resource limits the guest set (resource -> (soft, hard)), and who wants to know
+    rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
+    rlimit_listeners: list[Callable[[], None]] = field(default_factory=list)
     _warned: set = field(default_factory=set)
     # Processes (os/linux/children.py): is this a forked child, the host descriptors a new image
     # inherits as the guest's (None: the host's 0, 1, 2), what a new image runs under (the
@@ -361,6 +364,10 @@ class Process:
                     self.signals.deliver(FAULT_SIGNAL[fault.kind], fault)
                     pc = m.pc
                     continue
+                if reason == "pause":
+                    # Stopped to be resumed by run(m.pc, ...) later (the fork server at main): the
+                    # process, its descriptors included, stays as it is.
+                    return ExitInfo("paused", 0)
                 if reason == "timeout" or (deadline and time.monotonic() >= deadline):
                     self.exit_info = ExitInfo("timeout", EXIT_TIMEOUT)
                 elif reason == "tick-hook":     # the machine installed its timer hook

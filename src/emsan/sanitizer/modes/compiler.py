@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from emsan.errors import EmsanError
 from emsan.report.model import CompilerReport, FrameObject, StackFrame, Task
 from emsan.runtime import GLOBALS_SYMBOL, NO_RETURN_SYMBOL, REPORT_SYMBOL
 from emsan.sanitizer.entrypoints import function_symbols
@@ -85,6 +86,13 @@ class CompilerMode(KasanMode):
             self.runtime.intercepted(addr)
             self.machine.hook_code_native(self._callbacks[name], self.cc, addr)
 
+    def checkpoint(self) -> None:
+        # The guest writes its stack and global shadow itself, into emsan's host pages: under a
+        # memory snapshot those writes land in the engine's private copies of them, which
+        # emsan's own checks never read.
+        raise EmsanError("compiler-assisted mode cannot go back to a checkpoint (persistent fuzzing): the guest "
+                         "writes its shadow itself; fuzz it without --persistent")
+
     # --- reports ----------------------------------------------------------------------------------
     def build(self, e: Error, task: Task) -> CompilerReport:
         rep = CompilerReport.of(shadow_report(self, e, task))
@@ -157,11 +165,12 @@ class BareShadow:
         self.kasan.expose_shadow()
         self.print_stats = stats
 
-    def finish(self) -> None:
+    def finish(self, info) -> int:
         if self.print_stats:
             st = self.kasan.stats()
             print("emsan: stats: " + ", ".join(f"{k}={st[k]}" for k in ("shadow_pages", "tlb_flushes")),
                   file=sys.stderr)
+        return info.status
 
 
 def _cstr(machine, addr: int, limit: int = 512) -> str:

@@ -20,13 +20,19 @@ class GenericMode(KasanMode):
 
     def __init__(self, target: Target):
         super().__init__(target)
-        if target.options.checks == "mmio":
+        self.mmio = target.options.checks == "mmio"
+        if self.mmio:
             self.kasan.check_through_mmio(target.layout.mmio_view, target.map_memory)
             self.report_in_engine = True        # build() may find an error no bug
         else:
             self.map_heap()
             self.kasan.check_accesses()
             self.hooks_accesses = True
+
+    def checkpoint(self) -> None:
+        super().checkpoint()
+        if self.mmio:
+            self.kasan.mmio_copy_on_write()
 
     def build(self, e: Error, task: Task) -> Report | None:
         if e.site is not None and not e.is_write:
@@ -42,6 +48,8 @@ class GenericMode(KasanMode):
 def shadow_report(mode: KasanMode, e: Error, task: Task) -> Report:
     """A report from the generic shadow: the bug type from the first bad granule's shadow byte
     (the kernel's generic report), the object around it, and the shadow window."""
+    if e.type == mode.alloc_error:
+        return mode.allocation_report(e, task)
     kasan = mode.kasan
     stack = mode.call_trace(e)
     if e.site is not None:

@@ -25,8 +25,8 @@ class KfenceMode:
     # Only sampled objects keep stacks, so the frame-pointer walk (or .eh_frame unwinding, on
     # request) is enough; the shadow call stack's per-block hook is not worth its cost here, and
     # its bookkeeping assumes every intercepted call is answered by emsan.
-    caps = Capabilities(string_interceptors=False, shadow=False, reports_mmap_faults=False,
-                        default_stacks="fp", shadow_call_stack=False)
+    caps = Capabilities(string_interceptors=False, own_allocator=False, shadow=False, reports_mmap_faults=False,
+                        default_stacks="fp", shadow_call_stack=False, leaks=False, heap=False)
     report_in_engine = False
 
     def __init__(self, target: Target):
@@ -112,3 +112,12 @@ class KfenceMode:
 
     def stats(self) -> dict[str, int]:
         return self.runtime.counters("emsan_kfence_stats", self.runtime.lib.emsan_kfence_get_stats, self.k)
+
+    def reseed(self, seed: int) -> None:
+        self.runtime.lib.emsan_kfence_reseed(self.k, stream_seed(seed, "kfence"))
+
+    def checkpoint(self) -> None:
+        self.runtime.lib.emsan_kfence_checkpoint(self.k)
+
+    def rollback(self) -> None:
+        self.runtime.lib.emsan_kfence_rollback(self.k)

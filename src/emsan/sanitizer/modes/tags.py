@@ -40,12 +40,15 @@ class TagMode(KasanMode):
 
     def __init__(self, target: Target):
         super().__init__(target, stream_seed(target.options.seed, "tags"))
+        target.machine.top_byte_ignore()      # pointers carry their tags (a harness's engine too)
         self.map_heap()
         self.kasan.check_accesses()
         lib = self.runtime.lib
         self.ring_words = {lib.EMSAN_TAGBUG_UAF: "free", lib.EMSAN_TAGBUG_OOB: "alloc"}
 
     def build(self, e: Error, task: Task) -> Report:
+        if e.type == self.alloc_error:
+            return self.allocation_report(e, task)
         kasan = self.kasan
         stack = self.call_trace(e)
         is_access = e.type == self.access_error

@@ -191,9 +191,12 @@ RLIM_INF = 0xFFFF_FFFF_FFFF_FFFF
 RLIM_NLIMITS = 16
 
 
-def _rlimit(resource_id: int) -> tuple[int, int]:
+def _rlimit(p, resource_id: int) -> tuple[int, int]:
+    """The guest's limit: what it set, else the host's (the stack: the one emsan gives it)."""
     if not 0 <= resource_id < RLIM_NLIMITS:
         raise OSError(errno.EINVAL, "no such resource")
+    if resource_id in p.rlimits:
+        return p.rlimits[resource_id]
     try:
         soft, hard = resource.getrlimit(resource_id)
     except (ValueError, OSError):
@@ -203,31 +206,44 @@ def _rlimit(resource_id: int) -> tuple[int, int]:
     return tuple(RLIM_INF if v == resource.RLIM_INFINITY else v for v in (soft, hard))  # type: ignore
 
 
+def _set_rlimit(p, resource_id: int, new: int) -> int:
+    """Keep the guest's new limit (its own; emsan's process is not limited): allocators
+    emsan stands in for honour RLIMIT_AS and RLIMIT_DATA (rlimit_listeners)."""
+    soft, hard = p.user.unpack("<QQ", new)
+    if soft > hard:
+        return -errno.EINVAL
+    if hard > _rlimit(p, resource_id)[1] and os.geteuid() != 0:
+        return -errno.EPERM             # raising a hard limit needs CAP_SYS_RESOURCE
+    p.rlimits[resource_id] = (soft, hard)
+    for cb in p.rlimit_listeners:
+        cb()
+    return 0
+
+
 @syscall("prlimit64")
 def sys_prlimit64(p, pid, res, new, old, *_):
     if s32(pid) not in (0, p.pid):
         return -errno.ESRCH
-    limits = _rlimit(res & 0xFFFFFFFF)
+    res &= 0xFFFFFFFF
+    limits = _rlimit(p, res)
     if new:
         soft, hard = p.user.unpack("<QQ", new)
         if soft > hard:
             return -errno.EINVAL
     if old:
         p.user.pack(old, "<QQ", *limits)
-    return 0
+    return _set_rlimit(p, res, new) if new else 0
 
 
 @syscall("getrlimit")
 def sys_getrlimit(p, res, old, *_):
-    p.user.pack(old, "<QQ", *_rlimit(res & 0xFFFFFFFF))
+    p.user.pack(old, "<QQ", *_rlimit(p, res & 0xFFFFFFFF))
     return 0
 
 
 @syscall("setrlimit")
 def sys_setrlimit(p, res, new, *_):
-    _rlimit(res & 0xFFFFFFFF)
-    soft, hard = p.user.unpack("<QQ", new)
-    return -errno.EINVAL if soft > hard else 0
+    return _set_rlimit(p, res & 0xFFFFFFFF, new)
 
 
 @syscall("getrusage")
