@@ -70,8 +70,9 @@ def exec_image(session, path: str, argv: list[str], envp: list[str]) -> None:
         raise OSError(13, "working directory in the guest's /proc")
     sys.stdout.flush()
     sys.stderr.flush()
-    if session.sanitizer is not None:
-        session.sanitizer.finish()           # the reports so far, and --stats of this image
+    if opts.json_path or opts.sarif_path:    # the reports so far (no leak scan: exec is not an exit)
+        from emsan.session.outputs import write_outputs
+        write_outputs(opts, session.reports, warn=p.warn_once, extra=session.json_extra)
     os.fchdir(p.cwd_fd)
     if not opts.follow_exec:
         env = dict(e.encode(errors="surrogateescape").split(b"=", 1) for e in envp if "=" in e)
