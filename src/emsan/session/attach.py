@@ -45,6 +45,7 @@ class Options:
     smaller quarantine; attach() takes them as keyword arguments."""
 
     quarantine_size: int = 16 << 20
+    allocator_errors: str = "report"   # refused allocations reported (ASan's names), then failed
     seed: int | None = None
     checks: str = "mmio"               # generic mode: "mmio" or "hook"
     shadow: str = "per-page"
