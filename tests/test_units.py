@@ -4,7 +4,9 @@ caches, string-variant names, candidate frames, seeds, the mode table, and locat
 instruction of an access seen without its PC (encodings from the GNU assembler's listing)."""
 from __future__ import annotations
 
+import os
 import struct
+import sys
 
 import pytest
 
@@ -12,7 +14,7 @@ from emsan.arch import ARCHES
 from emsan.machine import Machine
 from emsan.report.model import KfenceObject, KfenceReport, Task, cache_name
 from emsan.report.text import kfence_description
-from emsan.sanitizer.entrypoints import string_function
+from emsan.sanitizer.entrypoints import function_symbols, has_symtab, string_function
 from emsan.sanitizer.mode import Capabilities, stream_seed
 from emsan.sanitizer.modes import mode_class, mode_names
 from emsan.sanitizer.modes.compiler import parse_frame_descr
@@ -122,7 +124,7 @@ def test_kmalloc_cache_of_a_size(size, cache):
     ("strlen", "STRLEN"), ("__strlen_avx2", "STRLEN"), ("__memmove_avx_unaligned_erms", "MEMMOVE"),
     ("__memcpy_generic", "MEMCPY"), ("bcmp", "MEMCMP"), ("__memcmpeq_evex", "MEMCMP"), ("__stpncpy_sse2", "STPNCPY"),
     ("strnlen", "STRNLEN"), ("strlen_ifunc", None),
-    ("strlenx", None), ("my_strlen", None),
+    ("strlenx", None), ("my_strlen", None), ("strlen_utf8", None), ("memcpy_foo", None), ("strcasecmp_l", "STRCASECMP"),
     # _FORTIFY_SOURCE's checked variants of the copying functions (glibc's names only)
     ("__memcpy_chk", "MEMCPY_CHK"), ("__memmove_chk_avx_unaligned_erms", "MEMMOVE_CHK"), ("__strncat_chk", "STRNCAT_CHK"),
     ("memcpy_chk", None), ("__strlen_chk", None), ("__wmemcpy_chk", None), ("__memcpy_chk_ifunc", None),
@@ -134,6 +136,39 @@ def test_kmalloc_cache_of_a_size(size, cache):
 ])
 def test_string_function(name, fn):
     assert string_function(name) == fn
+
+
+# --- symbol tables read with struct, against pyelftools ------------------------------------------
+ELF_FILES = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/aarch64-linux-gnu/lib/libc.so.6", sys.executable]
+
+
+@pytest.mark.parametrize("path", ELF_FILES)
+def test_function_symbols_match_pyelftools(path):
+    """The start-up path's struct reader finds the .symtab/.dynsym functions pyelftools finds."""
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not installed")
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+    want = set()
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab") is not None
+        for name in (".symtab", ".dynsym"):
+            sec = elf.get_section_by_name(name)
+            if isinstance(sec, SymbolTableSection):
+                want |= {(s["st_value"], s["st_size"], s.name.split("@")[0]) for s in sec.iter_symbols()
+                         if s["st_info"]["type"] in ("STT_FUNC", "STT_LOOS", "STT_GNU_IFUNC") and s["st_value"]
+                         and s["st_shndx"] != "SHN_UNDEF"}
+    got = {(v, size, name) for v, size, _kind, name in function_symbols(path)}
+    assert got == want and want
+    assert has_symtab(path) == symtab
+
+
+def test_symbol_reader_refuses_non_elf(tmp_path):
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x7fELF" + b"\xff" * 60)
+    assert function_symbols(str(junk)) == () and not has_symtab(str(junk))
+    assert not has_symtab(str(tmp_path / "missing"))
 
 
 # --- stacks: a leaf function's unsaved return address ---------------------------------------------

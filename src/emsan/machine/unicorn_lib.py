@@ -26,9 +26,10 @@ LIBRARY = ENGINE_DIR / "libunicorn.so.2"
 MANIFEST = ENGINE_DIR / "engine.json"
 
 # QEMU internals emsan calls besides Unicorn's API (src/emsan/native/mmio.c recovers the exact PC
-# of an access seen in an MMIO callback with them); the engine build must export them.
+# of an access seen in an MMIO callback with them), and the engine's own additions (the runtime
+# reads guest memory through uc_emsan_host_ptr); the engine build must export them.
 INTERNALS = ("qemu_get_cpu_x86_64", "cpu_restore_state_x86_64",
-             "qemu_get_cpu_aarch64", "cpu_restore_state_aarch64")
+             "qemu_get_cpu_aarch64", "cpu_restore_state_aarch64", "uc_emsan_host_ptr")
 
 
 class EngineError(EmsanError):

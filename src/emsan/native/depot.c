@@ -102,11 +102,11 @@ int stack_fp(rt_t *rt, uint64_t pc, int at_entry, uint64_t *frames)
     /* At a function's entry the return address is certain; anywhere else it is only a
      * candidate (a leaf function may not have saved it yet), marked for Python to check. */
     uint64_t ret = 0;
-    if (rt->arm64) ret = reg_get(uc, rt->regs[EMSAN_REG_LR]) & RET_MASK;
-    else mem_get(uc, reg_get(uc, rt->regs[EMSAN_REG_SP]), &ret, 8);
+    if (rt->arm64) ret = reg(rt, EMSAN_REG_LR) & RET_MASK;
+    else mem_get(uc, reg(rt, EMSAN_REG_SP), &ret, 8);
     if (ret && at_entry) frames[n++] = ret;
     else if (ret && pc) frames[n++] = ret | EMSAN_CANDIDATE_FRAME;
-    uint64_t fp = reg_get(uc, rt->regs[EMSAN_REG_FP]);
+    uint64_t fp = reg(rt, EMSAN_REG_FP);
     while (n < EMSAN_STACK_DEPTH) {
         uint64_t rec[2];
         if (fp < rt->stack_lo || fp + 16 > rt->stack_hi || (fp & 7) || mem_get(uc, fp, rec, 16))
@@ -134,7 +134,7 @@ uint32_t stack_here(rt_t *rt, uint64_t pc, int at_entry)
 {
     int mode = rt->stack_mode;
     if (mode == EMSAN_STACKS_NONE && !pc) return 0;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = rt->timed ? now_ns() : 0;
     uint64_t frames[EMSAN_STACK_DEPTH];
     int n;
     switch (mode) {
@@ -145,14 +145,15 @@ uint32_t stack_here(rt_t *rt, uint64_t pc, int at_entry)
     }
     uint32_t hd = depot_save(rt, frames, n);
     rt->stack_saves++;
-    rt->stack_ns += now_ns() - t0;
+    if (rt->timed) rt->stack_ns += now_ns() - t0;
     return hd;
 }
 
-EXPORT void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot)
+EXPORT void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot, int timed)
 {
     rt->stack_mode = mode;
     rt->no_depot = no_depot;
+    rt->timed = timed;
 }
 
 EXPORT void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out)

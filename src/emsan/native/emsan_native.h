@@ -9,6 +9,7 @@ typedef struct emsan_api {
     void *uc_emu_stop;      /* uc_err uc_emu_stop(uc_engine *) */
     void *uc_hook_add;      /* uc_err uc_hook_add(uc_engine *, size_t *, int, void *, void *, uint64_t, uint64_t, ...) */
     void *uc_ctl;           /* uc_err uc_ctl(uc_engine *, int, ...) */
+    void *uc_emsan_host_ptr;    /* void *(uc_engine *, uint64_t, size_t, bool): engine/patches/005 */
 } emsan_api;
 
 void emsan_set_api(const emsan_api *api);
@@ -230,14 +231,15 @@ int emsan_depot_get(emsan_runtime *rt, uint32_t handle, uint64_t *out, int max);
 #define EMSAN_STACKS_X18 4
 typedef struct emsan_stack_stats {
     uint64_t saves;            /* traces collected (alloc, free, errors) */
-    uint64_t collector_ns;     /* time spent collecting and saving them */
+    uint64_t collector_ns;     /* time spent collecting and saving them (timed runs only) */
     uint64_t unique;           /* traces held by the depot */
     uint64_t bytes;            /* bytes the depot holds */
     uint64_t scs_pushes;       /* shadow call stack: calls and returns tracked */
     uint64_t scs_pops;
     uint64_t scs_resyncs;      /* entries dropped by the stack-pointer resynchronization */
 } emsan_stack_stats;
-void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot);
+/* timed: measure the collectors' time (--stats); two clock reads per trace are wasted otherwise */
+void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot, int timed);
 void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out);
 /* Shadow call stack: the block hook (user data: the runtime) and per-module tables of block
  * ends. kinds[i] describes address lo + i: 1 a call ends there, 2 a return, 4 an indirect

@@ -8,6 +8,7 @@
 #define EMSAN_ENGINE_H
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include "emsan_native.h"
 
 /* uc_mem_type: the access a memory or fault callback reports. */
@@ -45,6 +46,7 @@ typedef int (*engine_mem_read_fn)(void *, uint64_t, void *, size_t);
 typedef int (*engine_mem_write_fn)(void *, uint64_t, const void *, size_t);
 typedef int (*engine_emu_stop_fn)(void *);
 typedef int (*engine_ctl_fn)(void *, int, ...);
+typedef void *(*engine_host_ptr_fn)(void *, uint64_t, size_t, _Bool);
 typedef int (*engine_hook_add_fn)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
 
 /* uc_tb: the translation block a UC_HOOK_EDGE_GENERATED callback is given. */
@@ -57,13 +59,25 @@ static inline uint64_t reg_get(void *uc, int id)
     return v;
 }
 static inline void reg_set(void *uc, int id, uint64_t v) { ((engine_reg_write_fn)emsan_uc.uc_reg_write)(uc, id, &v); }
-/* Guest memory; nonzero when [a, a+n) is not all mapped. */
+/* Guest memory; nonzero when [a, a+n) is not all mapped. A range in one plain RAM region is
+ * copied through its host address (engine/patches/005: one lookup where uc_mem_read translates
+ * the address three times); anything else goes through uc_mem_read/uc_mem_write. */
 static inline int mem_get(void *uc, uint64_t a, void *buf, size_t n)
 {
+    const void *h = ((engine_host_ptr_fn)emsan_uc.uc_emsan_host_ptr)(uc, a, n, 0);
+    if (h) {
+        memcpy(buf, h, n);
+        return 0;
+    }
     return ((engine_mem_read_fn)emsan_uc.uc_mem_read)(uc, a, buf, n);
 }
 static inline int mem_put(void *uc, uint64_t a, const void *buf, size_t n)
 {
+    void *h = ((engine_host_ptr_fn)emsan_uc.uc_emsan_host_ptr)(uc, a, n, 1);
+    if (h) {
+        memcpy(h, buf, n);
+        return 0;
+    }
     return ((engine_mem_write_fn)emsan_uc.uc_mem_write)(uc, a, buf, n);
 }
 static inline void emu_stop(void *uc) { ((engine_emu_stop_fn)emsan_uc.uc_emu_stop)(uc); }

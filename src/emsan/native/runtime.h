@@ -88,6 +88,7 @@ struct emsan_runtime {
     struct cfi_state *cfi;
     int stack_mode;                    /* EMSAN_STACKS_* */
     int no_depot;                      /* store every trace separately (the ablation) */
+    int timed;                         /* time the collectors (--stats) */
     uint64_t stack_ns, stack_saves;
     struct depot depot;
     /* errors, until Python turns them into reports */

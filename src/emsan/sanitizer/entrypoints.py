@@ -1,12 +1,13 @@
 """Which guest functions emsan stands in for, found by symbol name in each loaded module."""
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-from emsan.report.elfsections import open_sections
+from emsan.report.elfsections import open_sections, sections_usable
 
 # Allocator entry points (C and C++), by symbol name -> native function id name.
 ALLOCATOR = {
@@ -68,6 +69,8 @@ def string_function(name: str) -> str | None:
         return None
     if m.group(2):             # glibc's own names only: a program's memcpy_chk() is its own
         return STRINGS[m.group(1)] + "_CHK" if m.group(1) in FORTIFIED and name.startswith("__") else None
+    if m.group(3) and m.group(3) != "_l" and not name.startswith("__"):
+        return None            # glibc's variants are __-prefixed: a program's strlen_utf8() is its own
     return STRINGS[m.group(1)]
 
 
@@ -79,7 +82,62 @@ class EntryPoint:
 
 
 _SYM = struct.Struct("<IBBHQQ")          # Elf64_Sym
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
+_SHDR = struct.Struct("<IIQQQQIIQQ")      # Elf64_Shdr
 STT_FUNC, STT_GNU_IFUNC = 2, 10
+
+
+@dataclass(frozen=True)
+class _Section:
+    name: str
+    type: int
+    offset: int
+    size: int
+    link: int
+    entsize: int
+
+
+def _sections(path: str) -> tuple[_Section, ...] | None:
+    """The section headers of a little-endian ELF64 file, in index order; () when its section-header
+    table is unusable (report/elfsections.py: then the file runs without its sections); None for any
+    other file (the callers let pyelftools read it).
+
+    Read with struct: pyelftools parses every header with construct to find one by name, 20-40 ms
+    per libc at every start-up."""
+    st = os.stat(path)
+    return _sections_of(path, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=512)
+def _sections_of(path: str, _size: int, _mtime_ns: int) -> tuple[_Section, ...] | None:
+    with open(path, "rb") as f:
+        head = f.read(_EHDR.size)
+    if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return None
+    if not sections_usable(path):
+        return ()
+    shoff, shentsize, shnum, shstrndx = (_EHDR.unpack(head)[i] for i in (6, 11, 12, 13))
+    if not shoff or shentsize != _SHDR.size or shstrndx >= shnum:
+        return ()
+    with open(path, "rb") as f:
+        f.seek(shoff)
+        table = f.read(shnum * shentsize)
+        hdrs = [_SHDR.unpack_from(table, i * shentsize) for i in range(len(table) // shentsize)]
+        if shstrndx >= len(hdrs):
+            return ()
+        f.seek(hdrs[shstrndx][4])
+        names = f.read(hdrs[shstrndx][5])
+    out = []
+    for name_off, typ, _flags, _addr, offset, size, link, _info, _align, entsize in hdrs:
+        end = names.find(b"\0", name_off)
+        out.append(_Section(names[name_off:end if end >= 0 else None].decode(errors="replace"),
+                            typ, offset, size, link, entsize))
+    return tuple(out)
+
+
+def _read(f, sec: _Section) -> bytes:
+    f.seek(sec.offset)
+    return f.read(sec.size)
 
 
 @lru_cache(maxsize=None)
@@ -90,14 +148,14 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     program, most of a short run's start-up."""
     out = []
     try:
+        secs = _sections(path) or ()          # (32-bit and big-endian files: entsize is not 24)
         with open(path, "rb") as f:
-            elf = open_sections(f, path)
-            for secname in ((".symtab", ".dynsym") if elf is not None else ()):
-                sec = elf.get_section_by_name(secname)
-                if sec is None or sec["sh_entsize"] != _SYM.size:
+            for secname in (".symtab", ".dynsym"):
+                sec = next((s for s in secs if s.name == secname), None)
+                if sec is None or sec.entsize != _SYM.size or sec.link >= len(secs):
                     continue
-                strtab = elf.get_section(sec["sh_link"]).data()
-                data = sec.data()
+                strtab = _read(f, secs[sec.link])
+                data = _read(f, sec)
                 for off in range(0, len(data) - _SYM.size + 1, _SYM.size):
                     name_off, info, _other, shndx, value, size = _SYM.unpack_from(data, off)
                     kind = info & 0xF
@@ -113,6 +171,9 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
 def has_section(path: str, name: str) -> bool:
     """Does the ELF file at path have a section called name (False if it cannot be read)?"""
     try:
+        secs = _sections(path)
+        if secs is not None:
+            return any(s.name == name for s in secs)
         with open(path, "rb") as f:
             elf = open_sections(f, path)
             return elf is not None and elf.get_section_by_name(name) is not None

@@ -234,11 +234,14 @@ def _fp_prologue(code: bytes, arm64: bool) -> bool:
 class Stacks:
     """Sets up the chosen collector on the runtime and feeds it every module as it loads."""
 
-    def __init__(self, machine, runtime, arm64: bool, collector: str, no_depot: bool):
+    def __init__(self, machine, runtime, arm64: bool, collector: str, no_depot: bool, timed: bool = False):
+        """timed: measure the collectors' time (stats' stack_collector_us; --stats only, it costs two
+        clock reads per trace)."""
         self.machine, self.runtime, self.arm64 = machine, runtime, arm64
         self.lib, self.ffi = runtime.lib, runtime.ffi
         self.collector = collector
         self.no_depot = no_depot
+        self.timed = timed
         self._hooked = False
         if collector == "x18" and not arm64:
             raise EmsanError("--stacks x18 needs an arm64 guest (built with -fsanitize=shadow-call-stack)")
@@ -247,7 +250,7 @@ class Stacks:
     def set(self, collector: str) -> None:
         self.collector = collector
         mode = getattr(self.lib, "EMSAN_STACKS_" + collector.upper())
-        self.lib.emsan_set_stacks(self.runtime.rt, mode, int(self.no_depot))
+        self.lib.emsan_set_stacks(self.runtime.rt, mode, int(self.no_depot), int(self.timed))
         if collector == "scs" and not self._hooked:
             self._hooked = True
             self.machine.hook_block_native(self.ffi.addressof(self.lib, "emsan_scs_block_cb"), self.runtime.rt)

@@ -69,7 +69,8 @@ class Sanitizer:
         self.shadow = cast(ShadowMode, self.mode) if caps.shadow else None
         if self.shadow is not None and opts.mmap_shadow:
             self.watch_mmap_area(self.shadow)
-        self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot)
+        self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", self.collector(opts.stacks), opts.no_depot,
+                             timed=opts.stats)
         self.leaks: LeakCheck | None = None
         if opts.leaks or (opts.leaks is None and caps.leaks):
             if not caps.leaks:
