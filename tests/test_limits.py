@@ -80,14 +80,3 @@ def test_pthread_create_fails_cleanly(arch, link):
     lines = got.stderr.decode().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("emsan: threads are not supported")
-
-
-def test_fork_and_exec_are_refused_with_a_message(arch):
-    exe = build("os_limits", arch, "static")
-    got = emsan("run", "--mode", "none", exe, "fork", env=ENV)
-    assert got.returncode == 0, got.stderr
-    assert got.stdout == b"fork failed 1, errno ENOSYS 1\nexecv failed, errno ENOSYS 1\n"
-    lines = got.stderr.decode().splitlines()
-    assert len(lines) == 2, lines
-    assert lines[0].startswith("emsan: creating processes is not supported (clone")
-    assert lines[1].startswith("emsan: running another program is not supported (execve /bin/true)")

@@ -9,8 +9,9 @@
  * without '/' or '.' (only in the working directory, a scratch directory); read-only calls may
  * also name a few files of the guest's own /proc; sockets are AF_UNIX; calls that would end
  * the process on purpose (exit, kill, rt_sigreturn) or create device nodes (mknod) are left
- * out. Every call runs under a 20 ms timer whose no-op handler ends any wait, and the handler,
- * its mask and the timer are set again before each call. */
+ * out, and a child that a fork-family call made exits at once. Every call runs under a 20 ms
+ * timer whose no-op handler ends any wait, and the handler, its mask and the timer are set again
+ * before each call. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -213,8 +214,15 @@ int main(int argc, char **argv)
         if (c->nr == SYS_openat2) a[2] = (uint64_t)(uintptr_t)(scratch + (next() % 512) * 8);
         if (i % 256 == 255) refill();
         if (i % 16 == 0) syscall(SYS_pwrite64, progress, &i, sizeof i, 0);
+        int forks = c->nr == SYS_clone || c->nr == SYS_clone3;
+#ifdef SYS_fork
+        forks |= c->nr == SYS_fork || c->nr == SYS_vfork;
+#endif
+        if (c->nr == SYS_clone) a[1] = 0;                                 /* the child on this stack */
         guard();
-        syscall(c->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+        long r = syscall(c->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+        if (forks && r == 0)
+            syscall(SYS_exit_group, 0);       /* a child (a real process under emsan) ends at once */
     }
     syscall(SYS_pwrite64, progress, &count, sizeof count, 0);
     /* (no message at the end: its descriptor may be a pipe the guest filled itself) */

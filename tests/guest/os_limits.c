@@ -5,7 +5,6 @@
  *   sleep   sleeps 30 s in nanosleep
  *   enosys  calls the kcmp system call N times, prints what it returned; exits 0
  *   thread  calls pthread_create and prints its result; exits 0 when it failed cleanly
- *   fork    calls fork, then execv of /bin/true, and prints how they failed; exits 0 if both did
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -56,17 +55,8 @@ int main(int argc, char **argv)
             pthread_join(t, NULL);
             return 1;
         }
-    } else if (strcmp(what, "fork") == 0) {
-        pid_t pid = fork();
-        if (pid == 0)
-            _exit(9);
-        printf("fork failed %d, errno ENOSYS %d\n", pid == -1, errno == ENOSYS);
-        char *args[] = {"/bin/true", NULL};
-        execv("/bin/true", args);
-        printf("execv failed, errno ENOSYS %d\n", errno == ENOSYS);
-        return pid == -1 ? 0 : 1;
     } else {
-        fprintf(stderr, "usage: os_limits spin|sleep|enosys N|thread|fork\n");
+        fprintf(stderr, "usage: os_limits spin|sleep|enosys N|thread\n");
         return 2;
     }
     return 0;

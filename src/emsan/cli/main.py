@@ -158,6 +158,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="objects allocated before main() are never leaks")
     p.add_argument("--shadow-limit", type=_size, metavar="BYTES",
                    help="private shadow emsan may use before it stops the run (default and most: 4G)")
+    p.add_argument("--no-follow-exec", dest="follow_exec", action="store_false",
+                   help="run the images a guest execs natively, not under emsan (faster, unchecked)")
+    # How a guest's execve hands its state to the new image (emsan re-executes itself with these).
+    hidden = argparse.SUPPRESS
+    p.add_argument("--argv0", help=hidden)
+    p.add_argument("--env-fd", type=int, help=hidden)
+    p.add_argument("--guest-fds", type=lambda t: [int(x) for x in t.split(",") if x], help=hidden)
+    p.add_argument("--log-fd", type=int, help=hidden)
+    p.add_argument("--signals", type=lambda t: tuple(int(x) for x in t.split(":")), default=(0, 0), help=hidden)
+    p.add_argument("--child", dest="is_child", action="store_true", help=hidden)
+    p.add_argument("--json-base", help=hidden)
+    p.add_argument("--json-append", action="store_true", help=hidden)
 
 
 class _Version(argparse.Action):
@@ -209,7 +221,10 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
                       stacks=ns.stacks, stack_checks=ns.stack_checks, no_depot=ns.no_depot, leaks=True if ns.leaks_scan_every else ns.leaks,
                       suppress=ns.suppress, leaks_scan_every=ns.leaks_scan_every,
                       leaks_ignore_before_main=ns.leaks_ignore_before_main,
-                      shadow_limit=ns.shadow_limit)
+                      shadow_limit=ns.shadow_limit,
+                      follow_exec=ns.follow_exec, argv0=ns.argv0, env_fd=ns.env_fd, guest_fds=ns.guest_fds,
+                      log_fd=ns.log_fd, signals=ns.signals, is_child=ns.is_child, json_base=ns.json_base,
+                      json_append=ns.json_append)
 
 
 def one_line(text: str) -> str:
@@ -272,7 +287,11 @@ def command(ns: argparse.Namespace, argv: list[str]) -> int:
     if ns.command == "run":
         from emsan.session.run import run
         opts = run_options(ns)
-        opts.check_outputs()
+        if opts.log_fd is not None:           # an image after a guest's execve (session/processes.py)
+            sys.stderr = LossyStream(os.fdopen(opts.log_fd, "w", buffering=1))
+            os.set_inheritable(opts.log_fd, False)
+        if not opts.json_append:
+            opts.check_outputs()
         return run(opts)
     if ns.command == "cflags":
         from emsan.runtime import cflags

@@ -44,6 +44,50 @@ class RunOptions:
     leaks_scan_every: int = 0         # --leaks-scan-every N: also a scan every N guest instructions
     leaks_ignore_before_main: bool = False   # --leaks-ignore-before-main: objects allocated before main are roots
     shadow_limit: int | None = None   # --shadow-limit: bytes of private shadow emsan may use
+    follow_exec: bool = True          # --no-follow-exec: a guest's execve runs the new image natively
+    # A new image after a guest's execve (session/processes.py sets these on the command line it
+    # re-executes; they are hidden from --help):
+    argv0: str | None = None          # the guest's argv[0] (the program is the resolved path)
+    env_fd: int | None = None         # a descriptor holding the guest's envp, NUL-separated
+    guest_fds: list[int] | None = None    # the host descriptors that are the guest's, same numbers
+    log_fd: int | None = None         # emsan's own stderr (the guest's fd 2 may be elsewhere)
+    signals: tuple[int, int] = (0, 0) # ignored signals and the blocked mask the image inherits
+    is_child: bool = False            # a child process: killed by a signal, emsan dies of it too
+    json_base: str | None = None      # --json of the first process: children write json_base.PID
+    json_append: bool = False         # keep the reports the file holds (the image before exec)
+    json_lazy: bool = False           # a child's files: written only if it has a report or a crash
+
+    def to_argv(self, timeout: float | None) -> list[str]:
+        """The command-line options of this run, as a new image after exec takes them again."""
+        a = ["--mode", self.mode, "--error-exitcode", str(self.error_exitcode),
+             "--quarantine-size", str(self.quarantine_size), "--shadow", self.shadow, "--checks", self.checks,
+             "--stacks", self.stacks, "--kfence-objects", str(self.kfence_objects),
+             "--sample-interval", str(self.sample_interval)]
+        flags = {"--trace-syscalls": self.trace_syscalls, "--continue": self.keep_going, "--stats": self.stats,
+                 "--no-mmap-shadow": not self.mmap_shadow, "--no-depot": self.no_depot,
+                 "--no-follow-exec": not self.follow_exec}
+        a += [k for k, on in flags.items() if on]
+        values = {"--sysroot": self.sysroot and os.path.abspath(self.sysroot), "--timeout": timeout,
+                  "--max-instructions": self.max_instructions, "--seed": self.seed,
+                  "--sample-instructions": self.sample_instructions or None, "--shadow-limit": self.shadow_limit}
+        for k, v in values.items():
+            if v is not None:
+                a += [k, str(v)]
+        if self.json_path:
+            a += ["--json", os.path.abspath(self.json_path), "--json-append",
+                  "--json-base", os.path.abspath(self.json_base or self.json_path)]
+        if self.sarif_path:
+            a += ["--sarif", os.path.abspath(self.sarif_path)]
+        if self.leaks is not None:
+            a += ["--leaks" if self.leaks else "--no-leaks"]
+        if self.suppress:
+            a += ["--suppress", os.path.abspath(self.suppress)]
+        if self.leaks_scan_every:
+            a += ["--leaks-scan-every", str(self.leaks_scan_every)]
+        if self.leaks_ignore_before_main:
+            a += ["--leaks-ignore-before-main"]
+        a += ["--allocator-errors", self.allocator_errors]
+        return a
 
     def outputs(self) -> list[tuple[str, str, bytes]]:
         """Every file a run writes: (option, path, what it holds before the first report)."""

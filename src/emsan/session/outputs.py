@@ -14,12 +14,12 @@ def write_outputs(opts: RunOptions, reports: list[dict], crash: dict | None = No
     checked before the run (Options.check_outputs); a write that fails now (a full disk) loses
     that file, not the run's status: warn(key, line)."""
     docs = []
-    if opts.json_path:
+    if opts.json_path and (reports or crash is not None or not opts.json_lazy):
         doc: dict = {"tool": "emsan", "reports": reports, **(extra or {})}
         if crash is not None:
             doc["crash"] = crash
         docs.append(("--json", opts.json_path, doc))
-    if opts.sarif_path:
+    if opts.sarif_path and (reports or crash is not None or not opts.json_lazy):
         from emsan.report.sarif import from_reports
         docs.append(("--sarif", opts.sarif_path,
                      from_reports(reports + ([crash] if crash else []), " ".join([opts.program, *opts.args]),

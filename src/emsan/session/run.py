@@ -13,6 +13,8 @@ from emsan.os.linux.memory import MemoryMap
 from emsan.os.linux.process import ExitInfo, Process
 from emsan.report.symbolize import Symbolizer
 from emsan.session.crash import oops, oops_json
+from emsan.os.linux.execve import read_env
+from emsan.session import processes
 from emsan.session.options import RunOptions
 from emsan.session.outputs import write_outputs
 
@@ -60,6 +62,15 @@ def choose_mode(mode: str, path: str, data: bytes) -> str:
     return {"generic": "compiler-assisted", "none": BARE_SHADOW}.get(mode, mode)
 
 
+def quiet_std_fds() -> None:
+    """An image after exec: the guest's descriptors are its own copies now; the host's 0, 1, 2
+    become /dev/null, so that the guest closing one closes it (emsan writes to --log-fd)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
 class Session:
     """Everything one run of one guest needs, built in the order the layers depend on each other."""
 
@@ -78,11 +89,16 @@ class Session:
         self.machine = Machine(self.arch.name)
         self.mem = MemoryMap(self.machine)
         seed_bytes = (opts.seed or 0).to_bytes(16, "little") if opts.seed is not None else os.urandom(16)
-        self.loaded = load_program(self.mem, self.arch.name, path, [opts.program, *opts.args],
-                                   guest_env(opts), sysroot, seed_bytes)
+        env = guest_env(opts) if opts.env_fd is None else read_env(opts.env_fd)
+        argv0 = opts.program if opts.argv0 is None else opts.argv0
+        self.loaded = load_program(self.mem, self.arch.name, path, [argv0, *opts.args], env, sysroot, seed_bytes)
         self.machine.sp = self.loaded.sp
         self.process = Process(self.machine, self.arch, self.mem, os.path.abspath(path), sysroot,
-                               opts.seed, opts.trace_syscalls)
+                               opts.seed, opts.trace_syscalls, inherit_fds=opts.guest_fds)
+        if opts.guest_fds is not None:
+            quiet_std_fds()
+        processes.attach(self)
+        processes.adopt_signals(self.process, *opts.signals)
         self.symbolizer = Symbolizer(self.mem, sysroot)
         self.mode = choose_mode(opts.mode, path, image.data)
         self.sanitizer = None
@@ -159,6 +175,10 @@ def run(opts: RunOptions) -> int:
     if info.kind == "exit" and getattr(s.sanitizer, "reports", None):
         # --continue: a run that reported ends with the error status even though the guest
         # exited on its own (Valgrind's --error-exitcode), so CI notices.
-        return opts.error_exitcode
+        status = opts.error_exitcode
+    if s.process.is_child:          # a child process: its parent's wait4 sees what it would natively
+        if info.kind == "signal":
+            processes.die_like(info.signal)
+        processes.leave(status)
     return status
     return info.status

@@ -86,6 +86,9 @@ class Sanitizer:
             self.leaks = LeakCheck(self, cast(KasanMode, self.mode).kasan)
         self.leak_scans: list[dict] = []
         self.reports: list[dict] = []        # JSON renderings, in order
+        if opts.json_append and opts.json_path:      # the image before exec wrote these (session/processes.py)
+            from emsan.session.processes import load_reports
+            self.reports = load_reports(opts.json_path)[0]
         self.texts: list[str] = []           # the text of each, as printed
         self.seen: set[tuple] = set()
         self.last_addr: int | None = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import random
 import resource
@@ -13,7 +14,7 @@ from typing import Callable
 
 from emsan.errors import EXIT_MAX_INSNS, EXIT_SIGNAL_BASE, EXIT_TIMEOUT
 from emsan.machine import Machine, MachineFault
-from emsan.os.linux import procfs
+from emsan.os.linux import children, procfs
 from emsan.os.linux.loader import resolve_guest_path
 from emsan.os.linux.memory import MemoryMap
 from emsan.os.linux.signals import FAULT_SIGNAL, TICK, Signals
@@ -71,6 +72,15 @@ class Process:
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
     rlimit_listeners: list[Callable[[], None]] = field(default_factory=list)
     _warned: set = field(default_factory=set)
+    # Processes (os/linux/children.py): is this a forked child, the host descriptors a new image
+    # inherits as the guest's (None: the host's 0, 1, 2), what a new image runs under (the
+    # session's exec), and what a forked child must redo of the session's per-process state.
+    is_child: bool = False
+    inherit_fds: list[int] | None = None
+    exec_image: Callable[[str, list[str], list[str]], None] | None = None
+    after_fork: list[Callable[[], None]] = field(default_factory=list)
+    child_events: object = None
+    vfork_fd: int = -1
 
     def __post_init__(self) -> None:
         self.comm = os.path.basename(self.exe_path)[:15]
@@ -80,11 +90,18 @@ class Process:
         self._rng = random.Random(self.seed) if self.seed is not None else None
         self.cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.cwd_node: procfs.Node | None = None      # the working directory is in the guest's /proc
-        for fd in (0, 1, 2):
+        for fd in (0, 1, 2) if self.inherit_fds is None else self.inherit_fds:
             try:
-                self.fds[fd] = FileDesc(os.dup(fd), f"<std{fd}>")
+                host = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
             except OSError:
-                pass
+                continue
+            try:
+                path = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                path = f"<fd{fd}>"
+            self.fds[fd] = FileDesc(host, path if self.inherit_fds is not None else f"<std{fd}>")
+            if fd > 2 and self.inherit_fds is not None:
+                os.close(fd)        # the guest's copy is the only one: its close is the last
         a = self.arch
         ids = self.machine.reg_ids
         self._nr_id, self._ret_id = ids[a.syscall_nr], ids[a.syscall_ret]
@@ -219,13 +236,23 @@ class Process:
             return True
         poller = select.poll()
         poller.register(host_fd, event)
+        wake = children.wake_fd(self)
+        if wake is not None:        # a signal from another process ends the wait as the timer's does
+            poller.register(wake, select.POLLIN)
         while True:
             limit, cut_by = wait_limit(self, None)
             if cut_by == "alarm" and not self.signals.would_interrupt(14):
                 # the timer's signal would not end the wait: only --timeout can
                 limit, cut_by = (None, "") if self.deadline is None else \
                     (max(0, int((self.deadline - time.monotonic()) * 1000)), "timeout")
-            if poller.poll(limit):
+            ready = poller.poll(limit)
+            if wake is not None and any(fd == wake for fd, _ in ready):
+                if children.host_signal_interrupts(self):
+                    return False            # -EINTR; the handler runs on the way back
+                ready = [r for r in ready if r[0] != wake]
+                if not ready:
+                    continue
+            if ready:
                 return True
             if cut_by == "timeout":
                 self.machine.stop("timeout")
@@ -255,6 +282,8 @@ class Process:
             m.set_reg_id(self._ret_id, ret)
             if ret == -errno.EPIPE and name in ("write", "writev", "pwrite64", "pwritev", "sendfile"):
                 self.signals.raise_signal(13, code=0)     # SIGPIPE (SI_USER), as the kernel sends with EPIPE
+        if self.child_events is not None:
+            children.pass_host_signals(self)
         self.signals.after_syscall()
 
     def call_handler(self, handler, name: str, args: list[int]):

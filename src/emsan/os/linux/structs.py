@@ -79,3 +79,12 @@ def open_flags_from_host(arch: str, flags: int) -> int:
         if hb and flags & hb:
             out |= gb
     return out
+
+
+def pack_rusage(ru) -> bytes:
+    """struct rusage from a resource.struct_rusage."""
+    def tv(t: float) -> bytes:
+        return struct.pack("<qq", int(t), int((t % 1) * 1e6))
+    return tv(ru.ru_utime) + tv(ru.ru_stime) + struct.pack(
+        "<14q", ru.ru_maxrss, ru.ru_ixrss, ru.ru_idrss, ru.ru_isrss, ru.ru_minflt, ru.ru_majflt, ru.ru_nswap,
+        ru.ru_inblock, ru.ru_oublock, ru.ru_msgsnd, ru.ru_msgrcv, ru.ru_nsignals, ru.ru_nvcsw, ru.ru_nivcsw)

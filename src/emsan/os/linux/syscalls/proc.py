@@ -7,13 +7,13 @@ import resource
 import struct
 import time
 
-from emsan.os.linux import structs
+from emsan.os.linux import children, execve, structs
+from emsan.os.linux.children import CLONE_SIGHAND, CLONE_THREAD, CLONE_VFORK, CLONE_VM
 from emsan.os.linux.syscalls import NO_RETURN, syscall
 from emsan.os.linux.syscalls.events import wait_limit
 from emsan.os.linux.syscalls.fs import s32
 from emsan.os.linux.uaccess import MAX_RW_COUNT
 
-CLONE_VM, CLONE_THREAD, CLONE_VFORK = 0x100, 0x10000, 0x4000
 ARCH_SET_GS, ARCH_SET_FS, ARCH_GET_FS, ARCH_GET_GS = 0x1001, 0x1002, 0x1003, 0x1004
 
 
@@ -23,9 +23,15 @@ def sys_exit(p, status, *_):
     return NO_RETURN
 
 
-@syscall("getpid", "gettid", "getpgrp")
+@syscall("getpid", "gettid")
 def sys_getpid(p, *_):
     return p.pid
+
+
+# The guest's process is emsan's host process: its groups and session are the host's.
+@syscall("getpgrp")
+def sys_getpgrp(p, *_):
+    return os.getpgrp()
 
 
 @syscall("getppid")
@@ -35,12 +41,22 @@ def sys_getppid(p, *_):
 
 @syscall("getpgid", "getsid")
 def sys_getpgid(p, pid, *_):
-    return p.pid
+    pid = s32(pid)
+    return (os.getpgid if p.current_syscall == "getpgid" else os.getsid)(0 if pid == p.pid else pid)
 
 
-@syscall("setpgid", "setsid")
-def sys_setpgid(p, *_):
+@syscall("setpgid")
+def sys_setpgid(p, pid, pgid, *_):
+    if s32(pgid) < 0:
+        return -errno.EINVAL
+    os.setpgid(s32(pid), s32(pgid))
     return 0
+
+
+@syscall("setsid")
+def sys_setsid(p, *_):
+    os.setsid()
+    return os.getsid(0)
 
 
 @syscall("getuid")
@@ -234,11 +250,8 @@ def sys_setrlimit(p, res, new, *_):
 def sys_getrusage(p, who, buf, *_):
     if s32(who) not in (0, -1, 1):            # RUSAGE_SELF, RUSAGE_CHILDREN, RUSAGE_THREAD
         return -errno.EINVAL
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    tv = lambda s: struct.pack("<qq", int(s), int((s % 1) * 1e6))   # noqa: E731
-    body = tv(ru.ru_utime) + tv(ru.ru_stime) + struct.pack("<14q", ru.ru_maxrss, 0, 0, 0, ru.ru_minflt, ru.ru_majflt,
-                                                          0, 0, 0, 0, 0, 0, ru.ru_nvcsw, ru.ru_nivcsw)
-    p.user.write(buf, body)
+    who = resource.RUSAGE_CHILDREN if s32(who) == -1 else resource.RUSAGE_SELF
+    p.user.write(buf, structs.pack_rusage(resource.getrusage(who)))
     return 0
 
 
@@ -397,30 +410,97 @@ def sys_nanosleep(p, *a):
     return 0
 
 
-# --- things a single-threaded process cannot do -----------------------------------------------
+# --- processes (os/linux/children.py, os/linux/execve.py) ------------------------------------------
 @syscall("clone", "clone3", "fork", "vfork")
-def sys_clone(p, flags=0, *_):
-    if p.current_syscall == "clone3":
-        flags = p.user.u64(flags)
-    if p.current_syscall in ("clone", "clone3") and flags & CLONE_THREAD:
+def sys_clone(p, a0=0, a1=0, a2=0, a3=0, a4=0, *_):
+    name = p.current_syscall
+    if name == "fork":
+        flags, stack, ptid, ctid, tls = children.SIGCHLD, 0, 0, 0, 0
+    elif name == "vfork":
+        flags, stack, ptid, ctid, tls = children.CLONE_VM | children.CLONE_VFORK | children.SIGCHLD, 0, 0, 0, 0
+    elif name == "clone3":
+        if a1 < 64 or a1 > 4096:
+            return -errno.EINVAL
+        flags, _pidfd, ctid, ptid, exit_signal, stack_lo, stack_size, tls = p.user.unpack("<8Q", a0)
+        if exit_signal & ~0xFF or (stack_lo == 0) != (stack_size == 0):
+            return -errno.EINVAL
+        flags |= exit_signal
+        stack = stack_lo + stack_size if stack_lo else 0
+    elif p.arch.name == "x86_64":       # clone(flags, stack, parent_tid, child_tid, tls)
+        flags, stack, ptid, ctid, tls = a0, a1, a2, a3, a4
+    else:                               # arm64: clone(flags, stack, parent_tid, tls, child_tid)
+        flags, stack, ptid, tls, ctid = a0, a1, a2, a3, a4
+    if flags & CLONE_THREAD:
         p.warn_once("threads", "threads are not supported (clone with CLONE_THREAD): returning -EAGAIN")
         return -errno.EAGAIN
-    p.warn_once("fork", f"creating processes is not supported ({p.current_syscall}): returning -ENOSYS")
-    return -errno.ENOSYS
+    if flags & CLONE_SIGHAND and not flags & CLONE_VM:
+        return -errno.EINVAL
+    if flags & CLONE_VM and not flags & CLONE_VFORK:
+        p.warn_once("clone-vm", "clone with CLONE_VM but neither CLONE_THREAD nor CLONE_VFORK (a shared "
+                                "address space across processes) is not supported: returning -EINVAL")
+        return -errno.EINVAL
+    # CLONE_VM|CLONE_VFORK (vfork, posix_spawn) runs as a fork whose parent waits for the child's
+    # exec or exit: the same for every program that keeps to what vfork allows.
+    return children.fork(p, flags & ~CLONE_VM, stack, ptid, ctid, tls)
 
 
 @syscall("execve", "execveat")
 def sys_execve(p, *a):
-    ptr = a[0] if p.current_syscall == "execve" else a[1]
-    target = p.user.path(ptr)
-    p.warn_once("exec", f"running another program is not supported ({p.current_syscall} {target}): "
-                        "returning -ENOSYS")
-    return -errno.ENOSYS
+    AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
+    if p.current_syscall == "execve":
+        dirfd, ptr, argv_p, envp_p, flags = -100, a[0], a[1], a[2], 0
+    else:
+        dirfd, ptr, argv_p, envp_p, flags = s32(a[0]), a[1], a[2], a[3], a[4]
+        if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW):
+            return -errno.EINVAL
+    gpath = p.user.path(ptr)
+    budget = [execve.ARG_MAX]
+    argv = execve.string_array(p, argv_p, budget)
+    envp = execve.string_array(p, envp_p, budget)
+    if not gpath:
+        if not flags & AT_EMPTY_PATH:
+            return -errno.ENOENT
+        path = os.readlink(f"/proc/self/fd/{p.fd(dirfd).host}")
+    else:
+        path = execve.host_path(p, dirfd, gpath, not flags & AT_SYMLINK_NOFOLLOW)
+    if flags & AT_SYMLINK_NOFOLLOW and os.path.islink(path):
+        return -errno.ELOOP
+    image, argv = execve.resolve(p, gpath, path, argv or [gpath])
+    if p.exec_image is None:
+        p.warn_once("exec", f"no session to run {image} under: returning -ENOSYS")
+        return -errno.ENOSYS
+    p.exec_image(image, argv, envp)     # returns only if the new image could not start
+    return -errno.ENOEXEC
 
 
-@syscall("wait4", "waitid")
-def sys_wait4(p, *_):
-    return -errno.ECHILD          # a process that cannot fork has no children
+def _put_status(p, ptr: int, status: int) -> None:
+    if ptr:
+        p.user.put_u32(ptr, status)
+
+
+@syscall("wait4")
+def sys_wait4(p, pid, wstatus, options, rusage, *_):
+    got = children.wait4(p, s32(pid), options & 0xFFFFFFFF, rusage)
+    if isinstance(got, int):
+        return got
+    cpid, status = got
+    if cpid:
+        _put_status(p, wstatus, status)
+    return cpid
+
+
+@syscall("waitid")
+def sys_waitid(p, idtype, ident, infop, options, rusage, *_):
+    got = children.waitid(p, idtype & 0xFFFFFFFF, s32(ident), options & 0xFFFFFFFF)
+    if isinstance(got, int):
+        return got
+    if infop:
+        info = bytes(128) if got is None else struct.pack(
+            "<iii4xiIi", got.si_signo, 0, got.si_code, got.si_pid, got.si_uid, got.si_status).ljust(128, b"\0")
+        p.user.write(infop, info)
+    if rusage:
+        p.user.write(rusage, structs.pack_rusage(resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return 0
 
 
 @syscall("futex")

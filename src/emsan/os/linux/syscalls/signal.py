@@ -23,6 +23,8 @@ def sys_rt_sigaction(p, sig, act, oldact, sigsetsize, *_):
         p.user.pack(oldact, "<QQQQ", *old)
     if new is not None:
         p.signals.actions[sig] = new
+        from emsan.os.linux.children import mirror
+        mirror(p, sig)             # a signal from another process reaches this handler (os/linux/children.py)
     return 0
 
 
@@ -90,12 +92,15 @@ def sys_kill(p, *a):
     else:
         target, sig = a[0], a[1]
     target = struct.unpack("<i", struct.pack("<I", target & 0xFFFFFFFF))[0]
-    if target not in (p.pid, 0, -1, -p.pid):
-        return -errno.ESRCH
+    if not 0 <= sig <= 64:
+        return -errno.EINVAL
+    if target not in (p.pid, -1) and (p.current_syscall == "kill" or target > 0):
+        from emsan.os.linux.children import send_signal
+        return send_signal(p, target, sig)       # another process, or a process group (the host's)
+    if target not in (p.pid, -1):
+        return -errno.EINVAL if target <= 0 else -errno.ESRCH
     if sig == 0:
         return 0
-    if not 1 <= sig <= 64:
-        return -errno.EINVAL
     p.signals.raise_signal(sig, code=SI_USER if p.current_syscall == "kill" else SI_TKILL)
     return 0
 
@@ -156,7 +161,8 @@ def sys_pause(p, mask_ptr=0, sigsetsize=8, *_):
             return -errno.EINVAL
         sigs.suspend(p.user.u64(mask_ptr))
     # Returns -EINTR; the handler runs on the way back (Process.on_syscall).
-    if not sigs.deliverable() and not sigs.wait_for_alarm():
+    from emsan.os.linux.children import wait_for_signal
+    if not sigs.deliverable() and not sigs.wait_for_alarm() and not wait_for_signal(p):
         p.warn_once("pause", f"{p.current_syscall} with no signal that could ever arrive")
     return -errno.EINTR
 
