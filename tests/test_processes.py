@@ -44,7 +44,10 @@ def test_fork_pipes_wait_kill_groups_match_native(arch, mode):
 
 def test_static_fork_pipes_match_native(arch):
     exe = build("os_procs", arch, "static")
-    ref = native(exe, "pipes", arch=arch, env=ENV)
+    # qemu-aarch64 itself hangs in one of every 2-6 runs of the static build (a deadlock in its fork
+    # emulation; measured with `timeout`); the output does not depend on the link kind, so the arm64
+    # reference is the dynamic build, which never hung in the same trials.
+    ref = native(build("os_procs", arch, "dynamic") if arch == "arm64" else exe, "pipes", arch=arch, env=ENV)
     got = emsan("run", "--timeout", "60", exe, "pipes", env=ENV)
     assert got.stdout == ref.stdout and got.returncode == ref.returncode == 0
 
