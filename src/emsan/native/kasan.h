@@ -187,6 +187,8 @@ void quarantine_put(kasan_t *k, uint64_t handle, uint64_t bytes);
 void intercept_string_fn(kasan_t *k, int fn);
 /* fortify.c */
 void intercept_fortify_fn(kasan_t *k, int fn);
+/* libc.c: the number parsers, the printf and scanf families, streams and reads */
+void intercept_libc_fn(kasan_t *k, int fn);
 
 /* shadow.c */
 int shadow_init(kasan_t *k, int share);

@@ -50,6 +50,35 @@ STRINGS = {
 # destination's size the compiler passed, and aborts when it does not fit.
 FORTIFIED = ("memcpy", "memmove", "mempcpy", "memset", "strcpy", "stpcpy", "strncpy", "stpncpy", "strcat", "strncat")
 
+# C library functions whose own code runs, checked at their entry (native/libc.c), by exact
+# symbol name: the number parsers (with glibc 2.38's C23 variants, which the headers pick for
+# strtol with base 0b prefixes), the printf and scanf families with their ISO C99/C23 and
+# _FORTIFY_SOURCE names, streams and checked reads.
+LIBC = {
+    "strtol": "STRTOL", "strtoul": "STRTOUL", "strtoll": "STRTOLL", "strtoull": "STRTOULL", "strtoq": "STRTOLL",
+    "strtouq": "STRTOULL", "strtoimax": "STRTOLL", "strtoumax": "STRTOULL",
+    "__isoc23_strtol": "STRTOL", "__isoc23_strtoul": "STRTOUL", "__isoc23_strtoll": "STRTOLL",
+    "__isoc23_strtoull": "STRTOULL", "__isoc23_strtoimax": "STRTOLL", "__isoc23_strtoumax": "STRTOULL",
+    "atoi": "ATOI", "atol": "ATOL", "atoll": "ATOLL", "atoq": "ATOLL",
+    "strtod": "STRTOD", "strtof": "STRTOF", "strtold": "STRTOLD", "atof": "ATOF",
+    "printf": "PRINTF", "fprintf": "FPRINTF", "dprintf": "DPRINTF", "sprintf": "SPRINTF", "snprintf": "SNPRINTF",
+    "asprintf": "ASPRINTF", "vprintf": "VPRINTF", "vfprintf": "VFPRINTF", "vdprintf": "VDPRINTF",
+    "vsprintf": "VSPRINTF", "vsnprintf": "VSNPRINTF", "vasprintf": "VASPRINTF",
+    "__printf_chk": "PRINTF_CHK", "__fprintf_chk": "FPRINTF_CHK", "__dprintf_chk": "DPRINTF_CHK",
+    "__sprintf_chk": "SPRINTF_CHK", "__snprintf_chk": "SNPRINTF_CHK", "__asprintf_chk": "ASPRINTF_CHK",
+    "__vprintf_chk": "VPRINTF_CHK", "__vfprintf_chk": "VFPRINTF_CHK", "__vdprintf_chk": "VDPRINTF_CHK",
+    "__vsprintf_chk": "VSPRINTF_CHK", "__vsnprintf_chk": "VSNPRINTF_CHK", "__vasprintf_chk": "VASPRINTF_CHK",
+    "scanf": "SCANF", "fscanf": "FSCANF", "sscanf": "SSCANF", "vscanf": "VSCANF", "vfscanf": "VFSCANF",
+    "vsscanf": "VSSCANF",
+    "__isoc99_scanf": "SCANF", "__isoc99_fscanf": "FSCANF", "__isoc99_sscanf": "SSCANF",
+    "__isoc99_vscanf": "VSCANF", "__isoc99_vfscanf": "VFSCANF", "__isoc99_vsscanf": "VSSCANF",
+    "__isoc23_scanf": "SCANF", "__isoc23_fscanf": "FSCANF", "__isoc23_sscanf": "SSCANF",
+    "__isoc23_vscanf": "VSCANF", "__isoc23_vfscanf": "VFSCANF", "__isoc23_vsscanf": "VSSCANF",
+    "fwrite": "FWRITE", "fwrite_unlocked": "FWRITE", "fputs": "FPUTS", "fputs_unlocked": "FPUTS", "puts": "PUTS",
+    "__read_chk": "READ_CHK", "__pread_chk": "PREAD_CHK", "__pread64_chk": "PREAD_CHK",
+    "__fread_chk": "FREAD_CHK", "__fread_unlocked_chk": "FREAD_CHK",
+}
+
 # glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic,
 # __memmove_chk_avx_unaligned_erms, and its internal aliases (__GI_strlen, which on arm64 is a copy
 # no IFUNC leads to).
@@ -197,7 +226,7 @@ def module_entry_points(path: str, base: int, strings: bool = True, tags: bool =
     for value, _size, kind, name in function_symbols(path):
         if kind != STT_FUNC:
             continue
-        fn = ALLOCATOR.get(name) or (string_function(name) if strings else None) or \
+        fn = ALLOCATOR.get(name) or ((string_function(name) or LIBC.get(name)) if strings else None) or \
             (TAG_FUNCTIONS.get(name) if tags else None)
         if not fn:
             continue

@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 from emsan.report.model import AllocRequest, ObjectInfo, Report, Task
-from emsan.sanitizer.entrypoints import has_symtab, module_entry_points, string_code_ranges
+from emsan.sanitizer.entrypoints import LIBC, has_symtab, module_entry_points, string_code_ranges
 from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target, stream_seed
 from emsan.sanitizer.runtime import Error, Runtime
 from emsan.sanitizer.stacks import confirm_candidate
+
+RUN_OWN_CODE = frozenset(LIBC.values())     # checked at their entry (native/libc.c), not stood in for
 
 STATES = {0: "free", 1: "allocated", 2: "freed"}
 KINDS = {0: "malloc", 1: "new", 2: "new[]"}
@@ -41,7 +43,8 @@ class Kasan:
         if entry == self.ffi.NULL:
             return
         self.hooked[addr] = fn
-        self.runtime.intercepted(addr)
+        if fn not in RUN_OWN_CODE:          # checked at entry, then the guest's code runs and returns
+            self.runtime.intercepted(addr)
         self.machine.hook_code_native(self._entry_cb, entry, addr)
 
     def check_accesses(self) -> None:
