@@ -36,18 +36,25 @@ EXPECTED = {
     "fputs": ("read", 6, 5, "via_fputs", False),
     "read_chk": ("write", 16, 8, "via_read_chk", True),        # __read_chk: 16 bytes into 8
     "fread_chk": ("write", 16, 8, "via_fread_chk", True),      # __fread_chk: 1 * 16 bytes into 8
+    # judged when the call returns (or glibc's check fails inside it): the input is LINE
+    "fgets": ("write", 15, 8, "via_fgets", True),              # the 14-byte line and its NUL
+    "fread": ("write", 12, 8, "via_fread", True),              # the 12 items read
 }
+LINE = b"0123456789abc\n"
+# __fgets_chk stops at the object's 8 bytes and fails: the plain fgets would store a 9th
+FORTIFIED_SIZE = {"fgets": 9}
 # the plain build's calls that differ from the fortified build's (printf, not __printf_chk...)
-PLAIN = ("atoi", "printf_s", "fprintf_s", "sprintf", "sprintf_double", "snprintf", "vsprintf")
+PLAIN = ("atoi", "printf_s", "fprintf_s", "sprintf", "sprintf_double", "snprintf", "vsprintf", "fgets", "fread")
 GLIBC_ABORT = b"*** buffer overflow detected ***: terminated"
 
 
 def check_case(exe: str, case: str, arch: str, tmp_path, fortified: bool) -> None:
     access, size, obj_size, fn, aborts = EXPECTED[case]
     if fortified:
-        ref = native(exe, case, arch=arch, input=b"")
+        size = FORTIFIED_SIZE.get(case, size)
+        ref = native(exe, case, arch=arch, input=LINE)
         assert (ref.returncode == -6 and GLIBC_ABORT in ref.stderr) == aborts, (case, ref.returncode, ref.stderr)
-    res, reports = run_report(tmp_path / f"{case}.json", exe, case, status=99, input=b"")
+    res, reports = run_report(tmp_path / f"{case}.json", exe, case, status=99, input=LINE)
     assert [r["bug_type"] for r in reports] == ["slab-out-of-bounds"], (case, tail(res))
     r = reports[0]
     assert r["function"] == fn, (case, r["function"], r["stack"][:3])
@@ -78,4 +85,11 @@ def test_correct_calls_no_report_native_output(arch, flags, tmp_path):
     ref = native(exe, "correct", arch=arch)
     assert ref.returncode == 0 and ref.stdout.endswith(b"correct: done\n"), ref.stdout
     res, reports = run_report(tmp_path / "c.json", exe, "correct")
+    assert reports == [] and res.stdout == ref.stdout, tail(res)
+    # fgets and fread whose bound exceeds the buffer, with lines that fit: judged at each
+    # return (the same call site twice), no report
+    lines = b"abc\nde\n"
+    ref = native(exe, "fgets_short", arch=arch, input=lines)
+    assert ref.returncode == 0 and ref.stdout.endswith(b"fgets_short: done\n"), ref.stdout
+    res, reports = run_report(tmp_path / "f.json", exe, "fgets_short", input=lines)
     assert reports == [] and res.stdout == ref.stdout, tail(res)

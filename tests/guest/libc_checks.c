@@ -125,6 +125,28 @@ NOINLINE void via_fread_chk(void)
     keep = b;
     sink = (long)fread(b, 1, sixteen, stdin);  /* @fread_chk */
 }
+/* Reads whose overflow depends on the data: judged when the call returns. */
+NOINLINE void via_fgets(void)
+{
+    char *b = malloc(8);
+    keep = b;
+    keep = fgets(b, 32, stdin);  /* @fgets */
+}
+NOINLINE void via_fread(void)
+{
+    char *b = malloc(8);
+    keep = b;
+    sink = (long)fread(b, 1, twelve, stdin);  /* @fread */
+}
+/* The same buffer and bound, lines that fit: no report. */
+NOINLINE void fgets_short(void)
+{
+    char *b = malloc(8);
+    while (fgets(b, 32, stdin))
+        printf("line: %s", b);
+    printf("fgets_short: done\n");
+    free(b);
+}
 
 /* The same calls made correctly: no report, the native output. */
 NOINLINE void correct(void)
@@ -165,7 +187,8 @@ int main(int argc, char **argv)
         {"strtol_endptr", via_strtol_endptr}, {"printf_s", via_printf_s}, {"puts", via_puts},
         {"fprintf_s", via_fprintf_s}, {"sprintf", via_sprintf}, {"sprintf_double", via_sprintf_double},
         {"snprintf", via_snprintf}, {"vsprintf", via_vsprintf}, {"sscanf", via_sscanf}, {"fwrite", via_fwrite},
-        {"fputs", via_fputs}, {"read_chk", via_read_chk}, {"fread_chk", via_fread_chk}, {"correct", correct},
+        {"fputs", via_fputs}, {"read_chk", via_read_chk}, {"fread_chk", via_fread_chk}, {"fgets", via_fgets}, {"fread", via_fread},
+        {"fgets_short", fgets_short}, {"correct", correct},
     };
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (size_t i = 0; argc > 1 && i < sizeof cases / sizeof cases[0]; i++)

@@ -173,7 +173,9 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_PUTS 166
 #define EMSAN_FN_READ_CHK 167
 #define EMSAN_FN_PREAD_CHK 168
-#define EMSAN_FN_LIBC_LAST 168
+#define EMSAN_FN_FGETS_UNLOCKED_CHK 169
+#define EMSAN_FN_CHK_FAIL 170           /* glibc's _FORTIFY_SOURCE check failed (__chk_fail) */
+#define EMSAN_FN_LIBC_LAST 170
 
 /* Allocation families, for alloc-dealloc-mismatch. */
 #define EMSAN_KIND_MALLOC 0

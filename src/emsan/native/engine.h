@@ -30,6 +30,8 @@ typedef struct engine_tlb_entry {
 
 /* uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0)): forget every virtual-TLB mapping. */
 #define ENGINE_CTL_TLB_FLUSH (11 | (1 << 30))
+/* uc_ctl_remove_cache(uc, begin, end): UC_CTL_WRITE(UC_CTL_TB_REMOVE_CACHE, 2) */
+#define ENGINE_CTL_TB_REMOVE_CACHE (9 | (2 << 26) | (1 << 30))
 
 extern emsan_api emsan_uc;
 

@@ -43,7 +43,7 @@ EXPORT void emsan_kasan_destroy(emsan_kasan *k)
     shadow_destroy(k);
     for (size_t i = 0; i < k->nslabs; i++) free(k->slabs[i].objs);
     for (int i = 0; i < NCLASSES; i++) free(k->freelist[i].v);
-    free(k->free_runs.v); free(k->tolerant.v); free(k->slabs); free(k->page_slab); free(k->q);
+    free(k->free_runs.v); free(k->tolerant.v); free(k->ret_hooks.v); free(k->slabs); free(k->page_slab); free(k->q);
     munmap(k->host, k->size);
     free(k);
 }
@@ -85,6 +85,7 @@ int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn)
 {
     if (!size) return 0;
     if (addr + size >= addr && !k->ops->range_bad(k, addr, size)) return 0;
+    if (is_write && call_writes(k, addr, size)) return 0;     /* a libc call's own: judged at its return */
     /* bad, or a negative size: always a bug */
     rt_t *rt = k->rt;
     uint64_t pc = reg(rt, EMSAN_REG_PC);

@@ -83,6 +83,13 @@ struct shadow_map {
 
 typedef struct emsan_kasan kasan_t;
 
+/* A C library call that may write past its buffer, by how much only its result tells (fgets,
+ * fread: libc.c): judged when it returns (a code hook at its return address) or when glibc's
+ * _FORTIFY_SOURCE check fails inside it; its own bad writes into the buffer meanwhile are its
+ * (reported once, at the caller). */
+#define MAX_PENDING 8
+struct pending { int fn; uint64_t entry, sp, ret, buf, max, size; uint32_t stack; };
+
 /* What a KASAN mode changes. Poison values are the generic shadow codes. */
 struct kasan_ops {
     unsigned granule;                  /* bytes one shadow byte or memory tag describes */
@@ -138,6 +145,9 @@ struct emsan_kasan {
     int report_alloc_errors;
     uint64_t budget;                   /* live bytes the guest's limits allow (RLIMIT_AS, _DATA) */
     uint64_t refusal_sp, refusal_ret;  /* the refused call whose nested calls are not reported again */
+    struct pending pend[MAX_PENDING];  /* calls judged at their return (libc.c) */
+    int npend;
+    struct vec64 ret_hooks;            /* return addresses with a hook of libc.c's */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
     struct checkpoint *cp;             /* a persistent loop's saved state (checkpoint.c), or NULL */
@@ -189,6 +199,12 @@ void intercept_string_fn(kasan_t *k, int fn);
 void intercept_fortify_fn(kasan_t *k, int fn);
 /* libc.c: the number parsers, the printf and scanf families, streams and reads */
 void intercept_libc_fn(kasan_t *k, int fn);
+/* Is a bad access inside the buffer of a call judged at its return, made while it runs? */
+int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size);
+static inline int call_writes(kasan_t *k, uint64_t addr, uint64_t size)
+{
+    return UNLIKELY(k->npend != 0) && libc_quiet(k, addr, size);
+}
 
 /* shadow.c */
 int shadow_init(kasan_t *k, int share);

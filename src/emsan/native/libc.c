@@ -5,8 +5,10 @@
  * the caller each (check_range()), what the arguments say the call reads and writes: the
  * characters a number parser looks at, a format and its %s strings and %n, the output a
  * sprintf makes (the format parsed once, format.c), fwrite's buffer, a checked read's buffer
- * whose check fails. What only the call's result says (fgets's line, scanf's conversions) is
- * left to the guest's own accesses. */
+ * whose check fails. What only the call's result says (fgets's line, fread's items) is checked
+ * when the call returns, and only when the most it may store is not all good: its own writes
+ * there are then its (reported once, at the caller; ASan's interceptors check after the real
+ * function too). scanf's conversions are left to the guest's own accesses. */
 #include "format.h"
 
 #define NO_LIMIT (~0ULL >> 1)
@@ -215,6 +217,8 @@ static void do_scanf(kasan_t *k, const struct sfn *s)
     if (slen >= 0) check(&c, str, (uint64_t)slen + 1, 0);
 }
 
+static void do_read_stream(kasan_t *k, int fn);
+
 /* ---- streams and reads --------------------------------------------------------------------------- */
 
 static void do_stream(kasan_t *k, int fn)
@@ -243,10 +247,131 @@ static void do_stream(kasan_t *k, int fn)
         uint64_t size = arg(rt, 2), n = arg(rt, 3);
         unsigned __int128 total = (unsigned __int128)size * n;
         if (total > arg(rt, 1)) check(&c, p, total >> 64 ? ~0ULL : (uint64_t)total, 1);
+        else do_read_stream(k, fn);
         break;
     }
     default:
         break;
+    }
+}
+
+/* ---- calls judged at their return: fgets and fread ---------------------------------------------- */
+
+/* Is the call still running at stack pointer sp (its frame below its entry's)? x86-64: the
+ * return pops the slot at the entry's sp; arm64: the callee's frame is below the entry's sp. */
+static inline int running(const rt_t *rt, const struct pending *p, uint64_t sp)
+{
+    return rt->arm64 ? sp < p->sp : sp <= p->sp;
+}
+
+int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size)
+{
+    rt_t *rt = k->rt;
+    uint64_t sp = reg(rt, EMSAN_REG_SP), a = guest_addr(rt, addr);
+    for (int i = 0; i < k->npend; i++) {
+        const struct pending *p = &k->pend[i];
+        uint64_t lo = guest_addr(rt, p->buf);
+        if (running(rt, p, sp) && a >= lo && a - lo < p->max && a - lo + size <= p->max) return 1;
+    }
+    return 0;
+}
+
+/* What the call stored, now that its result (or glibc's failed check) says: one check at the
+ * caller, with the stack of its entry. */
+static void judge(kasan_t *k, const struct pending *p, int chk_failed)
+{
+    rt_t *rt = k->rt;
+    uint64_t r = reg(rt, EMSAN_REG_RET), len;
+    switch (p->fn) {
+    case EMSAN_FN_FREAD: case EMSAN_FN_FREAD_CHK:
+        len = r * p->size;                      /* the items read */
+        break;
+    default: {                                  /* fgets: the line and its NUL, when it read one */
+        if (chk_failed) {                       /* the line filled the object: the plain fgets */
+            len = p->size + 1;                  /* would have stored its NUL past it */
+            break;
+        }
+        if (!r) return;
+        int64_t n = guest_len(rt, p->buf, p->max, 1);
+        if (n < 0) return;
+        len = (uint64_t)n < p->max ? (uint64_t)n + 1 : p->max;
+        break;
+    }
+    }
+    if (!len || (p->buf + len >= p->buf && !k->ops->range_bad(k, p->buf, len))) return;
+    report_error(rt, EMSAN_ERR_ACCESS, p->buf, len, 1, p->entry, p->stack, p->fn, 0);
+}
+
+/* The hook at a judged call's return address. */
+static void return_cb(void *uc, uint64_t address, uint32_t size, void *ud)
+{
+    (void)uc; (void)size;
+    kasan_t *k = ud;
+    rt_t *rt = k->rt;
+    uint64_t sp = reg(rt, EMSAN_REG_SP);
+    for (int i = k->npend; i-- > 0;) {
+        struct pending p = k->pend[i];
+        if (p.ret != address || sp != (rt->arm64 ? p.sp : p.sp + 8)) continue;
+        k->npend = i;                           /* it, and any left by longjmp inside it */
+        judge(k, &p, 0);
+        return;
+    }
+}
+
+/* Judge this call at its return: the buffer [buf, buf + max) may go past its object. */
+static void judge_at_return(kasan_t *k, int fn, uint64_t buf, uint64_t max, uint64_t size)
+{
+    rt_t *rt = k->rt;
+    uint64_t sp = reg(rt, EMSAN_REG_SP), ret = 0, pc = reg(rt, EMSAN_REG_PC);
+    if (rt->arm64) ret = reg(rt, EMSAN_REG_LR);
+    else if (mem_get(rt->uc, sp, &ret, 8)) return;
+    while (k->npend && !running(rt, &k->pend[k->npend - 1], sp)) k->npend--;   /* gone (longjmp) */
+    if (k->npend == MAX_PENDING) return;
+    size_t i = 0;
+    while (i < k->ret_hooks.n && k->ret_hooks.v[i] != ret) i++;
+    if (i == k->ret_hooks.n) {
+        size_t hh;
+        if (emsan_hook_add(rt->uc, &hh, 4 /* UC_HOOK_CODE */, (void *)return_cb, k, ret, ret)) return;
+        /* code translated before has no call to the new hook */
+        ((engine_ctl_fn)emsan_uc.uc_ctl)(rt->uc, ENGINE_CTL_TB_REMOVE_CACHE, ret, ret + 1);
+        vec_push(&k->ret_hooks, ret);
+    }
+    k->pend[k->npend++] = (struct pending){fn, pc, sp, ret, buf, max, size, stack_here(rt, pc, 1)};
+}
+
+/* fgets (s, n, fp), __fgets_chk (s, size, n, fp), fread (ptr, size, n, fp), __fread_chk
+ * (ptr, ptrlen, size, n, fp) once its own check passed: only when the most they may store
+ * is not all good are they judged at their return. */
+static void do_read_stream(kasan_t *k, int fn)
+{
+    rt_t *rt = k->rt;
+    uint64_t buf = arg(rt, 0), max, size;
+    if (fn == EMSAN_FN_FREAD || fn == EMSAN_FN_FREAD_CHK) {
+        int chk = fn == EMSAN_FN_FREAD_CHK;
+        size = arg(rt, chk ? 2 : 1);
+        unsigned __int128 total = (unsigned __int128)size * arg(rt, chk ? 3 : 2);
+        if (total >> 64) return;
+        max = (uint64_t)total;
+    } else {
+        int chk = fn != EMSAN_FN_FGETS;
+        int64_t n = (int32_t)arg(rt, chk ? 2 : 1);
+        if (n <= 0) return;
+        max = (uint64_t)n;
+        size = chk ? arg(rt, 1) : 0;            /* the object size glibc checks */
+        if (chk && size < max) max = size + 1;  /* it stops there, and fails */
+    }
+    if (!max || (buf + max >= buf && !k->ops->range_bad(k, buf, max))) return;
+    judge_at_return(k, fn, buf, max, size);
+}
+
+/* glibc's _FORTIFY_SOURCE check failed inside a call judged at its return (__fgets_chk): the
+ * call is judged now, before glibc's abort. */
+static void chk_failed(kasan_t *k)
+{
+    uint64_t sp = reg(k->rt, EMSAN_REG_SP);
+    while (k->npend) {
+        struct pending p = k->pend[--k->npend];
+        if (running(k->rt, &p, sp)) { judge(k, &p, 1); return; }
     }
 }
 
@@ -259,6 +384,11 @@ void intercept_libc_fn(kasan_t *k, int fn)
             if (PRINTF[i].fn == fn) { do_printf(k, &PRINTF[i]); break; }
     } else if (fn >= EMSAN_FN_SCANF && fn <= EMSAN_FN_VSSCANF) {
         do_scanf(k, &SCANF[fn - EMSAN_FN_SCANF]);
+    } else if (fn == EMSAN_FN_FGETS || fn == EMSAN_FN_FGETS_CHK || fn == EMSAN_FN_FGETS_UNLOCKED_CHK ||
+               fn == EMSAN_FN_FREAD) {
+        do_read_stream(k, fn);
+    } else if (fn == EMSAN_FN_CHK_FAIL) {
+        chk_failed(k);
     } else {
         do_stream(k, fn);
     }

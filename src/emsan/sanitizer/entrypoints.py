@@ -77,6 +77,9 @@ LIBC = {
     "fwrite": "FWRITE", "fwrite_unlocked": "FWRITE", "fputs": "FPUTS", "fputs_unlocked": "FPUTS", "puts": "PUTS",
     "__read_chk": "READ_CHK", "__pread_chk": "PREAD_CHK", "__pread64_chk": "PREAD_CHK",
     "__fread_chk": "FREAD_CHK", "__fread_unlocked_chk": "FREAD_CHK",
+    "fgets": "FGETS", "fgets_unlocked": "FGETS", "__fgets_chk": "FGETS_CHK",
+    "__fgets_unlocked_chk": "FGETS_UNLOCKED_CHK", "fread": "FREAD", "fread_unlocked": "FREAD",
+    "__chk_fail": "CHK_FAIL",
 }
 
 # glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic,
