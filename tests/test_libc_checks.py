@@ -36,6 +36,12 @@ EXPECTED = {
     "fputs": ("read", 6, 5, "via_fputs", False),
     "read_chk": ("write", 16, 8, "via_read_chk", True),        # __read_chk: 16 bytes into 8
     "fread_chk": ("write", 16, 8, "via_fread_chk", True),      # __fread_chk: 1 * 16 bytes into 8
+    # scanf's conversions, judged when the call returns (its result says which stored)
+    "sscanf_s": ("write", 12, 4, "via_sscanf_s", False),       # "overflowing" and the NUL
+    "sscanf_width": ("write", 7, 4, "via_sscanf_width", False),  # %6s: six characters and the NUL
+    "sscanf_c": ("write", 6, 4, "via_sscanf_c", False),         # %6c: six characters, no NUL
+    "sscanf_int": ("write", 4, 2, "via_sscanf_int", False),     # an int into a short
+    "vsscanf": ("write", 4, 2, "scan_from", False),             # %[a-z]: "xyz" and the NUL
     # judged when the call returns (or glibc's check fails inside it): the input is LINE
     "fgets": ("write", 15, 8, "via_fgets", True),              # the 14-byte line and its NUL
     "fread": ("write", 12, 8, "via_fread", True),              # the 12 items read

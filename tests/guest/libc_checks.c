@@ -125,6 +125,47 @@ NOINLINE void via_fread_chk(void)
     keep = b;
     sink = (long)fread(b, 1, sixteen, stdin);  /* @fread_chk */
 }
+/* scanf's conversions: what they stored, by the result */
+NOINLINE void via_sscanf_s(void)
+{
+    char *w = malloc(4);
+    keep = w;
+    sink = sscanf("overflowing", "%s", w);  /* @sscanf_s */
+}
+NOINLINE void via_sscanf_width(void)
+{
+    char *w = malloc(4);
+    keep = w;
+    sink = sscanf("abcdefgh", "%6s", w);  /* @sscanf_width */
+}
+NOINLINE void via_sscanf_c(void)
+{
+    char *w = malloc(4);
+    keep = w;
+    sink = sscanf("abcdefgh", "%6c", w);  /* @sscanf_c */
+}
+NOINLINE void via_sscanf_int(void)
+{
+    short *h = malloc(2);
+    keep = (char *)h;
+    sink = sscanf("12", "%d", (int *)h);  /* @sscanf_int */
+}
+static NOINLINE int scan_from(const char *in, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsscanf(in, fmt, ap);  /* @vsscanf */
+    va_end(ap);
+    return n;
+}
+NOINLINE void via_vsscanf(void)
+{
+    char *w = malloc(2);
+    int v = 0;
+    keep = w;
+    sink = scan_from("xyz12345", "%[a-z]%d", w, &v);
+}
+
 /* Reads whose overflow depends on the data: judged when the call returns. */
 NOINLINE void via_fgets(void)
 {
@@ -171,6 +212,15 @@ NOINLINE void correct(void)
     char word[8];
     n = sscanf("17 42 seven", "%d %d %7s", &a, &b, word);
     printf("sscanf: %d %d %d %s\n", n, a, b, word);
+    char *w = malloc(4);
+    int at = 0;
+    n = scan_from("ab12 rest", "%[a-z]%d %n", w, &a, &at);
+    printf("vsscanf: %d %s %d %d\n", n, w, a, at);
+    n = sscanf("wxyz", "%3c", w);
+    printf("%%3c: %d %.3s\n", n, w);
+    n = sscanf("", "%3s", w);
+    printf("empty: %d\n", n);
+    free(w);
     fwrite("fwrite\n", 1, 7, stdout);
     fputs("fputs\n", stdout);
     strcpy(d, "fixed text");
@@ -187,7 +237,9 @@ int main(int argc, char **argv)
         {"strtol_endptr", via_strtol_endptr}, {"printf_s", via_printf_s}, {"puts", via_puts},
         {"fprintf_s", via_fprintf_s}, {"sprintf", via_sprintf}, {"sprintf_double", via_sprintf_double},
         {"snprintf", via_snprintf}, {"vsprintf", via_vsprintf}, {"sscanf", via_sscanf}, {"fwrite", via_fwrite},
-        {"fputs", via_fputs}, {"read_chk", via_read_chk}, {"fread_chk", via_fread_chk}, {"fgets", via_fgets}, {"fread", via_fread},
+        {"fputs", via_fputs}, {"read_chk", via_read_chk}, {"fread_chk", via_fread_chk}, {"fgets", via_fgets}, {"sscanf_s", via_sscanf_s},
+        {"sscanf_width", via_sscanf_width}, {"sscanf_c", via_sscanf_c}, {"sscanf_int", via_sscanf_int},
+        {"vsscanf", via_vsscanf}, {"fread", via_fread},
         {"fgets_short", fgets_short}, {"correct", correct},
     };
     setvbuf(stdout, NULL, _IOLBF, 0);

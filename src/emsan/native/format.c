@@ -1,7 +1,7 @@
 /* The variable arguments of a guest call (the x86-64 and AArch64 procedure-call standards:
  * registers, then the stack; or a va_list) and the printf formats that describe them: what a
- * printf reads (its %s strings) and writes (%n, and how long its output is). The format is
- * parsed once per call, here; the guest's own printf then runs. */
+ * printf reads (its %s strings) and writes (%n, and how long its output is), and where a scanf
+ * may store. The format is parsed once per call, here; the guest's own function then runs. */
 #include <stdio.h>
 #include "format.h"
 
@@ -143,6 +143,7 @@ struct directive {
     enum lmod lmod;
     int left, plus, space, alt, zero, locale;      /* flags ('\'' and 'I' are the locale's) */
     int64_t width, prec;                           /* -1: none */
+    int suppress, alloc;                           /* scanf: '*', 'm' */
     int width_arg, prec_arg, arg;                  /* argument numbers (1-based), 0: none */
 };
 
@@ -251,14 +252,14 @@ struct argval { enum atype type; uint64_t i; uint8_t f[16]; };
 
 /* Fetch every argument the directives use, in order of their numbers (positional ones may
  * come in any order in the format). 0 if an argument's type is unknown or memory unreadable. */
-static int fetch(struct args *a, const struct directive *ds, int nd, int nargs, struct argval *vals)
+static int fetch(struct args *a, const struct directive *ds, int nd, int nargs, struct argval *vals, int scanf)
 {
     for (int i = 1; i <= nargs; i++) vals[i].type = A_NONE;
     for (int i = 0; i < nd; i++) {
         const struct directive *d = &ds[i];
         if (d->width_arg) vals[d->width_arg].type = A_INT;
         if (d->prec_arg) vals[d->prec_arg].type = A_INT;
-        if (d->arg) vals[d->arg].type = printf_type(d);
+        if (d->arg) vals[d->arg].type = scanf ? A_PTR : printf_type(d);
     }
     for (int i = 1; i <= nargs; i++) {
         switch (vals[i].type) {
@@ -345,6 +346,7 @@ int64_t printf_walk(rt_t *rt, uint64_t fmt, int64_t fmt_len, struct args *a, con
     if (!f) return -1;
     struct directive ds[MAX_DIRECTIVES];
     struct argval vals[MAX_ARGS + 1];
+    ds[0].conv = 0;
     int nd = 0, next = 1, pos_used = 0, understood = 1;
     int64_t total = 0;
     for (const char *p = f; *p;) {
@@ -362,7 +364,7 @@ int64_t printf_walk(rt_t *rt, uint64_t fmt, int64_t fmt_len, struct args *a, con
         if (m > nargs) nargs = m;
     }
     if (!understood || !measure) total = -1;
-    if (nargs >= MAX_ARGS || !fetch(a, ds, nd, nargs, vals)) nd = 0, total = -1;
+    if (nargs >= MAX_ARGS || !fetch(a, ds, nd, nargs, vals, 0)) nd = 0, total = -1;
     for (int i = 0; i < nd; i++) {
         const struct directive *d = &ds[i];
         int64_t width = d->width_arg ? (int64_t)(int32_t)vals[d->width_arg].i : d->width;
@@ -401,4 +403,72 @@ int64_t printf_walk(rt_t *rt, uint64_t fmt, int64_t fmt_len, struct args *a, con
     }
     if (f != small) free(f);
     return total;
+}
+
+/* ---- scanf -------------------------------------------------------------------------------------- */
+
+/* One scanf directive after its '%'; 0 at something glibc would not accept. */
+static int parse_scanf(const char **p, struct directive *d, int *next_arg)
+{
+    memset(d, 0, sizeof *d);
+    d->width = -1;
+    int pos;
+    if (positional(p, &pos)) d->arg = pos;
+    if (**p == '*') { d->suppress = 1; (*p)++; }
+    parse_number(p, &d->width);
+    if (**p == 'm') { d->alloc = 1; (*p)++; }
+    parse_lmod(p, d);
+    d->conv = *(*p)++;
+    if (d->conv == '[') {
+        if (**p == '^') (*p)++;
+        if (**p == ']') (*p)++;
+        while (**p && **p != ']') (*p)++;
+        if (!**p) return 0;
+        (*p)++;
+    } else if (!d->conv || !strchr("diouxXaAeEfFgGsScCpn%", d->conv)) {
+        return 0;
+    }
+    if (d->conv != '%' && !d->suppress && !d->arg) d->arg = (*next_arg)++;
+    return 1;
+}
+
+int scanf_walk(rt_t *rt, uint64_t fmt, int64_t fmt_len, struct args *a, struct dest *out, int max)
+{
+    char small[512];
+    char *f = read_format(rt, fmt, fmt_len, small, sizeof small);
+    if (!f) return -1;
+    struct directive ds[MAX_DIRECTIVES];
+    struct argval vals[MAX_ARGS + 1];
+    int nd = 0, next = 1, nargs = 0, n = -1;
+    for (const char *p = f; *p && nd < MAX_DIRECTIVES;) {
+        if (*p++ != '%') continue;
+        if (!parse_scanf(&p, &ds[nd], &next)) break;
+        if (ds[nd].conv == '%' || ds[nd].suppress) continue;
+        if (ds[nd].arg > nargs) nargs = ds[nd].arg;
+        nd++;
+    }
+    if (nd <= max && nargs < MAX_ARGS && fetch(a, ds, nd, nargs, vals, 1)) {
+        for (n = 0; n < nd; n++) {
+            const struct directive *d = &ds[n];
+            struct dest *o = &out[n];
+            o->ptr = vals[d->arg].i;
+            o->elem = (d->lmod == L_L && strchr("sc[", d->conv)) || d->conv == 'S' || d->conv == 'C' ? 4 : 1;
+            o->kind = DEST_FIXED;
+            if (d->alloc) {
+                o->max = 8;                                  /* %ms: it stores a pointer */
+            } else if (d->conv == 'c' || d->conv == 'C') {
+                o->max = (uint64_t)(d->width > 0 ? d->width : 1) * o->elem;
+            } else if (strchr("sS[", d->conv)) {
+                o->kind = DEST_STRING;                       /* at most width characters and a NUL */
+                o->max = d->width > 0 ? ((uint64_t)d->width + 1) * o->elem : ~0ULL;
+            } else if (strchr("aAeEfFgG", d->conv)) {
+                o->max = d->lmod == L_BIG_L ? 16 : d->lmod == L_L ? 8 : 4;
+            } else {
+                o->kind = d->conv == 'n' ? DEST_COUNT : DEST_FIXED;
+                o->max = d->conv == 'p' || d->lmod == L_BIG_L ? 8 : int_size(d->lmod);
+            }
+        }
+    }
+    if (f != small) free(f);
+    return n;
 }

@@ -35,4 +35,8 @@ struct visit {
  * (the locale, errno for %m, a conversion a program registered, arguments it cannot read). */
 int64_t printf_walk(rt_t *rt, uint64_t fmt, int64_t fmt_len, struct args *a, const struct visit *v, int measure);
 
+/* Where a scanf may store, in order: each conversion that assigns (struct dest, kasan.h), and %n.
+ * Returns how many (at most max), -1 if the format or its arguments are not understood. */
+int scanf_walk(rt_t *rt, uint64_t fmt, int64_t fmt_len, struct args *a, struct dest *out, int max);
+
 #endif

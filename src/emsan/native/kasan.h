@@ -88,7 +88,19 @@ typedef struct emsan_kasan kasan_t;
  * _FORTIFY_SOURCE check fails inside it; its own bad writes into the buffer meanwhile are its
  * (reported once, at the caller). */
 #define MAX_PENDING 8
-struct pending { int fn; uint64_t entry, sp, ret, buf, max, size; uint32_t stack; };
+#define MAX_DESTS 16
+#define DEST_FIXED 1                   /* max bytes */
+#define DEST_STRING 2                  /* a string and its NUL, at most max bytes (~0: unbounded) */
+#define DEST_COUNT 3                   /* scanf's %n: stored, not counted in its result */
+struct dest { uint64_t ptr, max; uint8_t kind, elem; };
+struct pending {
+    int fn;
+    uint64_t entry, sp, ret;           /* where it was entered, its stack pointer and return */
+    uint64_t size;                     /* fread's item size; a checked call's object size */
+    uint32_t stack;                    /* its entry's (a report's) */
+    int ndests;
+    struct dest d[MAX_DESTS];          /* what it may write */
+};
 
 /* What a KASAN mode changes. Poison values are the generic shadow codes. */
 struct kasan_ops {

@@ -199,22 +199,41 @@ static void do_printf(kasan_t *k, const struct pfn *p)
 
 /* ---- scanf: the format and sscanf's input (what the conversions store: the guest's own) -------- */
 
-struct sfn { int fn; int8_t fmt, str; };
+struct sfn { int fn; int8_t fmt, str, va; };
 static const struct sfn SCANF[] = {
-    {EMSAN_FN_SCANF, 0, -1}, {EMSAN_FN_FSCANF, 1, -1}, {EMSAN_FN_SSCANF, 1, 0},
-    {EMSAN_FN_VSCANF, 0, -1}, {EMSAN_FN_VFSCANF, 1, -1}, {EMSAN_FN_VSSCANF, 1, 0},
+    {EMSAN_FN_SCANF, 0, -1, -1}, {EMSAN_FN_FSCANF, 1, -1, -1}, {EMSAN_FN_SSCANF, 1, 0, -1},
+    {EMSAN_FN_VSCANF, 0, -1, 1}, {EMSAN_FN_VFSCANF, 1, -1, 2}, {EMSAN_FN_VSSCANF, 1, 0, 2},
 };
 
+static void judge_at_return(kasan_t *k, int fn, const struct dest *d, int nd, uint64_t size);
+
+/* The format and sscanf's input at entry; where the conversions may store, judged when the
+ * call returns (its result says which stored) unless every place is good for the most it may
+ * store. */
 static void do_scanf(kasan_t *k, const struct sfn *s)
 {
     rt_t *rt = k->rt;
     struct checks c = {k, s->fn, 0};
     uint64_t fmt = arg(rt, s->fmt);
     int64_t flen = guest_len(rt, fmt, NO_LIMIT, 1);
-    if (flen < 0 || check(&c, fmt, (uint64_t)flen + 1, 0) || s->str < 0) return;
-    uint64_t str = arg(rt, s->str);
-    int64_t slen = guest_len(rt, str, NO_LIMIT, 1);
-    if (slen >= 0) check(&c, str, (uint64_t)slen + 1, 0);
+    if (flen < 0 || check(&c, fmt, (uint64_t)flen + 1, 0)) return;
+    if (s->str >= 0) {
+        uint64_t str = arg(rt, s->str);
+        int64_t slen = guest_len(rt, str, NO_LIMIT, 1);
+        if (slen >= 0 && check(&c, str, (uint64_t)slen + 1, 0)) return;
+    }
+    struct args a;
+    if (s->va >= 0) args_va(&a, rt, arg(rt, s->va));
+    else args_direct(&a, rt, s->fmt + 1);
+    struct dest d[MAX_DESTS];
+    int nd = scanf_walk(rt, fmt, flen, &a, d, MAX_DESTS);
+    for (int i = 0; i < nd; i++) {
+        uint64_t lo = d[i].ptr, max = d[i].max;
+        if (max == ~0ULL || lo + max < lo || k->ops->range_bad(k, lo, max)) {
+            judge_at_return(k, s->fn, d, nd, 0);
+            return;
+        }
+    }
 }
 
 static void do_read_stream(kasan_t *k, int fn);
@@ -255,7 +274,7 @@ static void do_stream(kasan_t *k, int fn)
     }
 }
 
-/* ---- calls judged at their return: fgets and fread ---------------------------------------------- */
+/* ---- calls judged at their return: fgets, fread, scanf -------------------------------------------- */
 
 /* Is the call still running at stack pointer sp (its frame below its entry's)? x86-64: the
  * return pops the slot at the entry's sp; arm64: the callee's frame is below the entry's sp. */
@@ -270,36 +289,67 @@ int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size)
     uint64_t sp = reg(rt, EMSAN_REG_SP), a = guest_addr(rt, addr);
     for (int i = 0; i < k->npend; i++) {
         const struct pending *p = &k->pend[i];
-        uint64_t lo = guest_addr(rt, p->buf);
-        if (running(rt, p, sp) && a >= lo && a - lo < p->max && a - lo + size <= p->max) return 1;
+        if (!running(rt, p, sp)) continue;
+        for (int j = 0; j < p->ndests; j++) {
+            uint64_t lo = guest_addr(rt, p->d[j].ptr), max = p->d[j].max;
+            if (a >= lo && a - lo < max && size <= max - (a - lo)) return 1;
+        }
     }
     return 0;
 }
 
-/* What the call stored, now that its result (or glibc's failed check) says: one check at the
- * caller, with the stack of its entry. */
+/* One range the call stored, checked at the caller with the stack of its entry. */
+static int judged(kasan_t *k, const struct pending *p, uint64_t lo, uint64_t len)
+{
+    if (!len || (lo + len >= lo && !k->ops->range_bad(k, lo, len))) return 0;
+    report_error(k->rt, EMSAN_ERR_ACCESS, lo, len, 1, p->entry, p->stack, p->fn, 0);
+    return 1;
+}
+
+/* A string stored at d: its elements and the NUL, at most d->max bytes. */
+static uint64_t stored_string(rt_t *rt, const struct dest *d)
+{
+    uint64_t most = d->max == ~0ULL ? NO_LIMIT : d->max / d->elem;
+    int64_t n = guest_len(rt, d->ptr, most, d->elem);
+    if (n < 0) return 0;
+    return ((uint64_t)n < most ? (uint64_t)n + 1 : most) * d->elem;
+}
+
+/* What each conversion the result counts stored (and each %n reached). */
+static void scanf_returned(kasan_t *k, const struct pending *p)
+{
+    int assigned = (int)(int32_t)reg(k->rt, EMSAN_REG_RET), seen = 0, total = 0;
+    for (int i = 0; i < p->ndests; i++) total += p->d[i].kind != DEST_COUNT;
+    for (int i = 0; i < p->ndests && assigned > 0; i++) {
+        const struct dest *d = &p->d[i];
+        if (d->kind == DEST_COUNT) {
+            if ((seen < assigned || assigned == total) && judged(k, p, d->ptr, d->max)) return;
+            continue;
+        }
+        if (seen++ >= assigned) break;
+        if (judged(k, p, d->ptr, d->kind == DEST_STRING ? stored_string(k->rt, d) : d->max)) return;
+    }
+}
+
+/* What the call stored, now that its result (or glibc's failed check) says. */
 static void judge(kasan_t *k, const struct pending *p, int chk_failed)
 {
     rt_t *rt = k->rt;
-    uint64_t r = reg(rt, EMSAN_REG_RET), len;
+    uint64_t r = reg(rt, EMSAN_REG_RET);
+    const struct dest *d = &p->d[0];
     switch (p->fn) {
     case EMSAN_FN_FREAD: case EMSAN_FN_FREAD_CHK:
-        len = r * p->size;                      /* the items read */
+        judged(k, p, d->ptr, r * p->size);     /* the items read */
         break;
-    default: {                                  /* fgets: the line and its NUL, when it read one */
-        if (chk_failed) {                       /* the line filled the object: the plain fgets */
-            len = p->size + 1;                  /* would have stored its NUL past it */
-            break;
-        }
-        if (!r) return;
-        int64_t n = guest_len(rt, p->buf, p->max, 1);
-        if (n < 0) return;
-        len = (uint64_t)n < p->max ? (uint64_t)n + 1 : p->max;
+    case EMSAN_FN_FGETS: case EMSAN_FN_FGETS_CHK: case EMSAN_FN_FGETS_UNLOCKED_CHK:
+        if (chk_failed) judged(k, p, d->ptr, p->size + 1);  /* the line filled the object: the
+                                                             * plain fgets would store its NUL past it */
+        else if (r) judged(k, p, d->ptr, stored_string(rt, d));   /* the line and its NUL */
+        break;
+    default:
+        if (!chk_failed) scanf_returned(k, p);
         break;
     }
-    }
-    if (!len || (p->buf + len >= p->buf && !k->ops->range_bad(k, p->buf, len))) return;
-    report_error(rt, EMSAN_ERR_ACCESS, p->buf, len, 1, p->entry, p->stack, p->fn, 0);
 }
 
 /* The hook at a judged call's return address. */
@@ -310,23 +360,23 @@ static void return_cb(void *uc, uint64_t address, uint32_t size, void *ud)
     rt_t *rt = k->rt;
     uint64_t sp = reg(rt, EMSAN_REG_SP);
     for (int i = k->npend; i-- > 0;) {
+        if (k->pend[i].ret != address || sp != (rt->arm64 ? k->pend[i].sp : k->pend[i].sp + 8)) continue;
         struct pending p = k->pend[i];
-        if (p.ret != address || sp != (rt->arm64 ? p.sp : p.sp + 8)) continue;
         k->npend = i;                           /* it, and any left by longjmp inside it */
         judge(k, &p, 0);
         return;
     }
 }
 
-/* Judge this call at its return: the buffer [buf, buf + max) may go past its object. */
-static void judge_at_return(kasan_t *k, int fn, uint64_t buf, uint64_t max, uint64_t size)
+/* Judge this call at its return: its destinations may go past their objects. */
+static void judge_at_return(kasan_t *k, int fn, const struct dest *d, int nd, uint64_t size)
 {
     rt_t *rt = k->rt;
     uint64_t sp = reg(rt, EMSAN_REG_SP), ret = 0, pc = reg(rt, EMSAN_REG_PC);
-    if (rt->arm64) ret = reg(rt, EMSAN_REG_LR);
+    if (rt->arm64) ret = reg(rt, EMSAN_REG_LR) & RET_MASK;
     else if (mem_get(rt->uc, sp, &ret, 8)) return;
     while (k->npend && !running(rt, &k->pend[k->npend - 1], sp)) k->npend--;   /* gone (longjmp) */
-    if (k->npend == MAX_PENDING) return;
+    if (k->npend == MAX_PENDING || nd > MAX_DESTS) return;
     size_t i = 0;
     while (i < k->ret_hooks.n && k->ret_hooks.v[i] != ret) i++;
     if (i == k->ret_hooks.n) {
@@ -336,7 +386,9 @@ static void judge_at_return(kasan_t *k, int fn, uint64_t buf, uint64_t max, uint
         ((engine_ctl_fn)emsan_uc.uc_ctl)(rt->uc, ENGINE_CTL_TB_REMOVE_CACHE, ret, ret + 1);
         vec_push(&k->ret_hooks, ret);
     }
-    k->pend[k->npend++] = (struct pending){fn, pc, sp, ret, buf, max, size, stack_here(rt, pc, 1)};
+    struct pending *p = &k->pend[k->npend++];
+    *p = (struct pending){fn, pc, sp, ret, size, stack_here(rt, pc, 1), nd, {{0}}};
+    memcpy(p->d, d, (size_t)nd * sizeof *d);
 }
 
 /* fgets (s, n, fp), __fgets_chk (s, size, n, fp), fread (ptr, size, n, fp), __fread_chk
@@ -345,23 +397,25 @@ static void judge_at_return(kasan_t *k, int fn, uint64_t buf, uint64_t max, uint
 static void do_read_stream(kasan_t *k, int fn)
 {
     rt_t *rt = k->rt;
-    uint64_t buf = arg(rt, 0), max, size;
+    struct dest d = {arg(rt, 0), 0, DEST_STRING, 1};
+    uint64_t size;
     if (fn == EMSAN_FN_FREAD || fn == EMSAN_FN_FREAD_CHK) {
         int chk = fn == EMSAN_FN_FREAD_CHK;
         size = arg(rt, chk ? 2 : 1);
         unsigned __int128 total = (unsigned __int128)size * arg(rt, chk ? 3 : 2);
         if (total >> 64) return;
-        max = (uint64_t)total;
+        d.max = (uint64_t)total;
+        d.kind = DEST_FIXED;
     } else {
         int chk = fn != EMSAN_FN_FGETS;
         int64_t n = (int32_t)arg(rt, chk ? 2 : 1);
         if (n <= 0) return;
-        max = (uint64_t)n;
+        d.max = (uint64_t)n;
         size = chk ? arg(rt, 1) : 0;            /* the object size glibc checks */
-        if (chk && size < max) max = size + 1;  /* it stops there, and fails */
+        if (chk && size < d.max) d.max = size + 1;  /* it stops there, and fails */
     }
-    if (!max || (buf + max >= buf && !k->ops->range_bad(k, buf, max))) return;
-    judge_at_return(k, fn, buf, max, size);
+    if (!d.max || (d.ptr + d.max >= d.ptr && !k->ops->range_bad(k, d.ptr, d.max))) return;
+    judge_at_return(k, fn, &d, 1, size);
 }
 
 /* glibc's _FORTIFY_SOURCE check failed inside a call judged at its return (__fgets_chk): the
