@@ -117,6 +117,17 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_STPNCPY_CHK 97
 #define EMSAN_FN_STRCAT_CHK 98
 #define EMSAN_FN_STRNCAT_CHK 99
+/* ... and of the wide-character ones (counts in wchar_t) */
+#define EMSAN_FN_WMEMCPY_CHK 180
+#define EMSAN_FN_WMEMMOVE_CHK 181
+#define EMSAN_FN_WMEMPCPY_CHK 182
+#define EMSAN_FN_WMEMSET_CHK 183
+#define EMSAN_FN_WCSCPY_CHK 184
+#define EMSAN_FN_WCPCPY_CHK 185
+#define EMSAN_FN_WCSNCPY_CHK 186
+#define EMSAN_FN_WCPNCPY_CHK 187
+#define EMSAN_FN_WCSCAT_CHK 188
+#define EMSAN_FN_WCSNCAT_CHK 189
 /* C library functions whose own code runs (libc.c): emsan checks at their entry the ranges
  * their arguments say they read and write, at the caller. Numbers: (nptr[, endptr[, base]]) */
 #define EMSAN_FN_LIBC_FIRST 100

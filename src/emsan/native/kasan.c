@@ -70,10 +70,10 @@ EXPORT void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void
     if (e->op != CALL_NONE) {
         kasan_call(k, e->fn);
         shadow_sync(k, 0);               /* compiler-assisted mode: the guest sees the new shadow */
+    } else if ((e->fn >= EMSAN_FN_MEMCPY_CHK && e->fn <= EMSAN_FN_STRNCAT_CHK) || e->fn >= EMSAN_FN_WMEMCPY_CHK) {
+        intercept_fortify_fn(k, e->fn);
     } else if (e->fn >= EMSAN_FN_LIBC_FIRST) {
         intercept_libc_fn(k, e->fn);
-    } else if (e->fn >= EMSAN_FN_MEMCPY_CHK && e->fn <= EMSAN_FN_STRNCAT_CHK) {
-        intercept_fortify_fn(k, e->fn);
     } else {
         intercept_string_fn(k, e->fn);
     }

@@ -48,7 +48,8 @@ STRINGS = {
 
 # _FORTIFY_SOURCE's checked variants (__memcpy_chk...) of those: glibc compares the length with the
 # destination's size the compiler passed, and aborts when it does not fit.
-FORTIFIED = ("memcpy", "memmove", "mempcpy", "memset", "strcpy", "stpcpy", "strncpy", "stpncpy", "strcat", "strncat")
+FORTIFIED = ("memcpy", "memmove", "mempcpy", "memset", "strcpy", "stpcpy", "strncpy", "stpncpy", "strcat", "strncat",
+             "wmemcpy", "wmemmove", "wmempcpy", "wmemset", "wcscpy", "wcpcpy", "wcsncpy", "wcpncpy", "wcscat", "wcsncat")
 
 # C library functions whose own code runs, checked at their entry (native/libc.c), by exact
 # symbol name: the number parsers (with glibc 2.38's C23 variants, which the headers pick for
