@@ -128,6 +128,7 @@ class _Section:
     size: int
     link: int
     entsize: int
+    addr: int = 0
 
 
 def _sections(path: str) -> tuple[_Section, ...] | None:
@@ -161,10 +162,10 @@ def _sections_of(path: str, _size: int, _mtime_ns: int) -> tuple[_Section, ...] 
         f.seek(hdrs[shstrndx][4])
         names = f.read(hdrs[shstrndx][5])
     out = []
-    for name_off, typ, _flags, _addr, offset, size, link, _info, _align, entsize in hdrs:
+    for name_off, typ, _flags, addr, offset, size, link, _info, _align, entsize in hdrs:
         end = names.find(b"\0", name_off)
         out.append(_Section(names[name_off:end if end >= 0 else None].decode(errors="replace"),
-                            typ, offset, size, link, entsize))
+                            typ, offset, size, link, entsize, addr))
     return tuple(out)
 
 
@@ -230,7 +231,7 @@ def module_entry_points(path: str, base: int, strings: bool = True, tags: bool =
     for value, _size, kind, name in function_symbols(path):
         if kind != STT_FUNC:
             continue
-        fn = ALLOCATOR.get(name) or ((string_function(name) or LIBC.get(name)) if strings else None) or \
+        fn = ALLOCATOR.get(name) or (string_function(name) if strings else None) or \
             (TAG_FUNCTIONS.get(name) if tags else None)
         if not fn:
             continue
@@ -255,3 +256,103 @@ def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
     """Address ranges of string-routine code in a module (whose read-ahead kasan.c tolerates)."""
     return [(value + base, value + base + size) for value, size, _kind, name in function_symbols(path)
             if size and STRING_CODE.match(name)]
+
+
+# ---- which of the C library functions checked at entry (LIBC) a program calls ---------------------
+# Every entry hook costs each intercepted call a little (the engine walks its list of code hooks at
+# each one), so the functions of LIBC are hooked only where something outside the C library calls
+# them: a name another module imports (dynamic programs), or a direct call from the program's own
+# code (static programs: the code .debug_aranges covers, which glibc's static archive has none of).
+
+
+def libc_functions(path: str, base: int) -> dict[int, tuple[str, frozenset[str]]]:
+    """Address -> (native id name, every LIBC name there) of the LIBC functions a module defines."""
+    out: dict[int, tuple[str, set[str]]] = {}
+    for value, _size, kind, name in function_symbols(path):
+        if kind == STT_FUNC and name in LIBC:
+            out.setdefault(value + base, (LIBC[name], set()))[1].add(name)
+    return {a: (fn, frozenset(names)) for a, (fn, names) in out.items()}
+
+
+@lru_cache(maxsize=None)
+def imported_functions(path: str) -> frozenset[str]:
+    """The names a module imports (its undefined dynamic symbols)."""
+    out = set()
+    try:
+        secs = _sections(path) or ()
+        sec = next((s for s in secs if s.name == ".dynsym"), None)
+        if sec is None or sec.entsize != _SYM.size or sec.link >= len(secs):
+            return frozenset()
+        with open(path, "rb") as f:
+            strtab, data = _read(f, secs[sec.link]), _read(f, sec)
+        for off in range(_SYM.size, len(data) - _SYM.size + 1, _SYM.size):
+            name_off, _info, _other, shndx, _value, _size = _SYM.unpack_from(data, off)
+            if shndx == 0:
+                end = strtab.find(b"\0", name_off)
+                out.add(strtab[name_off:end].decode(errors="replace").split("@")[0])
+    except Exception:
+        return frozenset()
+    return frozenset(out)
+
+
+def _aranges(data: bytes) -> list[tuple[int, int]]:
+    """(address, length) of every range .debug_aranges lists."""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        length, = struct.unpack_from("<I", data, pos)
+        head, fmt = (12, "<Q") if length == 0xFFFFFFFF else (4, "<I")
+        if head == 12:
+            length, = struct.unpack_from("<Q", data, pos + 4)
+        start, end = pos, pos + head + length
+        q = pos + head + 2 + struct.calcsize(fmt)           # version, debug_info offset
+        if q + 2 > len(data):
+            break
+        asize, ssize = data[q], data[q + 1]
+        if asize != 8 or ssize:
+            return []
+        q = start + -(-(q + 2 - start) // 16) * 16           # tuples start 2 * address size aligned
+        while q + 16 <= end:
+            addr, n = struct.unpack_from("<QQ", data, q)
+            q += 16
+            if not addr and not n:
+                break
+            out.append((addr, n))
+        pos = end
+    return out
+
+
+@lru_cache(maxsize=64)
+def direct_callees(path: str, arm64: bool) -> frozenset[int] | None:
+    """Link addresses that the module's own code (the ranges .debug_aranges covers) calls or
+    jumps to directly (x86-64 call/jmp rel32, arm64 bl/b); None without .debug_aranges."""
+    try:
+        secs = _sections(path) or ()
+        ar = next((s for s in secs if s.name == ".debug_aranges"), None)
+        if ar is None:
+            return None
+        code = [s for s in secs if s.type == 1 and s.addr and s.name in (".text", ".init", ".fini")]
+        out: set[int] = set()
+        with open(path, "rb") as f:
+            ranges = _aranges(_read(f, ar))
+            for lo, n in ranges:
+                sec = next((s for s in code if s.addr <= lo and lo + n <= s.addr + s.size), None)
+                if sec is None:
+                    continue
+                f.seek(sec.offset + lo - sec.addr)
+                data = f.read(n)
+                if arm64:
+                    for i in range(0, len(data) - 3, 4):
+                        w, = struct.unpack_from("<I", data, i)
+                        if w >> 26 in (0b100101, 0b000101):             # bl, b
+                            imm = w & 0x3FFFFFF
+                            out.add(lo + i + ((imm - (1 << 26) if imm >> 25 else imm) << 2))
+                else:
+                    for op in (0xE8, 0xE9):                             # call, jmp rel32
+                        i = data.find(op)
+                        while 0 <= i <= len(data) - 5:
+                            rel, = struct.unpack_from("<i", data, i + 1)
+                            out.add(lo + i + 5 + rel)
+                            i = data.find(op, i + 1)
+        return frozenset(out) if ranges else None
+    except Exception:
+        return None
