@@ -38,12 +38,13 @@ EXPORT void emsan_kasan_destroy(emsan_kasan *k)
 {
     if (k->ops->destroy) k->ops->destroy(k);
     leak_destroy(k);
+    libc_destroy(k);
     checkpoint_destroy(k);
     mmio_destroy(k);
     shadow_destroy(k);
     for (size_t i = 0; i < k->nslabs; i++) free(k->slabs[i].objs);
     for (int i = 0; i < NCLASSES; i++) free(k->freelist[i].v);
-    free(k->free_runs.v); free(k->tolerant.v); free(k->ret_hooks.v); free(k->slabs); free(k->page_slab); free(k->q);
+    free(k->free_runs.v); free(k->tolerant.v); free(k->slabs); free(k->page_slab); free(k->q);
     munmap(k->host, k->size);
     free(k);
 }

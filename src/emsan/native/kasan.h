@@ -101,6 +101,12 @@ struct pending {
     int ndests;
     struct dest d[MAX_DESTS];          /* what it may write */
 };
+/* Allocated on first use: nothing of it sits among the fields every access reads. */
+struct libc_calls {
+    struct pending pend[MAX_PENDING];  /* running, innermost last */
+    int npend;
+    struct vec64 ret_hooks;            /* return addresses with a hook of libc.c's */
+};
 
 /* What a KASAN mode changes. Poison values are the generic shadow codes. */
 struct kasan_ops {
@@ -157,12 +163,10 @@ struct emsan_kasan {
     int report_alloc_errors;
     uint64_t budget;                   /* live bytes the guest's limits allow (RLIMIT_AS, _DATA) */
     uint64_t refusal_sp, refusal_ret;  /* the refused call whose nested calls are not reported again */
-    struct pending pend[MAX_PENDING];  /* calls judged at their return (libc.c) */
-    int npend;
-    struct vec64 ret_hooks;            /* return addresses with a hook of libc.c's */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
     struct checkpoint *cp;             /* a persistent loop's saved state (checkpoint.c), or NULL */
+    struct libc_calls *calls;          /* C library calls judged at their return (libc.c), or NULL */
     emsan_kasan_stats stats;
     struct shadow_map sm;              /* every mode: the mmap area's shadow (last: see above) */
 };
@@ -211,11 +215,12 @@ void intercept_string_fn(kasan_t *k, int fn);
 void intercept_fortify_fn(kasan_t *k, int fn);
 /* libc.c: the number parsers, the printf and scanf families, streams and reads */
 void intercept_libc_fn(kasan_t *k, int fn);
+void libc_destroy(kasan_t *k);
 /* Is a bad access inside the buffer of a call judged at its return, made while it runs? */
 int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size);
 static inline int call_writes(kasan_t *k, uint64_t addr, uint64_t size)
 {
-    return UNLIKELY(k->npend != 0) && libc_quiet(k, addr, size);
+    return UNLIKELY(k->calls != NULL) && libc_quiet(k, addr, size);
 }
 
 /* shadow.c */

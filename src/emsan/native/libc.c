@@ -286,9 +286,10 @@ static inline int running(const rt_t *rt, const struct pending *p, uint64_t sp)
 int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size)
 {
     rt_t *rt = k->rt;
+    struct libc_calls *c = k->calls;
     uint64_t sp = reg(rt, EMSAN_REG_SP), a = guest_addr(rt, addr);
-    for (int i = 0; i < k->npend; i++) {
-        const struct pending *p = &k->pend[i];
+    for (int i = 0; i < c->npend; i++) {
+        const struct pending *p = &c->pend[i];
         if (!running(rt, p, sp)) continue;
         for (int j = 0; j < p->ndests; j++) {
             uint64_t lo = guest_addr(rt, p->d[j].ptr), max = p->d[j].max;
@@ -358,11 +359,12 @@ static void return_cb(void *uc, uint64_t address, uint32_t size, void *ud)
     (void)uc; (void)size;
     kasan_t *k = ud;
     rt_t *rt = k->rt;
+    struct libc_calls *c = k->calls;
     uint64_t sp = reg(rt, EMSAN_REG_SP);
-    for (int i = k->npend; i-- > 0;) {
-        if (k->pend[i].ret != address || sp != (rt->arm64 ? k->pend[i].sp : k->pend[i].sp + 8)) continue;
-        struct pending p = k->pend[i];
-        k->npend = i;                           /* it, and any left by longjmp inside it */
+    for (int i = c->npend; i-- > 0;) {
+        if (c->pend[i].ret != address || sp != (rt->arm64 ? c->pend[i].sp : c->pend[i].sp + 8)) continue;
+        struct pending p = c->pend[i];
+        c->npend = i;                           /* it, and any left by longjmp inside it */
         judge(k, &p, 0);
         return;
     }
@@ -375,18 +377,20 @@ static void judge_at_return(kasan_t *k, int fn, const struct dest *d, int nd, ui
     uint64_t sp = reg(rt, EMSAN_REG_SP), ret = 0, pc = reg(rt, EMSAN_REG_PC);
     if (rt->arm64) ret = reg(rt, EMSAN_REG_LR) & RET_MASK;
     else if (mem_get(rt->uc, sp, &ret, 8)) return;
-    while (k->npend && !running(rt, &k->pend[k->npend - 1], sp)) k->npend--;   /* gone (longjmp) */
-    if (k->npend == MAX_PENDING || nd > MAX_DESTS) return;
+    if (!k->calls && !(k->calls = calloc(1, sizeof *k->calls))) return;
+    struct libc_calls *c = k->calls;
+    while (c->npend && !running(rt, &c->pend[c->npend - 1], sp)) c->npend--;   /* gone (longjmp) */
+    if (c->npend == MAX_PENDING || nd > MAX_DESTS) return;
     size_t i = 0;
-    while (i < k->ret_hooks.n && k->ret_hooks.v[i] != ret) i++;
-    if (i == k->ret_hooks.n) {
+    while (i < c->ret_hooks.n && c->ret_hooks.v[i] != ret) i++;
+    if (i == c->ret_hooks.n) {
         size_t hh;
         if (emsan_hook_add(rt->uc, &hh, 4 /* UC_HOOK_CODE */, (void *)return_cb, k, ret, ret)) return;
         /* code translated before has no call to the new hook */
         ((engine_ctl_fn)emsan_uc.uc_ctl)(rt->uc, ENGINE_CTL_TB_REMOVE_CACHE, ret, ret + 1);
-        vec_push(&k->ret_hooks, ret);
+        vec_push(&c->ret_hooks, ret);
     }
-    struct pending *p = &k->pend[k->npend++];
+    struct pending *p = &c->pend[c->npend++];
     *p = (struct pending){fn, pc, sp, ret, size, stack_here(rt, pc, 1), nd, {{0}}};
     memcpy(p->d, d, (size_t)nd * sizeof *d);
 }
@@ -422,11 +426,19 @@ static void do_read_stream(kasan_t *k, int fn)
  * call is judged now, before glibc's abort. */
 static void chk_failed(kasan_t *k)
 {
+    struct libc_calls *c = k->calls;
+    if (!c) return;
     uint64_t sp = reg(k->rt, EMSAN_REG_SP);
-    while (k->npend) {
-        struct pending p = k->pend[--k->npend];
+    while (c->npend) {
+        struct pending p = c->pend[--c->npend];
         if (running(k->rt, &p, sp)) { judge(k, &p, 1); return; }
     }
+}
+
+void libc_destroy(kasan_t *k)
+{
+    if (k->calls) free(k->calls->ret_hooks.v);
+    free(k->calls);
 }
 
 void intercept_libc_fn(kasan_t *k, int fn)
