@@ -99,3 +99,13 @@ def test_correct_calls_no_report_native_output(arch, flags, tmp_path):
     assert ref.returncode == 0 and ref.stdout.endswith(b"fgets_short: done\n"), ref.stdout
     res, reports = run_report(tmp_path / "f.json", exe, "fgets_short", input=lines)
     assert reports == [] and res.stdout == ref.stdout, tail(res)
+
+
+def test_continue_one_report_per_call(arch, tmp_path):
+    """With --continue the library's own code then touches the bad range itself (strtol's parse,
+    printf's strlen, sprintf's stores): still one report, at the caller, and the program runs on."""
+    exe = build("libc_checks", arch, "dynamic", FORTIFY)
+    for case in ("atoi", "printf_s", "fwrite", "vsprintf", "sscanf_s"):
+        res, reports = run_report(tmp_path / f"{case}.json", "--continue", exe, case, status=99, input=LINE)
+        _access, size, _obj, fn, _aborts = EXPECTED[case]
+        assert [(r["function"], r["size"]) for r in reports] == [(fn, size)], (case, tail(res))

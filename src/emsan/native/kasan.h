@@ -98,6 +98,8 @@ struct pending {
     uint64_t entry, sp, ret;           /* where it was entered, its stack pointer and return */
     uint64_t size;                     /* fread's item size; a checked call's object size */
     uint32_t stack;                    /* its entry's (a report's) */
+    int reported;                      /* reported at its entry: the range is quiet for reads too,
+                                        * nothing is judged at its return */
     int ndests;
     struct dest d[MAX_DESTS];          /* what it may write */
 };
@@ -216,11 +218,12 @@ void intercept_fortify_fn(kasan_t *k, int fn);
 /* libc.c: the number parsers, the printf and scanf families, streams and reads */
 void intercept_libc_fn(kasan_t *k, int fn);
 void libc_destroy(kasan_t *k);
-/* Is a bad access inside the buffer of a call judged at its return, made while it runs? */
-int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size);
-static inline int call_writes(kasan_t *k, uint64_t addr, uint64_t size)
+/* Is a bad access a running C library call's own, reported once at its caller: a write into the
+ * buffer of a call judged at its return, or any access to a range reported at its entry? */
+int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size, int is_write);
+static inline int call_quiet(kasan_t *k, uint64_t addr, uint64_t size, int is_write)
 {
-    return UNLIKELY(k->calls != NULL) && libc_quiet(k, addr, size);
+    return UNLIKELY(k->calls != NULL) && libc_quiet(k, addr, size, is_write);
 }
 
 /* shadow.c */

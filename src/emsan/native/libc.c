@@ -18,9 +18,12 @@ static inline uint64_t arg(rt_t *rt, int i) { return reg_get(rt->uc, int_arg_reg
 /* The checks of one call: after a report, no more (one report per call, as intercept.c). */
 struct checks { kasan_t *k; int fn; int bad; };
 
+static void quiet_reported(kasan_t *k, int fn, uint64_t lo, uint64_t len);
+
 static int check(struct checks *c, uint64_t lo, uint64_t len, int is_write)
 {
-    if (!c->bad) c->bad = check_range(c->k, lo, len, is_write, c->fn);
+    if (!c->bad && (c->bad = check_range(c->k, lo, len, is_write, c->fn)))
+        quiet_reported(c->k, c->fn, lo, len);  /* the library's own code touches it next */
     return c->bad;
 }
 
@@ -276,24 +279,26 @@ static void do_stream(kasan_t *k, int fn)
 
 /* ---- calls judged at their return: fgets, fread, scanf -------------------------------------------- */
 
-/* Is the call still running at stack pointer sp (its frame below its entry's)? x86-64: the
- * return pops the slot at the entry's sp; arm64: the callee's frame is below the entry's sp. */
+/* Is the call still running at stack pointer sp: its frames are at or below its entry's sp
+ * (x86-64: the return pops the slot there). Its return (return_cb) ends it; this tells the calls
+ * longjmp left. */
 static inline int running(const rt_t *rt, const struct pending *p, uint64_t sp)
 {
-    return rt->arm64 ? sp < p->sp : sp <= p->sp;
+    (void)rt;
+    return sp <= p->sp;
 }
 
-int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size)
+int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size, int is_write)
 {
     rt_t *rt = k->rt;
     struct libc_calls *c = k->calls;
     uint64_t sp = reg(rt, EMSAN_REG_SP), a = guest_addr(rt, addr);
     for (int i = 0; i < c->npend; i++) {
         const struct pending *p = &c->pend[i];
-        if (!running(rt, p, sp)) continue;
-        for (int j = 0; j < p->ndests; j++) {
+        if ((!is_write && !p->reported) || !running(rt, p, sp)) continue;
+        for (int j = 0; j < p->ndests; j++) {          /* overlapping it (a vector load may start before) */
             uint64_t lo = guest_addr(rt, p->d[j].ptr), max = p->d[j].max;
-            if (a >= lo && a - lo < max && size <= max - (a - lo)) return 1;
+            if (a < lo ? lo - a < size : a - lo < max) return 1;
         }
     }
     return 0;
@@ -365,22 +370,45 @@ static void return_cb(void *uc, uint64_t address, uint32_t size, void *ud)
         if (c->pend[i].ret != address || sp != (rt->arm64 ? c->pend[i].sp : c->pend[i].sp + 8)) continue;
         struct pending p = c->pend[i];
         c->npend = i;                           /* it, and any left by longjmp inside it */
-        judge(k, &p, 0);
+        if (!p.reported) judge(k, &p, 0);
         return;
     }
+}
+
+/* The calls running at sp (at a call's entry), with room for one more; NULL if none is left. */
+static struct libc_calls *calls_now(kasan_t *k, uint64_t sp)
+{
+    if (!k->calls && !(k->calls = calloc(1, sizeof *k->calls))) return NULL;
+    struct libc_calls *c = k->calls;
+    while (c->npend && !running(k->rt, &c->pend[c->npend - 1], sp)) c->npend--;   /* returned, or gone */
+    return c->npend < MAX_PENDING ? c : NULL;
+}
+
+/* A range reported at the call's entry: the library's own accesses to it while the call runs
+ * are the same bug (with --continue, one report). */
+static void track(kasan_t *k, int fn, const struct dest *d, int nd, uint64_t size, int reported);
+
+static void quiet_reported(kasan_t *k, int fn, uint64_t lo, uint64_t len)
+{
+    struct dest d = {lo, lo + len < lo ? ~0ULL - lo : len, DEST_FIXED, 1};
+    if (len) track(k, fn, &d, 1, 0, 1);
 }
 
 /* Judge this call at its return: its destinations may go past their objects. */
 static void judge_at_return(kasan_t *k, int fn, const struct dest *d, int nd, uint64_t size)
 {
+    track(k, fn, d, nd, size, 0);
+}
+
+/* Follow this call until it returns (a hook at its return address, once per call site). */
+static void track(kasan_t *k, int fn, const struct dest *d, int nd, uint64_t size, int reported)
+{
     rt_t *rt = k->rt;
     uint64_t sp = reg(rt, EMSAN_REG_SP), ret = 0, pc = reg(rt, EMSAN_REG_PC);
     if (rt->arm64) ret = reg(rt, EMSAN_REG_LR) & RET_MASK;
     else if (mem_get(rt->uc, sp, &ret, 8)) return;
-    if (!k->calls && !(k->calls = calloc(1, sizeof *k->calls))) return;
-    struct libc_calls *c = k->calls;
-    while (c->npend && !running(rt, &c->pend[c->npend - 1], sp)) c->npend--;   /* gone (longjmp) */
-    if (c->npend == MAX_PENDING || nd > MAX_DESTS) return;
+    struct libc_calls *c = calls_now(k, sp);
+    if (!c || nd > MAX_DESTS) return;
     size_t i = 0;
     while (i < c->ret_hooks.n && c->ret_hooks.v[i] != ret) i++;
     if (i == c->ret_hooks.n) {
@@ -391,7 +419,7 @@ static void judge_at_return(kasan_t *k, int fn, const struct dest *d, int nd, ui
         vec_push(&c->ret_hooks, ret);
     }
     struct pending *p = &c->pend[c->npend++];
-    *p = (struct pending){fn, pc, sp, ret, size, stack_here(rt, pc, 1), nd, {{0}}};
+    *p = (struct pending){fn, pc, sp, ret, size, reported ? 0 : stack_here(rt, pc, 1), reported, nd, {{0}}};
     memcpy(p->d, d, (size_t)nd * sizeof *d);
 }
 
@@ -431,7 +459,7 @@ static void chk_failed(kasan_t *k)
     uint64_t sp = reg(k->rt, EMSAN_REG_SP);
     while (c->npend) {
         struct pending p = c->pend[--c->npend];
-        if (running(k->rt, &p, sp)) { judge(k, &p, 1); return; }
+        if (!p.reported && running(k->rt, &p, sp)) { judge(k, &p, 1); return; }
     }
 }
 
