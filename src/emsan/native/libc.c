@@ -295,10 +295,17 @@ int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size, int is_write)
     uint64_t sp = reg(rt, EMSAN_REG_SP), a = guest_addr(rt, addr);
     for (int i = 0; i < c->npend; i++) {
         const struct pending *p = &c->pend[i];
+
         if ((!is_write && !p->reported) || !running(rt, p, sp)) continue;
-        for (int j = 0; j < p->ndests; j++) {          /* overlapping it (a vector load may start before) */
+        for (int j = 0; j < p->ndests; j++) {
             uint64_t lo = guest_addr(rt, p->d[j].ptr), max = p->d[j].max;
-            if (a < lo ? lo - a < size : a - lo < max) return 1;
+            if (p->reported) {
+                /* the call's own vector loads around the range it was reported for (they reach
+                 * READAHEAD bytes past it, and come in the engine's pieces) */
+                lo = lo > READAHEAD ? lo - READAHEAD : 0;
+                max = max > ~0ULL - 2 * READAHEAD ? ~0ULL : max + 2 * READAHEAD;
+            }
+            if (a < lo ? lo - a < size : a - lo < max) return 1;     /* overlapping it */
         }
     }
     return 0;
