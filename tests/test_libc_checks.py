@@ -29,6 +29,7 @@ EXPECTED = {
     "fprintf_s": ("read", 6, 5, "via_fprintf_s", False),       # %.9s: up to the missing NUL
     "sprintf": ("write", 10, 8, "via_sprintf", True),          # "12345-abc" and the NUL
     "sprintf_double": ("write", 6, 4, "via_sprintf_double", True),  # "3.142" and the NUL
+    "sprintf_locale": ("write", 8, 4, "via_sprintf_locale", True),  # "1234567" (C locale) and the NUL
     "snprintf": ("write", 14, 8, "via_snprintf", True),        # 13 characters and the NUL (n = 16)
     "vsprintf": ("write", 11, 6, "format_into", False),        # "abc:beef:z" and the NUL
     "sscanf": ("read", 5, 4, "via_sscanf", False),             # the input "1234" and the byte after
@@ -47,10 +48,12 @@ EXPECTED = {
     "fread": ("write", 12, 8, "via_fread", True),              # the 12 items read
 }
 LINE = b"0123456789abc\n"
-# __fgets_chk stops at the object's 8 bytes and fails: the plain fgets would store a 9th
-FORTIFIED_SIZE = {"fgets": 9}
+# __fgets_chk stops at the object's 8 bytes and fails: the plain fgets would store a 9th; so does
+# __sprintf_chk at the 4-byte object's 5th
+FORTIFIED_SIZE = {"fgets": 9, "sprintf_locale": 5}
 # the plain build's calls that differ from the fortified build's (printf, not __printf_chk...)
-PLAIN = ("atoi", "printf_s", "fprintf_s", "sprintf", "sprintf_double", "snprintf", "vsprintf", "fgets", "fread")
+PLAIN = ("atoi", "printf_s", "fprintf_s", "sprintf", "sprintf_double", "sprintf_locale", "snprintf", "vsprintf", "fgets",
+         "fread")
 GLIBC_ABORT = b"*** buffer overflow detected ***: terminated"
 
 

@@ -83,6 +83,13 @@ NOINLINE void via_snprintf(void)
     keep = d;
     snprintf(d, sixteen, "%s", thirteen);  /* @snprintf */
 }
+/* An output that depends on the locale (the ' flag groups digits in some): judged by its result */
+NOINLINE void via_sprintf_locale(void)
+{
+    char *d = malloc(4);
+    keep = d;
+    sprintf(d, "%'d", 1234567);  /* @sprintf_locale */
+}
 static NOINLINE void format_into(char *d, const char *fmt, ...)
 {
     va_list ap;
@@ -236,6 +243,7 @@ int main(int argc, char **argv)
         {"atoi", via_atoi}, {"strtol", via_strtol}, {"strtoull", via_strtoull}, {"strtod", via_strtod},
         {"strtol_endptr", via_strtol_endptr}, {"printf_s", via_printf_s}, {"puts", via_puts},
         {"fprintf_s", via_fprintf_s}, {"sprintf", via_sprintf}, {"sprintf_double", via_sprintf_double},
+        {"sprintf_locale", via_sprintf_locale},
         {"snprintf", via_snprintf}, {"vsprintf", via_vsprintf}, {"sscanf", via_sscanf}, {"fwrite", via_fwrite},
         {"fputs", via_fputs}, {"read_chk", via_read_chk}, {"fread_chk", via_fread_chk}, {"fgets", via_fgets}, {"sscanf_s", via_sscanf_s},
         {"sscanf_width", via_sscanf_width}, {"sscanf_c", via_sscanf_c}, {"sscanf_int", via_sscanf_int},

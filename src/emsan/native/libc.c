@@ -172,6 +172,8 @@ static const struct pfn PRINTF[] = {
     {EMSAN_FN_VASPRINTF_CHK, 2, 3, 0, -1, OUT_ALLOC},
 };
 
+static void judge_at_return(kasan_t *k, int fn, const struct dest *d, int nd, uint64_t size);
+
 /* The format and what its directives read (%s) and write (%n); the output a sprintf makes
  * into its buffer, as long as the format says it is (the guest's printf then makes exactly
  * that; a _FORTIFY_SOURCE variant whose object size it exceeds aborts natively, after the
@@ -197,6 +199,13 @@ static void do_printf(kasan_t *k, const struct pfn *p)
         if (max) check(&c, dst, ((uint64_t)len < max - 1 ? (uint64_t)len : max - 1) + 1, 1);
     } else if (p->out == OUT_ALLOC) {
         check(&c, dst, 8, 1);                   /* where the new string's pointer goes */
+    } else if (p->out != OUT_NONE && !c.bad) {
+        /* an output emsan cannot measure (the locale's, %m): judged by its result at the return
+         * (or at glibc's failed check inside a _FORTIFY_SOURCE variant, __sprintf_chk) */
+        uint64_t max = p->out == OUT_BOUNDED ? arg(rt, p->max) : ~0ULL - dst;
+        struct dest d = {dst, max, DEST_FIXED, 1};
+        if (max && (max == ~0ULL - dst || dst + max < dst || k->ops->range_bad(k, dst, max)))
+            judge_at_return(k, p->fn, &d, 1, p->fn == EMSAN_FN_SPRINTF_CHK || p->fn == EMSAN_FN_VSPRINTF_CHK ? arg(rt, 2) : 0);
     }
 }
 
@@ -207,8 +216,6 @@ static const struct sfn SCANF[] = {
     {EMSAN_FN_SCANF, 0, -1, -1}, {EMSAN_FN_FSCANF, 1, -1, -1}, {EMSAN_FN_SSCANF, 1, 0, -1},
     {EMSAN_FN_VSCANF, 0, -1, 1}, {EMSAN_FN_VFSCANF, 1, -1, 2}, {EMSAN_FN_VSSCANF, 1, 0, 2},
 };
-
-static void judge_at_return(kasan_t *k, int fn, const struct dest *d, int nd, uint64_t size);
 
 /* The format and sscanf's input at entry; where the conversions may store, judged when the
  * call returns (its result says which stored) unless every place is good for the most it may
@@ -358,6 +365,12 @@ static void judge(kasan_t *k, const struct pending *p, int chk_failed)
         if (chk_failed) judged(k, p, d->ptr, p->size + 1);  /* the line filled the object: the
                                                              * plain fgets would store its NUL past it */
         else if (r) judged(k, p, d->ptr, stored_string(rt, d));   /* the line and its NUL */
+        break;
+    case EMSAN_FN_SPRINTF: case EMSAN_FN_VSPRINTF: case EMSAN_FN_SNPRINTF: case EMSAN_FN_VSNPRINTF:
+    case EMSAN_FN_SPRINTF_CHK: case EMSAN_FN_VSPRINTF_CHK: case EMSAN_FN_SNPRINTF_CHK: case EMSAN_FN_VSNPRINTF_CHK:
+        if (chk_failed) judged(k, p, d->ptr, p->size + 1);     /* the output passed the object size */
+        else if ((int32_t)r >= 0)                               /* the output and its NUL (at most max) */
+            judged(k, p, d->ptr, (uint64_t)(int32_t)r + 1 < d->max ? (uint64_t)(int32_t)r + 1 : d->max);
         break;
     default:
         if (!chk_failed) scanf_returned(k, p);

@@ -13,7 +13,7 @@ from emsan.sanitizer.runtime import Error, Runtime
 from emsan.sanitizer.stacks import confirm_candidate
 
 RUN_OWN_CODE = frozenset(LIBC.values())     # checked at their entry (native/libc.c), not stood in for
-CHECKED_INSIDE = frozenset(("FGETS_CHK", "FGETS_UNLOCKED_CHK"))   # glibc's check fails inside them
+CHECKED_INSIDE = frozenset(("FGETS_CHK", "FGETS_UNLOCKED_CHK", "SPRINTF_CHK", "VSPRINTF_CHK"))  # glibc's check fails inside
 
 STATES = {0: "free", 1: "allocated", 2: "freed"}
 KINDS = {0: "malloc", 1: "new", 2: "new[]"}
