@@ -113,6 +113,12 @@ int64_t guest_len(rt_t *rt, uint64_t s, uint64_t max, int elem)
         if (!bytes) bytes = (size_t)elem;
         if (bytes / (size_t)elem > max - i) bytes = (size_t)(max - i) * (size_t)elem;
         if (mem_get(rt->uc, guest_addr(rt, at), buf, bytes)) return -1;
+        if (elem == 1) {
+            const uint8_t *z = memchr(buf, 0, bytes);
+            if (z) return (int64_t)(i + (uint64_t)(z - buf));
+            i += bytes;
+            continue;
+        }
         for (size_t j = 0; j < bytes; j += (size_t)elem) {
             uint32_t v = buf[j];
             if (elem == 4) memcpy(&v, buf + j, 4);

@@ -20,7 +20,8 @@ struct args {
 void args_direct(struct args *a, rt_t *rt, int fixed);
 void args_va(struct args *a, rt_t *rt, uint64_t va);
 
-/* Elements before the first 0 in [s, s + max elements), max if none; -1 if unreadable. */
+/* Elements before the first 0 in [s, s + max elements), max if none; -1 if unreadable (read a
+ * chunk at a time, never across a page it need not touch). */
 int64_t guest_len(rt_t *rt, uint64_t s, uint64_t max, int elem);
 
 /* What a printf touches besides its output: called for each string it reads and each %n;

@@ -1,4 +1,5 @@
-/* _FORTIFY_SOURCE's checked string functions (__memcpy_chk, __strcpy_chk...), which Debian's
+/* _FORTIFY_SOURCE's checked string functions (__memcpy_chk, __strcpy_chk..., and the wide
+ * __wmemcpy_chk, __wcscpy_chk..., counts in wchar_t), which Debian's
  * programs call where the compiler knows the destination's size: glibc compares the length with
  * that size and, when it does not fit, aborts ("buffer overflow detected") before touching
  * memory. emsan reports such an overflow as it reports one through the plain function (the
@@ -9,29 +10,6 @@
 #define UNBOUNDED (~0ULL >> 1)
 
 static inline uint64_t arg(rt_t *rt, int i) { return reg(rt, EMSAN_REG_ARG0 + i); }
-
-static int64_t narrow_len(rt_t *rt, uint64_t s, uint64_t max)
-{
-    uint8_t buf[256];
-    uint64_t n = 0;
-    while (n < max) {
-        uint64_t a = s + n;
-        size_t chunk = sizeof buf - (a & (sizeof buf - 1));   /* never across a page */
-        if (chunk > max - n) chunk = (size_t)(max - n);
-        if (mem_get(rt->uc, guest_addr(rt, a), buf, chunk)) return -1;
-        const uint8_t *z = memchr(buf, 0, chunk);
-        if (z) return (int64_t)(n + (uint64_t)(z - buf));
-        n += chunk;
-    }
-    return (int64_t)max;
-}
-
-/* The elements of the string at s (of elem bytes each), at most max; -1 if it cannot be read
- * (glibc's code then faults). */
-static int64_t str_len(rt_t *rt, uint64_t s, uint64_t max, int elem)
-{
-    return elem == 1 ? narrow_len(rt, s, max) : guest_len(rt, s, max, elem);
-}
 
 static int wide(int fn) { return fn >= EMSAN_FN_WMEMCPY_CHK; }
 
@@ -57,7 +35,7 @@ static int own_plain(int fn)
 static void check_overflow(kasan_t *k, int fn, uint64_t d, uint64_t s, uint64_t n)
 {
     rt_t *rt = k->rt;
-    int64_t dl, sl;
+    int64_t dl, sl;                            /* lengths: -1 when unreadable (glibc then faults) */
     int e = wide(fn) ? 4 : 1;                  /* counts are in elements; ranges in bytes */
     uint64_t ne = n > UNBOUNDED / 4 ? ~0ULL : n * (uint64_t)e;
     switch (plain_of(fn)) {
@@ -68,16 +46,16 @@ static void check_overflow(kasan_t *k, int fn, uint64_t d, uint64_t s, uint64_t 
         if (!check_range(k, s, ne, 0, fn)) check_range(k, d, ne, 1, fn);
         break;
     case EMSAN_FN_STRCPY: case EMSAN_FN_STPCPY:
-        if ((sl = str_len(rt, s, UNBOUNDED / 4, e)) < 0) break;
+        if ((sl = guest_len(rt, s, UNBOUNDED / 4, e)) < 0) break;
         if (!check_range(k, s, ((uint64_t)sl + 1) * e, 0, fn)) check_range(k, d, ((uint64_t)sl + 1) * e, 1, fn);
         break;
     case EMSAN_FN_STRNCPY: case EMSAN_FN_STPNCPY:               /* pads with NULs to n */
-        if ((sl = str_len(rt, s, n, e)) < 0) break;
+        if ((sl = guest_len(rt, s, n, e)) < 0) break;
         if (!check_range(k, s, ((uint64_t)sl < n ? (uint64_t)sl + 1 : n) * e, 0, fn)) check_range(k, d, ne, 1, fn);
         break;
     default: {                                                  /* strcat, strncat */
         int bounded = plain_of(fn) == EMSAN_FN_STRNCAT;
-        if ((dl = str_len(rt, d, UNBOUNDED / 4, e)) < 0 || (sl = str_len(rt, s, bounded ? n : UNBOUNDED / 4, e)) < 0) break;
+        if ((dl = guest_len(rt, d, UNBOUNDED / 4, e)) < 0 || (sl = guest_len(rt, s, bounded ? n : UNBOUNDED / 4, e)) < 0) break;
         if (!check_range(k, d, ((uint64_t)dl + 1) * e, 0, fn) &&
             !check_range(k, s, (bounded && (uint64_t)sl >= n ? n : (uint64_t)sl + 1) * e, 0, fn))
             check_range(k, d + (uint64_t)dl * e, ((uint64_t)sl + 1) * e, 1, fn);
@@ -98,17 +76,17 @@ void intercept_fortify_fn(kasan_t *k, int fn)
     switch (plain_of(fn)) {
     case EMSAN_FN_STRCPY: case EMSAN_FN_STPCPY:                 /* (d, s, destlen) */
         destlen = n;
-        if ((sl = str_len(rt, s, UNBOUNDED / 4, e)) < 0) return;
+        if ((sl = guest_len(rt, s, UNBOUNDED / 4, e)) < 0) return;
         needed = (uint64_t)sl + 1;
         break;
     case EMSAN_FN_STRCAT:                                       /* (d, s, destlen) */
         destlen = n;
-        if ((dl = str_len(rt, d, UNBOUNDED / 4, e)) < 0 || (sl = str_len(rt, s, UNBOUNDED / 4, e)) < 0) return;
+        if ((dl = guest_len(rt, d, UNBOUNDED / 4, e)) < 0 || (sl = guest_len(rt, s, UNBOUNDED / 4, e)) < 0) return;
         needed = (uint64_t)dl + (uint64_t)sl + 1;
         break;
     case EMSAN_FN_STRNCAT:                                      /* (d, s, n, destlen) */
         destlen = arg(rt, 3);
-        if ((dl = str_len(rt, d, UNBOUNDED / 4, e)) < 0 || (sl = str_len(rt, s, n, e)) < 0) return;
+        if ((dl = guest_len(rt, d, UNBOUNDED / 4, e)) < 0 || (sl = guest_len(rt, s, n, e)) < 0) return;
         needed = (uint64_t)dl + (uint64_t)sl + 1;
         break;
     default:                                                    /* (d, s|c, n, destlen) */

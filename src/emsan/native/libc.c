@@ -1,14 +1,16 @@
 /* The C library functions that read or write the caller's memory in ways only their own code
  * knows in full: the number parsers (strtol, atoi, strtod), the printf and scanf families, the
- * stream functions (fputs, fwrite) and _FORTIFY_SOURCE's checked reads. Their own code runs (its
- * results, errno and output stay the library's); at their entry emsan checks, as one access at
- * the caller each (check_range()), what the arguments say the call reads and writes: the
- * characters a number parser looks at, a format and its %s strings and %n, the output a
- * sprintf makes (the format parsed once, format.c), fwrite's buffer, a checked read's buffer
- * whose check fails. What only the call's result says (fgets's line, fread's items) is checked
- * when the call returns, and only when the most it may store is not all good: its own writes
- * there are then its (reported once, at the caller; ASan's interceptors check after the real
- * function too). scanf's conversions are left to the guest's own accesses. */
+ * stream functions (fputs, fwrite, fgets, fread) and _FORTIFY_SOURCE's checked reads. Their own
+ * code runs (its results, errno and output stay the library's); at their entry emsan checks, as
+ * one access at the caller each (check_range()), what the arguments say the call reads and
+ * writes: the characters a number parser looks at, a format and its %s strings and %n, the
+ * output a sprintf makes (the format parsed once, format.c), sscanf's input, fwrite's buffer, a
+ * checked read's buffer whose check fails. What only the call's result says (fgets's line,
+ * fread's items, scanf's conversions, an output emsan cannot measure) is checked when the call
+ * returns (a hook at its return address), and only when the most it may store is not all good;
+ * ASan's interceptors check after the real function too. While such a call runs, its own bad
+ * accesses to those ranges (and to a range reported at its entry) are its: one report, at the
+ * caller (libc_quiet()). */
 #include "format.h"
 
 #define NO_LIMIT (~0ULL >> 1)
@@ -289,11 +291,7 @@ static void do_stream(kasan_t *k, int fn)
 /* Is the call still running at stack pointer sp: its frames are at or below its entry's sp
  * (x86-64: the return pops the slot there). Its return (return_cb) ends it; this tells the calls
  * longjmp left. */
-static inline int running(const rt_t *rt, const struct pending *p, uint64_t sp)
-{
-    (void)rt;
-    return sp <= p->sp;
-}
+static inline int running(const struct pending *p, uint64_t sp) { return sp <= p->sp; }
 
 int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size, int is_write)
 {
@@ -303,7 +301,7 @@ int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size, int is_write)
     for (int i = 0; i < c->npend; i++) {
         const struct pending *p = &c->pend[i];
 
-        if ((!is_write && !p->reported) || !running(rt, p, sp)) continue;
+        if ((!is_write && !p->reported) || !running(p, sp)) continue;
         for (int j = 0; j < p->ndests; j++) {
             uint64_t lo = guest_addr(rt, p->d[j].ptr), max = p->d[j].max;
             if (p->reported) {
@@ -400,7 +398,7 @@ static struct libc_calls *calls_now(kasan_t *k, uint64_t sp)
 {
     if (!k->calls && !(k->calls = calloc(1, sizeof *k->calls))) return NULL;
     struct libc_calls *c = k->calls;
-    while (c->npend && !running(k->rt, &c->pend[c->npend - 1], sp)) c->npend--;   /* returned, or gone */
+    while (c->npend && !running(&c->pend[c->npend - 1], sp)) c->npend--;   /* returned, or gone */
     return c->npend < MAX_PENDING ? c : NULL;
 }
 
@@ -479,7 +477,7 @@ static void chk_failed(kasan_t *k)
     uint64_t sp = reg(k->rt, EMSAN_REG_SP);
     while (c->npend) {
         struct pending p = c->pend[--c->npend];
-        if (!p.reported && running(k->rt, &p, sp)) { judge(k, &p, 1); return; }
+        if (!p.reported && running(&p, sp)) { judge(k, &p, 1); return; }
     }
 }
 
