@@ -46,14 +46,16 @@ EXPECTED = {
     # judged when the call returns (or glibc's check fails inside it): the input is LINE
     "fgets": ("write", 15, 8, "via_fgets", True),              # the 14-byte line and its NUL
     "fread": ("write", 12, 8, "via_fread", True),              # the 12 items read
+    "fgets_late": ("write", 15, 8, "via_fgets_late", False),   # the second line, at a site used before
 }
 LINE = b"0123456789abc\n"
+INPUT = {"fgets_late": b"abc\n" + LINE}
 # __fgets_chk stops at the object's 8 bytes and fails: the plain fgets would store a 9th; so does
 # __sprintf_chk at the 4-byte object's 5th
 FORTIFIED_SIZE = {"fgets": 9, "sprintf_locale": 5}
 # the plain build's calls that differ from the fortified build's (printf, not __printf_chk...)
 PLAIN = ("atoi", "printf_s", "fprintf_s", "sprintf", "sprintf_double", "sprintf_locale", "snprintf", "vsprintf", "fgets",
-         "fread")
+         "fread", "fgets_late")
 GLIBC_ABORT = b"*** buffer overflow detected ***: terminated"
 
 
@@ -61,9 +63,9 @@ def check_case(exe: str, case: str, arch: str, tmp_path, fortified: bool) -> Non
     access, size, obj_size, fn, aborts = EXPECTED[case]
     if fortified:
         size = FORTIFIED_SIZE.get(case, size)
-        ref = native(exe, case, arch=arch, input=LINE)
+        ref = native(exe, case, arch=arch, input=INPUT.get(case, LINE))
         assert (ref.returncode == -6 and GLIBC_ABORT in ref.stderr) == aborts, (case, ref.returncode, ref.stderr)
-    res, reports = run_report(tmp_path / f"{case}.json", exe, case, status=99, input=LINE)
+    res, reports = run_report(tmp_path / f"{case}.json", exe, case, status=99, input=INPUT.get(case, LINE))
     assert [r["bug_type"] for r in reports] == ["slab-out-of-bounds"], (case, tail(res))
     r = reports[0]
     assert r["function"] == fn, (case, r["function"], r["stack"][:3])

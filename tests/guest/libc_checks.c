@@ -186,6 +186,17 @@ NOINLINE void via_fread(void)
     keep = b;
     sink = (long)fread(b, 1, twelve, stdin);  /* @fread */
 }
+/* The same call site, first with a buffer that fits (its return translated before any hook there),
+ * then with one that does not */
+NOINLINE void via_fgets_late(void)
+{
+    char *big = malloc(32), *small = malloc(8);
+    keep = big;
+    keep = small;
+    for (int i = 0; i < 2; i++)
+        if (!fgets(i ? small : big, 32, stdin))  /* @fgets_late */
+            break;
+}
 /* The same buffer and bound, lines that fit: no report. */
 NOINLINE void fgets_short(void)
 {
@@ -248,7 +259,7 @@ int main(int argc, char **argv)
         {"fputs", via_fputs}, {"read_chk", via_read_chk}, {"fread_chk", via_fread_chk}, {"fgets", via_fgets}, {"sscanf_s", via_sscanf_s},
         {"sscanf_width", via_sscanf_width}, {"sscanf_c", via_sscanf_c}, {"sscanf_int", via_sscanf_int},
         {"vsscanf", via_vsscanf}, {"fread", via_fread},
-        {"fgets_short", fgets_short}, {"correct", correct},
+        {"fgets_late", via_fgets_late}, {"fgets_short", fgets_short}, {"correct", correct},
     };
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (size_t i = 0; argc > 1 && i < sizeof cases / sizeof cases[0]; i++)
