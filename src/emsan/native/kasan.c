@@ -84,13 +84,21 @@ EXPORT void *emsan_kasan_access_cb(emsan_kasan *k) { return (void *)k->ops->acce
 
 int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn)
 {
+    return check_range_from(k, addr, size, is_write, fn, 0, 0);
+}
+
+int check_range_from(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn, uint64_t pc, uint32_t stack)
+{
     if (!size) return 0;
     if (addr + size >= addr && !k->ops->range_bad(k, addr, size)) return 0;
-    if (call_quiet(k, addr, size, is_write)) return 0;        /* a libc call's own (libc.c) */
+    if (!pc && call_quiet(k, addr, size, is_write)) return 0;    /* a libc call's own (libc.c) */
     /* bad, or a negative size: always a bug */
     rt_t *rt = k->rt;
-    uint64_t pc = reg(rt, EMSAN_REG_PC);
-    report_error(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 1), fn, 0);
+    if (!pc) {
+        pc = reg(rt, EMSAN_REG_PC);
+        stack = stack_here(rt, pc, 1);
+    }
+    report_error(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack, fn, 0);
     return 1;
 }
 

@@ -177,6 +177,8 @@ struct emsan_kasan {
 /* Check [addr, addr+size) for a function entitled to touch exactly that range (the kernel's
  * check_range): one report for the whole range; nonzero if it was bad. */
 int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn);
+/* ... for a call judged after its entry (libc.c): reported with the pc and stack of its entry. */
+int check_range_from(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn, uint64_t pc, uint32_t stack);
 int in_tolerant_range(kasan_t *k, uint64_t pc);
 /* A load of [ptr, ptr+size) by string code that is the read-ahead of a terminated string. */
 int read_ahead(kasan_t *k, uint64_t pc, uint64_t ptr, uint64_t size);

@@ -319,9 +319,7 @@ int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size, int is_write)
 /* One range the call stored, checked at the caller with the stack of its entry. */
 static int judged(kasan_t *k, const struct pending *p, uint64_t lo, uint64_t len)
 {
-    if (!len || (lo + len >= lo && !k->ops->range_bad(k, lo, len))) return 0;
-    report_error(k->rt, EMSAN_ERR_ACCESS, lo, len, 1, p->entry, p->stack, p->fn, 0);
-    return 1;
+    return check_range_from(k, lo, len, 1, p->fn, p->entry, p->stack);
 }
 
 /* A string stored at d: its elements and the NUL, at most d->max bytes. */
