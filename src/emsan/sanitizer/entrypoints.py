@@ -62,6 +62,11 @@ LIBC = {
     "__isoc23_strtoull": "STRTOULL", "__isoc23_strtoimax": "STRTOLL", "__isoc23_strtoumax": "STRTOULL",
     "atoi": "ATOI", "atol": "ATOL", "atoll": "ATOLL", "atoq": "ATOLL",
     "strtod": "STRTOD", "strtof": "STRTOF", "strtold": "STRTOLD", "atof": "ATOF",
+    # TS 18661-3 aliases, and the old ABI's parsers (a 4th argument, grouping, the C locale ignores)
+    "strtof32": "STRTOF", "strtof64": "STRTOD", "strtof32x": "STRTOD", "strtof64x": "STRTOLD",
+    "__strtol_internal": "STRTOL", "__strtoul_internal": "STRTOUL", "__strtoll_internal": "STRTOLL",
+    "__strtoull_internal": "STRTOULL", "__strtod_internal": "STRTOD", "__strtof_internal": "STRTOF",
+    "__strtold_internal": "STRTOLD",
     "printf": "PRINTF", "fprintf": "FPRINTF", "dprintf": "DPRINTF", "sprintf": "SPRINTF", "snprintf": "SNPRINTF",
     "asprintf": "ASPRINTF", "vprintf": "VPRINTF", "vfprintf": "VFPRINTF", "vdprintf": "VDPRINTF",
     "vsprintf": "VSPRINTF", "vsnprintf": "VSNPRINTF", "vasprintf": "VASPRINTF",
@@ -76,6 +81,11 @@ LIBC = {
     "__isoc23_scanf": "SCANF", "__isoc23_fscanf": "FSCANF", "__isoc23_sscanf": "SSCANF",
     "__isoc23_vscanf": "VSCANF", "__isoc23_vfscanf": "VFSCANF", "__isoc23_vsscanf": "VSSCANF",
     "fwrite": "FWRITE", "fwrite_unlocked": "FWRITE", "fputs": "FPUTS", "fputs_unlocked": "FPUTS", "puts": "PUTS",
+    # the libio names old binaries import
+    "_IO_printf": "PRINTF", "_IO_fprintf": "FPRINTF", "_IO_sprintf": "SPRINTF", "_IO_vfprintf": "VFPRINTF",
+    "_IO_vsprintf": "VSPRINTF", "__snprintf": "SNPRINTF", "__vsnprintf": "VSNPRINTF", "__asprintf": "ASPRINTF",
+    "_IO_sscanf": "SSCANF", "__vsscanf": "VSSCANF", "_IO_vfscanf": "VFSCANF", "__vfscanf": "VFSCANF",
+    "_IO_puts": "PUTS", "_IO_fputs": "FPUTS", "_IO_fwrite": "FWRITE", "_IO_fread": "FREAD", "_IO_fgets": "FGETS",
     "__read_chk": "READ_CHK", "__pread_chk": "PREAD_CHK", "__pread64_chk": "PREAD_CHK",
     "__fread_chk": "FREAD_CHK", "__fread_unlocked_chk": "FREAD_CHK",
     "fgets": "FGETS", "fgets_unlocked": "FGETS", "__fgets_chk": "FGETS_CHK",
