@@ -13,6 +13,7 @@ building such engines and swapping them into an installed copy):
   without 007                    test_mmio_access_skips_region_walk
   without 008                    test_store_fast_path_virtual_tlb
   without 009                    test_host_ptr_remembers_regions
+  010 changes nothing observable (test_mmio_pieces checks that); its effect is measured (bench/README.md)
 The store fast path is checked white-box through QEMU's own TLB probe (tlb_vaddr_to_host), the SSE
 translation by disassembling the host code of a block, the arm64 tag stripping by the addresses QEMU's
 TLB fill receives, and the translation invalidations by running code that was rewritten, on bare engines
@@ -707,6 +708,32 @@ def test_mmio_unmapped_and_protection(arch):
         with pytest.raises(unicorn.UcError) as e:
             m.uc.emu_start(begin, end)
         assert e.value.errno == err
+
+
+# --- 010: MMIO callbacks called directly --------------------------------------------------------------------
+def test_mmio_pieces():
+    """Loads and stores of 1, 2, 4 and 8 bytes in a uc_mmio_map() region reach the callbacks in the pieces
+    QEMU's generic path makes (at most 4 bytes, lowest first), with their offsets and values: 010 calls
+    the callbacks directly and must not change what they see (it has no other observable effect; its
+    effect on speed is in bench/README.md, "Engine")."""
+    m = Machine("x86_64")
+    m.map(LOOP_CODE, 0x1000, RX)
+    code = (b"\x48\xc7\xc2" + struct.pack("<I", MMIO_PAGE)      # mov rdx, MMIO_PAGE
+            + b"\x8a\x42\x01" + b"\x66\x8b\x5a\x02"             # mov al, [rdx+1]; mov bx, [rdx+2]
+            + b"\x8b\x4a\x04" + b"\x48\x8b\x72\x08"             # mov ecx, [rdx+4]; mov rsi, [rdx+8]
+            + b"\x48\x89\x72\x10" + b"\x89\x4a\x18"             # mov [rdx+16], rsi; mov [rdx+24], ecx
+            + b"\x66\x89\x5a\x1e" + b"\x88\x42\x21" + b"\x90")  # mov [rdx+30], bx; mov [rdx+33], al; nop
+    m.write(LOOP_CODE, code)
+
+    def value(off: int, size: int) -> int:
+        return (0x0101010101010101 * (off + 1)) & ((1 << 8 * size) - 1)
+    reads, writes = [], []
+    m.uc.mmio_map(MMIO_PAGE, 0x1000, lambda u, off, size, d: reads.append((off, size)) or value(off, 8), None,
+                  lambda u, off, size, v, d: writes.append((off, size, v)), None)
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + len(code) - 1)
+    assert reads == [(1, 1), (2, 2), (4, 4), (8, 4), (12, 4)]
+    assert writes == [(16, 4, value(8, 4)), (20, 4, value(12, 4)), (24, 4, value(4, 4)), (30, 2, value(2, 2)),
+                      (33, 1, value(1, 1))]
 
 
 # --- 008: the store fast path under the virtual TLB ------------------------------------------------------
