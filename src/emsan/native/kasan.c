@@ -82,9 +82,10 @@ EXPORT void *emsan_kasan_access_cb(emsan_kasan *k) { return (void *)k->ops->acce
 int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn)
 {
     if (!size) return 0;
-    if (addr + size >= addr && !k->ops->range_bad(k, addr, size)) return 0;
-    /* bad, or a negative size: always a bug */
     rt_t *rt = k->rt;
+    if (addr + size >= addr && !k->ops->range_bad(k, addr, size))
+        return UNLIKELY(rt->sobj != NULL) && stack_objects_check(rt, addr, size, is_write, reg(rt, EMSAN_REG_PC), fn, 1);
+    /* bad, or a negative size: always a bug */
     uint64_t pc = reg(rt, EMSAN_REG_PC);
     report_error(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 1), fn, 0);
     return 1;
@@ -92,7 +93,9 @@ int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn)
 
 EXPORT int emsan_kasan_check_range(emsan_kasan *k, uint64_t addr, uint64_t size, int is_write, uint64_t pc)
 {
-    if (!size || addr + size < addr || !k->ops->range_bad(k, addr, size)) return 0;
+    if (!size) return 0;
+    if (addr + size >= addr && !k->ops->range_bad(k, addr, size))
+        return UNLIKELY(k->rt->sobj != NULL) && stack_objects_check(k->rt, addr, size, is_write, pc, 0, 0);
     report_error(k->rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(k->rt, pc, 0), 0, 0);
     return 1;
 }
