@@ -179,10 +179,13 @@ int stack_objects_check(rt_t *rt, uint64_t addr, uint64_t size, int is_write, ui
     size_t total = n + (size_t)virt;
     if (!total) return 0;
     size_t j = total - 1;           /* frame j: [SLOT(j) + adj, SLOT(j - 1) + adj) */
+    uint64_t end = addr + size;
+    /* The frame the range starts in; one starting below every frame (in the running function's
+     * own) that ends in the innermost is an underflow of that frame. */
     while (j > 0 && addr >= SLOT(j - 1) + adj) j--;
-    /* below every frame (the running function's own), or in the outermost one, which has no
-     * known end (the process's arguments and environment lie above it) */
-    if (j == 0 || addr < SLOT(j) + adj) return 0;
+    int below = addr < SLOT(j) + adj;
+    if (below && (j != total - 1 || end <= SLOT(j) + adj)) return 0;
+    if (j == 0) return 0;           /* the outermost frame has no known end (argv, environ lie above) */
     uint64_t frame_pc = RET(j), frame_lo = SLOT(j) + adj, limit = SLOT(j - 1), cfa = limit + adj;
     if (limit <= frame_lo) return 0;          /* not a frame: the shadow stack is out of step */
     so->stats.frames++;
@@ -193,10 +196,9 @@ int stack_objects_check(rt_t *rt, uint64_t addr, uint64_t size, int is_write, ui
         f = find(so, frame_pc);
     }
     int obj = -1;
-    uint64_t end = addr + size;
     if (f && f->n && frame_verified(rt, f, cfa, frame_lo, RET(j - 1)))
         obj = overrun(f, (int64_t)(addr - cfa), (int64_t)(end - cfa));
-    if (obj < 0 && end <= limit) return 0;
+    if (obj < 0 && (below || end <= limit)) return 0;
 #undef RET
 #undef SLOT
     so->stats.reports++;

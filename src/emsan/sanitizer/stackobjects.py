@@ -79,7 +79,7 @@ class StackObjects:
         stack = mode.call_trace(e)
         access = "write" if e.is_write else "read"
         entry, objs = self.frames.get(rec.frame_pc, (0, []))
-        lo, cfa = rec.frame_lo, rec.frame_cfa
+        lo, cfa = min(rec.frame_lo, e.addr), rec.frame_cfa        # offsets from the frame's start, as KASAN's
         obj = objs[rec.frame_obj] if 0 <= rec.frame_obj < len(objs) else None
         first_bad = (cfa + obj[1] if e.addr >= cfa + obj[0] else e.addr) if obj is not None else \
             (cfa - 8 if not self.arm64 else cfa)
