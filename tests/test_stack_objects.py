@@ -102,13 +102,16 @@ def test_without_dwarf_frame_bounds(arch, tmp_path):
 
 def test_dynamic_and_modes(tmp_path):
     """Dynamically linked (libc's interceptors behind the PLT), x86-64: the variable is named.
-    --stack-checks none and ret do not look at stack objects; auto means ret (the default)."""
+    --stack-checks none and ret do not look at stack objects; the default (auto, with the scs
+    collector these programs get: libc has no frame pointers) is full, --stacks fp's is none."""
     exe = guest("x86_64", "O2", link="dynamic")
     check_case(exe, "over_memcpy", tmp_path)
     correct_run(exe, "x86_64", tmp_path)
-    for checks in ("none", "ret", "auto"):
-        p = emsan("run", "--stats", "--stack-checks", checks, exe, "over_memcpy", status=0)
+    for extra in (("--stack-checks", "none"), ("--stack-checks", "ret"), ("--stacks", "fp")):
+        p = emsan("run", "--stats", *extra, exe, "over_memcpy", status=0)
         err = p.stderr.decode(errors="replace")
         assert "BUG:" not in err and "stack_range_checks" not in err, err
+    p = emsan("run", "--stats", exe, "over_memcpy", status=99)
+    assert b"stack_checks=full" in p.stderr and b"'dest' <== Memory access" in p.stderr, p.stderr
     p = emsan("run", "--mode", "kfence", "--stack-checks", "full", exe, "correct")
     assert p.returncode not in (0, 99) and b"--stack-checks full needs a KASAN mode" in p.stderr

@@ -74,8 +74,9 @@ class Sanitizer:
         collector = self.collector(opts.stacks)
         self.stack_checks = opts.stack_checks
         if opts.stack_checks == "auto":
-            # ret where the shadow call stack's block hook runs anyway (the scs collector): it then
-            # costs at most +5%; the hook alone costs +5-29% (bench/stack_checks.py)
+            # full (or the mode's choice) where the shadow call stack's block hook runs anyway (the
+            # scs collector): it then costs at most +5%; the hook alone costs +5-29%
+            # (bench/stack_checks.py)
             self.stack_checks = caps.default_stack_checks if collector == "scs" else "none"
         self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", collector, opts.no_depot,
                              timed=opts.stats, ret_checks=self.stack_checks in ("ret", "full"))
