@@ -84,7 +84,7 @@ int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn)
     if (!size) return 0;
     rt_t *rt = k->rt;
     if (addr + size >= addr && !k->ops->range_bad(k, addr, size))
-        return UNLIKELY(rt->sobj != NULL) && stack_objects_check(rt, addr, size, is_write, reg(rt, EMSAN_REG_PC), fn, 1);
+        return UNLIKELY(rt->sobj != NULL) && stack_objects_check(rt, addr, size, is_write, 0, fn, 1);
     /* bad, or a negative size: always a bug */
     uint64_t pc = reg(rt, EMSAN_REG_PC);
     report_error(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 1), fn, 0);

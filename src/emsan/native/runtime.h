@@ -170,7 +170,8 @@ void scs_destroy(rt_t *rt);
  * arm64: the caller's sp at the call}; 0 when there are none or some were lost. */
 size_t scs_entries(rt_t *rt, const uint64_t **pairs);
 /* stackobj.c: the --stack-checks full check of a range the guest's bounds checks passed;
- * nonzero if it was reported. at_entry: pc is an intercepted function's first instruction. */
+ * nonzero if it was reported. pc: the access's (0: the current PC); at_entry: it is an
+ * intercepted function's first instruction. */
 int stack_objects_check(rt_t *rt, uint64_t addr, uint64_t size, int is_write, uint64_t pc, int fn, int at_entry);
 void sobj_destroy(rt_t *rt);
 void scs_stats(rt_t *rt, emsan_stack_stats *out);

@@ -20,6 +20,7 @@ struct sobj_fn {
     uint64_t pc;                       /* 0: empty slot */
     uint64_t entry;                    /* the function's first instruction, 0: unknown */
     int cfa_reg; int64_t cfa_off;      /* the CFI rule of its CFA at the call */
+    uint64_t ok_cfa, ok_caller;        /* the last frame verified (a loop touches the same one) */
     int64_t *lo, *hi;                  /* objects, CFA-relative */
     int n;
 };
@@ -82,7 +83,7 @@ EXPORT void emsan_sobj_add(emsan_runtime *rt, uint64_t pc, uint64_t entry, int c
         for (size_t i = 0; i < ocap; i++) if (old[i].pc) insert(so, old[i]);
         free(old);
     }
-    struct sobj_fn f = {pc, entry, cfa_reg, cfa_off, NULL, NULL, n > 0 ? n : 0};
+    struct sobj_fn f = {pc, entry, cfa_reg, cfa_off, 0, 0, NULL, NULL, n > 0 ? n : 0};
     if (f.n) {
         f.lo = malloc((size_t)f.n * sizeof *f.lo);
         f.hi = malloc((size_t)f.n * sizeof *f.hi);
@@ -121,7 +122,7 @@ static uint64_t call_target(rt_t *rt, uint64_t ret)
  * DWARF names, or if the function's CFI rule at the call gives cfa: from its sp, or from a frame
  * pointer found on the frame-record chain. Not when a frame is missing in between (a signal
  * handler's, one entered without a call), where its objects would be misplaced. */
-static int frame_verified(rt_t *rt, const struct sobj_fn *f, uint64_t cfa, uint64_t frame_lo, uint64_t caller_ret)
+static int verify(rt_t *rt, const struct sobj_fn *f, uint64_t cfa, uint64_t frame_lo, uint64_t caller_ret)
 {
     if (f->entry && call_target(rt, caller_ret) == f->entry) return 1;
     if (f->cfa_reg == 1) return frame_lo + (uint64_t)f->cfa_off == cfa;
@@ -134,6 +135,15 @@ static int frame_verified(rt_t *rt, const struct sobj_fn *f, uint64_t cfa, uint6
         fp = next;
     }
     return 0;
+}
+
+static int frame_verified(rt_t *rt, struct sobj_fn *f, uint64_t cfa, uint64_t frame_lo, uint64_t caller_ret)
+{
+    if (f->ok_cfa == cfa && f->ok_caller == caller_ret) return 1;
+    if (!verify(rt, f, cfa, frame_lo, caller_ret)) return 0;
+    f->ok_cfa = cfa;
+    f->ok_caller = caller_ret;
+    return 1;
 }
 
 /* Which of f's objects the range [off, end) (CFA-relative) overruns: -1 if none does, or if it
@@ -159,8 +169,9 @@ int stack_objects_check(rt_t *rt, uint64_t addr, uint64_t size, int is_write, ui
 {
     struct sobj_state *so = rt->sobj;
     addr = guest_addr(rt, addr);
+    if (!so || addr >= rt->stack_hi || addr < rt->stack_lo || addr + size < addr) return 0;
     uint64_t sp = reg(rt, EMSAN_REG_SP);
-    if (!so || addr < sp || addr >= rt->stack_hi || addr < rt->stack_lo || addr + size < addr) return 0;
+    if (addr < sp) return 0;
     so->stats.checks++;
     const uint64_t *e;
     size_t n = scs_entries(rt, &e);
@@ -202,6 +213,7 @@ int stack_objects_check(rt_t *rt, uint64_t addr, uint64_t size, int is_write, ui
 #undef RET
 #undef SLOT
     so->stats.reports++;
+    if (!pc) pc = reg(rt, EMSAN_REG_PC);
     emsan_error *err = error_new(rt, EMSAN_ERR_STACK_OOB, addr, size, is_write, pc, stack_here(rt, pc, at_entry));
     err->fn = fn;
     err->frame_pc = frame_pc;
