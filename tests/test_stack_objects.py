@@ -115,3 +115,19 @@ def test_dynamic_and_modes(tmp_path):
     assert b"stack_checks=full" in p.stderr and b"'dest' <== Memory access" in p.stderr, p.stderr
     p = emsan("run", "--mode", "kfence", "--stack-checks", "full", exe, "correct")
     assert p.returncode not in (0, 99) and b"--stack-checks full needs a KASAN mode" in p.stderr
+
+
+def test_objects_at_scopes_and_places():
+    """dwarf_locals.objects_at: a variable counts where its scope (lexical block, inlined
+    subroutine) and one of its places (the single expression, or a location-list entry) cover the
+    address; elsewhere it is no object."""
+    from emsan.report.dwarf_locals import objects_at
+    locs = {"entry": 0x1000, "cfa": True, "vars": [
+        ["whole", 16, None, [[None, None, -32]]],                     # all of the function
+        ["block", 8, [[0x1010, 0x1020]], [[None, None, -48]]],         # a lexical block
+        ["listed", 4, None, [[0x1000, 0x1008, -52], [0x1018, 0x1030, -56]]],   # a location list
+    ]}
+    assert objects_at(locs, 0x1004) == [(-32, -16, "whole"), (-52, -48, "listed")]
+    assert objects_at(locs, 0x1014) == [(-32, -16, "whole"), (-48, -40, "block")]
+    assert objects_at(locs, 0x101c) == [(-32, -16, "whole"), (-48, -40, "block"), (-56, -52, "listed")]
+    assert objects_at(locs, 0x1040) == [(-32, -16, "whole")]
