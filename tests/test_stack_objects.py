@@ -8,11 +8,13 @@ structs, alloca, VLAs, inlined locals, recursion, a signal handler's frame, libc
 by-value struct parameters, longjmp) must print what the native run prints and report nothing."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import pytest
 
-from conftest import build, emsan, native, run_report, source_line
+from conftest import BUILD, GUEST, build, emsan, have, native, run_report, source_line
 from test_stacks import many
 
 CONFIGS = {"O0": ("-O0",), "O2": ("-O2",), "O0-nofp": ("-O0", "-fomit-frame-pointer"),
@@ -122,12 +124,30 @@ def test_objects_at_scopes_and_places():
     subroutine) and one of its places (the single expression, or a location-list entry) cover the
     address; elsewhere it is no object."""
     from emsan.report.dwarf_locals import objects_at
-    locs = {"entry": 0x1000, "cfa": True, "vars": [
-        ["whole", 16, None, [[None, None, -32]]],                     # all of the function
-        ["block", 8, [[0x1010, 0x1020]], [[None, None, -48]]],         # a lexical block
-        ["listed", 4, None, [[0x1000, 0x1008, -52], [0x1018, 0x1030, -56]]],   # a location list
+    from emsan.report.dwarf_locals import FB
+    locs = {"entry": 0x1000, "base": -1, "vars": [
+        ["whole", 16, None, [[None, None, FB, -32]]],                  # all of the function
+        ["block", 8, [[0x1010, 0x1020]], [[None, None, FB, -48]]],      # a lexical block
+        ["listed", 4, None, [[0x1000, 0x1008, FB, -52], [0x1018, 0x1030, 7, 8]]],   # a location list
     ]}
-    assert objects_at(locs, 0x1004) == [(-32, -16, "whole"), (-52, -48, "listed")]
-    assert objects_at(locs, 0x1014) == [(-32, -16, "whole"), (-48, -40, "block")]
-    assert objects_at(locs, 0x101c) == [(-32, -16, "whole"), (-48, -40, "block"), (-56, -52, "listed")]
-    assert objects_at(locs, 0x1040) == [(-32, -16, "whole")]
+    assert objects_at(locs, 0x1004) == [(FB, -32, -16, "whole"), (FB, -52, -48, "listed")]
+    assert objects_at(locs, 0x1014) == [(FB, -32, -16, "whole"), (FB, -48, -40, "block")]
+    assert objects_at(locs, 0x101c) == [(FB, -32, -16, "whole"), (FB, -48, -40, "block"), (7, 8, 12, "listed")]
+    assert objects_at(locs, 0x1040) == [(FB, -32, -16, "whole")]
+
+
+@pytest.mark.parametrize("opt", ["-O0", "-O2"])
+def test_clang_register_frame_base(opt, tmp_path):
+    """clang's DWARF: frame bases and places in a register (rbp, rsp), related to the CFA by the
+    CFI rule at the call. x86-64, static: every case named as with GCC, and nothing on the
+    correct program."""
+    if not have("clang"):
+        pytest.skip("clang is not installed")
+    out = BUILD / f"clang-x86_64-static{opt}" / "stack_dwarf"
+    src = GUEST / "stack_dwarf.c"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["clang", "--target=x86_64-linux-gnu", opt, "-g", "-static", "-fno-stack-protector",
+                        "-o", f"{out}.tmp", str(src)], check=True, capture_output=True)
+        os.replace(f"{out}.tmp", out)
+    many([(check_case, str(out), c, tmp_path) for c in CASES] + [(correct_run, str(out), "x86_64", tmp_path)])

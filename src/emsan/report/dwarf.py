@@ -6,7 +6,8 @@ cached one a few milliseconds.
 
 Cache entries (JSON, in ~/.cache/emsan/symbols/<key>/): `units` (address ranges -> compile
 unit offset), `lines-<cu>` (that unit's line table), `subs-<cu>` (its functions' address
-ranges), `inl-<die>` (the inlined subroutines inside one function). The DWARF is guest input:
+ranges), `inl-<die>` (the inlined subroutines inside one function), `objects-<die>` (one
+function's frame base and local variables, dwarf_locals.py). The DWARF is guest input:
 anything malformed costs the lookup its answer, never the run."""
 from __future__ import annotations
 
@@ -75,10 +76,11 @@ class DwarfIndex:
         chain.sort(key=lambda iv: -iv[2])
         return tuple(Inline(iv[3], iv[4], iv[5]) for iv in chain)
 
-    def frame_objects(self, rel: int) -> tuple[int | None, list[tuple[int, int, str]]] | None:
-        """The function containing `rel`: its first instruction and the objects
-        (dwarf_locals.objects_at) in place at `rel`; None when DWARF has no such function or its
-        frame base is not the CFA."""
+    def frame_objects(self, rel: int) -> tuple[int | None, int | None, list[tuple[int, int, int, str]]] | None:
+        """The function containing `rel`: its first instruction, its frame base
+        (dwarf_locals.frame_base: -1 the CFA, a register, None: one emsan does not follow) and
+        the objects in place at `rel` (dwarf_locals.objects_at); None when DWARF has no such
+        function."""
         cu = self._unit_at(rel)
         if cu is None:
             return None
@@ -91,11 +93,11 @@ class DwarfIndex:
             return None
         die = subs[j][2]
         if die not in self._locals:
-            self._locals[die] = self._cached(f"locals-{die}", lambda: self._make_locals(die)) or None
+            self._locals[die] = self._cached(f"objects-{die}", lambda: self._make_locals(die)) or None
         locs = self._locals[die]
-        if not locs or not locs["cfa"]:
+        if not locs or "base" not in locs:
             return None
-        return locs["entry"], objects_at(locs, rel)
+        return locs["entry"], locs["base"], objects_at(locs, rel)
 
     # --- the three lazily built tables -------------------------------------------------------------
     def _unit_at(self, rel: int) -> int | None:

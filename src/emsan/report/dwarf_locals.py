@@ -1,9 +1,10 @@
 """A function's local variables and parameters from DWARF, as places in its frame: those whose
 DW_AT_location is DW_OP_fbreg N (for the whole function, a lexical block, an inlined subroutine,
-or one entry of a location list), in a function whose DW_AT_frame_base is DW_OP_call_frame_cfa
-(what GCC emits on x86-64 and arm64), so each is [CFA + N, CFA + N + size). Anything else --
-a frame base in a register, a location in a register or composed of pieces, a type whose size
-is not a constant (a VLA) -- is left out: no object, so no report about it."""
+or one entry of a location list), so each is [frame base + N, frame base + N + size). The frame
+base is DW_OP_call_frame_cfa (what GCC emits on x86-64 and arm64) or a register (clang's: the
+frame pointer, or the stack pointer), which the caller relates to the CFA through the CFI.
+Anything else -- another frame base, a location in a register or composed of pieces, a type
+whose size is not a constant (a VLA) -- is left out: no object, so no report about it."""
 from __future__ import annotations
 
 from elftools.dwarf.dwarf_expr import DWARFExprParser
@@ -14,6 +15,7 @@ _WRAPPERS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type", "DW_
 _VARS = ("DW_TAG_variable", "DW_TAG_formal_parameter")
 _SCOPES = ("DW_TAG_lexical_block", "DW_TAG_inlined_subroutine")
 _LOCLIST_FORMS = ("DW_FORM_sec_offset", "DW_FORM_data4", "DW_FORM_data8", "DW_FORM_loclistx")
+FB = -2                 # a place relative to the frame base (DW_OP_fbreg), not to a register
 
 
 def _origin(die):
@@ -58,36 +60,51 @@ def type_size(die, depth: int = 0) -> int | None:
     return size.value
 
 
-def _fbreg(parser: DWARFExprParser, expr) -> int | None:
-    """N if the expression is exactly DW_OP_fbreg N."""
+def _fbreg(parser: DWARFExprParser, expr) -> tuple[int, int] | None:
+    """(base, N) if the expression is exactly DW_OP_fbreg N (base FB) or DW_OP_bregR N (base R)."""
     try:
         ops = parser.parse_expr(expr)
     except Exception:
         return None
-    if len(ops) == 1 and ops[0].op_name == "DW_OP_fbreg":
+    if len(ops) != 1:
+        return None
+    name = ops[0].op_name
+    if name == "DW_OP_fbreg":
+        return FB, ops[0].args[0]
+    if name.startswith("DW_OP_breg") and name[10:].isdigit():
+        return int(name[10:]), ops[0].args[0]
+    return None
+
+
+def frame_base(parser: DWARFExprParser, die) -> int | None:
+    """-1 for DW_OP_call_frame_cfa, the DWARF register number for DW_OP_regN, else None."""
+    fb = die.attributes.get("DW_AT_frame_base")
+    if fb is None or fb.form not in ("DW_FORM_exprloc", "DW_FORM_block1", "DW_FORM_block"):
+        return None
+    try:
+        ops = parser.parse_expr(fb.value)
+    except Exception:
+        return None
+    if len(ops) != 1:
+        return None
+    if ops[0].op_name == "DW_OP_call_frame_cfa":
+        return -1
+    if ops[0].op_name.startswith("DW_OP_reg") and ops[0].op_name[9:].isdigit():
+        return int(ops[0].op_name[9:])
+    if ops[0].op_name == "DW_OP_regx":
         return ops[0].args[0]
     return None
 
 
-def frame_base_is_cfa(parser: DWARFExprParser, die) -> bool:
-    fb = die.attributes.get("DW_AT_frame_base")
-    if fb is None or fb.form not in ("DW_FORM_exprloc", "DW_FORM_block1", "DW_FORM_block"):
-        return False
-    try:
-        ops = parser.parse_expr(fb.value)
-    except Exception:
-        return False
-    return len(ops) == 1 and ops[0].op_name == "DW_OP_call_frame_cfa"
-
-
 def _locations(dwarf, cu, die, parser, cu_base: int) -> list[list[int | None]] | None:
-    """[lo, hi, N] places of a variable (lo = hi = None: wherever it is in scope), or None."""
+    """[lo, hi, base, N] places of a variable (lo = hi = None: wherever it is in scope; base: FB
+    or a register), or None."""
     attr = die.attributes.get("DW_AT_location")
     if attr is None:
         return None
     if attr.form in ("DW_FORM_exprloc", "DW_FORM_block1", "DW_FORM_block"):
         off = _fbreg(parser, attr.value)
-        return [[None, None, off]] if off is not None else None
+        return [[None, None, *off]] if off is not None else None
     if attr.form not in _LOCLIST_FORMS:
         return None
     lists = dwarf.location_lists()
@@ -96,7 +113,7 @@ def _locations(dwarf, cu, die, parser, cu_base: int) -> list[list[int | None]] |
     loc = LocationParser(lists).parse_from_attribute(attr, cu["version"], die)
     if isinstance(loc, LocationExpr):
         off = _fbreg(parser, loc.loc_expr)
-        return [[None, None, off]] if off is not None else None
+        return [[None, None, *off]] if off is not None else None
     out: list[list[int | None]] = []
     base = cu_base
     for entry in loc:
@@ -108,22 +125,20 @@ def _locations(dwarf, cu, die, parser, cu_base: int) -> list[list[int | None]] |
                 continue
             lo, hi = (entry.begin_offset, entry.end_offset) if getattr(entry, "is_absolute", False) else \
                 (base + entry.begin_offset, base + entry.end_offset)
-            out.append([lo, hi, off])
+            out.append([lo, hi, *off])
     return out or None
 
 
 def function_locals(dwarf, cu, func, cu_base: int, die_ranges) -> dict:
-    """The objects of one DW_TAG_subprogram: {"entry": its first instruction or None, "cfa":
-    whether its frame base is the CFA, "vars": [[name, size, scopes, places]]}: scopes the pc
+    """The objects of one DW_TAG_subprogram: {"entry": its first instruction or None, "base":
+    its frame base (frame_base()), "vars": [[name, size, scopes, places]]}: scopes the pc
     ranges of the innermost lexical block or inlined subroutine holding the variable (None:
     the whole function), places as _locations()."""
     parser = DWARFExprParser(cu.structs)
     at = func.attributes
     entry = at["DW_AT_low_pc"].value if "DW_AT_low_pc" in at else \
         at["DW_AT_entry_pc"].value if "DW_AT_entry_pc" in at else None
-    out: dict = {"entry": entry, "cfa": frame_base_is_cfa(parser, func), "vars": []}
-    if not out["cfa"]:
-        return out
+    out: dict = {"entry": entry, "base": frame_base(parser, func), "vars": []}
     stack: list[tuple[object, list | None]] = [(func, None)]
     while stack:
         die, scopes = stack.pop()
@@ -150,14 +165,15 @@ def function_locals(dwarf, cu, func, cu_base: int, die_ranges) -> dict:
     return out
 
 
-def objects_at(locs: dict, rel: int) -> list[tuple[int, int, str]]:
-    """The objects function_locals() found that are in place at `rel`: (lo, hi, name), CFA-relative."""
+def objects_at(locs: dict, rel: int) -> list[tuple[int, int, int, str]]:
+    """The objects function_locals() found that are in place at `rel`: (base, lo, hi, name), lo
+    and hi relative to base (FB, the frame base, or a register's value at `rel`)."""
     out = []
     for name, size, scopes, places in locs["vars"]:
         if scopes is not None and not any(lo <= rel < hi for lo, hi in scopes):
             continue
-        for lo, hi, off in places:
+        for lo, hi, base, off in places:
             if lo is None or lo <= rel < hi:
-                out.append((off, off + size, name))
+                out.append((base, off, off + size, name))
                 break
     return out

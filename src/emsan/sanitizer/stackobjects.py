@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 
+from emsan.report.dwarf_locals import FB
 from emsan.report.model import CompilerReport, FrameObject, StackFrame, Task
 from emsan.report.symbolize import module_symbols
 from emsan.sanitizer.runtime import Error
@@ -26,8 +27,7 @@ class StackObjects:
 
         def lookup(pc: int) -> None:
             try:
-                entry, objs = self.objects(pc)
-                cfa_reg, cfa_off = self.cfa_rule(pc) if objs else (0, 0)
+                entry, objs, cfa_reg, cfa_off = self.objects(pc)
             except Exception:               # unreadable DWARF is guest input: the frame's bounds only
                 entry, objs, cfa_reg, cfa_off = 0, [], 0, 0
             self.frames[pc] = (entry, objs)
@@ -37,18 +37,35 @@ class StackObjects:
         self._cb = ffi.callback("void(uint64_t)", lookup)
         lib.emsan_sobj_enable(runtime.rt, self._cb)
 
-    def objects(self, pc: int) -> tuple[int, ObjectList]:
-        """The function's first instruction (0: unknown) and the objects in place at the return
-        address pc, sorted; (0, []) without usable DWARF."""
+    def objects(self, pc: int) -> tuple[int, ObjectList, int, int]:
+        """The function's first instruction (0: unknown), the objects in place at the return
+        address pc (CFA-relative, sorted) and the CFI rule of its CFA there (cfa_rule); no
+        objects without usable DWARF. A place relative to a register (clang's frame bases,
+        DW_OP_breg) is related to the CFA by that rule: the frame pointer when the CFA is the
+        frame pointer plus k, the stack pointer when it is the stack pointer plus k (at the call,
+        where the place is read); other registers give no object."""
         mod = self.mem.module_at(pc)
         if mod is None:
-            return 0, []
+            return 0, [], 0, 0
         dwarf = module_symbols(mod.path, self.sym.roots).dwarf
         found = dwarf.frame_objects(pc - mod.base - 1) if dwarf is not None else None
-        if found is None:
-            return 0, []
-        entry, objs = found
-        return (entry + mod.base if entry is not None else 0), sorted(objs)
+        if found is None or not found[2]:
+            return 0, [], 0, 0
+        entry, frame_base, places = found
+        cfa_reg, cfa_off = self.cfa_rule(pc)
+        fp, sp = (29, 31) if self.arm64 else (6, 7)
+
+        def shift(base: int | None) -> int | None:
+            """CFA-relative offset of a base: the CFA itself, or a register the rule relates to it."""
+            if base == FB:
+                return shift(frame_base)
+            if base == -1:
+                return 0
+            if (base, cfa_reg) in ((fp, 2), (sp, 1)):
+                return -cfa_off             # the register is CFA - k here
+            return None
+        objs = sorted((lo + d, hi + d, name) for base, lo, hi, name in places if (d := shift(base)) is not None)
+        return (entry + mod.base if entry is not None else 0), objs, cfa_reg, cfa_off
 
     def cfa_rule(self, pc: int) -> tuple[int, int]:
         """The CFI rule of the CFA at the call before return address pc: (1, off) for sp + off,
