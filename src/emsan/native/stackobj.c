@@ -9,11 +9,11 @@
  * return address, the variables DWARF places at a fixed offset from the CFA there
  * (sanitizer/stackobjects.py); a range that starts in one of them and runs past it, or ends in
  * one it starts below, is a stack-out-of-bounds, as is one that reaches the frame's saved return
- * address. Frames whose CFA the shadow stack cannot vouch for (the call that made it is not a
- * direct call to the function DWARF names: a signal handler, a function called through a
- * pointer, a frame the shadow stack missed) are checked against their bounds only. The cost is
- * one table lookup per intercepted call or system call touching the stack; Python runs once per
- * frame return address. */
+ * address. Frames whose CFA the shadow stack cannot vouch for (frame_verified(): neither a
+ * direct call to the function DWARF names nor its CFI rule confirms it, as for a signal
+ * handler's frame or one the shadow stack missed) are checked against their bounds only. The
+ * cost is one table lookup per intercepted call or system call touching the stack; Python runs
+ * once per frame return address. */
 #include "runtime.h"
 
 struct sobj_fn {
