@@ -714,8 +714,8 @@ def test_mmio_unmapped_and_protection(arch):
 def test_mmio_pieces():
     """Loads and stores of 1, 2, 4 and 8 bytes in a uc_mmio_map() region reach the callbacks in the pieces
     QEMU's generic path makes (at most 4 bytes, lowest first), with their offsets and values: 010 calls
-    the callbacks directly and must not change what they see (it has no other observable effect; its
-    effect on speed is in bench/README.md, "Engine")."""
+    the callbacks directly and must not change what they see (that it skips the generic path is
+    test_mmio_callbacks_called_directly; its effect on speed is in bench/README.md, "Engine")."""
     m = Machine("x86_64")
     m.map(LOOP_CODE, 0x1000, RX)
     code = (b"\x48\xc7\xc2" + struct.pack("<I", MMIO_PAGE)      # mov rdx, MMIO_PAGE
@@ -734,6 +734,79 @@ def test_mmio_pieces():
     assert reads == [(1, 1), (2, 2), (4, 4), (8, 4), (12, 4)]
     assert writes == [(16, 4, value(8, 4)), (20, 4, value(12, 4)), (24, 4, value(4, 4)), (30, 2, value(2, 2)),
                       (33, 1, value(1, 1))]
+
+
+class MmioOps:
+    """The MemoryRegionOps that uc_mmio_map() made for the region at `addr` (QEMU reads ops->valid.accepts,
+    then ops->read or ops->write, through it on its generic path), found from the region the engine's
+    lookup returns: MemoryRegion.ops at word 2 points into its opaque (word 3), Unicorn's mmio_cbs, right
+    after the user's callbacks and their data (4 words). Swapped words are put back on exit."""
+
+    ACCEPTS = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
+                               ctypes.c_bool, ctypes.c_uint32)
+    READ = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint)
+    # ops->read; ops->valid.accepts: after read, write, the *_with_attrs pair, endianness and (the struct
+    # `valid` being 8-aligned from 0x28) its two sizes and `unaligned` (memory_region_access_valid loads 0x38)
+    READ_SLOT, ACCEPTS_SLOT = 0, 7
+
+    def __init__(self, m: Machine, addr: int):
+        find = MappingCounter.PROTO(ctypes.cast(getattr(unicorn_lib.uclib, f"find_memory_mapping_{_suffix(m.arch)}"),
+                                                ctypes.c_void_p).value)
+        region = (ctypes.c_uint64 * 4).from_address(find(m.handle_int, addr))
+        assert region[2] == region[3] + 32, "MemoryRegion.ops is not the mmio_cbs' ops"
+        self.words = (ctypes.c_uint64 * 8).from_address(region[2])
+        assert self.words[2] == self.words[3] == self.words[self.ACCEPTS_SLOT] == 0   # no *_with_attrs, no accepts
+        self.saved = list(self.words)
+        self.accepted: list[tuple[int, int, bool]] = []
+        self.reads = 0
+        self.accepts = self.ACCEPTS(lambda u, opaque, off, size, is_write, attrs:
+                                    self.accepted.append((off, size, is_write)) or True)
+        wrapper = self.READ(self.words[self.READ_SLOT])
+
+        def counting(u, opaque, off, size):
+            self.reads += 1
+            return wrapper(u, opaque, off, size)
+        self.read = self.READ(counting)
+
+    def count_accepts(self) -> None:
+        self.words[self.ACCEPTS_SLOT] = ctypes.cast(self.accepts, ctypes.c_void_p).value
+
+    def count_reads(self) -> None:
+        self.words[self.READ_SLOT] = ctypes.cast(self.read, ctypes.c_void_p).value
+
+    def __enter__(self) -> "MmioOps":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.words[:] = self.saved
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_mmio_callbacks_called_directly(arch):
+    """1,000 aligned loads and stores in a uc_mmio_map() region reach the callbacks without QEMU's generic
+    path: memory_region_access_valid(), which calls ops->valid.accepts on every access there, is not run
+    (the stock engine runs it 2,000 times). Control: once ops->read is no longer Unicorn's wrapper (a
+    counting pass-through), 010 leaves the region to the generic path, and every load calls accepts and
+    the counting read."""
+    m, begin, end = _mmio_loop(arch, 1000)
+    reads, writes = [], []
+    m.uc.mmio_map(MMIO_PAGE, 0x1000, lambda u, off, size, d: reads.append((off, size)) or 0x1234ABCD, None,
+                  lambda u, off, size, value, d: writes.append((off, size, value)), None)
+    with MmioOps(m, MMIO_PAGE) as ops:
+        ops.count_accepts()
+        m.uc.emu_start(begin, end)
+        assert reads == [(0, 4)] * 1000 and writes == [(8, 4, 0x1234ABCD)] * 1000
+        assert ops.accepted == []
+        m, begin, end = _mmio_loop(arch, 10)
+        reads.clear()
+    m.uc.mmio_map(MMIO_PAGE, 0x1000, lambda u, off, size, d: reads.append((off, size)) or 7, None,
+                  lambda u, off, size, value, d: None, None)
+    with MmioOps(m, MMIO_PAGE) as ops:
+        ops.count_accepts()
+        ops.count_reads()
+        m.uc.emu_start(begin, end)
+        assert reads == [(0, 4)] * 10 and ops.reads == 10
+        assert ops.accepted == [(0, 4, False), (8, 4, True)] * 10
 
 
 # --- 008: the store fast path under the virtual TLB ------------------------------------------------------
