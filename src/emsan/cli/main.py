@@ -142,10 +142,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="kfence: sample by guest time instead: one allocation per N guest instructions")
     p.add_argument("--stacks", choices=("auto", "fp", "cfi", "scs", "x18", "none"), default="auto",
                    help="allocation/free stack collector (default: auto, the cheapest complete one)")
-    p.add_argument("--stack-checks", choices=("auto", "none", "ret"), default="auto",
+    p.add_argument("--stack-checks", choices=("auto", "none", "ret", "full"), default="auto",
                    help="ret: keep each call's return address and report a return through an overwritten "
-                        "one (default auto: ret where the scs stack collector runs, except in the kfence and "
-                        "compiler-assisted modes)")
+                        "one; full: ret, and ranges libc functions and system calls touch on the stack checked "
+                        "against the frame's local variables (DWARF) or its bounds (default auto: full where the "
+                        "scs stack collector runs, none in the kfence and compiler-assisted modes and with "
+                        "the other collectors)")
     p.add_argument("--no-depot", action="store_true", help="store every stack trace separately (no dedup)")
     p.add_argument("--leaks", action="store_true", default=None,
                    help="find leaks when the guest ends, as kmemleak does (default: on in every mode with "

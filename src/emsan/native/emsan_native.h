@@ -242,6 +242,13 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
  * end of the block that returned, ret_expected/ret_target: where it should have gone and went. */
 #define EMSAN_ERR_RET_OVERWRITE 12
 
+/* --stack-checks full (stackobj.c): a range an interceptor or a system call touches runs past a
+ * local variable of the frame it starts in (DWARF), or past that frame's saved return address.
+ * frame_pc: the frame's return address into its function (the key of its objects),
+ * frame_cfa/frame_lo: its canonical frame address and lowest address, frame_obj: the object's
+ * index among those emsan_sobj_add() gave for frame_pc, or -1 (the frame's bounds). */
+#define EMSAN_ERR_STACK_OOB 13
+
 /* An access seen without its exact PC (an MMIO callback, --checks mmio): the registers when it
  * was made, which locate the instruction, and the PCs QEMU recovers near it. */
 typedef struct emsan_access_site {
@@ -282,6 +289,8 @@ typedef struct emsan_error {
     uint64_t align;         /* alignment asked for (allocations) or passed (aligned delete) */
     uint64_t ret_expected;  /* EMSAN_ERR_RET_OVERWRITE: the call's return address */
     uint64_t ret_target;    /* ... and where the return went */
+    uint64_t frame_pc, frame_cfa, frame_lo;   /* EMSAN_ERR_STACK_OOB */
+    int frame_obj;
     emsan_access_site site;
     emsan_kfence_object kfence;
 } emsan_error;
@@ -301,6 +310,17 @@ int emsan_errors_queued(emsan_runtime *rt);
  * is stopped instead and the owner drains the queue after emu_start returns. */
 void emsan_set_error_callback(emsan_runtime *rt, void (*cb)(void));
 int emsan_depot_get(emsan_runtime *rt, uint32_t handle, uint64_t *out, int max);
+
+/* --stack-checks full (stackobj.c): stack objects of the frames interceptors and system calls
+ * touch. lookup(pc) is called the first time a frame suspended at return address pc is touched;
+ * it answers with emsan_sobj_add(): entry, the function's first instruction (0: unknown); the
+ * CFI rule for its CFA at the call (cfa_reg 1: sp + cfa_off, 2: fp + cfa_off, 0: none); and n
+ * objects [lo[i], hi[i]) relative to the frame's CFA (n = 0: no DWARF, the frame's bounds only). */
+void emsan_sobj_enable(emsan_runtime *rt, void (*lookup)(uint64_t));
+void emsan_sobj_add(emsan_runtime *rt, uint64_t pc, uint64_t entry, int cfa_reg, int64_t cfa_off,
+                    const int64_t *lo, const int64_t *hi, int n);
+typedef struct emsan_sobj_stats { uint64_t checks, frames, lookups, reports; } emsan_sobj_stats;
+void emsan_sobj_get_stats(emsan_runtime *rt, emsan_sobj_stats *out);
 
 /* Stack collection. */
 #define EMSAN_STACKS_FP 0

@@ -90,10 +90,11 @@ int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn)
 int check_range_from(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn, uint64_t pc, uint32_t stack)
 {
     if (!size) return 0;
-    if (addr + size >= addr && !k->ops->range_bad(k, addr, size)) return 0;
+    rt_t *rt = k->rt;
+    if (addr + size >= addr && !k->ops->range_bad(k, addr, size))   /* stack objects: at a call's entry only */
+        return !pc && UNLIKELY(rt->sobj != NULL) && stack_objects_check(rt, addr, size, is_write, 0, fn, 1);
     if (!pc && call_quiet(k, addr, size, is_write)) return 0;    /* a libc call's own (libc.c) */
     /* bad, or a negative size: always a bug */
-    rt_t *rt = k->rt;
     if (!pc) {
         pc = reg(rt, EMSAN_REG_PC);
         stack = stack_here(rt, pc, 1);
@@ -104,7 +105,9 @@ int check_range_from(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int
 
 EXPORT int emsan_kasan_check_range(emsan_kasan *k, uint64_t addr, uint64_t size, int is_write, uint64_t pc)
 {
-    if (!size || addr + size < addr || !k->ops->range_bad(k, addr, size)) return 0;
+    if (!size) return 0;
+    if (addr + size >= addr && !k->ops->range_bad(k, addr, size))
+        return UNLIKELY(k->rt->sobj != NULL) && stack_objects_check(k->rt, addr, size, is_write, pc, 0, 0);
     report_error(k->rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(k->rt, pc, 0), 0, 0);
     return 1;
 }

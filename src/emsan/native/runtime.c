@@ -19,6 +19,7 @@ EXPORT void emsan_runtime_destroy(emsan_runtime *rt)
 {
     scs_destroy(rt);
     cfi_destroy(rt);
+    sobj_destroy(rt);
     for (size_t i = 0; i < rt->nentries; i++) free(rt->entries[i]);
     free(rt->entries);
     free(rt->depot.pool);

@@ -86,6 +86,7 @@ struct emsan_runtime {
     /* stack collection (depot.c, scs.c, unwind.c) */
     struct scs_state *scs;
     struct cfi_state *cfi;
+    struct sobj_state *sobj;           /* --stack-checks full (stackobj.c) */
     int stack_mode;                    /* EMSAN_STACKS_* */
     int no_depot;                      /* store every trace separately (the ablation) */
     int timed;                         /* time the collectors (--stats) */
@@ -168,6 +169,14 @@ int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames);
 int stack_cfi(rt_t *rt, uint64_t pc, int at_entry, uint64_t *frames);
 int stack_x18(rt_t *rt, uint64_t pc, uint64_t *frames);
 void scs_destroy(rt_t *rt);
+/* The shadow call stack's live entries, outermost first: {return address, x86-64: its slot /
+ * arm64: the caller's sp at the call}; 0 when there are none or some were lost. */
+size_t scs_entries(rt_t *rt, const uint64_t **pairs);
+/* stackobj.c: the --stack-checks full check of a range the guest's bounds checks passed;
+ * nonzero if it was reported. pc: the access's (0: the current PC); at_entry: it is an
+ * intercepted function's first instruction. */
+int stack_objects_check(rt_t *rt, uint64_t addr, uint64_t size, int is_write, uint64_t pc, int fn, int at_entry);
+void sobj_destroy(rt_t *rt);
 void scs_stats(rt_t *rt, emsan_stack_stats *out);
 void cfi_destroy(rt_t *rt);
 

@@ -284,6 +284,14 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
     else if (k & K_JMP) s->pending = P_JMP;
 }
 
+size_t scs_entries(rt_t *rt, const uint64_t **pairs)
+{
+    struct scs_state *s = rt->scs;
+    if (!s || s->overflow) return 0;
+    *pairs = (const uint64_t *)s->st;
+    return s->depth;
+}
+
 int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames)
 {
     struct scs_state *s = rt->scs;

@@ -6,7 +6,8 @@ cached one a few milliseconds.
 
 Cache entries (JSON, in ~/.cache/emsan/symbols/<key>/): `units` (address ranges -> compile
 unit offset), `lines-<cu>` (that unit's line table), `subs-<cu>` (its functions' address
-ranges), `inl-<die>` (the inlined subroutines inside one function). The DWARF is guest input:
+ranges), `inl-<die>` (the inlined subroutines inside one function), `objects-<die>` (one
+function's frame base and local variables, dwarf_locals.py). The DWARF is guest input:
 anything malformed costs the lookup its answer, never the run."""
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
 
 from emsan.cache import cache_dir, load_json, store_json
+from emsan.report.dwarf_locals import function_locals, objects_at
 from emsan.report.elfsections import open_sections
 
 CACHE_VERSION = "dwarf-1"
@@ -47,6 +49,7 @@ class DwarfIndex:
         self._subs: dict[int, tuple[list[int], list[tuple[int, int, int]]]] = {}
         self._inlines: dict[int, list[tuple[int, int, int, str, str | None, int | None]]] = {}
         self._names: dict[int, str] = {}
+        self._locals: dict[int, dict | None] = {}
 
     # --- queries -------------------------------------------------------------------------------
     def line(self, rel: int) -> tuple[str, int] | None:
@@ -72,6 +75,29 @@ class DwarfIndex:
         chain = [iv for iv in self._inlines_of(subs[j][2]) if iv[0] <= rel < iv[1]]
         chain.sort(key=lambda iv: -iv[2])
         return tuple(Inline(iv[3], iv[4], iv[5]) for iv in chain)
+
+    def frame_objects(self, rel: int) -> tuple[int | None, int | None, list[tuple[int, int, int, str]]] | None:
+        """The function containing `rel`: its first instruction, its frame base
+        (dwarf_locals.frame_base: -1 the CFA, a register, None: one emsan does not follow) and
+        the objects in place at `rel` (dwarf_locals.objects_at); None when DWARF has no such
+        function."""
+        cu = self._unit_at(rel)
+        if cu is None:
+            return None
+        starts, subs = self._subs_of(cu)
+        i = bisect.bisect_right(starts, rel) - 1
+        for j in range(i, max(i - 8, -1), -1):
+            if subs[j][0] <= rel < subs[j][1]:
+                break
+        else:
+            return None
+        die = subs[j][2]
+        if die not in self._locals:
+            self._locals[die] = self._cached(f"objects-{die}", lambda: self._make_locals(die)) or None
+        locs = self._locals[die]
+        if not locs or "base" not in locs:
+            return None
+        return locs["entry"], locs["base"], objects_at(locs, rel)
 
     # --- the three lazily built tables -------------------------------------------------------------
     def _unit_at(self, rel: int) -> int | None:
@@ -231,6 +257,13 @@ class DwarfIndex:
                 elif child.has_children:
                     stack.append((child, depth))
         return out
+
+    def _make_locals(self, die_off: int) -> dict:
+        dwarf = self._open()
+        cu = dwarf.get_CU_containing(die_off)
+        low = cu.get_top_DIE().attributes.get("DW_AT_low_pc")
+        return function_locals(dwarf, cu, dwarf.get_DIE_from_refaddr(die_off, cu), low.value if low is not None else 0,
+                               die_ranges)
 
     def _origin_name(self, die) -> str:
         """DW_AT_abstract_origin (then DW_AT_specification) to the subprogram's name, demangled

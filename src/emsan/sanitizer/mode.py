@@ -29,7 +29,8 @@ class Capabilities:
     reports_mmap_faults: bool = True    # a fault on a hole of the mmap area is a vmalloc-out-of-bounds report
     default_stacks: str = "auto"        # what --stacks auto means ("auto": the cheapest complete collector)
     shadow_call_stack: bool = True      # --stacks scs may run beside it (else the frame-pointer walk)
-    default_stack_checks: str = "ret"   # what --stack-checks auto means (ret: the shadow call stack's block hook)
+    default_stack_checks: str = "full"  # what --stack-checks auto means where the scs collector runs (full:
+                                        # return addresses and the stack ranges libc touches; ret: addresses)
     leaks: bool = True                  # owns every allocation (emsan's allocator): leaks can be found
     heap: bool = True                   # serves every allocation from its own heap (bounded by the guest's limits)
 

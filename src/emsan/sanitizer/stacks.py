@@ -193,6 +193,11 @@ def _cfi_rows(path: str, arm64: bool) -> bytes:
     return bytes(out)
 
 
+def cfi_rows(path: str, arm64: bool) -> bytes:
+    """The module's CFI rows (emsan_cfi_row, link addresses, sorted by pc), cached on disk."""
+    return _cached(path, f"cfi-{arm64}", lambda: _cfi_rows(path, arm64))
+
+
 def _relocate_rows(data: bytes, bias: int) -> bytes:
     if not bias:
         return data
@@ -252,6 +257,7 @@ class Stacks:
         self.timed = timed
         self._hooked = False
         self.ret_checks = ret_checks
+        self.checks_name = "ret"            # "full" when the stack objects are checked too
         if collector == "x18" and not arm64:
             raise EmsanError("--stacks x18 needs an arm64 guest (built with -fsanitize=shadow-call-stack)")
         self.set(collector)
@@ -280,7 +286,7 @@ class Stacks:
                 kinds = self.ffi.from_buffer(data, require_writable=False)
                 self.lib.emsan_scs_add_module(self.runtime.rt, lo + bias, hi + bias, self.ffi.cast("uint8_t *", kinds) + 16)
         if self.collector == "cfi":
-            data = _relocate_rows(_cached(path, f"cfi-{self.arm64}", lambda: _cfi_rows(path, self.arm64)), bias)
+            data = _relocate_rows(cfi_rows(path, self.arm64), bias)
             n = len(data) // ROW.size
             if n:
                 with open(path, "rb") as f:
@@ -298,7 +304,7 @@ class Stacks:
                                      "stack_depot_bytes": st.bytes, "stack_collector_us": st.collector_ns // 1000}
         if self.collector == "scs" or self.ret_checks:
             out.update(scs_pushes=st.scs_pushes, scs_pops=st.scs_pops, scs_resyncs=st.scs_resyncs)
-        out["stack_checks"] = "ret" if self.ret_checks else "none"
+        out["stack_checks"] = self.checks_name if self.ret_checks else "none"
         if self.ret_checks:
             out.update(ret_checks=st.ret_checks, ret_mismatches=st.ret_mismatches)
         return out

@@ -34,7 +34,7 @@ class RunOptions:
     mmap_shadow: bool = True          # --no-mmap-shadow: leave the mmap area unshadowed (the ablation)
     stacks: str = "auto"              # --stacks: allocation/free stack collector
     no_depot: bool = False            # --no-depot: every trace stored separately
-    stack_checks: str = "auto"        # --stack-checks: none, or ret (return-address protection)
+    stack_checks: str = "auto"        # --stack-checks: none, ret (return addresses), full (and stack objects)
     kfence_objects: int = 255         # --kfence-objects: pool size (CONFIG_KFENCE_NUM_OBJECTS)
     sample_interval: int = 100        # --sample-interval: every Nth allocation goes to the pool
     sample_instructions: int = 0      # --sample-instructions: or one per N guest instructions

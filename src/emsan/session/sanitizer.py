@@ -23,6 +23,7 @@ from emsan.sanitizer.kasan import KasanMode
 from emsan.sanitizer.mode import HeapMode, Layout, Mode, ShadowMode, Target
 from emsan.sanitizer.runtime import Runtime
 from emsan.sanitizer.shadow import shadow_window
+from emsan.sanitizer.stackobjects import StackObjects
 from emsan.sanitizer.stacks import Stacks, choose as choose_collector
 from emsan.session.crash import call_trace_pcs
 from emsan.session.leaks import LeakCheck
@@ -73,11 +74,19 @@ class Sanitizer:
         collector = self.collector(opts.stacks)
         self.stack_checks = opts.stack_checks
         if opts.stack_checks == "auto":
-            # ret where the shadow call stack's block hook runs anyway (the scs collector): it then
-            # costs at most +5%; the hook alone costs +5-29% (bench/stack_checks.py)
+            # full (or the mode's choice) where the shadow call stack's block hook runs anyway (the
+            # scs collector): it then costs at most +5%; the hook alone costs +5-29%
+            # (bench/stack_checks.py)
             self.stack_checks = caps.default_stack_checks if collector == "scs" else "none"
         self.stacks = Stacks(m, self.runtime, s.arch.name == "arm64", collector, opts.no_depot,
-                             timed=opts.stats, ret_checks=self.stack_checks == "ret")
+                             timed=opts.stats, ret_checks=self.stack_checks in ("ret", "full"))
+        self.stack_objects: StackObjects | None = None
+        if self.stack_checks == "full":
+            if not isinstance(self.mode, KasanMode):
+                raise EmsanError(f"--stack-checks full needs a KASAN mode (generic, sw-tags, hw-tags or "
+                                 f"compiler-assisted); --mode {mode_class.name} checks libc's ranges itself")
+            self.stack_objects = StackObjects(self.runtime, mem, s.symbolizer, s.arch.name == "arm64")
+            self.stacks.checks_name = "full"
         self.leaks: LeakCheck | None = None
         if opts.leaks or (opts.leaks is None and caps.leaks):
             if not caps.leaks:
@@ -226,7 +235,7 @@ class Sanitizer:
         """A fetch fault right after a return: a return through an overwritten return address to
         memory that cannot run (the fault itself is then delivered as usual with --continue)."""
         f = self.s.machine.fault
-        if self.stack_checks != "ret" or f is None or f.access != "fetch":
+        if self.stack_checks not in ("ret", "full") or f is None or f.access != "fetch":
             return False
         if not self.runtime.lib.emsan_scs_check_fetch(self.runtime.rt, f.pc):
             return False
@@ -277,6 +286,8 @@ class Sanitizer:
         return real
 
     def build(self, e) -> Report | None:
+        if e.type == self.runtime.lib.EMSAN_ERR_STACK_OOB and self.stack_objects is not None:
+            return self.stack_objects.build(self.mode, e, self.task)
         if e.type != self.runtime.lib.EMSAN_ERR_RET_OVERWRITE:
             return self.mode.build(e, self.task)
         s = self.s
@@ -341,6 +352,8 @@ class Sanitizer:
                 st["shadow_resident_bytes"] = st["shadow_pages"] * PAGE
             st["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             st.update(self.stacks.stats())
+            if self.stack_objects is not None:
+                st.update(self.stack_objects.stats())
             if self.leaks is not None:
                 st.update({f"leak_{k}": v for k, v in self.leaks.kml.stats().items()})
             print("emsan: stats: " + ", ".join(f"{k}={v}" for k, v in st.items()), file=sys.stderr)
