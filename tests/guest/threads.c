@@ -1,0 +1,200 @@
+/* Threads under emsan (tests/test_threads.py). Each case prints what does not depend on the
+ * interleaving, so its output is the same natively and under emsan, on both architectures.
+ *   work      8 threads: a mutex-protected counter, a condition variable (a ticket queue the
+ *             threads pass in order), __thread data, joins and return values, gettid/tgkill
+ *   uaf       a worker thread allocates, a second frees, the main thread reads: use-after-free
+ *   deadlock  two threads take two mutexes in opposite orders (each waits for the other)
+ *   signals   a thread-directed signal (pthread_kill) handled in the thread it was sent to,
+ *             per-thread masks, a timed condition wait that times out, a sleeping thread
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NTHREADS 8
+#define ROUNDS 2000
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t turn_cv = PTHREAD_COND_INITIALIZER;
+static long counter;
+static int turn;                      /* which thread may append to the log next */
+static char log_buf[256];
+static __thread int mine = 100;       /* each thread's own copy */
+static __thread char tls_name[16];
+
+static void *worker(void *arg)
+{
+    int id = (int)(intptr_t)arg;
+    mine += id;
+    snprintf(tls_name, sizeof tls_name, "w%d", id);
+    for (int i = 0; i < ROUNDS; i++) {
+        pthread_mutex_lock(&lock);
+        counter++;
+        pthread_mutex_unlock(&lock);
+        if (i % 500 == 0)
+            sched_yield();
+    }
+    /* the ticket queue: thread id appends only after thread id-1 did */
+    pthread_mutex_lock(&lock);
+    while (turn != id)
+        pthread_cond_wait(&turn_cv, &lock);
+    size_t n = strlen(log_buf);
+    snprintf(log_buf + n, sizeof log_buf - n, "%s:%d ", tls_name, mine);
+    turn++;
+    pthread_cond_broadcast(&turn_cv);
+    pthread_mutex_unlock(&lock);
+    long tid = syscall(SYS_gettid);
+    return (void *)(intptr_t)(tid != getpid() ? id * 10 : -1);
+}
+
+static int case_work(void)
+{
+    pthread_t t[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++)
+        if (pthread_create(&t[i], NULL, worker, (void *)(intptr_t)i)) {
+            puts("pthread_create failed");
+            return 1;
+        }
+    long sum = 0;
+    for (int i = 0; i < NTHREADS; i++) {
+        void *ret;
+        pthread_join(t[i], &ret);
+        sum += (intptr_t)ret;
+    }
+    printf("counter %ld (expected %d)\n", counter, NTHREADS * ROUNDS);
+    printf("log %s\n", log_buf);
+    printf("joined, return values sum %ld\n", sum);
+    printf("main's own tls %d\n", mine);
+    return 0;
+}
+
+/* --- uaf ----------------------------------------------------------------------------------- */
+static char *shared;
+
+static void *allocator_thread(void *arg)
+{
+    (void)arg;
+    shared = malloc(48);
+    memset(shared, 'a', 48);
+    return NULL;
+}
+
+static void *freer_thread(void *arg)
+{
+    (void)arg;
+    free(shared);
+    return NULL;
+}
+
+static int case_uaf(void)
+{
+    pthread_t a, f;
+    pthread_create(&a, NULL, allocator_thread, NULL);
+    pthread_join(a, NULL);
+    pthread_create(&f, NULL, freer_thread, NULL);
+    pthread_join(f, NULL);
+    printf("read %d\n", ((volatile char *)shared)[8]);
+    return 0;
+}
+
+/* --- deadlock -------------------------------------------------------------------------------- */
+static pthread_mutex_t m1 = PTHREAD_MUTEX_INITIALIZER, m2 = PTHREAD_MUTEX_INITIALIZER;
+static pthread_barrier_t both;
+
+static void *take_21(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&m2);
+    pthread_barrier_wait(&both);
+    pthread_mutex_lock(&m1);
+    return NULL;
+}
+
+static int case_deadlock(void)
+{
+    pthread_t t;
+    pthread_barrier_init(&both, NULL, 2);
+    pthread_create(&t, NULL, take_21, NULL);
+    pthread_mutex_lock(&m1);
+    pthread_barrier_wait(&both);
+    puts("both hold one lock");
+    fflush(stdout);
+    pthread_mutex_lock(&m2);
+    pthread_join(t, NULL);
+    puts("never");
+    return 0;
+}
+
+/* --- signals --------------------------------------------------------------------------------- */
+static volatile int handled_here, handled_elsewhere;
+static pthread_t target;
+static pthread_barrier_t ready;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    if (pthread_equal(pthread_self(), target))
+        handled_here++;
+    else
+        handled_elsewhere++;
+}
+
+static void *target_thread(void *arg)
+{
+    sigset_t *usr1 = arg;
+    pthread_sigmask(SIG_UNBLOCK, usr1, NULL);         /* only this thread takes SIGUSR1 */
+    pthread_barrier_wait(&ready);
+    while (handled_here < 2)
+        usleep(1000);
+    return NULL;
+}
+
+static int case_signals(void)
+{
+    signal(SIGUSR1, on_usr1);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);          /* main blocks it; the thread inherits that */
+    pthread_barrier_init(&ready, NULL, 2);
+    pthread_create(&target, NULL, target_thread, &usr1);
+    pthread_barrier_wait(&ready);
+    kill(getpid(), SIGUSR1);                          /* to the process: the one thread that takes it */
+    while (handled_here < 1)
+        usleep(1000);
+    pthread_kill(target, SIGUSR1);                    /* to the thread */
+    pthread_join(target, NULL);
+    printf("SIGUSR1: %d handled in the thread that unblocked it, %d elsewhere\n", handled_here, handled_elsewhere);
+
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += 20 * 1000 * 1000;
+    if (until.tv_nsec >= 1000000000) { until.tv_sec++; until.tv_nsec -= 1000000000; }
+    pthread_mutex_lock(&m);
+    int r = pthread_cond_timedwait(&c, &m, &until);
+    pthread_mutex_unlock(&m);
+    printf("timed wait: %s\n", r == ETIMEDOUT ? "ETIMEDOUT" : strerror(r));
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    const char *c = argc > 1 ? argv[1] : "work";
+    if (!strcmp(c, "work")) return case_work();
+    if (!strcmp(c, "uaf")) return case_uaf();
+    if (!strcmp(c, "deadlock")) return case_deadlock();
+    if (!strcmp(c, "signals")) return case_signals();
+    fprintf(stderr, "unknown case %s\n", c);
+    return 2;
+}
