@@ -195,6 +195,8 @@ typedef struct emsan_kfence_object {
     int nbytes;             /* corruption: bytes shown from the error's address */
     uint8_t bytes[16];
     uint8_t intact[16];
+    uint32_t alloc_tid;     /* the threads that allocated and freed it */
+    uint32_t free_tid;
 } emsan_kfence_object;
 
 typedef struct emsan_error {
@@ -310,6 +312,8 @@ typedef struct emsan_obj_info {
     uint64_t first_bad;
     int mem_tag;
     int tag_bug;
+    uint32_t alloc_tid;    /* the threads that allocated and freed it (0: not known) */
+    uint32_t free_tid;
 } emsan_obj_info;
 
 typedef struct emsan_kasan_stats {
@@ -540,6 +544,7 @@ void emsan_vm_clear_fault(emsan_vm *vm);
 _Bool emsan_vm_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 void emsan_tick_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 void emsan_slice_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+void emsan_set_tid(emsan_runtime *rt, uint32_t tid);
 
 /* ---- resource exhaustion (exhaust.c): what emsan's native state ran out of, or NULL ---- */
 const char *emsan_exhausted(void);

@@ -6,6 +6,9 @@
  * slice[1]: set when the slice ran out. Installed only once a second thread exists. */
 #include "runtime.h"
 
+/* The thread the scheduler switched to: allocation and free records carry it (os/linux/threads.py). */
+EXPORT void emsan_set_tid(emsan_runtime *rt, uint32_t tid) { rt->tid = tid; }
+
 EXPORT void emsan_slice_cb(void *uc, uint64_t address, uint32_t size, void *ud)
 {
     (void)address; (void)size;

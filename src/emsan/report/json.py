@@ -30,6 +30,7 @@ def to_json(rep: Report | KfenceReport | LeakReport, sym: Symbolizer) -> dict:
                 "index": o.index, "start": f"{o.start:#x}", "size": o.size, "cache": o.cache, "state": o.state,
                 "offset": rep.addr - o.start,
                 "alloc_stack": frames(o.alloc_stack, False), "free_stack": frames(o.free_stack, False),
+                "alloc_task": o.alloc_tid or rep.task.pid, "free_task": (o.free_tid or rep.task.pid) if o.free_stack else None,
             }
         if rep.kind == "memory corruption":
             d["corrupted_bytes"] = rep.corrupted

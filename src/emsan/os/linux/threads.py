@@ -49,6 +49,8 @@ class Wait:
 @dataclass
 class Thread:
     tid: int
+    comm: str = ""                            # its name (prctl PR_SET_NAME, pthread_setname_np)
+    stack: tuple[int, int] = (0, 0)           # the mapping its stack pointer started in
     ctx: object = None                        # engine context while it does not run
     sig: tuple | None = None                  # its part of the signal state (Signals) while it does not run
     clear_child_tid: int = 0
@@ -71,13 +73,13 @@ class Threads:
     def __init__(self, p, slice_blocks: int | None = None):
         self.p = p
         self.slice = slice_blocks or DEFAULT_SLICE
-        main = Thread(p.pid, clear_child_tid=p.clear_child_tid)
+        main = Thread(p.pid, p.comm, p.mem.stack, clear_child_tid=p.clear_child_tid)
         self.all: list[Thread] = [main]
         self.current = main
         self.next_tid = p.pid + 1
         self.switches = 0
         self.deadlock: str | None = None      # the message when the run ended as a deadlock
-        self.on_switch: list = []            # fn(old_tid, new_tid) after every switch (the sanitizer's)
+        self.on_switch: list = []            # fn(thread) after every switch to it (the sanitizer's)
         self.scs_swap = None                 # fn(handle) swapping a shadow call stack in (session)
         self.scs_new = None                  # fn() -> a new thread's empty shadow call stack
         self.scs_free = None                 # fn(handle): an exited thread's
@@ -99,7 +101,9 @@ class Threads:
     def create(self, stack: int, tls: int | None, ctid_clear: int) -> Thread:
         """A new thread running the clone's continuation with return value 0, on `stack`."""
         p, m = self.p, self.p.machine
-        t = Thread(self.next_tid, clear_child_tid=ctid_clear)
+        around = p.mem.find(stack - 1) if stack else None
+        t = Thread(self.next_tid, self.current.comm, (around.start, around.end) if around else self.current.stack,
+                   clear_child_tid=ctid_clear)
         self.next_tid += 1
         here = m.save_context()
         resume = m.pc + m.syscall_pc_bias          # inside the x86 hook the PC is still at `syscall`
@@ -293,7 +297,7 @@ class Threads:
         self.current = t
         p.clear_child_tid = t.clear_child_tid
         for fn in self.on_switch:
-            fn(old.tid, t.tid)
+            fn(t)
 
     def _resume(self, t: Thread) -> None:
         """Finish the thread's system call: its value, or the call again."""

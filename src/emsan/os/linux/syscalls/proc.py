@@ -184,10 +184,15 @@ def sys_prctl(p, option, arg2, *_):
     option = s32(option)
     if option == PR_SET_NAME:
         name = p.user.read(arg2, p.user.readable(arg2, 16) or 16)
-        p.comm = name.split(b"\0", 1)[0][:15].decode(errors="replace")
+        comm = name.split(b"\0", 1)[0][:15].decode(errors="replace")
+        if p.threads is None or p.threads.tid == p.pid:
+            p.comm = comm
+        if p.threads is not None:
+            p.threads.current.comm = comm
         return 0
     if option == PR_GET_NAME:
-        p.user.write(arg2, p.comm.encode()[:15].ljust(16, b"\0"))
+        comm = p.comm if p.threads is None else p.threads.current.comm
+        p.user.write(arg2, comm.encode()[:15].ljust(16, b"\0"))
         return 0
     PR_SET_TAGGED_ADDR_CTRL, PR_GET_TAGGED_ADDR_CTRL = 55, 56
     if p.arch.name == "arm64" and option == PR_SET_TAGGED_ADDR_CTRL:
