@@ -4,6 +4,8 @@
  *             threads pass in order), __thread data, joins and return values, gettid/tgkill
  *   uaf       a worker thread allocates, a second frees, the main thread reads: use-after-free
  *   deadlock  two threads take two mutexes in opposite orders (each waits for the other)
+ *   race      threads append to one buffer with no lock: the order shows the interleaving (the
+ *             same in every emsan run with the same --threads-slice; not compared with native)
  *   signals   a thread-directed signal (pthread_kill) handled in the thread it was sent to,
  *             per-thread masks, a timed condition wait that times out, a sleeping thread
  */
@@ -84,6 +86,7 @@ static void *allocator_thread(void *arg)
     (void)arg;
     shared = malloc(48);
     memset(shared, 'a', 48);
+    printf("allocated by %ld\n", (long)syscall(SYS_gettid));
     return NULL;
 }
 
@@ -91,12 +94,14 @@ static void *freer_thread(void *arg)
 {
     (void)arg;
     free(shared);
+    printf("freed by %ld\n", (long)syscall(SYS_gettid));
     return NULL;
 }
 
 static int case_uaf(void)
 {
     pthread_t a, f;
+    printf("main %ld\n", (long)syscall(SYS_gettid));
     pthread_create(&a, NULL, allocator_thread, NULL);
     pthread_join(a, NULL);
     pthread_create(&f, NULL, freer_thread, NULL);
@@ -187,6 +192,38 @@ static int case_signals(void)
     return 0;
 }
 
+/* --- race ------------------------------------------------------------------------------------ */
+static char order[3 * 4000 + 1];
+static volatile int pos;
+
+static void *appender(void *arg)
+{
+    char c = (char)(intptr_t)arg;
+    for (int i = 0; i < 4000; i++) {
+        order[pos] = c;
+        pos = pos + 1;
+        for (volatile int j = 0; j < 20; j++)
+            ;
+    }
+    return NULL;
+}
+
+static int case_race(void)
+{
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        pthread_create(&t[i], NULL, appender, (void *)(intptr_t)('a' + i));
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    unsigned long h = 5381, switches = 0;
+    for (int i = 0; i < pos; i++) {
+        h = h * 33 + (unsigned char)order[i];
+        switches += i && order[i] != order[i - 1];
+    }
+    printf("%d appends, %lu switches, order hash %lx\n", pos, switches, h);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -195,6 +232,7 @@ int main(int argc, char **argv)
     if (!strcmp(c, "uaf")) return case_uaf();
     if (!strcmp(c, "deadlock")) return case_deadlock();
     if (!strcmp(c, "signals")) return case_signals();
+    if (!strcmp(c, "race")) return case_race();
     fprintf(stderr, "unknown case %s\n", c);
     return 2;
 }

@@ -233,8 +233,14 @@ class Process:
         signal came first (the caller returns -EINTR; the handler runs on the way back)."""
         return self._wait(host_fd, select.POLLIN)
 
-    def wait_writable(self, host_fd: int) -> bool:
-        """Before a write that could block (see wait_readable)."""
+    def wait_writable(self, host_fd: int, partial: bool = False) -> bool:
+        """Before a write that could block (see wait_readable). partial: part of the write is
+        done; among threads it then ends here (False) rather than park, since a parked call runs
+        again from its start."""
+        if partial and self.threads is not None and self.threads.crowded():
+            poller = select.poll()
+            poller.register(host_fd, select.POLLOUT)
+            return bool(poller.poll(0))
         return self._wait(host_fd, select.POLLOUT)
 
     def _wait(self, host_fd: int, event: int) -> bool:
@@ -242,7 +248,7 @@ class Process:
         if not os.get_blocking(host_fd):
             return True
         if would_block(self, "read" if event == select.POLLIN else "write", {host_fd: event}, None) == 0:
-            return True                     # ready (another thread may still take it first: see below)
+            return True                     # ready now (parks otherwise, among threads)
         poller = select.poll()
         poller.register(host_fd, event)
         wake = children.wake_fd(self)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import select
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass, field
 
@@ -247,6 +248,8 @@ class Threads:
         if not cur.exited:
             self._save(cur)
         self.route_signals()
+        if any(t.wait is not None and t.wait.fds for t in self.all):
+            self._wake_ready(self._poll_fds({}, 0))     # a reader must not wait for computing threads to block
         nxt = self._pick(cur)
         while nxt is None:
             if not self._idle():
@@ -323,23 +326,14 @@ class Threads:
         moments = [t.wait.until for t in self.all if t.wait.until is not None]
         if sigs.alarm_at:
             moments.append(sigs.timer_due_at() or sigs.alarm_at)
-        fds: dict[int, int] = {}
-        for t in self.all:
-            for fd, ev in t.wait.fds.items():
-                fds[fd] = fds.get(fd, 0) | ev
         wake = children.wake_fd(p)
-        if not moments and not fds and wake is None:
+        if not moments and wake is None and not any(t.wait.fds for t in self.all):
             self.deadlock = self.describe()
             return False
         if p.deadline is not None:
             moments.append(p.deadline)
         limit = None if not moments else max(0, int((min(moments) - now) * 1000) + 1)
-        poller = select.poll()
-        for fd, ev in fds.items():
-            poller.register(fd, ev)
-        if wake is not None:
-            poller.register(wake, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(limit)}
+        ready = self._poll_fds({wake: select.POLLIN} if wake is not None else {}, limit)
         if p.deadline is not None and time.monotonic() >= p.deadline:
             p.machine.stop_reason = None
             from emsan.errors import EXIT_TIMEOUT
@@ -353,14 +347,29 @@ class Threads:
             for t in self.all:                 # a child changed state: waits on it look again
                 if t.wait.what in ("wait4", "pause"):
                     self._wake(t, None if t.wait.restart else -errno.EINTR, restart=t.wait.restart)
-        for t in self.all:
-            if t.wait is not None and t.wait.fds and any(fd in ready for fd in t.wait.fds):
-                self._wake(t, None, restart=True)
+        self._wake_ready(ready)
         sigs.check_alarm()
         self.route_signals()
         return True
 
-    def describe(self) -> str:
+    def _poll_fds(self, extra: dict[int, int], limit: int | None) -> set[int]:
+        """Poll every descriptor a parked thread waits for (and `extra`) for up to `limit` ms."""
+        fds = dict(extra)
+        for t in self.all:
+            if t.wait is not None:
+                for fd, ev in t.wait.fds.items():
+                    fds[fd] = fds.get(fd, 0) | ev
+        poller = select.poll()
+        for fd, ev in fds.items():
+            poller.register(fd, ev)
+        return {fd for fd, _ in poller.poll(limit)}
+
+    def _wake_ready(self, ready: set[int]) -> None:
+        for t in self.all:
+            if t.wait is not None and t.wait.fds and any(fd in ready for fd in t.wait.fds):
+                self._wake(t, None, restart=True)
+
+    def describe(self) -> list[tuple[int, int, str]]:
         """Every thread's PC and what it waits for (the deadlock message)."""
         p = self.p
         lines = []
@@ -382,12 +391,19 @@ def _interrupts(sigs, sig: int, mask: int) -> bool:
 
 def _ctx_pc(p, ctx) -> int:
     """The PC a saved engine context resumes at."""
-    m = p.machine
+    with loaded(p.machine, ctx):
+        return p.machine.pc
+
+
+@contextmanager
+def loaded(m, ctx):
+    """The engine's registers are a parked thread's (its saved context) inside the block."""
     here = m.save_context()
     m.restore_context(ctx)
-    pc = m.pc
-    m.restore_context(here)
-    return pc
+    try:
+        yield
+    finally:
+        m.restore_context(here)
 
 
 def would_block(p, what: str, fds: dict[int, int], ms: int | None) -> int | None:
