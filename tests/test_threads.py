@@ -29,7 +29,7 @@ def _no_reports(res) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", ["work", "signals"])
+@pytest.mark.parametrize("case", ["work", "signals", "robust"])
 def test_pthreads_match_native(arch, mode, case):
     ref = native(build("threads", "x86_64", "dynamic"), case)
     assert ref.returncode == 0

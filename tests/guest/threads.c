@@ -6,6 +6,8 @@
  *   deadlock  two threads take two mutexes in opposite orders (each waits for the other)
  *   race      threads append to one buffer with no lock: the order shows the interleaving (the
  *             same in every emsan run with the same --threads-slice; not compared with native)
+ *   robust    a robust mutex whose owner thread exited (EOWNERDEAD), and sigwait in a thread for
+ *             a signal every thread blocks, sent to the process
  *   signals   a thread-directed signal (pthread_kill) handled in the thread it was sent to,
  *             per-thread masks, a timed condition wait that times out, a sleeping thread
  */
@@ -224,6 +226,43 @@ static int case_race(void)
     return 0;
 }
 
+/* --- robust ---------------------------------------------------------------------------------- */
+static pthread_mutex_t robust_m;
+
+static void *robust_holder(void *arg) { pthread_mutex_lock(&robust_m); return arg; }
+
+static void *sigwaiter(void *arg)
+{
+    sigset_t *usr2 = arg;
+    int sig = 0;
+    sigwait(usr2, &sig);
+    printf("sigwait in the thread got %s\n", sig == SIGUSR2 ? "SIGUSR2" : "another signal");
+    return NULL;
+}
+
+static int case_robust(void)
+{
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&robust_m, &attr);
+    pthread_t t;
+    pthread_create(&t, NULL, robust_holder, NULL);
+    pthread_join(t, NULL);
+    int r = pthread_mutex_lock(&robust_m);
+    printf("lock of a dead owner's robust mutex: %s\n", r == EOWNERDEAD ? "EOWNERDEAD" : strerror(r));
+    pthread_mutex_consistent(&robust_m);
+    pthread_mutex_unlock(&robust_m);
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &usr2, NULL);
+    pthread_create(&t, NULL, sigwaiter, &usr2);
+    kill(getpid(), SIGUSR2);
+    pthread_join(t, NULL);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -233,6 +272,7 @@ int main(int argc, char **argv)
     if (!strcmp(c, "deadlock")) return case_deadlock();
     if (!strcmp(c, "signals")) return case_signals();
     if (!strcmp(c, "race")) return case_race();
+    if (!strcmp(c, "robust")) return case_robust();
     fprintf(stderr, "unknown case %s\n", c);
     return 2;
 }

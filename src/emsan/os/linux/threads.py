@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_SLICE = 20_000          # blocks per slice (~100-200k instructions, a millisecond or so)
 FUTEX_BITSET_ANY = 0xFFFFFFFF
+ROBUST_LIST_LIMIT = 2048        # the kernel's ROBUST_LIST_LIMIT: entries walked at thread exit
 
 
 class Park(BaseException):
@@ -45,6 +46,7 @@ class Wait:
     addr: int = 0                             # futex word
     bitset: int = FUTEX_BITSET_ANY
     timeout_ret: int = -errno.ETIMEDOUT       # the call's value when `until` passes (not restarts)
+    sigset: int = 0                           # rt_sigtimedwait: signals (blocked ones too) that end it
 
 
 @dataclass
@@ -130,11 +132,38 @@ class Threads:
         cur = self.current
         if len(self.all) == 1:
             return False
+        self._robust_exit(cur)
         self._clear_tid(cur)
         cur.exited = True
         self.all.remove(cur)
         self.p.machine.stop("switch")
         return True
+
+    def _robust_exit(self, t: Thread) -> None:
+        """The kernel's exit_robust_list(): every robust mutex the exiting thread still holds is
+        marked FUTEX_OWNER_DIED and one waiter woken (pthread_mutex_lock then returns EOWNERDEAD)."""
+        user = self.p.user
+        if not t.robust_list:
+            return
+        try:
+            first, offset, pending = user.unpack("<QqQ", t.robust_list)
+            entries, entry = [], first
+            while entry != t.robust_list and entry and len(entries) < ROBUST_LIST_LIMIT:
+                entries.append(entry)
+                entry = user.u64(entry & ~1)
+            for e in entries + ([pending] if pending else []):
+                self._futex_death((e & ~1) + offset, t.tid)
+        except OSError:
+            return                                   # a list in unmapped memory: the kernel stops too
+
+    def _futex_death(self, uaddr: int, tid: int) -> None:
+        FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_TID_MASK = 0x80000000, 0x40000000, 0x3FFFFFFF
+        val = self.p.user.u32(uaddr)
+        if val & FUTEX_TID_MASK != tid:
+            return
+        self.p.user.put_u32(uaddr, (val & FUTEX_WAITERS) | FUTEX_OWNER_DIED)
+        if val & FUTEX_WAITERS:
+            self.futex_wake(uaddr, 1)
 
     def _clear_tid(self, t: Thread) -> None:
         """CLONE_CHILD_CLEARTID / set_tid_address: 0 in the word and a wake-up of one waiter
@@ -197,22 +226,31 @@ class Threads:
         else:
             self._wake(t, t.wait.timeout_ret)
 
+    def _sigstate(self, t: Thread) -> tuple:
+        """(mask, pending list, si_codes) of a thread: the live ones of the running thread."""
+        if t is self.current:
+            s = self.p.signals
+            return s.mask, s.pending, s.pending_code
+        return t.sig[0], t.sig[1], t.sig[2]
+
     def signal_thread(self, t: Thread, sig: int, code: int) -> None:
         """tgkill/tkill to a thread that is not the current one."""
-        mask, pending, pending_code = t.sig[0], t.sig[1], t.sig[2]
+        mask, pending, pending_code = self._sigstate(t)
         if sig < 32 and sig in pending:
             return
         pending.append(sig)
         pending_code[sig] = code
-        if not mask >> (sig - 1) & 1:
-            self._interrupt(t, sig)
+        self._interrupt(t, sig)
 
     def _interrupt(self, t: Thread, sig: int) -> None:
         """A deliverable signal ends a parked thread's wait: -EINTR, or with SA_RESTART a
         restartable call runs again after the handler."""
         from emsan.os.linux.signals import SA_RESTART
         w = t.wait
-        if w is None or not _interrupts(self.p.signals, sig, t.sig[0]):
+        if w is not None and w.sigset >> (sig - 1) & 1:
+            self._wake(t, None, restart=True)       # rt_sigtimedwait takes it
+            return
+        if w is None or not _interrupts(self.p.signals, sig, self._sigstate(t)[0]):
             return
         if w.restart and self.p.signals.actions.get(sig, (0, 0))[1] & SA_RESTART:
             self._wake(t, None, restart=True)
@@ -222,18 +260,25 @@ class Threads:
     def route_signals(self) -> None:
         """Process-directed signals the current thread blocks go to a thread that does not (the
         kernel's complete_signal()); a parked thread that can take one of its own is woken."""
-        s = self.p.signals
-        for sig in list(s.pending):
-            if s.mask >> (sig - 1) & 1:
-                other = next((t for t in self.all if t is not self.current and not t.sig[0] >> (sig - 1) & 1), None)
+        from emsan.os.linux.signals import SI_TKILL
+        for holder in self.all:
+            mask, pending, codes = self._sigstate(holder)
+            for sig in list(pending):
+                bit = 1 << (sig - 1)
+                if codes.get(sig) == SI_TKILL or not mask & bit or \
+                        (holder.wait is not None and holder.wait.sigset & bit):
+                    continue            # thread-directed, or the holder takes it itself
+                others = [t for t in self.all if t is not holder]
+                other = next((t for t in others if t.wait is not None and t.wait.sigset & bit), None) or \
+                    next((t for t in others if not self._sigstate(t)[0] & bit), None)
                 if other is not None:
-                    s.pending.remove(sig)
-                    code = s.pending_code.pop(sig, 0)
-                    self.signal_thread(other, sig, code)
+                    pending.remove(sig)
+                    self.signal_thread(other, sig, codes.pop(sig, 0))
         for t in self.all:
-            if t is not self.current and t.wait is not None:
-                for sig in t.sig[1]:
-                    if not t.sig[0] >> (sig - 1) & 1:
+            if t.wait is not None:
+                mask, pending, _codes = self._sigstate(t)
+                for sig in pending:
+                    if not mask >> (sig - 1) & 1 or t.wait.sigset >> (sig - 1) & 1:
                         self._interrupt(t, sig)
                         break
 
@@ -322,6 +367,9 @@ class Threads:
         from emsan.os.linux import children
         p = self.p
         sigs = p.signals
+        self.route_signals()                   # a pending signal a parked thread waits for
+        if any(t.wait is None for t in self.all):
+            return True
         now = time.monotonic()
         moments = [t.wait.until for t in self.all if t.wait.until is not None]
         if sigs.alarm_at:

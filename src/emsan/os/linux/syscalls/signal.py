@@ -194,6 +194,15 @@ def sys_rt_sigtimedwait(p, set_, info, timeout, sigsetsize=8, *_):
             if sec < 0 or not 0 <= nsec < 10**9:
                 return -errno.EINVAL
             ms = min(sec * 1000 + (nsec + 999_999) // 10**6, 2**31 - 1)
+        th = p.threads
+        if th is not None and th.crowded():          # among threads: park until a wanted signal comes
+            import time
+            from emsan.os.linux.threads import Park, Wait
+            if th.current.expired or ms == 0:
+                th.current.expired = False
+                return -errno.EAGAIN
+            raise Park(Wait("rt_sigtimedwait", None if ms is None else time.monotonic() + ms / 1000, True,
+                            sigset=wanted))
         limit, cut_by = wait_limit(p, ms)
         if limit is None:
             p.warn_once("pause", "rt_sigtimedwait with no signal that could ever arrive")
