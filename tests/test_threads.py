@@ -184,3 +184,21 @@ def test_python_threading(arch):
     assert got.returncode == 0 and got.stdout == ref.stdout, got.stderr.decode()[-3000:]
     assert got.stdout.startswith(b"event True\n[0, 1, 2, 3]\n")
     _no_reports(got)
+
+
+def test_compiler_assisted_threads(arch):
+    """A guest built with clang $(emsan cflags): its threads run, and a use-after-free across
+    threads names the threads as in generic mode."""
+    from test_compiler import build_cc
+    exe = build_cc("threads", arch)
+    ref = native(build("threads", "x86_64", "dynamic"), "work")
+    got = emsan("run", "--timeout", "60", exe, "work", env=ENV, status=0)
+    assert got.stdout == ref.stdout
+    _no_reports(got)
+    bug = emsan("run", "--timeout", "60", exe, "uaf", env=ENV, status=99)
+    text, err = bug.stdout.decode(), bug.stderr.decode()
+    alloc = int(re.search(r"allocated by (\d+)", text)[1])
+    freed = int(re.search(r"freed by (\d+)", text)[1])
+    assert "(compiler-assisted mode)" in err and "BUG: KASAN: slab-use-after-free in main" in err, err
+    assert re.search(rf"Allocated by task {alloc}:\n allocator_thread\+", err), err
+    assert re.search(rf"Freed by task {freed}:\n freer_thread\+", err), err
