@@ -510,8 +510,12 @@ class Machine:
             return "max-instructions"
         return "returned"
 
-    def save_context(self):
-        """The CPU state (registers), to be put back by restore_context()."""
+    def save_context(self, into=None):
+        """The CPU state (registers), to be put back by restore_context(); `into`: a context
+        saved before, overwritten (no new allocation: the thread scheduler's switches)."""
+        if into is not None:
+            self.uc.context_update(into)
+            return into
         return self.uc.context_save()
 
     def restore_context(self, ctx) -> None:

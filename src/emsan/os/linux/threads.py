@@ -54,7 +54,7 @@ class Thread:
     tid: int
     comm: str = ""                            # its name (prctl PR_SET_NAME, pthread_setname_np)
     stack: tuple[int, int] = (0, 0)           # the mapping its stack pointer started in
-    ctx: object = None                        # engine context while it does not run
+    ctx: object = None                        # engine context (its registers while it does not run)
     sig: tuple | None = None                  # its part of the signal state (Signals) while it does not run
     clear_child_tid: int = 0
     robust_list: int = 0
@@ -325,13 +325,12 @@ class Threads:
     def _save(self, t: Thread) -> None:
         s = self.p.signals
         t.sig = tuple(getattr(s, f) for f in SIG_FIELDS)
-        t.ctx = self.p.machine.save_context()
+        t.ctx = self.p.machine.save_context(t.ctx)
 
     def _load(self, t: Thread) -> None:
         p = self.p
         old = self.current
-        p.machine.restore_context(t.ctx)
-        t.ctx = None
+        p.machine.restore_context(t.ctx)          # kept: the next save reuses it
         for f, v in zip(SIG_FIELDS, t.sig):
             setattr(p.signals, f, v)
         t.sig = None
