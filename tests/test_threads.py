@@ -50,29 +50,30 @@ def test_static_pthreads_match_native(arch):
 
 @pytest.mark.parametrize("mode", ["generic", "kfence"])
 def test_use_after_free_across_threads_names_each_thread(arch, mode, tmp_path):
-    """Thread A allocates, thread B frees, main reads: the access is main's, the Allocated and
-    Freed tracks are A's and B's (the tids the guest printed), with A's and B's functions."""
+    """Thread A allocates, thread B frees, thread C reads: the access is C's, the Allocated and
+    Freed tracks are A's and B's (the tids the guest printed), with A's, B's and C's functions."""
     exe = build("threads", arch, "dynamic")
     out = tmp_path / "r.json"
     got = emsan("run", "--mode", mode, "--sample-interval", "1", "--json", str(out), exe, "uaf", env=ENV)
     assert got.returncode == 99, got.stderr.decode()[-3000:]
     text = got.stdout.decode()
-    main = int(re.search(r"main (\d+)", text)[1])
-    alloc = int(re.search(r"allocated by (\d+)", text)[1])
-    freed = int(re.search(r"freed by (\d+)", text)[1])
-    assert len({main, alloc, freed}) == 3
+    main, alloc, freed, reader = (int(re.search(rf"{w} (\d+)", text)[1])
+                                  for w in ("main", "allocated by", "freed by", "read by"))
+    assert len({main, alloc, freed, reader}) == 4
     err = got.stderr.decode()
     if mode == "generic":
-        assert "BUG: KASAN: slab-use-after-free in main" in err
-        assert re.search(rf"Read of size 1 at addr [0-9a-f]+ by task threads/{main}\n", err), err
+        assert "BUG: KASAN: slab-use-after-free in reader_thread" in err
+        assert re.search(rf"Read of size 1 at addr [0-9a-f]+ by task threads/{reader}\n", err), err
+        assert f"CPU: 0 PID: {reader} Comm: threads" in err
         assert re.search(rf"Allocated by task {alloc}:\n allocator_thread\+", err), err
         assert re.search(rf"Freed by task {freed}:\n freer_thread\+", err), err
     else:
-        assert "BUG: KFENCE: use-after-free read in main" in err
+        assert "BUG: KFENCE: use-after-free read in reader_thread" in err
+        assert f"CPU: 0 PID: {reader} Comm: threads" in err
         assert re.search(rf"allocated by task {alloc} on cpu 0 at .*\n allocator_thread\+", err), err
         assert re.search(rf"freed by task {freed} on cpu 0 at .*\n freer_thread\+", err), err
     rep = json.loads(out.read_text())["reports"][0]
-    assert rep["task"]["pid"] == main
+    assert rep["task"]["pid"] == reader and rep["stack"][0]["function"] == "reader_thread"
     assert rep["object"]["alloc_task"] == alloc and rep["object"]["free_task"] == freed
     assert rep["object"]["alloc_stack"][0]["function"] == "allocator_thread"
     assert rep["object"]["free_stack"][0]["function"] == "freer_thread"
@@ -199,6 +200,24 @@ def test_compiler_assisted_threads(arch):
     text, err = bug.stdout.decode(), bug.stderr.decode()
     alloc = int(re.search(r"allocated by (\d+)", text)[1])
     freed = int(re.search(r"freed by (\d+)", text)[1])
-    assert "(compiler-assisted mode)" in err and "BUG: KASAN: slab-use-after-free in main" in err, err
+    assert "(compiler-assisted mode)" in err and "BUG: KASAN: slab-use-after-free in reader_thread" in err, err
+    assert re.search(rf"Allocated by task {alloc}:\n allocator_thread\+", err), err
+    assert re.search(rf"Freed by task {freed}:\n freer_thread\+", err), err
+
+
+@pytest.mark.parametrize("mode", ["sw-tags", "hw-tags"])
+def test_tag_modes_with_threads(mode):
+    """arm64's tag modes: the pthread program as natively, and the use-after-free across threads
+    with the threads of the stack ring's allocation and free records."""
+    exe = build("threads", "arm64", "dynamic")
+    ref = native(build("threads", "x86_64", "dynamic"), "work")
+    got = emsan("run", "--mode", mode, "--timeout", "60", exe, "work", env=ENV, status=0)
+    assert got.stdout == ref.stdout
+    _no_reports(got)
+    bug = emsan("run", "--mode", mode, "--timeout", "60", exe, "uaf", env=ENV, status=99)
+    text, err = bug.stdout.decode(), bug.stderr.decode()
+    reader, alloc, freed = (int(re.search(rf"{w} (\d+)", text)[1]) for w in ("read by", "allocated by", "freed by"))
+    assert "BUG: KASAN: slab-use-after-free in reader_thread" in err
+    assert re.search(rf"by task threads/{reader}\n", err), err
     assert re.search(rf"Allocated by task {alloc}:\n allocator_thread\+", err), err
     assert re.search(rf"Freed by task {freed}:\n freer_thread\+", err), err

@@ -2,7 +2,7 @@
  * interleaving, so its output is the same natively and under emsan, on both architectures.
  *   work      8 threads: a mutex-protected counter, a condition variable (a ticket queue the
  *             threads pass in order), __thread data, joins and return values, gettid/tgkill
- *   uaf       a worker thread allocates, a second frees, the main thread reads: use-after-free
+ *   uaf       a worker thread allocates, a second frees, a third reads: use-after-free
  *   deadlock  two threads take two mutexes in opposite orders (each waits for the other)
  *   race      threads append to one buffer with no lock: the order shows the interleaving (the
  *             same in every emsan run with the same --threads-slice; not compared with native)
@@ -100,15 +100,24 @@ static void *freer_thread(void *arg)
     return NULL;
 }
 
+static void *reader_thread(void *arg)
+{
+    (void)arg;
+    printf("read by %ld\n", (long)syscall(SYS_gettid));
+    printf("read %d\n", ((volatile char *)shared)[8]);
+    return NULL;
+}
+
 static int case_uaf(void)
 {
-    pthread_t a, f;
+    pthread_t a, f, r;
     printf("main %ld\n", (long)syscall(SYS_gettid));
     pthread_create(&a, NULL, allocator_thread, NULL);
     pthread_join(a, NULL);
     pthread_create(&f, NULL, freer_thread, NULL);
     pthread_join(f, NULL);
-    printf("read %d\n", ((volatile char *)shared)[8]);
+    pthread_create(&r, NULL, reader_thread, NULL);
+    pthread_join(r, NULL);
     return 0;
 }
 
