@@ -218,9 +218,9 @@ def run_and_report(p, argv, run_bench, render, width: int) -> int:
     """Parse, run the benchmark, write its JSON and print its tables."""
     import json
     args = p.parse_args(argv)
-    if args.reps is not None and args.reps < 1:
+    if getattr(args, "reps", None) is not None and args.reps < 1:
         p.error("--reps must be at least 1")
-    if args.scale <= 0:
+    if getattr(args, "scale", 1.0) <= 0:
         p.error("--scale must be positive")
     from rich.console import Console
     console = Console(width=None if sys.stdout.isatty() else width)

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ARCHES, BENCH, PY, BenchError, build, host_meta, rotate  # noqa: E402
+from common import ARCHES, BENCH, PY, BenchError, build, host_meta, rotate, run_and_report  # noqa: E402
 
 DEFAULT_JSON = BENCH / "results" / "mapping.json"
 
@@ -113,20 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mb", type=int, default=256, help="size of the `partial` mapping in MiB")
     p.add_argument("--timeout", type=float, default=900, help="seconds one run may take")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
-    args = p.parse_args(argv)
-    try:
-        res = bench(args)
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2) + "\n")
-    for name, r in res["results"].items():
-        print(f"{name:20} " + "  ".join(f"{k}={v:.3f}" for k, v in r.items()))
-    print(f"load average after: {res['meta']['loadavg_after']}")
-    print(f"JSON written to {args.json}")
-    return 0
+    return run_and_report(p, argv, lambda args, say: bench(args), render, 220)
 
+
+def render(res: dict, console) -> None:
+    for name, r in res["results"].items():
+        console.print(f"{name:20} " + "  ".join(f"{k}={v:.3f}" for k, v in r.items()))
+    console.print(f"load average after: {res['meta']['loadavg_after']}")
 
 if __name__ == "__main__":
     sys.exit(main())

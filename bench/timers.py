@@ -24,7 +24,6 @@ per-repetition ratios to `plain` of the same emsan. Nothing here asserts on spee
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +31,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ARCHES, BENCH, PY, BenchError, build, fmt_ratio, host_meta, now, paired_ratio, rotate, summary  # noqa: E402
+from common import (ARCHES, BENCH, PY, BenchError, build, fmt_ratio, host_meta, now, paired_ratio, rotate,  # noqa: E402
+                    run_and_report, summary)
 
 DEFAULT_JSON = BENCH / "results" / "timers.json"
 ITERATIONS = {"x86_64": 40_000, "arm64": 80_000}      # ~3-4 s of emulation on this machine
@@ -108,24 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--scale", type=float, default=1.0, help="multiply the iteration counts")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
-    args = p.parse_args(argv)
-    try:
-        res = bench(args)
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return run_and_report(p, argv, lambda args, say: bench(args), render, 160)
+
+
+def render(res: dict, console) -> None:
     for name, r in res["results"].items():
         if "ratio_to_plain" in r:
-            print(f"{name:28} cpu {r['cpu']['median']:6.2f} s  wall {r['wall']['median']:6.2f} s   cpu x plain "
-                  f"{fmt_ratio(r['ratio_to_plain'])}   {r['guest']}")
+            console.print(f"{name:28} cpu {r['cpu']['median']:6.2f} s  wall {r['wall']['median']:6.2f} s   cpu x plain "
+                          f"{fmt_ratio(r['ratio_to_plain'])}   {r['guest']}")
         else:
-            print(f"{name:28} {fmt_ratio(r['ratio'])}")
-    print(f"load average after: {res['meta']['loadavg_after']}")
-    print(f"JSON written to {args.json}")
-    return 0
-
+            console.print(f"{name:28} {fmt_ratio(r['ratio'])}")
+    console.print(f"load average after: {res['meta']['loadavg_after']}")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -378,11 +378,7 @@ class MemFile:
                 if not done:
                     return -errno.EFAULT
                 break
-        if not done and count:
-            return -errno.EIO
-        if off is None:
-            self.pos = (self.pos + done) & U64
-        return done
+        return self._moved(done, count, off)
 
     def write_from(self, buf: int, count: int, off: int | None) -> int:
         p = self.p
@@ -395,6 +391,11 @@ class MemFile:
             done += n
             if n < len(chunk):
                 break
+        return self._moved(done, count, off)
+
+    def _moved(self, done: int, count: int, off: int | None) -> int:
+        """A transfer's result: EIO when nothing of a non-empty one was reachable (as the kernel's
+        mem file says), and the file position advanced unless it was a pread/pwrite."""
         if not done and count:
             return -errno.EIO
         if off is None:
