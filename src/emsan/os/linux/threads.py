@@ -261,6 +261,8 @@ class Threads:
         """Process-directed signals the current thread blocks go to a thread that does not (the
         kernel's complete_signal()); a parked thread that can take one of its own is woken."""
         from emsan.os.linux.signals import SI_TKILL
+        if not self.p.signals.pending and not any(t.sig[1] for t in self.all if t is not self.current):
+            return                              # nothing pending anywhere (every switch asks)
         for holder in self.all:
             mask, pending, codes = self._sigstate(holder)
             for sig in list(pending):
@@ -324,7 +326,7 @@ class Threads:
 
     def _save(self, t: Thread) -> None:
         s = self.p.signals
-        t.sig = tuple(getattr(s, f) for f in SIG_FIELDS)
+        t.sig = (s.mask, s.pending, s.pending_code, s.saved, s.altstack, s.suspended_mask)    # SIG_FIELDS
         t.ctx = self.p.machine.save_context(t.ctx)
 
     def _load(self, t: Thread) -> None:
