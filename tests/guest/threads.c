@@ -8,7 +8,8 @@
  *             same in every emsan run with the same --threads-slice; not compared with native)
  *   robust    a robust mutex whose owner thread exited (EOWNERDEAD), and sigwait in a thread for
  *             a signal every thread blocks, sent to the process
- *   signals   a thread-directed signal (pthread_kill) handled in the thread it was sent to,
+ *   signals   a timer signal reaching the one thread that takes it while that thread computes,
+ *             a thread-directed signal (pthread_kill) handled in the thread it was sent to,
  *             per-thread masks, a timed condition wait that times out, a sleeping thread
  */
 #define _GNU_SOURCE
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -173,8 +175,43 @@ static void *target_thread(void *arg)
     return NULL;
 }
 
+static volatile int alarm_here, alarm_elsewhere;
+static pthread_t computer;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    if (pthread_equal(pthread_self(), computer))
+        alarm_here++;
+    else
+        alarm_elsewhere++;
+}
+
+static void *compute_until_alarm(void *arg)
+{
+    sigset_t *alrm = arg;
+    pthread_sigmask(SIG_UNBLOCK, alrm, NULL);
+    volatile unsigned long x = 1;
+    while (!alarm_here && !alarm_elsewhere)             /* no system call: only a timer stops it */
+        x = x * 2862933555777941757UL + 3037000493UL;
+    return NULL;
+}
+
 static int case_signals(void)
 {
+    /* a timer's signal reaches the one thread that takes it while it computes */
+    signal(SIGALRM, on_alarm);
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, NULL);
+    pthread_create(&computer, NULL, compute_until_alarm, &alrm);
+    struct itimerval it = {{0, 0}, {0, 20000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    pthread_join(computer, NULL);
+    printf("SIGALRM: %d handled in the computing thread, %d elsewhere\n", alarm_here, alarm_elsewhere);
+    pthread_sigmask(SIG_UNBLOCK, &alrm, NULL);
+
     signal(SIGUSR1, on_usr1);
     sigset_t usr1;
     sigemptyset(&usr1);
