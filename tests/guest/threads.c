@@ -1,7 +1,7 @@
 /* Threads under emsan (tests/test_threads.py). Each case prints what does not depend on the
  * interleaving, so its output is the same natively and under emsan, on both architectures.
  *   work      8 threads: a mutex-protected counter, a condition variable (a ticket queue the
- *             threads pass in order), __thread data, joins and return values, gettid/tgkill
+ *             threads pass in order), __thread data, joins and return values, gettid
  *   uaf       a worker thread allocates, a second frees, a third reads: use-after-free
  *   deadlock  two threads take two mutexes in opposite orders (each waits for the other)
  *   race      threads append to one buffer with no lock: the order shows the interleaving (the

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 DEFAULT_SLICE = 20_000          # blocks per slice (~100-200k instructions, a millisecond or so)
 FUTEX_BITSET_ANY = 0xFFFFFFFF
 ROBUST_LIST_LIMIT = 2048        # the kernel's ROBUST_LIST_LIMIT: entries walked at thread exit
+MAX_THREADS = 1024              # live threads; clone fails with EAGAIN past it, as at the kernel's threads-max
 
 
 class Park(BaseException):
@@ -300,6 +301,8 @@ class Threads:
         nxt = self._pick(cur)
         while nxt is None:
             if not self._idle():
+                if cur.exited:
+                    self._load(self.all[0])     # the run ends: the registers are a live thread's
                 return None
             nxt = self._pick(cur)
         if nxt is not cur or cur.exited:
@@ -381,7 +384,7 @@ class Threads:
             return False
         if p.deadline is not None:
             moments.append(p.deadline)
-        limit = None if not moments else max(0, int((min(moments) - now) * 1000) + 1)
+        limit = None if not moments else min(max(0, int((min(moments) - now) * 1000) + 1), 2**31 - 1)
         ready = self._poll_fds({wake: select.POLLIN} if wake is not None else {}, limit)
         if p.deadline is not None and time.monotonic() >= p.deadline:
             p.machine.stop_reason = None

@@ -497,6 +497,9 @@ def _clone_thread(p, flags: int, stack: int, ptid: int, ctid: int, tls: int) -> 
         p.threads = threads.Threads(p, p.threads_slice)
         for fn in p.on_threads:
             fn(p.threads)
+    if len(p.threads.all) >= threads.MAX_THREADS:
+        p.warn_once("threads-max", f"more than {threads.MAX_THREADS} live threads: clone returns -EAGAIN")
+        return -errno.EAGAIN
     t = p.threads.create(stack, tls if flags & CLONE_SETTLS else None,
                          ctid if flags & CLONE_CHILD_CLEARTID else 0)
     if flags & CLONE_PARENT_SETTID and ptid:
@@ -625,7 +628,7 @@ def sys_futex(p, uaddr, op, val, timeout=0, uaddr2=0, val3=0, *_):
         if until is None:
             p.warn_once("futex", "futex wait with no other thread to wake it (deadlock in a single thread)")
             return -errno.EDEADLK
-        if not p.sleep(max(0.0, until - time.monotonic())):
+        if not p.sleep(min(max(0.0, until - time.monotonic()), 1e9)):
             return -errno.EINTR
         return -errno.ETIMEDOUT
     if cmd in (FUTEX_WAKE, FUTEX_WAKE_BITSET):
