@@ -378,7 +378,7 @@ class Process:
                     self.exit_info = ended
                 if self.exit_info is not None:
                     break
-                if "continue" in verdicts and reason != "fault":
+                if "continue" in verdicts and reason not in ("fault", "switch", "slice", "clone"):
                     pc = m.pc
                     continue
                 if reason == "fault" and m.fault is not None:

@@ -82,7 +82,7 @@ class Threads:
         self.current = main
         self.next_tid = p.pid + 1
         self.switches = 0
-        self.deadlock: str | None = None      # the message when the run ended as a deadlock
+        self.deadlock: list[tuple[int, int, str]] = []     # (tid, pc, what) of each thread, at a deadlock
         self.on_switch: list = []            # fn(thread) after every switch to it (the sanitizer's)
         self.scs_swap = None                 # fn(handle) swapping a shadow call stack in (session)
         self.scs_new = None                  # fn() -> a new thread's empty shadow call stack
