@@ -9,6 +9,11 @@ building such engines and swapping them into an installed copy):
   without 003                    test_tbi_one_tlb_entry_per_page
   without 004                    test_sse_translated_inline
   without 005                    test_host_ptr_matches_mem_read (and every emsan run: the symbol is missing)
+  without 006                    test_code_hooks_by_address
+  without 007                    test_mmio_access_skips_region_walk
+  without 008                    test_store_fast_path_virtual_tlb
+  without 009                    test_host_ptr_remembers_regions
+  010 changes nothing observable (test_mmio_pieces checks that); its effect is measured (bench/README.md)
 The store fast path is checked white-box through QEMU's own TLB probe (tlb_vaddr_to_host), the SSE
 translation by disassembling the host code of a block, the arm64 tag stripping by the addresses QEMU's
 TLB fill receives, and the translation invalidations by running code that was rewritten, on bare engines
@@ -531,6 +536,320 @@ def test_host_ptr_matches_mem_read(arch):
     m.uc.mem_write(rw, b"12345678")
     m.uc.context_restore(saved)
     assert bytes(m.uc.mem_read(rw, 8)) == data[:8]
+
+
+# --- 006: code hooks found by address ---------------------------------------------------------------------
+LOOP_CODE, LOOP_FUNC, LOOP_STACK = 0x100000, 0x100800, 0x300000
+
+
+def _call_loop(arch: str, times: int) -> tuple[Machine, int, int]:
+    """A guest that calls an empty function at LOOP_FUNC `times` times: (machine, begin, end)."""
+    m = Machine(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.map(LOOP_STACK, 0x1000, RW)
+    at = LOOP_CODE + 5
+    if arch == "x86_64":        # mov ecx, times; L: call FUNC; dec ecx; jnz L; nop   FUNC: ret
+        code = (b"\xb9" + struct.pack("<I", times) + b"\xe8" + struct.pack("<i", LOOP_FUNC - (at + 5))
+                + b"\xff\xc9\x75\xf7\x90")
+        func = b"\xc3"
+    else:                       # movz w19, times; L: bl FUNC; subs w19, w19, 1; b.ne L; nop   FUNC: ret
+        at = LOOP_CODE + 4
+        code = struct.pack("<5I", 0x52800013 | times << 5, 0x94000000 | ((LOOP_FUNC - at) >> 2) & 0x3FFFFFF,
+                           0x71000673, 0x54FFFFC1, 0xD503201F)
+        func = struct.pack("<I", 0xD65F03C0)
+    m.write(LOOP_CODE, code)
+    m.write(LOOP_FUNC, func)
+    m.sp = LOOP_STACK + 0x800
+    return m, LOOP_CODE, LOOP_CODE + len(code) - (1 if arch == "x86_64" else 4)      # up to the nop
+
+
+HOOK_BEGIN_END = 24      # offsetof(struct hook, begin) in Unicorn 2.1.3 (include/uc_priv.h); end follows
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_code_hooks_by_address(arch):
+    """Dispatching a hooked instruction reads no hook list: with the patch the hooks of an address are
+    taken from the per-address cache, so a hook whose range is moved away behind the engine's back (its
+    struct written directly, no uc_hook_add/uc_hook_del) still runs at the address it was found for.
+    The stock engine walks every UC_HOOK_CODE hook at every hooked instruction and stops calling it."""
+    m, begin, end = _call_loop(arch, 10)
+    for i in range(40):          # other functions emsan would stand in for
+        m.uc.hook_add(uc.UC_HOOK_CODE, lambda *a: None, None, 0x900000 + 16 * i, 0x900000 + 16 * i)
+    calls = []
+
+    def func_hook(u, address, size, ud):
+        calls.append(address)
+        if len(calls) == 5:      # the engine's list now says this hook covers another address
+            ctypes.c_uint64.from_address(h + HOOK_BEGIN_END).value = LOOP_FUNC + 0x100
+            ctypes.c_uint64.from_address(h + HOOK_BEGIN_END + 8).value = LOOP_FUNC + 0x100
+
+    h = m.uc.hook_add(uc.UC_HOOK_CODE, func_hook, None, LOOP_FUNC, LOOP_FUNC)
+    assert ctypes.c_uint64.from_address(h + HOOK_BEGIN_END).value == LOOP_FUNC, "struct hook's layout"
+    m.uc.emu_start(begin, end)
+    assert calls == [LOOP_FUNC] * 10
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_code_hook_order_and_deletion(arch):
+    """Hooks of one address run in the order they were added, ranged ones among them; one that deletes
+    itself runs once; more hooks on an address than the cache keeps all run; one that stops the
+    emulation ends the dispatch there (the hooks after it do not run)."""
+    m, begin, end = _call_loop(arch, 4)
+    seen: list[str] = []
+    m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: seen.append("a"), None, LOOP_FUNC, LOOP_FUNC)
+    m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: a == LOOP_FUNC and seen.append("range"), None, 1, 0)
+    once: list[int] = []
+    once.append(m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: (seen.append("once"), u.hook_del(once[0])),
+                              None, LOOP_FUNC, LOOP_FUNC))
+    m.uc.emu_start(begin, end)
+    assert seen == ["a", "range", "once"] + ["a", "range"] * 3
+    # five hooks on one address (more than the engine caches: the list is walked), and a stop
+    m, begin, end = _call_loop(arch, 3)
+    seen.clear()
+    for name in "vwxyz":
+        m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d, n=name: seen.append(n), None, LOOP_FUNC, LOOP_FUNC)
+    m.uc.emu_start(begin, end)
+    assert seen == list("vwxyz") * 3
+    m, begin, end = _call_loop(arch, 3)
+    seen.clear()
+    m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: seen.append("first"), None, LOOP_FUNC, LOOP_FUNC)
+    m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: (seen.append("stop"), u.emu_stop()), None, LOOP_FUNC, LOOP_FUNC)
+    m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: seen.append("after"), None, LOOP_FUNC, LOOP_FUNC)
+    m.uc.emu_start(begin, end)
+    assert seen == ["first", "stop"]
+    assert m.pc == LOOP_FUNC
+
+
+# --- 007: the region of an MMIO access from its TLB entry ----------------------------------------------
+MMIO_PAGE = 0x500000
+
+
+def _mmio_loop(arch: str, times: int) -> tuple[Machine, int, int]:
+    """A guest that loads a word from MMIO_PAGE and stores it 8 bytes further, `times` times."""
+    m = Machine(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    if arch == "x86_64":   # mov rdx, MMIO_PAGE; mov ecx, times; L: mov eax, [rdx]; mov [rdx+8], eax; dec ecx; jnz L; nop
+        code = (b"\x48\xc7\xc2" + struct.pack("<I", MMIO_PAGE) + b"\xb9" + struct.pack("<I", times)
+                + b"\x8b\x02\x89\x42\x08\xff\xc9\x75\xf7\x90")
+        end = LOOP_CODE + len(code) - 1
+    else:                  # movz x1, MMIO_PAGE >> 16, lsl 16; movz w2, times; L: ldr w0, [x1]; str w0, [x1, 8]; subs; b.ne L; nop
+        code = struct.pack("<7I", 0xD2A00001 | (MMIO_PAGE >> 16) << 5, 0x52800002 | times << 5, 0xB9400020,
+                           0xB9000820, 0x71000442, 0x54FFFFA1, 0xD503201F)
+        end = LOOP_CODE + len(code) - 4
+    m.write(LOOP_CODE, code)
+    return m, LOOP_CODE, end
+
+
+class MappingCounter:
+    """Counts the engine's uc->memory_mapping() calls (find_memory_mapping_<arch>, Unicorn's region
+    lookup) by swapping the function pointer in struct uc_struct for a counting one while in use."""
+
+    PROTO = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64)
+
+    def __init__(self, m: Machine):
+        self.find = ctypes.cast(getattr(unicorn_lib.uclib, f"find_memory_mapping_{_suffix(m.arch)}"),
+                                ctypes.c_void_p).value
+        self.words = (ctypes.c_uint64 * 1024).from_address(m.handle_int)
+        slots = [i for i in range(1024) if self.words[i] == self.find]
+        assert len(slots) == 1, "uc_struct.memory_mapping not found"
+        self.slot, self.calls = slots[0], 0
+        orig = self.PROTO(self.find)
+
+        def counting(u, addr):
+            self.calls += 1
+            return orig(u, addr)
+        self.counting = self.PROTO(counting)
+
+    def __enter__(self) -> "MappingCounter":
+        self.words[self.slot] = ctypes.cast(self.counting, ctypes.c_void_p).value
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.words[self.slot] = self.find
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_mmio_access_skips_region_walk(arch):
+    """2,000 loads and stores through an MMIO TLB entry find their region from the entry: the engine's
+    region lookup runs a few dozen times (translating the code), not once per access as on the stock
+    engine. The callbacks still see every access with its offset, size and value."""
+    m, begin, end = _mmio_loop(arch, 1000)
+    reads, writes = [], []
+    m.uc.mmio_map(MMIO_PAGE, 0x1000, lambda u, off, size, d: reads.append((off, size)) or 0x1234ABCD, None,
+                  lambda u, off, size, value, d: writes.append((off, size, value)), None)
+    with MappingCounter(m) as count:
+        m.uc.emu_start(begin, end)
+    assert reads == [(0, 4)] * 1000 and writes == [(8, 4, 0x1234ABCD)] * 1000
+    assert count.calls < 100, count.calls
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_mmio_unmapped_and_protection(arch):
+    """What the region decides is still decided: a load from an unmapped page faults (and a hook that
+    maps it lets the load proceed), and MMIO pages whose region lost read or write permission fault on
+    that access."""
+    m, begin, end = _mmio_loop(arch, 1)
+    with pytest.raises(unicorn.UcError) as e:
+        m.uc.emu_start(begin, end)
+    assert e.value.errno == uc.UC_ERR_READ_UNMAPPED
+    m, begin, end = _mmio_loop(arch, 2)
+
+    def map_it(u, access, addr, size, value, d):
+        u.mem_map(MMIO_PAGE, 0x1000, RW)
+        u.mem_write(MMIO_PAGE, struct.pack("<I", 77))
+        return True
+    m.uc.hook_add(uc.UC_HOOK_MEM_READ_UNMAPPED, map_it)
+    m.uc.emu_start(begin, end)
+    assert struct.unpack("<I", m.read(MMIO_PAGE + 8, 4))[0] == 77
+    for prot, err in ((uc.UC_PROT_WRITE, uc.UC_ERR_READ_PROT), (uc.UC_PROT_READ, uc.UC_ERR_WRITE_PROT)):
+        m, begin, end = _mmio_loop(arch, 3)
+        m.uc.mmio_map(MMIO_PAGE, 0x1000, lambda *a: 5, None, lambda *a: None, None)
+        m.uc.mem_protect(MMIO_PAGE, 0x1000, prot)
+        with pytest.raises(unicorn.UcError) as e:
+            m.uc.emu_start(begin, end)
+        assert e.value.errno == err
+
+
+# --- 010: MMIO callbacks called directly --------------------------------------------------------------------
+def test_mmio_pieces():
+    """Loads and stores of 1, 2, 4 and 8 bytes in a uc_mmio_map() region reach the callbacks in the pieces
+    QEMU's generic path makes (at most 4 bytes, lowest first), with their offsets and values: 010 calls
+    the callbacks directly and must not change what they see (that it skips the generic path is
+    test_mmio_callbacks_called_directly; its effect on speed is in bench/README.md, "Engine")."""
+    m = Machine("x86_64")
+    m.map(LOOP_CODE, 0x1000, RX)
+    code = (b"\x48\xc7\xc2" + struct.pack("<I", MMIO_PAGE)      # mov rdx, MMIO_PAGE
+            + b"\x8a\x42\x01" + b"\x66\x8b\x5a\x02"             # mov al, [rdx+1]; mov bx, [rdx+2]
+            + b"\x8b\x4a\x04" + b"\x48\x8b\x72\x08"             # mov ecx, [rdx+4]; mov rsi, [rdx+8]
+            + b"\x48\x89\x72\x10" + b"\x89\x4a\x18"             # mov [rdx+16], rsi; mov [rdx+24], ecx
+            + b"\x66\x89\x5a\x1e" + b"\x88\x42\x21" + b"\x90")  # mov [rdx+30], bx; mov [rdx+33], al; nop
+    m.write(LOOP_CODE, code)
+
+    def value(off: int, size: int) -> int:
+        return (0x0101010101010101 * (off + 1)) & ((1 << 8 * size) - 1)
+    reads, writes = [], []
+    m.uc.mmio_map(MMIO_PAGE, 0x1000, lambda u, off, size, d: reads.append((off, size)) or value(off, 8), None,
+                  lambda u, off, size, v, d: writes.append((off, size, v)), None)
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + len(code) - 1)
+    assert reads == [(1, 1), (2, 2), (4, 4), (8, 4), (12, 4)]
+    assert writes == [(16, 4, value(8, 4)), (20, 4, value(12, 4)), (24, 4, value(4, 4)), (30, 2, value(2, 2)),
+                      (33, 1, value(1, 1))]
+
+
+class MmioOps:
+    """The MemoryRegionOps that uc_mmio_map() made for the region at `addr` (QEMU reads ops->valid.accepts,
+    then ops->read or ops->write, through it on its generic path), found from the region the engine's
+    lookup returns: MemoryRegion.ops at word 2 points into its opaque (word 3), Unicorn's mmio_cbs, right
+    after the user's callbacks and their data (4 words). Swapped words are put back on exit."""
+
+    ACCEPTS = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
+                               ctypes.c_bool, ctypes.c_uint32)
+    READ = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint)
+    # ops->read; ops->valid.accepts: after read, write, the *_with_attrs pair, endianness and (the struct
+    # `valid` being 8-aligned from 0x28) its two sizes and `unaligned` (memory_region_access_valid loads 0x38)
+    READ_SLOT, ACCEPTS_SLOT = 0, 7
+
+    def __init__(self, m: Machine, addr: int):
+        find = MappingCounter.PROTO(ctypes.cast(getattr(unicorn_lib.uclib, f"find_memory_mapping_{_suffix(m.arch)}"),
+                                                ctypes.c_void_p).value)
+        region = (ctypes.c_uint64 * 4).from_address(find(m.handle_int, addr))
+        assert region[2] == region[3] + 32, "MemoryRegion.ops is not the mmio_cbs' ops"
+        self.words = (ctypes.c_uint64 * 8).from_address(region[2])
+        assert self.words[2] == self.words[3] == self.words[self.ACCEPTS_SLOT] == 0   # no *_with_attrs, no accepts
+        self.saved = list(self.words)
+        self.accepted: list[tuple[int, int, bool]] = []
+        self.reads = 0
+        self.accepts = self.ACCEPTS(lambda u, opaque, off, size, is_write, attrs:
+                                    self.accepted.append((off, size, is_write)) or True)
+        wrapper = self.READ(self.words[self.READ_SLOT])
+
+        def counting(u, opaque, off, size):
+            self.reads += 1
+            return wrapper(u, opaque, off, size)
+        self.read = self.READ(counting)
+
+    def count_accepts(self) -> None:
+        self.words[self.ACCEPTS_SLOT] = ctypes.cast(self.accepts, ctypes.c_void_p).value
+
+    def count_reads(self) -> None:
+        self.words[self.READ_SLOT] = ctypes.cast(self.read, ctypes.c_void_p).value
+
+    def __enter__(self) -> "MmioOps":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.words[:] = self.saved
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_mmio_callbacks_called_directly(arch):
+    """1,000 aligned loads and stores in a uc_mmio_map() region reach the callbacks without QEMU's generic
+    path: memory_region_access_valid(), which calls ops->valid.accepts on every access there, is not run
+    (the stock engine runs it 2,000 times). Control: once ops->read is no longer Unicorn's wrapper (a
+    counting pass-through), 010 leaves the region to the generic path, and every load calls accepts and
+    the counting read."""
+    m, begin, end = _mmio_loop(arch, 1000)
+    reads, writes = [], []
+    m.uc.mmio_map(MMIO_PAGE, 0x1000, lambda u, off, size, d: reads.append((off, size)) or 0x1234ABCD, None,
+                  lambda u, off, size, value, d: writes.append((off, size, value)), None)
+    with MmioOps(m, MMIO_PAGE) as ops:
+        ops.count_accepts()
+        m.uc.emu_start(begin, end)
+        assert reads == [(0, 4)] * 1000 and writes == [(8, 4, 0x1234ABCD)] * 1000
+        assert ops.accepted == []
+        m, begin, end = _mmio_loop(arch, 10)
+        reads.clear()
+    m.uc.mmio_map(MMIO_PAGE, 0x1000, lambda u, off, size, d: reads.append((off, size)) or 7, None,
+                  lambda u, off, size, value, d: None, None)
+    with MmioOps(m, MMIO_PAGE) as ops:
+        ops.count_accepts()
+        ops.count_reads()
+        m.uc.emu_start(begin, end)
+        assert reads == [(0, 4)] * 10 and ops.reads == 10
+        assert ops.accepted == [(0, 4, False), (8, 4, True)] * 10
+
+
+# --- 008: the store fast path under the virtual TLB ------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHES)
+def test_store_fast_path_virtual_tlb(arch):
+    """emsan's guest memory (machine/vmem.py: RWX arenas, each page's protection from the guest's page
+    table through the virtual-TLB fill): a store to a page the guest maps RW goes straight to memory,
+    one to a page it maps RWX keeps the slow path that invalidates translations. The stock engine and
+    001 alone looked at the arena's RWX only: every store took the slow path."""
+    from emsan.machine.vmem import GuestSpace
+    m = Machine(arch)
+    space = GuestSpace(m, 1 << 47)
+    space.map(0x200000, 0x201000, RW)
+    space.map(0x201000, 0x202000, RWX)
+    probe = TlbProbe(m)
+    assert probe.host(0x200010, MMU_DATA_STORE) == space.host(0x200010)
+    assert probe.host(0x201010, MMU_DATA_LOAD) == space.host(0x201010)
+    assert probe.host(0x201010, MMU_DATA_STORE) == 0
+
+
+# --- 009: uc_emsan_host_ptr remembers regions --------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHES)
+def test_host_ptr_remembers_regions(arch):
+    """100 reads through uc_emsan_host_ptr in two regions look each region up once (the stock lookup ran
+    at every call), and a change of the memory map is seen: a region unmapped and mapped again elsewhere
+    in host memory gives the new host address, an unmapped one none."""
+    host_ptr = _fn("uc_emsan_host_ptr", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t,
+                   ctypes.c_bool)
+    m = Machine(arch)
+    a, b = ctypes.create_string_buffer(0x2000), ctypes.create_string_buffer(0x2000)
+    page_a, page_b = (ctypes.addressof(a) + 0xFFF) & ~0xFFF, (ctypes.addressof(b) + 0xFFF) & ~0xFFF
+    m.map_ptr(0x100000, 0x1000, RW, page_a)
+    m.map(0x200000, 0x1000, RW)
+    h = m.handle_int
+    with MappingCounter(m) as count:
+        for i in range(50):
+            assert host_ptr(h, 0x100000 + 8 * i, 8, False) == page_a + 8 * i
+            assert host_ptr(h, 0x200000 + 8 * i, 8, True)
+    assert count.calls <= 2, count.calls
+    m.unmap(0x100000, 0x1000)
+    assert not host_ptr(h, 0x100010, 8, False)
+    m.map_ptr(0x100000, 0x1000, RW, page_b)
+    assert host_ptr(h, 0x100010, 8, False) == page_b + 0x10
 
 
 # --- bench/engine.py ----------------------------------------------------------------------------------------
