@@ -23,6 +23,10 @@ EXPECTED = {
     "strncpy_chk": ("write", 12, 0, 8, True),          # strncpy pads to n
     "strcat_chk": ("write", 6, 3, 8, True),            # "defgh" and the NUL after "abc"
     "memcpy_chk_source": ("read", 8, 0, 4, False),     # the check passes: the plain function's checks
+    # the wide twins: counts in wchar_t (4 bytes)
+    "wmemcpy_chk": ("write", 24, 0, 16, True),         # six wide characters into four
+    "wcscpy_chk": ("write", 44, 0, 16, True),          # ten and the NUL into four
+    "wcscat_chk": ("write", 32, 12, 32, True),         # "defghij" and the NUL after "abc", into eight
 }
 GLIBC_ABORT = b"*** buffer overflow detected ***: terminated"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 import sys
 
 import pytest
@@ -14,7 +15,8 @@ from emsan.arch import ARCHES
 from emsan.machine import Machine
 from emsan.report.model import KfenceObject, KfenceReport, Task, cache_name
 from emsan.report.text import kfence_description
-from emsan.sanitizer.entrypoints import function_symbols, has_symtab, string_function
+from emsan.sanitizer.entrypoints import (_aranges, direct_callees, function_symbols, has_symtab, imported_functions,
+                                        libc_functions, string_function)
 from emsan.sanitizer.mode import Capabilities, stream_seed
 from emsan.sanitizer.modes import mode_class, mode_names
 from emsan.sanitizer.modes.compiler import parse_frame_descr
@@ -127,15 +129,48 @@ def test_kmalloc_cache_of_a_size(size, cache):
     ("strlenx", None), ("my_strlen", None), ("strlen_utf8", None), ("memcpy_foo", None), ("strcasecmp_l", "STRCASECMP"),
     # _FORTIFY_SOURCE's checked variants of the copying functions (glibc's names only)
     ("__memcpy_chk", "MEMCPY_CHK"), ("__memmove_chk_avx_unaligned_erms", "MEMMOVE_CHK"), ("__strncat_chk", "STRNCAT_CHK"),
-    ("memcpy_chk", None), ("__strlen_chk", None), ("__wmemcpy_chk", None), ("__memcpy_chk_ifunc", None),
+    ("memcpy_chk", None), ("__strlen_chk", None), ("__memcpy_chk_ifunc", None), ("wmemcpy_chk", None),
+    # ... and of the wide ones (counts in wchar_t)
+    ("__wmemcpy_chk", "WMEMCPY_CHK"), ("__wmemset_chk_avx2_unaligned", "WMEMSET_CHK"), ("__wcsncat_chk", "WCSNCAT_CHK"),
     # the wide family and the other narrow ones (issue 13), glibc's internal copies (__GI_), and
     # old helpers with their own signatures, which are no variants
-    ("wcslen", "WCSLEN"), ("__wcsnlen_sse4_1", "WCSNLEN"), ("__wmemset_chk", None), ("wcslenx", None),
+    ("wcslen", "WCSLEN"), ("__wcsnlen_sse4_1", "WCSNLEN"), ("wcslenx", None),
     ("__GI_strlen", "STRLEN"), ("__strcasecmp_l_avx", "STRCASECMP"), ("__strstr_sse2_unaligned", "STRSTR"),
     ("__strspn_c2", None), ("__strcpy_small", None), ("__strcspn_g", None),
 ])
 def test_string_function(name, fn):
     assert string_function(name) == fn
+
+
+# --- which C library functions checked at entry a program calls (entrypoints.py) ---------------------
+def test_aranges_parses_units():
+    """Two DWARF 2 .debug_aranges units (4-byte header, 8-byte addresses, tuples 16-aligned)."""
+    def unit(pairs):
+        body = struct.pack("<HIBB", 2, 0, 8, 0) + b"\0" * 4 + b"".join(struct.pack("<QQ", a, n) for a, n in pairs)
+        body += struct.pack("<QQ", 0, 0)
+        return struct.pack("<I", len(body)) + body
+    assert _aranges(unit([(0x401000, 0x20), (0x402000, 8)]) + unit([(0x500000, 4)])) == \
+        [(0x401000, 0x20), (0x402000, 8), (0x500000, 4)]
+
+
+def _nm(path: str, *flags: str) -> list[list[str]]:
+    """nm's lines, split (a symbol's version dropped)."""
+    out = subprocess.run(["nm", *flags, path], capture_output=True, text=True, check=True).stdout
+    return [line.split("@")[0].split() for line in out.splitlines() if line.strip()]
+
+
+def test_libc_callers_of_a_static_and_a_dynamic_program():
+    """Oracles: nm (the imports; where each function is) and the guest's source (what it calls)."""
+    from conftest import build
+    exe = build("libc_checks", "x86_64", "static", ("-D_FORTIFY_SOURCE=2",))
+    at = {f[2]: int(f[0], 16) for f in _nm(exe) if len(f) == 3 and f[1] in "TtWw"}
+    called = direct_callees(exe, False)
+    defs = libc_functions(exe, 0)
+    assert called is not None and at["__sprintf_chk"] in called and at["__isoc99_sscanf"] in called
+    assert at["vasprintf"] in defs and at["vasprintf"] not in called      # only glibc's own code calls it
+    assert defs[at["__fgets_chk"]][0] == "FGETS_CHK" and "fgets_unlocked" in defs[at["fgets_unlocked"]][1]
+    dyn = build("libc_checks", "x86_64", "dynamic", ("-D_FORTIFY_SOURCE=2",))
+    assert imported_functions(dyn) == {f[-1] for f in _nm(dyn, "-D", "--undefined-only")}
 
 
 # --- symbol tables read with struct, against pyelftools ------------------------------------------

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <wchar.h>
 
 #define NOINLINE __attribute__((noinline))
 /* volatile: the compiler cannot see lengths or strings, so the checks happen at run time */
@@ -54,6 +55,28 @@ NOINLINE void via_memcpy_chk_source(void)
     keep = s;
     printf("%c\n", d[0]);
 }
+/* The wide-character twins (counts in wchar_t, 4 bytes) */
+static volatile size_t six = 6;
+static const wchar_t *volatile wten = L"0123456789", *volatile wseven = L"defghij", *volatile wthree = L"abc";
+NOINLINE void via_wmemcpy_chk(void)
+{
+    wchar_t *d = malloc(4 * sizeof(wchar_t));
+    wmemcpy(d, wten, six);  /* @wmemcpy_chk */
+    keep = (char *)d;
+}
+NOINLINE void via_wcscpy_chk(void)
+{
+    wchar_t *d = malloc(4 * sizeof(wchar_t));
+    wcscpy(d, wten);  /* @wcscpy_chk */
+    keep = (char *)d;
+}
+NOINLINE void via_wcscat_chk(void)
+{
+    wchar_t *d = malloc(8 * sizeof(wchar_t));
+    wcscpy(d, wthree);
+    wcscat(d, wseven);  /* @wcscat_chk */
+    keep = (char *)d;
+}
 /* Out of a member but inside the allocation: glibc's check fails (the member's size), the
  * shadow has nothing to say; the program aborts as natively, with no report. */
 struct two { char a[4]; char b[12]; };
@@ -76,6 +99,16 @@ NOINLINE void correct(void)
     strncpy(d, three_chars, twelve);
     printf("strncpy: %s %d\n", d, d[11]);
     free(d);
+    wchar_t *w = malloc(16 * sizeof(wchar_t));
+    wmemcpy(w, wten, six);
+    wmemset(w + 6, L'x', 2);
+    w[8] = 0;
+    printf("wmemcpy/wmemset: %ls\n", w);
+    wcscpy(w, wthree);
+    wcscat(w, wseven);
+    wcsncat(w, wten, 3);
+    printf("wcscpy/wcscat: %ls\n", w);
+    free(w);
     printf("correct: done\n");
 }
 
@@ -84,7 +117,8 @@ int main(int argc, char **argv)
     static const struct { const char *name; void (*fn)(void); } cases[] = {
         {"memcpy_chk", via_memcpy_chk}, {"memset_chk", via_memset_chk}, {"strcpy_chk", via_strcpy_chk},
         {"strncpy_chk", via_strncpy_chk}, {"strcat_chk", via_strcat_chk}, {"memcpy_chk_source", via_memcpy_chk_source},
-        {"member_overflow", via_member_overflow}, {"correct", correct},
+        {"wmemcpy_chk", via_wmemcpy_chk}, {"wcscpy_chk", via_wcscpy_chk},
+        {"wcscat_chk", via_wcscat_chk}, {"member_overflow", via_member_overflow}, {"correct", correct},
     };
     for (size_t i = 0; argc > 1 && i < sizeof cases / sizeof cases[0]; i++)
         if (!strcmp(argv[1], cases[i].name)) {

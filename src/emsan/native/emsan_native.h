@@ -117,6 +117,76 @@ void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 #define EMSAN_FN_STPNCPY_CHK 97
 #define EMSAN_FN_STRCAT_CHK 98
 #define EMSAN_FN_STRNCAT_CHK 99
+/* ... and of the wide-character ones (counts in wchar_t) */
+#define EMSAN_FN_WMEMCPY_CHK 180
+#define EMSAN_FN_WMEMMOVE_CHK 181
+#define EMSAN_FN_WMEMPCPY_CHK 182
+#define EMSAN_FN_WMEMSET_CHK 183
+#define EMSAN_FN_WCSCPY_CHK 184
+#define EMSAN_FN_WCPCPY_CHK 185
+#define EMSAN_FN_WCSNCPY_CHK 186
+#define EMSAN_FN_WCPNCPY_CHK 187
+#define EMSAN_FN_WCSCAT_CHK 188
+#define EMSAN_FN_WCSNCAT_CHK 189
+/* C library functions whose own code runs (libc.c): emsan checks at their entry the ranges
+ * their arguments say they read and write, at the caller. Numbers: (nptr[, endptr[, base]]) */
+#define EMSAN_FN_LIBC_FIRST 100
+#define EMSAN_FN_STRTOL 100
+#define EMSAN_FN_STRTOUL 101
+#define EMSAN_FN_STRTOLL 102
+#define EMSAN_FN_STRTOULL 103
+#define EMSAN_FN_ATOI 104
+#define EMSAN_FN_ATOL 105
+#define EMSAN_FN_ATOLL 106
+#define EMSAN_FN_STRTOD 107
+#define EMSAN_FN_STRTOF 108
+#define EMSAN_FN_STRTOLD 109
+#define EMSAN_FN_ATOF 110
+/* the printf family (and _FORTIFY_SOURCE's: (..., int flag[, size_t objsize], fmt, ...)) */
+#define EMSAN_FN_PRINTF 120
+#define EMSAN_FN_FPRINTF 121
+#define EMSAN_FN_DPRINTF 122
+#define EMSAN_FN_SPRINTF 123
+#define EMSAN_FN_SNPRINTF 124
+#define EMSAN_FN_ASPRINTF 125
+#define EMSAN_FN_VPRINTF 126
+#define EMSAN_FN_VFPRINTF 127
+#define EMSAN_FN_VDPRINTF 128
+#define EMSAN_FN_VSPRINTF 129
+#define EMSAN_FN_VSNPRINTF 130
+#define EMSAN_FN_VASPRINTF 131
+#define EMSAN_FN_PRINTF_CHK 132
+#define EMSAN_FN_FPRINTF_CHK 133
+#define EMSAN_FN_DPRINTF_CHK 134
+#define EMSAN_FN_SPRINTF_CHK 135
+#define EMSAN_FN_SNPRINTF_CHK 136
+#define EMSAN_FN_ASPRINTF_CHK 137
+#define EMSAN_FN_VPRINTF_CHK 138
+#define EMSAN_FN_VFPRINTF_CHK 139
+#define EMSAN_FN_VDPRINTF_CHK 140
+#define EMSAN_FN_VSPRINTF_CHK 141
+#define EMSAN_FN_VSNPRINTF_CHK 142
+#define EMSAN_FN_VASPRINTF_CHK 143
+/* the scanf family */
+#define EMSAN_FN_SCANF 150
+#define EMSAN_FN_FSCANF 151
+#define EMSAN_FN_SSCANF 152
+#define EMSAN_FN_VSCANF 153
+#define EMSAN_FN_VFSCANF 154
+#define EMSAN_FN_VSSCANF 155
+/* streams and reads */
+#define EMSAN_FN_FGETS 160
+#define EMSAN_FN_FGETS_CHK 161
+#define EMSAN_FN_FREAD 162
+#define EMSAN_FN_FREAD_CHK 163
+#define EMSAN_FN_FWRITE 164
+#define EMSAN_FN_FPUTS 165
+#define EMSAN_FN_PUTS 166
+#define EMSAN_FN_READ_CHK 167
+#define EMSAN_FN_PREAD_CHK 168
+#define EMSAN_FN_FGETS_UNLOCKED_CHK 169
+#define EMSAN_FN_CHK_FAIL 170           /* glibc's _FORTIFY_SOURCE check failed (__chk_fail) */
+#define EMSAN_FN_LIBC_LAST 170
 
 /* Allocation families, for alloc-dealloc-mismatch. */
 #define EMSAN_KIND_MALLOC 0
@@ -223,6 +293,8 @@ typedef struct emsan_runtime emsan_runtime;
 /* regs: EMSAN_NREGS ids (EMSAN_REG_*); gprs: ngprs ids of every general register. */
 emsan_runtime *emsan_runtime_new(void *uc, int is_arm64, const int *regs, const int *gprs, int ngprs);
 void emsan_runtime_destroy(emsan_runtime *rt);
+/* The 8 vector registers of floating-point arguments (xmm0-7, q0-7): variadic calls' doubles. */
+void emsan_runtime_set_fp_args(emsan_runtime *rt, const int *ids);
 /* The stack the frame-pointer walks may read (the main thread's). */
 void emsan_runtime_set_stack(emsan_runtime *rt, uint64_t lo, uint64_t hi);
 int emsan_pop_error(emsan_runtime *rt, emsan_error *out);

@@ -30,6 +30,8 @@ typedef struct engine_tlb_entry {
 
 /* uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0)): forget every virtual-TLB mapping. */
 #define ENGINE_CTL_TLB_FLUSH (11 | (1 << 30))
+/* uc_ctl_remove_cache(uc, begin, end): UC_CTL_WRITE(UC_CTL_TB_REMOVE_CACHE, 2) */
+#define ENGINE_CTL_TB_REMOVE_CACHE (9 | (2 << 26) | (1 << 30))
 
 extern emsan_api emsan_uc;
 
@@ -58,6 +60,8 @@ static inline uint64_t reg_get(void *uc, int id)
     ((engine_reg_read_fn)emsan_uc.uc_reg_read)(uc, id, &v);
     return v;
 }
+/* A register wider than 64 bits (a vector register: 16 bytes). */
+static inline void reg_get_wide(void *uc, int id, void *out) { ((engine_reg_read_fn)emsan_uc.uc_reg_read)(uc, id, out); }
 static inline void reg_set(void *uc, int id, uint64_t v) { ((engine_reg_write_fn)emsan_uc.uc_reg_write)(uc, id, &v); }
 /* Guest memory; nonzero when [a, a+n) is not all mapped. A range in one plain RAM region is
  * copied through its host address (engine/patches/005: one lookup where uc_mem_read translates

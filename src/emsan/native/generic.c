@@ -44,6 +44,7 @@ static void generic_access_cb(void *uc, int type, uint64_t addr, int size, int64
     uint64_t pc = reg_get(uc, rt->regs[EMSAN_REG_PC]);
     if (!is_write && size >= 8 && read_ahead(k, pc, addr, (uint64_t)size))
         return;
+    if (call_quiet(k, addr, (uint64_t)size, is_write)) return;     /* a libc call's own (libc.c) */
     report_error(rt, EMSAN_ERR_ACCESS, addr, (uint64_t)size, is_write, pc, stack_here(rt, pc, 0), 0, 0);
 }
 

@@ -38,6 +38,7 @@ EXPORT void emsan_kasan_destroy(emsan_kasan *k)
 {
     if (k->ops->destroy) k->ops->destroy(k);
     leak_destroy(k);
+    libc_destroy(k);
     checkpoint_destroy(k);
     mmio_destroy(k);
     shadow_destroy(k);
@@ -70,8 +71,10 @@ EXPORT void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void
     if (e->op != CALL_NONE) {
         kasan_call(k, e->fn);
         shadow_sync(k, 0);               /* compiler-assisted mode: the guest sees the new shadow */
-    } else if (e->fn >= EMSAN_FN_MEMCPY_CHK && e->fn <= EMSAN_FN_STRNCAT_CHK) {
+    } else if ((e->fn >= EMSAN_FN_MEMCPY_CHK && e->fn <= EMSAN_FN_STRNCAT_CHK) || e->fn >= EMSAN_FN_WMEMCPY_CHK) {
         intercept_fortify_fn(k, e->fn);
+    } else if (e->fn >= EMSAN_FN_LIBC_FIRST) {
+        intercept_libc_fn(k, e->fn);
     } else {
         intercept_string_fn(k, e->fn);
     }
@@ -81,12 +84,21 @@ EXPORT void *emsan_kasan_access_cb(emsan_kasan *k) { return (void *)k->ops->acce
 
 int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn)
 {
+    return check_range_from(k, addr, size, is_write, fn, 0, 0);
+}
+
+int check_range_from(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn, uint64_t pc, uint32_t stack)
+{
     if (!size) return 0;
     if (addr + size >= addr && !k->ops->range_bad(k, addr, size)) return 0;
+    if (!pc && call_quiet(k, addr, size, is_write)) return 0;    /* a libc call's own (libc.c) */
     /* bad, or a negative size: always a bug */
     rt_t *rt = k->rt;
-    uint64_t pc = reg(rt, EMSAN_REG_PC);
-    report_error(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 1), fn, 0);
+    if (!pc) {
+        pc = reg(rt, EMSAN_REG_PC);
+        stack = stack_here(rt, pc, 1);
+    }
+    report_error(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack, fn, 0);
     return 1;
 }
 

@@ -84,6 +84,33 @@ struct shadow_map {
 
 typedef struct emsan_kasan kasan_t;
 
+/* A C library call that may write past its buffer, by how much only its result tells (fgets,
+ * fread: libc.c): judged when it returns (a code hook at its return address) or when glibc's
+ * _FORTIFY_SOURCE check fails inside it; its own bad writes into the buffer meanwhile are its
+ * (reported once, at the caller). */
+#define MAX_PENDING 8
+#define MAX_DESTS 16
+#define DEST_FIXED 1                   /* max bytes */
+#define DEST_STRING 2                  /* a string and its NUL, at most max bytes (~0: unbounded) */
+#define DEST_COUNT 3                   /* scanf's %n: stored, not counted in its result */
+struct dest { uint64_t ptr, max; uint8_t kind, elem; };
+struct pending {
+    int fn;
+    uint64_t entry, sp, ret;           /* where it was entered, its stack pointer and return */
+    uint64_t size;                     /* fread's item size; a checked call's object size */
+    uint32_t stack;                    /* its entry's (a report's) */
+    int reported;                      /* reported at its entry: the range is quiet for reads too,
+                                        * nothing is judged at its return */
+    int ndests;
+    struct dest d[MAX_DESTS];          /* what it may write */
+};
+/* Allocated on first use: nothing of it sits among the fields every access reads. */
+struct libc_calls {
+    struct pending pend[MAX_PENDING];  /* running, innermost last */
+    int npend;
+    struct vec64 ret_hooks;            /* return addresses with a hook of libc.c's */
+};
+
 /* What a KASAN mode changes. Poison values are the generic shadow codes. */
 struct kasan_ops {
     unsigned granule;                  /* bytes one shadow byte or memory tag describes */
@@ -142,6 +169,7 @@ struct emsan_kasan {
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
     struct checkpoint *cp;             /* a persistent loop's saved state (checkpoint.c), or NULL */
+    struct libc_calls *calls;          /* C library calls judged at their return (libc.c), or NULL */
     emsan_kasan_stats stats;
     struct shadow_map sm;              /* every mode: the mmap area's shadow (last: see above) */
 };
@@ -150,6 +178,8 @@ struct emsan_kasan {
 /* Check [addr, addr+size) for a function entitled to touch exactly that range (the kernel's
  * check_range): one report for the whole range; nonzero if it was bad. */
 int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn);
+/* ... for a call judged after its entry (libc.c): reported with the pc and stack of its entry. */
+int check_range_from(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn, uint64_t pc, uint32_t stack);
 int in_tolerant_range(kasan_t *k, uint64_t pc);
 /* A load of [ptr, ptr+size) by string code that is the read-ahead of a terminated string. */
 int read_ahead(kasan_t *k, uint64_t pc, uint64_t ptr, uint64_t size);
@@ -188,6 +218,16 @@ void quarantine_put(kasan_t *k, uint64_t handle, uint64_t bytes);
 void intercept_string_fn(kasan_t *k, int fn);
 /* fortify.c */
 void intercept_fortify_fn(kasan_t *k, int fn);
+/* libc.c: the number parsers, the printf and scanf families, streams and reads */
+void intercept_libc_fn(kasan_t *k, int fn);
+void libc_destroy(kasan_t *k);
+/* Is a bad access a running C library call's own, reported once at its caller: a write into the
+ * buffer of a call judged at its return, or any access to a range reported at its entry? */
+int libc_quiet(kasan_t *k, uint64_t addr, uint64_t size, int is_write);
+static inline int call_quiet(kasan_t *k, uint64_t addr, uint64_t size, int is_write)
+{
+    return UNLIKELY(k->calls != NULL) && libc_quiet(k, addr, size, is_write);
+}
 
 /* shadow.c */
 int shadow_init(kasan_t *k, int share);

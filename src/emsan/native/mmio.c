@@ -102,6 +102,7 @@ static void bad_access(kasan_t *k, uint64_t addr, unsigned size, int is_write)
     /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (kasan.c, read_ahead). */
     if (!is_write && size >= 4 && read_ahead(k, pc, addr, size))
         return;
+    if (call_quiet(k, addr, size, is_write)) return;        /* a libc call's own (libc.c) */
     emsan_error *e = error_new(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 0));
     /* Registers are synced before every memory access: they locate the instruction. */
     e->site.ncand = ncand;

@@ -27,6 +27,8 @@ EXPORT void emsan_runtime_destroy(emsan_runtime *rt)
     free(rt);
 }
 
+EXPORT void emsan_runtime_set_fp_args(emsan_runtime *rt, const int *ids) { memcpy(rt->fpargs, ids, sizeof rt->fpargs); }
+
 EXPORT void emsan_runtime_set_stack(emsan_runtime *rt, uint64_t lo, uint64_t hi)
 {
     rt->stack_lo = lo;

@@ -101,6 +101,7 @@ struct emsan_runtime {
     int gprs[EMSAN_MAX_GPRS];          /* every general register, in the arch layer's order */
     int ngprs;
     uint32_t tid;                      /* the guest thread running now (allocation and free tracks) */
+    int fpargs[8];                     /* the vector registers of floating-point arguments */
 };
 
 typedef struct emsan_runtime rt_t;
@@ -159,6 +160,8 @@ int depot_get(rt_t *rt, uint32_t handle, uint64_t *out, int max);
 /* The current call stack, saved in the depot: pc == 0 at an allocator's entry (none with
  * --stacks none), else a report's, starting at pc. */
 uint32_t stack_here(rt_t *rt, uint64_t pc, int at_entry);
+/* Integer argument register i of a call at its entry (< 8 on arm64, < 6 on x86-64). */
+static inline int int_arg_reg(const rt_t *rt, int i) { return rt->arm64 ? rt->gprs[i] : rt->regs[EMSAN_REG_ARG0 + i]; }
 
 /* collectors filling frames[EMSAN_STACK_DEPTH]; they return the count (depot.c, scs.c, unwind.c) */
 int stack_fp(rt_t *rt, uint64_t pc, int at_entry, uint64_t *frames);

@@ -48,7 +48,50 @@ STRINGS = {
 
 # _FORTIFY_SOURCE's checked variants (__memcpy_chk...) of those: glibc compares the length with the
 # destination's size the compiler passed, and aborts when it does not fit.
-FORTIFIED = ("memcpy", "memmove", "mempcpy", "memset", "strcpy", "stpcpy", "strncpy", "stpncpy", "strcat", "strncat")
+FORTIFIED = ("memcpy", "memmove", "mempcpy", "memset", "strcpy", "stpcpy", "strncpy", "stpncpy", "strcat", "strncat",
+             "wmemcpy", "wmemmove", "wmempcpy", "wmemset", "wcscpy", "wcpcpy", "wcsncpy", "wcpncpy", "wcscat", "wcsncat")
+
+# C library functions whose own code runs, checked at their entry (native/libc.c), by exact
+# symbol name: the number parsers (with glibc 2.38's C23 variants, which the headers pick for
+# strtol with base 0b prefixes), the printf and scanf families with their ISO C99/C23 and
+# _FORTIFY_SOURCE names, streams and checked reads.
+LIBC = {
+    "strtol": "STRTOL", "strtoul": "STRTOUL", "strtoll": "STRTOLL", "strtoull": "STRTOULL", "strtoq": "STRTOLL",
+    "strtouq": "STRTOULL", "strtoimax": "STRTOLL", "strtoumax": "STRTOULL",
+    "__isoc23_strtol": "STRTOL", "__isoc23_strtoul": "STRTOUL", "__isoc23_strtoll": "STRTOLL",
+    "__isoc23_strtoull": "STRTOULL", "__isoc23_strtoimax": "STRTOLL", "__isoc23_strtoumax": "STRTOULL",
+    "atoi": "ATOI", "atol": "ATOL", "atoll": "ATOLL", "atoq": "ATOLL",
+    "strtod": "STRTOD", "strtof": "STRTOF", "strtold": "STRTOLD", "atof": "ATOF",
+    # TS 18661-3 aliases, and the old ABI's parsers (a 4th argument, grouping, the C locale ignores)
+    "strtof32": "STRTOF", "strtof64": "STRTOD", "strtof32x": "STRTOD", "strtof64x": "STRTOLD",
+    "__strtol_internal": "STRTOL", "__strtoul_internal": "STRTOUL", "__strtoll_internal": "STRTOLL",
+    "__strtoull_internal": "STRTOULL", "__strtod_internal": "STRTOD", "__strtof_internal": "STRTOF",
+    "__strtold_internal": "STRTOLD",
+    "printf": "PRINTF", "fprintf": "FPRINTF", "dprintf": "DPRINTF", "sprintf": "SPRINTF", "snprintf": "SNPRINTF",
+    "asprintf": "ASPRINTF", "vprintf": "VPRINTF", "vfprintf": "VFPRINTF", "vdprintf": "VDPRINTF",
+    "vsprintf": "VSPRINTF", "vsnprintf": "VSNPRINTF", "vasprintf": "VASPRINTF",
+    "__printf_chk": "PRINTF_CHK", "__fprintf_chk": "FPRINTF_CHK", "__dprintf_chk": "DPRINTF_CHK",
+    "__sprintf_chk": "SPRINTF_CHK", "__snprintf_chk": "SNPRINTF_CHK", "__asprintf_chk": "ASPRINTF_CHK",
+    "__vprintf_chk": "VPRINTF_CHK", "__vfprintf_chk": "VFPRINTF_CHK", "__vdprintf_chk": "VDPRINTF_CHK",
+    "__vsprintf_chk": "VSPRINTF_CHK", "__vsnprintf_chk": "VSNPRINTF_CHK", "__vasprintf_chk": "VASPRINTF_CHK",
+    "scanf": "SCANF", "fscanf": "FSCANF", "sscanf": "SSCANF", "vscanf": "VSCANF", "vfscanf": "VFSCANF",
+    "vsscanf": "VSSCANF",
+    "__isoc99_scanf": "SCANF", "__isoc99_fscanf": "FSCANF", "__isoc99_sscanf": "SSCANF",
+    "__isoc99_vscanf": "VSCANF", "__isoc99_vfscanf": "VFSCANF", "__isoc99_vsscanf": "VSSCANF",
+    "__isoc23_scanf": "SCANF", "__isoc23_fscanf": "FSCANF", "__isoc23_sscanf": "SSCANF",
+    "__isoc23_vscanf": "VSCANF", "__isoc23_vfscanf": "VFSCANF", "__isoc23_vsscanf": "VSSCANF",
+    "fwrite": "FWRITE", "fwrite_unlocked": "FWRITE", "fputs": "FPUTS", "fputs_unlocked": "FPUTS", "puts": "PUTS",
+    # the libio names old binaries import
+    "_IO_printf": "PRINTF", "_IO_fprintf": "FPRINTF", "_IO_sprintf": "SPRINTF", "_IO_vfprintf": "VFPRINTF",
+    "_IO_vsprintf": "VSPRINTF", "__snprintf": "SNPRINTF", "__vsnprintf": "VSNPRINTF", "__asprintf": "ASPRINTF",
+    "_IO_sscanf": "SSCANF", "__vsscanf": "VSSCANF", "_IO_vfscanf": "VFSCANF", "__vfscanf": "VFSCANF",
+    "_IO_puts": "PUTS", "_IO_fputs": "FPUTS", "_IO_fwrite": "FWRITE", "_IO_fread": "FREAD", "_IO_fgets": "FGETS",
+    "__read_chk": "READ_CHK", "__pread_chk": "PREAD_CHK", "__pread64_chk": "PREAD_CHK",
+    "__fread_chk": "FREAD_CHK", "__fread_unlocked_chk": "FREAD_CHK",
+    "fgets": "FGETS", "fgets_unlocked": "FGETS", "__fgets_chk": "FGETS_CHK",
+    "__fgets_unlocked_chk": "FGETS_UNLOCKED_CHK", "fread": "FREAD", "fread_unlocked": "FREAD",
+    "__chk_fail": "CHK_FAIL",
+}
 
 # glibc's optimized variants: __strlen_avx2, __memmove_avx_unaligned_erms, __memcpy_generic,
 # __memmove_chk_avx_unaligned_erms, and its internal aliases (__GI_strlen, which on arm64 is a copy
@@ -95,6 +138,7 @@ class _Section:
     size: int
     link: int
     entsize: int
+    addr: int = 0
 
 
 def _sections(path: str) -> tuple[_Section, ...] | None:
@@ -128,10 +172,10 @@ def _sections_of(path: str, _size: int, _mtime_ns: int) -> tuple[_Section, ...] 
         f.seek(hdrs[shstrndx][4])
         names = f.read(hdrs[shstrndx][5])
     out = []
-    for name_off, typ, _flags, _addr, offset, size, link, _info, _align, entsize in hdrs:
+    for name_off, typ, _flags, addr, offset, size, link, _info, _align, entsize in hdrs:
         end = names.find(b"\0", name_off)
         out.append(_Section(names[name_off:end if end >= 0 else None].decode(errors="replace"),
-                            typ, offset, size, link, entsize))
+                            typ, offset, size, link, entsize, addr))
     return tuple(out)
 
 
@@ -222,3 +266,103 @@ def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
     """Address ranges of string-routine code in a module (whose read-ahead kasan.c tolerates)."""
     return [(value + base, value + base + size) for value, size, _kind, name in function_symbols(path)
             if size and STRING_CODE.match(name)]
+
+
+# ---- which of the C library functions checked at entry (LIBC) a program calls ---------------------
+# Every entry hook costs each intercepted call a little (the engine walks its list of code hooks at
+# each one), so the functions of LIBC are hooked only where something outside the C library calls
+# them: a name another module imports (dynamic programs), or a direct call from the program's own
+# code (static programs: the code .debug_aranges covers, which glibc's static archive has none of).
+
+
+def libc_functions(path: str, base: int) -> dict[int, tuple[str, frozenset[str]]]:
+    """Address -> (native id name, every LIBC name there) of the LIBC functions a module defines."""
+    out: dict[int, tuple[str, set[str]]] = {}
+    for value, _size, kind, name in function_symbols(path):
+        if kind == STT_FUNC and name in LIBC:
+            out.setdefault(value + base, (LIBC[name], set()))[1].add(name)
+    return {a: (fn, frozenset(names)) for a, (fn, names) in out.items()}
+
+
+@lru_cache(maxsize=None)
+def imported_functions(path: str) -> frozenset[str]:
+    """The names a module imports (its undefined dynamic symbols)."""
+    out = set()
+    try:
+        secs = _sections(path) or ()
+        sec = next((s for s in secs if s.name == ".dynsym"), None)
+        if sec is None or sec.entsize != _SYM.size or sec.link >= len(secs):
+            return frozenset()
+        with open(path, "rb") as f:
+            strtab, data = _read(f, secs[sec.link]), _read(f, sec)
+        for off in range(_SYM.size, len(data) - _SYM.size + 1, _SYM.size):
+            name_off, _info, _other, shndx, _value, _size = _SYM.unpack_from(data, off)
+            if shndx == 0:
+                end = strtab.find(b"\0", name_off)
+                out.add(strtab[name_off:end].decode(errors="replace").split("@")[0])
+    except Exception:
+        return frozenset()
+    return frozenset(out)
+
+
+def _aranges(data: bytes) -> list[tuple[int, int]]:
+    """(address, length) of every range .debug_aranges lists."""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        length, = struct.unpack_from("<I", data, pos)
+        head, fmt = (12, "<Q") if length == 0xFFFFFFFF else (4, "<I")
+        if head == 12:
+            length, = struct.unpack_from("<Q", data, pos + 4)
+        start, end = pos, pos + head + length
+        q = pos + head + 2 + struct.calcsize(fmt)           # version, debug_info offset
+        if q + 2 > len(data):
+            break
+        asize, ssize = data[q], data[q + 1]
+        if asize != 8 or ssize:
+            return []
+        q = start + -(-(q + 2 - start) // 16) * 16           # tuples start 2 * address size aligned
+        while q + 16 <= end:
+            addr, n = struct.unpack_from("<QQ", data, q)
+            q += 16
+            if not addr and not n:
+                break
+            out.append((addr, n))
+        pos = end
+    return out
+
+
+@lru_cache(maxsize=64)
+def direct_callees(path: str, arm64: bool) -> frozenset[int] | None:
+    """Link addresses that the module's own code (the ranges .debug_aranges covers) calls or
+    jumps to directly (x86-64 call/jmp rel32, arm64 bl/b); None without .debug_aranges."""
+    try:
+        secs = _sections(path) or ()
+        ar = next((s for s in secs if s.name == ".debug_aranges"), None)
+        if ar is None:
+            return None
+        code = [s for s in secs if s.type == 1 and s.addr and s.name in (".text", ".init", ".fini")]
+        out: set[int] = set()
+        with open(path, "rb") as f:
+            ranges = _aranges(_read(f, ar))
+            for lo, n in ranges:
+                sec = next((s for s in code if s.addr <= lo and lo + n <= s.addr + s.size), None)
+                if sec is None:
+                    continue
+                f.seek(sec.offset + lo - sec.addr)
+                data = f.read(n)
+                if arm64:
+                    for i in range(0, len(data) - 3, 4):
+                        w, = struct.unpack_from("<I", data, i)
+                        if w >> 26 in (0b100101, 0b000101):             # bl, b
+                            imm = w & 0x3FFFFFF
+                            out.add(lo + i + ((imm - (1 << 26) if imm >> 25 else imm) << 2))
+                else:
+                    for op in (0xE8, 0xE9):                             # call, jmp rel32
+                        i = data.find(op)
+                        while 0 <= i <= len(data) - 5:
+                            rel, = struct.unpack_from("<i", data, i + 1)
+                            out.add(lo + i + 5 + rel)
+                            i = data.find(op, i + 1)
+        return frozenset(out) if ranges else None
+    except Exception:
+        return None

@@ -6,10 +6,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 from emsan.report.model import AllocRequest, ObjectInfo, Report, Task
-from emsan.sanitizer.entrypoints import has_symtab, module_entry_points, string_code_ranges
+from emsan.sanitizer.entrypoints import (LIBC, direct_callees, has_symtab, imported_functions, libc_functions,
+                                        module_entry_points, string_code_ranges)
 from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target, stream_seed
 from emsan.sanitizer.runtime import Error, Runtime
 from emsan.sanitizer.stacks import confirm_candidate
+
+RUN_OWN_CODE = frozenset(LIBC.values())     # checked at their entry (native/libc.c), not stood in for
+CHECKED_INSIDE = frozenset(("FGETS_CHK", "FGETS_UNLOCKED_CHK", "SPRINTF_CHK", "VSPRINTF_CHK"))  # glibc's check fails inside
 
 STATES = {0: "free", 1: "allocated", 2: "freed"}
 KINDS = {0: "malloc", 1: "new", 2: "new[]"}
@@ -41,7 +45,8 @@ class Kasan:
         if entry == self.ffi.NULL:
             return
         self.hooked[addr] = fn
-        self.runtime.intercepted(addr)
+        if fn not in RUN_OWN_CODE:          # checked at entry, then the guest's code runs and returns
+            self.runtime.intercepted(addr)
         self.machine.hook_code_native(self._entry_cb, entry, addr)
 
     def check_accesses(self) -> None:
@@ -223,6 +228,9 @@ class KasanMode:
         self.alloc_error = lib.EMSAN_ERR_ALLOC
         self.alloc_bugs = {getattr(lib, "EMSAN_ALLOCERR_" + k): v for k, v in ALLOC_BUGS.items()}
         lib.emsan_kasan_set_allocator_errors(self.kasan.k, int(target.options.allocator_errors == "report"))
+        self._libc: dict[int, tuple[str, frozenset[str]]] = {}   # LIBC functions defined, not hooked
+        self._imports: set[str] = set()                            # names the modules import
+        self._modules = 0
 
     def map_heap(self) -> None:
         """Map the heap's memory, which emsan owns (the leak scanner reads objects through it)."""
@@ -241,6 +249,8 @@ class KasanMode:
                                           tags=self.tag_functions):
                 if not absent & set(ep.name.split("_")):
                     self.kasan.intercept(ep.addr, ep.fn)
+        if self.caps.string_interceptors:
+            self.libc_callers(module, named)
         if not debug and not has_symtab(module.path):
             # A stripped library without debug file (Debian's libc): its string variants have
             # no names, so all of its code may make the read-ahead they make.
@@ -249,6 +259,36 @@ class KasanMode:
             for path in named:
                 for lo, hi in string_code_ranges(path, module.base):
                     self.kasan.tolerate_overreads(lo, hi)
+
+    def libc_callers(self, module: ModuleInfo, named: list[str]) -> None:
+        """Hook the C library functions checked at entry (native/libc.c) that something outside
+        the library calls (entrypoints.py says why): in a static program (the first module, which
+        defines them), those its own code calls, or all without .debug_aranges; elsewhere those
+        some module imports, now or when a module importing them is loaded."""
+        main, self._modules = not self._modules, self._modules + 1
+        defs: dict[int, tuple[str, frozenset[str]]] = {}
+        for path in named:
+            defs.update(libc_functions(path, module.base))
+        self._imports |= imported_functions(module.path)
+        earlier = dict(self._libc)              # defined by modules that may have run already
+        if main and defs:
+            called = direct_callees(module.path, self.arch.name == "arm64")
+            for addr, (fn, _names) in defs.items():
+                if called is None or addr - module.base in called:
+                    self.kasan.intercept(addr, fn)
+                elif fn == "CHK_FAIL":
+                    self._libc[addr] = defs[addr]      # hooked below if a call needs it
+        else:
+            self._libc.update(defs)
+        want = [a for a, (_fn, names) in self._libc.items() if names & self._imports]
+        # glibc's failed check inside a call judged at its return (__fgets_chk) judges it
+        if any(fn in CHECKED_INSIDE for fn in self.kasan.hooked.values()) or \
+                any(self._libc[a][0] in CHECKED_INSIDE for a in want):
+            want += [a for a, (fn, _names) in self._libc.items() if fn == "CHK_FAIL"]
+        for addr in dict.fromkeys(want):
+            self.kasan.intercept(addr, self._libc.pop(addr)[0])
+            if addr in earlier:
+                self.machine.uc.ctl_remove_cache(addr, addr + 1)    # it may have run unhooked
 
     def intercept(self, addr: int, fn: str) -> None:
         self.kasan.intercept(addr, fn)

@@ -51,6 +51,8 @@ class Runtime:
         self.rt = ffi.gc(lib.emsan_runtime_new(ffi.cast("void *", machine.handle_int), int(arch.name == "arm64"),
                                                self._regs, self._gprs, len(arch.gprs)),
                          lib.emsan_runtime_destroy)
+        self._fp = ffi.new("int[]", [ids[("q" if arch.name == "arm64" else "xmm") + str(i)] for i in range(8)])
+        lib.emsan_runtime_set_fp_args(self.rt, self._fp)
         self.callback_error: Exception | None = None
         self._fn_names = {getattr(lib, n): n[len("EMSAN_FN_"):] for n in dir(lib) if n.startswith("EMSAN_FN_")}
         self._err = ffi.new("emsan_error *")
