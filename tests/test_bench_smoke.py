@@ -217,3 +217,23 @@ def test_fuzz_bench_smoke(tmp_path):
                                                               "AFL++ afl-clang-fast + ASan (CmpLog)"}
     for r in res["time_to_first_crash"]:
         assert set(r["bugs"]) <= {"slab-out-of-bounds", "slab-use-after-free"}
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("qemu-x86_64") is None,
+                    reason="gcc and qemu-user are needed")
+def test_threads_bench_smoke(tmp_path):
+    """bench/threads.py with few round trips: a per-switch figure for every configuration and
+    the slice hook's paired ratio."""
+    out = tmp_path / "threads.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "threads.py"), "--reps", "1", "--arch", "x86_64",
+         "--rounds", "200", "--scale", "0.05", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "one guest context switch" in proc.stdout and "time-slice block hook" in proc.stdout
+    res = json.loads(out.read_text())
+    per = res["switch"]["x86_64"]
+    assert set(per) == {"native", "qemu-user", "emsan-none", "emsan-generic", "emsan-kfence"}
+    assert all(len(r["cpu_values_us"]) == 1 for r in per.values())     # tiny runs: signs may be noise
+    hook = res["slice_hook"]["x86_64"]
+    assert _positive(hook["cpu_s_thread"]) and _positive(hook["cpu_s_alone"]) and _positive(hook["ratio"]["median"])

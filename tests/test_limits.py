@@ -72,11 +72,12 @@ def test_unsupported_syscall_is_enosys_and_named_once(arch):
 
 
 @pytest.mark.parametrize("link", ["static", "dynamic"])
-def test_pthread_create_fails_cleanly(arch, link):
+def test_pthread_create_runs_the_thread(arch, link):
+    """Threads were refused (EAGAIN) before emsan ran them (tests/test_threads.py): now the thread
+    runs and nothing is said on stderr, as natively."""
     exe = build("os_limits", arch, link)
     got = emsan("run", "--mode", "none", exe, "thread", env=ENV)
     assert got.returncode == 0, got.stderr
-    assert got.stdout == b"pthread_create returned EAGAIN\n"
-    lines = got.stderr.decode().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("emsan: threads are not supported")
+    # the two lines in either order: which thread prints first is the scheduler's choice
+    assert sorted(got.stdout.splitlines()) == [b"pthread_create returned 0", b"thread ran"]
+    assert got.stderr == b""

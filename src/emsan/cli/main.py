@@ -112,6 +112,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_integer(0, (1 << 64) - 1),
                    help="seed for guest randomness (AT_RANDOM, getrandom), sampling and tags")
     p.add_argument("--trace-syscalls", action="store_true", help="print each system call on stderr")
+    p.add_argument("--threads-slice", type=_positive, metavar="N",
+                   help="guest threads: translated blocks a thread runs before the next one's turn (default "
+                        "20000); the schedule is deterministic, so runs with --seed interleave the same way")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="also write reports as JSON to FILE")
     p.add_argument("--sarif", dest="sarif_path", metavar="FILE",
                    help="also write reports as a SARIF 2.1.0 log to FILE (code-scanning dashboards)")
@@ -215,6 +218,7 @@ def run_options(ns: argparse.Namespace) -> RunOptions:
     return RunOptions(program=ns.program, args=ns.args, env_set=dict(ns.env), env_unset=ns.unset_env,
                       sysroot=ns.sysroot, mode=ns.mode, timeout=ns.timeout, max_instructions=ns.max_instructions,
                       seed=ns.seed, trace_syscalls=ns.trace_syscalls, json_path=ns.json_path,
+                      threads_slice=ns.threads_slice,
                       sarif_path=ns.sarif_path,
                       error_exitcode=ns.error_exitcode, keep_going=ns.keep_going,
                       quarantine_size=ns.quarantine_size, allocator_errors=ns.allocator_errors, stats=ns.stats, shadow=ns.shadow, mmap_shadow=ns.mmap_shadow, checks=ns.checks,

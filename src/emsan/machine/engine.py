@@ -126,6 +126,7 @@ class Machine:
         self.space = None      # the guest's page table and arenas (machine.vmem), once an OS sets them up
         self.running = False
         self.waker = Waker(self)
+        self.slice = None                # int64[2] of the thread scheduler's block hook (use_time_slice)
         # arm64 guests may hand the kernel tagged pointers (the tagged-address ABI): emsan's own
         # reads and writes of guest memory ignore the top byte, as the MMU does with TBI.
         self.addr_mask = 0x00FF_FFFF_FFFF_FFFF if arch == "arm64" else 0xFFFF_FFFF_FFFF_FFFF
@@ -459,6 +460,15 @@ class Machine:
         self.uc.ctl_flush_tb()
         self.waker.flag = flag
 
+    def use_time_slice(self) -> None:
+        """Install the block hook that stops the engine (run() returns "slice") when a thread's
+        slice of blocks is used up (native/sched.c); between two runs only, as the tick hook."""
+        if self.slice is None:
+            ffi, lib = native.load()
+            self.slice = ffi.new("int64_t[2]")
+            self.hook_block_native(ffi.addressof(lib, "emsan_slice_cb"), self.slice)
+            self.uc.ctl_flush_tb()
+
     def wake(self) -> None:
         """Called by the waker's thread to end the run: stop the engine if it runs (uc_emu_stop is
         thread-safe; Unicorn's own emu_start timeout works the same way)."""
@@ -492,14 +502,20 @@ class Machine:
         if flag is not None and flag[1]:
             flag[1] = 0
             return "wake"
+        if self.slice is not None and self.slice[1]:
+            return "slice"
         if self.fault is not None:
             return "fault"
         if max_insns:
             return "max-instructions"
         return "returned"
 
-    def save_context(self):
-        """The CPU state (registers), to be put back by restore_context()."""
+    def save_context(self, into=None):
+        """The CPU state (registers), to be put back by restore_context(); `into`: a context
+        saved before, overwritten (no new allocation: the thread scheduler's switches)."""
+        if into is not None:
+            self.uc.context_update(into)
+            return into
         return self.uc.context_save()
 
     def restore_context(self, ctx) -> None:

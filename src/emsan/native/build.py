@@ -17,7 +17,7 @@ SOURCES = ["engine.c", "runtime.c", "calls.c", "depot.c", "scs.c", "unwind.c", "
            "kasan.c", "heap.c", "quarantine.c", "checkpoint.c", "intercept.c", "fortify.c", "format.c", "libc.c",
            "shadow.c", "gshadow.c",
            "generic.c", "mmio.c", "tags.c", "mte.c", "compiler.c", "kfence.c", "vmem.c", "exhaust.c", "kmemleak.c",
-           "afl.c"]
+           "afl.c", "sched.c"]
 ffibuilder.set_source(
     "emsan.native._emsan_native",
     '#include <stdint.h>\n#include "emsan_native.h"\n',

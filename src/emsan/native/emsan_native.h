@@ -272,6 +272,8 @@ typedef struct emsan_kfence_object {
     int nbytes;             /* corruption: bytes shown from the error's address */
     uint8_t bytes[16];
     uint8_t intact[16];
+    uint32_t alloc_tid;     /* the threads that allocated and freed it */
+    uint32_t free_tid;
 } emsan_kfence_object;
 
 typedef struct emsan_error {
@@ -353,6 +355,10 @@ void emsan_scs_set_ret_checks(emsan_runtime *rt, int on);
 /* The engine stopped on fetching `pc`: if the block before ended in a return, check that return
  * (a corrupted one that went to unmapped or non-executable memory); 1 if it queued an error. */
 int emsan_scs_check_fetch(emsan_runtime *rt, uint64_t pc);
+struct emsan_scs_thread;
+struct emsan_scs_thread *emsan_scs_thread_new(void);
+void emsan_scs_thread_swap(emsan_runtime *rt, struct emsan_scs_thread *t);
+void emsan_scs_thread_free(struct emsan_scs_thread *t);
 /* CFI unwinding: per-module rows sorted by pc (absolute addresses), from .eh_frame/.debug_frame. */
 typedef struct emsan_cfi_row {
     uint64_t pc;
@@ -398,6 +404,8 @@ typedef struct emsan_obj_info {
     uint64_t first_bad;
     int mem_tag;
     int tag_bug;
+    uint32_t alloc_tid;    /* the threads that allocated and freed it (0: not known) */
+    uint32_t free_tid;
 } emsan_obj_info;
 
 typedef struct emsan_kasan_stats {
@@ -627,6 +635,8 @@ int emsan_vm_fault(emsan_vm *vm, uint64_t *addr, int *type);
 void emsan_vm_clear_fault(emsan_vm *vm);
 _Bool emsan_vm_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 void emsan_tick_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+void emsan_slice_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+void emsan_set_tid(emsan_runtime *rt, uint32_t tid);
 
 /* ---- resource exhaustion (exhaust.c): what emsan's native state ran out of, or NULL ---- */
 const char *emsan_exhausted(void);

@@ -83,6 +83,7 @@ int64_t find_object(kasan_t *k, uint64_t addr)
 static void set_live(kasan_t *k, struct obj *o, uint64_t size, int kind, int align_log, uint32_t stack)
 {
     o->size = size; o->kind = (uint8_t)kind; o->state = EMSAN_OBJ_LIVE; o->alloc_stack = stack; o->free_stack = 0;
+    o->alloc_tid = k->rt->tid; o->free_tid = 0;
     o->align_log = (uint8_t)align_log;
     leak_note_alloc(k, o);
 }
@@ -217,6 +218,7 @@ static int64_t do_free(kasan_t *k, uint64_t ptr, int kind, int fn, uint64_t pc, 
     touch(k, (uint64_t)handle);
     struct slab *s = slab_of(k, (uint64_t)handle);
     o->free_stack = stack;
+    o->free_tid = rt->tid;
     k->stats.frees++;
     k->stats.live_bytes -= o->size;
     uint64_t addr = guest_addr(rt, ptr);

@@ -170,6 +170,8 @@ EXPORT int emsan_kasan_describe(emsan_kasan *k, uint64_t addr, uint64_t size, em
         out->align = o->align_log ? 1ULL << o->align_log : 0;
         out->alloc_stack = o->alloc_stack;
         out->free_stack = o->free_stack;
+        out->alloc_tid = o->alloc_tid;
+        out->free_tid = o->free_tid;
     }
     if (k->ops->describe) k->ops->describe(k, addr, size, out);
     return out->found;

@@ -49,6 +49,7 @@ struct obj {
     uint8_t leak;           /* the leak scanner's flags (kmemleak.c), 0 from allocation on */
     uint8_t align_log;      /* aligned operator new: log2 of the alignment asked for, else 0 */
     uint32_t seq;           /* allocation number (its order; kmemleak.c's time and "before main") */
+    uint32_t alloc_tid, free_tid;   /* the threads that allocated and freed it (the kernel's track pid) */
 };
 
 /* A slab: pages holding objects of one size class, or one large object. */

@@ -25,6 +25,7 @@ struct kf_meta {
     uint64_t alloc_ns, free_ns;
     uint64_t unprotected_page;         /* a guard page opened by an OOB report, 0 if none */
     uint32_t alloc_stack, free_stack;
+    uint32_t alloc_tid, free_tid;
     uint32_t hash;                     /* allocation-stack hash (skip-covered filter) */
     uint8_t state;
 };
@@ -181,6 +182,7 @@ static emsan_error *new_error(kf_t *k, int type, uint64_t addr, int is_write, ui
         o->addr = m->addr; o->size = m->size; o->state = m->state;
         o->alloc_stack = m->alloc_stack; o->free_stack = m->free_stack;
         o->alloc_ns = m->alloc_ns; o->free_ns = m->free_ns;
+        o->alloc_tid = m->alloc_tid; o->free_tid = m->free_tid;
     }
     return e;
 }
@@ -265,6 +267,7 @@ static uint64_t kf_place(kf_t *k, uint64_t size, uint64_t align, int zero, uint3
     struct kf_meta *m = &k->meta[idx];
     m->addr = addr; m->size = size; m->state = KF_ALLOCATED;
     m->alloc_stack = stack; m->free_stack = 0; m->alloc_ns = now_ns(k); m->free_ns = 0;
+    m->alloc_tid = k->rt->tid; m->free_tid = 0;
     m->hash = hash;
     covered_add(k, hash, 1);
     mem_put(k->rt->uc, page, k->canary, PAGE_SIZE);      /* canaries around the object */
@@ -329,6 +332,7 @@ static void kf_free(kf_t *k, uint64_t ptr)
         return;
     }
     m->free_stack = stack_here(k->rt, 0, 1);
+    m->free_tid = k->rt->tid;
     m->free_ns = now_ns(k);
     m->state = KF_FREED;
     uint64_t page = ptr & ~(PAGE_SIZE - 1);

@@ -101,6 +101,7 @@ struct emsan_runtime {
     size_t nentries;
     int gprs[EMSAN_MAX_GPRS];          /* every general register, in the arch layer's order */
     int ngprs;
+    uint32_t tid;                      /* the guest thread running now (allocation and free tracks) */
     int fpargs[8];                     /* the vector registers of floating-point arguments */
 };
 

@@ -60,6 +60,41 @@ static struct scs_state *scs_get(rt_t *rt)
     return rt->scs;
 }
 
+/* Each guest thread has a call stack of its own (os/linux/threads.py): the scheduler swaps the
+ * per-thread part in and out at each switch; modules, marks and counters are the process's. */
+struct emsan_scs_thread {
+    struct scs_ent *st; size_t depth, cap;
+    uint64_t overflow;
+    int pending; uint64_t pend_ret;
+    struct scs_mod *last;
+};
+
+EXPORT struct emsan_scs_thread *emsan_scs_thread_new(void)
+{
+    struct emsan_scs_thread *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->cap = 1 << 14;
+    t->st = malloc(t->cap * sizeof *t->st);
+    if (!t->st) { free(t); return NULL; }
+    return t;
+}
+
+EXPORT void emsan_scs_thread_swap(emsan_runtime *rt, struct emsan_scs_thread *t)
+{
+    struct scs_state *s = scs_get(rt);
+    struct emsan_scs_thread cur = {s->st, s->depth, s->cap, s->overflow, s->pending, s->pend_ret, s->last};
+    s->st = t->st; s->depth = t->depth; s->cap = t->cap; s->overflow = t->overflow;
+    s->pending = t->pending; s->pend_ret = t->pend_ret; s->last = t->last;
+    *t = cur;
+}
+
+EXPORT void emsan_scs_thread_free(struct emsan_scs_thread *t)
+{
+    if (!t) return;
+    free(t->st);
+    free(t);
+}
+
 void scs_destroy(rt_t *rt)
 {
     struct scs_state *s = rt->scs;

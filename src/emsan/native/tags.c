@@ -187,6 +187,7 @@ static void tags_save_track(kasan_t *k, uint64_t tagged, uint64_t size, uint64_t
     struct tag_state *t = k->tags;
     struct ring_entry *e = &t->ring[t->ring_pos++ % RING_SIZE];
     e->ptr = tagged; e->size = size; e->cache_size = cache_size; e->stack = stack; e->is_free = (uint8_t)is_free;
+    e->tid = k->rt->tid;
 }
 
 /* kasan_complete_mode_report_info(): walk the ring backwards for records of the object at the
@@ -199,6 +200,7 @@ static void tags_describe(kasan_t *k, uint64_t tagged, uint64_t size, emsan_obj_
     out->first_bad = tag_first_bad(k, tagged, size);
     out->mem_tag = tag_at(k, out->first_bad);
     out->alloc_stack = out->free_stack = 0;
+    out->alloc_tid = out->free_tid = 0;
     if (!out->found) {
         out->tag_bug = EMSAN_TAGBUG_INVALID;
         return;
@@ -217,12 +219,14 @@ static void tags_describe(kasan_t *k, uint64_t tagged, uint64_t size, emsan_obj_
             if (free_found) break;       /* a second free of the object: stop looking */
             free_found = 1;
             out->free_stack = e->stack;
+            out->free_tid = e->tid;
             out->state = EMSAN_OBJ_QUARANTINED;
             if (!out->tag_bug) out->tag_bug = EMSAN_TAGBUG_UAF;
         } else {
             if (alloc_found) break;
             alloc_found = 1;
             out->alloc_stack = e->stack;
+            out->alloc_tid = e->tid;
             out->size = e->size;
             if (!out->tag_bug) out->tag_bug = EMSAN_TAGBUG_OOB;
         }

@@ -12,6 +12,7 @@ struct ring_entry {
     uint64_t size;                       /* requested size */
     uint64_t cache_size;                 /* the kernel's entry->size (cache->object_size) */
     uint32_t stack;
+    uint32_t tid;                        /* the thread that allocated or freed */
     uint8_t is_free;
 };
 

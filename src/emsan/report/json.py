@@ -30,6 +30,8 @@ def to_json(rep: Report | KfenceReport | LeakReport, sym: Symbolizer) -> dict:
                 "index": o.index, "start": f"{o.start:#x}", "size": o.size, "cache": o.cache, "state": o.state,
                 "offset": rep.addr - o.start,
                 "alloc_stack": frames(o.alloc_stack, False), "free_stack": frames(o.free_stack, False),
+                "alloc_task": o.alloc_tid or rep.task.pid,
+                "free_task": (o.free_tid or rep.task.pid) if o.state == "freed" else None,
             }
         if rep.kind == "memory corruption":
             d["corrupted_bytes"] = rep.corrupted
@@ -44,6 +46,8 @@ def to_json(rep: Report | KfenceReport | LeakReport, sym: Symbolizer) -> dict:
             "start": f"{o.start:#x}", "size": o.size, "cache": f"kmalloc-{o.cache_size}" if not o.large else "kmalloc-large",
             "state": o.state, "allocated_with": o.kind, "alignment": o.align or None, "offset": rep.untagged_addr - o.start,
             "alloc_stack": frames(o.alloc_stack, False), "free_stack": frames(o.free_stack, False),
+            "alloc_task": o.alloc_tid or rep.task.pid,
+            "free_task": (o.free_tid or rep.task.pid) if o.state == "freed" or o.free_stack else None,
         }
     if rep.pointer_tag is not None:
         d["pointer_tag"] = rep.pointer_tag

@@ -11,7 +11,8 @@ ROW_GRANULES = 16             # granules per row of the memory state window
 
 @dataclass(frozen=True)
 class Task:
-    """Who made the access: the guest process (the kernel's task)."""
+    """Who made the access: the guest thread (the kernel's task; pid is its thread id, the
+    process's pid in a single-threaded guest)."""
 
     comm: str
     pid: int
@@ -31,6 +32,8 @@ class ObjectInfo:
     free_stack: list[int]
     kind: str                 # malloc / new / new[]
     align: int = 0            # the alignment an aligned operator new asked for (0: the default)
+    alloc_tid: int = 0        # the threads that allocated and freed it (0: not known)
+    free_tid: int = 0
 
 
 @dataclass
@@ -134,6 +137,8 @@ class KfenceObject:
     free_stack: list[int]
     alloc_s: float
     free_s: float
+    alloc_tid: int = 0        # the threads that allocated and freed it (0: not known)
+    free_tid: int = 0
 
     @property
     def cache(self) -> str:

@@ -53,11 +53,11 @@ def kasan_text(rep: Report, sym: Symbolizer, arch: str) -> str:
     out.append("")
     o = rep.obj
     if o is not None:
-        out.append(f"Allocated by task {rep.task.pid}:")
+        out.append(f"Allocated by task {o.alloc_tid or rep.task.pid}:")
         out += frames_text(sym, o.alloc_stack, False)
         out.append("")
         if o.state == "freed" or o.free_stack:
-            out.append(f"Freed by task {rep.task.pid}:")
+            out.append(f"Freed by task {o.free_tid or rep.task.pid}:")
             out += frames_text(sym, o.free_stack, False)
             out.append("")
         cache = f"kmalloc-{o.cache_size}" if not o.large else "kmalloc-large"
@@ -126,10 +126,10 @@ def kfence_text(rep: KfenceReport, sym: Symbolizer, arch: str) -> str:
     o = rep.obj
     if o is not None:
         out += ["", f"kfence-#{o.index}: {o.start:#x}-{o.start + o.size - 1:#x}, size={o.size}, cache={o.cache}", "",
-                _track("allocated", rep.task.pid, o.alloc_s, rep.now_s)]
+                _track("allocated", o.alloc_tid or rep.task.pid, o.alloc_s, rep.now_s)]
         out += frames_text(sym, o.alloc_stack, False)
         if o.state == "freed":
-            out += ["", _track("freed", rep.task.pid, o.free_s, rep.now_s)]
+            out += ["", _track("freed", o.free_tid or rep.task.pid, o.free_s, rep.now_s)]
             out += frames_text(sym, o.free_stack, False)
     out += ["", *machine_lines(rep, arch), RULE]
     return "\n".join(out)

@@ -123,7 +123,8 @@ class Kasan:
             return None
         stack = self.runtime.stack
         return ObjectInfo(info.start, info.size, info.cache_size, STATES[info.state], bool(info.large),
-                          stack(info.alloc_stack), stack(info.free_stack), KINDS[info.kind], info.align)
+                          stack(info.alloc_stack), stack(info.free_stack), KINDS[info.kind], info.align,
+                          info.alloc_tid, info.free_tid)
 
     def stats(self) -> dict[str, int]:
         return self.runtime.counters("emsan_kasan_stats", self.lib.emsan_kasan_get_stats, self.k)

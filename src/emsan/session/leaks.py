@@ -112,11 +112,20 @@ class LeakCheck:
         m.hook_code_once(main, self.kml.main_started)
 
     def threads(self) -> list[Thread]:
-        """Every thread of the process; one until emsan runs threads (each would add its saved
-        registers and stack pointer here)."""
+        """Every thread of the process: the running one's registers, and each parked thread's
+        from its saved context (os/linux/threads.py)."""
+        from emsan.os.linux.threads import loaded
         m, arch = self.s.machine, self.s.arch
-        regs = [m.reg(r) for r in arch.gprs] + [m.reg(r) for r in THREAD_POINTER[arch.name]]
-        return [Thread(regs, m.sp)]
+
+        def here() -> Thread:
+            return Thread([m.reg(r) for r in arch.gprs] + [m.reg(r) for r in THREAD_POINTER[arch.name]], m.sp)
+        out = [here()]
+        guest = self.s.process.threads
+        for t in guest.all if guest is not None else []:
+            if t is not guest.current and t.ctx is not None:
+                with loaded(m, t.ctx):
+                    out.append(here())
+        return out
 
     def roots(self) -> Roots:
         """Module data, BSS and RELRO, the guest's own writable mappings (brk, mmap, TLS), each

@@ -45,6 +45,7 @@ class RunOptions:
     leaks_ignore_before_main: bool = False   # --leaks-ignore-before-main: objects allocated before main are roots
     shadow_limit: int | None = None   # --shadow-limit: bytes of private shadow emsan may use
     follow_exec: bool = True          # --no-follow-exec: a guest's execve runs the new image natively
+    threads_slice: int | None = None  # --threads-slice: blocks a guest thread runs before the next one
     # A new image after a guest's execve (session/processes.py sets these on the command line it
     # re-executes; they are hidden from --help):
     argv0: str | None = None          # the guest's argv[0] (the program is the resolved path)
@@ -69,7 +70,8 @@ class RunOptions:
         a += [k for k, on in flags.items() if on]
         values = {"--sysroot": self.sysroot and os.path.abspath(self.sysroot), "--timeout": timeout,
                   "--max-instructions": self.max_instructions, "--seed": self.seed,
-                  "--sample-instructions": self.sample_instructions or None, "--shadow-limit": self.shadow_limit}
+                  "--sample-instructions": self.sample_instructions or None, "--shadow-limit": self.shadow_limit,
+                  "--threads-slice": self.threads_slice}
         for k, v in values.items():
             if v is not None:
                 a += [k, str(v)]

@@ -94,7 +94,8 @@ class Session:
         self.loaded = load_program(self.mem, self.arch.name, path, [argv0, *opts.args], env, sysroot, seed_bytes)
         self.machine.sp = self.loaded.sp
         self.process = Process(self.machine, self.arch, self.mem, os.path.abspath(path), sysroot,
-                               opts.seed, opts.trace_syscalls, inherit_fds=opts.guest_fds)
+                               opts.seed, opts.trace_syscalls, inherit_fds=opts.guest_fds,
+                               threads_slice=opts.threads_slice)
         if opts.guest_fds is not None:
             quiet_std_fds()
         processes.attach(self)
@@ -150,6 +151,17 @@ class Session:
         return getattr(self.sanitizer, "texts", [])
 
 
+def deadlock_message(s: Session) -> str:
+    """Every thread waits and nothing (a descriptor, a timeout, a timer, another process) could
+    ever wake one: each thread's PC and what it waits for."""
+    p = s.process
+    lines = [f"emsan: deadlock: all {len(p.threads.all)} threads of {p.comm}/{p.pid} wait forever "
+             "(no descriptor, timeout or timer could wake any):"]
+    for tid, pc, what in p.threads.deadlock:
+        lines.append(f"  thread {tid} at {s.symbolizer.frame(pc)}: {what}")
+    return "\n".join(lines)
+
+
 def run(opts: RunOptions) -> int:
     s = Session(opts)
     info = s.run()
@@ -164,6 +176,8 @@ def run(opts: RunOptions) -> int:
     elif info.kind == "timeout":
         print(f"emsan: time limit of {opts.timeout:g} s reached; guest stopped at {s.symbolizer.frame(s.machine.pc)}",
               file=sys.stderr)
+    elif info.kind == "deadlock":
+        print(deadlock_message(s), file=sys.stderr)
     elif info.kind == "max-instructions":
         print(f"emsan: instruction limit of {opts.max_instructions} reached; guest stopped at "
               f"{s.symbolizer.frame(s.machine.pc)}", file=sys.stderr)

@@ -120,6 +120,23 @@ class Sanitizer:
         if caps.heap:
             s.process.rlimit_listeners.append(self.limits_changed)
             self.limited = False
+        self.runtime.lib.emsan_set_tid(self.runtime.rt, s.process.pid)
+        s.process.after_fork.append(lambda: self.runtime.lib.emsan_set_tid(self.runtime.rt, s.process.pid))
+        s.process.on_threads.append(self.threads_started)
+
+    def threads_started(self, threads) -> None:
+        """The guest made its first thread: each has its own shadow call stack and stack bounds,
+        and allocation and free records name the thread that made them."""
+        lib, rt = self.runtime.lib, self.runtime.rt
+        if self.stacks.collector == "scs" or self.stacks.ret_checks:
+            threads.scs_new = lib.emsan_scs_thread_new
+            threads.scs_swap = lambda handle: lib.emsan_scs_thread_swap(rt, handle)
+            threads.scs_free = lib.emsan_scs_thread_free
+
+        def switched(t) -> None:
+            lib.emsan_set_tid(rt, t.tid)
+            self.runtime.set_stack(*t.stack)
+        threads.on_switch.append(switched)
 
     def collector(self, asked: str) -> str:
         """The stack collector: --stacks, where the mode allows it."""
@@ -229,7 +246,10 @@ class Sanitizer:
 
     @property
     def task(self) -> Task:
-        return Task(self.s.process.comm, self.s.process.pid)
+        p = self.s.process
+        if p.threads is None:
+            return Task(p.comm, p.pid)
+        return Task(p.threads.current.comm, p.threads.tid)
 
     def bad_return(self) -> bool:
         """A fetch fault right after a return: a return through an overwritten return address to

@@ -237,7 +237,10 @@ def _reopen_own_files(guest_hosts: set[int]) -> None:
 def _block(p, ev: ChildEvents) -> str | None:
     """Wait for a child's state change: None, or why the wait ended first ("signal", "timeout")."""
     from emsan.os.linux.syscalls.events import wait_limit
+    from emsan.os.linux.threads import would_block
     import time
+    if would_block(p, "wait4", {ev.read_fd: select.POLLIN}, None) == 0:
+        return None                    # among threads: parks, or looks again at once
     limit, cut_by = wait_limit(p, None)
     if cut_by == "alarm" and not p.signals.would_interrupt(14):
         limit, cut_by = (None, "") if p.deadline is None else \

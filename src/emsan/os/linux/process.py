@@ -12,13 +12,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from emsan.errors import EXIT_MAX_INSNS, EXIT_SIGNAL_BASE, EXIT_TIMEOUT
+from emsan.errors import EXIT_DEADLOCK, EXIT_MAX_INSNS, EXIT_SIGNAL_BASE, EXIT_TIMEOUT
 from emsan.machine import Machine, MachineFault
 from emsan.os.linux import children, procfs
 from emsan.os.linux.loader import resolve_guest_path
 from emsan.os.linux.memory import MemoryMap
 from emsan.os.linux.signals import FAULT_SIGNAL, TICK, Signals
 from emsan.os.linux.syscalls import HANDLERS, NAMES, NO_RETURN, load_all
+from emsan.os.linux.threads import Park, Threads, would_block
 from emsan.os.linux.uaccess import MAX_RW_COUNT, UserMemory
 
 load_all()
@@ -81,6 +82,11 @@ class Process:
     after_fork: list[Callable[[], None]] = field(default_factory=list)
     child_events: object = None
     vfork_fd: int = -1
+    # Threads (os/linux/threads.py): None until the first clone(CLONE_THREAD); the slice asked for.
+    threads: Threads | None = None
+    threads_slice: int | None = None
+    on_threads: list[Callable[[Threads], None]] = field(default_factory=list)   # told at the first thread
+    robust_list: int = 0
 
     def __post_init__(self) -> None:
         self.comm = os.path.basename(self.exe_path)[:15]
@@ -108,6 +114,7 @@ class Process:
         self._arg_ids = [ids[r] for r in a.syscall_args]
         self._names = NAMES[a.name]
         self.machine.on_syscall(self.on_syscall)
+        self.after_fork.append(lambda: self.threads.after_fork() if self.threads is not None else None)
 
     # --- descriptors and paths ------------------------------------------------------------------
     def fd(self, fd: int) -> FileDesc:
@@ -226,14 +233,22 @@ class Process:
         signal came first (the caller returns -EINTR; the handler runs on the way back)."""
         return self._wait(host_fd, select.POLLIN)
 
-    def wait_writable(self, host_fd: int) -> bool:
-        """Before a write that could block (see wait_readable)."""
+    def wait_writable(self, host_fd: int, partial: bool = False) -> bool:
+        """Before a write that could block (see wait_readable). partial: part of the write is
+        done; among threads it then ends here (False) rather than park, since a parked call runs
+        again from its start."""
+        if partial and self.threads is not None and self.threads.crowded():
+            poller = select.poll()
+            poller.register(host_fd, select.POLLOUT)
+            return bool(poller.poll(0))
         return self._wait(host_fd, select.POLLOUT)
 
     def _wait(self, host_fd: int, event: int) -> bool:
         from emsan.os.linux.syscalls.events import wait_limit
         if not os.get_blocking(host_fd):
             return True
+        if would_block(self, "read" if event == select.POLLIN else "write", {host_fd: event}, None) == 0:
+            return True                     # ready now (parks otherwise, among threads)
         poller = select.poll()
         poller.register(host_fd, event)
         wake = children.wake_fd(self)
@@ -274,7 +289,14 @@ class Process:
             ret = -errno.ENOSYS
         else:
             self.current_syscall = name
-            ret = self.call_handler(handler, name, args)
+            try:
+                ret = self.call_handler(handler, name, args)
+            except Park as park:              # another thread runs while this one waits
+                if self.trace_syscalls:
+                    print(f"emsan: syscall {name}({', '.join(hex(a) for a in args[:4])}) "
+                          f"[thread {self.threads.tid} waits]", file=sys.stderr)
+                self.threads.park(park.wait)
+                return
         if self.trace_syscalls:
             shown = "" if ret is NO_RETURN else f" = {ret:#x}" if isinstance(ret, int) and ret > 4096 else f" = {ret}"
             print(f"emsan: syscall {name}({', '.join(hex(a) for a in args[:4])}){shown}", file=sys.stderr)
@@ -356,7 +378,7 @@ class Process:
                     self.exit_info = ended
                 if self.exit_info is not None:
                     break
-                if "continue" in verdicts and reason != "fault":
+                if "continue" in verdicts and reason not in ("fault", "switch", "slice", "clone"):
                     pc = m.pc
                     continue
                 if reason == "fault" and m.fault is not None:
@@ -374,9 +396,20 @@ class Process:
                     pc = m.pc
                 elif reason == "wake":          # a timer expired while the guest computed
                     self.signals.check_alarm()
+                    if self.threads is not None:
+                        self.threads.route_signals()
                     if self.signals.pending:
                         self.signals.deliver_pending()
                     pc = m.pc
+                elif reason in ("switch", "slice", "clone"):    # threads (os/linux/threads.py)
+                    if reason == "clone":
+                        m.use_time_slice()
+                        m.slice[0], m.slice[1] = self.threads.slice, 0
+                        pc = m.pc
+                    else:
+                        pc = self.threads.schedule(reason)
+                        if pc is None and self.exit_info is None:
+                            self.exit_info = ExitInfo("deadlock", EXIT_DEADLOCK)
                 elif reason == "max-instructions":
                     self.exit_info = ExitInfo("max-instructions", EXIT_MAX_INSNS)
                 elif reason == "returned":

@@ -99,7 +99,8 @@ class KfenceMode:
         obj = None
         if o.index >= 0:
             obj = KfenceObject(o.index, o.addr, o.size, STATES.get(o.state, "?"), self.runtime.stack(o.alloc_stack),
-                               self.runtime.stack(o.free_stack), o.alloc_ns / 1e9, o.free_ns / 1e9)
+                               self.runtime.stack(o.free_stack), o.alloc_ns / 1e9, o.free_ns / 1e9,
+                               o.alloc_tid, o.free_tid)
         rep = KfenceReport(self.name, self.kinds[e.type], access, e.addr, e.pc, task, stack, is_access, obj,
                            o.now_ns / 1e9)
         if e.type == self.runtime.lib.EMSAN_ERR_KFENCE_CORRUPTION:

@@ -64,6 +64,8 @@ def _timespec_ms(p, ptr: int) -> int | None:
 
 def poll_host(p, wanted: dict[int, int], ms: int | None) -> dict[int, int] | int:
     """Poll guest fds for events; their revents, or -EINTR when the wait was cut short."""
+    from emsan.os.linux.threads import would_block
+    ms = would_block(p, p.current_syscall, {p.fds[fd].host: ev for fd, ev in wanted.items()}, ms)
     if forever_alone(p, ms, bool(wanted)):
         return -errno.EINTR
     poller = select.poll()
@@ -208,6 +210,8 @@ def sys_epoll_wait(p, epfd, events, maxevents, timeout, *_):
         ms = _timespec_ms(p, timeout)
     else:
         ms = None if s32(timeout) < 0 else s32(timeout)
+    from emsan.os.linux.threads import would_block
+    ms = would_block(p, p.current_syscall, {ep.host: select.POLLIN}, ms)
     limit, cut_by = wait_limit(p, ms)
     buf = ctypes.create_string_buffer(12 * maxevents)
     n = _check(_libc.epoll_wait(ep.host, buf, maxevents, -1 if limit is None else limit))

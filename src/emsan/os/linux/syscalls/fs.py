@@ -107,7 +107,7 @@ def write_from(p, f, buf: int, count: int, off: int | None = None) -> int:
         pos = 0
         while pos < len(chunk):
             if careful:                    # a pipe nobody drains must not outlive --timeout
-                if not p.wait_writable(host):
+                if not p.wait_writable(host, partial=total > 0):
                     return total or -errno.EINTR
                 piece = chunk[pos:pos + PIPE_BUF]
             else:

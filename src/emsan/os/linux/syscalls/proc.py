@@ -7,7 +7,7 @@ import resource
 import struct
 import time
 
-from emsan.os.linux import children, execve, structs
+from emsan.os.linux import children, execve, structs, threads
 from emsan.os.linux.children import CLONE_SIGHAND, CLONE_THREAD, CLONE_VFORK, CLONE_VM
 from emsan.os.linux.syscalls import NO_RETURN, syscall
 from emsan.os.linux.syscalls.events import wait_limit
@@ -19,13 +19,20 @@ ARCH_SET_GS, ARCH_SET_FS, ARCH_GET_FS, ARCH_GET_GS = 0x1001, 0x1002, 0x1003, 0x1
 
 @syscall("exit", "exit_group")
 def sys_exit(p, status, *_):
+    if p.current_syscall == "exit" and p.threads is not None and p.threads.exit_thread(status & 0xFF):
+        return NO_RETURN              # one thread ends; the others go on
     p.exit(status & 0xFF)
     return NO_RETURN
 
 
-@syscall("getpid", "gettid")
+@syscall("getpid")
 def sys_getpid(p, *_):
     return p.pid
+
+
+@syscall("gettid")
+def sys_gettid(p, *_):
+    return p.pid if p.threads is None else p.threads.tid
 
 
 # The guest's process is emsan's host process: its groups and session are the host's.
@@ -135,11 +142,34 @@ def sys_arch_prctl(p, code, addr, *_):
 @syscall("set_tid_address")
 def sys_set_tid_address(p, ptr, *_):
     p.clear_child_tid = ptr
-    return p.pid
+    if p.threads is None:
+        return p.pid
+    p.threads.current.clear_child_tid = ptr
+    return p.threads.tid
 
 
-@syscall("set_robust_list", "get_robust_list")
-def sys_robust_list(p, *_):
+ROBUST_LIST_HEAD = 24      # struct robust_list_head: list, futex_offset, list_op_pending
+
+
+@syscall("set_robust_list")
+def sys_set_robust_list(p, head, size, *_):
+    if size != ROBUST_LIST_HEAD:
+        return -errno.EINVAL
+    if p.threads is None:
+        p.robust_list = head
+    else:
+        p.threads.current.robust_list = head
+    return 0
+
+
+@syscall("get_robust_list")
+def sys_get_robust_list(p, pid, head_ptr, len_ptr, *_):
+    if s32(pid) and (p.threads is None or p.threads.find(s32(pid)) is None) and s32(pid) != p.pid:
+        return -errno.ESRCH
+    t = None if p.threads is None else (p.threads.find(s32(pid)) if s32(pid) else p.threads.current)
+    head = getattr(p, "robust_list", 0) if t is None else t.robust_list
+    p.user.put_u64(head_ptr, head)
+    p.user.put_u64(len_ptr, ROBUST_LIST_HEAD)
     return 0
 
 
@@ -154,10 +184,15 @@ def sys_prctl(p, option, arg2, *_):
     option = s32(option)
     if option == PR_SET_NAME:
         name = p.user.read(arg2, p.user.readable(arg2, 16) or 16)
-        p.comm = name.split(b"\0", 1)[0][:15].decode(errors="replace")
+        comm = name.split(b"\0", 1)[0][:15].decode(errors="replace")
+        if p.threads is None or p.threads.tid == p.pid:
+            p.comm = comm
+        if p.threads is not None:
+            p.threads.current.comm = comm
         return 0
     if option == PR_GET_NAME:
-        p.user.write(arg2, p.comm.encode()[:15].ljust(16, b"\0"))
+        comm = p.comm if p.threads is None else p.threads.current.comm
+        p.user.write(arg2, comm.encode()[:15].ljust(16, b"\0"))
         return 0
     PR_SET_TAGGED_ADDR_CTRL, PR_GET_TAGGED_ADDR_CTRL = 55, 56
     if p.arch.name == "arm64" and option == PR_SET_TAGGED_ADDR_CTRL:
@@ -273,8 +308,15 @@ def sys_sched_getaffinity(p, pid, size, mask, *_):
     return 8
 
 
-@syscall("sched_yield", "sched_setaffinity")
+@syscall("sched_setaffinity")
+def sys_sched_setaffinity(p, *_):
+    return 0
+
+
+@syscall("sched_yield")
 def sys_sched_yield(p, *_):
+    if p.threads is not None and p.threads.crowded():
+        p.machine.stop("slice")             # the next runnable thread goes now (os/linux/threads.py)
     return 0
 
 
@@ -405,6 +447,7 @@ def sys_nanosleep(p, *a):
             left = max(0.0, delay - limit / 1000)
             p.user.pack(rem, "<qq", int(left), int((left % 1) * 1e9))
         return -errno.EINTR
+    threads.park_for(p, "nanosleep", delay, 0)     # among threads: the others run meanwhile
     if not p.sleep(delay):
         return -errno.EINTR     # --timeout ended the run during the sleep
     return 0
@@ -431,8 +474,7 @@ def sys_clone(p, a0=0, a1=0, a2=0, a3=0, a4=0, *_):
     else:                               # arm64: clone(flags, stack, parent_tid, tls, child_tid)
         flags, stack, ptid, tls, ctid = a0, a1, a2, a3, a4
     if flags & CLONE_THREAD:
-        p.warn_once("threads", "threads are not supported (clone with CLONE_THREAD): returning -EAGAIN")
-        return -errno.EAGAIN
+        return _clone_thread(p, flags, stack, ptid, ctid, tls)
     if flags & CLONE_SIGHAND and not flags & CLONE_VM:
         return -errno.EINVAL
     if flags & CLONE_VM and not flags & CLONE_VFORK:
@@ -442,6 +484,29 @@ def sys_clone(p, a0=0, a1=0, a2=0, a3=0, a4=0, *_):
     # CLONE_VM|CLONE_VFORK (vfork, posix_spawn) runs as a fork whose parent waits for the child's
     # exec or exit: the same for every program that keeps to what vfork allows.
     return children.fork(p, flags & ~CLONE_VM, stack, ptid, ctid, tls)
+
+
+def _clone_thread(p, flags: int, stack: int, ptid: int, ctid: int, tls: int) -> int:
+    """A thread of this process, in this engine (os/linux/threads.py): its tid."""
+    from emsan.os.linux.children import CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID, CLONE_PARENT_SETTID, CLONE_SETTLS
+    if not flags & CLONE_SIGHAND or not flags & CLONE_VM or flags & children.CLONE_VFORK:
+        return -errno.EINVAL                  # what copy_process() refuses
+    if flags & (children.CLONE_NEWNS_ALL | children.CLONE_PIDFD):
+        return -errno.EINVAL
+    if p.threads is None:
+        p.threads = threads.Threads(p, p.threads_slice)
+        for fn in p.on_threads:
+            fn(p.threads)
+    if len(p.threads.all) >= threads.MAX_THREADS:
+        p.warn_once("threads-max", f"more than {threads.MAX_THREADS} live threads: clone returns -EAGAIN")
+        return -errno.EAGAIN
+    t = p.threads.create(stack, tls if flags & CLONE_SETTLS else None,
+                         ctid if flags & CLONE_CHILD_CLEARTID else 0)
+    if flags & CLONE_PARENT_SETTID and ptid:
+        p.user.put_u32(ptid, t.tid)
+    if flags & CLONE_CHILD_SETTID and ctid:
+        p.user.put_u32(ctid, t.tid)
+    return t.tid
 
 
 @syscall("execve", "execveat")
@@ -503,17 +568,89 @@ def sys_waitid(p, idtype, ident, infop, options, rusage, *_):
     return 0
 
 
+FUTEX_WAIT, FUTEX_WAKE, FUTEX_FD, FUTEX_REQUEUE, FUTEX_CMP_REQUEUE, FUTEX_WAKE_OP = 0, 1, 2, 3, 4, 5
+FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 9, 10
+FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
+
+
+def _futex_until(p, timeout: int, absolute: bool, realtime: bool) -> float | None:
+    """A futex timeout as a time.monotonic() moment (absolute ones are on CLOCK_MONOTONIC, or
+    CLOCK_REALTIME with FUTEX_CLOCK_REALTIME)."""
+    if not timeout:
+        return None
+    sec, nsec = p.user.unpack("<qq", timeout)
+    if sec < 0 or not 0 <= nsec < 10**9:
+        raise OSError(errno.EINVAL, "bad timespec")
+    t = sec + nsec / 1e9
+    if not absolute:
+        return time.monotonic() + t
+    now = time.time() if realtime else time.monotonic()
+    return time.monotonic() + (t - now)
+
+
+def _wake_op(p, uaddr2: int, encoded: int) -> bool:
+    """FUTEX_WAKE_OP's operation on *uaddr2 and its comparison of the old value."""
+    op, cmp_, oparg, cmparg = (encoded >> 28) & 7, (encoded >> 24) & 15, (encoded >> 12) & 0xFFF, encoded & 0xFFF
+    if encoded >> 31:                              # FUTEX_OP_OPARG_SHIFT
+        oparg = 1 << (oparg & 31)
+    old = p.user.u32(uaddr2)
+    new = {0: oparg, 1: old + oparg, 2: old | oparg, 3: old & ~oparg, 4: old ^ oparg}.get(op)
+    if new is None:
+        raise OSError(errno.ENOSYS, "bad futex op")
+    p.user.put_u32(uaddr2, new & 0xFFFFFFFF)
+    return {0: old == cmparg, 1: old != cmparg, 2: old < cmparg, 3: old <= cmparg,
+            4: old > cmparg, 5: old >= cmparg}.get(cmp_, False)
+
+
 @syscall("futex")
-def sys_futex(p, uaddr, op, val, *_):
-    FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET = 0, 1, 9
-    cmd = op & 0x7F
+def sys_futex(p, uaddr, op, val, timeout=0, uaddr2=0, val3=0, *_):
+    """The futex operations glibc uses, between the threads of this process. Private and shared
+    futexes are the same here: the threads share one address space, and another process's
+    shared-memory futex is not seen (a wait for one times out or waits for a signal)."""
+    cmd = op & ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
+    realtime = bool(op & FUTEX_CLOCK_REALTIME)
     if uaddr & 3:
         return -errno.EINVAL
+    if realtime and cmd not in (FUTEX_WAIT, FUTEX_WAIT_BITSET):
+        return -errno.ENOSYS
+    val &= 0xFFFFFFFF
+    th = p.threads
     if cmd in (FUTEX_WAIT, FUTEX_WAIT_BITSET):
-        cur = p.user.u32(uaddr)
-        if cur != val & 0xFFFFFFFF:
+        bitset = val3 & 0xFFFFFFFF if cmd == FUTEX_WAIT_BITSET else threads.FUTEX_BITSET_ANY
+        if not bitset:
+            return -errno.EINVAL
+        until = _futex_until(p, timeout, cmd == FUTEX_WAIT_BITSET, realtime)
+        if p.user.u32(uaddr) != val:
             return -errno.EAGAIN
-        # Nobody else could ever wake a single-threaded waiter.
-        p.warn_once("futex", "futex wait with no other thread to wake it (deadlock in a single thread)")
-        return -errno.EDEADLK
-    return 0
+        if th is not None and th.crowded():
+            th.futex_wait(uaddr, until, bitset)          # parks the thread
+        # Alone: nothing but a signal or the timeout can end the wait.
+        if until is None:
+            p.warn_once("futex", "futex wait with no other thread to wake it (deadlock in a single thread)")
+            return -errno.EDEADLK
+        if not p.sleep(min(max(0.0, until - time.monotonic()), 1e9)):
+            return -errno.EINTR
+        return -errno.ETIMEDOUT
+    if cmd in (FUTEX_WAKE, FUTEX_WAKE_BITSET):
+        bitset = val3 & 0xFFFFFFFF if cmd == FUTEX_WAKE_BITSET else threads.FUTEX_BITSET_ANY
+        if not bitset:
+            return -errno.EINVAL
+        return 0 if th is None else th.futex_wake(uaddr, s32(val), bitset)
+    if cmd in (FUTEX_REQUEUE, FUTEX_CMP_REQUEUE):
+        n_move = s32(timeout)                             # val2 travels in the timeout argument
+        if s32(val) < 0 or n_move < 0:
+            return -errno.EINVAL
+        if cmd == FUTEX_CMP_REQUEUE and p.user.u32(uaddr) != val3 & 0xFFFFFFFF:
+            return -errno.EAGAIN
+        return 0 if th is None else th.futex_requeue(uaddr, s32(val), n_move, uaddr2)
+    if cmd == FUTEX_WAKE_OP:
+        if uaddr2 & 3:
+            return -errno.EINVAL
+        hit = _wake_op(p, uaddr2, val3 & 0xFFFFFFFF)
+        if th is None:
+            return 0
+        n = th.futex_wake(uaddr, s32(val))
+        if hit:
+            n += th.futex_wake(uaddr2, s32(timeout))
+        return n
+    return -errno.ENOSYS          # PI futexes, FUTEX_FD

@@ -94,6 +94,17 @@ def sys_kill(p, *a):
     target = struct.unpack("<i", struct.pack("<I", target & 0xFFFFFFFF))[0]
     if not 0 <= sig <= 64:
         return -errno.EINVAL
+    th = p.threads
+    if th is not None and p.current_syscall != "kill" and target > 0 and target != th.tid:
+        t = th.find(target)                      # another thread of this process
+        if t is not None:
+            if p.current_syscall == "tgkill" and struct.unpack("<i", struct.pack("<I", a[0] & 0xFFFFFFFF))[0] != p.pid:
+                return -errno.ESRCH
+            if sig:
+                th.signal_thread(t, sig, SI_TKILL)
+            return 0
+    if th is not None and p.current_syscall != "kill" and target == th.tid:
+        target = p.pid                           # the calling thread itself
     if target not in (p.pid, -1) and (p.current_syscall == "kill" or target > 0):
         from emsan.os.linux.children import send_signal
         return send_signal(p, target, sig)       # another process, or a process group (the host's)
@@ -162,6 +173,9 @@ def sys_pause(p, mask_ptr=0, sigsetsize=8, *_):
         sigs.suspend(p.user.u64(mask_ptr))
     # Returns -EINTR; the handler runs on the way back (Process.on_syscall).
     from emsan.os.linux.children import wait_for_signal
+    from emsan.os.linux.threads import park_for
+    if not sigs.deliverable():
+        park_for(p, "pause", None, -errno.EINTR)      # among threads: until a signal comes
     if not sigs.deliverable() and not sigs.wait_for_alarm() and not wait_for_signal(p):
         p.warn_once("pause", f"{p.current_syscall} with no signal that could ever arrive")
     return -errno.EINTR
@@ -180,6 +194,15 @@ def sys_rt_sigtimedwait(p, set_, info, timeout, sigsetsize=8, *_):
             if sec < 0 or not 0 <= nsec < 10**9:
                 return -errno.EINVAL
             ms = min(sec * 1000 + (nsec + 999_999) // 10**6, 2**31 - 1)
+        th = p.threads
+        if th is not None and th.crowded():          # among threads: park until a wanted signal comes
+            import time
+            from emsan.os.linux.threads import Park, Wait
+            if th.current.expired or ms == 0:
+                th.current.expired = False
+                return -errno.EAGAIN
+            raise Park(Wait("rt_sigtimedwait", None if ms is None else time.monotonic() + ms / 1000, True,
+                            sigset=wanted))
         limit, cut_by = wait_limit(p, ms)
         if limit is None:
             p.warn_once("pause", "rt_sigtimedwait with no signal that could ever arrive")
