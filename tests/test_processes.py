@@ -125,6 +125,8 @@ REAL = [
     ("dash-pipeline", ["sh", "-c", "echo hi | cat; printf '%s\\n' a b | sort -r | tr a-z A-Z; (exit 3); echo $?"],
      None),
     ("xargs", ["xargs", "-n", "2", "echo", "x"], b"a b c d e\n"),
+    ("make", ["make", "-j1", "-f", "-"],   # a Makefile on stdin: recipes run through sh, one a pipeline
+     b"all: one two\n\t@echo all done\none:\n\techo one | tr a-z A-Z\ntwo:\n\t@printf '%s\\n' two\n"),
     ("perl-system", ["perl", "-e", 'system("echo", "from perl"); print "status $?\\n"; '
                                    'my $o = `printf backticks`; print "$o\\n"; exit 4'], None),
     ("python-subprocess", ["python3", "-S", "-c", "import subprocess as s; r = s.run(['echo', 'sub'], "
