@@ -304,3 +304,16 @@ def test_seed_extremes_run():
     for seed in ("0", str((1 << 64) - 1)):
         got = emsan("run", "--seed", seed, build("hello", "x86_64", "static"), "x", env=ENV)
         assert got.returncode == 0 and got.stderr == b""
+
+
+def test_a_closed_stdout_ends_emsan_quietly():
+    """`emsan --version | head -0`: the reader is gone before emsan writes. No traceback on
+    stderr, and the status a shell shows for a program SIGPIPE ended (128 + 13)."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        res = subprocess.run([sys.executable, "-m", "emsan", "--version"], stdout=w, stderr=subprocess.PIPE,
+                             timeout=60)
+    finally:
+        os.close(w)
+    assert res.stderr == b"" and res.returncode == 141, res.stderr.decode()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -274,6 +275,10 @@ def guarded(body: Callable[[], int]) -> int:
         return e.status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:                # our stdout's reader went away (`emsan --version | head -0`)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
+        return 128 + signal.SIGPIPE            # what a shell shows for a program SIGPIPE ended
     except Exception as e:  # a bug in emsan
         if os.environ.get("EMSAN_DEBUG"):
             raise
@@ -285,8 +290,7 @@ def guarded(body: Callable[[], int]) -> int:
 def main(argv: list[str] | None = None) -> int:
     if not isinstance(sys.stderr, LossyStream):
         sys.stderr = LossyStream(sys.stderr)
-    ns = build_parser().parse_args(argv)
-    return guarded(lambda: command(ns, list(sys.argv[1:] if argv is None else argv)))
+    return guarded(lambda: command(build_parser().parse_args(argv), list(sys.argv[1:] if argv is None else argv)))
 
 
 def command(ns: argparse.Namespace, argv: list[str]) -> int:
