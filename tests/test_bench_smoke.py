@@ -15,20 +15,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _run_bench(tmp_path: Path, script: str, *args: str, timeout: float) -> tuple[str, dict]:
+    """Run bench/SCRIPT ARGS with its JSON in tmp_path; it must succeed. Its stdout and its JSON."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--json", str(out)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, json.loads(out.read_text())
+
+
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and x > 0
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 def test_bench_runner_smoke(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--reps", "2", "--arch", "x86_64",
-         "--workloads", "compute", "--scale", "0.01", "--json", str(out)],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "emsan/bare" in proc.stdout            # the table was printed
-    res = json.loads(out.read_text())
+    stdout, res = _run_bench(tmp_path, "run.py", "--quick", "--reps", "2", "--arch", "x86_64",
+                             "--workloads", "compute", "--scale", "0.01", timeout=120)
+    assert "emsan/bare" in stdout            # the table was printed
     assert {"schema", "meta", "workloads", "startup", "targets"} <= res.keys()
     assert res["meta"]["reps"] == 2 and res["meta"]["arches"] == ["x86_64"]
 
@@ -59,14 +63,9 @@ def test_bench_runner_smoke(tmp_path):
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 def test_kasan_bench_smoke(tmp_path):
     """bench/kasan.py (generic mode vs plain vs valgrind) on the tiny allocator micro workload."""
-    out = tmp_path / "kasan.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "kasan.py"), "--quick", "--reps", "2", "--arch", "x86_64",
-         "--workloads", "mallocfree", "--scale", "0.01", "--json", str(out)],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "generic/plain" in proc.stdout            # the tables were printed
-    res = json.loads(out.read_text())
+    stdout, res = _run_bench(tmp_path, "kasan.py", "--quick", "--reps", "2", "--arch", "x86_64",
+                             "--workloads", "mallocfree", "--scale", "0.01", timeout=120)
+    assert "generic/plain" in stdout            # the tables were printed
     assert {"schema", "meta", "workloads", "targets"} <= res.keys()
     assert res["meta"]["reps"] == 2 and res["meta"]["arches"] == ["x86_64"]
 
@@ -102,14 +101,9 @@ def test_kasan_bench_smoke(tmp_path):
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 def test_vmalloc_bench_smoke(tmp_path):
     """bench/vmalloc.py (test_vmalloc: no KASAN vs hook-based generic vs mmap shadow), tiny loops."""
-    out = tmp_path / "vmalloc.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "vmalloc.py"), "--reps", "1", "--arch", "x86_64",
-         "--scale", "0.02", "--json", str(out)],
-        capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    assert "KASAN vmalloc" in proc.stdout and "x KASAN" in proc.stdout     # the table was printed
-    res = json.loads(out.read_text())
+    stdout, res = _run_bench(tmp_path, "vmalloc.py", "--reps", "1", "--arch", "x86_64",
+                             "--scale", "0.02", timeout=180)
+    assert "KASAN vmalloc" in stdout and "x KASAN" in stdout     # the table was printed
     assert {"schema", "meta", "results"} <= res.keys()
     assert res["meta"]["reps"] == 1 and res["meta"]["arches"] == ["x86_64"]
     (d,) = res["results"]
@@ -130,14 +124,9 @@ def test_vmalloc_bench_smoke(tmp_path):
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 def test_shadow_memory_bench_smoke(tmp_path):
     """bench/shadow_memory.py (--shadow full vs per-page), tiny iteration counts."""
-    out = tmp_path / "shadow.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "shadow_memory.py"), "--reps", "1", "--arch", "x86_64",
-         "--scale", "0.02", "--json", str(out)],
-        capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    assert "peak RSS MB" in proc.stdout                  # the table was printed
-    res = json.loads(out.read_text())
+    stdout, res = _run_bench(tmp_path, "shadow_memory.py", "--reps", "1", "--arch", "x86_64",
+                             "--scale", "0.02", timeout=180)
+    assert "peak RSS MB" in stdout                  # the table was printed
     assert {"schema", "meta", "target", "workloads"} <= res.keys()
     assert [d["name"] for d in res["workloads"]] == ["alloc", "bigalloc", "mmapheavy"]
     for d in res["workloads"]:
@@ -154,14 +143,9 @@ def test_shadow_memory_bench_smoke(tmp_path):
 @pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
 def test_compiler_bench_smoke(tmp_path):
     """bench/compiler.py (plain, generic, compiler-assisted, bare shadow), one tiny workload."""
-    out = tmp_path / "compiler.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compiler.py"), "--reps", "1", "--arch", "x86_64",
-         "--workloads", "compute", "--scale", "0.02", "--json", str(out)],
-        capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "emsan runtime over bare shadow" in proc.stdout
-    res = json.loads(out.read_text())
+    stdout, res = _run_bench(tmp_path, "compiler.py", "--reps", "1", "--arch", "x86_64",
+                             "--workloads", "compute", "--scale", "0.02", timeout=300)
+    assert "emsan runtime over bare shadow" in stdout
     assert {"schema", "meta", "workloads", "targets"} <= res.keys()
     assert res["meta"]["reps"] == 1 and res["meta"]["arches"] == ["x86_64"]
     (d,) = res["workloads"]
@@ -175,14 +159,9 @@ def test_compiler_bench_smoke(tmp_path):
 def test_leaks_bench_smoke(tmp_path):
     """bench/leaks.py on a tiny heap: emsan's scan finds every object the workload lost (and so do
     the peers when installed); the cost of --leaks is a ratio."""
-    out = tmp_path / "leaks.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "leaks.py"), "--reps", "1", "--arch", "x86_64",
-         "--workloads", "leaky,mallocfree", "--scale", "0.002", "--json", str(out)],
-        capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "Leak scan at exit" in proc.stdout and "--no-leaks" in proc.stdout
-    res = json.loads(out.read_text())
+    stdout, res = _run_bench(tmp_path, "leaks.py", "--reps", "1", "--arch", "x86_64",
+                             "--workloads", "leaky,mallocfree", "--scale", "0.002", timeout=300)
+    assert "Leak scan at exit" in stdout and "--no-leaks" in stdout
     scan, cost = res["workloads"]
     assert scan["name"] == "leaky" and cost["name"] == "mallocfree"
     assert scan["made_lost"] == 200                  # 2,000 objects, one in 10 dropped
@@ -197,14 +176,9 @@ def test_leaks_bench_smoke(tmp_path):
                     reason="AFL++ is not installed")
 def test_fuzz_bench_smoke(tmp_path):
     """bench/afl_fuzz.py: every configuration fuzzes (executions counted) and time to first crash runs."""
-    out = tmp_path / "afl_fuzz.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "afl_fuzz.py"), "--reps", "1", "--arch", "x86_64", "--seconds", "1",
-         "--crash-seconds", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "executions per second" in proc.stdout and "Time to first crash" in proc.stdout
-    res = json.loads(out.read_text())
+    stdout, res = _run_bench(tmp_path, "afl_fuzz.py", "--reps", "1", "--arch", "x86_64", "--seconds", "1",
+                             "--crash-seconds", "2", timeout=600)
+    assert "executions per second" in stdout and "Time to first crash" in stdout
     assert res["schema"] == "emsan-bench-fuzz/1" and res["meta"]["arches"] == ["x86_64"]
     configs = {row["config"] for row in res["execs"]}
     assert configs == {"emsan none", "emsan generic", "emsan kfence", "plain Unicorn harness",
@@ -224,14 +198,9 @@ def test_fuzz_bench_smoke(tmp_path):
 def test_threads_bench_smoke(tmp_path):
     """bench/threads.py with few round trips: a per-switch figure for every configuration and
     the slice hook's paired ratio."""
-    out = tmp_path / "threads.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "threads.py"), "--reps", "1", "--arch", "x86_64",
-         "--rounds", "200", "--scale", "0.05", "--json", str(out)],
-        capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "one guest context switch" in proc.stdout and "time-slice block hook" in proc.stdout
-    res = json.loads(out.read_text())
+    stdout, res = _run_bench(tmp_path, "threads.py", "--reps", "1", "--arch", "x86_64",
+                             "--rounds", "200", "--scale", "0.05", timeout=300)
+    assert "one guest context switch" in stdout and "time-slice block hook" in stdout
     per = res["switch"]["x86_64"]
     assert set(per) == {"native", "qemu-user", "emsan-none", "emsan-generic", "emsan-kfence"}
     assert all(len(r["cpu_values_us"]) == 1 for r in per.values())     # tiny runs: signs may be noise
