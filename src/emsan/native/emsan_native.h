@@ -10,6 +10,7 @@ typedef struct emsan_api {
     void *uc_hook_add;      /* uc_err uc_hook_add(uc_engine *, size_t *, int, void *, void *, uint64_t, uint64_t, ...) */
     void *uc_ctl;           /* uc_err uc_ctl(uc_engine *, int, ...) */
     void *uc_emsan_host_ptr;    /* void *(uc_engine *, uint64_t, size_t, bool): engine/patches/005 */
+    void *uc_emsan_shadow_check;    /* uc_err (uc_engine *, uint64_t, uint64_t, const uint8_t *, uint8_t, cb, void *): 011 */
 } emsan_api;
 
 void emsan_set_api(const emsan_api *api);
@@ -476,6 +477,11 @@ int emsan_shadow_recheck(emsan_kasan *k, uint64_t addr, uint64_t size);
 
 /* The host memory behind the heap (emsan's), to be mapped at the heap's guest address. */
 void *emsan_kasan_heap_memory(emsan_kasan *k);
+
+/* --checks inline (inline.c): the heap checked by translated code against a flat copy of its
+ * shadow (engine/patches/011); 0 when the engine cannot (not an x86-64 host): check otherwise. */
+int emsan_inline_init(emsan_kasan *k, void *get_cpu, void *restore);
+void emsan_inline_cb(void *uc, uint64_t addr, int size, _Bool is_write, uintptr_t host_pc, void *ud);
 
 /* --checks mmio (mmio.c): the heap checked through an MMIO view instead of a memory hook.
  * Returns the host memory behind the heap, to be mapped at the heap's guest address. */

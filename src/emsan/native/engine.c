@@ -41,6 +41,14 @@ static int restore_at(void *uc, const engine_pc_recovery *r, void *cpu, uintptr_
     return 1;
 }
 
+int engine_pc_at(void *uc, const engine_pc_recovery *r, uintptr_t host_pc, int pc_reg, uint64_t *pc)
+{
+    if (!r->get_cpu || !r->restore) return 0;
+    void *cpu = ((get_cpu_fn)r->get_cpu)(uc, 0);
+    if (!cpu) cpu = ((get_cpu_fn)r->get_cpu)(uc, -1);
+    return cpu && restore_at(uc, r, cpu, host_pc, pc_reg, pc);
+}
+
 int engine_access_pcs(void *uc, const engine_pc_recovery *r, int pc_reg, uint64_t *out, int max)
 {
     if (!r->get_cpu || !r->restore || max < 1) return 0;

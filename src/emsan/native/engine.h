@@ -41,6 +41,8 @@ typedef struct engine_pc_recovery { void *get_cpu, *restore; } engine_pc_recover
 /* From inside a memory callback: guest PCs at or near the instruction making the access (at
  * most max, 0 without the internals); pc_reg: the engine's id of the PC register. */
 int engine_access_pcs(void *uc, const engine_pc_recovery *r, int pc_reg, uint64_t *out, int max);
+/* The guest PC of host_pc, a return address into translated code a helper was given; 0 if none. */
+int engine_pc_at(void *uc, const engine_pc_recovery *r, uintptr_t host_pc, int pc_reg, uint64_t *pc);
 
 typedef int (*engine_reg_read_fn)(void *, int, void *);
 typedef int (*engine_reg_write_fn)(void *, int, const void *);

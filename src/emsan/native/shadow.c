@@ -125,6 +125,7 @@ static uint32_t shared_for(uint8_t value)
 void shadow_fill(kasan_t *k, uint64_t addr, uint64_t len, uint8_t value)
 {
     if (k->mm && value) mmio_poisoned(k, addr, len);
+    if (k->il) inline_fill(k, addr, len, value);
     uint64_t end = addr + len;
     uint32_t shared = k->sm.share ? shared_for(value) : 0;
     while (addr < end) {
@@ -153,6 +154,7 @@ void shadow_unpoison(kasan_t *k, uint64_t addr, uint64_t size, uint64_t poison_t
         uint8_t *p = shadow_own(k, rest >> SHADOW_CHUNK_SHIFT);
         if (p) p[(rest & (SHADOW_CHUNK - 1)) >> 3] = (uint8_t)(size & (GRANULE - 1));
         if (k->mm) mmio_poisoned(k, rest, GRANULE);
+        if (k->il) inline_fill(k, rest, GRANULE, (uint8_t)(size & (GRANULE - 1)));
         rest += GRANULE;
     }
     if (poison_to > rest)
