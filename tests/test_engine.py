@@ -926,6 +926,62 @@ def test_inline_shadow_check_sees_flagged_granules(arch):
     assert seen == []
 
 
+# --- 012: block hook calls only where a filter wants them ---------------------------------------------------
+FILTER_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+
+
+def _countdown(arch: str) -> tuple[bytes, int, int]:
+    """A 5-round countdown loop: (code, loop head offset, end offset). Blocks: the first runs from the
+    start through the first branch, the loop head's runs 4 more times, then the tail's once."""
+    if arch == "x86_64":   # mov ecx, 5; L: dec ecx; jnz L; nop; nop
+        return b"\xb9\x05\x00\x00\x00\xff\xc9\x75\xfc\x90\x90", 5, 10
+    # movz w1, 5; L: subs w1, w1, 1; b.ne L; nop; nop
+    return struct.pack("<5I", 0x528000A1, 0x71000421, 0x54FFFFE1, 0xD503201F, 0xD503201F), 4, 16
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_block_filter_drops_calls_of_refused_blocks(arch):
+    """uc_emsan_block_filter: the filter is asked when a block is translated, with its address and
+    size; the hook then runs at the blocks it accepted only (every run, from the translation cache
+    too), and at all of them again once a second block hook exists or the filter is removed."""
+    code, loop, end = _countdown(arch)
+    m = Machine(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.write(LOOP_CODE, code)
+    ran, asked = [], []
+    h = m.uc.hook_add(uc.UC_HOOK_BLOCK, lambda u, addr, size, d: ran.append(addr - LOOP_CODE))
+
+    def want(u, addr, size, d):
+        asked.append((addr - LOOP_CODE, size))
+        return addr - LOOP_CODE != loop
+    filt = FILTER_CB(want)
+    set_filter = _fn("uc_emsan_block_filter", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                     ctypes.c_void_p)
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+    tail = loop + (4 if arch == "x86_64" else 8)                # after the loop's branch
+    assert ran == [0, loop, loop, loop, loop, tail]
+    assert set_filter(m.handle_int, h, ctypes.cast(filt, ctypes.c_void_p), None) == 0
+    for _ in range(2):
+        ran.clear()
+        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+        assert ran == [0, tail]
+    first = len(code[:loop]) + (4 if arch == "x86_64" else 8)
+    # asked when translated: once for blocks the cache keeps (the block ending at the run's exit
+    # address is translated anew by each run)
+    assert set(asked) == {(0, first), (loop, first - loop), (tail, end - tail)}
+    assert asked.count((0, first)) == asked.count((loop, first - loop)) == 1
+    other = m.uc.hook_add(uc.UC_HOOK_BLOCK, lambda u, addr, size, d: None)
+    m.uc.ctl_flush_tb()
+    ran.clear()
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+    assert ran == [0, loop, loop, loop, loop, tail]
+    m.uc.hook_del(other)
+    assert set_filter(m.handle_int, h, None, None) == 0
+    ran.clear()
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+    assert ran == [0, loop, loop, loop, loop, tail]
+
+
 # --- bench/engine.py ----------------------------------------------------------------------------------------
 def test_bench_engine_smoke(tmp_path):
     """The engine benchmark runs and writes its JSON (figures are never asserted)."""

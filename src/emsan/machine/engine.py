@@ -360,6 +360,16 @@ class Machine:
         """A C callback at the start of every basic block."""
         return self.hook_native(uconst.UC_HOOK_BLOCK, cfunc, user_data)
 
+    def filter_block_hook(self, hook: int, filter_cfunc, user_data) -> None:
+        """Translate the calls of block hook `hook` only into the blocks filter_cfunc(uc, address,
+        size, user_data) wants, while it is the only block hook (engine/patches/012)."""
+        ffi, lib = native.load()
+        err = lib.emsan_block_filter(ffi.cast("void *", self.handle_int), hook, ffi.cast("void *", filter_cfunc),
+                                     user_data)
+        if err:
+            raise unicorn.UcError(err)
+        self._keep.append((filter_cfunc, user_data))
+
     def hook_mem_prot(self, cb: Callable[[int, int, int], bool]) -> int:
         """cb(access, addr, size) on a protection fault (after the engine's own fault hook);
         True lets the access proceed. Faults are rare: this is a Python hook."""

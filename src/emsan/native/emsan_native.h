@@ -11,10 +11,13 @@ typedef struct emsan_api {
     void *uc_ctl;           /* uc_err uc_ctl(uc_engine *, int, ...) */
     void *uc_emsan_host_ptr;    /* void *(uc_engine *, uint64_t, size_t, bool): engine/patches/005 */
     void *uc_emsan_shadow_check;    /* uc_err (uc_engine *, uint64_t, uint64_t, const uint8_t *, uint8_t, cb, void *): 011 */
+    void *uc_emsan_block_filter;    /* uc_err (uc_engine *, uc_hook, filter, void *): engine/patches/012 */
 } emsan_api;
 
 void emsan_set_api(const emsan_api *api);
 int emsan_hook_add(void *uc, size_t *hh, int type, void *cb, void *ud, uint64_t begin, uint64_t end);
+/* Block hook `hook` called only at blocks filter(uc, address, size, ud) wants (engine/patches/012). */
+int emsan_block_filter(void *uc, size_t hook, void *filter, void *ud);
 
 /* Counting hook used by the benchmarks: one increment per executed instruction. */
 void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
@@ -347,8 +350,10 @@ void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot, int timed);
 void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out);
 /* Shadow call stack: the block hook (user data: the runtime) and per-module tables of block
  * ends. kinds[i] describes address lo + i: 1 a call ends there, 2 a return, 4 an indirect
- * jump, 8 a function starts there. */
+ * jump, 8 a function starts there, 32 only conditional branches lead there. */
 void emsan_scs_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+/* Whether a translated block needs emsan_scs_block_cb at its start (engine/patches/012). */
+_Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void *ud);
 void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds);
 void emsan_scs_mark_intercept(emsan_runtime *rt, uint64_t addr);
 /* --stack-checks ret: compare every tracked return with the call's return address. */

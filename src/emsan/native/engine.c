@@ -15,6 +15,11 @@ EXPORT int emsan_hook_add(void *uc, size_t *hh, int type, void *cb, void *ud, ui
     return ((engine_hook_add_fn)emsan_uc.uc_hook_add)(uc, hh, type, cb, ud, begin, end);
 }
 
+EXPORT int emsan_block_filter(void *uc, size_t hook, void *filter, void *ud)
+{
+    return ((engine_block_filter_fn)emsan_uc.uc_emsan_block_filter)(uc, hook, filter, ud);
+}
+
 /* The benchmarks' instruction counter: one increment per executed instruction. */
 EXPORT void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud)
 {

@@ -52,6 +52,7 @@ typedef int (*engine_emu_stop_fn)(void *);
 typedef int (*engine_ctl_fn)(void *, int, ...);
 typedef void *(*engine_host_ptr_fn)(void *, uint64_t, size_t, _Bool);
 typedef int (*engine_hook_add_fn)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
+typedef int (*engine_block_filter_fn)(void *, size_t, void *, void *);
 
 /* uc_tb: the translation block a UC_HOOK_EDGE_GENERATED callback is given. */
 typedef struct engine_tb { uint64_t pc; uint16_t icount; uint16_t size; } engine_tb;
