@@ -29,6 +29,7 @@ EXPORT emsan_cc *emsan_cc_new(emsan_kasan *k)
 {
     emsan_cc *cc = calloc(1, sizeof *cc);
     cc->k = k;
+    k->guest_routines = 1;
     return cc;
 }
 
@@ -38,7 +39,11 @@ EXPORT void emsan_cc_destroy(emsan_cc *cc)
     free(cc);
 }
 
-EXPORT void emsan_cc_get_stats(emsan_cc *cc, emsan_cc_stats *out) { *out = cc->stats; }
+EXPORT void emsan_cc_get_stats(emsan_cc *cc, emsan_cc_stats *out)
+{
+    *out = cc->stats;
+    out->guest_routines = cc->k->routines_run;
+}
 
 /* The call site of a call whose return address is `ret`. */
 static uint64_t call_site(rt_t *rt, uint64_t ret)
