@@ -33,12 +33,33 @@ struct stop { enum until until; uint32_t value; const uint8_t *set; };
 
 static inline int in_set(const uint8_t *set, uint32_t v) { return set[v >> 3] >> (v & 7) & 1; }
 
+/* High bit of each byte of v that is not zero. */
+static inline uint64_t nonzero_bytes(uint64_t v)
+{
+    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
+    return (((v & low7) + low7) | v) & ~low7;
+}
+#define HIGH_BITS 0x8080808080808080ULL
+
 /* Index of the first of the count elements at p that ends the scan, or count. */
 static size_t first_stop(const uint8_t *p, size_t count, int elem, const struct stop *st)
 {
     if (elem == 1 && (st->until == U_VALUE || (st->until == U_VALUE_OR_NUL && st->value == 0))) {
         const uint8_t *z = memchr(p, (int)st->value, count);
         return z ? (size_t)(z - p) : count;
+    }
+    if (elem == 1 && st->until == U_VALUE_OR_NUL) {          /* strchr: eight bytes at a time */
+        const uint64_t pattern = 0x0101010101010101ULL * (st->value & 0xFF);
+        size_t i = 0;
+        for (; i + 8 <= count; i += 8) {
+            uint64_t w;
+            memcpy(&w, p + i, 8);
+            uint64_t stop = ~(nonzero_bytes(w) & nonzero_bytes(w ^ pattern)) & HIGH_BITS;
+            if (stop) return i + (size_t)__builtin_ctzll(stop) / 8;     /* little-endian hosts */
+        }
+        for (; i < count; i++)
+            if (p[i] == st->value || !p[i]) return i;
+        return count;
     }
     for (size_t i = 0; i < count; i++) {
         uint32_t v = elem_at(p + i * (size_t)elem, elem);
@@ -97,13 +118,6 @@ static int read_block(kasan_t *k, uint64_t a, uint64_t n, uint8_t **out)
     return 0;
 }
 
-/* High bit of each byte of v that is not zero. */
-static inline uint64_t nonzero_bytes(uint64_t v)
-{
-    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
-    return (((v & low7) + low7) | v) & ~low7;
-}
-
 /* Index of the first of n bytes where x and y differ (or, for strings, x holds a NUL), or n;
  * eight bytes at a time. */
 static size_t first_difference(const uint8_t *x, const uint8_t *y, size_t n, int strings)
@@ -113,7 +127,7 @@ static size_t first_difference(const uint8_t *x, const uint8_t *y, size_t n, int
         uint64_t u, v;
         memcpy(&u, x + i, 8);
         memcpy(&v, y + i, 8);
-        uint64_t stop = nonzero_bytes(u ^ v) | (strings ? ~nonzero_bytes(u) & 0x8080808080808080ULL : 0);
+        uint64_t stop = nonzero_bytes(u ^ v) | (strings ? ~nonzero_bytes(u) & HIGH_BITS : 0);
         if (stop) return i + (size_t)__builtin_ctzll(stop) / 8;     /* little-endian hosts */
     }
     for (; i < n; i++)
