@@ -6,7 +6,9 @@
  *   __asan_register_globals(globals, n)             poisons each global's redzone (0xF9) and
  *                                                   keeps the descriptors for reports;
  *   __asan_handle_no_return()                       clears the stack's shadow above the SP.
- * Everything else (stack and alloca redzones) the guest's code writes into the shadow itself. */
+ * Everything else (stack and alloca redzones) the guest's code writes into the shadow itself.
+ * The libc interceptors stay; memcpy, memmove, mempcpy and memset with good ranges are only
+ * checked and then run the guest's own routine, as the kernel's memintrinsics (intercept.c). */
 #include "kasan.h"
 
 #define KASAN_GLOBAL_REDZONE 0xF9
