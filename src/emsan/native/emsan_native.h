@@ -552,6 +552,7 @@ typedef struct emsan_cc_stats {
     uint64_t reports;          /* ... queued as access errors */
     uint64_t globals;          /* globals registered */
     uint64_t no_returns;       /* __asan_handle_no_return calls that cleared the stack's shadow */
+    uint64_t guest_routines;   /* memcpy/memmove/mempcpy/memset calls checked and left to the guest's own routine */
 } emsan_cc_stats;
 
 typedef struct emsan_cc_global {

@@ -78,6 +78,14 @@ static inline int mem_get(void *uc, uint64_t a, void *buf, size_t n)
     }
     return ((engine_mem_read_fn)emsan_uc.uc_mem_read)(uc, a, buf, n);
 }
+/* [a, a+n) of guest memory to read in place: its host address when it lies in one plain RAM
+ * region, else a copy in buf (n bytes); NULL when it is not all mapped. */
+static inline const void *mem_view(void *uc, uint64_t a, void *buf, size_t n)
+{
+    const void *h = ((engine_host_ptr_fn)emsan_uc.uc_emsan_host_ptr)(uc, a, n, 0);
+    if (h) return h;
+    return ((engine_mem_read_fn)emsan_uc.uc_mem_read)(uc, a, buf, n) ? NULL : buf;
+}
 static inline int mem_put(void *uc, uint64_t a, const void *buf, size_t n)
 {
     void *h = ((engine_host_ptr_fn)emsan_uc.uc_emsan_host_ptr)(uc, a, n, 1);

@@ -171,6 +171,9 @@ struct emsan_kasan {
     struct tag_state *tags;            /* tag modes (tags.c) */
     struct checkpoint *cp;             /* a persistent loop's saved state (checkpoint.c), or NULL */
     struct libc_calls *calls;          /* C library calls judged at their return (libc.c), or NULL */
+    /* compiler-assisted mode: memintrinsics with good ranges run the guest's own routine (intercept.c) */
+    int guest_routines;
+    uint64_t routines_run;
     emsan_kasan_stats stats;
     struct shadow_map sm;              /* every mode: the mmap area's shadow (last: see above) */
 };
