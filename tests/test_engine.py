@@ -982,6 +982,45 @@ def test_block_filter_drops_calls_of_refused_blocks(arch):
     assert ran == [0, loop, loop, loop, loop, tail]
 
 
+# --- 013: where the CPU state keeps a register ----------------------------------------------------------------
+def _gpr_ids(arch: str) -> list[int]:
+    if arch == "x86_64":
+        names = ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI"] + [f"R{i}" for i in range(8, 16)]
+        return [getattr(x86_const, f"UC_X86_REG_{n}") for n in names]
+    return ([getattr(arm64_const, f"UC_ARM64_REG_X{i}") for i in range(31)]
+            + [arm64_const.UC_ARM64_REG_SP])
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_register_pointers(arch):
+    """uc_emsan_reg_ptr: for every general-purpose register, the address reads what uc_reg_read reads
+    and a write through it is what uc_reg_read then reads, before and after guest code ran; the PC is
+    readable there but its writes go through uc_reg_write (NULL); other registers have none."""
+    reg_ptr = _fn("uc_emsan_reg_ptr", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_bool)
+    code, loop, end = _countdown(arch)
+    m = Machine(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.write(LOOP_CODE, code)
+    h = m.handle_int
+    ids = _gpr_ids(arch)
+    for i, rid in enumerate(ids):
+        m.uc.reg_write(rid, 0x1111_0000_0000_0000 + i)
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)           # the loop counts down its register to 0
+    for i, rid in enumerate(ids):
+        p = reg_ptr(h, rid, False)
+        assert p and p == reg_ptr(h, rid, True)
+        cell = ctypes.c_uint64.from_address(p)
+        assert cell.value == m.uc.reg_read(rid)
+        cell.value = 0x2222_0000_0000_0000 + i
+        assert m.uc.reg_read(rid) == 0x2222_0000_0000_0000 + i
+    pc = x86_const.UC_X86_REG_RIP if arch == "x86_64" else arm64_const.UC_ARM64_REG_PC
+    p = reg_ptr(h, pc, False)
+    assert p and ctypes.c_uint64.from_address(p).value == m.uc.reg_read(pc) == LOOP_CODE + end
+    assert not reg_ptr(h, pc, True)
+    other = x86_const.UC_X86_REG_EFLAGS if arch == "x86_64" else arm64_const.UC_ARM64_REG_NZCV
+    assert not reg_ptr(h, other, False) and not reg_ptr(h, other, True)
+
+
 # --- bench/engine.py ----------------------------------------------------------------------------------------
 def test_bench_engine_smoke(tmp_path):
     """The engine benchmark runs and writes its JSON (figures are never asserted)."""

@@ -12,6 +12,7 @@ typedef struct emsan_api {
     void *uc_emsan_host_ptr;    /* void *(uc_engine *, uint64_t, size_t, bool): engine/patches/005 */
     void *uc_emsan_shadow_check;    /* uc_err (uc_engine *, uint64_t, uint64_t, const uint8_t *, uint8_t, cb, void *): 011 */
     void *uc_emsan_block_filter;    /* uc_err (uc_engine *, uc_hook, filter, void *): engine/patches/012 */
+    void *uc_emsan_reg_ptr;         /* void *(uc_engine *, int, bool): engine/patches/013 */
 } emsan_api;
 
 void emsan_set_api(const emsan_api *api);
