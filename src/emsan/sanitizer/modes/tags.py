@@ -46,7 +46,9 @@ class TagMode(KasanMode):
         target.machine.top_byte_ignore()      # pointers carry their tags (a harness's engine too)
         self.mmio = target.options.checks == "mmio"
         if self.mmio:
-            self.kasan.check_through_mmio(target.layout.mmio_view, target.map_memory)
+            layout = target.layout
+            views = layout.mmio_view if layout.tag_views is None else layout.tag_views
+            self.kasan.check_through_mmio(views, target.map_memory)
         else:
             self.map_heap()
             self.kasan.check_accesses()
