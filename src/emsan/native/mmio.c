@@ -134,6 +134,32 @@ static void bad_access(kasan_t *k, uint64_t addr, unsigned size, int is_write)
     error_raise(rt);
 }
 
+/* A piece of an access (the engine's pieces are 1, 2, 4 or 8 bytes) as one load or store: a
+ * memcpy of a variable size was a call, and its narrow store into a wider zeroed word stalled
+ * the load that followed (store forwarding; perf put most of the view's callback there). */
+static inline uint64_t piece_load(const uint8_t *p, unsigned size)
+{
+    uint8_t b; uint16_t h; uint32_t w; uint64_t d = 0;
+    switch (size) {
+    case 1: memcpy(&b, p, 1); return b;
+    case 2: memcpy(&h, p, 2); return h;
+    case 4: memcpy(&w, p, 4); return w;
+    case 8: memcpy(&d, p, 8); return d;
+    default: memcpy(&d, p, size < 8 ? size : 8); return d;
+    }
+}
+
+static inline void piece_store(uint8_t *p, uint64_t v, unsigned size)
+{
+    uint8_t b = (uint8_t)v; uint16_t h = (uint16_t)v; uint32_t w = (uint32_t)v;
+    switch (size) {
+    case 1: memcpy(p, &b, 1); break;
+    case 2: memcpy(p, &h, 2); break;
+    case 4: memcpy(p, &w, 4); break;
+    default: memcpy(p, &v, size < 8 ? size : 8); break;
+    }
+}
+
 /* Once the engine keeps a memory snapshot (a persistent fuzzing loop), the first write to a heap
  * page, by the guest through the direct mapping or by anyone through the engine's API, gives the
  * page a private copy that replaces emsan's host memory at that address until the snapshot is
@@ -147,7 +173,7 @@ EXPORT uint64_t emsan_mmio_read(void *uc, uint64_t offset, unsigned size, void *
     uint64_t addr = k->base + offset, v = 0;
     if (UNLIKELY(shadow_access_bad(k, addr, size))) bad_access(k, addr, size, 0);
     if (UNLIKELY(k->mm->cow)) mem_get(uc, addr, &v, size);
-    else memcpy(&v, k->host + offset, size);
+    else v = piece_load(k->host + offset, size);
     return v;
 }
 
@@ -157,7 +183,7 @@ EXPORT void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t 
     uint64_t addr = k->base + offset;
     if (UNLIKELY(shadow_access_bad(k, addr, size))) bad_access(k, addr, size, 1);
     if (UNLIKELY(k->mm->cow)) mem_put(uc, addr, &value, size);
-    else memcpy(k->host + offset, &value, size);
+    else piece_store(k->host + offset, value, size);
 }
 
 /* The allocator went back to a checkpoint: pages it mapped straight to memory may need checks
@@ -188,7 +214,7 @@ EXPORT uint64_t emsan_tags_mmio_read(void *uc, uint64_t offset, unsigned size, v
     uint64_t tagged = tag_view_addr(k, offset, &off);
     if (UNLIKELY(tags_access_bad(k, tagged, size))) bad_access(k, tagged, size, 0);
     if (UNLIKELY(k->mm->cow)) mem_get(uc, k->base + off, &v, size);
-    else memcpy(&v, k->host + off, size);
+    else v = piece_load(k->host + off, size);
     return v;
 }
 
@@ -199,5 +225,5 @@ EXPORT void emsan_tags_mmio_write(void *uc, uint64_t offset, unsigned size, uint
     uint64_t tagged = tag_view_addr(k, offset, &off);
     if (UNLIKELY(tags_access_bad(k, tagged, size))) bad_access(k, tagged, size, 1);
     if (UNLIKELY(k->mm->cow)) mem_put(uc, k->base + off, &value, size);
-    else memcpy(k->host + off, &value, size);
+    else piece_store(k->host + off, value, size);
 }
