@@ -2,7 +2,7 @@
 
 emsan's allocator gives every object a random tag, stored per 16-byte granule in a host-side
 table and returned in the pointer's top byte; every access compares the two. By default
-(--checks mmio) the engine's TLB sees the pointer tag and sends a (tag, page) pair to a checking
+(--checks inline or mmio) the engine's TLB sees the pointer tag and sends a (tag, page) pair to a checking
 MMIO view only where some granule of the page carries another tag (native/mmio.c); --checks hook
 checks every access in a memory hook, which is also what checks memory outside the heap that a
 guest tags itself. No redzones and no quarantine, as in the kernel. Reports take their bug type from a
@@ -44,7 +44,7 @@ class TagMode(KasanMode):
     def __init__(self, target: Target):
         super().__init__(target, stream_seed(target.options.seed, "tags"))
         target.machine.top_byte_ignore()      # pointers carry their tags (a harness's engine too)
-        self.mmio = target.options.checks == "mmio"
+        self.mmio = target.options.checks != "hook"   # inline (generic mode's shadow code) means mmio here
         if self.mmio:
             layout = target.layout
             views = layout.mmio_view if layout.tag_views is None else layout.tag_views
