@@ -17,6 +17,10 @@
 #define ENGINE_MEM_WRITE_PROT 22
 #define ENGINE_MEM_READ_PROT 23
 
+/* uc_hook_type: UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE */
+#define ENGINE_HOOK_MEM_READ (1 << 10)
+#define ENGINE_HOOK_MEM_WRITE (1 << 11)
+
 /* uc_prot bits, as a TLB entry's permissions. */
 #define ENGINE_PROT_READ 1
 #define ENGINE_PROT_RW 3
