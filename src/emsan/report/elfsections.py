@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from elftools.elf.elffile import ELFFile
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 SHT_NOBITS = "SHT_NOBITS"
 
@@ -34,6 +35,7 @@ def _check(elf: ELFFile, size: int) -> None:
 
 @lru_cache(maxsize=512)
 def _usable(path: str, size: int, mtime_ns: int) -> bool:
+    from elftools.elf.elffile import ELFFile     # here: importing pyelftools is ~20 ms of start-up
     try:
         with open(path, "rb") as f:
             _check(ELFFile(f), size)
@@ -54,4 +56,7 @@ def sections_usable(path: str) -> bool:
 def open_sections(f: BinaryIO, path: str) -> ELFFile | None:
     """An ELFFile over the open file `f` (of `path`) to read sections from, or None when its
     section-header table is unusable: then the file is used without its sections."""
-    return ELFFile(f) if sections_usable(path) else None
+    if not sections_usable(path):
+        return None
+    from elftools.elf.elffile import ELFFile
+    return ELFFile(f)

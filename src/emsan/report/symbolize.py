@@ -12,13 +12,14 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-from emsan.cache import file_key
-from emsan.report.debuginfo import build_id, find_debug_file
-from emsan.report.dwarf import DwarfIndex, Inline
-from emsan.report.elfsections import open_sections
+from typing import TYPE_CHECKING
+
 from emsan.sanitizer.entrypoints import function_symbols, has_section
 
-__all__ = ["Frame", "Inline", "ModuleSymbols", "Symbolizer", "demangle", "module_symbols"]
+if TYPE_CHECKING:
+    from emsan.report.dwarf import DwarfIndex, Inline
+
+__all__ = ["Frame", "ModuleSymbols", "Symbolizer", "demangle", "module_symbols"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,12 @@ class ModuleSymbols:
     its link address."""
 
     def __init__(self, path: str, roots: tuple[str, ...] = ("/",)):
+        # pyelftools and the DWARF reader only once something is symbolized: a clean run never is
+        from emsan.cache import file_key
+        from emsan.report.debuginfo import build_id, find_debug_file
+        from emsan.report.dwarf import DwarfIndex
+        from emsan.report.elfsections import open_sections
+
         self.path = path
         self.debug_path: str | None = None
         self.dwarf: DwarfIndex | None = None
