@@ -212,6 +212,34 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=512)
+def _index(path: str) -> dict:
+    """What the functions below need of a module, derived once per file and cached on disk
+    (emsan.cache.per_file): the symbols of functions emsan stands in for, with their class in
+    each table, string IFUNCs, string-code ranges, imports and whether it has .symtab. A start-up
+    then reads a few hundred entries instead of scanning and classifying a debug libc's 7,000
+    symbols (~25 ms per run)."""
+    from emsan.cache import per_file
+    return per_file(path, "entrypoints", __file__, lambda: _make_index(path))
+
+
+def _make_index(path: str) -> dict:
+    named = []          # STT_FUNC symbols of any table: [value, name, allocator, string, tag, libc id]
+    ifuncs = []         # [value, name] of IFUNCs of intercepted string functions
+    code = []           # [value, size] of string-routine code
+    for value, size, kind, name in function_symbols(path):
+        if kind == STT_FUNC:
+            row = [ALLOCATOR.get(name), string_function(name), TAG_FUNCTIONS.get(name), LIBC.get(name)]
+            if any(row):
+                named.append([value, name, *row])
+        elif kind == STT_GNU_IFUNC and string_function(name):
+            ifuncs.append([value, name])
+        if size and STRING_CODE.match(name):
+            code.append([value, size])
+    return {"named": named, "ifuncs": ifuncs, "code": code, "imports": sorted(_imported_functions(path)),
+            "symtab": has_section(path, ".symtab")}
+
+
 def has_section(path: str, name: str) -> bool:
     """Does the ELF file at path have a section called name (False if it cannot be read)?"""
     try:
@@ -231,18 +259,15 @@ SHARED = {frozenset(("MEMALIGN", "ALIGNED_ALLOC")): "MEMALIGN_OR_ALIGNED_ALLOC"}
 
 
 def has_symtab(path: str) -> bool:
-    return has_section(path, ".symtab")
+    return _index(path)["symtab"]
 
 
 def module_entry_points(path: str, base: int, strings: bool = True, tags: bool = False) -> list[EntryPoint]:
     """Allocator (and, unless strings=False, string; with tags=True, tagging) functions a module
     defines, at run time."""
     out: dict[int, EntryPoint] = {}
-    for value, _size, kind, name in function_symbols(path):
-        if kind != STT_FUNC:
-            continue
-        fn = ALLOCATOR.get(name) or (string_function(name) if strings else None) or \
-            (TAG_FUNCTIONS.get(name) if tags else None)
+    for value, name, alloc, string, tag, _libc in _index(path)["named"]:
+        fn = alloc or (string if strings else None) or (tag if tags else None)
         if not fn:
             continue
         had = out.get(value + base)
@@ -258,14 +283,12 @@ def string_ifuncs(path: str, base: int) -> list[tuple[int, str]]:
 
     A stripped libc has no names for its optimized variants: emsan calls each resolver once
     the program is relocated and intercepts the variant it returns."""
-    return sorted({(value + base, name) for value, _size, kind, name in function_symbols(path)
-                   if kind == STT_GNU_IFUNC and string_function(name)})
+    return sorted({(value + base, name) for value, name in _index(path)["ifuncs"]})
 
 
 def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
     """Address ranges of string-routine code in a module (whose read-ahead kasan.c tolerates)."""
-    return [(value + base, value + base + size) for value, size, _kind, name in function_symbols(path)
-            if size and STRING_CODE.match(name)]
+    return [(value + base, value + base + size) for value, size in _index(path)["code"]]
 
 
 # ---- which of the C library functions checked at entry (LIBC) a program calls ---------------------
@@ -278,15 +301,18 @@ def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
 def libc_functions(path: str, base: int) -> dict[int, tuple[str, frozenset[str]]]:
     """Address -> (native id name, every LIBC name there) of the LIBC functions a module defines."""
     out: dict[int, tuple[str, set[str]]] = {}
-    for value, _size, kind, name in function_symbols(path):
-        if kind == STT_FUNC and name in LIBC:
-            out.setdefault(value + base, (LIBC[name], set()))[1].add(name)
+    for value, name, _alloc, _string, _tag, libc in _index(path)["named"]:
+        if libc:
+            out.setdefault(value + base, (libc, set()))[1].add(name)
     return {a: (fn, frozenset(names)) for a, (fn, names) in out.items()}
 
 
-@lru_cache(maxsize=None)
 def imported_functions(path: str) -> frozenset[str]:
     """The names a module imports (its undefined dynamic symbols)."""
+    return frozenset(_index(path)["imports"])
+
+
+def _imported_functions(path: str) -> frozenset[str]:
     out = set()
     try:
         secs = _sections(path) or ()
@@ -334,7 +360,14 @@ def _aranges(data: bytes) -> list[tuple[int, int]]:
 @lru_cache(maxsize=64)
 def direct_callees(path: str, arm64: bool) -> frozenset[int] | None:
     """Link addresses that the module's own code (the ranges .debug_aranges covers) calls or
-    jumps to directly (x86-64 call/jmp rel32, arm64 bl/b); None without .debug_aranges."""
+    jumps to directly (x86-64 call/jmp rel32, arm64 bl/b); None without .debug_aranges.
+    Cached on disk per file (a static program's whole code is scanned)."""
+    from emsan.cache import per_file
+    found = per_file(path, f"callees-{int(arm64)}", __file__, lambda: _direct_callees(path, arm64))
+    return None if found is None else frozenset(found)
+
+
+def _direct_callees(path: str, arm64: bool) -> list[int] | None:
     try:
         secs = _sections(path) or ()
         ar = next((s for s in secs if s.name == ".debug_aranges"), None)
@@ -363,6 +396,6 @@ def direct_callees(path: str, arm64: bool) -> frozenset[int] | None:
                             rel, = struct.unpack_from("<i", data, i + 1)
                             out.add(lo + i + 5 + rel)
                             i = data.find(op, i + 1)
-        return frozenset(out) if ranges else None
+        return sorted(out) if ranges else None
     except Exception:
         return None

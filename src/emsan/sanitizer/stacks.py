@@ -17,10 +17,12 @@ import os
 import struct
 import sys
 from pathlib import Path
-
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING
 
 from emsan.report.elfsections import open_sections
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 from emsan.errors import EmsanError
 from emsan.sanitizer.entrypoints import STT_FUNC, function_symbols
