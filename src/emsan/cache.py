@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -69,8 +70,19 @@ def file_identity(path: str) -> str | None:
         st = os.stat(path)
     except OSError:
         return None
+    return stat_identity(path, st)
+
+
+def stat_identity(path: str, st: os.stat_result) -> str:
+    """file_identity() of a file already stat'ed."""
     return (f"{os.path.realpath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|"
             f"{st.st_ctime_ns}")
+
+
+# File times tick coarsely (a few ms on Linux, 1-2 s on some file systems): two versions of a file
+# written within one tick can share every field of the identity. As git does with its index, a
+# file changed less than this long ago is not cached (each run derives it again until it is older).
+RACY_NS = 2_000_000_000
 
 
 @lru_cache(maxsize=None)
@@ -99,6 +111,11 @@ def per_file(path: str, kind: str, source: str, make: Callable[[], Any]) -> Any:
     if isinstance(hit, dict) and hit.get("key") == key and "value" in hit:
         return hit["value"]
     value = make()
-    if file_identity(path) == before:         # not changed while it was read
+    try:
+        st = os.stat(path)
+    except OSError:
+        return value
+    settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS
+    if settled and stat_identity(path, st) == before:         # not changed while it was read
         store_json(d, name, {"key": key, "value": value})
     return value

@@ -34,7 +34,7 @@ def _check(elf: ELFFile, size: int) -> None:
 
 
 @lru_cache(maxsize=512)
-def _usable(path: str, size: int, mtime_ns: int) -> bool:
+def _usable(path: str, size: int, _identity: str) -> bool:
     from elftools.elf.elffile import ELFFile     # here: importing pyelftools is ~20 ms of start-up
     try:
         with open(path, "rb") as f:
@@ -46,11 +46,12 @@ def _usable(path: str, size: int, mtime_ns: int) -> bool:
 
 def sections_usable(path: str) -> bool:
     """Does the file's section-header table parse, with every section inside the file?"""
+    from emsan.cache import stat_identity
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return _usable(path, st.st_size, st.st_mtime_ns)
+    return _usable(path, st.st_size, stat_identity(path, st))
 
 
 def open_sections(f: BinaryIO, path: str) -> ELFFile | None:

@@ -148,12 +148,13 @@ def _sections(path: str) -> tuple[_Section, ...] | None:
 
     Read with struct: pyelftools parses every header with construct to find one by name, 20-40 ms
     per libc at every start-up."""
-    st = os.stat(path)
-    return _sections_of(path, st.st_size, st.st_mtime_ns)
+    from emsan.cache import file_identity
+    os.stat(path)                       # (OSError for a file that is gone, as callers expect)
+    return _sections_of(path, file_identity(path))
 
 
 @lru_cache(maxsize=512)
-def _sections_of(path: str, _size: int, _mtime_ns: int) -> tuple[_Section, ...] | None:
+def _sections_of(path: str, _identity: str | None) -> tuple[_Section, ...] | None:
     with open(path, "rb") as f:
         head = f.read(_EHDR.size)
     if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
@@ -184,12 +185,18 @@ def _read(f, sec: _Section) -> bytes:
     return f.read(sec.size)
 
 
-@lru_cache(maxsize=None)
 def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     """(link address, size, type, name) of the defined functions in .symtab and .dynsym.
 
     Scanned with struct, not pyelftools' per-symbol parser: that took 0.8 s for a static glibc
-    program, most of a short run's start-up."""
+    program, most of a short run's start-up. Kept per file version (a file replaced while emsan
+    runs is read again)."""
+    from emsan.cache import file_identity
+    return _function_symbols(path, file_identity(path))
+
+
+@lru_cache(maxsize=64)
+def _function_symbols(path: str, _identity: str | None) -> tuple[tuple[int, int, int, str], ...]:
     out = []
     try:
         secs = _sections(path) or ()          # (32-bit and big-endian files: entsize is not 24)
@@ -212,13 +219,18 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=512)
 def _index(path: str) -> dict:
     """What the functions below need of a module, derived once per file and cached on disk
     (emsan.cache.per_file): the symbols of functions emsan stands in for, with their class in
     each table, string IFUNCs, string-code ranges, imports and whether it has .symtab. A start-up
     then reads a few hundred entries instead of scanning and classifying a debug libc's 7,000
     symbols (~25 ms per run)."""
+    from emsan.cache import file_identity
+    return _index_of(path, file_identity(path))
+
+
+@lru_cache(maxsize=512)
+def _index_of(path: str, _identity: str | None) -> dict:
     from emsan.cache import per_file
     return per_file(path, "entrypoints", __file__, lambda: _make_index(path))
 
