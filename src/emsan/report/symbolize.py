@@ -14,8 +14,6 @@ from functools import cached_property, lru_cache
 
 from typing import TYPE_CHECKING
 
-from emsan.sanitizer.entrypoints import function_symbols
-
 if TYPE_CHECKING:
     from emsan.report.dwarf import DwarfIndex, Inline
 
@@ -93,6 +91,7 @@ class ModuleSymbols:
     def _table(self) -> tuple[list[tuple[int, int, str]], list[int]]:
         """(link address, size, name) of every function, sorted, and their addresses: read on the
         first lookup (the stack-object checks need only the DWARF)."""
+        from emsan.sanitizer.entrypoints import function_symbols
         found = list(function_symbols(self.path))
         if self.debug_path is not None:
             found += function_symbols(self.debug_path)
