@@ -63,9 +63,10 @@ def store_json(d: Path | None, name: str, value) -> None:
 
 
 def file_identity(path: str) -> str | None:
-    """What changes whenever a file's contents may have: its real path, device, inode, size,
-    modification and change times (a rewrite in place that restores the mtime, `cp -p` over it,
-    still moves the change time, which no one can set). None when it cannot be stat'ed."""
+    """What changes whenever a file's contents may have: its device and inode (which file, by
+    whatever path), size, modification and change times (a rewrite in place that restores the
+    mtime, `cp -p` over it, still moves the change time, which no one can set). None when it
+    cannot be stat'ed."""
     try:
         st = os.stat(path)
     except OSError:
@@ -75,8 +76,7 @@ def file_identity(path: str) -> str | None:
 
 def stat_identity(path: str, st: os.stat_result) -> str:
     """file_identity() of a file already stat'ed."""
-    return (f"{os.path.realpath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|"
-            f"{st.st_ctime_ns}")
+    return f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
 
 
 # File times tick coarsely (a few ms on Linux, 1-2 s on some file systems): two versions of a file
