@@ -206,3 +206,17 @@ def test_threads_bench_smoke(tmp_path):
     assert all(len(r["cpu_values_us"]) == 1 for r in per.values())     # tiny runs: signs may be noise
     hook = res["slice_hook"]["x86_64"]
     assert _positive(hook["cpu_s_thread"]) and _positive(hook["cpu_s_alone"]) and _positive(hook["ratio"]["median"])
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_startup_bench_smoke(tmp_path):
+    """bench/startup.py, one repetition of --mode none: the peers that are installed, python, and
+    emsan with an empty and a warm cache, each with a wall and a CPU figure."""
+    stdout, res = _run_bench(tmp_path, "startup.py", "--reps", "1", "--arch", "x86_64", "--modes", "none",
+                             timeout=300)
+    assert "Start-up, dynamic hello, x86_64" in stdout
+    (rec,) = res["results"]
+    assert {"native", "python", "none-cold", "none-warm"} <= set(rec["wall"])
+    assert all(len(v) == 1 and _positive(v[0]) for v in rec["wall"].values())
+    assert all(len(v) == 1 and v[0] >= 0 for v in rec["cpu"].values())
+    assert set(rec["target_met"]) == {"none-warm"}

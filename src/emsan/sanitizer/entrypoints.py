@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from emsan.report.elfsections import open_sections, sections_usable
+from emsan.runtime import GLOBALS_SYMBOL, NO_RETURN_SYMBOL, REPORT_SYMBOL
 
 # Allocator entry points (C and C++), by symbol name -> native function id name.
 ALLOCATOR = {
@@ -27,6 +28,8 @@ ALLOCATOR = {
     "_ZdaPvSt11align_val_t": "DELETE_ARRAY_ALIGNED", "_ZdaPvSt11align_val_tRKSt9nothrow_t": "DELETE_ARRAY_ALIGNED",
     "_ZdaPvmSt11align_val_t": "DELETE_ARRAY_SIZED_ALIGNED",
 }
+# Compiler-assisted mode stands in for its runtime's functions (emsan.runtime, kasan_runtime.h).
+RUNTIME_FUNCTIONS = (REPORT_SYMBOL, GLOBALS_SYMBOL, NO_RETURN_SYMBOL)
 # Tag modes also stand in for HWASan's interface for tagging a range of memory.
 TAG_FUNCTIONS = {"__hwasan_tag_memory": "TAG_MEMORY"}
 
@@ -239,7 +242,10 @@ def _make_index(path: str) -> dict:
     named = []          # STT_FUNC symbols of any table: [value, name, allocator, string, tag, libc id]
     ifuncs = []         # [value, name] of IFUNCs of intercepted string functions
     code = []           # [value, size] of string-routine code
+    runtime = {}        # compiler-assisted mode's runtime functions: name -> value
     for value, size, kind, name in function_symbols(path):
+        if name in RUNTIME_FUNCTIONS:
+            runtime[name] = value
         if kind == STT_FUNC:
             row = [ALLOCATOR.get(name), string_function(name), TAG_FUNCTIONS.get(name), LIBC.get(name)]
             if any(row):
@@ -249,7 +255,13 @@ def _make_index(path: str) -> dict:
         if size and STRING_CODE.match(name):
             code.append([value, size])
     return {"named": named, "ifuncs": ifuncs, "code": code, "imports": sorted(_imported_functions(path)),
-            "symtab": has_section(path, ".symtab")}
+            "symtab": has_section(path, ".symtab"), "runtime": runtime}
+
+
+def runtime_functions(path: str) -> dict[str, int]:
+    """Link addresses of compiler-assisted mode's runtime functions (emsan.runtime) the module
+    defines: the report hook, the globals' registration, the no-return hook."""
+    return dict(_index(path)["runtime"])
 
 
 def has_section(path: str, name: str) -> bool:
