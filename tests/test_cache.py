@@ -164,3 +164,22 @@ def test_reports_are_symbolized_the_same_cold_warm_and_without_a_cache(tmp_path)
         if where == "cache":
             assert list((tmp_path / "cache" / "files").glob("entrypoints-*"))
     assert frames[0] == frames[1] == frames[2]
+
+
+def test_stack_tables_follow_the_file_too(settled, tmp_path):
+    """The stack collectors' per-module tables (sanitizer/stacks.py) use the same identity."""
+    from emsan.sanitizer import stacks
+    f = tmp_path / "f"
+    f.write_bytes(b"one")
+    calls = []
+
+    def make():
+        calls.append(1)
+        return f.read_bytes()
+    assert stacks._cached(str(f), "t", make) == b"one" and stacks._cached(str(f), "t", make) == b"one"
+    assert len(calls) == 1
+    st = os.stat(f)
+    time.sleep(0.05)
+    f.write_bytes(b"two")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert stacks._cached(str(f), "t", make) == b"two" and len(calls) == 2
