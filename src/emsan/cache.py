@@ -71,10 +71,10 @@ def file_identity(path: str) -> str | None:
         st = os.stat(path)
     except OSError:
         return None
-    return stat_identity(path, st)
+    return stat_identity(st)
 
 
-def stat_identity(path: str, st: os.stat_result) -> str:
+def stat_identity(st: os.stat_result) -> str:
     """file_identity() of a file already stat'ed."""
     return f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
 
@@ -116,6 +116,6 @@ def per_file(path: str, kind: str, source: str, make: Callable[[], Any]) -> Any:
     except OSError:
         return value
     settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS
-    if settled and stat_identity(path, st) == before:         # not changed while it was read
+    if settled and stat_identity(st) == before:         # not changed while it was read
         store_json(d, name, {"key": key, "value": value})
     return value

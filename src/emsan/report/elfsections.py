@@ -51,7 +51,7 @@ def sections_usable(path: str) -> bool:
         st = os.stat(path)
     except OSError:
         return False
-    return _usable(path, st.st_size, stat_identity(path, st))
+    return _usable(path, st.st_size, stat_identity(st))
 
 
 def open_sections(f: BinaryIO, path: str) -> ELFFile | None:

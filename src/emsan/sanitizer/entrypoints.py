@@ -152,7 +152,6 @@ def _sections(path: str) -> tuple[_Section, ...] | None:
     Read with struct: pyelftools parses every header with construct to find one by name, 20-40 ms
     per libc at every start-up."""
     from emsan.cache import file_identity
-    os.stat(path)                       # (OSError for a file that is gone, as callers expect)
     return _sections_of(path, file_identity(path))
 
 
@@ -381,7 +380,6 @@ def _aranges(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
-@lru_cache(maxsize=64)
 def direct_callees(path: str, arm64: bool) -> frozenset[int] | None:
     """Link addresses that the module's own code (the ranges .debug_aranges covers) calls or
     jumps to directly (x86-64 call/jmp rel32, arm64 bl/b); None without .debug_aranges.
