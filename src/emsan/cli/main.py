@@ -309,7 +309,10 @@ def entry() -> None:
     args = sys.argv[1:]
     status = main(args)
     if args[:1] == ["run"]:
-        from emsan.session.processes import leave
+        try:
+            from emsan.session.processes import leave
+        except EmsanError:              # no engine to run on (reported already): nothing ran
+            sys.exit(status)
         leave(status)
     sys.exit(status)
 
