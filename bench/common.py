@@ -172,6 +172,20 @@ def version(dist: str) -> str | None:
         return None
 
 
+def tool_version(cmd: list[str]) -> str | None:
+    """The first line a tool prints for its version (`valgrind --version`), or None."""
+    try:
+        lines = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.splitlines()
+        return lines[0].strip() if lines else None
+    except Exception:
+        return None
+
+
+def met(ok: bool) -> str:
+    """A target's verdict, for rich."""
+    return "[green]met[/green]" if ok else "[red]not met[/red]"
+
+
 def git_rev() -> str | None:
     try:
         p = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (run_and_report, run_meta, selected, standard_parser, BENCH, BUILD_DIR, ROOT, WORKLOAD_DIR, WORKLOADS,  # noqa: E402
-                    BenchError, Runner, fmt_ratio, paired_ratio, rotate)
+                    BenchError, Runner, fmt_ratio, met, paired_ratio, rotate, tool_version)
 
 DEFAULT_JSON = BENCH / "results" / "compiler.json"
 CC_FLAGS = ["-static", "-O2", "-g", "-fno-omit-frame-pointer"]
@@ -113,7 +113,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
         "cc_over_bare_emu": d["ratio"]["cc_over_bare"]["emu"]["median"],
         "met_emu_cpu": d["ratio"]["cc_over_bare"]["emu_cpu"]["median"] <= RUNTIME_TARGET,
         "met_emu": d["ratio"]["cc_over_bare"]["emu"]["median"] <= RUNTIME_TARGET} for d in workloads}
-    meta = run_meta(args, arches, reps, started, load_before, cc_flags=CC_FLAGS, clang=_clang_version())
+    meta = run_meta(args, arches, reps, started, load_before, cc_flags=CC_FLAGS, clang=tool_version(["clang", "--version"]))
     return {"schema": 1, "meta": meta, "workloads": workloads,
             "targets": {"cc_over_bare_max": RUNTIME_TARGET, "runtime": targets}}
 
@@ -126,13 +126,6 @@ def finish(d: dict) -> dict:
                   for name, (a, b) in RATIOS.items()}
     d["reference_output"] = d["reference_output"].decode(errors="replace").strip()
     return d
-
-
-def _clang_version() -> str | None:
-    try:
-        return subprocess.run(["clang", "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
-    except Exception:
-        return None
 
 
 def render(res: dict, console) -> None:
@@ -159,13 +152,9 @@ def render(res: dict, console) -> None:
     console.print(t)
     for key, v in res["targets"]["runtime"].items():
         console.print(f"emsan runtime over bare shadow ≤ {RUNTIME_TARGET}×, {key}: emu CPU {v['cc_over_bare_emu_cpu']:.3f}× "
-                      f"{_met(v['met_emu_cpu'])}; emu wall {v['cc_over_bare_emu']:.3f}× {_met(v['met_emu'])}")
+                      f"{met(v['met_emu_cpu'])}; emu wall {v['cc_over_bare_emu']:.3f}× {met(v['met_emu'])}")
     console.print(f"[dim]{meta['started']}  {meta['seconds']} s  {meta['clang']}  unicorn {meta['unicorn']}  "
                   f"load average {meta['loadavg_before'][0]} → {meta['loadavg_after'][0]}  git {meta['git_rev']}[/dim]")
-
-
-def _met(ok: bool) -> str:
-    return "[green]met[/green]" if ok else "[red]not met[/red]"
 
 
 def main(argv: list[str] | None = None) -> int:

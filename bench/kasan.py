@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (run_and_report, run_meta, selected, standard_parser, BENCH, BUILD_DIR, ROOT, WORKLOADS, BenchError, Runner, build,  # noqa: E402
-                    fmt_ratio, paired_ratio, rotate, spread, summary)
+                    fmt_ratio, met, paired_ratio, rotate, spread, summary, tool_version)
 
 DEFAULT_JSON = BENCH / "results" / "kasan.json"
 
@@ -163,7 +163,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
             for d in workloads if d.get("us_per_pair")},
     }
     meta = run_meta(args, arches, reps, started, load_before,
-                    valgrind=_valgrind_version() if valgrind else None, valgrind_cmd=VALGRIND if valgrind else None)
+                    valgrind=tool_version(["valgrind", "--version"]) if valgrind else None, valgrind_cmd=VALGRIND if valgrind else None)
     return {"schema": 1, "meta": meta, "workloads": workloads, "targets": targets}
 
 
@@ -239,13 +239,6 @@ def _brief(st: dict | None) -> str:
     return ", ".join(f"{k}={st[k]:,}" for k in ("allocs", "frees", "intercepted", "errors") if k in st)
 
 
-def _valgrind_version() -> str | None:
-    try:
-        return subprocess.run(["valgrind", "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    except Exception:
-        return None
-
-
 # --- output ------------------------------------------------------------------------------------------
 def render(res: dict, console) -> None:
     from rich.table import Table
@@ -310,32 +303,28 @@ def render(res: dict, console) -> None:
         for d in pw:
             st, u, m = d["sanitizer_stats"], d["us_per_pair"], d["median"]
             tgt = res["targets"]["pair"][f"{d['arch']}/{d['name']}"]
-            met = _met(tgt["met_emu_cpu"])
+            verdict = met(tgt["met_emu_cpu"])
             t.add_row(d["arch"], d["name"], f"{st['allocs']:,} / {st['frees']:,}",
                       f"{d['pairs']:,}" + ("" if d["pairs_constant"] else " [red](varies!)[/red]"),
                       f"{m['generic_emu_cpu_s'] - m['plain_emu_cpu_s']:.3f}",
                       spread(u["net_emu_cpu"]["values"], ".2f"), spread(u["net_emu"]["values"], ".2f"),
                       spread(u["net_wall"]["values"], ".2f"), spread(u["gross_emu_cpu"]["values"], ".2f"),
-                      met if tgt["target_applies"] else f"({met}: micro)")
+                      verdict if tgt["target_applies"] else f"({verdict}: micro)")
         console.print(t)
 
     tg = res["targets"]
     for key, v in tg["ratio"].items():
-        console.print(f"generic ≤ {RATIO_TARGET}× plain, {key}: emu CPU {v['ratio_emu_cpu']:.2f}× {_met(v['met_emu_cpu'])}; "
-                      f"emu wall {v['ratio_emu']:.2f}× {_met(v['met_emu'])}; "
-                      f"whole process {v['ratio_wall']:.2f}× {_met(v['met_wall'])}")
+        console.print(f"generic ≤ {RATIO_TARGET}× plain, {key}: emu CPU {v['ratio_emu_cpu']:.2f}× {met(v['met_emu_cpu'])}; "
+                      f"emu wall {v['ratio_emu']:.2f}× {met(v['met_emu'])}; "
+                      f"whole process {v['ratio_wall']:.2f}× {met(v['met_wall'])}")
     for key, v in tg["pair"].items():
         if v["target_applies"]:
             console.print(f"malloc+free pair ≤ {PAIR_TARGET_US:g} µs, {key}: emu CPU {v['us_per_pair_emu_cpu']:.2f} µs "
-                          f"{_met(v['met_emu_cpu'])}; emu wall {v['us_per_pair_emu']:.2f} µs {_met(v['met_emu'])}; "
-                          f"whole process {v['us_per_pair_wall']:.2f} µs {_met(v['met_wall'])}")
+                          f"{met(v['met_emu_cpu'])}; emu wall {v['us_per_pair_emu']:.2f} µs {met(v['met_emu'])}; "
+                          f"whole process {v['us_per_pair_wall']:.2f} µs {met(v['met_wall'])}")
     console.print(f"[dim]{meta['started']}  {meta['seconds']} s  unicorn {meta['unicorn']}  python {meta['python']}  "
                   f"{meta['valgrind'] or 'no valgrind'}  load average {meta['loadavg_before'][0]} → "
                   f"{meta['loadavg_after'][0]}  git {meta['git_rev']}[/dim]")
-
-
-def _met(ok: bool) -> str:
-    return "[green]met[/green]" if ok else "[red]not met[/red]"
 
 
 def _color(d: dict, r: dict) -> str:

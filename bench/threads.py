@@ -10,9 +10,10 @@ with N rounds and with 0 (its start-up), interleaved in rotating order; the cost
 wait4, and ratios are per-repetition ratios of those costs (median, min-max). Peers: native
 (x86-64) and qemu-user, where guest threads are host threads and a switch is the host kernel's.
 
-`compute N thread|alone`: the same arithmetic after making one thread (emsan's slice block hook,
-native/sched.c, stays installed from then on) or without: the ratio of the two whole runs is what
-the hook costs a computing guest (paired per repetition, rotating order).
+`compute N thread|alone`: the same arithmetic after making and joining one thread or without: the
+ratio of the two whole runs is what having had a thread costs a computing guest (paired per
+repetition, rotating order). emsan's slice block hook (native/sched.c) counts blocks while the
+thread lives and is removed once the main thread has run one slice alone.
 Nothing here asserts on speed.
 """
 from __future__ import annotations

@@ -10,8 +10,8 @@ emsan's heap (exact redzones) and calls parse_message(buf, len).
 
 A report is printed (kernel KASAN layout) and, under afl-fuzz, is a crash. With --persistent N
 each forked child runs N inputs, the engine and emsan going back to the fork point's state after
-each. --checks hook checks every access with a memory hook instead of emsan's MMIO view of its
-heap. Works the same for an arm64 library (aarch64-linux-gnu-gcc).
+each. Heap accesses are checked by translated code (--checks inline, engine patch 011); --checks
+mmio checks them through an MMIO view of emsan's heap, --checks hook with a memory hook. Works the same for an arm64 library (aarch64-linux-gnu-gcc).
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def make_engine(path: str):
 
 
 class Harness:
-    def __init__(self, path: str, checks: str = "mmio"):
+    def __init__(self, path: str, checks: str = "inline"):
         self.uc = make_engine(path)
         arch, self.exports, self.code = load_library(self.uc, path)
         self.arch = arch
@@ -109,7 +109,7 @@ class Harness:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description="parse_message() of a shared library under emsan")
     ap.add_argument("--persistent", type=int, default=1, metavar="N", help="inputs per forked child")
-    ap.add_argument("--checks", choices=("mmio", "hook"), default="mmio")
+    ap.add_argument("--checks", choices=("inline", "mmio", "hook"), default="inline")
     ap.add_argument("library")
     ap.add_argument("input", nargs="?")
     a = ap.parse_args(argv)

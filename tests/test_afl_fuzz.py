@@ -229,7 +229,7 @@ def test_kfence_samples_each_input_anew(tmp_path):
             assert rep["stack"][0]["line"] == source_line("fuzz_target.c", "uaf")
 
 
-@pytest.mark.parametrize("checks", ["mmio", "hook"])
+@pytest.mark.parametrize("checks", ["inline", "mmio", "hook"])
 def test_persistent_input_in_emsans_heap(checks, tmp_path):
     """The persistent input sits in emsan's heap with exact redzones, read and written by the
     guest through the checking view (--checks mmio) although guest memory is copy-on-write under

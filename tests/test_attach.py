@@ -59,7 +59,7 @@ def harness_module():
     return attach_shared_lib
 
 
-@pytest.mark.parametrize("checks", ["mmio", "hook"])
+@pytest.mark.parametrize("checks", ["inline", "mmio", "hook"])
 def test_shared_library_harness(arch, checks, tmp_path):
     lib = shared_lib(arch, tmp_path)
     ok, bad = tmp_path / "ok", tmp_path / "bad"

@@ -208,6 +208,28 @@ def test_threads_bench_smoke(tmp_path):
     assert _positive(hook["cpu_s_thread"]) and _positive(hook["cpu_s_alone"]) and _positive(hook["ratio"]["median"])
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("aarch64-linux-gnu-gcc") is None,
+                    reason="gcc or aarch64-linux-gnu-gcc is not installed")
+def test_modes_bench_smoke(tmp_path):
+    """bench/modes.py (every mode over --mode none, memcheck, qemu-user), one tiny workload on both
+    architectures."""
+    stdout, res = _run_bench(tmp_path, "modes.py", "--quick", "--reps", "1", "--workloads", "strings",
+                             "--scale", "0.002", timeout=600)
+    assert "≤ 1.03× --mode none" in stdout
+    assert {"schema", "meta", "workloads", "targets"} <= res.keys()
+    assert res["meta"]["reps"] == 1 and res["meta"]["arches"] == ["x86_64", "arm64"]
+    x86, arm = res["workloads"]
+    for d in (x86, arm):
+        assert d["name"] == "strings" and d["outputs_match"] is True, d["mismatches"]
+        for mode in ("generic", "kfence"):
+            assert _positive(d["ratio"][mode]["emu_cpu"]["median"]) and _positive(d["ratio"][mode]["wall"]["median"])
+    assert {"sw-tags", "hw-tags"} <= arm["ratio"].keys() and not {"sw-tags", "hw-tags"} & x86["ratio"].keys()
+    row = res["targets"]["modes"]["kfence"]["x86_64/strings"]
+    assert _positive(row["ratio_emu_cpu"]) and isinstance(row["met_wall"], bool)
+    if shutil.which("valgrind"):
+        assert isinstance(res["targets"]["generic_faster_than_memcheck"]["x86_64/strings"]["met"], bool)
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 def test_startup_bench_smoke(tmp_path):
     """bench/startup.py, one repetition of --mode none: the peers that are installed, python, and

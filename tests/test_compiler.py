@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILD, EXIT_REPORT, GUEST, emsan, have, run_report, source_line
+from conftest import BUILD, EXIT_REPORT, GUEST, build, emsan, have, native, run_report, source_line, tail
 from test_bad_input import assert_bad_input
 from test_kasan import EXPECTED, SUAF, VIA, R, W, check_case, status_after
+from test_string_families import LENGTHS, NARROW, WIDE, expected as one_past_the_end
 
 RUNTIME = Path(__file__).resolve().parent.parent / "src" / "emsan" / "runtime" / "kasan_runtime.h"
 VARIANTS = [("x86_64", "inline"), ("x86_64", "outline"), ("arm64", "inline"), ("arm64", "outline")]
@@ -279,3 +280,38 @@ def test_stale_shadow_mapping_is_rechecked(arch):
     assert "BUG: KASAN: slab-out-of-bounds in read_far" in text, text
     stats = dict(kv.split("=") for kv in text.split("emsan: stats: ")[1].splitlines()[0].split(", "))
     assert int(stats["stale_rechecks"]) >= 1, stats
+
+
+MEMINTRINSICS = ("wmemcpy", "wmemmove", "wmempcpy", "wmemset")
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_memintrinsics_run_by_the_guest(arch, tmp_path):
+    """The kernel's memintrinsics: in this mode a memcpy, memmove, mempcpy or memset (and the wide
+    twins) whose ranges are good is checked once and then run by the guest's own routine
+    (cc_guest_routines counts them), with the native results; one past the end is still
+    reported once per call, with the range the function was entitled to touch, as in generic
+    mode (tests/test_string_families.py)."""
+    exe = build_cc("string_families", arch, flags=("-fno-builtin",))
+    ref = native(build("string_families", arch, "static", ("-fno-builtin",)), "ok", arch=arch)
+    assert ref.returncode == 0 and len(ref.stdout.splitlines()) == 27
+    res = emsan("run", "--stats", exe, "ok", status=0)
+    assert res.stdout == ref.stdout
+    text = res.stderr.decode(errors="replace")
+    assert "BUG:" not in text, tail(res)
+    stats = dict(kv.split("=") for kv in text.split("emsan: stats: ")[1].splitlines()[0].split(", "))
+    # ok() calls each of the four 300 times (glibc's may call memcpy or memmove on: counted too)
+    assert int(stats["cc_guest_routines"]) >= 4 * 300, stats
+    res, reports = run_report(tmp_path / "r.json", "--continue", "--no-leaks", exe, "over", status=EXIT_REPORT)
+    assert res.stdout == b"over done\n", tail(res)
+    got = {}
+    for r in reports:
+        key = (r["function"] or "").split("_")
+        got.setdefault((key[1], int(key[2])), []).append(r)
+    assert set(got) == {(fn, n) for fn in WIDE + NARROW for n in LENGTHS}
+    for fn in MEMINTRINSICS:
+        for n in LENGTHS:
+            [r] = got[fn, n]
+            access, size, offset, obj_size = one_past_the_end(fn, n)
+            assert (r["mode"], r["bug_type"], r["access"], r["size"], r["object"]["offset"], r["object"]["size"]) == \
+                (MODE, "slab-out-of-bounds", access, size, offset, obj_size), (fn, n)

@@ -852,6 +852,136 @@ def test_host_ptr_remembers_regions(arch):
     assert host_ptr(h, 0x100010, 8, False) == page_b + 0x10
 
 
+# --- 011: heap shadow checks in translated code --------------------------------------------------------------
+CHECK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_bool, ctypes.c_size_t,
+                            ctypes.c_void_p)
+HEAP, CLEAN = 0x40000000, 0xFC
+
+
+def _checked_accesses(arch: str) -> tuple[bytes, int, list[tuple[int, int, int, bool]]]:
+    """Code making loads and stores in HEAP's first page, and the accesses the check must report when
+    only the granule [HEAP+0x100, HEAP+0x108) is not clean: (pc offset, address offset, size, is_write).
+    The misaligned 8-byte load at 0xFC starts in a clean granule and ends in the flagged one; those at
+    0xF8 and 0x108 touch only clean granules."""
+    if arch == "x86_64":
+        ins = [b"\x48\xbb" + struct.pack("<Q", HEAP),      # mov rbx, HEAP
+               b"\x48\x8b\x83\xf8\x00\x00\x00",         # mov rax, [rbx+0xf8]
+               b"\x8b\x83\x00\x01\x00\x00",             # mov eax, [rbx+0x100]
+               b"\x88\x83\x04\x01\x00\x00",             # mov [rbx+0x104], al
+               b"\x48\x8b\x83\xfc\x00\x00\x00",         # mov rax, [rbx+0xfc]
+               b"\x48\x8b\x83\x08\x01\x00\x00",         # mov rax, [rbx+0x108]
+               b"\xf0\x0f\xc1\x8b\x00\x01\x00\x00",     # lock xadd [rbx+0x100], ecx
+               b"\x90"]
+    else:
+        ins = [struct.pack("<I", 0xD2A00001 | (HEAP >> 16) << 5),   # movz x1, HEAP >> 16, lsl 16
+               struct.pack("<I", 0xF9400020 | 31 << 10),            # ldr x0, [x1, 0xf8]
+               struct.pack("<I", 0xB9400020 | 64 << 10),            # ldr w0, [x1, 0x100]
+               struct.pack("<I", 0x39000020 | 0x104 << 10),         # strb w0, [x1, 0x104]
+               struct.pack("<I", 0xF8400020 | 0xFC << 12),          # ldur x0, [x1, 0xfc]
+               struct.pack("<I", 0xF9400020 | 33 << 10),            # ldr x0, [x1, 0x108]
+               struct.pack("<I", 0xD503201F)]                       # nop
+    pcs = [sum(len(i) for i in ins[:n]) for n in range(len(ins))]
+    want = [(pcs[2], 0x100, 4, False), (pcs[3], 0x104, 1, True), (pcs[4], 0xFC, 8, False)]
+    if arch == "x86_64":   # a read-modify-write: its load and its store, 4 bytes each
+        want += [(pcs[6], 0x100, 4, False), (pcs[6], 0x100, 4, True)]
+    return b"".join(ins), pcs[-1], want
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_inline_shadow_check_sees_flagged_granules(arch):
+    """uc_emsan_shadow_check: the callback runs for exactly the accesses whose first granule (or, when
+    misaligned, next granule) is not clean, once each, with the address, size, direction and a host
+    return address from which QEMU's cpu_restore_state() gives the exact PC of the instruction; the
+    same on the first run (TLB misses: the helpers check) and the second (translated code checks).
+    Accesses outside the range (the code itself) are never seen; turning the check off stops it."""
+    check = _fn("uc_emsan_shadow_check", ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                ctypes.c_void_p, ctypes.c_uint8, ctypes.c_void_p, ctypes.c_void_p)
+    restore = _fn(f"cpu_restore_state_{_suffix(arch)}", ctypes.c_bool, ctypes.c_void_p, ctypes.c_size_t,
+                  ctypes.c_bool)
+    m = Machine(arch)
+    code, end, want = _checked_accesses(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.write(LOOP_CODE, code)
+    m.map(HEAP, 0x10000, RW)
+    shadow = (ctypes.c_uint8 * (0x10000 // 8 + 0x1000))(*([CLEAN] * (0x10000 // 8 + 0x1000)))
+    shadow[0x100 // 8] = 0x00
+    seen = []
+    pc_reg = x86_const.UC_X86_REG_RIP if arch == "x86_64" else arm64_const.UC_ARM64_REG_PC
+    cpu = _cpu(m)
+
+    def cb(u, addr, size, is_write, host_pc, d):
+        assert host_pc
+        assert restore(cpu, host_pc, False)
+        seen.append((m.uc.reg_read(pc_reg) - LOOP_CODE, addr - HEAP, size, bool(is_write)))
+    cb_ptr = CHECK_CB(cb)
+    assert check(m.handle_int, HEAP, 0x10000, ctypes.addressof(shadow), CLEAN,
+                 ctypes.cast(cb_ptr, ctypes.c_void_p), None) == 0
+    for _ in range(2):
+        seen.clear()
+        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+        assert seen == want
+    assert check(m.handle_int, 0, 0, None, 0, None, None) == 0
+    seen.clear()
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+    assert seen == []
+
+
+# --- 012: block hook calls only where a filter wants them ---------------------------------------------------
+FILTER_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+
+
+def _countdown(arch: str) -> tuple[bytes, int, int]:
+    """A 5-round countdown loop: (code, loop head offset, end offset). Blocks: the first runs from the
+    start through the first branch, the loop head's runs 4 more times, then the tail's once."""
+    if arch == "x86_64":   # mov ecx, 5; L: dec ecx; jnz L; nop; nop
+        return b"\xb9\x05\x00\x00\x00\xff\xc9\x75\xfc\x90\x90", 5, 10
+    # movz w1, 5; L: subs w1, w1, 1; b.ne L; nop; nop
+    return struct.pack("<5I", 0x528000A1, 0x71000421, 0x54FFFFE1, 0xD503201F, 0xD503201F), 4, 16
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_block_filter_drops_calls_of_refused_blocks(arch):
+    """uc_emsan_block_filter: the filter is asked when a block is translated, with its address and
+    size; the hook then runs at the blocks it accepted only (every run, from the translation cache
+    too), and at all of them again once a second block hook exists or the filter is removed."""
+    code, loop, end = _countdown(arch)
+    m = Machine(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.write(LOOP_CODE, code)
+    ran, asked = [], []
+    h = m.uc.hook_add(uc.UC_HOOK_BLOCK, lambda u, addr, size, d: ran.append(addr - LOOP_CODE))
+
+    def want(u, addr, size, d):
+        asked.append((addr - LOOP_CODE, size))
+        return addr - LOOP_CODE != loop
+    filt = FILTER_CB(want)
+    set_filter = _fn("uc_emsan_block_filter", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                     ctypes.c_void_p)
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+    tail = loop + (4 if arch == "x86_64" else 8)                # after the loop's branch
+    assert ran == [0, loop, loop, loop, loop, tail]
+    assert set_filter(m.handle_int, h, ctypes.cast(filt, ctypes.c_void_p), None) == 0
+    for _ in range(2):
+        ran.clear()
+        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+        assert ran == [0, tail]
+    first = len(code[:loop]) + (4 if arch == "x86_64" else 8)
+    # asked when translated: once for blocks the cache keeps (the block ending at the run's exit
+    # address is translated anew by each run)
+    assert set(asked) == {(0, first), (loop, first - loop), (tail, end - tail)}
+    assert asked.count((0, first)) == asked.count((loop, first - loop)) == 1
+    other = m.uc.hook_add(uc.UC_HOOK_BLOCK, lambda u, addr, size, d: None)
+    m.uc.ctl_flush_tb()
+    ran.clear()
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+    assert ran == [0, loop, loop, loop, loop, tail]
+    m.uc.hook_del(other)
+    assert set_filter(m.handle_int, h, None, None) == 0
+    ran.clear()
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+    assert ran == [0, loop, loop, loop, loop, tail]
+
+
 # --- bench/engine.py ----------------------------------------------------------------------------------------
 def test_bench_engine_smoke(tmp_path):
     """The engine benchmark runs and writes its JSON (figures are never asserted)."""

@@ -13,7 +13,7 @@ import pytest
 from conftest import EXIT_REPORT, build, emsan, native, run_report, source_line, tail
 
 
-@pytest.mark.parametrize("checks", ["mmio", "hook"])
+@pytest.mark.parametrize("checks", ["inline", "mmio", "hook"])
 def test_unaligned_loads_at_an_objects_end(arch, checks, tmp_path):
     exe = build("unaligned_loads", arch, "static")
     ref = native(exe, "inbounds", arch=arch)
@@ -40,7 +40,7 @@ def no_debug_files(tmp_path) -> dict:
     return {**os.environ, "EMSAN_DEBUG_FILE_DIRECTORY": str(tmp_path)}
 
 
-@pytest.mark.parametrize("checks", ["mmio", "hook"])
+@pytest.mark.parametrize("checks", ["inline", "mmio", "hook"])
 def test_readahead_of_uncovered_string_code_is_not_reported(arch, checks, tmp_path):
     """Names of 1..200 characters, each in an object of exactly its size: every alignment of
     the NUL against the routines' 16-byte vectors and 64-byte loops."""
@@ -51,7 +51,7 @@ def test_readahead_of_uncovered_string_code_is_not_reported(arch, checks, tmp_pa
     assert got.stdout == ref.stdout == b"loaded 0 of 200\n" and ref.returncode == 0
 
 
-@pytest.mark.parametrize("checks", ["mmio", "hook"])
+@pytest.mark.parametrize("checks", ["inline", "mmio", "hook"])
 def test_real_overflow_through_the_same_code_is_reported(arch, checks, tmp_path):
     """The same routines on a name with no NUL in its object: they read on past it, and the
     loads past the object hold no terminator, so the read-ahead rule does not excuse them."""

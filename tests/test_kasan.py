@@ -306,15 +306,16 @@ ACCESS_SHAPES = {
     "atomic_rmw": [W(8 * i, f"atomic_rmw.{i}", 8 if i < 3 else 4, SUAF) for i in range(6)],
     "in_bounds_shapes": [],
 }
-# The MMIO checks decode the instruction: the 16-byte load is one access, as the kernel reports it.
+# The inline and MMIO checks decode the instruction: the 16-byte load is one access, as the kernel
+# reports it.
 ACCESS_SHAPES_MMIO = {**ACCESS_SHAPES, "simd_load": [R(16, "simd_load", 16)]}
 
 
-@pytest.mark.parametrize("checks", ["hook", "mmio"])
+@pytest.mark.parametrize("checks", ["hook", "mmio", "inline"])
 @pytest.mark.parametrize("case", list(ACCESS_SHAPES))
 def test_access_shapes(arch, case, checks, tmp_path):
     exe = build("kasan_access", arch, "static")
-    want = (ACCESS_SHAPES_MMIO if checks == "mmio" else ACCESS_SHAPES)[case]
+    want = (ACCESS_SHAPES if checks == "hook" else ACCESS_SHAPES_MMIO)[case]
     res, reports = run_report(tmp_path / "r.json", "--checks", checks, "--continue", exe, case,
                               status=status_after(want))
     got = [(r["bug_type"], r["access"], r["size"], r["object"]["offset"], r["stack"][0]["function"],

@@ -104,6 +104,34 @@ def test_schedule_is_deterministic_and_follows_the_slice():
     assert first[0] > 10 and short[0] > 2 * first[0]
 
 
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_slice_hook_removed_once_one_thread_is_left(arch, monkeypatch, capfd):
+    """The scheduler's block hook (native/sched.c) counts blocks only while threads share the
+    engine: once the other thread has ended and the main one has run a slice alone, it is taken
+    out of the engine (its counter stays where it stopped while the guest computes on), and a
+    new thread puts it back."""
+    from emsan.machine.engine import Machine
+    from emsan.session.options import RunOptions
+    from emsan.session.run import Session
+
+    exe = build("threads", arch, src_dir="bench")
+    counters = []
+    install = Machine.use_time_slice
+
+    def use_time_slice(self):
+        install(self)
+        if not counters or counters[-1] is not self.slice:
+            counters.append(self.slice)
+    monkeypatch.setattr(Machine, "use_time_slice", use_time_slice)
+    s = Session(RunOptions(program=exe, args=["compute", "300", "thread"], mode="none", threads_slice=500))
+    info = s.run()
+    assert (info.kind, info.status) == ("exit", 0) and capfd.readouterr().out == "300\n"
+    assert len(counters) == 1 and s.machine.slice is None
+    # 300,000 rounds of the loop ran after the drop: a hook still in the engine would have
+    # counted them down far below zero
+    assert tuple(counters[0]) == (0, 1)
+
+
 # --- real programs ---------------------------------------------------------------------------
 def _program(arch: str, name: str) -> tuple[str, list[str]]:
     if arch == "x86_64":

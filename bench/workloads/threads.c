@@ -1,8 +1,8 @@
 /* Threads benchmark workload (bench/threads.py).
  *   pingpong N        two threads hand a turn back and forth N times through two semaphores
  *                     (futex waits and wakes): 2N context switches; prints N
- *   compute N MODE    N rounds of arithmetic, after (MODE "thread") making and joining one thread,
- *                     which leaves emsan's time-slice block hook installed, or (MODE "alone") not */
+ *   compute N MODE    N rounds of arithmetic, after (MODE "thread") making and joining one thread
+ *                     (emsan's time-slice block hook counts while it lives), or (MODE "alone") not */
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdint.h>

@@ -133,9 +133,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", action="store_true", help="print sanitizer statistics at exit")
     p.add_argument("--shadow", choices=("per-page", "full"), default="per-page",
                    help="shadow pages shared where nothing needs its own (default), or private wherever written")
-    p.add_argument("--checks", choices=("mmio", "hook"), default="mmio",
-                   help="generic mode: check heap accesses through an MMIO view of the heap (default), or "
-                        "every access in a memory hook")
+    p.add_argument("--checks", choices=("inline", "mmio", "hook"), default="inline",
+                   help="generic mode: check heap accesses in translated code (default; x86-64 hosts, the "
+                        "MMIO view elsewhere), through an MMIO view of the heap, or every access in a memory hook")
     p.add_argument("--no-mmap-shadow", dest="mmap_shadow", action="store_false",
                    help="no vmalloc-like shadow for the mmap area (holes then fault without a KASAN report)")
     p.add_argument("--kfence-objects", type=_integer(1, 65535), default=255, metavar="N",

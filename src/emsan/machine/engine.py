@@ -127,6 +127,7 @@ class Machine:
         self.running = False
         self.waker = Waker(self)
         self.slice = None                # int64[2] of the thread scheduler's block hook (use_time_slice)
+        self._slice_hook = 0
         # arm64 guests may hand the kernel tagged pointers (the tagged-address ABI): emsan's own
         # reads and writes of guest memory ignore the top byte, as the MMU does with TBI.
         self.addr_mask = 0x00FF_FFFF_FFFF_FFFF if arch == "arm64" else 0xFFFF_FFFF_FFFF_FFFF
@@ -360,6 +361,16 @@ class Machine:
         """A C callback at the start of every basic block."""
         return self.hook_native(uconst.UC_HOOK_BLOCK, cfunc, user_data)
 
+    def filter_block_hook(self, hook: int, filter_cfunc, user_data) -> None:
+        """Translate the calls of block hook `hook` only into the blocks filter_cfunc(uc, address,
+        size, user_data) wants, while it is the only block hook (engine/patches/012)."""
+        ffi, lib = native.load()
+        err = lib.emsan_block_filter(ffi.cast("void *", self.handle_int), hook, ffi.cast("void *", filter_cfunc),
+                                     user_data)
+        if err:
+            raise unicorn.UcError(err)
+        self._keep.append((filter_cfunc, user_data))
+
     def hook_mem_prot(self, cb: Callable[[int, int, int], bool]) -> int:
         """cb(access, addr, size) on a protection fault (after the engine's own fault hook);
         True lets the access proceed. Faults are rare: this is a Python hook."""
@@ -466,7 +477,19 @@ class Machine:
         if self.slice is None:
             ffi, lib = native.load()
             self.slice = ffi.new("int64_t[2]")
-            self.hook_block_native(ffi.addressof(lib, "emsan_slice_cb"), self.slice)
+            self._slice_hook = self.hook_block_native(ffi.addressof(lib, "emsan_slice_cb"), self.slice)
+            self.uc.ctl_flush_tb()
+
+    def drop_time_slice(self) -> None:
+        """Remove the slice hook (one thread is left: it cost a computing guest 1.3-1.4x,
+        bench/threads.py); use_time_slice() installs it again. Between two runs only: the
+        translation cache starts afresh, without the hook's call in every block. Through the C
+        API: the binding's hook_del knows only the hooks it added itself."""
+        if self.slice is not None:
+            err = uclib.uc_hook_del(self.handle, self._slice_hook)
+            if err:
+                raise unicorn.UcError(err)
+            self.slice = None
             self.uc.ctl_flush_tb()
 
     def wake(self) -> None:

@@ -29,7 +29,8 @@ MANIFEST = ENGINE_DIR / "engine.json"
 # of an access seen in an MMIO callback with them), and the engine's own additions (the runtime
 # reads guest memory through uc_emsan_host_ptr); the engine build must export them.
 INTERNALS = ("qemu_get_cpu_x86_64", "cpu_restore_state_x86_64",
-             "qemu_get_cpu_aarch64", "cpu_restore_state_aarch64", "uc_emsan_host_ptr")
+             "qemu_get_cpu_aarch64", "cpu_restore_state_aarch64", "uc_emsan_host_ptr", "uc_emsan_shadow_check",
+             "uc_emsan_block_filter")
 
 
 class EngineError(EmsanError):

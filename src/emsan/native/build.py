@@ -16,7 +16,7 @@ ffibuilder.cdef(CDEF)
 SOURCES = ["engine.c", "runtime.c", "calls.c", "depot.c", "scs.c", "unwind.c", "stackobj.c",
            "kasan.c", "heap.c", "quarantine.c", "checkpoint.c", "intercept.c", "fortify.c", "format.c", "libc.c",
            "shadow.c", "gshadow.c",
-           "generic.c", "mmio.c", "tags.c", "mte.c", "compiler.c", "kfence.c", "vmem.c", "exhaust.c", "kmemleak.c",
+           "generic.c", "inline.c", "mmio.c", "tags.c", "mte.c", "compiler.c", "kfence.c", "vmem.c", "exhaust.c", "kmemleak.c",
            "afl.c", "sched.c"]
 ffibuilder.set_source(
     "emsan.native._emsan_native",

@@ -6,7 +6,9 @@
  *   __asan_register_globals(globals, n)             poisons each global's redzone (0xF9) and
  *                                                   keeps the descriptors for reports;
  *   __asan_handle_no_return()                       clears the stack's shadow above the SP.
- * Everything else (stack and alloca redzones) the guest's code writes into the shadow itself. */
+ * Everything else (stack and alloca redzones) the guest's code writes into the shadow itself.
+ * The libc interceptors stay; memcpy, memmove, mempcpy and memset with good ranges are only
+ * checked and then run the guest's own routine, as the kernel's memintrinsics (intercept.c). */
 #include "kasan.h"
 
 #define KASAN_GLOBAL_REDZONE 0xF9
@@ -29,6 +31,7 @@ EXPORT emsan_cc *emsan_cc_new(emsan_kasan *k)
 {
     emsan_cc *cc = calloc(1, sizeof *cc);
     cc->k = k;
+    k->guest_routines = 1;
     return cc;
 }
 
@@ -38,7 +41,11 @@ EXPORT void emsan_cc_destroy(emsan_cc *cc)
     free(cc);
 }
 
-EXPORT void emsan_cc_get_stats(emsan_cc *cc, emsan_cc_stats *out) { *out = cc->stats; }
+EXPORT void emsan_cc_get_stats(emsan_cc *cc, emsan_cc_stats *out)
+{
+    *out = cc->stats;
+    out->guest_routines = cc->k->routines_run;
+}
 
 /* The call site of a call whose return address is `ret`. */
 static uint64_t call_site(rt_t *rt, uint64_t ret)

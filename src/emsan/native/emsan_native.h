@@ -10,10 +10,14 @@ typedef struct emsan_api {
     void *uc_hook_add;      /* uc_err uc_hook_add(uc_engine *, size_t *, int, void *, void *, uint64_t, uint64_t, ...) */
     void *uc_ctl;           /* uc_err uc_ctl(uc_engine *, int, ...) */
     void *uc_emsan_host_ptr;    /* void *(uc_engine *, uint64_t, size_t, bool): engine/patches/005 */
+    void *uc_emsan_shadow_check;    /* uc_err (uc_engine *, uint64_t, uint64_t, const uint8_t *, uint8_t, cb, void *): 011 */
+    void *uc_emsan_block_filter;    /* uc_err (uc_engine *, uc_hook, filter, void *): engine/patches/012 */
 } emsan_api;
 
 void emsan_set_api(const emsan_api *api);
 int emsan_hook_add(void *uc, size_t *hh, int type, void *cb, void *ud, uint64_t begin, uint64_t end);
+/* Block hook `hook` called only at blocks filter(uc, address, size, ud) wants (engine/patches/012). */
+int emsan_block_filter(void *uc, size_t hook, void *filter, void *ud);
 
 /* Counting hook used by the benchmarks: one increment per executed instruction. */
 void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud);
@@ -346,8 +350,10 @@ void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot, int timed);
 void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out);
 /* Shadow call stack: the block hook (user data: the runtime) and per-module tables of block
  * ends. kinds[i] describes address lo + i: 1 a call ends there, 2 a return, 4 an indirect
- * jump, 8 a function starts there. */
+ * jump, 8 a function starts there, 32 only conditional branches lead there. */
 void emsan_scs_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
+/* Whether a translated block needs emsan_scs_block_cb at its start (engine/patches/012). */
+_Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void *ud);
 void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds);
 void emsan_scs_mark_intercept(emsan_runtime *rt, uint64_t addr);
 /* --stack-checks ret: compare every tracked return with the call's return address. */
@@ -477,6 +483,11 @@ int emsan_shadow_recheck(emsan_kasan *k, uint64_t addr, uint64_t size);
 /* The host memory behind the heap (emsan's), to be mapped at the heap's guest address. */
 void *emsan_kasan_heap_memory(emsan_kasan *k);
 
+/* --checks inline (inline.c): the heap checked by translated code against a flat copy of its
+ * shadow (engine/patches/011); 0 when the engine cannot (not an x86-64 host): check otherwise. */
+int emsan_inline_init(emsan_kasan *k, void *get_cpu, void *restore);
+void emsan_inline_cb(void *uc, uint64_t addr, int size, _Bool is_write, uintptr_t host_pc, void *ud);
+
 /* --checks mmio (mmio.c): the heap checked through an MMIO view instead of a memory hook.
  * Returns the host memory behind the heap, to be mapped at the heap's guest address. */
 void *emsan_mmio_init(emsan_kasan *k, uint64_t view_pa);
@@ -541,6 +552,7 @@ typedef struct emsan_cc_stats {
     uint64_t reports;          /* ... queued as access errors */
     uint64_t globals;          /* globals registered */
     uint64_t no_returns;       /* __asan_handle_no_return calls that cleared the stack's shadow */
+    uint64_t guest_routines;   /* memcpy/memmove/mempcpy/memset calls checked and left to the guest's own routine */
 } emsan_cc_stats;
 
 typedef struct emsan_cc_global {

@@ -15,6 +15,11 @@ EXPORT int emsan_hook_add(void *uc, size_t *hh, int type, void *cb, void *ud, ui
     return ((engine_hook_add_fn)emsan_uc.uc_hook_add)(uc, hh, type, cb, ud, begin, end);
 }
 
+EXPORT int emsan_block_filter(void *uc, size_t hook, void *filter, void *ud)
+{
+    return ((engine_block_filter_fn)emsan_uc.uc_emsan_block_filter)(uc, hook, filter, ud);
+}
+
 /* The benchmarks' instruction counter: one increment per executed instruction. */
 EXPORT void emsan_count_insn_cb(void *uc, uint64_t address, uint32_t size, void *ud)
 {
@@ -39,6 +44,14 @@ static int restore_at(void *uc, const engine_pc_recovery *r, void *cpu, uintptr_
     if (!((restore_fn)r->restore)(cpu, host_pc, 0)) return 0;
     *pc = reg_get(uc, pc_reg);
     return 1;
+}
+
+int engine_pc_at(void *uc, const engine_pc_recovery *r, uintptr_t host_pc, int pc_reg, uint64_t *pc)
+{
+    if (!r->get_cpu || !r->restore) return 0;
+    void *cpu = ((get_cpu_fn)r->get_cpu)(uc, 0);
+    if (!cpu) cpu = ((get_cpu_fn)r->get_cpu)(uc, -1);
+    return cpu && restore_at(uc, r, cpu, host_pc, pc_reg, pc);
 }
 
 int engine_access_pcs(void *uc, const engine_pc_recovery *r, int pc_reg, uint64_t *out, int max)

@@ -41,6 +41,8 @@ typedef struct engine_pc_recovery { void *get_cpu, *restore; } engine_pc_recover
 /* From inside a memory callback: guest PCs at or near the instruction making the access (at
  * most max, 0 without the internals); pc_reg: the engine's id of the PC register. */
 int engine_access_pcs(void *uc, const engine_pc_recovery *r, int pc_reg, uint64_t *out, int max);
+/* The guest PC of host_pc, a return address into translated code a helper was given; 0 if none. */
+int engine_pc_at(void *uc, const engine_pc_recovery *r, uintptr_t host_pc, int pc_reg, uint64_t *pc);
 
 typedef int (*engine_reg_read_fn)(void *, int, void *);
 typedef int (*engine_reg_write_fn)(void *, int, const void *);
@@ -50,6 +52,7 @@ typedef int (*engine_emu_stop_fn)(void *);
 typedef int (*engine_ctl_fn)(void *, int, ...);
 typedef void *(*engine_host_ptr_fn)(void *, uint64_t, size_t, _Bool);
 typedef int (*engine_hook_add_fn)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
+typedef int (*engine_block_filter_fn)(void *, size_t, void *, void *);
 
 /* uc_tb: the translation block a UC_HOOK_EDGE_GENERATED callback is given. */
 typedef struct engine_tb { uint64_t pc; uint16_t icount; uint16_t size; } engine_tb;
@@ -74,6 +77,14 @@ static inline int mem_get(void *uc, uint64_t a, void *buf, size_t n)
         return 0;
     }
     return ((engine_mem_read_fn)emsan_uc.uc_mem_read)(uc, a, buf, n);
+}
+/* [a, a+n) of guest memory to read in place: its host address when it lies in one plain RAM
+ * region, else a copy in buf (n bytes); NULL when it is not all mapped. */
+static inline const void *mem_view(void *uc, uint64_t a, void *buf, size_t n)
+{
+    const void *h = ((engine_host_ptr_fn)emsan_uc.uc_emsan_host_ptr)(uc, a, n, 0);
+    if (h) return h;
+    return ((engine_mem_read_fn)emsan_uc.uc_mem_read)(uc, a, buf, n) ? NULL : buf;
 }
 static inline int mem_put(void *uc, uint64_t a, const void *buf, size_t n)
 {

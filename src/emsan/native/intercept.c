@@ -17,6 +17,7 @@
 /* Guest memory through a pointer that may carry a tag (arm64 Top-Byte-Ignore). */
 static inline int gget(kasan_t *k, uint64_t a, void *buf, size_t n) { return mem_get(k->rt->uc, guest_addr(k->rt, a), buf, n); }
 static inline int gput(kasan_t *k, uint64_t a, const void *buf, size_t n) { return mem_put(k->rt->uc, guest_addr(k->rt, a), buf, n); }
+static inline const uint8_t *gview(kasan_t *k, uint64_t a, uint8_t *buf, size_t n) { return mem_view(k->rt->uc, guest_addr(k->rt, a), buf, n); }
 
 static inline uint32_t elem_at(const uint8_t *p, int elem)
 {
@@ -32,12 +33,33 @@ struct stop { enum until until; uint32_t value; const uint8_t *set; };
 
 static inline int in_set(const uint8_t *set, uint32_t v) { return set[v >> 3] >> (v & 7) & 1; }
 
+/* High bit of each byte of v that is not zero. */
+static inline uint64_t nonzero_bytes(uint64_t v)
+{
+    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
+    return (((v & low7) + low7) | v) & ~low7;
+}
+#define HIGH_BITS 0x8080808080808080ULL
+
 /* Index of the first of the count elements at p that ends the scan, or count. */
 static size_t first_stop(const uint8_t *p, size_t count, int elem, const struct stop *st)
 {
     if (elem == 1 && (st->until == U_VALUE || (st->until == U_VALUE_OR_NUL && st->value == 0))) {
         const uint8_t *z = memchr(p, (int)st->value, count);
         return z ? (size_t)(z - p) : count;
+    }
+    if (elem == 1 && st->until == U_VALUE_OR_NUL) {          /* strchr: eight bytes at a time */
+        const uint64_t pattern = 0x0101010101010101ULL * (st->value & 0xFF);
+        size_t i = 0;
+        for (; i + 8 <= count; i += 8) {
+            uint64_t w;
+            memcpy(&w, p + i, 8);
+            uint64_t stop = ~(nonzero_bytes(w) & nonzero_bytes(w ^ pattern)) & HIGH_BITS;
+            if (stop) return i + (size_t)__builtin_ctzll(stop) / 8;     /* little-endian hosts */
+        }
+        for (; i < count; i++)
+            if (p[i] == st->value || !p[i]) return i;
+        return count;
     }
     for (size_t i = 0; i < count; i++) {
         uint32_t v = elem_at(p + i * (size_t)elem, elem);
@@ -72,8 +94,9 @@ static int64_t guest_scan(kasan_t *k, uint64_t s, uint64_t max, int elem, const 
     while (n < max) {
         uint64_t a = s + n * (uint64_t)elem;
         size_t bytes = piece(a, max - n, elem), count = bytes / (size_t)elem;
-        if (gget(k, a, buf, bytes)) return -1;
-        size_t i = first_stop(buf, count, elem, st);
+        const uint8_t *p = gview(k, a, buf, bytes);
+        if (!p) return -1;
+        size_t i = first_stop(p, count, elem, st);
         if (i < count) return (int64_t)(n + i);
         n += count;
     }
@@ -95,6 +118,23 @@ static int read_block(kasan_t *k, uint64_t a, uint64_t n, uint8_t **out)
     return 0;
 }
 
+/* Index of the first of n bytes where x and y differ (or, for strings, x holds a NUL), or n;
+ * eight bytes at a time. */
+static size_t first_difference(const uint8_t *x, const uint8_t *y, size_t n, int strings)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t u, v;
+        memcpy(&u, x + i, 8);
+        memcpy(&v, y + i, 8);
+        uint64_t stop = nonzero_bytes(u ^ v) | (strings ? ~nonzero_bytes(u) & HIGH_BITS : 0);
+        if (stop) return i + (size_t)__builtin_ctzll(stop) / 8;     /* little-endian hosts */
+    }
+    for (; i < n; i++)
+        if (x[i] != y[i] || (strings && !x[i])) return i;
+    return n;
+}
+
 /* Elements a compare of two strings (or arrays) looks at: up to and including the first that
  * differs or the terminator (*used); *res: for bytes their difference (case-folded in ASCII
  * with fold, as ASan measures strcasecmp), for wide characters the sign (wchar_t is signed on
@@ -107,9 +147,12 @@ static int compare(kasan_t *k, uint64_t a, uint64_t b, uint64_t max, int elem, i
     while (n < max) {
         uint64_t pa = a + n * (uint64_t)elem, pb = b + n * (uint64_t)elem;
         size_t ca = piece(pa, max - n, elem), cb = piece(pb, max - n, elem), bytes = ca < cb ? ca : cb;
-        if (gget(k, pa, x, bytes) || gget(k, pb, y, bytes)) return -1;
-        for (size_t i = 0; i < bytes / (size_t)elem; i++) {
-            uint32_t u = elem_at(x + i * (size_t)elem, elem), v = elem_at(y + i * (size_t)elem, elem);
+        const uint8_t *px = gview(k, pa, x, bytes), *py = px ? gview(k, pb, y, bytes) : NULL;
+        if (!py) return -1;
+        /* the plain byte compares skip to their first difference (or NUL) */
+        size_t from = elem == 1 && !fold ? first_difference(px, py, bytes, strings) : 0;
+        for (size_t i = from; i < bytes / (size_t)elem; i++) {
+            uint32_t u = elem_at(px + i * (size_t)elem, elem), v = elem_at(py + i * (size_t)elem, elem);
             if (fold) {
                 u = u - 'A' < 26 ? u + 32 : u;
                 v = v - 'A' < 26 ? v + 32 : v;
@@ -344,6 +387,30 @@ static int do_dup(kasan_t *k, struct scall *c)
     return 0;
 }
 
+/* Compiler-assisted mode (the kernel's memintrinsics): the guest's own code checks its
+ * accesses, and its C library's accesses need no check, so a memcpy, memmove, mempcpy or memset
+ * whose ranges are good goes on into the guest's own routine, in translated code: no copy here
+ * and no return through the engine, which costs more than the copy (bench/compiler.py). A bad
+ * range takes the full interceptor, which reports it and writes nothing. The string functions
+ * stay served in full: their ranges need the scan that is most of their work, and emsan's scan
+ * costs less than the emulated one. */
+static int guest_routine_ok(kasan_t *k, const struct scall *c)
+{
+    int set = c->fn == EMSAN_FN_MEMSET || c->fn == EMSAN_FN_WMEMSET;
+    switch (c->fn) {
+    case EMSAN_FN_MEMCPY: case EMSAN_FN_MEMMOVE: case EMSAN_FN_MEMPCPY: case EMSAN_FN_MEMSET:
+    case EMSAN_FN_WMEMCPY: case EMSAN_FN_WMEMMOVE: case EMSAN_FN_WMEMPCPY: case EMSAN_FN_WMEMSET:
+        break;
+    default:
+        return 0;
+    }
+    if (!c->n) return 1;
+    if (c->n > NO_LIMIT || k->rt->sobj) return 0;     /* a size too large, stack objects: check_range() */
+    uint64_t bytes = c->n * (uint64_t)c->elem;
+    return c->a + bytes > c->a && !k->ops->range_bad(k, c->a, bytes) &&
+           (set || (c->b + bytes > c->b && !k->ops->range_bad(k, c->b, bytes)));
+}
+
 /* Each handler is called from one place: the compiler inlines it, and a call costs one switch.
  * The wide functions are numbered together (emsan_native.h). */
 void intercept_string_fn(kasan_t *k, int fn)
@@ -351,6 +418,11 @@ void intercept_string_fn(kasan_t *k, int fn)
     rt_t *rt = k->rt;
     int elem = fn >= EMSAN_FN_WCSLEN && fn <= EMSAN_FN_WCSDUP ? 4 : 1;
     struct scall c = {fn, elem, reg(rt, EMSAN_REG_ARG0), reg(rt, EMSAN_REG_ARG0 + 1), reg(rt, EMSAN_REG_ARG0 + 2), 0};
+    if (k->guest_routines && guest_routine_ok(k, &c)) {
+        k->stats.intercepted++;
+        k->routines_run++;
+        return;
+    }
     int declined;
     switch (fn) {
     case EMSAN_FN_STRLEN: case EMSAN_FN_STRNLEN: case EMSAN_FN_WCSLEN: case EMSAN_FN_WCSNLEN:

@@ -41,6 +41,7 @@ EXPORT void emsan_kasan_destroy(emsan_kasan *k)
     libc_destroy(k);
     checkpoint_destroy(k);
     mmio_destroy(k);
+    inline_destroy(k);
     shadow_destroy(k);
     for (size_t i = 0; i < k->nslabs; i++) free(k->slabs[i].objs);
     for (int i = 0; i < NCLASSES; i++) free(k->freelist[i].v);
@@ -81,6 +82,25 @@ EXPORT void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void
 }
 
 EXPORT void *emsan_kasan_access_cb(emsan_kasan *k) { return (void *)k->ops->access_cb; }
+
+/* A bad access the engine saw (mmio.c, inline.c), from the PCs it gave (the first one most
+ * likely; none: the PC Unicorn last synced, a block of this function or before it). */
+void access_error(kasan_t *k, uint64_t addr, unsigned size, int is_write, const uint64_t *cand, int ncand)
+{
+    rt_t *rt = k->rt;
+    uint64_t pc = ncand ? cand[0] : reg(rt, EMSAN_REG_PC);
+    /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (read_ahead). */
+    if (!is_write && size >= 4 && read_ahead(k, pc, addr, size))
+        return;
+    if (call_quiet(k, addr, size, is_write)) return;        /* a libc call's own (libc.c) */
+    emsan_error *e = error_new(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 0));
+    /* Registers are synced before every memory access: they locate the instruction. */
+    e->site.ncand = ncand;
+    memcpy(e->site.cand, cand, (size_t)ncand * sizeof *cand);
+    e->site.nregs = rt->ngprs;
+    for (int i = 0; i < rt->ngprs; i++) e->site.regs[i] = reg_get(rt->uc, rt->gprs[i]);
+    error_raise(rt);
+}
 
 int check_range(kasan_t *k, uint64_t addr, uint64_t size, int is_write, int fn)
 {

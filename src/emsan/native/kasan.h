@@ -167,9 +167,13 @@ struct emsan_kasan {
     uint64_t budget;                   /* live bytes the guest's limits allow (RLIMIT_AS, _DATA) */
     uint64_t refusal_sp, refusal_ret;  /* the refused call whose nested calls are not reported again */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
+    struct inline_state *il;           /* generic mode with --checks inline (inline.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
     struct checkpoint *cp;             /* a persistent loop's saved state (checkpoint.c), or NULL */
     struct libc_calls *calls;          /* C library calls judged at their return (libc.c), or NULL */
+    /* compiler-assisted mode: memintrinsics with good ranges run the guest's own routine (intercept.c) */
+    int guest_routines;
+    uint64_t routines_run;
     emsan_kasan_stats stats;
     struct shadow_map sm;              /* every mode: the mmap area's shadow (last: see above) */
 };
@@ -263,6 +267,12 @@ static inline int shadow_access_bad(kasan_t *k, uint64_t addr, uint64_t size)
 /* gshadow.c: make the guest see the current shadow pages (now: even when only shared pages
  * moved) */
 void shadow_sync(kasan_t *k, int now);
+
+void access_error(kasan_t *k, uint64_t addr, unsigned size, int is_write, const uint64_t *cand, int ncand);
+
+/* inline.c */
+void inline_fill(kasan_t *k, uint64_t addr, uint64_t len, uint8_t value);
+void inline_destroy(kasan_t *k);
 
 /* mmio.c */
 void mmio_poisoned(kasan_t *k, uint64_t addr, uint64_t len);

@@ -94,22 +94,9 @@ EXPORT void emsan_mmio_set_pc_recovery(emsan_kasan *k, void *get_cpu, void *rest
 
 static void bad_access(kasan_t *k, uint64_t addr, unsigned size, int is_write)
 {
-    rt_t *rt = k->rt;
     uint64_t cand[4];
-    int ncand = engine_access_pcs(rt->uc, &k->mm->pcr, rt->regs[EMSAN_REG_PC], cand, 4);
-    /* Without a candidate, the PC Unicorn last synced (a block of this function or before it). */
-    uint64_t pc = ncand ? cand[0] : reg(rt, EMSAN_REG_PC);
-    /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (kasan.c, read_ahead). */
-    if (!is_write && size >= 4 && read_ahead(k, pc, addr, size))
-        return;
-    if (call_quiet(k, addr, size, is_write)) return;        /* a libc call's own (libc.c) */
-    emsan_error *e = error_new(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 0));
-    /* Registers are synced before every memory access: they locate the instruction. */
-    e->site.ncand = ncand;
-    memcpy(e->site.cand, cand, sizeof cand);
-    e->site.nregs = rt->ngprs;
-    for (int i = 0; i < rt->ngprs; i++) e->site.regs[i] = reg_get(rt->uc, rt->gprs[i]);
-    error_raise(rt);
+    int ncand = engine_access_pcs(k->rt->uc, &k->mm->pcr, k->rt->regs[EMSAN_REG_PC], cand, 4);
+    access_error(k, addr, size, is_write, cand, ncand);
 }
 
 /* Once the engine keeps a memory snapshot (a persistent fuzzing loop), the first write to a heap

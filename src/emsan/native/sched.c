@@ -3,7 +3,7 @@
  * begins once its slice is used up, where the PC is exact (see emsan_tick_cb). Counting in C at
  * block starts keeps the schedule deterministic (it depends on the guest's own control flow,
  * never on wall time) and keeps Python out of the per-block path. slice[0]: blocks left;
- * slice[1]: set when the slice ran out. Installed only once a second thread exists. */
+ * slice[1]: set when the slice ran out. Installed only while more than one thread exists. */
 #include "runtime.h"
 
 /* The thread the scheduler switched to: allocation and free records carry it (os/linux/threads.py). */

@@ -28,6 +28,7 @@
 #define K_JMP 4
 #define K_FUNC 8
 #define K_INTERCEPT 16
+#define K_LOCAL 32             /* reached only by a conditional branch (sanitizer/stacks.py) */
 
 #define P_NONE 0
 #define P_CALL 1
@@ -317,6 +318,26 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
     if (k & K_CALL) { s->pending = P_CALL; s->pend_ret = end; }
     else if (k & K_RET) { s->pending = P_RET; s->pend_ret = end; }
     else if (k & K_JMP) s->pending = P_JMP;
+}
+
+/* The engine asks once per translated block whether emsan_scs_block_cb must run at its start
+ * (engine/patches/012). It must where something may be pending from the block before (a call's
+ * target is a function start, a return's a return site, an indirect jump's anything not known to
+ * be reached by conditional branches only), where the block ends in a call, return or indirect
+ * jump, and at intercepted entries. Tight loops, most of the blocks run, need none. Code without
+ * a table is always hooked; a wrong "no" can only lose a frame (a push missed), never report. */
+EXPORT _Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    (void)uc;
+    rt_t *rt = ud;
+    struct scs_state *s = rt->scs;
+    struct scs_mod *m = s ? mod_of(s, addr) : NULL;
+    if (!m) return 1;
+    uint8_t start = m->kinds[addr - m->lo];
+    if (!(start & K_LOCAL) || (start & (K_FUNC | K_CALL | K_INTERCEPT))) return 1;
+    uint64_t end = addr + size;
+    uint8_t k = end <= m->hi ? m->kinds[end - m->lo] : kind_at(s, end);
+    return (k & (K_CALL | K_RET | K_JMP)) != 0;
 }
 
 size_t scs_entries(rt_t *rt, const uint64_t **pairs)

@@ -125,6 +125,7 @@ static uint32_t shared_for(uint8_t value)
 void shadow_fill(kasan_t *k, uint64_t addr, uint64_t len, uint8_t value)
 {
     if (k->mm && value) mmio_poisoned(k, addr, len);
+    if (k->il) inline_fill(k, addr, len, value);
     uint64_t end = addr + len;
     uint32_t shared = k->sm.share ? shared_for(value) : 0;
     while (addr < end) {
@@ -153,22 +154,41 @@ void shadow_unpoison(kasan_t *k, uint64_t addr, uint64_t size, uint64_t poison_t
         uint8_t *p = shadow_own(k, rest >> SHADOW_CHUNK_SHIFT);
         if (p) p[(rest & (SHADOW_CHUNK - 1)) >> 3] = (uint8_t)(size & (GRANULE - 1));
         if (k->mm) mmio_poisoned(k, rest, GRANULE);
+        if (k->il) inline_fill(k, rest, GRANULE, (uint8_t)(size & (GRANULE - 1)));
         rest += GRANULE;
     }
     if (poison_to > rest)
         shadow_fill(k, rest, poison_to - rest, rz);
 }
 
-/* Is any byte of [addr, addr+size) poisoned? (memory_is_poisoned_n, across pages) */
+/* Are the n shadow bytes at p all zero? Eight at a time (the kernel's memory_is_nonzero()). */
+static int all_zero(const uint8_t *p, uint64_t n)
+{
+    while (n && ((uintptr_t)p & 7)) { if (*p++) return 0; n--; }
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        if (w) return 0;
+    }
+    while (n--) if (*p++) return 0;
+    return 1;
+}
+
+/* Is any byte of [addr, addr+size) poisoned? (memory_is_poisoned_n, across pages): the whole
+ * granules a chunk's shadow page at a time, a shared all-accessible page without reading it. */
 int shadow_bad(kasan_t *k, uint64_t addr, uint64_t size)
 {
     uint64_t last = addr + size - 1;
     if (UNLIKELY(last >= SHADOW_VA_LIMIT || last < addr))
         return 1;
-    uint64_t g = addr >> 3, glast = last >> 3;
-    for (; g < glast; g++) {
-        if (shadow_at(k, g << 3) != 0)
+    const unsigned per_chunk = SHADOW_CHUNK_SHIFT - 3;     /* log2 of the granules in a chunk */
+    for (uint64_t g = addr >> 3, glast = last >> 3; g < glast;) {
+        uint64_t chunk = g >> per_chunk, end = (chunk + 1) << per_chunk;
+        uint64_t stop = glast < end ? glast : end;
+        uint32_t pg = shadow_resolve(k, chunk);
+        if (pg != SHADOW_ZERO && !all_zero(shadow_page(k, pg) + (g & ((1ULL << per_chunk) - 1)), stop - g))
             return 1;
+        g = stop;
     }
     int8_t s = shadow_at(k, last);
     return s != 0 && (s < 0 || (int8_t)(last & 7) >= s);

@@ -88,6 +88,17 @@ class Kasan:
         v = self.lib.emsan_tag_at(self.k, addr)
         return None if v < 0 else v
 
+    # --- --checks inline ----------------------------------------------------------------------
+    def check_inline(self, map_memory) -> bool:
+        """Check heap accesses in translated code against a flat copy of the shadow (inline.c);
+        False when the engine cannot on this host (nothing was changed then)."""
+        recovery = self.machine.pc_recovery()
+        get_cpu, restore = recovery if recovery is not None else (0, 0)
+        if not self.lib.emsan_inline_init(self.k, self.ffi.cast("void *", get_cpu), self.ffi.cast("void *", restore)):
+            return False
+        map_memory(self.base, self.base + self.size, 3, "[emsan-heap]", self.heap_memory)
+        return True
+
     # --- --checks mmio ------------------------------------------------------------------------
     def check_through_mmio(self, view_pa: int, map_memory) -> None:
         """Check heap accesses in an MMIO view of the heap instead of a memory hook (mmio.c).

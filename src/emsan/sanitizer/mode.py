@@ -41,7 +41,7 @@ class ModeOptions(Protocol):
     quarantine_size: int
     allocator_errors: str               # KASAN modes: "report" or "null"
     seed: int | None
-    checks: str                         # generic mode: "mmio" or "hook"
+    checks: str                         # generic mode: "inline", "mmio" or "hook"
     shadow: str                         # "per-page" or "full"
     kfence_objects: int
     sample_interval: int

@@ -30,8 +30,12 @@ from emsan.errors import EmsanError
 from emsan.sanitizer.entrypoints import STT_FUNC, function_symbols
 
 COLLECTORS = ("auto", "fp", "cfi", "scs", "x18", "none")
-K_CALL, K_RET, K_JMP, K_FUNC = 1, 2, 4, 8
-CACHE_VERSION = b"emsan-stacks-3"
+# Block-end kinds of the shadow call stack (native/scs.c), at the address after the instruction; K_FUNC
+# at a function's start (symbols and direct call targets); K_LOCAL at an address only a conditional
+# branch reaches (its target or fall-through, a rep-prefixed instruction repeating itself): a block
+# starting there follows no call, return or indirect jump, and its start needs no hook.
+K_CALL, K_RET, K_JMP, K_FUNC, K_LOCAL = 1, 2, 4, 8, 32
+CACHE_VERSION = b"emsan-stacks-4"
 ROW = struct.Struct("<QiiiB3x")     # emsan_cfi_row
 
 
@@ -113,12 +117,28 @@ def _kinds(path: str, arm64: bool) -> bytes:
     return struct.pack("<QQ", lo, hi) + bytes(kinds[:hi - lo])
 
 
+def _mark(kinds: bytearray, at: int, kind: int) -> None:
+    if 0 <= at < len(kinds):
+        kinds[at] |= kind
+
+
+def _signed(v: int, bits: int) -> int:
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
 def _sweep_arm64(data: bytes, off: int, kinds: bytearray) -> None:
     words = [w for (w,) in struct.iter_unpack("<I", data[:len(data) & ~3])]
     for i, w in enumerate(words):
         top = w >> 24
-        if top & 0xFC == 0x94:                              # bl
+        at = off + 4 * i
+        if top & 0x7E == 0x34 or top & 0x7E == 0x36 or w & 0xFF000010 == 0x54000000:
+            # cbz/cbnz, tbz/tbnz, b.cond: the target and the fall-through
+            rel = _signed((w >> 5) & 0x3FFF, 14) if top & 0x7E == 0x36 else _signed((w >> 5) & 0x7FFFF, 19)
+            _mark(kinds, at + 4 * rel, K_LOCAL)
+            _mark(kinds, at + 4, K_LOCAL)
+        elif top & 0xFC == 0x94:                            # bl
             kinds[off + 4 * i + 4] |= K_CALL
+            _mark(kinds, at + 4 * _signed(w & 0x3FFFFFF, 26), K_FUNC)
         elif top == 0xD6:
             op = w & 0xFFFFFC1F
             if op == 0xD63F0000 or w & 0xFFFFF800 == 0xD63F0800:        # blr, blraa/blrab(z)
@@ -140,15 +160,24 @@ def _sweep_x86(data: bytes, off: int, kinds: bytearray) -> None:
     md.skipdata = True
     for addr, size, mnem, ops in md.disasm_lite(data, 0):
         c = mnem[:1]
-        if c not in "crjnb":
+        if c not in "crjnbl":
             continue
         end = off + addr + size
         if "call" in mnem:
             kinds[end] |= K_CALL
+            if ops.startswith("0x"):
+                _mark(kinds, off + int(ops, 16), K_FUNC)
         elif mnem.endswith("ret") or mnem.startswith("ret"):
             kinds[end] |= K_RET
-        elif mnem.endswith("jmp") and not ops.startswith("0x"):
-            kinds[end] |= K_JMP
+        elif mnem.endswith("jmp"):
+            if not ops.startswith("0x"):
+                kinds[end] |= K_JMP
+        elif c == "j" or mnem.startswith("loop"):            # jcc, jrcxz, loop: target and fall-through
+            kinds[end] |= K_LOCAL
+            if ops.startswith("0x"):
+                _mark(kinds, off + int(ops, 16), K_LOCAL)
+        elif mnem.startswith("rep"):                         # rep movs/stos/...: each round a block of its own
+            kinds[off + addr] |= K_LOCAL
 
 
 # --- cfi: unwind rows --------------------------------------------------------------------------------
@@ -279,7 +308,8 @@ class Stacks:
             self.lib.emsan_scs_set_ret_checks(self.runtime.rt, 1)
         if (collector == "scs" or self.ret_checks) and not self._hooked:
             self._hooked = True
-            self.machine.hook_block_native(self.ffi.addressof(self.lib, "emsan_scs_block_cb"), self.runtime.rt)
+            h = self.machine.hook_block_native(self.ffi.addressof(self.lib, "emsan_scs_block_cb"), self.runtime.rt)
+            self.machine.filter_block_hook(h, self.ffi.addressof(self.lib, "emsan_scs_block_filter"), self.runtime.rt)
 
     def module_loaded(self, path: str, bias: int) -> None:
         try:

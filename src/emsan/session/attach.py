@@ -5,7 +5,8 @@ way of running code. emsan attaches to it the way the Linux session attaches to 
 the runtime on the engine, a `Target` saying where emsan's memory goes (a region of its own, clear
 of the harness's: `layout`), and the mode from the mode table, reached only through the Mode
 protocol. Any registered mode whose architectures include the harness's attaches: generic KASAN
-(its heap checked through an MMIO view, or a memory hook with checks="hook"), KFENCE (sampling
+(its heap checked by translated code, through an MMIO view with checks="mmio", or a memory hook
+with checks="hook"), KFENCE (sampling
 the target's own allocator), sw-tags and hw-tags on arm64 (Top-Byte-Ignore is turned on in the
 engine for them). The target's allocator entry points are named in `allocator` (or none, when the
 harness places every input through `malloc()` here). Reports come back as Python objects with
@@ -47,7 +48,7 @@ class Options:
     quarantine_size: int = 16 << 20
     allocator_errors: str = "report"   # refused allocations reported (ASan's names), then failed
     seed: int | None = None
-    checks: str = "mmio"               # generic mode: "mmio" or "hook"
+    checks: str = "inline"             # generic mode: "inline", "mmio" or "hook"
     shadow: str = "per-page"
     kfence_objects: int = 255
     sample_interval: int = 100

@@ -30,7 +30,7 @@ class RunOptions:
     allocator_errors: str = "report"  # --allocator-errors: report refused allocations, or only fail them
     stats: bool = False
     shadow: str = "per-page"          # --shadow: per-page (shared zero/black pages) or full
-    checks: str = "mmio"              # --checks: heap accesses checked through MMIO, or by a memory hook
+    checks: str = "inline"            # --checks: heap accesses checked by translated code, through MMIO, or by a memory hook
     mmap_shadow: bool = True          # --no-mmap-shadow: leave the mmap area unshadowed (the ablation)
     stacks: str = "auto"              # --stacks: allocation/free stack collector
     no_depot: bool = False            # --no-depot: every trace stored separately

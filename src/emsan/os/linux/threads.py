@@ -308,7 +308,12 @@ class Threads:
         if nxt is not cur or cur.exited:
             self._load(nxt)
         self._resume(nxt)
-        if m.slice is not None:
+        if len(self.all) == 1 and reason == "slice":
+            # One thread left, and it ran a whole slice alone: no more slices (create() puts the
+            # hook back). Not at once when the others end: a program that makes threads one
+            # after the other would retranslate its code for each.
+            m.drop_time_slice()
+        elif m.slice is not None:
             m.slice[0], m.slice[1] = self.slice, 0
         return m.pc
 

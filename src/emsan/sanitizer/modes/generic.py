@@ -1,6 +1,7 @@
 """Generic KASAN for unmodified binaries: emsan's allocator at the guest's allocator entry
-points, its shadow checked on every heap access (through an MMIO view of the heap, or a
-memory hook with --checks hook), a quarantine, and the string interceptors."""
+points, its shadow checked on every heap access (by translated code, through an MMIO view of
+the heap where the engine cannot, or by a memory hook with --checks hook), a quarantine, and the
+string interceptors."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -20,8 +21,15 @@ class GenericMode(KasanMode):
 
     def __init__(self, target: Target):
         super().__init__(target)
-        self.mmio = target.options.checks == "mmio"
-        if self.mmio:
+        checks = target.options.checks
+        # Translated code checks only on x86-64 hosts (engine/patches/011): the MMIO view elsewhere.
+        if checks == "inline" and not self.kasan.check_inline(target.map_memory):
+            checks = "mmio"
+        self.checks = checks
+        self.mmio = checks == "mmio"
+        if checks == "inline":
+            self.report_in_engine = True
+        elif self.mmio:
             self.kasan.check_through_mmio(target.layout.mmio_view, target.map_memory)
             self.report_in_engine = True        # build() may find an error no bug
         else:
