@@ -10,8 +10,9 @@ many-tags-per-page TLB effect.
     de-duplicated). The measured miss rate is printed beside the theory: 1/254 for sw-tags'
     8-bit tags (0x00-0xFD), 1/14 for hw-tags' 4-bit ones (0xF0-0xFD).
 (b) Cost: the arm64 workloads (compute, alloc, strings) under --mode none (plain), generic,
-    sw-tags and hw-tags, interleaved in one run, whole-process wall time; medians of paired
-    ratios against plain. Target: each tag mode <= 1.5x plain.
+    sw-tags and hw-tags (their default checks through the TLB and an MMIO view, and with
+    --checks hook: "sw-tags/hook"), interleaved in one run, whole-process wall and CPU time;
+    medians of paired ratios against plain. Target: each tag mode <= 1.5x plain.
 (c) TLB effect: bench/workloads/tagpage.c reads 256 differently tagged 48-byte objects (64 per
     page), object by object ("blocked") or round-robin ("interleaved": every access through
     another tag of the same page). The interleaved/blocked ratio of a tag mode divided by the
@@ -33,6 +34,8 @@ from common import BENCH, WORKLOADS, BenchError, Runner, build, paired_ratio, ro
 
 DEFAULT_JSON = BENCH / "results" / "tags.json"
 MODES = ("none", "generic", "sw-tags", "hw-tags")
+# (b) also runs the tag modes with the memory hook (--checks hook), the other way they check
+COST_MODES = MODES + ("sw-tags/hook", "hw-tags/hook")
 TAG_MODES = ("sw-tags", "hw-tags")
 THEORY = {"sw-tags": 1 / 254, "hw-tags": 1 / 14}
 TARGET = 1.5
@@ -63,26 +66,40 @@ def miss_rates(runner: Runner, seeds: int, trials: int, out) -> dict:
     return res
 
 
+def run_mode(runner: Runner, mode: str, exe, args: list[str]) -> tuple[float, bytes]:
+    """One whole-process run; MODE/hook is MODE with --checks hook."""
+    if mode.endswith("/hook"):
+        return runner.command([sys.executable, "-m", "emsan", "run", "--mode", mode[:-5], "--checks", "hook",
+                               str(exe), *args], f"emsan --mode {mode} {exe.name}")
+    return runner.emsan(mode, exe, args)
+
+
 def workload_costs(runner: Runner, reps: int, scale: float, out) -> dict:
     res = {}
     for name, iters in WORKLOADS.items():
         exe = build(name, "arm64")
         args = [str(max(1, int(iters["arm64"] * scale)))]
-        walls: dict[str, list[float]] = {m: [] for m in MODES}
+        walls: dict[str, list[float]] = {m: [] for m in COST_MODES}
+        cpus: dict[str, list[float]] = {m: [] for m in COST_MODES}
         ref = None
         for rep in range(reps):
-            for mode in rotate(MODES, rep):
-                wall, stdout = runner.emsan(mode, exe, args)
+            for mode in rotate(COST_MODES, rep):
+                wall, stdout = run_mode(runner, mode, exe, args)
                 if ref is None:
                     ref = stdout
                 elif stdout != ref:
                     raise BenchError(f"{name}: --mode {mode} changed the output")
                 walls[mode].append(wall)
-        row = {m: summary(walls[m]) for m in MODES}
-        row["ratio"] = {m: paired_ratio(walls[m], walls["none"]) for m in MODES if m != "none"}
+                cpus[mode].append(runner.last_cpu)
+        row = {m: summary(walls[m]) for m in COST_MODES}
+        row["cpu_s"] = {m: summary(cpus[m]) for m in COST_MODES}
+        row["ratio"] = {m: paired_ratio(walls[m], walls["none"]) for m in COST_MODES if m != "none"}
+        row["cpu_ratio"] = {m: paired_ratio(cpus[m], cpus["none"]) for m in COST_MODES if m != "none"}
         res[name] = row
         out(f"  {name:8} plain {row['none']['median']:.2f} s | " + " | ".join(
-            f"{m} {row['ratio'][m]['median']:.2f}x" for m in MODES[1:]))
+            f"{m} {row['ratio'][m]['median']:.2f}x" for m in COST_MODES[1:])
+            + f"\n  {'':8} CPU: plain {row['cpu_s']['none']['median']:.2f} s | " + " | ".join(
+            f"{m} {row['cpu_ratio'][m]['median']:.2f}x" for m in COST_MODES[1:]))
     return res
 
 
@@ -126,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("(a) miss rate of an out-of-bounds read into the adjacent object")
                 res["miss_rate"] = miss_rates(runner, args.seeds, args.trials, print)
             if "cost" not in skip:
-                print(f"(b) arm64 workloads, whole-process wall time, median of {args.reps} paired ratios "
+                print(f"(b) arm64 workloads, whole-process wall and CPU time, median of {args.reps} paired ratios "
                       f"against --mode none (target: tag modes <= {TARGET}x)")
                 res["workloads"] = workload_costs(runner, args.reps, args.scale, print)
             if "tlb" not in skip:

@@ -497,6 +497,49 @@ def test_tbi_one_tlb_entry_per_page():
     assert len([a for a in fills if a & ~0xFFF == data]) <= 2, f"{len(fills)} fills"
 
 
+# --- 014: arm64 tags kept in the TLB address on request ----------------------------------------------------
+def test_tagged_tlb_on_request():
+    """With uc_emsan_tagged_tlb on, the virtual-TLB fill sees each pointer tag of a page and may map
+    each (tag, page) pair to its own physical page; off again (the default, 003), it sees the untagged
+    page only."""
+    m = Machine("arm64")
+    code, table, data, alias = 0x10000, 0x200000, 0x300000, 0x400000
+    words = (0xF8637802, 0xF9400044, 0x91000463, 0x8A060063, 0xF10004A5, 0x54FFFF61)   # as above
+    m.map(code, 0x1000, RX)
+    m.map(table, 0x1000, RW)
+    m.map(data, 0x1000, RW)
+    m.map(alias, 0x1000, RW)
+    m.write(code, struct.pack("<6I", *words))
+    m.write(table, struct.pack("<64Q", *((data + 16 * i) | ((0x10 + i) << 56) for i in range(64))))
+    m.write(data, struct.pack("<Q", 0x1111))
+    m.write(alias, struct.pack("<Q", 0x2222))
+    fills: list[int] = []
+
+    def fill(uc_, vaddr, access, entry, ud):
+        if vaddr & ~0xFFF != code:
+            fills.append(vaddr)
+        page = vaddr & 0x00FF_FFFF_FFFF_F000
+        entry.paddr = alias if page == data and vaddr >> 56 == 0x10 else page    # tag 0x10 sees the alias
+        entry.perms = 7
+        return True
+    m.uc.hook_add(uc.UC_HOOK_TLB_FILL, fill)
+    m.uc.ctl_set_tlb_mode(uc.UC_TLB_VIRTUAL)
+
+    def run(keep: bool) -> tuple[set[int], int]:
+        m.tagged_tlb(keep)
+        fills.clear()
+        for reg, v in (("x0", table), ("x3", 0), ("x6", 63), ("x5", 64)):
+            m.set_reg(reg, v)
+        m.uc.emu_start(code, code + 4 * len(words))
+        assert m.reg("x5") == 0
+        m.set_reg("x3", 0)
+        m.set_reg("x5", 1)
+        m.uc.emu_start(code, code + 4 * len(words))            # one pass: x4 = *(data with tag 0x10)
+        return {a >> 56 for a in fills if a & 0x00FF_FFFF_FFFF_F000 == data}, m.reg("x4")
+    assert run(True) == (set(range(0x10, 0x50)), 0x2222)
+    assert run(False) == ({0}, 0x1111)
+
+
 # --- 005: direct host pointers for the runtime's reads and writes of guest memory ---------------------------
 @pytest.mark.parametrize("arch", ARCHES)
 def test_host_ptr_matches_mem_read(arch):
@@ -980,6 +1023,45 @@ def test_block_filter_drops_calls_of_refused_blocks(arch):
     ran.clear()
     m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
     assert ran == [0, loop, loop, loop, loop, tail]
+
+
+# --- 013: where the CPU state keeps a register ----------------------------------------------------------------
+def _gpr_ids(arch: str) -> list[int]:
+    if arch == "x86_64":
+        names = ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI"] + [f"R{i}" for i in range(8, 16)]
+        return [getattr(x86_const, f"UC_X86_REG_{n}") for n in names]
+    return ([getattr(arm64_const, f"UC_ARM64_REG_X{i}") for i in range(31)]
+            + [arm64_const.UC_ARM64_REG_SP])
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_register_pointers(arch):
+    """uc_emsan_reg_ptr: for every general-purpose register, the address reads what uc_reg_read reads
+    and a write through it is what uc_reg_read then reads, before and after guest code ran; the PC is
+    readable there but its writes go through uc_reg_write (NULL); other registers have none."""
+    reg_ptr = _fn("uc_emsan_reg_ptr", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_bool)
+    code, loop, end = _countdown(arch)
+    m = Machine(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.write(LOOP_CODE, code)
+    h = m.handle_int
+    ids = _gpr_ids(arch)
+    for i, rid in enumerate(ids):
+        m.uc.reg_write(rid, 0x1111_0000_0000_0000 + i)
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)           # the loop counts down its register to 0
+    for i, rid in enumerate(ids):
+        p = reg_ptr(h, rid, False)
+        assert p and p == reg_ptr(h, rid, True)
+        cell = ctypes.c_uint64.from_address(p)
+        assert cell.value == m.uc.reg_read(rid)
+        cell.value = 0x2222_0000_0000_0000 + i
+        assert m.uc.reg_read(rid) == 0x2222_0000_0000_0000 + i
+    pc = x86_const.UC_X86_REG_RIP if arch == "x86_64" else arm64_const.UC_ARM64_REG_PC
+    p = reg_ptr(h, pc, False)
+    assert p and ctypes.c_uint64.from_address(p).value == m.uc.reg_read(pc) == LOOP_CODE + end
+    assert not reg_ptr(h, pc, True)
+    other = x86_const.UC_X86_REG_EFLAGS if arch == "x86_64" else arm64_const.UC_ARM64_REG_NZCV
+    assert not reg_ptr(h, other, False) and not reg_ptr(h, other, True)
 
 
 # --- bench/engine.py ----------------------------------------------------------------------------------------

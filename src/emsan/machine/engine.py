@@ -357,6 +357,14 @@ class Machine:
         self.uc.ctl_set_tlb_mode(uconst.UC_TLB_VIRTUAL)
         return h
 
+    def tagged_tlb(self, keep: bool) -> None:
+        """arm64: whether loads and stores reach the TLB with their pointer tag (a virtual-TLB
+        fill then sees it and maps each tag of a page on its own) or without it, the default
+        (engine/patches/014 and 003)."""
+        err = uclib.uc_emsan_tagged_tlb(self.handle, ctypes.c_bool(keep))
+        if err:
+            raise unicorn.UcError(err)
+
     def hook_block_native(self, cfunc, user_data) -> int:
         """A C callback at the start of every basic block."""
         return self.hook_native(uconst.UC_HOOK_BLOCK, cfunc, user_data)

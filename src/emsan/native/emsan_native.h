@@ -12,6 +12,7 @@ typedef struct emsan_api {
     void *uc_emsan_host_ptr;    /* void *(uc_engine *, uint64_t, size_t, bool): engine/patches/005 */
     void *uc_emsan_shadow_check;    /* uc_err (uc_engine *, uint64_t, uint64_t, const uint8_t *, uint8_t, cb, void *): 011 */
     void *uc_emsan_block_filter;    /* uc_err (uc_engine *, uc_hook, filter, void *): engine/patches/012 */
+    void *uc_emsan_reg_ptr;         /* void *(uc_engine *, int, bool): engine/patches/013 */
 } emsan_api;
 
 void emsan_set_api(const emsan_api *api);
@@ -494,6 +495,9 @@ void *emsan_mmio_init(emsan_kasan *k, uint64_t view_pa);
 _Bool emsan_mmio_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 uint64_t emsan_mmio_read(void *uc, uint64_t offset, unsigned size, void *ud);
 void emsan_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud);
+uint64_t emsan_tags_mmio_read(void *uc, uint64_t offset, unsigned size, void *ud);
+void emsan_tags_mmio_write(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud);
+uint64_t emsan_mmio_view_bytes(emsan_kasan *k);
 /* QEMU internals of the pinned libunicorn (qemu_get_cpu_<arch>, cpu_restore_state_<arch>) that
  * recover the exact PC of an access seen in an MMIO callback. */
 void emsan_mmio_set_pc_recovery(emsan_kasan *k, void *get_cpu, void *restore);

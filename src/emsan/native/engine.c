@@ -15,6 +15,22 @@ EXPORT int emsan_hook_add(void *uc, size_t *hh, int type, void *cb, void *ud, ui
     return ((engine_hook_add_fn)emsan_uc.uc_hook_add)(uc, hh, type, cb, ud, begin, end);
 }
 
+struct engine_regs engine_regs;
+
+void engine_regs_forget(void) { memset(&engine_regs, 0, sizeof engine_regs); }
+
+uint64_t *engine_reg_lookup(void *uc, int id, int is_write)
+{
+    if (engine_regs.uc != uc) {                  /* another engine: forget the last one's places */
+        memset(&engine_regs, 0, sizeof engine_regs);
+        engine_regs.uc = uc;
+    }
+    if ((unsigned)id >= ENGINE_REG_IDS || !emsan_uc.uc_emsan_reg_ptr) return NULL;
+    engine_regs.p[is_write][id] = ((engine_reg_ptr_fn)emsan_uc.uc_emsan_reg_ptr)(uc, id, is_write);
+    engine_regs.known[is_write][id] = 1;
+    return engine_regs.p[is_write][id];
+}
+
 EXPORT int emsan_block_filter(void *uc, size_t hook, void *filter, void *ud)
 {
     return ((engine_block_filter_fn)emsan_uc.uc_emsan_block_filter)(uc, hook, filter, ud);

@@ -89,8 +89,9 @@ void access_error(kasan_t *k, uint64_t addr, unsigned size, int is_write, const 
 {
     rt_t *rt = k->rt;
     uint64_t pc = ncand ? cand[0] : reg(rt, EMSAN_REG_PC);
-    /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (read_ahead). */
-    if (!is_write && size >= 4 && read_ahead(k, pc, addr, size))
+    /* Vector loads of optimized string code arrive as 4- or 8-byte pieces (read_ahead); tag
+     * modes' pieces, tagged, go there whatever their size, as their memory hook's accesses do. */
+    if (!is_write && (size >= 4 || k->tags) && read_ahead(k, pc, addr, size))
         return;
     if (call_quiet(k, addr, size, is_write)) return;        /* a libc call's own (libc.c) */
     emsan_error *e = error_new(rt, EMSAN_ERR_ACCESS, addr, size, is_write, pc, stack_here(rt, pc, 0));

@@ -276,6 +276,9 @@ void inline_destroy(kasan_t *k);
 
 /* mmio.c */
 void mmio_poisoned(kasan_t *k, uint64_t addr, uint64_t len);
+/* tags.c, for the tag modes' views (mmio.c) */
+int tags_page_matches(kasan_t *k, uint64_t page, uint8_t ptag);
+int tags_access_bad(kasan_t *k, uint64_t tagged, uint64_t size);
 void mmio_destroy(kasan_t *k);
 void mmio_rollback(kasan_t *k);
 

@@ -106,6 +106,7 @@ EXPORT int emsan_mte_emulate(emsan_kasan *k)
         return 0;
     }
     k->tags->mte_traps++;
+    shadow_sync(k, 0);                   /* --checks mmio: the TLB sees the new tags */
     reg_set(uc, k->rt->regs[EMSAN_REG_PC], pc + 4);
     return 1;
 }

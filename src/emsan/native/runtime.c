@@ -5,6 +5,7 @@
 EXPORT emsan_runtime *emsan_runtime_new(void *uc, int is_arm64, const int *regs, const int *gprs, int ngprs)
 {
     rt_t *rt = calloc(1, sizeof *rt);
+    engine_regs_forget();
     rt->errs = calloc(ERR_RING, sizeof *rt->errs);
     rt->entries = calloc(MAX_ENTRIES, sizeof *rt->entries);
     rt->uc = uc;

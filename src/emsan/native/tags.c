@@ -3,7 +3,13 @@
  * check of the two on every access, and a ring of recent allocations and frees to classify
  * reports; hw-tags also emulates the MTE instructions Unicorn lacks (mte.c).
  *
- * Unicorn hands memory hooks the untagged address, so the pointer tag comes from the
+ * Two ways to check (--checks): by default the engine's TLB sees the tagged address and maps
+ * each (pointer tag, page) pair either straight to memory, when every granule of the page
+ * carries a tag the pointer matches, or to a checking MMIO view of the heap for that tag
+ * (mmio.c): pages with one tag run at plain speed. The other, a memory hook on every access,
+ * is also what checks memory outside the heap that a guest tags itself (MTE instructions).
+ *
+ * Unicorn hands memory hooks the untagged address, so there the pointer tag comes from the
  * instruction's base register: Rn = insn[9:5] for every register-based load and store
  * (cached per PC), Xt for DC ZVA; PC-relative literal loads carry no tag. */
 #include "tags.h"
@@ -67,8 +73,24 @@ static uint8_t tag_random(kasan_t *k)
 
 /* ---- the tag table ---------------------------------------------------------------------------- */
 
-static struct foreign_page *foreign_find(struct tag_state *t, uint64_t page, int create)
+static void tags_access_cb(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud);
+
+/* --checks mmio sees heap pages only. Memory outside the heap that the guest tags itself (MTE
+ * instructions, __hwasan_tag_memory on its stack) is checked by the memory hook from then on;
+ * the TLB is flushed so that pages it mapped before take the hook's slow path. The hook sees
+ * the heap's checking views at their physical addresses, outside the heap: it leaves them to
+ * the views' own checks. */
+static void check_outside_heap(kasan_t *k)
 {
+    size_t hh;
+    void *uc = k->rt->uc;
+    if (emsan_hook_add(uc, &hh, ENGINE_HOOK_MEM_READ | ENGINE_HOOK_MEM_WRITE, (void *)tags_access_cb, k, 1, 0) == 0)
+        tlb_flush(uc);
+}
+
+static struct foreign_page *foreign_find(kasan_t *k, uint64_t page, int create)
+{
+    struct tag_state *t = k->tags;
     if (create && (t->fp_n + 1) * 2 > t->fp_cap) {
         size_t ncap = t->fp_cap ? t->fp_cap * 2 : 64;
         struct foreign_page *nf = calloc(ncap, sizeof *nf);
@@ -87,6 +109,7 @@ static struct foreign_page *foreign_find(struct tag_state *t, uint64_t page, int
     for (; t->fp[j].tags; j = (j + 1) & (t->fp_cap - 1))
         if (t->fp[j].page == page) return &t->fp[j];
     if (!create) return NULL;
+    if (!t->fp_n && k->mm) check_outside_heap(k);
     t->fp[j].page = page;
     t->fp[j].tags = malloc(TAGS_PER_PAGE);
     memset(t->fp[j].tags, 0xF0, TAGS_PER_PAGE);          /* MTE: untouched memory has tag 0 */
@@ -106,6 +129,7 @@ void tag_set(kasan_t *k, uint64_t addr, uint64_t len, uint8_t tag)
         if (off < k->size) {
             uint64_t pg = off >> PAGE_SHIFT;
             uint8_t *p = t->page[pg];
+            if (k->mm) mmio_poisoned(k, addr, stop - addr);     /* the TLB's view of the page changes */
             if ((addr & (PAGE_SIZE - 1)) == 0 && stop == page_end) {
                 if (!page_shared(p)) { free(p); t->private_pages--; }
                 t->page[pg] = tag == TAG_INVALID ? NULL : shared_fill[tag];
@@ -119,7 +143,7 @@ void tag_set(kasan_t *k, uint64_t addr, uint64_t len, uint8_t tag)
                 memset(p + ((addr & (PAGE_SIZE - 1)) >> 4), tag, (stop - addr) >> 4);
             }
         } else {
-            struct foreign_page *f = foreign_find(t, addr >> PAGE_SHIFT, 1);
+            struct foreign_page *f = foreign_find(k, addr >> PAGE_SHIFT, 1);
             memset(f->tags + ((addr & (PAGE_SIZE - 1)) >> 4), tag, (stop - addr) >> 4);
         }
         addr = stop;
@@ -136,7 +160,7 @@ int tag_at(kasan_t *k, uint64_t addr)
         return p ? p[(off & (PAGE_SIZE - 1)) >> 4] : TAG_INVALID;
     }
     if (!t->fp_n) return -1;
-    struct foreign_page *f = foreign_find(t, addr >> PAGE_SHIFT, 0);
+    struct foreign_page *f = foreign_find(k, addr >> PAGE_SHIFT, 0);
     return f ? f->tags[(addr & (PAGE_SIZE - 1)) >> 4] : -1;
 }
 
@@ -164,6 +188,32 @@ static int tag_bad(kasan_t *k, uint64_t tagged, uint64_t size)
         if (g + TAG_GRANULE < g) break;
     }
     return 0;
+}
+
+/* --checks mmio: may pointers with tag ptag reach heap page `page` without a check (every
+ * granule carries a tag they match)? */
+int tags_page_matches(kasan_t *k, uint64_t page, uint8_t ptag)
+{
+    struct tag_state *t = k->tags;
+    if (ptag == TAG_KERNEL) return 1;
+    const uint8_t *p = t->page[page];
+    if (page_shared(p)) return tag_matches(k, ptag, p ? p[0] : TAG_INVALID);
+    if (!t->hw) return memcmp(p, shared_fill[ptag], TAGS_PER_PAGE) == 0;
+    for (unsigned i = 0; i < TAGS_PER_PAGE; i++)
+        if ((p[i] ^ ptag) & 0xF) return 0;
+    return 1;
+}
+
+/* --checks mmio: the check of a piece of an access to the heap seen by a tag's view. */
+int tags_access_bad(kasan_t *k, uint64_t tagged, uint64_t size)
+{
+    uint64_t off = (tagged & UNTAG_MASK) - k->base;
+    if (LIKELY((off & (TAG_GRANULE - 1)) + size <= TAG_GRANULE)) {
+        const uint8_t *p = k->tags->page[off >> PAGE_SHIFT];
+        uint8_t mt = p ? p[(off & (PAGE_SIZE - 1)) >> 4] : TAG_INVALID;
+        return !tag_matches(k, (uint8_t)(tagged >> TAG_SHIFT), mt);
+    }
+    return tag_bad(k, tagged, size);
 }
 
 /* The first granule of an access whose tag the pointer does not match (kasan_find_first_bad_addr). */

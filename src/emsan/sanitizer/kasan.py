@@ -3,6 +3,7 @@ it, its shadow (or memory tags), quarantine and string interceptors; and KasanMo
 three KASAN modes (generic, tag-based, compiler-assisted) share."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from emsan.report.model import AllocRequest, ObjectInfo, Report, Task
@@ -12,6 +13,7 @@ from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target, stream_seed
 from emsan.sanitizer.runtime import Error, Runtime
 from emsan.sanitizer.stacks import confirm_candidate
 
+UNTAGGED = (1 << 56) - 1                    # an arm64 address without its top byte (pointer tag)
 RUN_OWN_CODE = frozenset(LIBC.values())     # checked at their entry (native/libc.c), not stood in for
 CHECKED_INSIDE = frozenset(("FGETS_CHK", "FGETS_UNLOCKED_CHK", "SPRINTF_CHK", "VSPRINTF_CHK"))  # glibc's check fails inside
 
@@ -26,6 +28,7 @@ class Kasan:
         self.ffi, self.lib = ffi, lib = runtime.ffi, runtime.lib
         self.machine = runtime.machine
         self.base, self.size = base, size
+        self.tags = mode != "generic"
         k = lib.emsan_kasan_new(runtime.rt, getattr(lib, MODES[mode]), base, size, quarantine_bytes,
                                 seed & (2**64 - 1))
         if k == ffi.NULL:
@@ -102,15 +105,19 @@ class Kasan:
     # --- --checks mmio ------------------------------------------------------------------------
     def check_through_mmio(self, view_pa: int, map_memory) -> None:
         """Check heap accesses in an MMIO view of the heap instead of a memory hook (mmio.c).
-        map_memory(lo, hi, prot, name, host) maps the heap's host memory at its guest address."""
+        map_memory(lo, hi, prot, name, host) maps the heap's host memory at its guest address.
+        Tag modes have a view per pointer tag, and the TLB sees the tags (Machine.tagged_tlb)."""
         lib, ffi, m = self.lib, self.ffi, self.machine
         host = lib.emsan_mmio_init(self.k, view_pa)
         if host == ffi.NULL:
             raise MemoryError("no host memory for emsan's heap")
         map_memory(self.base, self.base + self.size, 3, "[emsan-heap]", int(ffi.cast("uintptr_t", host)))
-        m.mmio_map(view_pa, self.size, ffi.addressof(lib, "emsan_mmio_read"), ffi.addressof(lib, "emsan_mmio_write"),
-                   self.k)
+        prefix = "emsan_tags_mmio" if self.tags else "emsan_mmio"
+        m.mmio_map(view_pa, lib.emsan_mmio_view_bytes(self.k), ffi.addressof(lib, prefix + "_read"),
+                   ffi.addressof(lib, prefix + "_write"), self.k)
         m.use_virtual_tlb(ffi.addressof(lib, "emsan_mmio_tlb_cb"), self.k)
+        if self.tags:
+            m.tagged_tlb(True)
         recovery = m.pc_recovery()
         if recovery is not None:
             get_cpu, restore = recovery
@@ -341,6 +348,19 @@ class KasanMode:
     def call_trace(self, e: Error) -> list[int]:
         """The access's (or free's) call trace, innermost first."""
         return confirm_candidate(self.runtime.stack(e.stack), self.target.is_call_return) or [e.pc]
+
+    def locate_site(self, e: Error, stack: list[int]) -> tuple[Error, list[int]]:
+        """An access seen by an MMIO view has a piece's size and no exact PC: the instruction is
+        found by decoding near the candidate PCs (the address keeps a tag mode's pointer tag)."""
+        if e.site is None:
+            return e, stack
+        tag = e.addr & ~UNTAGGED if self.arch.name == "arm64" else 0
+        found = self.arch.locate(self.machine, e.site.candidates, e.pc, e.site.regs, e.addr & ~tag, e.is_write,
+                                 e.size)
+        if found is None:
+            return e, stack
+        pc, ea, size = found
+        return replace(e, pc=pc, addr=tag | ea, size=size), [pc] + stack[1:]
 
     def title_frame(self, e: Error, stack: list[int]) -> int:
         """Which frame the title names: the caller, for frees and interceptors."""

@@ -68,6 +68,9 @@ class Layout:
     mmio_view: int = 0x0640_0000_0000   # physical address of the heap's checking view (--checks mmio)
     kfence_pool: int = 0x0680_0000_0000  # the KFENCE pool, its spill arena right after it
     kfence_trap: int = 0x06C0_0000_0000  # the inaccessible twin guard and freed pages map to
+    # the tag modes' checking views (256 copies of the heap's size, one per pointer tag; --checks
+    # mmio), physical only: the engine's TLB fill alone maps there. None: at mmio_view.
+    tag_views: int | None = None
 
 
 @dataclass

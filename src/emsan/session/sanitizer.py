@@ -11,7 +11,8 @@ import resource
 
 from emsan.errors import EmsanError
 from emsan.os.linux.cpu import missing_isa_words
-from emsan.os.linux.memory import MMAP_BOTTOM, MMAP_TOP, PAGE, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, Module
+from emsan.os.linux.memory import (MMAP_BOTTOM, MMAP_TOP, PAGE, SANITIZER_HEAP_BASE, SANITIZER_HEAP_SIZE, TAG_VIEWS,
+                                   Module)
 from emsan.os.linux.process import ExitInfo
 from emsan.report.debuginfo import debug_file
 from emsan.report.model import LeakReport, Report, Task
@@ -28,7 +29,7 @@ from emsan.session.leaks import LeakCheck
 from emsan.session.outputs import write_outputs
 from emsan.session.unwind import is_call_return
 
-LAYOUT = Layout(heap=SANITIZER_HEAP_BASE, heap_size=SANITIZER_HEAP_SIZE)
+LAYOUT = Layout(heap=SANITIZER_HEAP_BASE, heap_size=SANITIZER_HEAP_SIZE, tag_views=TAG_VIEWS)
 VMALLOC_INVALID = 0xF8       # the shadow of a hole in the mmap area
 
 

@@ -29,6 +29,8 @@ PIE_BASE = 0x0555_5555_0000
 EMSAN_BAND = (0x0600_0000_0000, 0x0700_0000_0000)   # emsan's regions: heap, MMIO view, shadow pool, KFENCE
 SANITIZER_HEAP_BASE = 0x0600_0000_0000      # emsan's allocator hands out objects from here
 SANITIZER_HEAP_SIZE = 0x2_0000_0000         # 8 GiB, one lazily backed engine region
+# The tag modes' 256 checking views of that heap (2 TiB, physical only) sit above every guest address.
+TAG_VIEWS = 1 << 45
 MMAP_BOTTOM = 0x0700_0000_0000
 MMAP_TOP = 0x0FFF_0000_0000                 # mmap() grows down from here
 STACK_TOP = 0x0FFF_FFFF_F000

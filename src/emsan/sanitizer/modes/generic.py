@@ -59,15 +59,7 @@ def shadow_report(mode: KasanMode, e: Error, task: Task) -> Report:
     if e.type == mode.alloc_error:
         return mode.allocation_report(e, task)
     kasan = mode.kasan
-    stack = mode.call_trace(e)
-    if e.site is not None:
-        # Seen by the MMIO view: the size is that of one piece and the PC is not exact; the
-        # instruction is found by decoding near the candidate PCs.
-        found = mode.arch.locate(mode.machine, e.site.candidates, e.pc, e.site.regs, e.addr, e.is_write, e.size)
-        if found is not None:
-            pc, ea, size = found
-            e = replace(e, pc=pc, addr=ea, size=size)
-            stack = [pc] + stack[1:]
+    e, stack = mode.locate_site(e, mode.call_trace(e))
     hooked: list[int] = []
     if e.site is None and e.type == mode.access_error and not e.fn and mode.hooks_accesses:
         # The memory hook's PC, which may be stale (arch.hooked_access_pcs).

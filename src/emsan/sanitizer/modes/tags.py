@@ -1,8 +1,11 @@
 """Tag-based KASAN modes for arm64 guests, after the kernel's SW_TAGS and HW_TAGS.
 
 emsan's allocator gives every object a random tag, stored per 16-byte granule in a host-side
-table and returned in the pointer's top byte; a native memory hook compares the two on every
-access. No redzones and no quarantine, as in the kernel. Reports take their bug type from a
+table and returned in the pointer's top byte; every access compares the two. By default
+(--checks inline or mmio) the engine's TLB sees the pointer tag and sends a (tag, page) pair to a checking
+MMIO view only where some granule of the page carries another tag (native/mmio.c); --checks hook
+checks every access in a memory hook, which is also what checks memory outside the heap that a
+guest tags itself. No redzones and no quarantine, as in the kernel. Reports take their bug type from a
 ring of recent allocations and frees and print `Pointer tag: [xx], memory tag: [yy]`.
 
 hw-tags uses the kernel's MTE tag range (0xF0-0xFD, 4 bits compared) and emulates the MTE
@@ -41,8 +44,14 @@ class TagMode(KasanMode):
     def __init__(self, target: Target):
         super().__init__(target, stream_seed(target.options.seed, "tags"))
         target.machine.top_byte_ignore()      # pointers carry their tags (a harness's engine too)
-        self.map_heap()
-        self.kasan.check_accesses()
+        self.mmio = target.options.checks != "hook"   # inline (generic mode's shadow code) means mmio here
+        if self.mmio:
+            layout = target.layout
+            views = layout.mmio_view if layout.tag_views is None else layout.tag_views
+            self.kasan.check_through_mmio(views, target.map_memory)
+        else:
+            self.map_heap()
+            self.kasan.check_accesses()
         lib = self.runtime.lib
         self.ring_words = {lib.EMSAN_TAGBUG_UAF: "free", lib.EMSAN_TAGBUG_OOB: "alloc"}
 
@@ -50,7 +59,7 @@ class TagMode(KasanMode):
         if e.type == self.alloc_error:
             return self.allocation_report(e, task)
         kasan = self.kasan
-        stack = self.call_trace(e)
+        e, stack = self.locate_site(e, self.call_trace(e))
         is_access = e.type == self.access_error
         t = kasan.describe(e.addr, e.size if is_access else 1)
         if is_access:
@@ -68,14 +77,24 @@ class TagMode(KasanMode):
         self.add_notes(rep, e)
         return rep
 
+    def checkpoint(self) -> None:
+        super().checkpoint()
+        if self.mmio:
+            self.kasan.mmio_copy_on_write()
+
+    def tag_stats(self) -> list[int]:
+        """Private tag pages, MTE instructions emulated, foreign tag pages, ring records."""
+        out = self.runtime.ffi.new("uint64_t[4]")
+        self.runtime.lib.emsan_tag_stats(self.kasan.k, out)
+        return list(out)
+
     def report_key(self, report: Report) -> tuple:
         # The same instruction meeting another memory tag is another finding (match_all_mem_tag).
         return super().report_key(report) + (report.memory_tag,)
 
     def stats(self) -> dict[str, int]:
         st = super().stats()
-        out = self.runtime.ffi.new("uint64_t[4]")
-        self.runtime.lib.emsan_tag_stats(self.kasan.k, out)
+        out = self.tag_stats()
         st.update(tag_pages=out[0], mte_emulated=out[1], foreign_tag_pages=out[2], ring_records=out[3])
         return st
 
