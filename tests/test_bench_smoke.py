@@ -228,3 +228,17 @@ def test_modes_bench_smoke(tmp_path):
     assert _positive(row["ratio_emu_cpu"]) and isinstance(row["met_wall"], bool)
     if shutil.which("valgrind"):
         assert isinstance(res["targets"]["generic_faster_than_memcheck"]["x86_64/strings"]["met"], bool)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_startup_bench_smoke(tmp_path):
+    """bench/startup.py, one repetition of --mode none: the peers that are installed, python, and
+    emsan with an empty and a warm cache, each with a wall and a CPU figure."""
+    stdout, res = _run_bench(tmp_path, "startup.py", "--reps", "1", "--arch", "x86_64", "--modes", "none",
+                             timeout=300)
+    assert "Start-up, dynamic hello, x86_64" in stdout
+    (rec,) = res["results"]
+    assert {"native", "python", "none-cold", "none-warm"} <= set(rec["wall"])
+    assert all(len(v) == 1 and _positive(v[0]) for v in rec["wall"].values())
+    assert all(len(v) == 1 and v[0] >= 0 for v in rec["cpu"].values())
+    assert set(rec["target_met"]) == {"none-warm"}

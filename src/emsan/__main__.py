@@ -1,3 +1,3 @@
-from emsan.cli.main import main
+from emsan.cli.main import entry
 
-raise SystemExit(main())
+entry()

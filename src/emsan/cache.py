@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable
 
 
 def cache_dir(*parts: str) -> Path | None:
@@ -57,3 +60,62 @@ def store_json(d: Path | None, name: str, value) -> None:
             tmp.unlink()
         except OSError:
             pass
+
+
+def file_identity(path: str) -> str | None:
+    """What changes whenever a file's contents may have: its device and inode (which file, by
+    whatever path), size, modification and change times (a rewrite in place that restores the
+    mtime, `cp -p` over it, still moves the change time, which no one can set). None when it
+    cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return stat_identity(st)
+
+
+def stat_identity(st: os.stat_result) -> str:
+    """file_identity() of a file already stat'ed."""
+    return f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+# File times tick coarsely (a few ms on Linux, 1-2 s on some file systems): two versions of a file
+# written within one tick can share every field of the identity. As git does with its index, a
+# file changed less than this long ago is not cached (each run derives it again until it is older).
+RACY_NS = 2_000_000_000
+
+
+@lru_cache(maxsize=None)
+def code_version(source: str) -> str:
+    """A digest of the Python file that derives a cached value (its __file__): an install with
+    other code never reads another's entries."""
+    try:
+        with open(source, "rb") as f:
+            return hashlib.sha1(f.read()).hexdigest()[:16]
+    except OSError:
+        return "unknown"
+
+
+def per_file(path: str, kind: str, source: str, make: Callable[[], Any]) -> Any:
+    """make()'s value (JSON: lists, dicts, strings, numbers) for the file at `path`, from the disk
+    cache ($EMSAN_CACHE_DIR/files/) when the same file was seen by the same code (`source`, the
+    deriving module's __file__) before. Start-up reads a few of these instead of parsing every
+    module's ELF headers, symbol tables and notes again. What make() raises is raised."""
+    before = file_identity(path)
+    if before is None:
+        return make()
+    key = f"{kind}|{code_version(source)}|{before}"
+    d = cache_dir("files")
+    name = f"{kind}-{hashlib.sha1(key.encode()).hexdigest()}"
+    hit = load_json(d, name)
+    if isinstance(hit, dict) and hit.get("key") == key and "value" in hit:
+        return hit["value"]
+    value = make()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return value
+    settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS
+    if settled and stat_identity(st) == before:         # not changed while it was read
+        store_json(d, name, {"key": key, "value": value})
+    return value

@@ -64,17 +64,40 @@ def debug_dirs(roots: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(root, os.path.join(root, DEBUG_DIR)) for root in roots]
 
 
-def find_debug_file(path: str, elf, roots: tuple[str, ...]) -> str | None:
-    """The separate debug file of the ELF file at `path` (open as `elf`), if one is installed.
+def elf_facts(path: str) -> dict | None:
+    """What finding a file's debug file and DWARF needs of it: {"build_id", "debuglink" ([name,
+    crc] or None), "debug_info" (has a .debug_info section)}; None when it is no ELF file with a
+    usable section table. Cached on disk per file (emsan.cache.per_file): reading the notes with
+    pyelftools costs its import and a few ms per module at every start-up."""
+    from emsan.cache import per_file
+    return per_file(path, "debuginfo", __file__, lambda: _elf_facts(path))
+
+
+def _elf_facts(path: str) -> dict | None:
+    from emsan.report.elfsections import open_sections
+    try:
+        with open(path, "rb") as f:
+            elf = open_sections(f, path)
+            if elf is None:
+                return None
+            link = _debuglink(elf)
+            return {"build_id": build_id(elf), "debuglink": list(link) if link else None,
+                    "debug_info": elf.get_section_by_name(".debug_info") is not None}
+    except Exception:
+        return None
+
+
+def find_debug_file(path: str, facts: dict, roots: tuple[str, ...]) -> str | None:
+    """The separate debug file of the ELF file at `path` (elf_facts() of it), if one is installed.
     `roots` are the file system roots to search ("/" and, for arm64 guests, the sysroot)."""
-    bid = build_id(elf)
+    bid = facts["build_id"]
     dirs = debug_dirs(roots)
     if bid and len(bid) > 2:
         for _root, d in dirs:
             cand = os.path.join(d, ".build-id", bid[:2], bid[2:] + ".debug")
             if os.path.isfile(cand) and os.path.realpath(cand) != os.path.realpath(path):
                 return cand
-    link = _debuglink(elf)
+    link = facts["debuglink"]
     if link is None:
         return None
     name, crc = link
@@ -94,10 +117,8 @@ def find_debug_file(path: str, elf, roots: tuple[str, ...]) -> str | None:
 @lru_cache(maxsize=256)
 def debug_file(path: str, roots: tuple[str, ...] = ("/",)) -> str | None:
     """find_debug_file() for a path, or None when the file is no ELF emsan can read."""
-    from emsan.report.elfsections import open_sections
     try:
-        with open(path, "rb") as f:
-            elf = open_sections(f, path)
-            return None if elf is None else find_debug_file(path, elf, roots)
+        facts = elf_facts(path)
+        return None if facts is None else find_debug_file(path, facts, roots)
     except Exception:
         return None

@@ -15,10 +15,8 @@ import bisect
 import os
 from dataclasses import dataclass
 
-from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
-
 from emsan.cache import cache_dir, load_json, store_json
-from emsan.report.dwarf_locals import function_locals, objects_at
+from emsan.report.dwarf_locals import objects_at
 from emsan.report.elfsections import open_sections
 
 CACHE_VERSION = "dwarf-1"
@@ -259,6 +257,7 @@ class DwarfIndex:
         return out
 
     def _make_locals(self, die_off: int) -> dict:
+        from emsan.report.dwarf_locals import function_locals     # pyelftools: only to decode
         dwarf = self._open()
         cu = dwarf.get_CU_containing(die_off)
         low = cu.get_top_DIE().attributes.get("DW_AT_low_pc")
@@ -301,6 +300,7 @@ def die_ranges(dwarf, cu, die, cu_base: int) -> list[tuple[int, int]]:
         # DWARF 4+: a constant-class high_pc is a length, an address-class one is the end.
         return [(lo, hi_at.value if hi_at.form in _ADDR_FORMS else lo + hi_at.value)]
     if "DW_AT_ranges" in at:
+        from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
         rl = dwarf.range_lists()
         if rl is None:
             return []

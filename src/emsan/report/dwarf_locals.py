@@ -7,8 +7,10 @@ Anything else -- another frame base, a location in a register or composed of pie
 whose size is not a constant (a VLA) -- is left out: no object, so no report about it."""
 from __future__ import annotations
 
-from elftools.dwarf.dwarf_expr import DWARFExprParser
-from elftools.dwarf.locationlists import LocationEntry, LocationExpr, LocationParser, BaseAddressEntry
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:       # pyelftools is imported only to decode (objects_at reads a cached table)
+    from elftools.dwarf.dwarf_expr import DWARFExprParser
 
 _WRAPPERS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type", "DW_TAG_restrict_type",
              "DW_TAG_atomic_type")
@@ -110,6 +112,7 @@ def _locations(dwarf, cu, die, parser, cu_base: int) -> list[list[int | None]] |
     lists = dwarf.location_lists()
     if lists is None:
         return None
+    from elftools.dwarf.locationlists import BaseAddressEntry, LocationEntry, LocationExpr, LocationParser
     loc = LocationParser(lists).parse_from_attribute(attr, cu["version"], die)
     if isinstance(loc, LocationExpr):
         off = _fbreg(parser, loc.loc_expr)
@@ -134,6 +137,7 @@ def function_locals(dwarf, cu, func, cu_base: int, die_ranges) -> dict:
     its frame base (frame_base()), "vars": [[name, size, scopes, places]]}: scopes the pc
     ranges of the innermost lexical block or inlined subroutine holding the variable (None:
     the whole function), places as _locations()."""
+    from elftools.dwarf.dwarf_expr import DWARFExprParser
     parser = DWARFExprParser(cu.structs)
     at = func.attributes
     entry = at["DW_AT_low_pc"].value if "DW_AT_low_pc" in at else \

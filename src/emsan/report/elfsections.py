@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from elftools.elf.elffile import ELFFile
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 SHT_NOBITS = "SHT_NOBITS"
 
@@ -33,7 +34,8 @@ def _check(elf: ELFFile, size: int) -> None:
 
 
 @lru_cache(maxsize=512)
-def _usable(path: str, size: int, mtime_ns: int) -> bool:
+def _usable(path: str, size: int, _identity: str) -> bool:
+    from elftools.elf.elffile import ELFFile     # here: importing pyelftools is ~20 ms of start-up
     try:
         with open(path, "rb") as f:
             _check(ELFFile(f), size)
@@ -44,14 +46,18 @@ def _usable(path: str, size: int, mtime_ns: int) -> bool:
 
 def sections_usable(path: str) -> bool:
     """Does the file's section-header table parse, with every section inside the file?"""
+    from emsan.cache import stat_identity
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return _usable(path, st.st_size, st.st_mtime_ns)
+    return _usable(path, st.st_size, stat_identity(st))
 
 
 def open_sections(f: BinaryIO, path: str) -> ELFFile | None:
     """An ELFFile over the open file `f` (of `path`) to read sections from, or None when its
     section-header table is unusable: then the file is used without its sections."""
-    return ELFFile(f) if sections_usable(path) else None
+    if not sections_usable(path):
+        return None
+    from elftools.elf.elffile import ELFFile
+    return ELFFile(f)

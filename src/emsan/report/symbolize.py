@@ -10,15 +10,14 @@ import bisect
 import dataclasses
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
-from emsan.cache import file_key
-from emsan.report.debuginfo import build_id, find_debug_file
-from emsan.report.dwarf import DwarfIndex, Inline
-from emsan.report.elfsections import open_sections
-from emsan.sanitizer.entrypoints import function_symbols, has_section
+from typing import TYPE_CHECKING
 
-__all__ = ["Frame", "Inline", "ModuleSymbols", "Symbolizer", "demangle", "module_symbols"]
+if TYPE_CHECKING:
+    from emsan.report.dwarf import DwarfIndex, Inline
+
+__all__ = ["Frame", "ModuleSymbols", "Symbolizer", "demangle", "module_symbols"]
 
 
 @dataclass(frozen=True)
@@ -64,35 +63,54 @@ class ModuleSymbols:
     its link address."""
 
     def __init__(self, path: str, roots: tuple[str, ...] = ("/",)):
+        # pyelftools and the DWARF reader only once something is symbolized: a clean run never is
+        from emsan.cache import file_key
+        from emsan.report.debuginfo import elf_facts, find_debug_file
+        from emsan.report.dwarf import DwarfIndex
+
         self.path = path
         self.debug_path: str | None = None
         self.dwarf: DwarfIndex | None = None
         bid, has_dwarf = None, False
         try:
-            with open(path, "rb") as f:
-                elf = open_sections(f, path)
-                if elf is not None:         # no readable section table: addresses, no names
-                    bid = build_id(elf)
-                    has_dwarf = elf.get_section_by_name(".debug_info") is not None
-                    self.debug_path = find_debug_file(path, elf, roots)
+            facts = elf_facts(path)
+            if facts is not None:           # no readable section table: addresses, no names
+                bid, has_dwarf = facts["build_id"], facts["debug_info"]
+                self.debug_path = find_debug_file(path, facts, roots)
         except Exception:
             bid, has_dwarf, self.debug_path = None, False, None
-        found = list(function_symbols(path))
         dwarf_path = path if has_dwarf else None
+        if self.debug_path is not None and dwarf_path is None:
+            debug_facts = elf_facts(self.debug_path)
+            if debug_facts is not None and debug_facts["debug_info"]:
+                dwarf_path = self.debug_path
+        if dwarf_path is not None:
+            self.dwarf = DwarfIndex(dwarf_path, file_key(path, bid), demangle)
+
+    @cached_property
+    def _table(self) -> tuple[list[tuple[int, int, str]], list[int]]:
+        """(link address, size, name) of every function, sorted, and their addresses: read on the
+        first lookup (the stack-object checks need only the DWARF)."""
+        from emsan.sanitizer.entrypoints import function_symbols
+        found = list(function_symbols(self.path))
         if self.debug_path is not None:
             found += function_symbols(self.debug_path)
-            if dwarf_path is None and has_section(self.debug_path, ".debug_info"):
-                dwarf_path = self.debug_path
         seen: dict[int, tuple[int, int, str]] = {}
         for addr, size, _kind, name in found:
             prev = seen.get(addr)
             # Among aliases prefer the public name (malloc over __libc_malloc), then the sized one.
             if prev is None or (prev[2].startswith("_") and not name.startswith("_")) or (not prev[1] and size):
                 seen[addr] = (addr, size, name)
-        self.syms = sorted(seen.values())
-        self.starts = [s[0] for s in self.syms]
-        if dwarf_path is not None:
-            self.dwarf = DwarfIndex(dwarf_path, file_key(path, bid), demangle)
+        syms = sorted(seen.values())
+        return syms, [s[0] for s in syms]
+
+    @property
+    def syms(self) -> list[tuple[int, int, str]]:
+        return self._table[0]
+
+    @property
+    def starts(self) -> list[int]:
+        return self._table[1]
 
     def address_of(self, name: str) -> int | None:
         """The link address of function `name` (emsan fuzz's --entry and --persistent)."""

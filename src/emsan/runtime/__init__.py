@@ -5,7 +5,7 @@ EMSAN_SHADOW_OFFSET, with the kernel's generic KASAN encoding; emsan maps that s
 guest and is the runtime the instrumentation calls (see src/emsan/native/compiler.c)."""
 from __future__ import annotations
 
-import platform
+import os
 from pathlib import Path
 
 HEADER = Path(__file__).resolve().parent / "kasan_runtime.h"
@@ -17,7 +17,8 @@ TARGETS = {"x86_64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 
 
 def host_arch() -> str:
-    return "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+    # os.uname() is what platform.machine() reads, without importing platform at every start-up
+    return "arm64" if os.uname().machine in ("aarch64", "arm64") else "x86_64"
 
 
 def cflags(arch: str | None = None, outline: bool = False) -> list[str]:

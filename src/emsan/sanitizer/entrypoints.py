@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from emsan.report.elfsections import open_sections, sections_usable
+from emsan.runtime import GLOBALS_SYMBOL, NO_RETURN_SYMBOL, REPORT_SYMBOL
 
 # Allocator entry points (C and C++), by symbol name -> native function id name.
 ALLOCATOR = {
@@ -27,6 +28,8 @@ ALLOCATOR = {
     "_ZdaPvSt11align_val_t": "DELETE_ARRAY_ALIGNED", "_ZdaPvSt11align_val_tRKSt9nothrow_t": "DELETE_ARRAY_ALIGNED",
     "_ZdaPvmSt11align_val_t": "DELETE_ARRAY_SIZED_ALIGNED",
 }
+# Compiler-assisted mode stands in for its runtime's functions (emsan.runtime, kasan_runtime.h).
+RUNTIME_FUNCTIONS = (REPORT_SYMBOL, GLOBALS_SYMBOL, NO_RETURN_SYMBOL)
 # Tag modes also stand in for HWASan's interface for tagging a range of memory.
 TAG_FUNCTIONS = {"__hwasan_tag_memory": "TAG_MEMORY"}
 
@@ -148,12 +151,12 @@ def _sections(path: str) -> tuple[_Section, ...] | None:
 
     Read with struct: pyelftools parses every header with construct to find one by name, 20-40 ms
     per libc at every start-up."""
-    st = os.stat(path)
-    return _sections_of(path, st.st_size, st.st_mtime_ns)
+    from emsan.cache import file_identity
+    return _sections_of(path, file_identity(path))
 
 
 @lru_cache(maxsize=512)
-def _sections_of(path: str, _size: int, _mtime_ns: int) -> tuple[_Section, ...] | None:
+def _sections_of(path: str, _identity: str | None) -> tuple[_Section, ...] | None:
     with open(path, "rb") as f:
         head = f.read(_EHDR.size)
     if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
@@ -184,12 +187,18 @@ def _read(f, sec: _Section) -> bytes:
     return f.read(sec.size)
 
 
-@lru_cache(maxsize=None)
 def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     """(link address, size, type, name) of the defined functions in .symtab and .dynsym.
 
     Scanned with struct, not pyelftools' per-symbol parser: that took 0.8 s for a static glibc
-    program, most of a short run's start-up."""
+    program, most of a short run's start-up. Kept per file version (a file replaced while emsan
+    runs is read again)."""
+    from emsan.cache import file_identity
+    return _function_symbols(path, file_identity(path))
+
+
+@lru_cache(maxsize=64)
+def _function_symbols(path: str, _identity: str | None) -> tuple[tuple[int, int, int, str], ...]:
     out = []
     try:
         secs = _sections(path) or ()          # (32-bit and big-endian files: entsize is not 24)
@@ -212,6 +221,48 @@ def function_symbols(path: str) -> tuple[tuple[int, int, int, str], ...]:
     return tuple(out)
 
 
+def _index(path: str) -> dict:
+    """What the functions below need of a module, derived once per file and cached on disk
+    (emsan.cache.per_file): the symbols of functions emsan stands in for, with their class in
+    each table, string IFUNCs, string-code ranges, imports and whether it has .symtab. A start-up
+    then reads a few hundred entries instead of scanning and classifying a debug libc's 7,000
+    symbols (~25 ms per run)."""
+    from emsan.cache import file_identity
+    return _index_of(path, file_identity(path))
+
+
+@lru_cache(maxsize=512)
+def _index_of(path: str, _identity: str | None) -> dict:
+    from emsan.cache import per_file
+    return per_file(path, "entrypoints", __file__, lambda: _make_index(path))
+
+
+def _make_index(path: str) -> dict:
+    named = []          # STT_FUNC symbols of any table: [value, name, allocator, string, tag, libc id]
+    ifuncs = []         # [value, name] of IFUNCs of intercepted string functions
+    code = []           # [value, size] of string-routine code
+    runtime = {}        # compiler-assisted mode's runtime functions: name -> value
+    for value, size, kind, name in function_symbols(path):
+        if name in RUNTIME_FUNCTIONS:
+            runtime[name] = value
+        if kind == STT_FUNC:
+            row = [ALLOCATOR.get(name), string_function(name), TAG_FUNCTIONS.get(name), LIBC.get(name)]
+            if any(row):
+                named.append([value, name, *row])
+        elif kind == STT_GNU_IFUNC and string_function(name):
+            ifuncs.append([value, name])
+        if size and STRING_CODE.match(name):
+            code.append([value, size])
+    return {"named": named, "ifuncs": ifuncs, "code": code, "imports": sorted(_imported_functions(path)),
+            "symtab": has_section(path, ".symtab"), "runtime": runtime}
+
+
+def runtime_functions(path: str) -> dict[str, int]:
+    """Link addresses of compiler-assisted mode's runtime functions (emsan.runtime) the module
+    defines: the report hook, the globals' registration, the no-return hook."""
+    return dict(_index(path)["runtime"])
+
+
 def has_section(path: str, name: str) -> bool:
     """Does the ELF file at path have a section called name (False if it cannot be read)?"""
     try:
@@ -231,18 +282,15 @@ SHARED = {frozenset(("MEMALIGN", "ALIGNED_ALLOC")): "MEMALIGN_OR_ALIGNED_ALLOC"}
 
 
 def has_symtab(path: str) -> bool:
-    return has_section(path, ".symtab")
+    return _index(path)["symtab"]
 
 
 def module_entry_points(path: str, base: int, strings: bool = True, tags: bool = False) -> list[EntryPoint]:
     """Allocator (and, unless strings=False, string; with tags=True, tagging) functions a module
     defines, at run time."""
     out: dict[int, EntryPoint] = {}
-    for value, _size, kind, name in function_symbols(path):
-        if kind != STT_FUNC:
-            continue
-        fn = ALLOCATOR.get(name) or (string_function(name) if strings else None) or \
-            (TAG_FUNCTIONS.get(name) if tags else None)
+    for value, name, alloc, string, tag, _libc in _index(path)["named"]:
+        fn = alloc or (string if strings else None) or (tag if tags else None)
         if not fn:
             continue
         had = out.get(value + base)
@@ -258,14 +306,12 @@ def string_ifuncs(path: str, base: int) -> list[tuple[int, str]]:
 
     A stripped libc has no names for its optimized variants: emsan calls each resolver once
     the program is relocated and intercepts the variant it returns."""
-    return sorted({(value + base, name) for value, _size, kind, name in function_symbols(path)
-                   if kind == STT_GNU_IFUNC and string_function(name)})
+    return sorted({(value + base, name) for value, name in _index(path)["ifuncs"]})
 
 
 def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
     """Address ranges of string-routine code in a module (whose read-ahead kasan.c tolerates)."""
-    return [(value + base, value + base + size) for value, size, _kind, name in function_symbols(path)
-            if size and STRING_CODE.match(name)]
+    return [(value + base, value + base + size) for value, size in _index(path)["code"]]
 
 
 # ---- which of the C library functions checked at entry (LIBC) a program calls ---------------------
@@ -278,15 +324,18 @@ def string_code_ranges(path: str, base: int) -> list[tuple[int, int]]:
 def libc_functions(path: str, base: int) -> dict[int, tuple[str, frozenset[str]]]:
     """Address -> (native id name, every LIBC name there) of the LIBC functions a module defines."""
     out: dict[int, tuple[str, set[str]]] = {}
-    for value, _size, kind, name in function_symbols(path):
-        if kind == STT_FUNC and name in LIBC:
-            out.setdefault(value + base, (LIBC[name], set()))[1].add(name)
+    for value, name, _alloc, _string, _tag, libc in _index(path)["named"]:
+        if libc:
+            out.setdefault(value + base, (libc, set()))[1].add(name)
     return {a: (fn, frozenset(names)) for a, (fn, names) in out.items()}
 
 
-@lru_cache(maxsize=None)
 def imported_functions(path: str) -> frozenset[str]:
     """The names a module imports (its undefined dynamic symbols)."""
+    return frozenset(_index(path)["imports"])
+
+
+def _imported_functions(path: str) -> frozenset[str]:
     out = set()
     try:
         secs = _sections(path) or ()
@@ -331,10 +380,16 @@ def _aranges(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
-@lru_cache(maxsize=64)
 def direct_callees(path: str, arm64: bool) -> frozenset[int] | None:
     """Link addresses that the module's own code (the ranges .debug_aranges covers) calls or
-    jumps to directly (x86-64 call/jmp rel32, arm64 bl/b); None without .debug_aranges."""
+    jumps to directly (x86-64 call/jmp rel32, arm64 bl/b); None without .debug_aranges.
+    Cached on disk per file (a static program's whole code is scanned)."""
+    from emsan.cache import per_file
+    found = per_file(path, f"callees-{int(arm64)}", __file__, lambda: _direct_callees(path, arm64))
+    return None if found is None else frozenset(found)
+
+
+def _direct_callees(path: str, arm64: bool) -> list[int] | None:
     try:
         secs = _sections(path) or ()
         ar = next((s for s in secs if s.name == ".debug_aranges"), None)
@@ -363,6 +418,6 @@ def direct_callees(path: str, arm64: bool) -> frozenset[int] | None:
                             rel, = struct.unpack_from("<i", data, i + 1)
                             out.add(lo + i + 5 + rel)
                             i = data.find(op, i + 1)
-        return frozenset(out) if ranges else None
+        return sorted(out) if ranges else None
     except Exception:
         return None

@@ -8,7 +8,8 @@ x18   the arm64 guest's own shadow call stack (-fsanitize=shadow-call-stack), re
 none  no allocation or free stacks (reports still show the access's call trace).
 
 Tables are made once per module file and cached on disk (~/.cache/emsan, or $EMSAN_CACHE_DIR),
-keyed by the file's path, size and modification time.
+keyed by the file's identity (emsan.cache.file_identity: device, inode, size, modification and
+change times).
 """
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ import hashlib
 import os
 import struct
 import sys
+import time
 from pathlib import Path
-
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING
 
 from emsan.report.elfsections import open_sections
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 from emsan.errors import EmsanError
 from emsan.sanitizer.entrypoints import STT_FUNC, function_symbols
@@ -47,13 +51,13 @@ def _cache_dir() -> Path | None:
 
 
 def _cached(path: str, what: str, make) -> bytes:
-    """make() -> bytes, cached on disk per (file, what)."""
-    try:
-        st = os.stat(path)
-    except OSError:
+    """make() -> bytes, cached on disk per (file, what): keyed by the file's identity, and not
+    stored for a file changed moments ago (emsan.cache.file_identity, RACY_NS)."""
+    from emsan.cache import RACY_NS, file_identity
+    ident = file_identity(path)
+    if ident is None:
         return make()
-    key = hashlib.sha1(b"%s|%s|%d|%d|%s" % (CACHE_VERSION, os.path.realpath(path).encode(), st.st_size,
-                                            st.st_mtime_ns, what.encode())).hexdigest()
+    key = hashlib.sha1(b"%s|%s|%s" % (CACHE_VERSION, ident.encode(), what.encode())).hexdigest()
     d = _cache_dir()
     f = d / key if d else None
     if f is not None and f.exists():
@@ -62,7 +66,12 @@ def _cached(path: str, what: str, make) -> bytes:
         except OSError:
             pass
     data = make()
-    if f is not None:
+    try:
+        st = os.stat(path)
+        settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS and file_identity(path) == ident
+    except OSError:
+        settled = False
+    if f is not None and settled:
         try:
             tmp = f.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_bytes(data)

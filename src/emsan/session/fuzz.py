@@ -286,7 +286,8 @@ def serve(cfg: FuzzConfig, input_path: str | None, json_path: str | None) -> int
     from emsan.cli.main import build_parser, run_options
     from emsan.machine.afl import CHILD, FINISHED, NO_AFL, ForkServer
 
-    ns = build_parser().parse_args(["run", *cfg.run_options, cfg.program, *cfg.args])
+    argv = ["run", *cfg.run_options, cfg.program, *cfg.args]
+    ns = build_parser(argv).parse_args(argv)
     target = FuzzTarget(cfg, run_options(ns))
     target.run_to_fork_point()
     server = ForkServer(target.s.machine.handle_int, target.s.arch.name)

@@ -15,8 +15,6 @@ from emsan.os.linux.memory import (MMAP_BOTTOM, MMAP_TOP, PAGE, SANITIZER_HEAP_B
                                    Module)
 from emsan.os.linux.process import ExitInfo
 from emsan.report.debuginfo import debug_file
-from emsan.report.json import to_json as render_json
-from emsan.report.text import render as render_text
 from emsan.report.model import LeakReport, Report, Task
 from emsan.sanitizer.entrypoints import has_symtab, string_function, string_ifuncs
 from emsan.sanitizer import returns
@@ -331,6 +329,8 @@ class Sanitizer:
         if key in self.seen or pair:
             return False
         self.seen.add(key)
+        from emsan.report.json import to_json as render_json       # rendering: only once there is a report
+        from emsan.report.text import render as render_text
         sys.stdout.flush()
         text = render_text(rep, self.s.symbolizer, self.s.arch.name)
         print(text, file=sys.stderr, flush=True)
@@ -343,6 +343,8 @@ class Sanitizer:
     def emit_leak(self, rep: LeakReport) -> None:
         """Print a leak report (the indirect ones go to the JSON only, as Valgrind shows
         indirectly lost blocks only in its summary) and add it to the JSON."""
+        from emsan.report.json import to_json as render_json
+        from emsan.report.text import render as render_text
         if not rep.indirect:
             sys.stdout.flush()
             text = render_text(rep, self.s.symbolizer, self.s.arch.name)

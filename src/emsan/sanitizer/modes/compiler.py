@@ -12,7 +12,7 @@ import sys
 from emsan.errors import EmsanError
 from emsan.report.model import CompilerReport, FrameObject, StackFrame, Task
 from emsan.runtime import GLOBALS_SYMBOL, NO_RETURN_SYMBOL, REPORT_SYMBOL
-from emsan.sanitizer.entrypoints import function_symbols
+from emsan.sanitizer.entrypoints import runtime_functions
 from emsan.sanitizer.kasan import Kasan, KasanMode
 from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target
 from emsan.sanitizer.modes import register
@@ -26,8 +26,7 @@ MAX_FRAME_WALK = 8 << 20         # how far below the address a frame's left redz
 
 def runtime_symbols(path: str) -> dict[str, int]:
     """Link addresses of the runtime functions emsan stands in for, if the module defines them."""
-    return {name: value for value, _size, _kind, name in function_symbols(path)
-            if name in (REPORT_SYMBOL, GLOBALS_SYMBOL, NO_RETURN_SYMBOL)}
+    return runtime_functions(path)
 
 
 def is_instrumented(path: str) -> bool:
