@@ -96,6 +96,16 @@ def code_version(source: str) -> str:
         return "unknown"
 
 
+def _settled(path: str, before: str) -> bool:
+    """May what was derived from the file, seen with identity `before`, be stored: it did not
+    change while it was read, and not too recently (RACY_NS)?"""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS and stat_identity(st) == before
+
+
 def per_file(path: str, kind: str, source: str, make: Callable[[], Any]) -> Any:
     """make()'s value (JSON: lists, dicts, strings, numbers) for the file at `path`, from the disk
     cache ($EMSAN_CACHE_DIR/files/) when the same file was seen by the same code (`source`, the
@@ -111,11 +121,33 @@ def per_file(path: str, kind: str, source: str, make: Callable[[], Any]) -> Any:
     if isinstance(hit, dict) and hit.get("key") == key and "value" in hit:
         return hit["value"]
     value = make()
-    try:
-        st = os.stat(path)
-    except OSError:
-        return value
-    settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS
-    if settled and stat_identity(st) == before:         # not changed while it was read
+    if _settled(path, before):
         store_json(d, name, {"key": key, "value": value})
     return value
+
+
+def per_file_bytes(path: str, kind: str, source: str, make: Callable[[], bytes]) -> bytes:
+    """per_file() for a derived blob (the stack collectors' tables, $EMSAN_CACHE_DIR/stacks/): the
+    same identity, code version and racy-file rule, stored as raw bytes."""
+    before = file_identity(path)
+    if before is None:
+        return make()
+    d = cache_dir("stacks")
+    f = d / hashlib.sha1(f"{kind}|{code_version(source)}|{before}".encode()).hexdigest() if d else None
+    if f is not None:
+        try:
+            return f.read_bytes()
+        except OSError:
+            pass
+    data = make()
+    if f is not None and _settled(path, before):
+        tmp = f.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, f)
+        except OSError:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    return data

@@ -22,7 +22,7 @@ void engine_regs_forget(void) { memset(&engine_regs, 0, sizeof engine_regs); }
 uint64_t *engine_reg_lookup(void *uc, int id, int is_write)
 {
     if (engine_regs.uc != uc) {                  /* another engine: forget the last one's places */
-        memset(&engine_regs, 0, sizeof engine_regs);
+        engine_regs_forget();
         engine_regs.uc = uc;
     }
     if ((unsigned)id >= ENGINE_REG_IDS || !emsan_uc.uc_emsan_reg_ptr) return NULL;
@@ -62,19 +62,23 @@ static int restore_at(void *uc, const engine_pc_recovery *r, void *cpu, uintptr_
     return 1;
 }
 
+/* QEMU's CPUState of the engine (index 0, or -1: x86 CPUs have no index); NULL without the internals. */
+static void *engine_cpu(void *uc, const engine_pc_recovery *r)
+{
+    if (!r->get_cpu || !r->restore) return NULL;
+    void *cpu = ((get_cpu_fn)r->get_cpu)(uc, 0);
+    return cpu ? cpu : ((get_cpu_fn)r->get_cpu)(uc, -1);
+}
+
 int engine_pc_at(void *uc, const engine_pc_recovery *r, uintptr_t host_pc, int pc_reg, uint64_t *pc)
 {
-    if (!r->get_cpu || !r->restore) return 0;
-    void *cpu = ((get_cpu_fn)r->get_cpu)(uc, 0);
-    if (!cpu) cpu = ((get_cpu_fn)r->get_cpu)(uc, -1);
+    void *cpu = engine_cpu(uc, r);
     return cpu && restore_at(uc, r, cpu, host_pc, pc_reg, pc);
 }
 
 int engine_access_pcs(void *uc, const engine_pc_recovery *r, int pc_reg, uint64_t *out, int max)
 {
-    if (!r->get_cpu || !r->restore || max < 1) return 0;
-    void *cpu = ((get_cpu_fn)r->get_cpu)(uc, 0);
-    if (!cpu) cpu = ((get_cpu_fn)r->get_cpu)(uc, -1);
+    void *cpu = max < 1 ? NULL : engine_cpu(uc, r);
     if (!cpu) return 0;
     void *frames[48];
     int n = backtrace(frames, 48), got = 0;

@@ -134,6 +134,12 @@ static inline uint8_t kind_at(struct scs_state *s, uint64_t a)
     return p ? *p : 0;
 }
 
+/* The kind of `end`, the end of a block that starts in module m (it may lie past m's table). */
+static inline uint8_t end_kind(struct scs_state *s, const struct scs_mod *m, uint64_t end)
+{
+    return end <= m->hi ? m->kinds[end - m->lo] : kind_at(s, end);
+}
+
 EXPORT void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds)
 {
     struct scs_state *s = scs_get(rt);
@@ -313,7 +319,7 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
     }
     if (UNLIKELY(m->kinds[addr - m->lo] & K_INTERCEPT)) { s->pending = P_INTERCEPT; return; }
     uint64_t end = addr + size;
-    uint8_t k = end <= m->hi ? m->kinds[end - m->lo] : kind_at(s, end);
+    uint8_t k = end_kind(s, m, end);
     if (!k) return;
     if (k & K_CALL) { s->pending = P_CALL; s->pend_ret = end; }
     else if (k & K_RET) { s->pending = P_RET; s->pend_ret = end; }
@@ -335,9 +341,7 @@ EXPORT _Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void
     if (!m) return 1;
     uint8_t start = m->kinds[addr - m->lo];
     if (!(start & K_LOCAL) || (start & (K_FUNC | K_CALL | K_INTERCEPT))) return 1;
-    uint64_t end = addr + size;
-    uint8_t k = end <= m->hi ? m->kinds[end - m->lo] : kind_at(s, end);
-    return (k & (K_CALL | K_RET | K_JMP)) != 0;
+    return (end_kind(s, m, addr + size) & (K_CALL | K_RET | K_JMP)) != 0;
 }
 
 size_t scs_entries(rt_t *rt, const uint64_t **pairs)

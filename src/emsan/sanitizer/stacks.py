@@ -13,12 +13,8 @@ change times).
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import struct
 import sys
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emsan.report.elfsections import open_sections
@@ -35,50 +31,13 @@ COLLECTORS = ("auto", "fp", "cfi", "scs", "x18", "none")
 # branch reaches (its target or fall-through, a rep-prefixed instruction repeating itself): a block
 # starting there follows no call, return or indirect jump, and its start needs no hook.
 K_CALL, K_RET, K_JMP, K_FUNC, K_LOCAL = 1, 2, 4, 8, 32
-CACHE_VERSION = b"emsan-stacks-4"
 ROW = struct.Struct("<QiiiB3x")     # emsan_cfi_row
 
 
-def _cache_dir() -> Path | None:
-    d = os.environ.get("EMSAN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "emsan")
-    try:
-        p = Path(d) / "stacks"
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-    except OSError:
-        return None
-
-
 def _cached(path: str, what: str, make) -> bytes:
-    """make() -> bytes, cached on disk per (file, what): keyed by the file's identity, and not
-    stored for a file changed moments ago (emsan.cache.file_identity, RACY_NS)."""
-    from emsan.cache import RACY_NS, file_identity
-    ident = file_identity(path)
-    if ident is None:
-        return make()
-    key = hashlib.sha1(b"%s|%s|%s" % (CACHE_VERSION, ident.encode(), what.encode())).hexdigest()
-    d = _cache_dir()
-    f = d / key if d else None
-    if f is not None and f.exists():
-        try:
-            return f.read_bytes()
-        except OSError:
-            pass
-    data = make()
-    try:
-        st = os.stat(path)
-        settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS and file_identity(path) == ident
-    except OSError:
-        settled = False
-    if f is not None and settled:
-        try:
-            tmp = f.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, f)
-        except OSError:
-            pass
-    return data
+    """make() -> bytes, cached on disk per (file, what, this module's code): emsan.cache.per_file_bytes."""
+    from emsan.cache import per_file_bytes
+    return per_file_bytes(path, what, __file__, make)
 
 
 def _exec_sections(elf: ELFFile) -> list:
