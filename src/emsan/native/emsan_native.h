@@ -345,6 +345,7 @@ typedef struct emsan_stack_stats {
     uint64_t scs_resyncs;      /* entries dropped by the stack-pointer resynchronization */
     uint64_t ret_checks;       /* --stack-checks: returns compared with the call's return address */
     uint64_t ret_mismatches;
+    uint64_t scs_memo_hits;    /* traces found by the shadow call stack's (top id, pc) memo, not hashed */
 } emsan_stack_stats;
 /* timed: measure the collectors' time (--stats); two clock reads per trace are wasted otherwise */
 void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot, int timed);

@@ -38,17 +38,28 @@
 
 struct scs_mod { uint64_t lo, hi; uint8_t *kinds; };
 struct scs_ent { uint64_t ret, sp; };
+/* Beside each entry: an id naming the whole stack from the bottom through it, and its parent's.
+ * An entry is pushed with the id its slot held before when the slot held the same return address
+ * over the same parent (a loop calling from the same site): entries below a live entry cannot
+ * change, so equal ids mean equal stacks, and a trace is remembered by (top id, pc) instead of
+ * hashed and compared in the depot at every allocation and free (stack_scs_save). */
+struct scs_id { uint64_t id, parent; };
+#define MEMO 1024
 
 struct scs_state {
     struct scs_mod *mods; size_t nmods;
     struct scs_mod *last;              /* the module of the previous block */
     struct scs_ent *st; size_t depth, cap;
+    struct scs_id *ids;                /* cap of them */
     uint64_t overflow;                 /* pushes beyond cap, still balanced by pops */
     int pending; uint64_t pend_ret;    /* P_CALL: the return address; P_RET: the block's end */
     struct vec64 marks;                /* intercepts outside any table yet */
     uint64_t pushes, pops, resyncs;
     int ret_checks;                    /* --stack-checks ret */
     uint64_t checks, mismatches;
+    uint64_t next_id;
+    struct { uint64_t id, pc; uint32_t hd; } memo[MEMO];    /* (top id, pc) -> depot handle */
+    uint64_t memo_hits;
 };
 
 static struct scs_state *scs_get(rt_t *rt)
@@ -57,6 +68,7 @@ static struct scs_state *scs_get(rt_t *rt)
         rt->scs = calloc(1, sizeof *rt->scs);
         rt->scs->cap = 1 << 14;
         rt->scs->st = malloc(rt->scs->cap * sizeof *rt->scs->st);
+        rt->scs->ids = calloc(rt->scs->cap, sizeof *rt->scs->ids);
     }
     return rt->scs;
 }
@@ -65,6 +77,7 @@ static struct scs_state *scs_get(rt_t *rt)
  * per-thread part in and out at each switch; modules, marks and counters are the process's. */
 struct emsan_scs_thread {
     struct scs_ent *st; size_t depth, cap;
+    struct scs_id *ids;
     uint64_t overflow;
     int pending; uint64_t pend_ret;
     struct scs_mod *last;
@@ -76,15 +89,16 @@ EXPORT struct emsan_scs_thread *emsan_scs_thread_new(void)
     if (!t) return NULL;
     t->cap = 1 << 14;
     t->st = malloc(t->cap * sizeof *t->st);
-    if (!t->st) { free(t); return NULL; }
+    t->ids = calloc(t->cap, sizeof *t->ids);
+    if (!t->st || !t->ids) { free(t->st); free(t->ids); free(t); return NULL; }
     return t;
 }
 
 EXPORT void emsan_scs_thread_swap(emsan_runtime *rt, struct emsan_scs_thread *t)
 {
     struct scs_state *s = scs_get(rt);
-    struct emsan_scs_thread cur = {s->st, s->depth, s->cap, s->overflow, s->pending, s->pend_ret, s->last};
-    s->st = t->st; s->depth = t->depth; s->cap = t->cap; s->overflow = t->overflow;
+    struct emsan_scs_thread cur = {s->st, s->depth, s->cap, s->ids, s->overflow, s->pending, s->pend_ret, s->last};
+    s->st = t->st; s->depth = t->depth; s->cap = t->cap; s->ids = t->ids; s->overflow = t->overflow;
     s->pending = t->pending; s->pend_ret = t->pend_ret; s->last = t->last;
     *t = cur;
 }
@@ -93,6 +107,7 @@ EXPORT void emsan_scs_thread_free(struct emsan_scs_thread *t)
 {
     if (!t) return;
     free(t->st);
+    free(t->ids);
     free(t);
 }
 
@@ -101,7 +116,7 @@ void scs_destroy(rt_t *rt)
     struct scs_state *s = rt->scs;
     if (!s) return;
     for (size_t i = 0; i < s->nmods; i++) free(s->mods[i].kinds);
-    free(s->mods); free(s->st); free(s->marks.v); free(s);
+    free(s->mods); free(s->st); free(s->ids); free(s->marks.v); free(s);
     rt->scs = NULL;
 }
 
@@ -113,6 +128,7 @@ void scs_stats(rt_t *rt, emsan_stack_stats *out)
     out->scs_resyncs = rt->scs->resyncs;
     out->ret_checks = rt->scs->checks;
     out->ret_mismatches = rt->scs->mismatches;
+    out->scs_memo_hits = rt->scs->memo_hits;
 }
 
 EXPORT void emsan_scs_set_ret_checks(emsan_runtime *rt, int on) { scs_get(rt)->ret_checks = on; }
@@ -175,8 +191,19 @@ static inline void push(struct scs_state *s, uint64_t ret, uint64_t sp)
     s->pushes++;
     if (s->depth == s->cap) {
         if (s->cap >= (1u << 22)) { s->overflow++; return; }
+        struct scs_ent *st = realloc(s->st, 2 * s->cap * sizeof *s->st);
+        struct scs_id *ids = st ? realloc(s->ids, 2 * s->cap * sizeof *s->ids) : NULL;
+        if (st) s->st = st;
+        if (!ids) { s->overflow++; return; }
+        memset(ids + s->cap, 0, s->cap * sizeof *ids);
+        s->ids = ids;
         s->cap *= 2;
-        s->st = realloc(s->st, s->cap * sizeof *s->st);
+    }
+    uint64_t parent = s->depth ? s->ids[s->depth - 1].id : 0;
+    struct scs_id *id = &s->ids[s->depth];
+    if (!id->id || id->parent != parent || s->st[s->depth].ret != ret) {
+        id->id = ++s->next_id;
+        id->parent = parent;
     }
     s->st[s->depth].ret = ret;
     s->st[s->depth].sp = sp;
@@ -352,7 +379,7 @@ size_t scs_entries(rt_t *rt, const uint64_t **pairs)
     return s->depth;
 }
 
-int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames)
+static int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames)
 {
     struct scs_state *s = rt->scs;
     int n = 0;
@@ -361,6 +388,26 @@ int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames)
     for (size_t k = s->depth; k > 0 && n < EMSAN_STACK_DEPTH; k--)
         frames[n++] = s->st[k - 1].ret;
     return n;
+}
+
+/* stack_scs's trace of the current stack, saved in the depot: remembered by (top id, pc). */
+uint32_t stack_scs_save(rt_t *rt, uint64_t pc)
+{
+    struct scs_state *s = rt->scs;
+    uint64_t frames[EMSAN_STACK_DEPTH];
+    if (!s || rt->no_depot) return depot_save(rt, frames, stack_scs(rt, pc, frames));
+    uint64_t id = s->depth ? s->ids[s->depth - 1].id : 0;
+    uint64_t h = (id * 0x9E3779B97F4A7C15ULL) ^ pc;
+    size_t k = (size_t)(h ^ (h >> 29)) & (MEMO - 1);
+    if (s->memo[k].id == id && s->memo[k].pc == pc && s->memo[k].hd) {
+        s->memo_hits++;
+        return s->memo[k].hd;
+    }
+    uint32_t hd = depot_save(rt, frames, stack_scs(rt, pc, frames));
+    s->memo[k].id = id;
+    s->memo[k].pc = pc;
+    s->memo[k].hd = hd;
+    return hd;
 }
 
 /* arm64 -fsanitize=shadow-call-stack: instrumented prologues store x30 at [x18] and post-increment

@@ -301,7 +301,8 @@ class Stacks:
                                      "stack_traces": st.saves, "stack_unique": st.unique,
                                      "stack_depot_bytes": st.bytes, "stack_collector_us": st.collector_ns // 1000}
         if self.collector == "scs" or self.ret_checks:
-            out.update(scs_pushes=st.scs_pushes, scs_pops=st.scs_pops, scs_resyncs=st.scs_resyncs)
+            out.update(scs_pushes=st.scs_pushes, scs_pops=st.scs_pops, scs_resyncs=st.scs_resyncs,
+                       scs_memo_hits=st.scs_memo_hits)
         out["stack_checks"] = self.checks_name if self.ret_checks else "none"
         if self.ret_checks:
             out.update(ret_checks=st.ret_checks, ret_mismatches=st.ret_mismatches)
