@@ -58,7 +58,7 @@ struct scs_state {
     int ret_checks;                    /* --stack-checks ret */
     uint64_t checks, mismatches;
     uint64_t next_id;
-    struct { uint64_t id, pc; uint32_t hd; } memo[MEMO];    /* (top id, pc) -> depot handle */
+    struct { uint64_t id, pc, call; uint32_t hd; } memo[MEMO];  /* (top id, pc, call) -> handle */
     uint64_t memo_hits;
 };
 
@@ -301,14 +301,30 @@ EXPORT int emsan_scs_check_fetch(emsan_runtime *rt, uint64_t pc)
     return s->mismatches != before;
 }
 
+/* A block starting at a return site ran with nothing pending: the call before it returned without
+ * a hooked block in between, which only an intercepted function reached by a direct tail jump
+ * does (`jmp malloc` ends its caller's frame); that frame's entry is dead if the stack pointer says
+ * so (x86-64: its slot is below sp; arm64: sp is back at the call's). In recursion the same site is
+ * also reached by a branch inside a deeper frame, where sp is below the entry's: kept. */
+static inline void returned_unseen(rt_t *rt, struct scs_state *s, uint64_t addr)
+{
+    if (!s->depth || s->st[s->depth - 1].ret != addr) return;
+    uint64_t sp = reg_get(rt->uc, rt->regs[EMSAN_REG_SP]), esp = s->st[s->depth - 1].sp;
+    if (rt->arm64 ? esp == sp : esp < sp) { s->depth--; s->pops++; }
+}
+
 EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     rt_t *rt = ud;
     struct scs_state *s = rt->scs;
     if (UNLIKELY(!s)) return;
-    switch (s->pending) {
+    int pending = s->pending;
+    switch (pending) {
     case P_NONE: break;
     case P_CALL: {
+        /* At its own return site: the callee ran no hooked block, an intercepted function (the
+         * filter leaves their entries unhooked): nothing was pushed, nothing to pop. */
+        if (addr == s->pend_ret) break;
         /* the call did happen (the engine may have stopped before it, and run other code) */
         uint64_t sp = reg_get(uc, rt->regs[EMSAN_REG_SP]), ret = 0;
         if (rt->arm64) ret = reg_get(uc, rt->regs[EMSAN_REG_LR]) & RET_MASK;
@@ -344,7 +360,10 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
         if (!(m = mod_of(s, addr))) return;
         s->last = m;
     }
-    if (UNLIKELY(m->kinds[addr - m->lo] & K_INTERCEPT)) { s->pending = P_INTERCEPT; return; }
+    uint8_t start = m->kinds[addr - m->lo];
+    /* an intercepted entry hooked all the same (translated before it was marked) */
+    if (UNLIKELY(start & K_INTERCEPT)) { s->pending = P_INTERCEPT; return; }
+    if (pending == P_NONE && (start & K_CALL)) returned_unseen(rt, s, addr);
     uint64_t end = addr + size;
     uint8_t k = end_kind(s, m, end);
     if (!k) return;
@@ -357,8 +376,10 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
  * (engine/patches/012). It must where something may be pending from the block before (a call's
  * target is a function start, a return's a return site, an indirect jump's anything not known to
  * be reached by conditional branches only), where the block ends in a call, return or indirect
- * jump, and at intercepted entries. Tight loops, most of the blocks run, need none. Code without
- * a table is always hooked; a wrong "no" can only lose a frame (a push missed), never report. */
+ * jump. Tight loops, most of the blocks run, need none, and neither do intercepted entries: their
+ * code never runs, a call to one stays pending until its return site (stack_scs adds its return
+ * address), which saves a hook, a push and a pop per allocation and per free. Code without a table
+ * is always hooked; a wrong "no" can only lose a frame (a push missed), never report. */
 EXPORT _Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     (void)uc;
@@ -367,7 +388,8 @@ EXPORT _Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void
     struct scs_mod *m = s ? mod_of(s, addr) : NULL;
     if (!m) return 1;
     uint8_t start = m->kinds[addr - m->lo];
-    if (!(start & K_LOCAL) || (start & (K_FUNC | K_CALL | K_INTERCEPT))) return 1;
+    if (start & K_INTERCEPT) return 0;
+    if (!(start & K_LOCAL) || (start & (K_FUNC | K_CALL))) return 1;
     return (end_kind(s, m, addr + size) & (K_CALL | K_RET | K_JMP)) != 0;
 }
 
@@ -379,33 +401,48 @@ size_t scs_entries(rt_t *rt, const uint64_t **pairs)
     return s->depth;
 }
 
+/* The return address of a call still pending (to an intercepted function, whose entry is not
+ * hooked), if the call did happen: it is the innermost caller's frame; else 0. */
+static uint64_t pending_call(rt_t *rt, struct scs_state *s)
+{
+    if (s->pending != P_CALL) return 0;
+    uint64_t ret = 0;
+    if (rt->arm64) ret = reg(rt, EMSAN_REG_LR) & RET_MASK;
+    else mem_get(rt->uc, reg(rt, EMSAN_REG_SP), &ret, 8);
+    return ret == s->pend_ret ? ret : 0;
+}
+
 static int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames)
 {
     struct scs_state *s = rt->scs;
     int n = 0;
     if (pc) frames[n++] = pc;
     if (!s) return n;
+    uint64_t call = pending_call(rt, s);
+    if (call) frames[n++] = call;
     for (size_t k = s->depth; k > 0 && n < EMSAN_STACK_DEPTH; k--)
         frames[n++] = s->st[k - 1].ret;
     return n;
 }
 
-/* stack_scs's trace of the current stack, saved in the depot: remembered by (top id, pc). */
+/* stack_scs's trace of the current stack, saved in the depot: remembered by (top id, pending
+ * call, pc). */
 uint32_t stack_scs_save(rt_t *rt, uint64_t pc)
 {
     struct scs_state *s = rt->scs;
     uint64_t frames[EMSAN_STACK_DEPTH];
     if (!s || rt->no_depot) return depot_save(rt, frames, stack_scs(rt, pc, frames));
-    uint64_t id = s->depth ? s->ids[s->depth - 1].id : 0;
-    uint64_t h = (id * 0x9E3779B97F4A7C15ULL) ^ pc;
+    uint64_t id = s->depth ? s->ids[s->depth - 1].id : 0, call = pending_call(rt, s);
+    uint64_t h = (id * 0x9E3779B97F4A7C15ULL) ^ (call * 0xBF58476D1CE4E5B9ULL) ^ pc;
     size_t k = (size_t)(h ^ (h >> 29)) & (MEMO - 1);
-    if (s->memo[k].id == id && s->memo[k].pc == pc && s->memo[k].hd) {
+    if (s->memo[k].id == id && s->memo[k].pc == pc && s->memo[k].call == call && s->memo[k].hd) {
         s->memo_hits++;
         return s->memo[k].hd;
     }
     uint32_t hd = depot_save(rt, frames, stack_scs(rt, pc, frames));
     s->memo[k].id = id;
     s->memo[k].pc = pc;
+    s->memo[k].call = call;
     s->memo[k].hd = hd;
     return hd;
 }
