@@ -32,6 +32,7 @@ EXPECTED = {
     "recursion": chain("recursion", ["alloc_c"] + ["rec"] * 10 + ["recursion", "main"]),   # rec(0) tail-calls
     "tailcall": chain("tailcall", ["alloc_c", "tail_b", "tailcall", "main"]),   # tail_a jumped to tail_b
     "deep": chain("deep_chain", ["alloc_c"] + ["deep"] * 63),                   # 500 frames, capped at 64
+    "wrapped": chain("wrapped", ["wrapped", "main"]),                          # after xmalloc's tail jump
 }
 CXX = {"alloc": ["obj_c", "obj_b", "obj_a", "main"], "free": ["drop_b", "drop_a", "main"],
        "access": ["read_b", "read_a", "main"]}
@@ -85,7 +86,7 @@ def test_chains(arch, fp):
     cfi and scs still do where fp cannot."""
     exe = build("stacks_chain", arch, "static", FP if fp else NOFP)
     cxx = build("stacks_cxx", arch, "static", FP if fp else NOFP, cxx=True)
-    scenarios = list(EXPECTED) if fp else ["chain", "longjmp", "tailcall"]
+    scenarios = list(EXPECTED) if fp else ["chain", "longjmp", "tailcall", "wrapped"]
     jobs = [(run, exe, c, s) for s in scenarios for c in COLLECTORS] + [(run, cxx, c) for c in COLLECTORS]
     results = iter(many(jobs))
     for s in scenarios + ["c++ exceptions"]:

@@ -137,7 +137,7 @@ uint32_t stack_here(rt_t *rt, uint64_t pc, int at_entry)
     uint64_t t0 = rt->timed ? now_ns() : 0;
     uint32_t hd;
     if (mode == EMSAN_STACKS_SCS) {
-        hd = stack_scs_save(rt, pc);
+        hd = stack_scs_save(rt, pc, at_entry);
     } else {
         uint64_t frames[EMSAN_STACK_DEPTH];
         int n;

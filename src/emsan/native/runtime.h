@@ -166,7 +166,7 @@ static inline int int_arg_reg(const rt_t *rt, int i) { return rt->arm64 ? rt->gp
 
 /* collectors filling frames[EMSAN_STACK_DEPTH]; they return the count (depot.c, scs.c, unwind.c) */
 int stack_fp(rt_t *rt, uint64_t pc, int at_entry, uint64_t *frames);
-uint32_t stack_scs_save(rt_t *rt, uint64_t pc);     /* stack_scs, saved in the depot (remembered) */
+uint32_t stack_scs_save(rt_t *rt, uint64_t pc, int at_entry);     /* stack_scs, saved in the depot (remembered) */
 int stack_cfi(rt_t *rt, uint64_t pc, int at_entry, uint64_t *frames);
 int stack_x18(rt_t *rt, uint64_t pc, uint64_t *frames);
 void scs_destroy(rt_t *rt);

@@ -29,6 +29,7 @@
 #define K_FUNC 8
 #define K_INTERCEPT 16
 #define K_LOCAL 32             /* reached only by a conditional branch (sanitizer/stacks.py) */
+#define K_ICALL 64             /* the end of a direct call to an intercepted function */
 
 #define P_NONE 0
 #define P_CALL 1
@@ -36,7 +37,8 @@
 #define P_JMP 3
 #define P_INTERCEPT 4
 
-struct scs_mod { uint64_t lo, hi; uint8_t *kinds; };
+struct scs_call { uint32_t ret, target; };        /* offsets from lo, sorted by target */
+struct scs_mod { uint64_t lo, hi; uint8_t *kinds; struct scs_call *calls; size_t ncalls; };
 struct scs_ent { uint64_t ret, sp; };
 /* Beside each entry: an id naming the whole stack from the bottom through it, and its parent's.
  * An entry is pushed with the id its slot held before when the slot held the same return address
@@ -115,7 +117,7 @@ void scs_destroy(rt_t *rt)
 {
     struct scs_state *s = rt->scs;
     if (!s) return;
-    for (size_t i = 0; i < s->nmods; i++) free(s->mods[i].kinds);
+    for (size_t i = 0; i < s->nmods; i++) { free(s->mods[i].kinds); free(s->mods[i].calls); }
     free(s->mods); free(s->st); free(s->ids); free(s->marks.v); free(s);
     rt->scs = NULL;
 }
@@ -156,7 +158,24 @@ static inline uint8_t end_kind(struct scs_state *s, const struct scs_mod *m, uin
     return end <= m->hi ? m->kinds[end - m->lo] : kind_at(s, end);
 }
 
-EXPORT void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds)
+/* The function at addr is intercepted: its entry, and the ends of the direct calls to it. */
+static int mark(struct scs_state *s, uint64_t addr)
+{
+    struct scs_mod *m = mod_of(s, addr);
+    if (!m) return 0;
+    m->kinds[addr - m->lo] |= K_INTERCEPT;
+    uint32_t t = (uint32_t)(addr - m->lo);
+    size_t lo = 0, hi = m->ncalls;             /* the first call with target >= t */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (m->calls[mid].target < t) lo = mid + 1; else hi = mid;
+    }
+    for (; lo < m->ncalls && m->calls[lo].target == t; lo++) m->kinds[m->calls[lo].ret] |= K_ICALL;
+    return 1;
+}
+
+EXPORT void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds,
+                                 const uint8_t *calls, size_t ncalls)
 {
     struct scs_state *s = scs_get(rt);
     if (hi <= lo) return;
@@ -170,20 +189,19 @@ EXPORT void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, co
     s->mods[i].kinds = malloc(hi - lo + 1);
     memcpy(s->mods[i].kinds, kinds, hi - lo);
     s->mods[i].kinds[hi - lo] = 0;
+    s->mods[i].calls = malloc((ncalls ? ncalls : 1) * sizeof *s->mods[i].calls);
+    s->mods[i].ncalls = s->mods[i].calls ? ncalls : 0;      /* without them: every call hooked */
+    if (s->mods[i].ncalls) memcpy(s->mods[i].calls, calls, ncalls * sizeof *s->mods[i].calls);
     size_t keep = 0;
-    for (size_t j = 0; j < s->marks.n; j++) {
-        uint8_t *p = kind_ptr(s, s->marks.v[j]);
-        if (p) *p |= K_INTERCEPT; else s->marks.v[keep++] = s->marks.v[j];
-    }
+    for (size_t j = 0; j < s->marks.n; j++)
+        if (!mark(s, s->marks.v[j])) s->marks.v[keep++] = s->marks.v[j];
     s->marks.n = keep;
 }
 
 EXPORT void emsan_scs_mark_intercept(emsan_runtime *rt, uint64_t addr)
 {
     struct scs_state *s = scs_get(rt);
-    uint8_t *p = kind_ptr(s, addr);
-    if (p) *p |= K_INTERCEPT;
-    else vec_push(&s->marks, addr);
+    if (!mark(s, addr)) vec_push(&s->marks, addr);
 }
 
 static inline void push(struct scs_state *s, uint64_t ret, uint64_t sp)
@@ -367,7 +385,7 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
     uint64_t end = addr + size;
     uint8_t k = end_kind(s, m, end);
     if (!k) return;
-    if (k & K_CALL) { s->pending = P_CALL; s->pend_ret = end; }
+    if (k & K_CALL && !(k & K_ICALL)) { s->pending = P_CALL; s->pend_ret = end; }
     else if (k & K_RET) { s->pending = P_RET; s->pend_ret = end; }
     else if (k & K_JMP) s->pending = P_JMP;
 }
@@ -376,10 +394,11 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
  * (engine/patches/012). It must where something may be pending from the block before (a call's
  * target is a function start, a return's a return site, an indirect jump's anything not known to
  * be reached by conditional branches only), where the block ends in a call, return or indirect
- * jump. Tight loops, most of the blocks run, need none, and neither do intercepted entries: their
- * code never runs, a call to one stays pending until its return site (stack_scs adds its return
- * address), which saves a hook, a push and a pop per allocation and per free. Code without a table
- * is always hooked; a wrong "no" can only lose a frame (a push missed), never report. */
+ * jump. Tight loops, most of the blocks run, need none, and neither do intercepted entries (their
+ * code never runs) nor both ends of a direct call to one (K_ICALL: nothing is pushed, the trace
+ * takes the return address at the entry): per allocation and per free that saves three hooks, a
+ * push and a pop. An indirect call to one stays pending until its own return site. Code without
+ * a table is always hooked; a wrong "no" can only lose a frame (a push missed), never report. */
 EXPORT _Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     (void)uc;
@@ -389,8 +408,11 @@ EXPORT _Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void
     if (!m) return 1;
     uint8_t start = m->kinds[addr - m->lo];
     if (start & K_INTERCEPT) return 0;
+    if (start & K_ICALL) start = (uint8_t)((start & ~(K_CALL | K_ICALL)) | K_LOCAL);
     if (!(start & K_LOCAL) || (start & (K_FUNC | K_CALL))) return 1;
-    return (end_kind(s, m, addr + size) & (K_CALL | K_RET | K_JMP)) != 0;
+    uint8_t end = end_kind(s, m, addr + size);
+    if (end & K_ICALL) end &= (uint8_t)~K_CALL;
+    return (end & (K_CALL | K_RET | K_JMP)) != 0;
 }
 
 size_t scs_entries(rt_t *rt, const uint64_t **pairs)
@@ -401,45 +423,48 @@ size_t scs_entries(rt_t *rt, const uint64_t **pairs)
     return s->depth;
 }
 
-/* The return address of a call still pending (to an intercepted function, whose entry is not
- * hooked), if the call did happen: it is the innermost caller's frame; else 0. */
-static uint64_t pending_call(rt_t *rt, struct scs_state *s)
+/* At an intercepted function's entry (nothing pushed for the call to it): its return address,
+ * the innermost caller's frame, unless the top entry is that call's (reached through a hooked
+ * block, a PLT stub); else 0. */
+static uint64_t entry_frame(rt_t *rt, struct scs_state *s, int at_entry)
 {
-    if (s->pending != P_CALL) return 0;
-    uint64_t ret = 0;
+    if (!at_entry) return 0;
+    uint64_t sp = reg(rt, EMSAN_REG_SP), ret = 0;
     if (rt->arm64) ret = reg(rt, EMSAN_REG_LR) & RET_MASK;
-    else mem_get(rt->uc, reg(rt, EMSAN_REG_SP), &ret, 8);
-    return ret == s->pend_ret ? ret : 0;
+    else if (mem_get(rt->uc, sp, &ret, 8)) return 0;
+    if (s->depth && s->st[s->depth - 1].ret == ret && s->st[s->depth - 1].sp == sp) return 0;
+    return ret;
 }
 
-static int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames)
+static int stack_scs(rt_t *rt, uint64_t pc, uint64_t call, uint64_t *frames)
 {
     struct scs_state *s = rt->scs;
     int n = 0;
     if (pc) frames[n++] = pc;
     if (!s) return n;
-    uint64_t call = pending_call(rt, s);
     if (call) frames[n++] = call;
     for (size_t k = s->depth; k > 0 && n < EMSAN_STACK_DEPTH; k--)
         frames[n++] = s->st[k - 1].ret;
     return n;
 }
 
-/* stack_scs's trace of the current stack, saved in the depot: remembered by (top id, pending
- * call, pc). */
-uint32_t stack_scs_save(rt_t *rt, uint64_t pc)
+/* stack_scs's trace of the current stack, saved in the depot: remembered by (top id, entry
+ * frame, pc). */
+uint32_t stack_scs_save(rt_t *rt, uint64_t pc, int at_entry)
 {
     struct scs_state *s = rt->scs;
     uint64_t frames[EMSAN_STACK_DEPTH];
-    if (!s || rt->no_depot) return depot_save(rt, frames, stack_scs(rt, pc, frames));
-    uint64_t id = s->depth ? s->ids[s->depth - 1].id : 0, call = pending_call(rt, s);
+    if (!s) return depot_save(rt, frames, stack_scs(rt, pc, 0, frames));
+    uint64_t call = entry_frame(rt, s, at_entry);
+    if (rt->no_depot) return depot_save(rt, frames, stack_scs(rt, pc, call, frames));
+    uint64_t id = s->depth ? s->ids[s->depth - 1].id : 0;
     uint64_t h = (id * 0x9E3779B97F4A7C15ULL) ^ (call * 0xBF58476D1CE4E5B9ULL) ^ pc;
     size_t k = (size_t)(h ^ (h >> 29)) & (MEMO - 1);
     if (s->memo[k].id == id && s->memo[k].pc == pc && s->memo[k].call == call && s->memo[k].hd) {
         s->memo_hits++;
         return s->memo[k].hd;
     }
-    uint32_t hd = depot_save(rt, frames, stack_scs(rt, pc, frames));
+    uint32_t hd = depot_save(rt, frames, stack_scs(rt, pc, call, frames));
     s->memo[k].id = id;
     s->memo[k].pc = pc;
     s->memo[k].call = call;
