@@ -126,6 +126,20 @@ def test_none_and_depot(arch):
         assert re.fullmatch(r"\d+", s["stack_collector_us"])
 
 
+def test_scs_memo(arch):
+    """scs remembers a trace by its top entry's id instead of hashing it again: 'boot' allocates
+    from 28 chain depths and one call site; the distinct traces it keeps must be those fp and cfi
+    find (independent walks of this frame-pointer build), with most traces found by the memo."""
+    exe = build("stacks_chain", arch, "static", FP)
+    got = many([(run, exe, c, "boot", "60") for c in COLLECTORS])
+    st = {c: stats(g[1]) for c, g in zip(COLLECTORS, got)}
+    for c, g in zip(COLLECTORS, got):
+        assert stacks(g[0]) == CHAIN, (c, g[1])
+    assert st["scs"]["stack_unique"] == st["fp"]["stack_unique"] == st["cfi"]["stack_unique"], st
+    assert st["scs"]["stack_traces"] == st["fp"]["stack_traces"], st
+    assert int(st["scs"]["scs_memo_hits"]) * 2 > int(st["scs"]["stack_traces"]), st
+
+
 def test_x18_shadow_call_stack():
     """arm64 built with -fsanitize=shadow-call-stack: --stacks x18 reads the guest's own shadow
     call stack and gives the frames fp and scs give."""
