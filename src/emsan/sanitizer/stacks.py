@@ -320,8 +320,9 @@ class Stacks:
 
 
 def choose(paths: list[str], arm64: bool) -> str:
-    """The default collector: fp when every module keeps frame pointers, else scs (measured to be
-    cheaper than cfi under emulation; bench/stacks.py)."""
+    """The default collector: fp when every module keeps frame pointers (no block hook, which
+    compute-bound code pays for), else scs: on allocation-heavy code the cheapest of the complete
+    collectors under emulation, cfi the dearest (bench/stacks.py)."""
     if all(keeps_frame_pointers(p, arm64) for p in paths):
         return "fp"
     return "scs"
