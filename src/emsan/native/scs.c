@@ -319,6 +319,22 @@ EXPORT int emsan_scs_check_fetch(emsan_runtime *rt, uint64_t pc)
     return s->mismatches != before;
 }
 
+/* An intercepted function did not return at its entry (a refused allocation: the guest's own
+ * function runs, to fail as its library does): push the call to it, as a hooked entry would have
+ * (nothing was, for a direct call; an indirect one is still pending). */
+void scs_own_code(rt_t *rt)
+{
+    struct scs_state *s = rt->scs;
+    if (!s) return;
+    uint64_t sp = reg(rt, EMSAN_REG_SP), ret = 0;
+    if (rt->arm64) ret = reg(rt, EMSAN_REG_LR) & RET_MASK;
+    else if (mem_get(rt->uc, sp, &ret, 8)) return;
+    if (s->pending == P_CALL && s->pend_ret == ret) s->pending = P_NONE;
+    if (s->depth && s->st[s->depth - 1].ret == ret && s->st[s->depth - 1].sp == sp) return;   /* pushed */
+    resync(s, sp, !rt->arm64);
+    push(s, ret, sp);
+}
+
 /* A block starting at a return site ran with nothing pending: the call before it returned without
  * a hooked block in between, which only an intercepted function reached by a direct tail jump
  * does (`jmp malloc` ends its caller's frame); that frame's entry is dead if the stack pointer says
