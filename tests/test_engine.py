@@ -969,6 +969,73 @@ def test_inline_shadow_check_sees_flagged_granules(arch):
     assert seen == []
 
 
+# --- 018: KASAN's partial granules in translated code ------------------------------------------------------
+def _partial_accesses(arch: str) -> tuple[bytes, int, list[tuple[int, int, int, bool]]]:
+    """Accesses around the granule [HEAP+0x120, HEAP+0x128) whose shadow says its first 3 bytes are
+    accessible, and those the check must report: the ones reaching byte 3 or beyond (a byte load at
+    0x123, 2 bytes at 0x122, 4 at 0x120, a byte store at 0x124); a byte at 0x122, 2 bytes at 0x120, 2
+    misaligned bytes at 0x121 and a byte store at 0x122 stay inside and are not seen."""
+    if arch == "x86_64":
+        ins = [b"\x48\xbb" + struct.pack("<Q", HEAP),      # mov rbx, HEAP
+               b"\x8a\x83\x22\x01\x00\x00",             # mov al, [rbx+0x122]
+               b"\x8a\x83\x23\x01\x00\x00",             # mov al, [rbx+0x123]
+               b"\x66\x8b\x83\x20\x01\x00\x00",         # mov ax, [rbx+0x120]
+               b"\x66\x8b\x83\x22\x01\x00\x00",         # mov ax, [rbx+0x122]
+               b"\x8b\x83\x20\x01\x00\x00",             # mov eax, [rbx+0x120]
+               b"\x66\x8b\x83\x21\x01\x00\x00",         # mov ax, [rbx+0x121]
+               b"\x88\x83\x22\x01\x00\x00",             # mov [rbx+0x122], al
+               b"\x88\x83\x24\x01\x00\x00",             # mov [rbx+0x124], al
+               b"\x90"]
+    else:
+        ins = [struct.pack("<I", 0xD2A00001 | (HEAP >> 16) << 5)    # movz x1, HEAP >> 16, lsl 16
+               + struct.pack("<I", 0x91040022),                     # add x2, x1, 0x100
+               struct.pack("<I", 0x39400020 | 0x122 << 10),         # ldrb w0, [x1, 0x122]
+               struct.pack("<I", 0x39400020 | 0x123 << 10),         # ldrb w0, [x1, 0x123]
+               struct.pack("<I", 0x79400020 | 0x90 << 10),          # ldrh w0, [x1, 0x120]
+               struct.pack("<I", 0x79400020 | 0x91 << 10),          # ldrh w0, [x1, 0x122]
+               struct.pack("<I", 0xB9400020 | 0x48 << 10),          # ldr w0, [x1, 0x120]
+               struct.pack("<I", 0x78400040 | 0x21 << 12),          # ldurh w0, [x2, 0x21]
+               struct.pack("<I", 0x39000020 | 0x122 << 10),         # strb w0, [x1, 0x122]
+               struct.pack("<I", 0x39000020 | 0x124 << 10),         # strb w0, [x1, 0x124]
+               struct.pack("<I", 0xD503201F)]                       # nop
+    pcs = [sum(len(i) for i in ins[:n]) for n in range(len(ins))]
+    want = [(pcs[2], 0x123, 1, False), (pcs[4], 0x122, 2, False), (pcs[5], 0x120, 4, False), (pcs[8], 0x124, 1, True)]
+    return b"".join(ins), pcs[-1], want
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_inline_shadow_check_partial_granules(arch):
+    """uc_emsan_shadow_check with a partial granule (shadow 3: its first 3 bytes accessible): the callback
+    sees exactly the accesses that reach past them, with exact PCs, in the helpers (first run) and in
+    translated code (second run), where accesses inside them go straight to memory (018)."""
+    check = _fn("uc_emsan_shadow_check", ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                ctypes.c_void_p, ctypes.c_uint8, ctypes.c_void_p, ctypes.c_void_p)
+    restore = _fn(f"cpu_restore_state_{_suffix(arch)}", ctypes.c_bool, ctypes.c_void_p, ctypes.c_size_t,
+                  ctypes.c_bool)
+    m = Machine(arch)
+    code, end, want = _partial_accesses(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.write(LOOP_CODE, code)
+    m.map(HEAP, 0x10000, RW)
+    shadow = (ctypes.c_uint8 * (0x10000 // 8 + 0x1000))(*([CLEAN] * (0x10000 // 8 + 0x1000)))
+    shadow[0x120 // 8] = 3 ^ CLEAN
+    seen = []
+    pc_reg = x86_const.UC_X86_REG_RIP if arch == "x86_64" else arm64_const.UC_ARM64_REG_PC
+    cpu = _cpu(m)
+
+    def cb(u, addr, size, is_write, host_pc, d):
+        assert host_pc
+        assert restore(cpu, host_pc, False)
+        seen.append((m.uc.reg_read(pc_reg) - LOOP_CODE, addr - HEAP, size, bool(is_write)))
+    cb_ptr = CHECK_CB(cb)
+    assert check(m.handle_int, HEAP, 0x10000, ctypes.addressof(shadow), CLEAN,
+                 ctypes.cast(cb_ptr, ctypes.c_void_p), None) == 0
+    for _ in range(2):
+        seen.clear()
+        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+        assert seen == want
+
+
 # --- 015: pointer-tag checks in translated code ----------------------------------------------------------------
 TAG_KEY = 0xFE
 
