@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
+from emsan.lazyclass import dataclass
 from emsan.report.model import Task
 from emsan.sanitizer.runtime import Error, Runtime
 

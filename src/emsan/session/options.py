@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from emsan.errors import EXIT_REPORT, EmsanError
+from emsan.lazyclass import dataclass
 
 EMPTY_JSON = b'{"tool": "emsan", "reports": []}\n'
 

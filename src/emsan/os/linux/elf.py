@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cached_property
 
 from emsan.errors import EmsanError
+from emsan.lazyclass import dataclass
 
 PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_PHDR, PT_GNU_STACK = 1, 2, 3, 6, 0x6474E551
 ET_EXEC, ET_DYN = 2, 3

@@ -14,10 +14,11 @@ import os
 import re
 import struct
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable
 
 from emsan.errors import EmsanError
+from emsan.lazyclass import dataclass
 from emsan.os.linux.elf import EHDR, PHDR, PT_DYNAMIC, PT_LOAD, ElfImage
 
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH, DT_RUNPATH = 0, 1, 5, 10, 14, 15, 29

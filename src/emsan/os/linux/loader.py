@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 
 from emsan.errors import EmsanError
 from emsan.os.linux.cpu import hwcaps, set_start_registers
@@ -15,6 +14,7 @@ from emsan.os.linux.elf import ElfImage, open_elf
 from emsan.os.linux.libsearch import check_libraries
 from emsan.os.linux.memory import (EMSAN_BAND, MMAP_MIN_ADDR, PAGE, PIE_BASE, STACK_SIZE, STACK_TOP, MemoryMap,
                                    Module, page_down, page_up)
+from emsan.lazyclass import dataclass
 from emsan.os.linux.sigframe import min_signal_stack
 
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9

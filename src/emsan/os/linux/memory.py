@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import bisect
 import errno
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from emsan.lazyclass import dataclass
 from emsan.machine.vmem import GuestSpace
 
 PAGE = 0x1000

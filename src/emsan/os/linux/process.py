@@ -9,10 +9,11 @@ import resource
 import select
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable
 
 from emsan.errors import EXIT_DEADLOCK, EXIT_MAX_INSNS, EXIT_SIGNAL_BASE, EXIT_TIMEOUT
+from emsan.lazyclass import dataclass
 from emsan.machine import Machine, MachineFault
 from emsan.os.linux import children, procfs
 from emsan.os.linux.loader import resolve_guest_path

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from emsan.lazyclass import dataclass
 from emsan.os.linux.sigframe import (MINSIGSTKSZ, SIGINFO_SIZE, UCONTEXT_SIZE, apply_registers, build_ucontext,
                                      read_ucontext)
 
