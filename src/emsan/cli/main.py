@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -306,8 +307,15 @@ def entry() -> None:
     the interpreter's finalization: tearing down ~250 modules and the engine (its translation
     buffer, the guest's memory, the shadow), which the kernel frees at exit anyway, was 20-35 ms
     of every short run (bench/startup.py). A run keeps no buffered file and no atexit work; the
-    other commands (process pools, dask) exit normally."""
+    other commands (process pools, dask) exit normally.
+
+    Start-up (imports, loading, the sanitizer's set-up) runs without the cyclic garbage collector:
+    it only allocates what the run keeps, and 20-30 collections of it were 3-6 ms of a short run
+    (bench/startup.py). session.run turns the collector back on, with what start-up made frozen,
+    before the guest's first instruction."""
     args = sys.argv[1:]
+    if args[:1] == ["run"]:
+        gc.disable()
     status = main(args)
     if args[:1] == ["run"]:
         try:

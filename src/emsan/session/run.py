@@ -1,6 +1,7 @@
 """`emsan run`: load a program, attach the chosen sanitizer mode, run it, report, exit."""
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -164,6 +165,9 @@ def deadlock_message(s: Session) -> str:
 
 def run(opts: RunOptions) -> int:
     s = Session(opts)
+    if not gc.isenabled():          # the command line's start-up (cli.main.entry): done now
+        gc.freeze()
+        gc.enable()
     info = s.run()
     sys.stdout.flush()
     fatal = info.kind == "signal" and info.signal in CORE_SIGNALS
