@@ -122,6 +122,8 @@ def string_function(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class EntryPoint:
+    """A function emsan stands in for or checks at its entry, where it is loaded."""
+
     addr: int
     fn: str          # native function id name (MALLOC, STRLEN...)
     name: str        # the symbol

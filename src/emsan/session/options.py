@@ -13,6 +13,8 @@ EMPTY_JSON = b'{"tool": "emsan", "reports": []}\n'
 
 @dataclass
 class RunOptions:
+    """Everything `emsan run` was asked for."""
+
     program: str
     args: list[str] = field(default_factory=list)
     env_set: dict[str, str] = field(default_factory=dict)

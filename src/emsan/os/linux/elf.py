@@ -27,6 +27,8 @@ PHDR = struct.Struct("<IIQQQQQQ")             # Elf64_Phdr
 
 @dataclass(frozen=True)
 class Segment:
+    """One PT_LOAD program header."""
+
     vaddr: int
     memsz: int
     offset: int
@@ -36,6 +38,8 @@ class Segment:
 
 @dataclass
 class ElfImage:
+    """What loading needs of an ELF file: its header, program headers and interpreter."""
+
     path: str
     machine: int
     etype: int

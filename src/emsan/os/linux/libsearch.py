@@ -39,6 +39,8 @@ class _Unsure(Exception):
 
 @dataclass
 class DynInfo:
+    """An object's DT_NEEDED, DT_SONAME, DT_RPATH and DT_RUNPATH."""
+
     needed: list[str] = field(default_factory=list)
     soname: str | None = None
     rpath: str | None = None
@@ -47,6 +49,8 @@ class DynInfo:
 
 @dataclass
 class _Obj:
+    """An object in the search for DT_NEEDED libraries, and which one needed it."""
+
     path: str              # host path of the file
     dyn: DynInfo
     loader: _Obj | None    # the object whose DT_NEEDED brought it in (None: the program)

@@ -24,6 +24,8 @@ AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
 
 @dataclass
 class LoadedProgram:
+    """A program and its interpreter in guest memory, and its initial stack."""
+
     image: ElfImage
     bias: int
     entry: int               # where execution starts (interpreter entry for dynamic programs)

@@ -32,6 +32,8 @@ BUFFER_WRITE = {"read", "pread64"}
 
 @dataclass
 class FileDesc:
+    """A guest file descriptor and the host descriptor behind it."""
+
     host: int
     path: str
     cloexec: bool = False
@@ -43,6 +45,8 @@ class FileDesc:
 
 @dataclass
 class ExitInfo:
+    """How a run ended."""
+
     kind: str                     # exit / signal / timeout / max-instructions / stopped / paused
     status: int
     signal: int = 0
@@ -51,6 +55,8 @@ class ExitInfo:
 
 @dataclass
 class Process:
+    """The emulated Linux process: its memory, files, signals, threads and system calls."""
+
     machine: Machine
     arch: object
     mem: MemoryMap

@@ -39,6 +39,8 @@ ARM64_SIGRETURN_TRAMPOLINE = bytes.fromhex("681180d2" "010000d4")   # mov x8, #1
 
 @dataclass
 class Signals:
+    """The process's signal dispositions, mask and pending signals."""
+
     process: object
     actions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # handler, flags, restorer, mask
     mask: int = 0
