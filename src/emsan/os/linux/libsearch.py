@@ -236,10 +236,11 @@ class LibrarySearch:
         dirs += self.env_dirs
         if needer.dyn.runpath is not None:
             dirs += self.origin_expand(needer.dyn.runpath, needer.path)
-        cands = [c for d in dirs for c in self.candidates_in(d, name)]
-        cands += [self.resolve(p) for p in self.cache().get(name, [])]
-        cands += [c for d in [*self.conf_dirs(), *DEFAULT_DIRS[self.arch]] for c in self.candidates_in(d, name)]
-        for cand in cands:
+        def cands():        # in ld.so's order, each group looked at only when the ones before found nothing
+            yield from (c for d in dirs for c in self.candidates_in(d, name))
+            yield from (self.resolve(p) for p in self.cache().get(name, []))
+            yield from (c for d in [*self.conf_dirs(), *DEFAULT_DIRS[self.arch]] for c in self.candidates_in(d, name))
+        for cand in cands():
             if os.path.isfile(cand):
                 info = library_info(cand, self.machine)
                 if info is not None:
