@@ -5,9 +5,10 @@ about 0.5 ms a class, 40% of the CPU time emsan's modules took to import for `em
 (bench/startup.py). Half of those classes (reports, /proc nodes, threads, faults) are never
 instantiated in a run that finds nothing. This decorator records the options and defers
 `dataclasses.dataclass` to the class's first instance: its first __init__, or the __setstate__
-of a copy or an unpickled object (which skip __init__). `made(cls)` does it at once where code
-reads a class's fields before any instance exists. The class is the same object either way; its
-bases are made before it, as dataclasses requires. (Not `__new__`: a __new__ set on a class and
+of a copy or an unpickled object (which skip __init__), or to the first reading of its fields
+(`dataclasses.fields(cls)`, `is_dataclass(cls)`, `cls.__dataclass_fields__`); `made(cls)` does it
+at once. The class is the same object either way; its bases are made before it, as dataclasses
+requires. (Not `__new__`: a __new__ set on a class and
 deleted again leaves CPython's object.__new__ refusing the constructor's arguments.) A class that
 defines __init__ or __setstate__ itself, or asks for slots=True (a new class), is made at once.
 """
@@ -17,8 +18,11 @@ import dataclasses
 import threading
 
 _PENDING = "__emsan_dataclass_options__"
-_STUBS = ("__init__", "__setstate__")
-_lock = threading.RLock()          # fleet workers run threads: one of them makes a class
+_STUBS = ("__init__", "__setstate__", "__dataclass_fields__")
+# One thread makes a class; another that instantiates it at that very moment may find neither the
+# stub nor the real __init__ (emsan makes its objects on its main thread; a harness's threads that
+# first use the attach API at the same instant would have to use made() first).
+_lock = threading.RLock()
 
 
 def dataclass(cls=None, /, **options):
@@ -36,9 +40,16 @@ def dataclass(cls=None, /, **options):
             _set_state(self, state)
 
         setattr(cls, _PENDING, options)
-        cls.__init__, cls.__setstate__ = first_init, first_setstate
+        cls.__init__, cls.__setstate__, cls.__dataclass_fields__ = first_init, first_setstate, _Fields()
         return cls
     return wrap if cls is None else wrap(cls)
+
+
+class _Fields:
+    """A class's __dataclass_fields__ until it is made: reading it makes the class."""
+
+    def __get__(self, obj, owner: type) -> dict:
+        return made(owner).__dataclass_fields__
 
 
 def made(cls: type) -> type:

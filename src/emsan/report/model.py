@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import field, fields
 
-from emsan.lazyclass import dataclass, made
+from emsan.lazyclass import dataclass
 
 GRANULE = 8                   # bytes per shadow byte (generic); tag modes: 16 per memory tag
 UNTAG_MASK = (1 << 56) - 1
@@ -115,7 +115,7 @@ class CompilerReport(Report):
 
     @classmethod
     def of(cls, rep: Report) -> "CompilerReport":
-        return cls(**{f.name: getattr(rep, f.name) for f in fields(made(Report))})
+        return cls(**{f.name: getattr(rep, f.name) for f in fields(Report)})
 
 
 # The kmalloc caches a size would come from (cache=kmalloc-N in KFENCE reports).
