@@ -1,10 +1,10 @@
 """`emsan run`: load a program, attach the chosen sanitizer mode, run it, report, exit."""
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import sys
+from typing import Callable
 
 from emsan.errors import EXIT_RESOURCES, EmsanError
 from emsan.machine import Machine
@@ -163,11 +163,12 @@ def deadlock_message(s: Session) -> str:
     return "\n".join(lines)
 
 
-def run(opts: RunOptions) -> int:
+def run(opts: RunOptions, started: Callable[[], None] | None = None) -> int:
+    """Run the guest to its end and report; started() is called once everything is set up, before
+    the guest's first instruction."""
     s = Session(opts)
-    if not gc.isenabled():          # the command line's start-up (cli.main.entry): done now
-        gc.freeze()
-        gc.enable()
+    if started is not None:
+        started()
     info = s.run()
     sys.stdout.flush()
     fatal = info.kind == "signal" and info.signal in CORE_SIGNALS
