@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import dataclass_transform
 
 _PENDING = "__emsan_dataclass_options__"
 _STUBS = ("__init__", "__setstate__", "__dataclass_fields__")
@@ -25,6 +26,7 @@ _STUBS = ("__init__", "__setstate__", "__dataclass_fields__")
 _lock = threading.RLock()
 
 
+@dataclass_transform()      # type checkers see these classes as the dataclasses they become
 def dataclass(cls=None, /, **options):
     """`dataclasses.dataclass(cls, **options)`, deferred to the class's first instance."""
     def wrap(cls):
