@@ -4,7 +4,7 @@ every mode, against qemu-user, Valgrind memcheck and the native program.
 
     python3 bench/startup.py [--quick] [--reps N] [--arch x86_64|arm64|all] [--json FILE]
                              [--modes none,generic,kfence,sw-tags,hw-tags,compiler-assisted]
-                             [--base PYTHON]
+                             [--base PYTHON] [--no-site]
 
 bench/workloads/hello.c is built dynamically (gcc / aarch64-linux-gnu-gcc, bench/common.py's
 flags without -static) and, for compiler-assisted mode, with clang $(emsan cflags). Each run is
@@ -17,6 +17,10 @@ one fresh process, exactly as a user starts it (the `emsan` script next to this 
   MODE-cold    emsan run --mode MODE with an empty cache ($EMSAN_CACHE_DIR a new directory each run)
   MODE-warm    the same with the cache a previous run left (a user's second run)
   base:MODE-warm   --base PYTHON: another emsan install (its own `emsan` script), warm
+  python-nosite    --no-site: python3 -S -c pass (no `site`, no .pth files)
+  MODE-warm-nosite --no-site: python3 -S -m emsan run ..., warm, with $PYTHONPATH naming the
+                   interpreter's site-packages directories: what of the floor is the `site`
+                   module and the environment's .pth files, and what emsan needs anyway
 
 Repetitions outermost, configurations interleaved (rotated each repetition). Prints per
 configuration the median wall and CPU (user+system of the process and its children) with their
@@ -75,17 +79,22 @@ def build_cc(arch: str) -> Path | None:
     return out
 
 
-def configs(arch: str, modes: list[str], base: str | None, tmp: str) -> dict[str, tuple[list[str], str | None]]:
-    """Configuration name -> (command, cache: "cold", "warm", a directory, or None)."""
+def configs(arch: str, modes: list[str], base: str | None, tmp: str,
+            no_site: bool = False) -> dict[str, tuple[list[str], str | None, dict[str, str]]]:
+    """Configuration name -> (command, cache: "cold", "warm", a directory, or None; environment
+    added)."""
     exe = build(PROGRAM, arch, static=False)
-    out: dict[str, tuple[list[str], str | None]] = {}
+    out: dict[str, tuple[list[str], str | None, dict[str, str]]] = {}
     if arch == "x86_64":
-        out["native"] = ([str(exe)], None)
+        out["native"] = ([str(exe)], None, {})
     if shutil.which(QEMU[arch][0]):
-        out["qemu"] = ([*QEMU[arch], str(exe)], None)
+        out["qemu"] = ([*QEMU[arch], str(exe)], None, {})
     if arch == "x86_64" and shutil.which("valgrind"):
-        out["valgrind"] = (["valgrind", "-q", "--tool=memcheck", str(exe)], None)
-    out["python"] = ([PY, "-c", "pass"], None)
+        out["valgrind"] = (["valgrind", "-q", "--tool=memcheck", str(exe)], None, {})
+    out["python"] = ([PY, "-c", "pass"], None, {})
+    site_path = {"PYTHONPATH": site_packages(PY)} if no_site else {}
+    if no_site:
+        out["python-nosite"] = ([PY, "-S", "-c", "pass"], None, {})
     for mode in modes:
         if mode in ARM64_ONLY and arch != "arm64":
             continue
@@ -96,11 +105,20 @@ def configs(arch: str, modes: list[str], base: str | None, tmp: str) -> dict[str
                 continue
             prog = cc
         run = ["run", "--mode", mode, str(prog)]
-        out[f"{mode}-cold"] = ([*emsan_command(PY), *run], "cold")
-        out[f"{mode}-warm"] = ([*emsan_command(PY), *run], os.path.join(tmp, "cache-warm"))
+        out[f"{mode}-cold"] = ([*emsan_command(PY), *run], "cold", {})
+        out[f"{mode}-warm"] = ([*emsan_command(PY), *run], os.path.join(tmp, "cache-warm"), {})
+        if no_site:
+            out[f"{mode}-warm-nosite"] = ([PY, "-S", "-m", "emsan", *run], os.path.join(tmp, "cache-warm"), site_path)
         if base:
-            out[f"base:{mode}-warm"] = ([*emsan_command(base), *run], os.path.join(tmp, "cache-base"))
+            out[f"base:{mode}-warm"] = ([*emsan_command(base), *run], os.path.join(tmp, "cache-base"), {})
     return out
+
+
+def site_packages(python: str) -> str:
+    """That interpreter's site-packages directories (its virtualenv's and, with
+    --system-site-packages, the base's), as a $PYTHONPATH."""
+    return subprocess.run([python, "-c", "import os, site; print(os.pathsep.join(site.getsitepackages()))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def run_bench(args, log) -> dict:
@@ -114,19 +132,19 @@ def run_bench(args, log) -> dict:
     results = []
     with tempfile.TemporaryDirectory(prefix="emsan-startup-") as tmp:
         r = Runner(tmp)
-        plan = {arch: configs(arch, modes, args.base, tmp) for arch in arches}
-        recs = {arch: {"arch": arch, "program": PROGRAM, "commands": {c: cmd for c, (cmd, _) in cfgs.items()},
+        plan = {arch: configs(arch, modes, args.base, tmp, args.no_site) for arch in arches}
+        recs = {arch: {"arch": arch, "program": PROGRAM, "commands": {c: cmd for c, (cmd, _, _) in cfgs.items()},
                        "wall": {c: [] for c in cfgs}, "cpu": {c: [] for c in cfgs}} for arch, cfgs in plan.items()}
 
         def one(arch: str, name: str, rep: int) -> tuple[float, float]:
-            cmd, cache = plan[arch][name]
-            env = dict(r.env)
+            cmd, cache, extra = plan[arch][name]
+            env = dict(r.env, **extra)
             if cache == "cold":
                 cache = tempfile.mkdtemp(prefix=f"cold-{rep}-", dir=tmp)
             if cache is not None:
                 env["EMSAN_CACHE_DIR"] = cache
             wall, out = r.command(cmd, f"{arch} {name}", env)
-            if out != (b"" if name == "python" else EXPECTED):
+            if out != (b"" if name.startswith("python") else EXPECTED):
                 raise BenchError(f"{arch} {name}: stdout {out[:200]!r}, expected {EXPECTED!r}")
             return wall, r.last_cpu
 
@@ -151,7 +169,8 @@ def run_bench(args, log) -> dict:
         rec["target_met"] = {c: rec["median_wall_s"][c] <= TARGET_S for c in rec["wall"]
                              if c.endswith("-warm") and not c.startswith("base:")}
         results.append(rec)
-    return {"schema": 1, "meta": run_meta(args, arches, reps, started, load_before, modes=modes, base=args.base),
+    return {"schema": 1, "meta": run_meta(args, arches, reps, started, load_before, modes=modes, base=args.base,
+                                           no_site=args.no_site),
             "target_s": TARGET_S, "results": results}
 
 
@@ -181,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         {PROGRAM: None})
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--base", metavar="PYTHON", help="also run another emsan install (its virtualenv's python), warm")
+    p.add_argument("--no-site", action="store_true",
+                   help="also python3 -S -c pass and each mode warm under python3 -S (site-packages on $PYTHONPATH)")
     return run_and_report(p, argv, run_bench, render, 160)
 
 

@@ -36,3 +36,31 @@ def test_env_options(arch):
     got = emsan("run", "--mode", "none", "--unset-env", "EMSAN_TEST_VAR", exe,
                 env={"EMSAN_TEST_VAR": "x", "PATH": "/usr/bin:/bin"}, status=0)
     assert b"EMSAN_TEST_VAR=(unset)" in got.stdout
+
+
+def test_garbage_collector_off_for_start_up_only():
+    """`emsan run` sets up without the cyclic garbage collector and runs the guest with it (a long
+    run must not keep every reference cycle): seen from inside the command, at the sanitizer's
+    set-up and at the guest's first system call."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import gc, sys\n"
+        "import emsan.session.sanitizer as san, emsan.os.linux.process as proc\n"
+        "seen = []\n"
+        "init, call = san.Sanitizer.__init__, proc.Process.on_syscall\n"
+        "def at_init(self, *a, **k):\n"
+        "    seen.append(('set-up', gc.isenabled(), gc.get_freeze_count() > 0)); init(self, *a, **k)\n"
+        "def at_call(self):\n"
+        "    if len(seen) == 1: seen.append(('guest', gc.isenabled(), gc.get_freeze_count() > 0)); "
+        "sys.stderr.write(repr(seen) + '\\n')\n"
+        "    call(self)\n"
+        "san.Sanitizer.__init__, proc.Process.on_syscall = at_init, at_call\n"
+        "sys.argv = ['emsan'] + sys.argv[1:]\n"
+        "from emsan.cli.main import entry\n"
+        "entry()\n")
+    res = subprocess.run([sys.executable, "-c", probe, "run", "--mode", "generic", build("hello", "x86_64", "dynamic")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "hello" in res.stdout, res.stderr
+    assert "[('set-up', False, False), ('guest', True, True)]" in res.stderr, res.stderr

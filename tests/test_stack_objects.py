@@ -151,3 +151,32 @@ def test_clang_register_frame_base(opt, tmp_path):
                         "-o", f"{out}.tmp", str(src)], check=True, capture_output=True)
         os.replace(f"{out}.tmp", out)
     many([(check_case, str(out), c, tmp_path) for c in CASES] + [(correct_run, str(out), "x86_64", tmp_path)])
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_row_at_finds_what_a_scan_finds(arch):
+    """stackobjects.row_at (a binary search over the packed CFI rows) gives, for addresses before,
+    at, between and after libc's rows, the row a linear scan of the unpacked rows gives."""
+    from emsan.sanitizer.stackobjects import row_at
+    from emsan.sanitizer.stacks import ROW, cfi_rows
+
+    libc = {"x86_64": "/lib/x86_64-linux-gnu/libc.so.6", "arm64": "/usr/aarch64-linux-gnu/lib/libc.so.6"}[arch]
+    if not os.path.exists(libc):
+        pytest.skip(f"no {libc}")
+    data = cfi_rows(libc, arch == "arm64")
+    rows = list(ROW.iter_unpack(data))
+    assert len(rows) > 1000 and [r[0] for r in rows] == sorted(r[0] for r in rows)
+
+    def scan(pc):
+        found = None
+        for r in rows:
+            if r[0] > pc:
+                break
+            found = r
+        return found
+    step = max(1, len(rows) // 300)
+    probes = [0, rows[0][0] - 1, rows[-1][0], rows[-1][0] + 12345]
+    probes += [p for r in rows[::step] for p in (r[0] - 1, r[0], r[0] + 1)]
+    for pc in probes:
+        assert row_at(data, pc) == scan(pc), hex(pc)
+    assert row_at(b"", 0x1000) is None

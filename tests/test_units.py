@@ -18,7 +18,7 @@ from emsan.report.text import kfence_description
 from emsan.sanitizer.entrypoints import (_aranges, direct_callees, function_symbols, has_symtab, imported_functions,
                                         libc_functions, string_function)
 from emsan.sanitizer.mode import Capabilities, stream_seed
-from emsan.sanitizer.modes import mode_class, mode_names
+from emsan.sanitizer.modes import HOMES, mode_class, mode_names
 from emsan.sanitizer.modes.compiler import parse_frame_descr
 from emsan.sanitizer.modes.tags import tag_bug_type
 from emsan.sanitizer.shadow import accessible, first_bad_addr, shadow_bug_type, shadow_window
@@ -237,6 +237,19 @@ def test_every_mode_declares_the_interface():
     assert mode_class("sw-tags").caps.arches == ("arm64",)
     with pytest.raises(KeyError):
         mode_class("none")
+
+
+def test_a_mode_is_found_without_importing_the_others():
+    """`emsan run --mode M` imports M's module only: each mode lives in the module named after it
+    or in its HOMES entry (checked in a fresh interpreter, where no mode module was imported)."""
+    script = ("import sys; from emsan.sanitizer.modes import mode_class; cls = mode_class(sys.argv[1]); "
+              "print(cls.__module__, *sorted(m for m in sys.modules if m.startswith('emsan.sanitizer.modes.')))")
+    for name in mode_names():
+        out = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True, check=True).stdout
+        module, *loaded = out.split()
+        assert module == f"emsan.sanitizer.modes.{HOMES.get(name, name.replace('-', '_'))}", name
+        # generic.py is the others' base; no other mode's module comes with it
+        assert set(loaded) - {module, "emsan.sanitizer.modes.generic"} == set(), (name, loaded)
 
 
 # --- locating the instruction of an access seen without its PC (--checks mmio) ---------------------

@@ -1,9 +1,10 @@
 """What the upper layers need to know about an instruction set, independent of the OS."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
+
+from emsan.lazyclass import dataclass
 
 
 @dataclass(frozen=True)

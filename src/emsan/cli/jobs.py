@@ -16,10 +16,11 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable
 
 from emsan.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EmsanError
+from emsan.lazyclass import dataclass
 
 RULE = "=" * 66           # the line that opens and closes every text report
 

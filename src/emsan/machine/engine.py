@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from emsan.machine.unicorn_lib import uclib  # before unicorn: it makes the binding load emsan's engine
@@ -17,6 +16,7 @@ from emsan.machine.unicorn_lib import uclib  # before unicorn: it makes the bind
 import unicorn
 from unicorn import arm64_const, unicorn_const as uconst, x86_const
 
+from emsan.lazyclass import dataclass
 from emsan.machine import native
 
 UNICORN_VERSION = unicorn.__version__

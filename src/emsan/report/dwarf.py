@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import bisect
 import os
-from dataclasses import dataclass
 
 from emsan.cache import cache_dir, load_json, store_json
+from emsan.lazyclass import dataclass
 from emsan.report.dwarf_locals import objects_at
 from emsan.report.elfsections import open_sections
 

@@ -2,7 +2,9 @@
 the shadow or tag window), before any rendering. report.text and report.json render them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
+
+from emsan.lazyclass import dataclass
 
 GRANULE = 8                   # bytes per shadow byte (generic); tag modes: 16 per memory tag
 UNTAG_MASK = (1 << 56) - 1

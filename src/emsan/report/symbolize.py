@@ -9,10 +9,11 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import os
-from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 from typing import TYPE_CHECKING
+
+from emsan.lazyclass import dataclass
 
 if TYPE_CHECKING:
     from emsan.report.dwarf import DwarfIndex, Inline

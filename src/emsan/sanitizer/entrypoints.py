@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import re
 import struct
-from dataclasses import dataclass
 from functools import lru_cache
 
+from emsan.lazyclass import dataclass
 from emsan.report.elfsections import open_sections, sections_usable
 from emsan.runtime import GLOBALS_SYMBOL, NO_RETURN_SYMBOL, REPORT_SYMBOL
 
@@ -122,6 +122,8 @@ def string_function(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class EntryPoint:
+    """A function emsan stands in for or checks at its entry, where it is loaded."""
+
     addr: int
     fn: str          # native function id name (MALLOC, STRLEN...)
     name: str        # the symbol

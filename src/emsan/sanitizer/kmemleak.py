@@ -4,8 +4,9 @@ loaded: emsan's Linux session gives the roots of a Linux process (emsan.session.
 harness may give its own."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from emsan.lazyclass import dataclass
 from emsan.sanitizer.kasan import Kasan
 
 OBJECTS_KEPT = 256            # objects listed per group (the JSON's "objects")

@@ -6,11 +6,11 @@ harness with its own engine) creates the runtime, describes the guest in a `Targ
 then on talks to the mode through this interface only; the capabilities say what to wire."""
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
+from emsan.lazyclass import dataclass
+from emsan.cache import blake2b, sha1
 from emsan.report.model import Task
 from emsan.sanitizer.runtime import Error, Runtime
 
@@ -164,7 +164,7 @@ def input_seed(seed: int | None, data: bytes) -> int:
     """The seed of one fuzzing input: the modes' random choices differ from input to input, and
     are the same whenever the input runs again under the same --seed (a KFENCE crash reproduces
     when triage runs it)."""
-    return stream_seed(seed, "input:" + hashlib.sha1(data).hexdigest())
+    return stream_seed(seed, "input:" + sha1(data).hexdigest())
 
 
 def stream_seed(seed: int | None, stream: str) -> int:
@@ -172,4 +172,4 @@ def stream_seed(seed: int | None, stream: str) -> int:
     so that consecutive seeds, a fleet's, give unrelated streams; random without --seed."""
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little")
-    return int.from_bytes(hashlib.blake2b(b"%s:%d" % (stream.encode(), seed), digest_size=8).digest(), "little")
+    return int.from_bytes(blake2b(b"%s:%d" % (stream.encode(), seed), digest_size=8).digest(), "little")

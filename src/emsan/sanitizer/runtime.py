@@ -4,9 +4,9 @@ depot and collectors, and the queue of errors every detector (a KASAN mode, KFEN
 It needs only a Machine: emsan's own, or one wrapping an engine a harness made."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
+from emsan.lazyclass import dataclass
 from emsan.machine import native
 from emsan.sanitizer.callbacks import guarded_callback
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable
 
 from emsan.errors import EmsanError
+from emsan.lazyclass import dataclass
 from emsan.machine import Machine
 from emsan.os.linux.memory import Module
 from emsan.report.json import to_json

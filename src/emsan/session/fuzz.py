@@ -18,9 +18,10 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from emsan.errors import EmsanError
+from emsan.lazyclass import dataclass
 from emsan.os.linux.process import FileDesc
 from emsan.sanitizer.mode import input_seed
 from emsan.session.crash import oops, oops_json

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emsan.errors import EmsanError
+from emsan.lazyclass import dataclass
 from emsan.os.linux.memory import PROT_EXEC, PROT_READ, PROT_WRITE, Module
 from emsan.report.model import LeakReport
 from emsan.sanitizer.entrypoints import function_symbols

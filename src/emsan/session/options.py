@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from emsan.errors import EXIT_REPORT, EmsanError
+from emsan.lazyclass import dataclass
 
 EMPTY_JSON = b'{"tool": "emsan", "reports": []}\n'
 
 
 @dataclass
 class RunOptions:
+    """Everything `emsan run` was asked for."""
+
     program: str
     args: list[str] = field(default_factory=list)
     env_set: dict[str, str] = field(default_factory=dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from typing import Callable
 
 from emsan.errors import EXIT_RESOURCES, EmsanError
 from emsan.machine import Machine
@@ -162,8 +163,12 @@ def deadlock_message(s: Session) -> str:
     return "\n".join(lines)
 
 
-def run(opts: RunOptions) -> int:
+def run(opts: RunOptions, started: Callable[[], None] | None = None) -> int:
+    """Run the guest to its end and report; started() is called once everything is set up, before
+    the guest's first instruction."""
     s = Session(opts)
+    if started is not None:
+        started()
     info = s.run()
     sys.stdout.flush()
     fatal = info.kind == "signal" and info.signal in CORE_SIGNALS

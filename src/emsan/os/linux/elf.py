@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cached_property
 
 from emsan.errors import EmsanError
+from emsan.lazyclass import dataclass
 
 PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_PHDR, PT_GNU_STACK = 1, 2, 3, 6, 0x6474E551
 ET_EXEC, ET_DYN = 2, 3
@@ -26,6 +27,8 @@ PHDR = struct.Struct("<IIQQQQQQ")             # Elf64_Phdr
 
 @dataclass(frozen=True)
 class Segment:
+    """One PT_LOAD program header."""
+
     vaddr: int
     memsz: int
     offset: int
@@ -35,6 +38,8 @@ class Segment:
 
 @dataclass
 class ElfImage:
+    """What loading needs of an ELF file: its header, program headers and interpreter."""
+
     path: str
     machine: int
     etype: int

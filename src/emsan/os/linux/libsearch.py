@@ -14,10 +14,11 @@ import os
 import re
 import struct
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable
 
 from emsan.errors import EmsanError
+from emsan.lazyclass import dataclass
 from emsan.os.linux.elf import EHDR, PHDR, PT_DYNAMIC, PT_LOAD, ElfImage
 
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH, DT_RUNPATH = 0, 1, 5, 10, 14, 15, 29
@@ -38,6 +39,8 @@ class _Unsure(Exception):
 
 @dataclass
 class DynInfo:
+    """An object's DT_NEEDED, DT_SONAME, DT_RPATH and DT_RUNPATH."""
+
     needed: list[str] = field(default_factory=list)
     soname: str | None = None
     rpath: str | None = None
@@ -46,6 +49,8 @@ class DynInfo:
 
 @dataclass
 class _Obj:
+    """An object in the search for DT_NEEDED libraries, and which one needed it."""
+
     path: str              # host path of the file
     dyn: DynInfo
     loader: _Obj | None    # the object whose DT_NEEDED brought it in (None: the program)
@@ -231,10 +236,11 @@ class LibrarySearch:
         dirs += self.env_dirs
         if needer.dyn.runpath is not None:
             dirs += self.origin_expand(needer.dyn.runpath, needer.path)
-        cands = [c for d in dirs for c in self.candidates_in(d, name)]
-        cands += [self.resolve(p) for p in self.cache().get(name, [])]
-        cands += [c for d in [*self.conf_dirs(), *DEFAULT_DIRS[self.arch]] for c in self.candidates_in(d, name)]
-        for cand in cands:
+        def cands():        # in ld.so's order, each group looked at only when the ones before found nothing
+            yield from (c for d in dirs for c in self.candidates_in(d, name))
+            yield from (self.resolve(p) for p in self.cache().get(name, []))
+            yield from (c for d in [*self.conf_dirs(), *DEFAULT_DIRS[self.arch]] for c in self.candidates_in(d, name))
+        for cand in cands():
             if os.path.isfile(cand):
                 info = library_info(cand, self.machine)
                 if info is not None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 
 from emsan.errors import EmsanError
 from emsan.os.linux.cpu import hwcaps, set_start_registers
@@ -15,6 +14,7 @@ from emsan.os.linux.elf import ElfImage, open_elf
 from emsan.os.linux.libsearch import check_libraries
 from emsan.os.linux.memory import (EMSAN_BAND, MMAP_MIN_ADDR, PAGE, PIE_BASE, STACK_SIZE, STACK_TOP, MemoryMap,
                                    Module, page_down, page_up)
+from emsan.lazyclass import dataclass
 from emsan.os.linux.sigframe import min_signal_stack
 
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
@@ -24,6 +24,8 @@ AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
 
 @dataclass
 class LoadedProgram:
+    """A program and its interpreter in guest memory, and its initial stack."""
+
     image: ElfImage
     bias: int
     entry: int               # where execution starts (interpreter entry for dynamic programs)

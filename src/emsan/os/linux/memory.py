@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import bisect
 import errno
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from emsan.lazyclass import dataclass
 from emsan.machine.vmem import GuestSpace
 
 PAGE = 0x1000
@@ -48,6 +49,8 @@ def page_up(x: int) -> int:
 
 @dataclass
 class Mapping:
+    """One mapping of the guest's address space (a line of /proc/PID/maps)."""
+
     start: int
     end: int
     prot: int
@@ -89,6 +92,8 @@ def effective_prot(arch: str, prot: int) -> int:
 
 @dataclass
 class MemoryMap:
+    """The guest's address space: its mappings, loaded modules, brk and stack."""
+
     machine: object
     mappings: list[Mapping] = field(default_factory=list)    # sorted, non-overlapping
     modules: list[Module] = field(default_factory=list)

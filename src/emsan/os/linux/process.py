@@ -9,10 +9,11 @@ import resource
 import select
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable
 
 from emsan.errors import EXIT_DEADLOCK, EXIT_MAX_INSNS, EXIT_SIGNAL_BASE, EXIT_TIMEOUT
+from emsan.lazyclass import dataclass
 from emsan.machine import Machine, MachineFault
 from emsan.os.linux import children, procfs
 from emsan.os.linux.loader import resolve_guest_path
@@ -31,6 +32,8 @@ BUFFER_WRITE = {"read", "pread64"}
 
 @dataclass
 class FileDesc:
+    """A guest file descriptor and the host descriptor behind it."""
+
     host: int
     path: str
     cloexec: bool = False
@@ -42,6 +45,8 @@ class FileDesc:
 
 @dataclass
 class ExitInfo:
+    """How a run ended."""
+
     kind: str                     # exit / signal / timeout / max-instructions / stopped / paused
     status: int
     signal: int = 0
@@ -50,6 +55,8 @@ class ExitInfo:
 
 @dataclass
 class Process:
+    """The emulated Linux process: its memory, files, signals, threads and system calls."""
+
     machine: Machine
     arch: object
     mem: MemoryMap

@@ -18,8 +18,8 @@ import os
 import stat
 import zlib
 from collections import deque
-from dataclasses import dataclass
 
+from emsan.lazyclass import dataclass
 from emsan.os.linux.uaccess import CHUNK, U64
 
 FILES = ("maps", "smaps", "status", "stat", "statm", "cmdline", "environ", "auxv", "comm")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from emsan.lazyclass import dataclass
 from emsan.os.linux.sigframe import (MINSIGSTKSZ, SIGINFO_SIZE, UCONTEXT_SIZE, apply_registers, build_ucontext,
                                      read_ucontext)
 
@@ -38,6 +39,8 @@ ARM64_SIGRETURN_TRAMPOLINE = bytes.fromhex("681180d2" "010000d4")   # mov x8, #1
 
 @dataclass
 class Signals:
+    """The process's signal dispositions, mask and pending signals."""
+
     process: object
     actions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # handler, flags, restorer, mask
     mask: int = 0

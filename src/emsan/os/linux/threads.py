@@ -21,7 +21,9 @@ import errno
 import select
 from contextlib import contextmanager
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from emsan.lazyclass import dataclass
 
 DEFAULT_SLICE = 20_000          # blocks per slice (~100-200k instructions, a millisecond or so)
 FUTEX_BITSET_ANY = 0xFFFFFFFF
