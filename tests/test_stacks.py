@@ -32,6 +32,7 @@ EXPECTED = {
     "recursion": chain("recursion", ["alloc_c"] + ["rec"] * 10 + ["recursion", "main"]),   # rec(0) tail-calls
     "tailcall": chain("tailcall", ["alloc_c", "tail_b", "tailcall", "main"]),   # tail_a jumped to tail_b
     "deep": chain("deep_chain", ["alloc_c"] + ["deep"] * 63),                   # 500 frames, capped at 64
+    "wrapped": chain("wrapped", ["wrapped", "main"]),                          # after xmalloc's tail jump
 }
 CXX = {"alloc": ["obj_c", "obj_b", "obj_a", "main"], "free": ["drop_b", "drop_a", "main"],
        "access": ["read_b", "read_a", "main"]}
@@ -85,7 +86,7 @@ def test_chains(arch, fp):
     cfi and scs still do where fp cannot."""
     exe = build("stacks_chain", arch, "static", FP if fp else NOFP)
     cxx = build("stacks_cxx", arch, "static", FP if fp else NOFP, cxx=True)
-    scenarios = list(EXPECTED) if fp else ["chain", "longjmp", "tailcall"]
+    scenarios = list(EXPECTED) if fp else ["chain", "longjmp", "tailcall", "wrapped"]
     jobs = [(run, exe, c, s) for s in scenarios for c in COLLECTORS] + [(run, cxx, c) for c in COLLECTORS]
     results = iter(many(jobs))
     for s in scenarios + ["c++ exceptions"]:
@@ -123,6 +124,20 @@ def test_none_and_depot(arch):
     assert s_auto["stacks"] in ("fp", "cfi", "scs")
     for s in (s_none, s_dep, s_nodep, s_auto):
         assert re.fullmatch(r"\d+", s["stack_collector_us"])
+
+
+def test_scs_memo(arch):
+    """scs remembers a trace by its top entry's id instead of hashing it again: 'boot' allocates
+    from 28 chain depths and one call site; the distinct traces it keeps must be those fp and cfi
+    find (independent walks of this frame-pointer build), with most traces found by the memo."""
+    exe = build("stacks_chain", arch, "static", FP)
+    got = many([(run, exe, c, "boot", "60") for c in COLLECTORS])
+    st = {c: stats(g[1]) for c, g in zip(COLLECTORS, got)}
+    for c, g in zip(COLLECTORS, got):
+        assert stacks(g[0]) == CHAIN, (c, g[1])
+    assert st["scs"]["stack_unique"] == st["fp"]["stack_unique"] == st["cfi"]["stack_unique"], st
+    assert st["scs"]["stack_traces"] == st["fp"]["stack_traces"], st
+    assert int(st["scs"]["scs_memo_hits"]) * 2 > int(st["scs"]["stack_traces"]), st
 
 
 def test_x18_shadow_call_stack():

@@ -69,6 +69,21 @@ NOINLINE int tailcall(void)
     return v;
 }
 
+NOINLINE void *xmalloc(size_t n) { return malloc(n); }          /* a tail jump to malloc at -O2 */
+
+/* wrapped: malloc reached by xmalloc's tail jump returns straight into wrapped, past xmalloc's
+ * frame; the next allocation's stack must not show that frame. */
+NOINLINE int wrapped(void)
+{
+    char *q = xmalloc(16);
+    char *p = malloc(40);
+    free(q);
+    free_a(p);
+    int v = use_a(p);
+    sink++;
+    return v;
+}
+
 NOINLINE char *deep(int n) { if (!n) return alloc_c(16); char *p = deep(n - 1); sink++; return p; }
 
 /* deep: 500 frames; stacks keep the innermost 64, like the kernel's KASAN_STACK_DEPTH. */
@@ -113,6 +128,7 @@ int main(int argc, char **argv)
     else if (!strcmp(what, "longjmp")) r = do_longjmp();
     else if (!strcmp(what, "tailcall")) r = tailcall();
     else if (!strcmp(what, "deep")) r = deep_chain();
+    else if (!strcmp(what, "wrapped")) r = wrapped();
     else if (!strcmp(what, "boot")) {
         int n = argc > 2 ? atoi(argv[2]) : 1000;
         for (int i = 0; i < n; i++) churn(4 + i % 24, i);

@@ -189,6 +189,7 @@ void refuse_in_guest(rt_t *rt, int fn, const struct alloc_call *c)
 void return_to_caller(rt_t *rt, uint64_t value)
 {
     void *uc = rt->uc;
+    rt->returns++;
     reg_set(uc, rt->regs[EMSAN_REG_RET], value);
     if (rt->arm64) {
         reg_set(uc, rt->regs[EMSAN_REG_PC], reg_get(uc, rt->regs[EMSAN_REG_LR]));

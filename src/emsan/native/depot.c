@@ -135,15 +135,19 @@ uint32_t stack_here(rt_t *rt, uint64_t pc, int at_entry)
     int mode = rt->stack_mode;
     if (mode == EMSAN_STACKS_NONE && !pc) return 0;
     uint64_t t0 = rt->timed ? now_ns() : 0;
-    uint64_t frames[EMSAN_STACK_DEPTH];
-    int n;
-    switch (mode) {
-    case EMSAN_STACKS_SCS: n = stack_scs(rt, pc, frames); break;
-    case EMSAN_STACKS_CFI: n = stack_cfi(rt, pc, at_entry, frames); break;
-    case EMSAN_STACKS_X18: n = stack_x18(rt, pc, frames); break;
-    default: n = stack_fp(rt, pc, at_entry, frames); break;
+    uint32_t hd;
+    if (mode == EMSAN_STACKS_SCS) {
+        hd = stack_scs_save(rt, pc, at_entry);
+    } else {
+        uint64_t frames[EMSAN_STACK_DEPTH];
+        int n;
+        switch (mode) {
+        case EMSAN_STACKS_CFI: n = stack_cfi(rt, pc, at_entry, frames); break;
+        case EMSAN_STACKS_X18: n = stack_x18(rt, pc, frames); break;
+        default: n = stack_fp(rt, pc, at_entry, frames); break;
+        }
+        hd = depot_save(rt, frames, n);
     }
-    uint32_t hd = depot_save(rt, frames, n);
     rt->stack_saves++;
     if (rt->timed) rt->stack_ns += now_ns() - t0;
     return hd;

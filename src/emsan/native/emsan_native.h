@@ -346,6 +346,7 @@ typedef struct emsan_stack_stats {
     uint64_t scs_resyncs;      /* entries dropped by the stack-pointer resynchronization */
     uint64_t ret_checks;       /* --stack-checks: returns compared with the call's return address */
     uint64_t ret_mismatches;
+    uint64_t scs_memo_hits;    /* traces found by the shadow call stack's (top id, pc) memo, not hashed */
 } emsan_stack_stats;
 /* timed: measure the collectors' time (--stats); two clock reads per trace are wasted otherwise */
 void emsan_set_stacks(emsan_runtime *rt, int mode, int no_depot, int timed);
@@ -356,7 +357,9 @@ void emsan_get_stack_stats(emsan_runtime *rt, emsan_stack_stats *out);
 void emsan_scs_block_cb(void *uc, uint64_t address, uint32_t size, void *ud);
 /* Whether a translated block needs emsan_scs_block_cb at its start (engine/patches/012). */
 _Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void *ud);
-void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds);
+/* kinds: hi - lo bytes; calls: ncalls (u32 return address - lo, u32 target - lo), sorted by target */
+void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds, const uint8_t *calls,
+                          size_t ncalls);
 void emsan_scs_mark_intercept(emsan_runtime *rt, uint64_t addr);
 /* --stack-checks ret: compare every tracked return with the call's return address. */
 void emsan_scs_set_ret_checks(emsan_runtime *rt, int on);

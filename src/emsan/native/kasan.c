@@ -69,6 +69,7 @@ EXPORT void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void
     (void)uc; (void)address; (void)size;
     struct entry *e = ud;
     kasan_t *k = e->owner;
+    uint64_t returns = k->rt->returns;
     if (e->op != CALL_NONE) {
         kasan_call(k, e->fn);
         shadow_sync(k, 0);               /* compiler-assisted mode: the guest sees the new shadow */
@@ -79,6 +80,7 @@ EXPORT void emsan_kasan_entry_cb(void *uc, uint64_t address, uint32_t size, void
     } else {
         intercept_string_fn(k, e->fn);
     }
+    if (UNLIKELY(k->rt->returns == returns)) scs_own_code(k->rt);   /* a refusal: the guest's function runs */
 }
 
 EXPORT void *emsan_kasan_access_cb(emsan_kasan *k) { return (void *)k->ops->access_cb; }

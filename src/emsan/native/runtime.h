@@ -91,6 +91,7 @@ struct emsan_runtime {
     int no_depot;                      /* store every trace separately (the ablation) */
     int timed;                         /* time the collectors (--stats) */
     uint64_t stack_ns, stack_saves;
+    uint64_t returns;                  /* return_to_caller calls (an intercept that returned) */
     struct depot depot;
     /* errors, until Python turns them into reports */
     emsan_error *errs;                 /* a ring of ERR_RING */
@@ -166,7 +167,7 @@ static inline int int_arg_reg(const rt_t *rt, int i) { return rt->arm64 ? rt->gp
 
 /* collectors filling frames[EMSAN_STACK_DEPTH]; they return the count (depot.c, scs.c, unwind.c) */
 int stack_fp(rt_t *rt, uint64_t pc, int at_entry, uint64_t *frames);
-int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames);
+uint32_t stack_scs_save(rt_t *rt, uint64_t pc, int at_entry);     /* stack_scs, saved in the depot (remembered) */
 int stack_cfi(rt_t *rt, uint64_t pc, int at_entry, uint64_t *frames);
 int stack_x18(rt_t *rt, uint64_t pc, uint64_t *frames);
 void scs_destroy(rt_t *rt);
@@ -179,6 +180,7 @@ size_t scs_entries(rt_t *rt, const uint64_t **pairs);
 int stack_objects_check(rt_t *rt, uint64_t addr, uint64_t size, int is_write, uint64_t pc, int fn, int at_entry);
 void sobj_destroy(rt_t *rt);
 void scs_stats(rt_t *rt, emsan_stack_stats *out);
+void scs_own_code(rt_t *rt);       /* an intercepted function's own code runs after all */
 void cfi_destroy(rt_t *rt);
 
 #endif

@@ -29,6 +29,7 @@
 #define K_FUNC 8
 #define K_INTERCEPT 16
 #define K_LOCAL 32             /* reached only by a conditional branch (sanitizer/stacks.py) */
+#define K_ICALL 64             /* the end of a direct call to an intercepted function */
 
 #define P_NONE 0
 #define P_CALL 1
@@ -36,19 +37,31 @@
 #define P_JMP 3
 #define P_INTERCEPT 4
 
-struct scs_mod { uint64_t lo, hi; uint8_t *kinds; };
+struct scs_call { uint32_t ret, target; };        /* offsets from lo, sorted by target */
+struct scs_mod { uint64_t lo, hi; uint8_t *kinds; struct scs_call *calls; size_t ncalls; };
 struct scs_ent { uint64_t ret, sp; };
+/* Beside each entry: an id naming the whole stack from the bottom through it, and its parent's.
+ * An entry is pushed with the id its slot held before when the slot held the same return address
+ * over the same parent (a loop calling from the same site): entries below a live entry cannot
+ * change, so equal ids mean equal stacks, and a trace is remembered by (top id, pc) instead of
+ * hashed and compared in the depot at every allocation and free (stack_scs_save). */
+struct scs_id { uint64_t id, parent; };
+#define MEMO 1024
 
 struct scs_state {
     struct scs_mod *mods; size_t nmods;
     struct scs_mod *last;              /* the module of the previous block */
     struct scs_ent *st; size_t depth, cap;
+    struct scs_id *ids;                /* cap of them */
     uint64_t overflow;                 /* pushes beyond cap, still balanced by pops */
     int pending; uint64_t pend_ret;    /* P_CALL: the return address; P_RET: the block's end */
     struct vec64 marks;                /* intercepts outside any table yet */
     uint64_t pushes, pops, resyncs;
     int ret_checks;                    /* --stack-checks ret */
     uint64_t checks, mismatches;
+    uint64_t next_id;
+    struct { uint64_t id, pc, call; uint32_t hd; } memo[MEMO];  /* (top id, pc, call) -> handle */
+    uint64_t memo_hits;
 };
 
 static struct scs_state *scs_get(rt_t *rt)
@@ -57,6 +70,7 @@ static struct scs_state *scs_get(rt_t *rt)
         rt->scs = calloc(1, sizeof *rt->scs);
         rt->scs->cap = 1 << 14;
         rt->scs->st = malloc(rt->scs->cap * sizeof *rt->scs->st);
+        rt->scs->ids = calloc(rt->scs->cap, sizeof *rt->scs->ids);
     }
     return rt->scs;
 }
@@ -65,6 +79,7 @@ static struct scs_state *scs_get(rt_t *rt)
  * per-thread part in and out at each switch; modules, marks and counters are the process's. */
 struct emsan_scs_thread {
     struct scs_ent *st; size_t depth, cap;
+    struct scs_id *ids;
     uint64_t overflow;
     int pending; uint64_t pend_ret;
     struct scs_mod *last;
@@ -76,15 +91,16 @@ EXPORT struct emsan_scs_thread *emsan_scs_thread_new(void)
     if (!t) return NULL;
     t->cap = 1 << 14;
     t->st = malloc(t->cap * sizeof *t->st);
-    if (!t->st) { free(t); return NULL; }
+    t->ids = calloc(t->cap, sizeof *t->ids);
+    if (!t->st || !t->ids) { free(t->st); free(t->ids); free(t); return NULL; }
     return t;
 }
 
 EXPORT void emsan_scs_thread_swap(emsan_runtime *rt, struct emsan_scs_thread *t)
 {
     struct scs_state *s = scs_get(rt);
-    struct emsan_scs_thread cur = {s->st, s->depth, s->cap, s->overflow, s->pending, s->pend_ret, s->last};
-    s->st = t->st; s->depth = t->depth; s->cap = t->cap; s->overflow = t->overflow;
+    struct emsan_scs_thread cur = {s->st, s->depth, s->cap, s->ids, s->overflow, s->pending, s->pend_ret, s->last};
+    s->st = t->st; s->depth = t->depth; s->cap = t->cap; s->ids = t->ids; s->overflow = t->overflow;
     s->pending = t->pending; s->pend_ret = t->pend_ret; s->last = t->last;
     *t = cur;
 }
@@ -93,6 +109,7 @@ EXPORT void emsan_scs_thread_free(struct emsan_scs_thread *t)
 {
     if (!t) return;
     free(t->st);
+    free(t->ids);
     free(t);
 }
 
@@ -100,8 +117,8 @@ void scs_destroy(rt_t *rt)
 {
     struct scs_state *s = rt->scs;
     if (!s) return;
-    for (size_t i = 0; i < s->nmods; i++) free(s->mods[i].kinds);
-    free(s->mods); free(s->st); free(s->marks.v); free(s);
+    for (size_t i = 0; i < s->nmods; i++) { free(s->mods[i].kinds); free(s->mods[i].calls); }
+    free(s->mods); free(s->st); free(s->ids); free(s->marks.v); free(s);
     rt->scs = NULL;
 }
 
@@ -113,6 +130,7 @@ void scs_stats(rt_t *rt, emsan_stack_stats *out)
     out->scs_resyncs = rt->scs->resyncs;
     out->ret_checks = rt->scs->checks;
     out->ret_mismatches = rt->scs->mismatches;
+    out->scs_memo_hits = rt->scs->memo_hits;
 }
 
 EXPORT void emsan_scs_set_ret_checks(emsan_runtime *rt, int on) { scs_get(rt)->ret_checks = on; }
@@ -140,7 +158,24 @@ static inline uint8_t end_kind(struct scs_state *s, const struct scs_mod *m, uin
     return end <= m->hi ? m->kinds[end - m->lo] : kind_at(s, end);
 }
 
-EXPORT void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds)
+/* The function at addr is intercepted: its entry, and the ends of the direct calls to it. */
+static int mark(struct scs_state *s, uint64_t addr)
+{
+    struct scs_mod *m = mod_of(s, addr);
+    if (!m) return 0;
+    m->kinds[addr - m->lo] |= K_INTERCEPT;
+    uint32_t t = (uint32_t)(addr - m->lo);
+    size_t lo = 0, hi = m->ncalls;             /* the first call with target >= t */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (m->calls[mid].target < t) lo = mid + 1; else hi = mid;
+    }
+    for (; lo < m->ncalls && m->calls[lo].target == t; lo++) m->kinds[m->calls[lo].ret] |= K_ICALL;
+    return 1;
+}
+
+EXPORT void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, const uint8_t *kinds,
+                                 const uint8_t *calls, size_t ncalls)
 {
     struct scs_state *s = scs_get(rt);
     if (hi <= lo) return;
@@ -154,20 +189,19 @@ EXPORT void emsan_scs_add_module(emsan_runtime *rt, uint64_t lo, uint64_t hi, co
     s->mods[i].kinds = malloc(hi - lo + 1);
     memcpy(s->mods[i].kinds, kinds, hi - lo);
     s->mods[i].kinds[hi - lo] = 0;
+    s->mods[i].calls = malloc((ncalls ? ncalls : 1) * sizeof *s->mods[i].calls);
+    s->mods[i].ncalls = s->mods[i].calls ? ncalls : 0;      /* without them: every call hooked */
+    if (s->mods[i].ncalls) memcpy(s->mods[i].calls, calls, ncalls * sizeof *s->mods[i].calls);
     size_t keep = 0;
-    for (size_t j = 0; j < s->marks.n; j++) {
-        uint8_t *p = kind_ptr(s, s->marks.v[j]);
-        if (p) *p |= K_INTERCEPT; else s->marks.v[keep++] = s->marks.v[j];
-    }
+    for (size_t j = 0; j < s->marks.n; j++)
+        if (!mark(s, s->marks.v[j])) s->marks.v[keep++] = s->marks.v[j];
     s->marks.n = keep;
 }
 
 EXPORT void emsan_scs_mark_intercept(emsan_runtime *rt, uint64_t addr)
 {
     struct scs_state *s = scs_get(rt);
-    uint8_t *p = kind_ptr(s, addr);
-    if (p) *p |= K_INTERCEPT;
-    else vec_push(&s->marks, addr);
+    if (!mark(s, addr)) vec_push(&s->marks, addr);
 }
 
 static inline void push(struct scs_state *s, uint64_t ret, uint64_t sp)
@@ -175,8 +209,19 @@ static inline void push(struct scs_state *s, uint64_t ret, uint64_t sp)
     s->pushes++;
     if (s->depth == s->cap) {
         if (s->cap >= (1u << 22)) { s->overflow++; return; }
+        struct scs_ent *st = realloc(s->st, 2 * s->cap * sizeof *s->st);
+        struct scs_id *ids = st ? realloc(s->ids, 2 * s->cap * sizeof *s->ids) : NULL;
+        if (st) s->st = st;
+        if (!ids) { s->overflow++; return; }
+        memset(ids + s->cap, 0, s->cap * sizeof *ids);
+        s->ids = ids;
         s->cap *= 2;
-        s->st = realloc(s->st, s->cap * sizeof *s->st);
+    }
+    uint64_t parent = s->depth ? s->ids[s->depth - 1].id : 0;
+    struct scs_id *id = &s->ids[s->depth];
+    if (!id->id || id->parent != parent || s->st[s->depth].ret != ret) {
+        id->id = ++s->next_id;
+        id->parent = parent;
     }
     s->st[s->depth].ret = ret;
     s->st[s->depth].sp = sp;
@@ -274,14 +319,46 @@ EXPORT int emsan_scs_check_fetch(emsan_runtime *rt, uint64_t pc)
     return s->mismatches != before;
 }
 
+/* An intercepted function did not return at its entry (a refused allocation: the guest's own
+ * function runs, to fail as its library does): push the call to it, as a hooked entry would have
+ * (nothing was, for a direct call; an indirect one is still pending). */
+void scs_own_code(rt_t *rt)
+{
+    struct scs_state *s = rt->scs;
+    if (!s) return;
+    uint64_t sp = reg(rt, EMSAN_REG_SP), ret = 0;
+    if (rt->arm64) ret = reg(rt, EMSAN_REG_LR) & RET_MASK;
+    else if (mem_get(rt->uc, sp, &ret, 8)) return;
+    if (s->pending == P_CALL && s->pend_ret == ret) s->pending = P_NONE;
+    if (s->depth && s->st[s->depth - 1].ret == ret && s->st[s->depth - 1].sp == sp) return;   /* pushed */
+    resync(s, sp, !rt->arm64);
+    push(s, ret, sp);
+}
+
+/* A block starting at a return site ran with nothing pending: the call before it returned without
+ * a hooked block in between, which only an intercepted function reached by a direct tail jump
+ * does (`jmp malloc` ends its caller's frame); that frame's entry is dead if the stack pointer says
+ * so (x86-64: its slot is below sp; arm64: sp is back at the call's). In recursion the same site is
+ * also reached by a branch inside a deeper frame, where sp is below the entry's: kept. */
+static inline void returned_unseen(rt_t *rt, struct scs_state *s, uint64_t addr)
+{
+    if (!s->depth || s->st[s->depth - 1].ret != addr) return;
+    uint64_t sp = reg_get(rt->uc, rt->regs[EMSAN_REG_SP]), esp = s->st[s->depth - 1].sp;
+    if (rt->arm64 ? esp == sp : esp < sp) { s->depth--; s->pops++; }
+}
+
 EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     rt_t *rt = ud;
     struct scs_state *s = rt->scs;
     if (UNLIKELY(!s)) return;
-    switch (s->pending) {
+    int pending = s->pending;
+    switch (pending) {
     case P_NONE: break;
     case P_CALL: {
+        /* At its own return site: the callee ran no hooked block, an intercepted function (the
+         * filter leaves their entries unhooked): nothing was pushed, nothing to pop. */
+        if (addr == s->pend_ret) break;
         /* the call did happen (the engine may have stopped before it, and run other code) */
         uint64_t sp = reg_get(uc, rt->regs[EMSAN_REG_SP]), ret = 0;
         if (rt->arm64) ret = reg_get(uc, rt->regs[EMSAN_REG_LR]) & RET_MASK;
@@ -317,11 +394,14 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
         if (!(m = mod_of(s, addr))) return;
         s->last = m;
     }
-    if (UNLIKELY(m->kinds[addr - m->lo] & K_INTERCEPT)) { s->pending = P_INTERCEPT; return; }
+    uint8_t start = m->kinds[addr - m->lo];
+    /* an intercepted entry hooked all the same (translated before it was marked) */
+    if (UNLIKELY(start & K_INTERCEPT)) { s->pending = P_INTERCEPT; return; }
+    if (pending == P_NONE && (start & K_CALL)) returned_unseen(rt, s, addr);
     uint64_t end = addr + size;
     uint8_t k = end_kind(s, m, end);
     if (!k) return;
-    if (k & K_CALL) { s->pending = P_CALL; s->pend_ret = end; }
+    if (k & K_CALL && !(k & K_ICALL)) { s->pending = P_CALL; s->pend_ret = end; }
     else if (k & K_RET) { s->pending = P_RET; s->pend_ret = end; }
     else if (k & K_JMP) s->pending = P_JMP;
 }
@@ -330,7 +410,10 @@ EXPORT void emsan_scs_block_cb(void *uc, uint64_t addr, uint32_t size, void *ud)
  * (engine/patches/012). It must where something may be pending from the block before (a call's
  * target is a function start, a return's a return site, an indirect jump's anything not known to
  * be reached by conditional branches only), where the block ends in a call, return or indirect
- * jump, and at intercepted entries. Tight loops, most of the blocks run, need none. Code without
+ * jump. Tight loops, most of the blocks run, need none, and neither do intercepted entries (their
+ * code never runs) nor both ends of a direct call to one (K_ICALL: nothing is pushed, the trace
+ * takes the return address at the entry): per allocation and per free that saves three hooks, a
+ * push and a pop. An indirect call to one stays pending until its own return site. Code without
  * a table is always hooked; a wrong "no" can only lose a frame (a push missed), never report. */
 EXPORT _Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
@@ -340,8 +423,12 @@ EXPORT _Bool emsan_scs_block_filter(void *uc, uint64_t addr, uint32_t size, void
     struct scs_mod *m = s ? mod_of(s, addr) : NULL;
     if (!m) return 1;
     uint8_t start = m->kinds[addr - m->lo];
-    if (!(start & K_LOCAL) || (start & (K_FUNC | K_CALL | K_INTERCEPT))) return 1;
-    return (end_kind(s, m, addr + size) & (K_CALL | K_RET | K_JMP)) != 0;
+    if (start & K_INTERCEPT) return 0;
+    if (start & K_ICALL) start = (uint8_t)((start & ~(K_CALL | K_ICALL)) | K_LOCAL);
+    if (!(start & K_LOCAL) || (start & (K_FUNC | K_CALL))) return 1;
+    uint8_t end = end_kind(s, m, addr + size);
+    if (end & K_ICALL) end &= (uint8_t)~K_CALL;
+    return (end & (K_CALL | K_RET | K_JMP)) != 0;
 }
 
 size_t scs_entries(rt_t *rt, const uint64_t **pairs)
@@ -352,15 +439,53 @@ size_t scs_entries(rt_t *rt, const uint64_t **pairs)
     return s->depth;
 }
 
-int stack_scs(rt_t *rt, uint64_t pc, uint64_t *frames)
+/* At an intercepted function's entry (nothing pushed for the call to it): its return address,
+ * the innermost caller's frame, unless the top entry is that call's (reached through a hooked
+ * block, a PLT stub); else 0. */
+static uint64_t entry_frame(rt_t *rt, struct scs_state *s, int at_entry)
+{
+    if (!at_entry) return 0;
+    uint64_t sp = reg(rt, EMSAN_REG_SP), ret = 0;
+    if (rt->arm64) ret = reg(rt, EMSAN_REG_LR) & RET_MASK;
+    else if (mem_get(rt->uc, sp, &ret, 8)) return 0;
+    if (s->depth && s->st[s->depth - 1].ret == ret && s->st[s->depth - 1].sp == sp) return 0;
+    return ret;
+}
+
+static int stack_scs(rt_t *rt, uint64_t pc, uint64_t call, uint64_t *frames)
 {
     struct scs_state *s = rt->scs;
     int n = 0;
     if (pc) frames[n++] = pc;
     if (!s) return n;
+    if (call) frames[n++] = call;
     for (size_t k = s->depth; k > 0 && n < EMSAN_STACK_DEPTH; k--)
         frames[n++] = s->st[k - 1].ret;
     return n;
+}
+
+/* stack_scs's trace of the current stack, saved in the depot: remembered by (top id, entry
+ * frame, pc). */
+uint32_t stack_scs_save(rt_t *rt, uint64_t pc, int at_entry)
+{
+    struct scs_state *s = rt->scs;
+    uint64_t frames[EMSAN_STACK_DEPTH];
+    if (!s) return depot_save(rt, frames, stack_scs(rt, pc, 0, frames));
+    uint64_t call = entry_frame(rt, s, at_entry);
+    if (rt->no_depot) return depot_save(rt, frames, stack_scs(rt, pc, call, frames));
+    uint64_t id = s->depth ? s->ids[s->depth - 1].id : 0;
+    uint64_t h = (id * 0x9E3779B97F4A7C15ULL) ^ (call * 0xBF58476D1CE4E5B9ULL) ^ pc;
+    size_t k = (size_t)(h ^ (h >> 29)) & (MEMO - 1);
+    if (s->memo[k].id == id && s->memo[k].pc == pc && s->memo[k].call == call && s->memo[k].hd) {
+        s->memo_hits++;
+        return s->memo[k].hd;
+    }
+    uint32_t hd = depot_save(rt, frames, stack_scs(rt, pc, call, frames));
+    s->memo[k].id = id;
+    s->memo[k].pc = pc;
+    s->memo[k].call = call;
+    s->memo[k].hd = hd;
+    return hd;
 }
 
 /* arm64 -fsanitize=shadow-call-stack: instrumented prologues store x30 at [x18] and post-increment

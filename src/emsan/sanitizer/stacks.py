@@ -29,8 +29,11 @@ COLLECTORS = ("auto", "fp", "cfi", "scs", "x18", "none")
 # Block-end kinds of the shadow call stack (native/scs.c), at the address after the instruction; K_FUNC
 # at a function's start (symbols and direct call targets); K_LOCAL at an address only a conditional
 # branch reaches (its target or fall-through, a rep-prefixed instruction repeating itself): a block
-# starting there follows no call, return or indirect jump, and its start needs no hook.
+# starting there follows no call, return or indirect jump, and its start needs no hook. Beside the
+# kinds, each direct call's (return address, target) as link-address offsets: calls to a function
+# emsan stands in for need no hook at either end (native/scs.c).
 K_CALL, K_RET, K_JMP, K_FUNC, K_LOCAL = 1, 2, 4, 8, 32
+CALL = struct.Struct("<II")
 ROW = struct.Struct("<QiiiB3x")     # emsan_cfi_row
 
 
@@ -54,17 +57,19 @@ def exec_range(elf: ELFFile) -> tuple[int, int] | None:
 
 # --- scs: block-end kinds -------------------------------------------------------------------------
 def _kinds(path: str, arm64: bool) -> bytes:
-    """kinds[i] for link address lo + i (header: lo, hi as two u64)."""
+    """kinds[i] for link address lo + i, then the direct calls (CALL: return address - lo, target - lo;
+    sorted by target). Header: lo, hi, the number of calls, as three u64."""
     with open(path, "rb") as f:
         elf = open_sections(f, path)
         rng = exec_range(elf) if elf is not None else None
         if rng is None:
-            return struct.pack("<QQ", 0, 0)
+            return struct.pack("<QQQ", 0, 0, 0)
         lo, hi = rng
         kinds = bytearray(hi - lo + 1)
+        calls: list[tuple[int, int]] = []
         for sec in _exec_sections(elf):
             data, addr = sec.data(), sec["sh_addr"]
-            (_sweep_arm64 if arm64 else _sweep_x86)(data, addr - lo, kinds)
+            (_sweep_arm64 if arm64 else _sweep_x86)(data, addr - lo, kinds, calls)
         for secname in (".symtab", ".dynsym"):
             sec = elf.get_section_by_name(secname)
             if sec is None:
@@ -73,7 +78,9 @@ def _kinds(path: str, arm64: bool) -> bytes:
                 v = sym["st_value"]
                 if sym["st_info"]["type"] == "STT_FUNC" and lo <= v < hi:
                     kinds[v - lo] |= K_FUNC
-    return struct.pack("<QQ", lo, hi) + bytes(kinds[:hi - lo])
+    calls = sorted((t, r) for r, t in calls if 0 <= t < hi - lo and r < hi - lo)
+    return (struct.pack("<QQQ", lo, hi, len(calls)) + bytes(kinds[:hi - lo])
+            + b"".join(CALL.pack(r, t) for t, r in calls))
 
 
 def _mark(kinds: bytearray, at: int, kind: int) -> None:
@@ -85,7 +92,7 @@ def _signed(v: int, bits: int) -> int:
     return v - (1 << bits) if v >> (bits - 1) else v
 
 
-def _sweep_arm64(data: bytes, off: int, kinds: bytearray) -> None:
+def _sweep_arm64(data: bytes, off: int, kinds: bytearray, calls: list[tuple[int, int]]) -> None:
     words = [w for (w,) in struct.iter_unpack("<I", data[:len(data) & ~3])]
     for i, w in enumerate(words):
         top = w >> 24
@@ -98,6 +105,7 @@ def _sweep_arm64(data: bytes, off: int, kinds: bytearray) -> None:
         elif top & 0xFC == 0x94:                            # bl
             kinds[off + 4 * i + 4] |= K_CALL
             _mark(kinds, at + 4 * _signed(w & 0x3FFFFFF, 26), K_FUNC)
+            calls.append((at + 4, at + 4 * _signed(w & 0x3FFFFFF, 26)))
         elif top == 0xD6:
             op = w & 0xFFFFFC1F
             if op == 0xD63F0000 or w & 0xFFFFF800 == 0xD63F0800:        # blr, blraa/blrab(z)
@@ -113,7 +121,7 @@ def _sweep_arm64(data: bytes, off: int, kinds: bytearray) -> None:
                 kinds[off + 4 * i + 4] |= K_JMP     # br, braa/brab(z); not x16/x17 (PLT stubs, veneers)
 
 
-def _sweep_x86(data: bytes, off: int, kinds: bytearray) -> None:
+def _sweep_x86(data: bytes, off: int, kinds: bytearray, calls: list[tuple[int, int]]) -> None:
     import capstone
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     md.skipdata = True
@@ -126,6 +134,7 @@ def _sweep_x86(data: bytes, off: int, kinds: bytearray) -> None:
             kinds[end] |= K_CALL
             if ops.startswith("0x"):
                 _mark(kinds, off + int(ops, 16), K_FUNC)
+                calls.append((end, off + int(ops, 16)))
         elif mnem.endswith("ret") or mnem.startswith("ret"):
             kinds[end] |= K_RET
         elif mnem.endswith("jmp"):
@@ -279,10 +288,11 @@ class Stacks:
     def _module_loaded(self, path: str, bias: int) -> None:
         if self.collector == "scs" or self.ret_checks:
             data = _cached(path, f"kinds-{self.arm64}", lambda: _kinds(path, self.arm64))
-            lo, hi = struct.unpack_from("<QQ", data)
+            lo, hi, ncalls = struct.unpack_from("<QQQ", data)
             if hi > lo:
-                kinds = self.ffi.from_buffer(data, require_writable=False)
-                self.lib.emsan_scs_add_module(self.runtime.rt, lo + bias, hi + bias, self.ffi.cast("uint8_t *", kinds) + 16)
+                buf = self.ffi.cast("uint8_t *", self.ffi.from_buffer(data, require_writable=False))
+                self.lib.emsan_scs_add_module(self.runtime.rt, lo + bias, hi + bias, buf + 24, buf + 24 + hi - lo,
+                                              ncalls)
         if self.collector == "cfi":
             data = _relocate_rows(cfi_rows(path, self.arm64), bias)
             n = len(data) // ROW.size
@@ -301,7 +311,8 @@ class Stacks:
                                      "stack_traces": st.saves, "stack_unique": st.unique,
                                      "stack_depot_bytes": st.bytes, "stack_collector_us": st.collector_ns // 1000}
         if self.collector == "scs" or self.ret_checks:
-            out.update(scs_pushes=st.scs_pushes, scs_pops=st.scs_pops, scs_resyncs=st.scs_resyncs)
+            out.update(scs_pushes=st.scs_pushes, scs_pops=st.scs_pops, scs_resyncs=st.scs_resyncs,
+                       scs_memo_hits=st.scs_memo_hits)
         out["stack_checks"] = self.checks_name if self.ret_checks else "none"
         if self.ret_checks:
             out.update(ret_checks=st.ret_checks, ret_mismatches=st.ret_mismatches)
@@ -309,8 +320,9 @@ class Stacks:
 
 
 def choose(paths: list[str], arm64: bool) -> str:
-    """The default collector: fp when every module keeps frame pointers, else scs (measured to be
-    cheaper than cfi under emulation; bench/stacks.py)."""
+    """The default collector: fp when every module keeps frame pointers (no block hook, which
+    compute-bound code pays for), else scs: on allocation-heavy code the cheapest of the complete
+    collectors under emulation, cfi the dearest (bench/stacks.py)."""
     if all(keeps_frame_pointers(p, arm64) for p in paths):
         return "fp"
     return "scs"
