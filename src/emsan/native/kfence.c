@@ -32,6 +32,7 @@ struct kf_meta {
     uint32_t alloc_tid, free_tid;
     uint32_t hash;                     /* allocation-stack hash (skip-covered filter) */
     uint8_t state;
+    uint8_t canary_ok;                 /* the page is canary everywhere but [addr, addr + size) */
 };
 
 struct emsan_kfence {
@@ -231,6 +232,7 @@ EXPORT int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr)
     } else if (page >= 2 && k->meta[page / 2 - 1].state != KF_UNUSED) {
         idx = (int)page / 2 - 1;
         kind = EMSAN_ERR_KFENCE_UAF;
+        k->meta[idx].canary_ok = 0;    /* the page opens: its canaries are rewritten next time */
     } else {
         kind = EMSAN_ERR_KFENCE_INVALID;
     }
@@ -279,12 +281,21 @@ static uint64_t kf_place(kf_t *k, uint64_t size, uint64_t align, int zero, uint3
     uint64_t addr = page;
     if (rnd(k) & 1) addr = (page + PAGE_SIZE - size) & ~(align - 1);     /* right edge, aligned */
     struct kf_meta *m = &k->meta[idx];
+    /* Canaries around the object: where the page still holds them (checked at the last free),
+     * only the last object's bytes need them again, and the new object's get them too (its
+     * contents before the guest writes, as with a whole page of canary). */
+    if (m->canary_ok) {
+        mem_put(k->rt->uc, m->addr, k->canary + (m->addr - page), m->size);
+        mem_put(k->rt->uc, addr, k->canary + (addr - page), size);
+    } else {
+        mem_put(k->rt->uc, page, k->canary, PAGE_SIZE);
+    }
+    m->canary_ok = 0;
     m->addr = addr; m->size = size; m->state = KF_ALLOCATED;
     m->alloc_stack = stack; m->free_stack = 0; m->alloc_ns = now_ns(k); m->free_ns = 0;
     m->alloc_tid = k->rt->tid; m->free_tid = 0;
     m->hash = hash;
     covered_add(k, hash, 1);
-    mem_put(k->rt->uc, page, k->canary, PAGE_SIZE);      /* canaries around the object */
     if (zero && size) {
         static const uint8_t zeros[PAGE_SIZE];
         mem_put(k->rt->uc, addr, zeros, size);
@@ -348,8 +359,12 @@ static void kf_free(kf_t *k, uint64_t ptr)
     m->free_ns = now_ns(k);
     m->state = KF_FREED;
     uint64_t page = ptr & ~(PAGE_SIZE - 1);
-    uint8_t buf[PAGE_SIZE];
-    mem_get(k->rt->uc, page, buf, PAGE_SIZE);
+    uint8_t copy[PAGE_SIZE];
+    const uint8_t *buf = mem_view(k->rt->uc, page, copy, PAGE_SIZE);
+    if (!buf) {                        /* not all mapped: cannot be, the pool is emsan's */
+        memset(copy, 0, PAGE_SIZE);
+        buf = copy;
+    }
     uint64_t lo = ptr - page, hi = lo + m->size, bad = PAGE_SIZE;
     if (memcmp(buf, k->canary, lo))
         for (uint64_t i = 0; i < lo; i++) if (buf[i] != k->canary[i]) { bad = i; break; }
@@ -366,6 +381,7 @@ static void kf_free(kf_t *k, uint64_t ptr)
             o->intact[i - bad] = buf[i] == k->canary[i];
         }
     }
+    m->canary_ok = bad == PAGE_SIZE;
     set_page_ok(k, page, 0);
     if (m->unprotected_page) {         /* a guard page an OOB report opened: zero and close */
         static const uint8_t zeros[PAGE_SIZE];
@@ -591,6 +607,7 @@ EXPORT void emsan_kfence_rollback(emsan_kfence *k)
     struct kf_saved *s = k->saved;
     if (!s) return;
     memcpy(k->meta, s->meta, k->nobj * sizeof *k->meta);
+    for (uint32_t i = 0; i < k->nobj; i++) k->meta[i].canary_ok = 0;     /* the pages are the loop's */
     memcpy(k->fifo, s->fifo, k->nobj * sizeof *k->fifo);
     k->fifo_head = s->fifo_head;
     k->fifo_len = s->fifo_len;
