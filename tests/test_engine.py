@@ -1211,3 +1211,90 @@ def test_hook_gate_on_a_register(arch):
     m.uc.emu_start(begin, end)
     assert seen == [6, 5, 4, 3, 2, 1]
     assert _gate(m, 0, None, 0, 0, 0) != 0
+
+
+# --- 018: a PC written by a hook continues inside cpu_exec ---------------------------------------------------
+def _readable(addr: int, size: int) -> bool:
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr and addr + size <= hi and line.split()[1][0] == "r":
+                return True
+    return False
+
+
+class ExecEntries:
+    """Counts cpu_exec()'s entries through CPUClass.cpu_exec_enter. CPUState.cc follows CPUState.uc (the
+    engine's handle); in the class, cpu_exec_enter is the seventh slot after tlb_fill, which in
+    virtual-TLB mode holds unicorn_fill_tlb_<arch> (QEMU 5.0's CPUClass: tlb_fill, tlb_fill_cpu,
+    get_phys_page_debug, get_phys_page_attrs_debug, asidx_from_attrs, debug_check_watchpoint,
+    debug_excp_handler, cpu_exec_enter)."""
+    PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+    def __init__(self, m: Machine):
+        fill = ctypes.cast(getattr(unicorn_lib.uclib, f"unicorn_fill_tlb_{_suffix(m.arch)}"), ctypes.c_void_p).value
+        words = (ctypes.c_uint64 * 8192).from_address(_cpu(m))
+        at = [i for i in range(8191) if words[i] == m.handle_int]       # CPUState's, then the env's
+        assert at and _readable(words[at[0] + 1], 8 * 128), "CPUState.uc, cc not found"
+        self.cls = (ctypes.c_uint64 * 128).from_address(words[at[0] + 1])
+        hits = [i for i in range(120) if self.cls[i] == fill]
+        assert len(hits) == 1, "CPUClass.tlb_fill not found"
+        self.slot = hits[0] + 7
+        self.orig = self.cls[self.slot]
+        original = self.PROTO(self.orig)
+        self.count = 0
+
+        def counting(cpu_):
+            self.count += 1
+            original(cpu_)
+        self.counting = self.PROTO(counting)
+
+    def __enter__(self) -> "ExecEntries":
+        self.cls[self.slot] = ctypes.cast(self.counting, ctypes.c_void_p).value
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cls[self.slot] = self.orig
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_pc_write_in_hook_stays_in_cpu_exec(arch):
+    """A code hook that stands in for a function (writes the return value and the PC, as emsan's
+    allocator does at every intercepted call) leaves translated code at the hook but no longer leaves
+    and re-enters cpu_exec(): ten such calls, one entry (eleven without the patch); the guest runs on at
+    the written PC with the written registers, and a PC write followed by uc_emu_stop() still stops
+    there."""
+    m, begin, end = _call_loop(arch, 10)
+    m.uc.hook_add(uc.UC_HOOK_TLB_FILL, _identity_fill)
+    m.uc.ctl_set_tlb_mode(uc.UC_TLB_VIRTUAL)
+    ret = "rax" if arch == "x86_64" else "x0"
+    calls = []
+
+    def stand_in(u, address, size, ud):              # return 7 to the caller without running FUNC
+        calls.append(address)
+        if arch == "x86_64":
+            sp = m.reg("rsp")
+            m.set_reg("rsp", sp + 8)
+            target = struct.unpack("<Q", bytes(u.mem_read(sp, 8)))[0]
+        else:
+            target = m.reg("x30")
+        m.set_reg(ret, 7)
+        m.pc = target
+    h = m.uc.hook_add(uc.UC_HOOK_CODE, stand_in, None, LOOP_FUNC, LOOP_FUNC)
+    m.uc.emu_start(begin, end)                        # translated, TLB filled, before counting
+    with ExecEntries(m) as entries:
+        m.uc.emu_start(begin, end)
+    assert entries.count == 1
+    assert calls == [LOOP_FUNC] * 20 and m.reg(ret) == 7 and m.pc == end
+    m.uc.hook_del(h)
+    m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: (setattr(m, "pc", LOOP_CODE), u.emu_stop()), None,
+                  LOOP_FUNC, LOOP_FUNC)
+    m.uc.ctl_flush_tb()
+    m.uc.emu_start(begin, end)
+    assert m.pc == LOOP_CODE
+
+
+def _identity_fill(uc_, vaddr, access, entry, ud):
+    entry.paddr = vaddr & ~0xFFF
+    entry.perms = 7
+    return True
