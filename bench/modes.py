@@ -2,7 +2,7 @@
 """Every mode over plain emulation, side by side in one interleaved run (issue 15's figures).
 
     python3 bench/modes.py [--quick] [--json FILE] [--arch x86_64|arm64|all] [--reps N]
-                           [--workloads compute,alloc,strings] [--scale F] [--no-valgrind] [--no-qemu]
+                           [--workloads compute,alloc,strings] [--scale F] [--no-valgrind] [--no-qemu] [--ablations]
                            [--configs none,kfence]
 
 For each architecture and workload (bench/workloads/compute.c, alloc.c, strings.c at the steady-state
@@ -17,6 +17,8 @@ about 0.9 s of CPU per run, its start-up under a fifth of that), one fresh proce
                      the baseline of ...
   compiler-assisted  ... the clang build with $(emsan cflags), `emsan run` (compiler-assisted mode)
   memcheck           valgrind --tool=memcheck on the gcc build linked dynamically (x86-64 only): the peer
+  (--ablations)      generic/no-stacks: generic mode with --stacks none; generic/no-quarantine: also
+                     --quarantine-size 0 (where generic mode's cost goes; no targets)
   qemu               qemu-user on the static gcc build: the emulator peer
 
 The emsan configurations run under bench/probe.py (`time`), which gives the CPU time spent inside
@@ -56,7 +58,9 @@ TARGETS = {"generic": 1.5, "sw-tags": 1.5, "hw-tags": 1.5, "compiler-assisted": 
 CONFIGS = {"none": ("gcc", "emsan"), "generic": ("gcc", "emsan-generic"), "sw-tags": ("gcc", "emsan-sw-tags"),
            "hw-tags": ("gcc", "emsan-hw-tags"), "kfence": ("gcc", "emsan-kfence"), "cc-none": ("clang", "emsan"),
            "compiler-assisted": ("clang-kasan", "emsan-generic"), "memcheck": ("gcc-dynamic", None),
-           "qemu": ("gcc", None)}
+           "qemu": ("gcc", None), "generic/no-stacks": ("gcc", "emsan-generic-nostacks"),
+           "generic/no-quarantine": ("gcc", "emsan-generic-noquarantine")}
+ABLATIONS = ("generic/no-stacks", "generic/no-quarantine")
 BASELINE = {"compiler-assisted": "cc-none"}      # every other configuration is judged against "none"
 
 
@@ -65,7 +69,7 @@ def baseline(cfg: str) -> str:
 
 
 def configs(arch: str, peers: dict[str, bool], only: set[str] | None = None) -> list[str]:
-    cfgs = [c for c in CONFIGS if (c not in TAG_MODES or arch == "arm64")]
+    cfgs = [c for c in CONFIGS if (c not in TAG_MODES or arch == "arm64") and (c not in ABLATIONS or peers["ablations"])]
     if only:                                    # each chosen configuration keeps its baseline
         cfgs = [c for c in cfgs if c in only or c in {baseline(o) for o in only}]
     if not peers["clang"]:
@@ -108,9 +112,9 @@ def run_bench(args: argparse.Namespace, log) -> dict:
     reps = args.reps or (3 if args.quick else 5)
     peers = {"clang": shutil.which("clang") is not None,
              "valgrind": args.valgrind and shutil.which("valgrind") is not None,
-             "qemu": args.qemu and all(shutil.which(QEMU[a]) for a in arches)}
+             "qemu": args.qemu and all(shutil.which(QEMU[a]) for a in arches), "ablations": args.ablations}
     for what, ok in peers.items():
-        if not ok:
+        if not ok and what != "ablations":
             log(f"[yellow]{what}: not installed or not asked for; its configurations are left out[/yellow]")
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()
@@ -187,7 +191,7 @@ def render(res: dict, console) -> None:
     from rich.table import Table
 
     meta, wls = res["meta"], res["workloads"]
-    present = [m for m in MODES if any(m in d["ratio"] for d in wls)]
+    present = [m for m in (*MODES, *ABLATIONS) if any(m in d["ratio"] for d in wls)]
     for measure_, title in (("emu_cpu", "emulation CPU time (inside emu_start, without start-up)"),
                             ("wall", "whole-process wall time")):
         peers = [p for p in ("memcheck", "qemu") if measure_ == "wall" and any(p in d["ratio"] for d in wls)]
@@ -230,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(scale=DEFAULT_SCALE)
     p.add_argument("--no-valgrind", dest="valgrind", action="store_false", help="skip the valgrind memcheck runs")
     p.add_argument("--no-qemu", dest="qemu", action="store_false", help="skip the qemu-user runs")
+    p.add_argument("--ablations", action="store_true",
+                   help="also generic mode with --stacks none, and with --quarantine-size 0 as well")
     p.add_argument("--configs", type=lambda v: set(v.split(",")),
                    help=f"comma-separated subset of {','.join(CONFIGS)} (each with its baseline; default: all)")
     args_check = p.parse_known_args(argv)[0].configs

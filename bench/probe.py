@@ -9,6 +9,9 @@ TARGET  emsan          runs `emsan run --mode none PROGRAM ARGS...` through emsa
                        after the run and written to STATS_JSON as "sanitizer_stats"
         emsan-hook, emsan-kfence, emsan-sw-tags, emsan-hw-tags
                        the same with `--mode generic --checks hook`, kfence, sw-tags, hw-tags
+        emsan-generic-nostacks, emsan-generic-noquarantine
+                       generic mode with `--stacks none`, and also `--quarantine-size 0`
+                       (bench/modes.py --ablations: where generic mode's cost goes)
         emsan-memhook  `--mode none` plus a native memory hook that does nothing
                        (bench/noop_hook.c, built by the runner into NOOP_HOOK_LIB) over the whole
                        address space, as `--checks hook` registers its check: Unicorn's own
@@ -90,8 +93,10 @@ def _install(first_insn: bool, emsan: bool) -> None:
 
 EMSAN_MODES = {"emsan": "none", "emsan-generic": "generic", "emsan-memhook": "none",
                "emsan-hook": "generic", "emsan-kfence": "kfence", "emsan-sw-tags": "sw-tags",
-               "emsan-hw-tags": "hw-tags"}
-EXTRA_ARGS = {"emsan-hook": ["--checks", "hook"]}
+               "emsan-hw-tags": "hw-tags", "emsan-generic-nostacks": "generic",
+               "emsan-generic-noquarantine": "generic"}
+EXTRA_ARGS = {"emsan-hook": ["--checks", "hook"], "emsan-generic-nostacks": ["--stacks", "none"],
+              "emsan-generic-noquarantine": ["--stacks", "none", "--quarantine-size", "0"]}
 NOOP_HOOK_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build", "host", "libnoop_hook.so")
 
 

@@ -969,6 +969,151 @@ def test_inline_shadow_check_sees_flagged_granules(arch):
     assert seen == []
 
 
+# --- 018: KASAN's partial granules in translated code ------------------------------------------------------
+def _partial_accesses(arch: str) -> tuple[bytes, int, list[tuple[int, int, int, bool]]]:
+    """Accesses around the granule [HEAP+0x120, HEAP+0x128) whose shadow says its first 3 bytes are
+    accessible, and those the check must report: the ones reaching byte 3 or beyond (a byte load at
+    0x123, 2 bytes at 0x122, 4 at 0x120, a byte store at 0x124); a byte at 0x122, 2 bytes at 0x120, 2
+    misaligned bytes at 0x121 and a byte store at 0x122 stay inside and are not seen."""
+    if arch == "x86_64":
+        ins = [b"\x48\xbb" + struct.pack("<Q", HEAP),      # mov rbx, HEAP
+               b"\x8a\x83\x22\x01\x00\x00",             # mov al, [rbx+0x122]
+               b"\x8a\x83\x23\x01\x00\x00",             # mov al, [rbx+0x123]
+               b"\x66\x8b\x83\x20\x01\x00\x00",         # mov ax, [rbx+0x120]
+               b"\x66\x8b\x83\x22\x01\x00\x00",         # mov ax, [rbx+0x122]
+               b"\x8b\x83\x20\x01\x00\x00",             # mov eax, [rbx+0x120]
+               b"\x66\x8b\x83\x21\x01\x00\x00",         # mov ax, [rbx+0x121]
+               b"\x88\x83\x22\x01\x00\x00",             # mov [rbx+0x122], al
+               b"\x88\x83\x24\x01\x00\x00",             # mov [rbx+0x124], al
+               b"\x90"]
+    else:
+        ins = [struct.pack("<I", 0xD2A00001 | (HEAP >> 16) << 5)    # movz x1, HEAP >> 16, lsl 16
+               + struct.pack("<I", 0x91040022),                     # add x2, x1, 0x100
+               struct.pack("<I", 0x39400020 | 0x122 << 10),         # ldrb w0, [x1, 0x122]
+               struct.pack("<I", 0x39400020 | 0x123 << 10),         # ldrb w0, [x1, 0x123]
+               struct.pack("<I", 0x79400020 | 0x90 << 10),          # ldrh w0, [x1, 0x120]
+               struct.pack("<I", 0x79400020 | 0x91 << 10),          # ldrh w0, [x1, 0x122]
+               struct.pack("<I", 0xB9400020 | 0x48 << 10),          # ldr w0, [x1, 0x120]
+               struct.pack("<I", 0x78400040 | 0x21 << 12),          # ldurh w0, [x2, 0x21]
+               struct.pack("<I", 0x39000020 | 0x122 << 10),         # strb w0, [x1, 0x122]
+               struct.pack("<I", 0x39000020 | 0x124 << 10),         # strb w0, [x1, 0x124]
+               struct.pack("<I", 0xD503201F)]                       # nop
+    pcs = [sum(len(i) for i in ins[:n]) for n in range(len(ins))]
+    want = [(pcs[2], 0x123, 1, False), (pcs[4], 0x122, 2, False), (pcs[5], 0x120, 4, False), (pcs[8], 0x124, 1, True)]
+    return b"".join(ins), pcs[-1], want
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_inline_shadow_check_partial_granules(arch):
+    """uc_emsan_shadow_check with a partial granule (shadow 3: its first 3 bytes accessible): the callback
+    sees exactly the accesses that reach past them, with exact PCs, in the helpers (first run) and in
+    translated code (second run), where accesses inside them go straight to memory (018)."""
+    check = _fn("uc_emsan_shadow_check", ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                ctypes.c_void_p, ctypes.c_uint8, ctypes.c_void_p, ctypes.c_void_p)
+    restore = _fn(f"cpu_restore_state_{_suffix(arch)}", ctypes.c_bool, ctypes.c_void_p, ctypes.c_size_t,
+                  ctypes.c_bool)
+    m = Machine(arch)
+    code, end, want = _partial_accesses(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.write(LOOP_CODE, code)
+    m.map(HEAP, 0x10000, RW)
+    shadow = (ctypes.c_uint8 * (0x10000 // 8 + 0x1000))(*([CLEAN] * (0x10000 // 8 + 0x1000)))
+    shadow[0x120 // 8] = 3 ^ CLEAN
+    seen = []
+    pc_reg = x86_const.UC_X86_REG_RIP if arch == "x86_64" else arm64_const.UC_ARM64_REG_PC
+    cpu = _cpu(m)
+
+    def cb(u, addr, size, is_write, host_pc, d):
+        assert host_pc
+        assert restore(cpu, host_pc, False)
+        seen.append((m.uc.reg_read(pc_reg) - LOOP_CODE, addr - HEAP, size, bool(is_write)))
+    cb_ptr = CHECK_CB(cb)
+    assert check(m.handle_int, HEAP, 0x10000, ctypes.addressof(shadow), CLEAN,
+                 ctypes.cast(cb_ptr, ctypes.c_void_p), None) == 0
+    for _ in range(2):
+        seen.clear()
+        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+        assert seen == want
+
+
+# --- 015: pointer-tag checks in translated code ----------------------------------------------------------------
+TAG_KEY = 0xFE
+
+
+def _tag_accesses() -> tuple[bytes, int, list[tuple[int, int, int, int, bool]]]:
+    """arm64 code accessing HEAP's first page through pointers tagged 0x2A (x1, x2) and 0xFF (x3), and
+    what the check must see when granule 0x100 carries tag 0x2A, granule 0x110 tag 0x3B and every other
+    one no tag: (pc offset, address offset, pointer tag, size, is_write). The loads at 0x100 and 0x10C
+    stay in the matching granule; the misaligned one at 0x10C (through x2 = x1 + 0x100) ends in the
+    next; DC ZVA zeroes the
+    64 bytes from 0x100 (one access); the match-all tag is the callback's to judge."""
+    ins = [struct.pack("<I", 0xD2A00001 | (HEAP >> 16) << 5),   # movz x1, HEAP >> 16, lsl 16
+           struct.pack("<I", 0xF2E54001),                       # movk x1, 0x2a00, lsl 48 (top byte 0x2a)
+           struct.pack("<I", 0xB2400000 | 0x1F << 5 | 3 | 7 << 10 | 8 << 16),  # orr x3, xzr, #0xff00000000000000
+           struct.pack("<I", 0xAA010063),                       # orr x3, x3, x1
+           struct.pack("<I", 0x91040022),                       # add x2, x1, 0x100
+           struct.pack("<I", 0xF9400020 | 32 << 10),            # ldr x0, [x1, 0x100]
+           struct.pack("<I", 0xB9400020 | 67 << 10),            # ldr w0, [x1, 0x10c]
+           struct.pack("<I", 0xF8400040 | 0xC << 12),           # ldur x0, [x2, 0xc]
+           struct.pack("<I", 0x39000020 | 0x110 << 10),         # strb w0, [x1, 0x110]
+           struct.pack("<I", 0xF9400020 | 31 << 10),            # ldr x0, [x1, 0xf8]
+           struct.pack("<I", 0xD50B7420 | 2),                   # dc zva, x2
+           struct.pack("<I", 0xF9400060 | 32 << 10),            # ldr x0, [x3, 0x100]
+           struct.pack("<I", 0xD503201F)]                       # nop
+    pc = [4 * n for n in range(len(ins))]
+    want = [(pc[7], 0x10C, 0x2A, 8, False), (pc[8], 0x110, 0x2A, 1, True), (pc[9], 0xF8, 0x2A, 8, False),
+            (pc[10], 0x100, 0x2A, 64, True), (pc[11], 0x100, 0xFF, 8, False)]
+    return b"".join(ins), pc[-1], want
+
+
+def test_inline_tag_check_sees_mismatched_tags():
+    """uc_emsan_tag_check (with the tag kept in the TLB address, 014): the callback runs for exactly the
+    accesses whose first granule (or, when misaligned, last granule) carries another tag than the
+    pointer's top byte, with the tagged address, size, direction and a host return address from which
+    cpu_restore_state() gives the exact PC; the same when the helpers check (first run: TLB misses) and
+    when translated code does (second run). Turned off, nothing is seen; x86-64 guests are refused."""
+    check = _fn("uc_emsan_tag_check", ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                ctypes.c_void_p, ctypes.c_uint8, ctypes.c_void_p, ctypes.c_void_p)
+    restore = _fn("cpu_restore_state_aarch64", ctypes.c_bool, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_bool)
+    m = Machine("arm64")
+    code, end, want = _tag_accesses()
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.write(LOOP_CODE, code)
+    m.map(HEAP, 0x10000, RW)
+
+    def fill(uc_, vaddr, access, entry, ud):
+        entry.paddr = vaddr & 0x00FF_FFFF_FFFF_F000
+        entry.perms = 7
+        return True
+    m.uc.hook_add(uc.UC_HOOK_TLB_FILL, fill)
+    m.uc.ctl_set_tlb_mode(uc.UC_TLB_VIRTUAL)
+    m.tagged_tlb(True)
+    tags = (ctypes.c_uint8 * (0x10000 // 16 + 0x1000))()          # 0: no tag (0xFE ^ TAG_KEY)
+    tags[0x100 // 16], tags[0x110 // 16] = 0x2A ^ TAG_KEY, 0x3B ^ TAG_KEY
+    seen = []
+    cpu = _cpu(m)
+
+    def cb(u, addr, size, is_write, host_pc, d):
+        assert host_pc
+        assert restore(cpu, host_pc, False)
+        seen.append((m.uc.reg_read(arm64_const.UC_ARM64_REG_PC) - LOOP_CODE, (addr & (1 << 56) - 1) - HEAP,
+                     addr >> 56, size, bool(is_write)))
+    cb_ptr = CHECK_CB(cb)
+    assert check(m.handle_int, HEAP, 0x10000, ctypes.addressof(tags), TAG_KEY,
+                 ctypes.cast(cb_ptr, ctypes.c_void_p), None) == 0
+    for _ in range(2):
+        seen.clear()
+        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+        assert seen == want
+    assert check(m.handle_int, 0, 0, None, 0, None, None) == 0
+    seen.clear()
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+    assert seen == []
+    x86 = Machine("x86_64")
+    assert check(x86.handle_int, HEAP, 0x10000, ctypes.addressof(tags), TAG_KEY,
+                 ctypes.cast(cb_ptr, ctypes.c_void_p), None) == uc.UC_ERR_ARCH
+
+
 # --- 012: block hook calls only where a filter wants them ---------------------------------------------------
 FILTER_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 
@@ -1213,7 +1358,7 @@ def test_hook_gate_on_a_register(arch):
     assert _gate(m, 0, None, 0, 0, 0) != 0
 
 
-# --- 018: a PC written by a hook continues inside cpu_exec ---------------------------------------------------
+# --- 019: a PC written by a hook continues inside cpu_exec ---------------------------------------------------
 def _readable(addr: int, size: int) -> bool:
     with open("/proc/self/maps") as f:
         for line in f:

@@ -4,9 +4,10 @@ a guest using the MTE instructions itself, Top-Byte-Ignore in every mode, real p
 the refusal of x86-64 guests.
 
 Each report's bug type, access, size, offset, function and pointer/memory tags are asserted,
-and so is the absence of any other report, with both ways of checking: the default (--checks
-mmio: the engine's TLB sees the pointer tag and pages with other tags go through a checking MMIO
-view) and the memory hook (--checks hook); the PCs are the same. Tags are random: every run uses
+and so is the absence of any other report, with the three ways of checking: the default (--checks
+inline: translated code compares the pointer tag with the granule's), --checks mmio (the engine's
+TLB sees the pointer tag and pages with other tags go through a checking MMIO view) and the
+memory hook (--checks hook); the PCs are the same. Tags are random: every run uses
 a fixed --seed."""
 from __future__ import annotations
 
@@ -89,10 +90,10 @@ EXPECTED: dict[str, list[tuple] | None] = {
     "copy_user_test_oob": [(SOOB, "write", 113, 0, FE, "copy_user.read"), (SOOB, "read", 113, 0, FE, "copy_user.write")],
     "clean_run": [],
 }
-# The MMIO view's reports name the instruction by decoding: arm64's 16-byte load is one access, as
-# the kernel reports it, where the memory hook sees its two 8-byte halves.
-MMIO_EXPECTED = {**EXPECTED, "kmalloc_uaf_16": [(SUAF, "read", 16, 0, FE, "uaf_16")]}
-CHECKS = ("mmio", "hook")
+# Translated code's and the MMIO view's reports name the instruction by decoding: arm64's 16-byte
+# load is one access, as the kernel reports it, where the memory hook sees its two 8-byte halves.
+ENGINE_EXPECTED = {**EXPECTED, "kmalloc_uaf_16": [(SUAF, "read", 16, 0, FE, "uaf_16")]}
+CHECKS = ("inline", "mmio", "hook")
 def run_case(exe: str, mode: str, checks: str, case: str, tmp_path) -> tuple[object, list[dict]]:
     tag_min = str(MODES[mode].start)
     return run_report(tmp_path / f"{mode}-{checks}-{case}.json", "--mode", mode, "--checks", checks, "--seed", SEED,
@@ -127,7 +128,7 @@ def expected_mem_tags(mode: str, ptr_tag: int) -> list[int]:
 def test_tags_case(mode, checks, case, results):
     res, reports = results(mode, checks)[case]
     text = res.stderr.decode(errors="replace")
-    want = (MMIO_EXPECTED if checks == "mmio" else EXPECTED)[case]
+    want = (EXPECTED if checks == "hook" else ENGINE_EXPECTED)[case]
     if want is None:                                    # match_all_mem_tag
         ptr = reports[0]["pointer_tag"]
         assert [r["memory_tag"] for r in reports] == expected_mem_tags(mode, ptr)
@@ -157,11 +158,13 @@ def test_tags_case(mode, checks, case, results):
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_same_pcs_as_the_hook(mode, results):
-    """The MMIO view recovers each report's exact PC: the one the memory hook reports."""
-    mmio, hook = results(mode, "mmio"), results(mode, "hook")
+@pytest.mark.parametrize("checks", ["inline", "mmio"])
+def test_same_pcs_as_the_hook(mode, checks, results):
+    """Translated code's checks and the MMIO view recover each report's exact PC: the one the memory
+    hook reports."""
+    got, hook = results(mode, checks), results(mode, "hook")
     for case in EXPECTED:
-        pcs = [[(r["pc"], r["pointer_tag"], r["memory_tag"]) for r in got[case][1]] for got in (mmio, hook)]
+        pcs = [[(r["pc"], r["pointer_tag"], r["memory_tag"]) for r in res[case][1]] for res in (got, hook)]
         assert pcs[0] == pcs[1], case
 
 

@@ -134,9 +134,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shadow", choices=("per-page", "full"), default="per-page",
                    help="shadow pages shared where nothing needs its own (default), or private wherever written")
     p.add_argument("--checks", choices=("inline", "mmio", "hook"), default="inline",
-                   help="generic mode: check heap accesses in translated code (default; x86-64 hosts, the "
-                        "MMIO view elsewhere), through an MMIO view of the heap, or every access in a memory hook; "
-                        "tag modes: through the TLB and an MMIO view (inline, mmio), or in a memory hook")
+                   help="generic and tag modes: check heap accesses in translated code (default; x86-64 hosts, "
+                        "the MMIO view elsewhere), through an MMIO view of the heap (tag modes: where the TLB finds "
+                        "a page with other tags), or every access in a memory hook")
     p.add_argument("--no-mmap-shadow", dest="mmap_shadow", action="store_false",
                    help="no vmalloc-like shadow for the mmap area (holes then fault without a KASAN report)")
     p.add_argument("--kfence-objects", type=_integer(1, 65535), default=255, metavar="N",

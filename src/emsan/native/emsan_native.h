@@ -13,6 +13,7 @@ typedef struct emsan_api {
     void *uc_emsan_shadow_check;    /* uc_err (uc_engine *, uint64_t, uint64_t, const uint8_t *, uint8_t, cb, void *): 011 */
     void *uc_emsan_block_filter;    /* uc_err (uc_engine *, uc_hook, filter, void *): engine/patches/012 */
     void *uc_emsan_reg_ptr;         /* void *(uc_engine *, int, bool): engine/patches/013 */
+    void *uc_emsan_tag_check;       /* uc_shadow_check's arguments, for pointer tags: engine/patches/015 */
     void *uc_emsan_tlb_flush_page;  /* uc_err (uc_engine *, uint64_t): engine/patches/016 */
     void *uc_emsan_hook_gate;       /* uc_err (uc_engine *, uc_hook, uint64_t *, int64_t, uint64_t, uint64_t): 017 */
 } emsan_api;
@@ -487,9 +488,12 @@ int emsan_shadow_recheck(emsan_kasan *k, uint64_t addr, uint64_t size);
 void *emsan_kasan_heap_memory(emsan_kasan *k);
 
 /* --checks inline (inline.c): the heap checked by translated code against a flat copy of its
- * shadow (engine/patches/011); 0 when the engine cannot (not an x86-64 host): check otherwise. */
+ * shadow (engine/patches/011), or of its tags in tag modes (015, with the virtual TLB
+ * emsan_inline_tlb_cb); 0 when the engine cannot (not an x86-64 host): check otherwise. */
 int emsan_inline_init(emsan_kasan *k, void *get_cpu, void *restore);
 void emsan_inline_cb(void *uc, uint64_t addr, int size, _Bool is_write, uintptr_t host_pc, void *ud);
+void emsan_inline_tag_cb(void *uc, uint64_t addr, int size, _Bool is_write, uintptr_t host_pc, void *ud);
+_Bool emsan_inline_tlb_cb(void *uc, uint64_t vaddr, int type, void *entry, void *ud);
 
 /* --checks mmio (mmio.c): the heap checked through an MMIO view instead of a memory hook.
  * Returns the host memory behind the heap, to be mapped at the heap's guest address. */

@@ -167,7 +167,7 @@ struct emsan_kasan {
     uint64_t budget;                   /* live bytes the guest's limits allow (RLIMIT_AS, _DATA) */
     uint64_t refusal_sp, refusal_ret;  /* the refused call whose nested calls are not reported again */
     struct mmio_state *mm;             /* generic mode with --checks mmio (mmio.c) */
-    struct inline_state *il;           /* generic mode with --checks inline (inline.c) */
+    struct inline_state *il;           /* --checks inline (inline.c) */
     struct tag_state *tags;            /* tag modes (tags.c) */
     struct checkpoint *cp;             /* a persistent loop's saved state (checkpoint.c), or NULL */
     struct libc_calls *calls;          /* C library calls judged at their return (libc.c), or NULL */

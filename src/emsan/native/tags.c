@@ -3,11 +3,13 @@
  * check of the two on every access, and a ring of recent allocations and frees to classify
  * reports; hw-tags also emulates the MTE instructions Unicorn lacks (mte.c).
  *
- * Two ways to check (--checks): by default the engine's TLB sees the tagged address and maps
- * each (pointer tag, page) pair either straight to memory, when every granule of the page
- * carries a tag the pointer matches, or to a checking MMIO view of the heap for that tag
- * (mmio.c): pages with one tag run at plain speed. The other, a memory hook on every access,
- * is also what checks memory outside the heap that a guest tags itself (MTE instructions).
+ * Three ways to check (--checks): by default (inline, x86-64 hosts) translated code compares
+ * the pointer tag the address keeps with a flat copy of the heap's tags (inline.c,
+ * engine/patches/015). With mmio the engine's TLB sees the tagged address and maps each
+ * (pointer tag, page) pair either straight to memory, when every granule of the page carries a
+ * tag the pointer matches, or to a checking MMIO view of the heap for that tag (mmio.c): pages
+ * with one tag run at plain speed. The third, a memory hook on every access, is also what
+ * checks memory outside the heap that a guest tags itself (MTE instructions).
  *
  * Unicorn hands memory hooks the untagged address, so there the pointer tag comes from the
  * instruction's base register: Rn = insn[9:5] for every register-based load and store
@@ -75,11 +77,12 @@ static uint8_t tag_random(kasan_t *k)
 
 static void tags_access_cb(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud);
 
-/* --checks mmio sees heap pages only. Memory outside the heap that the guest tags itself (MTE
- * instructions, __hwasan_tag_memory on its stack) is checked by the memory hook from then on;
- * the TLB is flushed so that pages it mapped before take the hook's slow path. The hook sees
- * the heap's checking views at their physical addresses, outside the heap: it leaves them to
- * the views' own checks. */
+/* --checks inline and mmio see heap pages only. Memory outside the heap that the guest tags
+ * itself (MTE instructions, __hwasan_tag_memory on its stack) is checked by the memory hook from
+ * then on; the TLB is flushed so that pages it mapped before take the hook's slow path. The hook
+ * sees the heap's checking views at their physical addresses, outside the heap, and leaves them
+ * to the views' own checks; inline, it leaves the heap to the engine's helpers, which check it
+ * once a memory hook keeps translated code from doing so. */
 static void check_outside_heap(kasan_t *k)
 {
     size_t hh;
@@ -109,7 +112,7 @@ static struct foreign_page *foreign_find(kasan_t *k, uint64_t page, int create)
     for (; t->fp[j].tags; j = (j + 1) & (t->fp_cap - 1))
         if (t->fp[j].page == page) return &t->fp[j];
     if (!create) return NULL;
-    if (!t->fp_n && k->mm) check_outside_heap(k);
+    if (!t->fp_n && (k->mm || k->il)) check_outside_heap(k);
     t->fp[j].page = page;
     t->fp[j].tags = malloc(TAGS_PER_PAGE);
     memset(t->fp[j].tags, 0xF0, TAGS_PER_PAGE);          /* MTE: untouched memory has tag 0 */
@@ -130,6 +133,7 @@ void tag_set(kasan_t *k, uint64_t addr, uint64_t len, uint8_t tag)
             uint64_t pg = off >> PAGE_SHIFT;
             uint8_t *p = t->page[pg];
             if (k->mm) mmio_poisoned(k, addr, stop - addr);     /* the TLB's view of the page changes */
+            if (k->il) inline_fill(k, addr, stop - addr, tag);
             if ((addr & (PAGE_SIZE - 1)) == 0 && stop == page_end) {
                 if (!page_shared(p)) { free(p); t->private_pages--; }
                 t->page[pg] = tag == TAG_INVALID ? NULL : shared_fill[tag];
@@ -370,6 +374,7 @@ static void tags_access_cb(void *uc, int type, uint64_t addr, int size, int64_t 
     uint64_t off = addr - k->base;
     int mt;
     if (LIKELY(off < k->size)) {
+        if (k->il) return;                             /* the engine's check (inline.c) */
         const uint8_t *p = t->page[off >> PAGE_SHIFT];
         mt = p ? p[(off & (PAGE_SIZE - 1)) >> 4] : TAG_INVALID;
     } else if (LIKELY(!t->fp_n)) {

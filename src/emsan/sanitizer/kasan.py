@@ -93,13 +93,19 @@ class Kasan:
 
     # --- --checks inline ----------------------------------------------------------------------
     def check_inline(self, map_memory) -> bool:
-        """Check heap accesses in translated code against a flat copy of the shadow (inline.c);
-        False when the engine cannot on this host (nothing was changed then)."""
-        recovery = self.machine.pc_recovery()
+        """Check heap accesses in translated code against a flat copy of the shadow, or of the
+        tags in tag modes (inline.c); False when the engine cannot on this host (nothing was
+        changed then). Tag modes keep the pointer tag in the address the TLB sees
+        (Machine.tagged_tlb), which a virtual-TLB fill takes off."""
+        lib, ffi, m = self.lib, self.ffi, self.machine
+        recovery = m.pc_recovery()
         get_cpu, restore = recovery if recovery is not None else (0, 0)
-        if not self.lib.emsan_inline_init(self.k, self.ffi.cast("void *", get_cpu), self.ffi.cast("void *", restore)):
+        if not lib.emsan_inline_init(self.k, ffi.cast("void *", get_cpu), ffi.cast("void *", restore)):
             return False
         map_memory(self.base, self.base + self.size, 3, "[emsan-heap]", self.heap_memory)
+        if self.tags:
+            m.use_virtual_tlb(ffi.addressof(lib, "emsan_inline_tlb_cb"), self.k)
+            m.tagged_tlb(True)
         return True
 
     # --- --checks mmio ------------------------------------------------------------------------

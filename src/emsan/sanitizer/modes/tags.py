@@ -2,10 +2,11 @@
 
 emsan's allocator gives every object a random tag, stored per 16-byte granule in a host-side
 table and returned in the pointer's top byte; every access compares the two. By default
-(--checks inline or mmio) the engine's TLB sees the pointer tag and sends a (tag, page) pair to a checking
-MMIO view only where some granule of the page carries another tag (native/mmio.c); --checks hook
-checks every access in a memory hook, which is also what checks memory outside the heap that a
-guest tags itself. No redzones and no quarantine, as in the kernel. Reports take their bug type from a
+(--checks inline, x86-64 hosts) translated code compares them (native/inline.c, engine/patches/015);
+with --checks mmio (and on other hosts) the engine's TLB sees the pointer tag and sends a (tag,
+page) pair to a checking MMIO view only where some granule of the page carries another tag
+(native/mmio.c); --checks hook checks every access in a memory hook, which is also what checks
+memory outside the heap that a guest tags itself. No redzones and no quarantine, as in the kernel. Reports take their bug type from a
 ring of recent allocations and frees and print `Pointer tag: [xx], memory tag: [yy]`.
 
 hw-tags uses the kernel's MTE tag range (0xF0-0xFD, 4 bits compared) and emulates the MTE
@@ -44,8 +45,14 @@ class TagMode(KasanMode):
     def __init__(self, target: Target):
         super().__init__(target, stream_seed(target.options.seed, "tags"))
         target.machine.top_byte_ignore()      # pointers carry their tags (a harness's engine too)
-        self.mmio = target.options.checks != "hook"   # inline (generic mode's shadow code) means mmio here
-        if self.mmio:
+        checks = target.options.checks
+        if checks == "inline" and not self.kasan.check_inline(target.map_memory):
+            checks = "mmio"                    # not an x86-64 host
+        self.checks = checks
+        self.mmio = checks == "mmio"
+        if checks == "inline":
+            self.report_in_engine = True       # the engine's helper makes the access once it returns
+        elif self.mmio:
             layout = target.layout
             views = layout.mmio_view if layout.tag_views is None else layout.tag_views
             self.kasan.check_through_mmio(views, target.map_memory)
