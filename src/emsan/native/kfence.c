@@ -87,12 +87,16 @@ static inline void flush_tlb(kf_t *k)
     k->stats.tlb_flushes++;
 }
 
-/* A pool page's protection: page_ok[] is what the TLB fill reads, and the page's entry (if the
- * guest has one) goes so that the next access asks again. */
+/* The engine's TLB pages can be smaller than emsan's 4 KiB: QEMU's arm targets use 1 KiB
+ * (TARGET_PAGE_BITS_MIN 10), each with its own entry. */
+#define ENGINE_MIN_PAGE 1024
+
+/* A pool page's protection: page_ok[] is what the TLB fill reads, and the page's entries (if the
+ * guest has any) go so that the next access asks again. */
 static inline void set_page_ok(kf_t *k, uint64_t page, int ok)
 {
     k->page_ok[(page - k->pool) >> PAGE_SHIFT] = (uint8_t)ok;
-    tlb_flush_page(k->rt->uc, page);
+    for (uint64_t a = page; a < page + PAGE_SIZE; a += ENGINE_MIN_PAGE) tlb_flush_page(k->rt->uc, a);
     k->stats.tlb_flushes++;
 }
 
