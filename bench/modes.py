@@ -3,6 +3,7 @@
 
     python3 bench/modes.py [--quick] [--json FILE] [--arch x86_64|arm64|all] [--reps N]
                            [--workloads compute,alloc,strings] [--scale F] [--no-valgrind] [--no-qemu] [--ablations]
+                           [--configs none,kfence]
 
 For each architecture and workload (bench/workloads/compute.c, alloc.c, strings.c at the steady-state
 iteration counts of bench/engine.py, times --scale, 0.5 by default: emsan --mode none then spends
@@ -67,13 +68,15 @@ def baseline(cfg: str) -> str:
     return BASELINE.get(cfg, "none")
 
 
-def configs(arch: str, peers: dict[str, bool]) -> list[str]:
+def configs(arch: str, peers: dict[str, bool], only: set[str] | None = None) -> list[str]:
     cfgs = [c for c in CONFIGS if (c not in TAG_MODES or arch == "arm64") and (c not in ABLATIONS or peers["ablations"])]
+    if only:                                    # each chosen configuration keeps its baseline
+        cfgs = [c for c in cfgs if c in only or c in {baseline(o) for o in only}]
     if not peers["clang"]:
         cfgs = [c for c in cfgs if CONFIGS[c][0] not in ("clang", "clang-kasan")]
-    if not peers["valgrind"] or arch != "x86_64":         # memcheck runs natively: x86-64 here
+    if (not peers["valgrind"] or arch != "x86_64") and "memcheck" in cfgs:     # memcheck runs natively
         cfgs.remove("memcheck")
-    if not peers["qemu"]:
+    if not peers["qemu"] and "qemu" in cfgs:
         cfgs.remove("qemu")
     return cfgs
 
@@ -120,7 +123,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
         wl: dict[tuple[str, str], dict] = {}
         for arch in arches:
             for name in names:
-                cfgs = configs(arch, peers)
+                cfgs = configs(arch, peers, args.configs)
                 exes = binaries(name, arch, cfgs)
                 iters = max(1, round(ITERATIONS[name][arch] * args.scale))
                 # untimed, at a hundredth of the size: builds emsan's caches for each binary and mode
@@ -233,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-qemu", dest="qemu", action="store_false", help="skip the qemu-user runs")
     p.add_argument("--ablations", action="store_true",
                    help="also generic mode with --stacks none, and with --quarantine-size 0 as well")
+    p.add_argument("--configs", type=lambda v: set(v.split(",")),
+                   help=f"comma-separated subset of {','.join(CONFIGS)} (each with its baseline; default: all)")
+    args_check = p.parse_known_args(argv)[0].configs
+    if args_check and not args_check <= set(CONFIGS):
+        p.error(f"--configs: unknown {', '.join(sorted(args_check - set(CONFIGS)))}")
     return run_and_report(p, argv, run_bench, render, 220)
 
 

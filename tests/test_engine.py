@@ -1225,3 +1225,221 @@ def test_bench_engine_smoke(tmp_path):
     assert wl["outputs_match"] and wl["name"] == "compute" and wl["arch"] == "x86_64"
     assert set(wl["ratio_to_qemu_cpu"]) == {"bare-emsan", "emsan"}
     assert all(len(v) == 1 and v[0] > 0 for v in wl["cpu"].values())
+
+
+# --- 016: one page's TLB entries forgotten ----------------------------------------------------------------------
+def _two_page_loads(arch: str) -> bytes:
+    """Loads of the words at DATA_A and DATA_B into two registers (rax, rbx / x2, x3)."""
+    if arch == "x86_64":     # mov rax, [DATA_A]; mov rbx, [DATA_B]; nop
+        return (b"\x48\x8b\x04\x25" + struct.pack("<I", DATA_A) + b"\x48\x8b\x1c\x25" + struct.pack("<I", DATA_B)
+                + b"\x90")
+    # movz x0, DATA_A >> 16, lsl 16; movz x1, DATA_B >> 16, lsl 16; ldr x2, [x0]; ldr x3, [x1]; nop
+    return struct.pack("<5I", 0xD2A00000 | (DATA_A >> 16) << 5, 0xD2A00001 | (DATA_B >> 16) << 5,
+                       0xF9400002, 0xF9400023, 0xD503201F)
+
+
+DATA_A, DATA_B, DATA_ALIAS = 0x400000, 0x410000, 0x420000
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_tlb_flush_page_forgets_one_page(arch):
+    """uc_emsan_tlb_flush_page: after it, the virtual-TLB fill is asked again for that page only (its new
+    answer takes effect: the load reads the alias), every other page keeps its entry; UC_CTL_TLB_FLUSH, for
+    comparison, has every page filled again. Fails without the patch: no such export."""
+    flush_page = _fn("uc_emsan_tlb_flush_page", ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64)
+    m = Machine(arch)
+    code = _two_page_loads(arch)
+    m.map(LOOP_CODE, 0x1000, RX)
+    m.write(LOOP_CODE, code)
+    for page, value in ((DATA_A, 0x1111), (DATA_B, 0x2222), (DATA_ALIAS, 0x3333)):
+        m.map(page, 0x1000, RW)
+        m.write(page, struct.pack("<Q", value))
+    fills: list[int] = []
+    alias = {DATA_A: DATA_A}
+
+    def fill(uc_, vaddr, access, entry, ud):
+        fills.append(vaddr & ~0xFFF)
+        entry.paddr = alias.get(vaddr & ~0xFFF, vaddr & ~0xFFF)
+        entry.perms = 7
+        return True
+    m.uc.hook_add(uc.UC_HOOK_TLB_FILL, fill)
+    m.uc.ctl_set_tlb_mode(uc.UC_TLB_VIRTUAL)
+    a, b = ("rax", "rbx") if arch == "x86_64" else ("x2", "x3")
+
+    def run() -> tuple[set[int], int, int]:
+        fills.clear()
+        m.uc.emu_start(LOOP_CODE, LOOP_CODE + len(code) - (1 if arch == "x86_64" else 4))
+        return set(fills), m.reg(a), m.reg(b)
+    assert run() == ({LOOP_CODE, DATA_A, DATA_B}, 0x1111, 0x2222)
+    assert run() == (set(), 0x1111, 0x2222)
+    alias[DATA_A] = DATA_ALIAS
+    assert flush_page(m.handle_int, DATA_A + 0x123) == 0
+    assert run() == ({DATA_A}, 0x3333, 0x2222)
+    m.uc.ctl(uc.UC_CTL_TLB_FLUSH, uc.UC_CTL_IO_WRITE)
+    assert run() == ({LOOP_CODE, DATA_A, DATA_B}, 0x3333, 0x2222)
+
+
+# --- 017: gated code hooks ------------------------------------------------------------------------------------
+def _gate(m: Machine, hh: int, word: int, add: int, base: int, size: int) -> int:
+    gate = _fn("uc_emsan_hook_gate", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+               ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
+    return gate(m.handle_int, hh, word, add, base, size)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_hook_gate_counts_down(arch):
+    """A countdown gate (word -= 1, call at 0): of 10 calls of the hooked function, the hook sees every
+    third (it rearms the countdown itself), with the instruction's size; the word is decremented at each
+    call, by translated code or by the helper when a second hook shares the address. Fails without the
+    patch: no such export."""
+    for shared in (False, True):
+        m, begin, end = _call_loop(arch, 10)
+        word = ctypes.c_uint64(3)
+        seen, others = [], []
+
+        def hook(u, address, size, ud):
+            seen.append((address, size, word.value))
+            word.value = 3
+        hh = m.uc.hook_add(uc.UC_HOOK_CODE, hook, None, LOOP_FUNC, LOOP_FUNC)
+        if shared:
+            m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: others.append(a), None, LOOP_FUNC, LOOP_FUNC)
+        assert _gate(m, hh, ctypes.addressof(word), -1, 0, 1) == 0
+        m.uc.emu_start(begin, end)
+        assert seen == [(LOOP_FUNC, 1 if arch == "x86_64" else 4, 0)] * 3
+        assert word.value == 2
+        assert others == ([LOOP_FUNC] * 10 if shared else [])
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_hook_gate_on_a_register(arch):
+    """A range gate on a guest register's place in the CPU state (uc_emsan_reg_ptr): the hook runs only
+    while the register is in [base, base + size), as the instruction sees it, also where the register was
+    set by the instruction just before, in the same block (the gated instruction starts its own block);
+    deleted, the hook runs no more; without the gate, at every call."""
+    reg_ptr = _fn("uc_emsan_reg_ptr", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_bool)
+    m, begin, end = _call_loop(arch, 6)
+    counter = x86_const.UC_X86_REG_RCX if arch == "x86_64" else arm64_const.UC_ARM64_REG_X19
+    seen: list[int] = []
+    hh = m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: seen.append(u.reg_read(counter)), None,
+                       LOOP_FUNC, LOOP_FUNC)
+    assert _gate(m, hh, reg_ptr(m.handle_int, counter, False), 0, 2, 3) == 0
+    m.uc.emu_start(begin, end)
+    assert seen == [4, 3, 2]
+    # fall-through: the counter is set right before the gated instruction, in straight-line code
+    if arch == "x86_64":     # mov ecx, 7; mov ecx, 3; nop (gated); nop
+        code, at = b"\xb9\x07\x00\x00\x00\xb9\x03\x00\x00\x00\x90\x90", 10
+    else:                    # movz w19, 7; movz w19, 3; nop (gated); nop
+        code, at = struct.pack("<4I", 0x528000F3, 0x52800073, 0xD503201F, 0xD503201F), 8
+    m2 = Machine(arch)
+    m2.map(LOOP_CODE, 0x1000, RX)
+    m2.write(LOOP_CODE, code)
+    m2.uc.reg_write(counter, 0)
+    hits: list[int] = []
+    h2 = m2.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: hits.append(u.reg_read(counter)), None,
+                        LOOP_CODE + at, LOOP_CODE + at)
+    assert _gate(m2, h2, reg_ptr(m2.handle_int, counter, False), 0, 3, 1) == 0
+    m2.uc.emu_start(LOOP_CODE, LOOP_CODE + len(code) - (1 if arch == "x86_64" else 4))
+    assert hits == [3]
+    # deleted: no more calls (and no use of the gate's word); ungated: every call
+    m.uc.hook_del(hh)
+    seen.clear()
+    m.uc.emu_start(begin, end)
+    assert seen == []
+    hh = m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: seen.append(u.reg_read(counter)), None,
+                       LOOP_FUNC, LOOP_FUNC)
+    assert _gate(m, hh, reg_ptr(m.handle_int, counter, False), 0, 2, 3) == 0
+    m.uc.ctl_flush_tb()                             # a hook on translated code: Unicorn's rule
+    m.uc.emu_start(begin, end)
+    assert seen == [4, 3, 2]
+    seen.clear()
+    assert _gate(m, hh, None, 0, 0, 0) == 0          # its blocks are translated anew, without the test
+    m.uc.emu_start(begin, end)
+    assert seen == [6, 5, 4, 3, 2, 1]
+    assert _gate(m, 0, None, 0, 0, 0) != 0
+
+
+# --- 019: a PC written by a hook continues inside cpu_exec ---------------------------------------------------
+def _readable(addr: int, size: int) -> bool:
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr and addr + size <= hi and line.split()[1][0] == "r":
+                return True
+    return False
+
+
+class ExecEntries:
+    """Counts cpu_exec()'s entries through CPUClass.cpu_exec_enter. CPUState.cc follows CPUState.uc (the
+    engine's handle); in the class, cpu_exec_enter is the seventh slot after tlb_fill, which in
+    virtual-TLB mode holds unicorn_fill_tlb_<arch> (QEMU 5.0's CPUClass: tlb_fill, tlb_fill_cpu,
+    get_phys_page_debug, get_phys_page_attrs_debug, asidx_from_attrs, debug_check_watchpoint,
+    debug_excp_handler, cpu_exec_enter)."""
+    PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+    def __init__(self, m: Machine):
+        fill = ctypes.cast(getattr(unicorn_lib.uclib, f"unicorn_fill_tlb_{_suffix(m.arch)}"), ctypes.c_void_p).value
+        words = (ctypes.c_uint64 * 8192).from_address(_cpu(m))
+        at = [i for i in range(8191) if words[i] == m.handle_int]       # CPUState's, then the env's
+        assert at and _readable(words[at[0] + 1], 8 * 128), "CPUState.uc, cc not found"
+        self.cls = (ctypes.c_uint64 * 128).from_address(words[at[0] + 1])
+        hits = [i for i in range(120) if self.cls[i] == fill]
+        assert len(hits) == 1, "CPUClass.tlb_fill not found"
+        self.slot = hits[0] + 7
+        self.orig = self.cls[self.slot]
+        original = self.PROTO(self.orig)
+        self.count = 0
+
+        def counting(cpu_):
+            self.count += 1
+            original(cpu_)
+        self.counting = self.PROTO(counting)
+
+    def __enter__(self) -> "ExecEntries":
+        self.cls[self.slot] = ctypes.cast(self.counting, ctypes.c_void_p).value
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cls[self.slot] = self.orig
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_pc_write_in_hook_stays_in_cpu_exec(arch):
+    """A code hook that stands in for a function (writes the return value and the PC, as emsan's
+    allocator does at every intercepted call) leaves translated code at the hook but no longer leaves
+    and re-enters cpu_exec(): ten such calls, one entry (eleven without the patch); the guest runs on at
+    the written PC with the written registers, and a PC write followed by uc_emu_stop() still stops
+    there."""
+    m, begin, end = _call_loop(arch, 10)
+    m.uc.hook_add(uc.UC_HOOK_TLB_FILL, _identity_fill)
+    m.uc.ctl_set_tlb_mode(uc.UC_TLB_VIRTUAL)
+    ret = "rax" if arch == "x86_64" else "x0"
+    calls = []
+
+    def stand_in(u, address, size, ud):              # return 7 to the caller without running FUNC
+        calls.append(address)
+        if arch == "x86_64":
+            sp = m.reg("rsp")
+            m.set_reg("rsp", sp + 8)
+            target = struct.unpack("<Q", bytes(u.mem_read(sp, 8)))[0]
+        else:
+            target = m.reg("x30")
+        m.set_reg(ret, 7)
+        m.pc = target
+    h = m.uc.hook_add(uc.UC_HOOK_CODE, stand_in, None, LOOP_FUNC, LOOP_FUNC)
+    m.uc.emu_start(begin, end)                        # translated, TLB filled, before counting
+    with ExecEntries(m) as entries:
+        m.uc.emu_start(begin, end)
+    assert entries.count == 1
+    assert calls == [LOOP_FUNC] * 20 and m.reg(ret) == 7 and m.pc == end
+    m.uc.hook_del(h)
+    m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: (setattr(m, "pc", LOOP_CODE), u.emu_stop()), None,
+                  LOOP_FUNC, LOOP_FUNC)
+    m.uc.ctl_flush_tb()
+    m.uc.emu_start(begin, end)
+    assert m.pc == LOOP_CODE
+
+
+def _identity_fill(uc_, vaddr, access, entry, ud):
+    entry.paddr = vaddr & ~0xFFF
+    entry.perms = 7
+    return True

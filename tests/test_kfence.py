@@ -149,6 +149,20 @@ def test_kfence_stops_at_first_report(tmp_path):
     assert "CASE double_free" not in p.stdout.decode()
 
 
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_kfence_uaf_at_either_edge_of_the_page(arch):
+    """A freed object's page is closed however the object sits in it: the seeds place it at the left or
+    the right edge at random, and every run reports the read after free (tests/guest/threads.c "uaf":
+    one thread writes the object, another frees it, a third reads it, so the guest's TLB holds the
+    object's page when it is freed). The engine's TLB pages are 1 KiB on arm64: closing the page must
+    drop each of its four entries, not the first one only."""
+    exe = build("threads", arch, "dynamic")
+    for seed in range(1, 7):
+        p = emsan("run", "--mode", "kfence", "--sample-interval", "1", "--seed", str(seed), exe, "uaf",
+                  env={"PATH": "/usr/bin:/bin"})
+        assert p.returncode == 99 and "BUG: KFENCE: use-after-free read in reader_thread" in p.stderr.decode(), seed
+
+
 @pytest.mark.parametrize("sampling", [["--sample-interval", "3"], ["--sample-instructions", "20000"]])
 def test_kfence_mixed_with_libc(arch, sampling):
     """Sampled and unsampled objects side by side: calloc, aligned_alloc, posix_memalign,

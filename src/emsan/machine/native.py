@@ -21,7 +21,8 @@ def load():
     api = ffi.new("emsan_api *")
     for field in ("uc_reg_read", "uc_reg_write", "uc_mem_read", "uc_mem_write",
                   "uc_emu_stop", "uc_hook_add", "uc_ctl", "uc_emsan_host_ptr", "uc_emsan_shadow_check",
-                  "uc_emsan_block_filter", "uc_emsan_reg_ptr", "uc_emsan_tag_check"):
+                  "uc_emsan_block_filter", "uc_emsan_reg_ptr", "uc_emsan_tag_check",
+                  "uc_emsan_tlb_flush_page", "uc_emsan_hook_gate"):
         setattr(api, field, ffi.cast("void *", fnptr(field)))
     lib.emsan_set_api(api)
     return ffi, lib

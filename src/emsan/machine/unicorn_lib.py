@@ -30,7 +30,8 @@ MANIFEST = ENGINE_DIR / "engine.json"
 # reads guest memory through uc_emsan_host_ptr); the engine build must export them.
 INTERNALS = ("qemu_get_cpu_x86_64", "cpu_restore_state_x86_64",
              "qemu_get_cpu_aarch64", "cpu_restore_state_aarch64", "uc_emsan_host_ptr", "uc_emsan_shadow_check",
-             "uc_emsan_block_filter", "uc_emsan_reg_ptr", "uc_emsan_tagged_tlb", "uc_emsan_tag_check")
+             "uc_emsan_block_filter", "uc_emsan_reg_ptr", "uc_emsan_tagged_tlb", "uc_emsan_tag_check",
+             "uc_emsan_tlb_flush_page", "uc_emsan_hook_gate")
 
 
 class EngineError(EmsanError):

@@ -14,6 +14,8 @@ typedef struct emsan_api {
     void *uc_emsan_block_filter;    /* uc_err (uc_engine *, uc_hook, filter, void *): engine/patches/012 */
     void *uc_emsan_reg_ptr;         /* void *(uc_engine *, int, bool): engine/patches/013 */
     void *uc_emsan_tag_check;       /* uc_shadow_check's arguments, for pointer tags: engine/patches/015 */
+    void *uc_emsan_tlb_flush_page;  /* uc_err (uc_engine *, uint64_t): engine/patches/016 */
+    void *uc_emsan_hook_gate;       /* uc_err (uc_engine *, uc_hook, uint64_t *, int64_t, uint64_t, uint64_t): 017 */
 } emsan_api;
 
 void emsan_set_api(const emsan_api *api);
@@ -544,6 +546,8 @@ void emsan_kfence_destroy(emsan_kfence *k);
 void *emsan_kfence_entry(emsan_kfence *k, int fn);
 void emsan_kfence_get_stats(emsan_kfence *k, emsan_kfence_stats *out);
 int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr);
+/* Put the gate of engine/patches/017 on the entry hook hh of allocator function fn; 0 or a uc_err. */
+int emsan_kfence_gate(emsan_kfence *k, int fn, size_t hh);
 int emsan_kfence_check_range(emsan_kfence *k, uint64_t addr, uint64_t size, int is_write);
 /* A persistent fuzzing loop: save the pool's state, go back to it after each input; and a new
  * sampling stream for each input. */

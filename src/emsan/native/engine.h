@@ -58,6 +58,8 @@ typedef void *(*engine_host_ptr_fn)(void *, uint64_t, size_t, _Bool);
 typedef void *(*engine_reg_ptr_fn)(void *, int, _Bool);
 typedef int (*engine_hook_add_fn)(void *, size_t *, int, void *, void *, uint64_t, uint64_t, ...);
 typedef int (*engine_block_filter_fn)(void *, size_t, void *, void *);
+typedef int (*engine_tlb_flush_page_fn)(void *, uint64_t);
+typedef int (*engine_hook_gate_fn)(void *, size_t, uint64_t *, int64_t, uint64_t, uint64_t);
 
 /* uc_tb: the translation block a UC_HOOK_EDGE_GENERATED callback is given. */
 typedef struct engine_tb { uint64_t pc; uint16_t icount; uint16_t size; } engine_tb;
@@ -126,5 +128,17 @@ static inline int mem_put(void *uc, uint64_t a, const void *buf, size_t n)
 }
 static inline void emu_stop(void *uc) { ((engine_emu_stop_fn)emsan_uc.uc_emu_stop)(uc); }
 static inline void tlb_flush(void *uc) { ((engine_ctl_fn)emsan_uc.uc_ctl)(uc, ENGINE_CTL_TLB_FLUSH); }
+/* The code hook hh is called only when (*word += add) - base < size (engine/patches/017): the
+ * test runs in translated code, the way the kernel's static keys keep a hook off a fast path. */
+static inline int hook_gate(void *uc, size_t hh, uint64_t *word, int64_t add, uint64_t base, uint64_t size)
+{
+    return ((engine_hook_gate_fn)emsan_uc.uc_emsan_hook_gate)(uc, hh, word, add, base, size);
+}
+/* Forget one virtual page's mapping, keep every other page's (engine/patches/016): what a change
+ * of one page's protection needs, without refilling the whole working set afterwards. */
+static inline void tlb_flush_page(void *uc, uint64_t a)
+{
+    ((engine_tlb_flush_page_fn)emsan_uc.uc_emsan_tlb_flush_page)(uc, a);
+}
 
 #endif

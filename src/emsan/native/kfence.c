@@ -4,12 +4,16 @@
  * page 2k+2 and its right guard is page 2k+3. Page protection goes through Unicorn's
  * virtual-TLB mode: the TLB-fill callback maps a live object page 1:1 and sends guard, free and
  * unused pages to a PROT_NONE "trap twin" of the pool, so a change of protection is a byte in
- * page_ok[] plus a TLB flush. A fault in the twin arrives (as a physical address) in
+ * page_ok[] plus that one page's TLB entry forgotten (engine/patches/016; a whole-TLB flush at
+ * every sampled allocation and free made the guest refill its working set each time: alloc.c
+ * ran at 1.3-1.45x --mode none). A fault in the twin arrives (as a physical address) in
  * emsan_kfence_fault(), which classifies it like kfence_handle_page_fault().
  *
- * Every allocator entry passes emsan_kfence_entry_cb(): unsampled allocations return at once
- * (the guest's own allocator runs), and a free or realloc of a pointer that is not emsan's is
- * one subtraction and one compare away from the guest's allocator too. Right after the pool
+ * The allocator's entry points carry emsan_kfence_entry_cb() behind a gate the engine tests in
+ * translated code (engine/patches/017), the kernel's static key: an allocation decrements the
+ * sampling countdown and calls only when it reaches 0; a free, realloc or malloc_usable_size
+ * calls only when its pointer lies in the pool or the spill arena (is_kfence_address()).
+ * Between samples the guest's own allocator runs with no call into emsan. Right after the pool
  * lies a small "spill" arena: a pool object realloc'ed beyond a page (or while the pool is full)
  * moves there, so that libc never sees a pointer it did not hand out. */
 #include "runtime.h"
@@ -28,6 +32,7 @@ struct kf_meta {
     uint32_t alloc_tid, free_tid;
     uint32_t hash;                     /* allocation-stack hash (skip-covered filter) */
     uint8_t state;
+    uint8_t canary_ok;                 /* the page is canary everywhere but [addr, addr + size) */
 };
 
 struct emsan_kfence {
@@ -39,7 +44,8 @@ struct emsan_kfence {
     uint32_t *fifo; uint32_t fifo_head, fifo_len;      /* free slots, least recently freed first */
     uint64_t rng;
     /* sampling gate */
-    uint64_t interval, countdown;                      /* by allocation count */
+    uint64_t interval, countdown;                      /* by allocation count: the entry hooks' gate
+                                                        * decrements it, 0 is a sampling attempt */
     uint64_t insn_interval, code_bytes, next_at;       /* by guest time (code bytes / 4) */
     int flush_pending;
     /* skip-covered: counting Bloom filter over allocation-stack hashes */
@@ -78,6 +84,19 @@ static inline void flush_tlb(kf_t *k)
 {
     tlb_flush(k->rt->uc);
     k->flush_pending = 0;
+    k->stats.tlb_flushes++;
+}
+
+/* The engine's TLB pages can be smaller than emsan's 4 KiB: QEMU's arm targets use 1 KiB
+ * (TARGET_PAGE_BITS_MIN 10), each with its own entry. */
+#define ENGINE_MIN_PAGE 1024
+
+/* A pool page's protection: page_ok[] is what the TLB fill reads, and the page's entries (if the
+ * guest has any) go so that the next access asks again. */
+static inline void set_page_ok(kf_t *k, uint64_t page, int ok)
+{
+    k->page_ok[(page - k->pool) >> PAGE_SHIFT] = (uint8_t)ok;
+    for (uint64_t a = page; a < page + PAGE_SIZE; a += ENGINE_MIN_PAGE) tlb_flush_page(k->rt->uc, a);
     k->stats.tlb_flushes++;
 }
 
@@ -217,6 +236,7 @@ EXPORT int emsan_kfence_fault(emsan_kfence *k, int type, uint64_t addr)
     } else if (page >= 2 && k->meta[page / 2 - 1].state != KF_UNUSED) {
         idx = (int)page / 2 - 1;
         kind = EMSAN_ERR_KFENCE_UAF;
+        k->meta[idx].canary_ok = 0;    /* the page opens: its canaries are rewritten next time */
     } else {
         kind = EMSAN_ERR_KFENCE_INVALID;
     }
@@ -265,18 +285,26 @@ static uint64_t kf_place(kf_t *k, uint64_t size, uint64_t align, int zero, uint3
     uint64_t addr = page;
     if (rnd(k) & 1) addr = (page + PAGE_SIZE - size) & ~(align - 1);     /* right edge, aligned */
     struct kf_meta *m = &k->meta[idx];
+    /* Canaries around the object: where the page still holds them (checked at the last free),
+     * only the last object's bytes need them again, and the new object's get them too (its
+     * contents before the guest writes, as with a whole page of canary). */
+    if (m->canary_ok) {
+        mem_put(k->rt->uc, m->addr, k->canary + (m->addr - page), m->size);
+        mem_put(k->rt->uc, addr, k->canary + (addr - page), size);
+    } else {
+        mem_put(k->rt->uc, page, k->canary, PAGE_SIZE);
+    }
+    m->canary_ok = 0;
     m->addr = addr; m->size = size; m->state = KF_ALLOCATED;
     m->alloc_stack = stack; m->free_stack = 0; m->alloc_ns = now_ns(k); m->free_ns = 0;
     m->alloc_tid = k->rt->tid; m->free_tid = 0;
     m->hash = hash;
     covered_add(k, hash, 1);
-    mem_put(k->rt->uc, page, k->canary, PAGE_SIZE);      /* canaries around the object */
     if (zero && size) {
         static const uint8_t zeros[PAGE_SIZE];
         mem_put(k->rt->uc, addr, zeros, size);
     }
-    k->page_ok[(page - k->pool) >> PAGE_SHIFT] = 1;
-    flush_tlb(k);
+    set_page_ok(k, page, 1);
     k->stats.allocated++;
     k->stats.total_allocs++;
     return addr;
@@ -285,7 +313,7 @@ static uint64_t kf_place(kf_t *k, uint64_t size, uint64_t align, int zero, uint3
 static inline int gate_open(kf_t *k)
 {
     if (k->insn_interval) return (k->code_bytes >> 2) >= k->next_at;
-    return k->countdown <= 1;
+    return !k->countdown;
 }
 
 static inline void gate_close(kf_t *k)
@@ -297,7 +325,6 @@ static inline void gate_close(kf_t *k)
 /* The sampling decision for an allocation of `size` (__kfence_alloc). */
 static uint64_t kf_maybe_alloc(kf_t *k, uint64_t size, uint64_t align, int zero)
 {
-    if (!k->insn_interval && k->countdown > 1) { k->countdown--; return 0; }     /* the fast path */
     if (!gate_open(k)) return 0;
     if (!size || size > PAGE_SIZE || align > PAGE_SIZE) { k->stats.skipped_incompat++; return 0; }
     gate_close(k);
@@ -336,11 +363,16 @@ static void kf_free(kf_t *k, uint64_t ptr)
     m->free_ns = now_ns(k);
     m->state = KF_FREED;
     uint64_t page = ptr & ~(PAGE_SIZE - 1);
-    uint8_t buf[PAGE_SIZE];
-    mem_get(k->rt->uc, page, buf, PAGE_SIZE);
+    uint8_t copy[PAGE_SIZE];
+    const uint8_t *buf = mem_view(k->rt->uc, page, copy, PAGE_SIZE);
+    if (!buf) {                        /* not all mapped: cannot be, the pool is emsan's */
+        memset(copy, 0, PAGE_SIZE);
+        buf = copy;
+    }
     uint64_t lo = ptr - page, hi = lo + m->size, bad = PAGE_SIZE;
-    for (uint64_t i = 0; i < lo; i++) if (buf[i] != k->canary[i]) { bad = i; break; }
-    if (bad == PAGE_SIZE)
+    if (memcmp(buf, k->canary, lo))
+        for (uint64_t i = 0; i < lo; i++) if (buf[i] != k->canary[i]) { bad = i; break; }
+    if (bad == PAGE_SIZE && memcmp(buf + hi, k->canary + hi, PAGE_SIZE - hi))
         for (uint64_t i = hi; i < PAGE_SIZE; i++) if (buf[i] != k->canary[i]) { bad = i; break; }
     if (bad != PAGE_SIZE) {
         emsan_kfence_object *o = &report_free_error(k, EMSAN_ERR_KFENCE_CORRUPTION, page + bad, (int)idx)->kfence;
@@ -353,11 +385,12 @@ static void kf_free(kf_t *k, uint64_t ptr)
             o->intact[i - bad] = buf[i] == k->canary[i];
         }
     }
-    k->page_ok[off >> PAGE_SHIFT] = 0;
+    m->canary_ok = bad == PAGE_SIZE;
+    set_page_ok(k, page, 0);
     if (m->unprotected_page) {         /* a guard page an OOB report opened: zero and close */
         static const uint8_t zeros[PAGE_SIZE];
         mem_put(k->rt->uc, m->unprotected_page, zeros, PAGE_SIZE);
-        k->page_ok[(m->unprotected_page - k->pool) >> PAGE_SHIFT] = 0;
+        set_page_ok(k, m->unprotected_page, 0);
         m->unprotected_page = 0;
     }
     covered_add(k, m->hash, -1);
@@ -365,7 +398,6 @@ static void kf_free(kf_t *k, uint64_t ptr)
     k->fifo_len++;
     k->stats.allocated--;
     k->stats.total_frees++;
-    flush_tlb(k);
     if (bad != PAGE_SIZE) error_raise(k->rt);
 }
 
@@ -450,6 +482,21 @@ static uint64_t own_realloc(kf_t *k, uint64_t ptr, uint64_t size)
     return p;
 }
 
+/* The gate of the hook hh on an allocator entry point of function fn (engine/patches/017): the
+ * engine calls emsan_kfence_entry_cb() only when it passes. An allocation counts down (not under
+ * --sample-instructions: guest time is read in the callback); a pointer argument must be one of
+ * emsan's (the pool and the spill arena, in one span). */
+EXPORT int emsan_kfence_gate(emsan_kfence *k, int fn, size_t hh)
+{
+    rt_t *rt = k->rt;
+    int op = call_op(fn);
+    if (op == CALL_ALLOC)
+        return k->insn_interval ? 0 : hook_gate(rt->uc, hh, &k->countdown, -1, 0, 1);
+    uint64_t *arg0 = reg_ptr(rt->uc, rt->regs[EMSAN_REG_ARG0], 0);
+    if (!arg0 || (op != CALL_FREE && op != CALL_REALLOC && op != CALL_USABLE_SIZE)) return 0;
+    return hook_gate(rt->uc, hh, arg0, 0, k->pool, k->span);
+}
+
 /* Unicorn UC_HOOK_CODE callback on the first instruction of each allocator entry point:
  * unsampled allocations and pointers that are not emsan's go on to the guest's allocator. */
 EXPORT void emsan_kfence_entry_cb(void *uc, uint64_t address, uint32_t size, void *ud)
@@ -463,8 +510,8 @@ EXPORT void emsan_kfence_entry_cb(void *uc, uint64_t address, uint32_t size, voi
     struct alloc_call c;
     decode_alloc_call(rt, en->fn, &c);
     if (c.op == CALL_ALLOC) {
-        if (LIKELY(!k->insn_interval && k->countdown > 1) && !c.bad) { k->countdown--; return; }   /* the fast path */
         uint64_t r = c.bad ? 0 : kf_maybe_alloc(k, c.size, c.align, c.zero);
+        if (!k->insn_interval && !k->countdown) k->countdown = 1;     /* not taken: the next one tries */
         if (!r) return;                /* not sampled: the guest's allocator runs */
         if (c.out) {                   /* posix_memalign */
             mem_put(rt->uc, c.out, &r, 8);
@@ -564,6 +611,7 @@ EXPORT void emsan_kfence_rollback(emsan_kfence *k)
     struct kf_saved *s = k->saved;
     if (!s) return;
     memcpy(k->meta, s->meta, k->nobj * sizeof *k->meta);
+    for (uint32_t i = 0; i < k->nobj; i++) k->meta[i].canary_ok = 0;     /* the pages are the loop's */
     memcpy(k->fifo, s->fifo, k->nobj * sizeof *k->fifo);
     k->fifo_head = s->fifo_head;
     k->fifo_len = s->fifo_len;

@@ -1,10 +1,12 @@
 """KFENCE mode: sampled objects on pages between guard pages, behind Unicorn's virtual TLB.
 
-No memory-access hook at all. Every allocator entry point passes a C callback
-(native/kfence.c) that lets the guest's own allocator run unless the allocation is sampled; a
-free or realloc of a pointer outside emsan's pool and spill arena goes straight to the guest's
-allocator. Python runs for reports only (and for the rare protection fault)."""
+No memory-access hook at all. Every allocator entry point carries a C callback (native/kfence.c)
+behind a gate the engine tests in translated code: only the allocation that is sampled and a free
+or realloc of a pointer in emsan's pool or spill arena call it, everything else is the guest's own
+allocator, untouched. Python runs for reports only (and for the rare protection fault)."""
 from __future__ import annotations
+
+import unicorn
 
 from emsan.report.model import KfenceObject, KfenceReport, Task
 from emsan.sanitizer.entrypoints import module_entry_points
@@ -70,7 +72,10 @@ class KfenceMode:
         if entry == rt.ffi.NULL:
             return
         self.hooked[addr] = fn
-        self.machine.hook_code_native(self._entry_cb, entry, addr)
+        hh = self.machine.hook_code_native(self._entry_cb, entry, addr)
+        err = rt.lib.emsan_kfence_gate(self.k, rt.fn_id(fn), hh)
+        if err:
+            raise unicorn.UcError(err)
 
     def _fault(self, access: int, addr: int, size: int) -> bool:
         try:
