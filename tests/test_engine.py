@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -683,7 +684,29 @@ def _mmio_loop(arch: str, times: int) -> tuple[Machine, int, int]:
     return m, LOOP_CODE, end
 
 
-class MappingCounter:
+class SlotCounter:
+    """While in use, the function pointer at words[slot] is a wrapper (of type PROTO) that counts the
+    calls in .calls and calls the original."""
+    PROTO: Any
+
+    def _count(self, words, slot: int) -> None:
+        self.words, self.slot, self.orig, self.calls = words, slot, words[slot], 0
+        original = self.PROTO(self.orig)
+
+        def counting(*args):
+            self.calls += 1
+            return original(*args)
+        self.counting = self.PROTO(counting)
+
+    def __enter__(self):
+        self.words[self.slot] = ctypes.cast(self.counting, ctypes.c_void_p).value
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.words[self.slot] = self.orig
+
+
+class MappingCounter(SlotCounter):
     """Counts the engine's uc->memory_mapping() calls (find_memory_mapping_<arch>, Unicorn's region
     lookup) by swapping the function pointer in struct uc_struct for a counting one while in use."""
 
@@ -692,23 +715,10 @@ class MappingCounter:
     def __init__(self, m: Machine):
         self.find = ctypes.cast(getattr(unicorn_lib.uclib, f"find_memory_mapping_{_suffix(m.arch)}"),
                                 ctypes.c_void_p).value
-        self.words = (ctypes.c_uint64 * 1024).from_address(m.handle_int)
-        slots = [i for i in range(1024) if self.words[i] == self.find]
+        words = (ctypes.c_uint64 * 1024).from_address(m.handle_int)
+        slots = [i for i in range(1024) if words[i] == self.find]
         assert len(slots) == 1, "uc_struct.memory_mapping not found"
-        self.slot, self.calls = slots[0], 0
-        orig = self.PROTO(self.find)
-
-        def counting(u, addr):
-            self.calls += 1
-            return orig(u, addr)
-        self.counting = self.PROTO(counting)
-
-    def __enter__(self) -> "MappingCounter":
-        self.words[self.slot] = ctypes.cast(self.counting, ctypes.c_void_p).value
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.words[self.slot] = self.find
+        self._count(words, slots[0])
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -930,25 +940,23 @@ def _checked_accesses(arch: str) -> tuple[bytes, int, list[tuple[int, int, int, 
     return b"".join(ins), pcs[-1], want
 
 
-@pytest.mark.parametrize("arch", ARCHES)
-def test_inline_shadow_check_sees_flagged_granules(arch):
-    """uc_emsan_shadow_check: the callback runs for exactly the accesses whose first granule (or, when
-    misaligned, next granule) is not clean, once each, with the address, size, direction and a host
-    return address from which QEMU's cpu_restore_state() gives the exact PC of the instruction; the
-    same on the first run (TLB misses: the helpers check) and the second (translated code checks).
-    Accesses outside the range (the code itself) are never seen; turning the check off stops it."""
+def _shadow_checked(arch: str, code: bytes, granules: dict[int, int]):
+    """A machine with `code` at LOOP_CODE and HEAP checked by uc_emsan_shadow_check against a shadow that
+    is clean but for `granules` (offset in HEAP -> byte): (machine, the check function, the list the
+    callback appends (pc offset, address offset, size, is_write) to, recovering each exact PC, and what must
+    stay alive while the check is on: the shadow and the callback)."""
     check = _fn("uc_emsan_shadow_check", ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
                 ctypes.c_void_p, ctypes.c_uint8, ctypes.c_void_p, ctypes.c_void_p)
     restore = _fn(f"cpu_restore_state_{_suffix(arch)}", ctypes.c_bool, ctypes.c_void_p, ctypes.c_size_t,
                   ctypes.c_bool)
     m = Machine(arch)
-    code, end, want = _checked_accesses(arch)
     m.map(LOOP_CODE, 0x1000, RX)
     m.write(LOOP_CODE, code)
     m.map(HEAP, 0x10000, RW)
     shadow = (ctypes.c_uint8 * (0x10000 // 8 + 0x1000))(*([CLEAN] * (0x10000 // 8 + 0x1000)))
-    shadow[0x100 // 8] = 0x00
-    seen = []
+    for off, byte in granules.items():
+        shadow[off // 8] = byte
+    seen: list[tuple[int, int, int, bool]] = []
     pc_reg = x86_const.UC_X86_REG_RIP if arch == "x86_64" else arm64_const.UC_ARM64_REG_PC
     cpu = _cpu(m)
 
@@ -959,6 +967,18 @@ def test_inline_shadow_check_sees_flagged_granules(arch):
     cb_ptr = CHECK_CB(cb)
     assert check(m.handle_int, HEAP, 0x10000, ctypes.addressof(shadow), CLEAN,
                  ctypes.cast(cb_ptr, ctypes.c_void_p), None) == 0
+    return m, check, seen, (shadow, cb_ptr)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_inline_shadow_check_sees_flagged_granules(arch):
+    """uc_emsan_shadow_check: the callback runs for exactly the accesses whose first granule (or, when
+    misaligned, next granule) is not clean, once each, with the address, size, direction and a host
+    return address from which QEMU's cpu_restore_state() gives the exact PC of the instruction; the
+    same on the first run (TLB misses: the helpers check) and the second (translated code checks).
+    Accesses outside the range (the code itself) are never seen; turning the check off stops it."""
+    code, end, want = _checked_accesses(arch)
+    m, check, seen, _alive = _shadow_checked(arch, code, {0x100: 0x00})
     for _ in range(2):
         seen.clear()
         m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
@@ -1008,28 +1028,8 @@ def test_inline_shadow_check_partial_granules(arch):
     """uc_emsan_shadow_check with a partial granule (shadow 3: its first 3 bytes accessible): the callback
     sees exactly the accesses that reach past them, with exact PCs, in the helpers (first run) and in
     translated code (second run), where accesses inside them go straight to memory (018)."""
-    check = _fn("uc_emsan_shadow_check", ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
-                ctypes.c_void_p, ctypes.c_uint8, ctypes.c_void_p, ctypes.c_void_p)
-    restore = _fn(f"cpu_restore_state_{_suffix(arch)}", ctypes.c_bool, ctypes.c_void_p, ctypes.c_size_t,
-                  ctypes.c_bool)
-    m = Machine(arch)
     code, end, want = _partial_accesses(arch)
-    m.map(LOOP_CODE, 0x1000, RX)
-    m.write(LOOP_CODE, code)
-    m.map(HEAP, 0x10000, RW)
-    shadow = (ctypes.c_uint8 * (0x10000 // 8 + 0x1000))(*([CLEAN] * (0x10000 // 8 + 0x1000)))
-    shadow[0x120 // 8] = 3 ^ CLEAN
-    seen = []
-    pc_reg = x86_const.UC_X86_REG_RIP if arch == "x86_64" else arm64_const.UC_ARM64_REG_PC
-    cpu = _cpu(m)
-
-    def cb(u, addr, size, is_write, host_pc, d):
-        assert host_pc
-        assert restore(cpu, host_pc, False)
-        seen.append((m.uc.reg_read(pc_reg) - LOOP_CODE, addr - HEAP, size, bool(is_write)))
-    cb_ptr = CHECK_CB(cb)
-    assert check(m.handle_int, HEAP, 0x10000, ctypes.addressof(shadow), CLEAN,
-                 ctypes.cast(cb_ptr, ctypes.c_void_p), None) == 0
+    m, check, seen, _alive = _shadow_checked(arch, code, {0x120: 3 ^ CLEAN})
     for _ in range(2):
         seen.clear()
         m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
@@ -1368,7 +1368,7 @@ def _readable(addr: int, size: int) -> bool:
     return False
 
 
-class ExecEntries:
+class ExecEntries(SlotCounter):
     """Counts cpu_exec()'s entries through CPUClass.cpu_exec_enter. CPUState.cc follows CPUState.uc (the
     engine's handle); in the class, cpu_exec_enter is the seventh slot after tlb_fill, which in
     virtual-TLB mode holds unicorn_fill_tlb_<arch> (QEMU 5.0's CPUClass: tlb_fill, tlb_fill_cpu,
@@ -1381,25 +1381,10 @@ class ExecEntries:
         words = (ctypes.c_uint64 * 8192).from_address(_cpu(m))
         at = [i for i in range(8191) if words[i] == m.handle_int]       # CPUState's, then the env's
         assert at and _readable(words[at[0] + 1], 8 * 128), "CPUState.uc, cc not found"
-        self.cls = (ctypes.c_uint64 * 128).from_address(words[at[0] + 1])
-        hits = [i for i in range(120) if self.cls[i] == fill]
+        cls = (ctypes.c_uint64 * 128).from_address(words[at[0] + 1])
+        hits = [i for i in range(120) if cls[i] == fill]
         assert len(hits) == 1, "CPUClass.tlb_fill not found"
-        self.slot = hits[0] + 7
-        self.orig = self.cls[self.slot]
-        original = self.PROTO(self.orig)
-        self.count = 0
-
-        def counting(cpu_):
-            self.count += 1
-            original(cpu_)
-        self.counting = self.PROTO(counting)
-
-    def __enter__(self) -> "ExecEntries":
-        self.cls[self.slot] = ctypes.cast(self.counting, ctypes.c_void_p).value
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.cls[self.slot] = self.orig
+        self._count(cls, hits[0] + 7)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -1429,7 +1414,7 @@ def test_pc_write_in_hook_stays_in_cpu_exec(arch):
     m.uc.emu_start(begin, end)                        # translated, TLB filled, before counting
     with ExecEntries(m) as entries:
         m.uc.emu_start(begin, end)
-    assert entries.count == 1
+    assert entries.calls == 1
     assert calls == [LOOP_FUNC] * 20 and m.reg(ret) == 7 and m.pc == end
     m.uc.hook_del(h)
     m.uc.hook_add(uc.UC_HOOK_CODE, lambda u, a, s, d: (setattr(m, "pc", LOOP_CODE), u.emu_stop()), None,
