@@ -68,10 +68,12 @@ def baseline(cfg: str) -> str:
     return BASELINE.get(cfg, "none")
 
 
-def configs(arch: str, peers: dict[str, bool], only: set[str] | None = None) -> list[str]:
-    cfgs = [c for c in CONFIGS if (c not in TAG_MODES or arch == "arm64") and (c not in ABLATIONS or peers["ablations"])]
+def configs(arch: str, peers: dict[str, bool], only: set[str] | None = None, ablations: bool = False) -> list[str]:
+    cfgs = [c for c in CONFIGS if c not in TAG_MODES or arch == "arm64"]
     if only:                                    # each chosen configuration keeps its baseline
         cfgs = [c for c in cfgs if c in only or c in {baseline(o) for o in only}]
+    elif not ablations:
+        cfgs = [c for c in cfgs if c not in ABLATIONS]
     if not peers["clang"]:
         cfgs = [c for c in cfgs if CONFIGS[c][0] not in ("clang", "clang-kasan")]
     if (not peers["valgrind"] or arch != "x86_64") and "memcheck" in cfgs:     # memcheck runs natively
@@ -112,9 +114,9 @@ def run_bench(args: argparse.Namespace, log) -> dict:
     reps = args.reps or (3 if args.quick else 5)
     peers = {"clang": shutil.which("clang") is not None,
              "valgrind": args.valgrind and shutil.which("valgrind") is not None,
-             "qemu": args.qemu and all(shutil.which(QEMU[a]) for a in arches), "ablations": args.ablations}
+             "qemu": args.qemu and all(shutil.which(QEMU[a]) for a in arches)}
     for what, ok in peers.items():
-        if not ok and what != "ablations":
+        if not ok:
             log(f"[yellow]{what}: not installed or not asked for; its configurations are left out[/yellow]")
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()
@@ -123,7 +125,7 @@ def run_bench(args: argparse.Namespace, log) -> dict:
         wl: dict[tuple[str, str], dict] = {}
         for arch in arches:
             for name in names:
-                cfgs = configs(arch, peers, args.configs)
+                cfgs = configs(arch, peers, args.configs, args.ablations)
                 exes = binaries(name, arch, cfgs)
                 iters = max(1, round(ITERATIONS[name][arch] * args.scale))
                 # untimed, at a hundredth of the size: builds emsan's caches for each binary and mode
@@ -235,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-valgrind", dest="valgrind", action="store_false", help="skip the valgrind memcheck runs")
     p.add_argument("--no-qemu", dest="qemu", action="store_false", help="skip the qemu-user runs")
     p.add_argument("--ablations", action="store_true",
-                   help="also generic mode with --stacks none, and with --quarantine-size 0 as well")
+                   help="also generic mode with --stacks none, and with --quarantine-size 0 as well "
+                        "(generic/no-stacks, generic/no-quarantine: --configs may name them too)")
     p.add_argument("--configs", type=lambda v: set(v.split(",")),
-                   help=f"comma-separated subset of {','.join(CONFIGS)} (each with its baseline; default: all)")
+                   help=f"comma-separated subset of {','.join(CONFIGS)} (each with its baseline; default: all "
+                        "but the ablations)")
     args_check = p.parse_known_args(argv)[0].configs
     if args_check and not args_check <= set(CONFIGS):
         p.error(f"--configs: unknown {', '.join(sorted(args_check - set(CONFIGS)))}")

@@ -940,24 +940,20 @@ def _checked_accesses(arch: str) -> tuple[bytes, int, list[tuple[int, int, int, 
     return b"".join(ins), pcs[-1], want
 
 
-def _shadow_checked(arch: str, code: bytes, granules: dict[int, int]):
-    """A machine with `code` at LOOP_CODE and HEAP checked by uc_emsan_shadow_check against a shadow that
-    is clean but for `granules` (offset in HEAP -> byte): (machine, the check function, the list the
-    callback appends (pc offset, address offset, size, is_write) to, recovering each exact PC, and what must
-    stay alive while the check is on: the shadow and the callback)."""
-    check = _fn("uc_emsan_shadow_check", ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
-                ctypes.c_void_p, ctypes.c_uint8, ctypes.c_void_p, ctypes.c_void_p)
-    restore = _fn(f"cpu_restore_state_{_suffix(arch)}", ctypes.c_bool, ctypes.c_void_p, ctypes.c_size_t,
+def _checked(m: Machine, code: bytes, api: str, table, key: int):
+    """`code` at LOOP_CODE and HEAP mapped on m, HEAP checked through `api` (uc_emsan_shadow_check or
+    uc_emsan_tag_check) against `table` with `key`: (the check function, the list the callback appends
+    (pc offset, address - HEAP (a tag stays in the top byte), size, is_write) to, recovering each exact PC,
+    and what must stay alive while the check is on)."""
+    check = _fn(api, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p,
+                ctypes.c_uint8, ctypes.c_void_p, ctypes.c_void_p)
+    restore = _fn(f"cpu_restore_state_{_suffix(m.arch)}", ctypes.c_bool, ctypes.c_void_p, ctypes.c_size_t,
                   ctypes.c_bool)
-    m = Machine(arch)
     m.map(LOOP_CODE, 0x1000, RX)
     m.write(LOOP_CODE, code)
     m.map(HEAP, 0x10000, RW)
-    shadow = (ctypes.c_uint8 * (0x10000 // 8 + 0x1000))(*([CLEAN] * (0x10000 // 8 + 0x1000)))
-    for off, byte in granules.items():
-        shadow[off // 8] = byte
     seen: list[tuple[int, int, int, bool]] = []
-    pc_reg = x86_const.UC_X86_REG_RIP if arch == "x86_64" else arm64_const.UC_ARM64_REG_PC
+    pc_reg = x86_const.UC_X86_REG_RIP if m.arch == "x86_64" else arm64_const.UC_ARM64_REG_PC
     cpu = _cpu(m)
 
     def cb(u, addr, size, is_write, host_pc, d):
@@ -965,9 +961,32 @@ def _shadow_checked(arch: str, code: bytes, granules: dict[int, int]):
         assert restore(cpu, host_pc, False)
         seen.append((m.uc.reg_read(pc_reg) - LOOP_CODE, addr - HEAP, size, bool(is_write)))
     cb_ptr = CHECK_CB(cb)
-    assert check(m.handle_int, HEAP, 0x10000, ctypes.addressof(shadow), CLEAN,
+    assert check(m.handle_int, HEAP, 0x10000, ctypes.addressof(table), key,
                  ctypes.cast(cb_ptr, ctypes.c_void_p), None) == 0
-    return m, check, seen, (shadow, cb_ptr)
+    return check, seen, (table, cb_ptr)
+
+
+def _sees_then_off(m: Machine, check, seen: list, end: int, want: list) -> None:
+    """Two runs of the code (TLB misses: the helpers check; then translated code does) see exactly `want`;
+    with the check turned off, a third sees nothing."""
+    for _ in range(2):
+        seen.clear()
+        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+        assert seen == want
+    assert check(m.handle_int, 0, 0, None, 0, None, None) == 0
+    seen.clear()
+    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
+    assert seen == []
+
+
+def _shadow_checked(arch: str, code: bytes, granules: dict[int, int]):
+    """_checked() with uc_emsan_shadow_check and a shadow that is clean but for `granules` (offset in HEAP
+    -> byte): (machine, check function, accesses seen, what must stay alive)."""
+    m = Machine(arch)
+    shadow = (ctypes.c_uint8 * (0x10000 // 8 + 0x1000))(*([CLEAN] * (0x10000 // 8 + 0x1000)))
+    for off, byte in granules.items():
+        shadow[off // 8] = byte
+    return (m, *_checked(m, code, "uc_emsan_shadow_check", shadow, CLEAN))
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -979,14 +998,7 @@ def test_inline_shadow_check_sees_flagged_granules(arch):
     Accesses outside the range (the code itself) are never seen; turning the check off stops it."""
     code, end, want = _checked_accesses(arch)
     m, check, seen, _alive = _shadow_checked(arch, code, {0x100: 0x00})
-    for _ in range(2):
-        seen.clear()
-        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
-        assert seen == want
-    assert check(m.handle_int, 0, 0, None, 0, None, None) == 0
-    seen.clear()
-    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
-    assert seen == []
+    _sees_then_off(m, check, seen, end, want)
 
 
 # --- 018: KASAN's partial granules in translated code ------------------------------------------------------
@@ -1030,23 +1042,19 @@ def test_inline_shadow_check_partial_granules(arch):
     translated code (second run), where accesses inside them go straight to memory (018)."""
     code, end, want = _partial_accesses(arch)
     m, check, seen, _alive = _shadow_checked(arch, code, {0x120: 3 ^ CLEAN})
-    for _ in range(2):
-        seen.clear()
-        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
-        assert seen == want
+    _sees_then_off(m, check, seen, end, want)
 
 
 # --- 015: pointer-tag checks in translated code ----------------------------------------------------------------
 TAG_KEY = 0xFE
 
 
-def _tag_accesses() -> tuple[bytes, int, list[tuple[int, int, int, int, bool]]]:
+def _tag_accesses() -> tuple[bytes, int, list[tuple[int, int, int, bool]]]:
     """arm64 code accessing HEAP's first page through pointers tagged 0x2A (x1, x2) and 0xFF (x3), and
     what the check must see when granule 0x100 carries tag 0x2A, granule 0x110 tag 0x3B and every other
-    one no tag: (pc offset, address offset, pointer tag, size, is_write). The loads at 0x100 and 0x10C
-    stay in the matching granule; the misaligned one at 0x10C (through x2 = x1 + 0x100) ends in the
-    next; DC ZVA zeroes the
-    64 bytes from 0x100 (one access); the match-all tag is the callback's to judge."""
+    one no tag: (pc offset, tagged address offset, size, is_write). The loads at 0x100 and 0x10C stay in
+    the matching granule; the misaligned one at 0x10C (through x2 = x1 + 0x100) ends in the next; DC ZVA
+    zeroes the 64 bytes from 0x100 (one access); the match-all tag is the callback's to judge."""
     ins = [struct.pack("<I", 0xD2A00001 | (HEAP >> 16) << 5),   # movz x1, HEAP >> 16, lsl 16
            struct.pack("<I", 0xF2E54001),                       # movk x1, 0x2a00, lsl 48 (top byte 0x2a)
            struct.pack("<I", 0xB2400000 | 0x1F << 5 | 3 | 7 << 10 | 8 << 16),  # orr x3, xzr, #0xff00000000000000
@@ -1061,8 +1069,9 @@ def _tag_accesses() -> tuple[bytes, int, list[tuple[int, int, int, int, bool]]]:
            struct.pack("<I", 0xF9400060 | 32 << 10),            # ldr x0, [x3, 0x100]
            struct.pack("<I", 0xD503201F)]                       # nop
     pc = [4 * n for n in range(len(ins))]
-    want = [(pc[7], 0x10C, 0x2A, 8, False), (pc[8], 0x110, 0x2A, 1, True), (pc[9], 0xF8, 0x2A, 8, False),
-            (pc[10], 0x100, 0x2A, 64, True), (pc[11], 0x100, 0xFF, 8, False)]
+    t2a, tff = 0x2A << 56, 0xFF << 56
+    want = [(pc[7], t2a | 0x10C, 8, False), (pc[8], t2a | 0x110, 1, True), (pc[9], t2a | 0xF8, 8, False),
+            (pc[10], t2a | 0x100, 64, True), (pc[11], tff | 0x100, 8, False)]
     return b"".join(ins), pc[-1], want
 
 
@@ -1072,14 +1081,8 @@ def test_inline_tag_check_sees_mismatched_tags():
     pointer's top byte, with the tagged address, size, direction and a host return address from which
     cpu_restore_state() gives the exact PC; the same when the helpers check (first run: TLB misses) and
     when translated code does (second run). Turned off, nothing is seen; x86-64 guests are refused."""
-    check = _fn("uc_emsan_tag_check", ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
-                ctypes.c_void_p, ctypes.c_uint8, ctypes.c_void_p, ctypes.c_void_p)
-    restore = _fn("cpu_restore_state_aarch64", ctypes.c_bool, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_bool)
     m = Machine("arm64")
     code, end, want = _tag_accesses()
-    m.map(LOOP_CODE, 0x1000, RX)
-    m.write(LOOP_CODE, code)
-    m.map(HEAP, 0x10000, RW)
 
     def fill(uc_, vaddr, access, entry, ud):
         entry.paddr = vaddr & 0x00FF_FFFF_FFFF_F000
@@ -1090,28 +1093,11 @@ def test_inline_tag_check_sees_mismatched_tags():
     m.tagged_tlb(True)
     tags = (ctypes.c_uint8 * (0x10000 // 16 + 0x1000))()          # 0: no tag (0xFE ^ TAG_KEY)
     tags[0x100 // 16], tags[0x110 // 16] = 0x2A ^ TAG_KEY, 0x3B ^ TAG_KEY
-    seen = []
-    cpu = _cpu(m)
-
-    def cb(u, addr, size, is_write, host_pc, d):
-        assert host_pc
-        assert restore(cpu, host_pc, False)
-        seen.append((m.uc.reg_read(arm64_const.UC_ARM64_REG_PC) - LOOP_CODE, (addr & (1 << 56) - 1) - HEAP,
-                     addr >> 56, size, bool(is_write)))
-    cb_ptr = CHECK_CB(cb)
-    assert check(m.handle_int, HEAP, 0x10000, ctypes.addressof(tags), TAG_KEY,
-                 ctypes.cast(cb_ptr, ctypes.c_void_p), None) == 0
-    for _ in range(2):
-        seen.clear()
-        m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
-        assert seen == want
-    assert check(m.handle_int, 0, 0, None, 0, None, None) == 0
-    seen.clear()
-    m.uc.emu_start(LOOP_CODE, LOOP_CODE + end)
-    assert seen == []
+    check, seen, alive = _checked(m, code, "uc_emsan_tag_check", tags, TAG_KEY)
+    _sees_then_off(m, check, seen, end, want)
     x86 = Machine("x86_64")
     assert check(x86.handle_int, HEAP, 0x10000, ctypes.addressof(tags), TAG_KEY,
-                 ctypes.cast(cb_ptr, ctypes.c_void_p), None) == uc.UC_ERR_ARCH
+                 ctypes.cast(alive[1], ctypes.c_void_p), None) == uc.UC_ERR_ARCH
 
 
 # --- 012: block hook calls only where a filter wants them ---------------------------------------------------

@@ -32,6 +32,13 @@ _ACCESS = {
 }
 
 
+def engine_ok(err: int) -> None:
+    """A uc_err from the engine (Unicorn's API, or emsan's native code calling it) as the binding's
+    UcError."""
+    if err:
+        raise unicorn.UcError(err)
+
+
 @dataclass
 class MachineFault:
     """Why emulation stopped when the guest did something a real CPU would trap on."""
@@ -280,8 +287,7 @@ class Machine:
     def map_ptr(self, addr: int, size: int, prot: int, host_ptr: int) -> None:
         """Map host memory the caller owns (and keeps alive) at guest physical `addr`."""
         err = uclib.uc_mem_map_ptr(self.handle, addr, size, prot, ctypes.c_void_p(host_ptr))
-        if err:
-            raise unicorn.UcError(err)
+        engine_ok(err)
 
     def mmio_map(self, addr: int, size: int, read_cfunc, write_cfunc, user_data) -> None:
         """Physical [addr, addr+size) served by C callbacks (cffi function pointers)."""
@@ -290,8 +296,7 @@ class Machine:
                                 ctypes.c_void_p(int(ffi.cast("uintptr_t", user_data))),
                                 ctypes.c_void_p(int(ffi.cast("uintptr_t", write_cfunc))),
                                 ctypes.c_void_p(int(ffi.cast("uintptr_t", user_data))))
-        if err:
-            raise unicorn.UcError(err)
+        engine_ok(err)
         self._keep.append((read_cfunc, write_cfunc, user_data))
 
     def unmap(self, addr: int, size: int) -> None:
@@ -319,8 +324,7 @@ class Machine:
         hh = ffi.new("size_t *")
         err = lib.emsan_hook_add(ffi.cast("void *", self.handle_int), hh, htype,
                                  ffi.cast("void *", cfunc), user_data, begin, end)
-        if err:
-            raise unicorn.UcError(err)
+        engine_ok(err)
         self._keep.append((cfunc, user_data))
         return hh[0]
 
@@ -362,8 +366,7 @@ class Machine:
         fill then sees it and maps each tag of a page on its own) or without it, the default
         (engine/patches/014 and 003)."""
         err = uclib.uc_emsan_tagged_tlb(self.handle, ctypes.c_bool(keep))
-        if err:
-            raise unicorn.UcError(err)
+        engine_ok(err)
 
     def hook_block_native(self, cfunc, user_data) -> int:
         """A C callback at the start of every basic block."""
@@ -375,8 +378,7 @@ class Machine:
         ffi, lib = native.load()
         err = lib.emsan_block_filter(ffi.cast("void *", self.handle_int), hook, ffi.cast("void *", filter_cfunc),
                                      user_data)
-        if err:
-            raise unicorn.UcError(err)
+        engine_ok(err)
         self._keep.append((filter_cfunc, user_data))
 
     def hook_mem_prot(self, cb: Callable[[int, int, int], bool]) -> int:
@@ -495,8 +497,7 @@ class Machine:
         API: the binding's hook_del knows only the hooks it added itself."""
         if self.slice is not None:
             err = uclib.uc_hook_del(self.handle, self._slice_hook)
-            if err:
-                raise unicorn.UcError(err)
+            engine_ok(err)
             self.slice = None
             self.uc.ctl_flush_tb()
 

@@ -6,8 +6,7 @@ or realloc of a pointer in emsan's pool or spill arena call it, everything else 
 allocator, untouched. Python runs for reports only (and for the rare protection fault)."""
 from __future__ import annotations
 
-import unicorn
-
+from emsan.machine import engine_ok
 from emsan.report.model import KfenceObject, KfenceReport, Task
 from emsan.sanitizer.entrypoints import module_entry_points
 from emsan.sanitizer.mode import Capabilities, ModuleInfo, Target, stream_seed
@@ -73,9 +72,7 @@ class KfenceMode:
             return
         self.hooked[addr] = fn
         hh = self.machine.hook_code_native(self._entry_cb, entry, addr)
-        err = rt.lib.emsan_kfence_gate(self.k, rt.fn_id(fn), hh)
-        if err:
-            raise unicorn.UcError(err)
+        engine_ok(rt.lib.emsan_kfence_gate(self.k, rt.fn_id(fn), hh))
 
     def _fault(self, access: int, addr: int, size: int) -> bool:
         try:
